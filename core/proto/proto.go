@@ -1,0 +1,251 @@
+// Package proto holds the messages the engine and its replicas exchange.
+//
+// The same values travel through the simulator (as Go values) and over TCP
+// (encoded by this package's wire format, see wire.go). Every request names
+// the engine epoch that sent it; a replica refuses requests from an epoch
+// lower than the one it has been fenced at.
+package proto
+
+import "fmt"
+
+// BlockSize is the unit of every data operation, in bytes.
+const BlockSize = 4096
+
+// ReplicaID names a replica for the life of its data. It is chosen when the
+// replica is created and recorded in every membership that includes it.
+type ReplicaID string
+
+// Op is the kind of a request.
+type Op uint8
+
+// Data-path operations carry BlockIndex/BlockCount; control operations carry
+// the fields their comment names.
+const (
+	// OpRead returns BlockCount blocks from the merged view of the chain.
+	OpRead Op = iota + 1
+	// OpWrite stores Data (BlockCount blocks) in the head layer.
+	OpWrite
+	// OpTrim makes blocks read as zeros and releases their space.
+	OpTrim
+	// OpWriteZeroes makes blocks read as zeros.
+	OpWriteZeroes
+	// OpFlush makes every write acknowledged before it durable. Seq is the
+	// highest write sequence the flush covers.
+	OpFlush
+
+	// OpOpen fences the replica at Epoch (which must be >= its current one)
+	// and returns Info. Lower epochs are refused from then on.
+	OpOpen
+	// OpInfo returns Info without changing anything.
+	OpInfo
+	// OpSetMembership durably records Membership (must be newer than the
+	// recorded one) under the request's epoch.
+	OpSetMembership
+	// OpSnapshot flushes, freezes the head as a snapshot layer called Name,
+	// and starts a new empty head.
+	OpSnapshot
+	// OpDeleteSnapshot merges the snapshot Name into its child and removes it.
+	OpDeleteSnapshot
+	// OpRevert discards the head and every layer newer than snapshot Name,
+	// and starts a new empty head on top of Name.
+	OpRevert
+	// OpExpand grows the volume to SizeBytes.
+	OpExpand
+	// OpChangedExtents lists the blocks written in layers newer than Name
+	// (empty: from the bottom) up to and including Name2 (empty: the head).
+	OpChangedExtents
+	// OpLayerBlocks lists, for one layer (Name; empty means the head), the
+	// blocks in [BlockIndex, BlockIndex+BlockCount) it holds, with checksums.
+	OpLayerBlocks
+	// OpLayerRead reads blocks of one layer (Name; empty: head) exactly as
+	// stored, with checksums, without looking at other layers. Rebuild source.
+	OpLayerRead
+	// OpLayerWrite stores Data into one layer (Name; empty: head) at
+	// BlockIndex; Blocks says per block whether it is data, zero, or absent
+	// (absent removes the block from that layer). Rebuild target.
+	OpLayerWrite
+	// OpSetChain makes the replica's snapshot layers exactly Chain (oldest
+	// first), keeping layers whose names match, creating empty ones for the
+	// rest and dropping others; the head stays. Rebuild target only.
+	OpSetChain
+	// OpSettle recomputes checksums of blocks in regions that may hold torn
+	// unflushed writes after a crash (the active regions) so that every
+	// block reads back as some whole content, and forgets those regions.
+	OpSettle
+)
+
+var opNames = [...]string{"?", "read", "write", "trim", "write-zeroes", "flush",
+	"open", "info", "set-membership", "snapshot", "delete-snapshot", "revert",
+	"expand", "changed-extents", "layer-blocks", "layer-read", "layer-write",
+	"set-chain", "settle"}
+
+func (o Op) String() string {
+	if int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// IsData reports whether o is a client data-path operation.
+func (o Op) IsData() bool { return o >= OpRead && o <= OpFlush }
+
+// Request is one message from an engine to a replica.
+type Request struct {
+	ID    uint64 // chosen by the engine, echoed in the reply
+	Epoch uint64
+	Op    Op
+
+	BlockIndex uint64
+	BlockCount uint32
+	Data       []byte // OpWrite, OpLayerWrite: BlockCount*BlockSize bytes
+	FUA        bool   // OpWrite/Trim/WriteZeroes: durable before the reply
+	Seq        uint64 // OpWrite: engine write sequence; OpFlush: covered seq
+
+	Name       string      // snapshot or layer name
+	Name2      string      // OpChangedExtents: upper bound
+	SizeBytes  uint64      // OpExpand
+	Membership *Membership // OpSetMembership
+	Chain      []string    // OpSetChain
+	Blocks     []BlockState
+}
+
+// Status is the outcome of a request. Errors the engine branches on have
+// their own status; everything else is StatusIOError with a message.
+type Status uint8
+
+const (
+	StatusOK Status = iota
+	// StatusStaleEpoch: the request's epoch is below the replica's fence.
+	StatusStaleEpoch
+	// StatusCorrupt: a block failed its checksum; Reply.BlockIndex names it.
+	StatusCorrupt
+	// StatusIOError: the disk failed the operation.
+	StatusIOError
+	// StatusNoSpace: the disk is full; nothing was changed.
+	StatusNoSpace
+	// StatusInvalid: the request is malformed or out of range.
+	StatusInvalid
+	// StatusNotFound: a named snapshot does not exist.
+	StatusNotFound
+	// StatusExists: a snapshot of that name already exists.
+	StatusExists
+	// StatusNotReady: the replica is still loading or is closed.
+	StatusNotReady
+)
+
+var statusNames = [...]string{"ok", "stale epoch", "corrupt block", "io error",
+	"no space", "invalid request", "not found", "already exists", "not ready"}
+
+func (s Status) String() string {
+	if int(s) < len(statusNames) {
+		return statusNames[s]
+	}
+	return fmt.Sprintf("status(%d)", uint8(s))
+}
+
+// Reply answers one Request.
+type Reply struct {
+	ID     uint64
+	Status Status
+	Err    string // human detail when Status != StatusOK
+
+	Data       []byte       // OpRead, OpLayerRead
+	BlockIndex uint64       // StatusCorrupt: the first bad block
+	Blocks     []BlockState // OpLayerBlocks, OpLayerRead
+	Extents    []Extent     // OpChangedExtents
+	Info       *Info        // OpOpen, OpInfo
+}
+
+// BlockKind says what a layer holds for one block.
+type BlockKind uint8
+
+const (
+	// BlockAbsent: the layer does not hold the block (look further down).
+	BlockAbsent BlockKind = iota
+	// BlockData: the layer holds data for the block.
+	BlockData
+	// BlockZero: the layer holds the block as zeros (trimmed or zeroed).
+	BlockZero
+)
+
+// BlockState describes one block of one layer.
+type BlockState struct {
+	BlockIndex uint64
+	Kind       BlockKind
+	CRC        uint32 // CRC32C (Castagnoli) of the block's data; 0 unless Data
+}
+
+// Extent is a run of blocks.
+type Extent struct {
+	BlockIndex uint64
+	BlockCount uint64
+}
+
+// MemberMode is a replica's role in a membership.
+type MemberMode uint8
+
+const (
+	// ModeRW: current; receives writes and serves reads.
+	ModeRW MemberMode = iota + 1
+	// ModeWO: being rebuilt; receives writes, serves no reads.
+	ModeWO
+)
+
+func (m MemberMode) String() string {
+	switch m {
+	case ModeRW:
+		return "RW"
+	case ModeWO:
+		return "WO"
+	}
+	return fmt.Sprintf("mode(%d)", uint8(m))
+}
+
+// Member is one replica in a membership.
+type Member struct {
+	ID   ReplicaID
+	Mode MemberMode
+}
+
+// Membership is the replica set of a volume as an engine last recorded it.
+// Gen increases with every change, across engines.
+type Membership struct {
+	Gen     uint64
+	Epoch   uint64 // the epoch of the engine that recorded it
+	Members []Member
+}
+
+// Clone returns a deep copy of m.
+func (m *Membership) Clone() *Membership {
+	if m == nil {
+		return nil
+	}
+	c := *m
+	c.Members = append([]Member(nil), m.Members...)
+	return &c
+}
+
+// Mode returns id's mode in m, or 0 when id is not a member.
+func (m *Membership) Mode(id ReplicaID) MemberMode {
+	if m == nil {
+		return 0
+	}
+	for _, x := range m.Members {
+		if x.ID == id {
+			return x.Mode
+		}
+	}
+	return 0
+}
+
+// Info is what a replica reports about itself.
+type Info struct {
+	ID            ReplicaID
+	SizeBytes     uint64
+	Epoch         uint64 // the epoch it is fenced at
+	FlushedSeq    uint64 // highest write sequence known durable
+	Chain         []string // snapshot names, oldest first (the head excluded)
+	Membership    *Membership
+	ActiveRegions uint32 // regions that may hold torn unflushed writes
+	Dirty         bool   // it crashed with unsettled regions (needs OpSettle)
+}
