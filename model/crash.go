@@ -21,6 +21,10 @@ type CrashOutcome struct {
 	// value, so that a burst of unflushed writes to one block costs 32
 	// bytes per distinct value rather than 4 KiB.
 	Data []byte
+	// Current is true for the block's current content, the one a read
+	// returns now. The flushed value is always the first outcome; because
+	// outcomes are deduplicated, the current one need not be the last.
+	Current bool
 }
 
 // unflushedBlock is what a crash may leave in one block written since the
@@ -79,16 +83,16 @@ func (d *Device) CrashOutcomes(blockIndex uint64) []CrashOutcome {
 	current := d.block(blockIndex)
 	u, ok := d.unflushed[blockIndex]
 	if !ok {
-		return []CrashOutcome{{Digest: digestOf(current), Data: zeroFilled(current)}}
+		return []CrashOutcome{{Digest: digestOf(current), Data: zeroFilled(current), Current: true}}
 	}
 	currentDigest := digestOf(current)
 	outcomes := make([]CrashOutcome, 0, len(u.digests))
 	for i, digest := range u.digests {
-		outcome := CrashOutcome{Digest: digest}
+		outcome := CrashOutcome{Digest: digest, Current: digest == currentDigest}
 		switch {
 		case i == 0:
 			outcome.Data = zeroFilled(u.flushed)
-		case digest == currentDigest:
+		case outcome.Current:
 			outcome.Data = zeroFilled(current)
 		}
 		outcomes = append(outcomes, outcome)
