@@ -242,8 +242,8 @@ func (m *Membership) Mode(id ReplicaID) MemberMode {
 type Info struct {
 	ID            ReplicaID
 	SizeBytes     uint64
-	Epoch         uint64 // the epoch it is fenced at
-	FlushedSeq    uint64 // highest write sequence known durable
+	Epoch         uint64   // the epoch it is fenced at
+	FlushedSeq    uint64   // highest write sequence known durable
 	Chain         []string // snapshot names, oldest first (the head excluded)
 	Membership    *Membership
 	ActiveRegions uint32 // regions that may hold torn unflushed writes

@@ -1,0 +1,224 @@
+// Package memstore is an in-memory implementation of the core/store layer
+// store, with the crash semantics of the store contract: data and index
+// writes are volatile until synced, and a crash keeps a chosen subset of
+// them block by block. Tests and the simulator run replicas on it.
+package memstore
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
+)
+
+type layer struct {
+	data       map[uint64][]byte // current contents (nil entry never stored)
+	index      map[uint64]proto.BlockState
+	flushedSeq uint64
+
+	durData       map[uint64][]byte
+	durIndex      map[uint64]proto.BlockState
+	durFlushedSeq uint64
+
+	dirtyData  map[uint64]bool // blocks whose data changed since SyncData
+	dirtyIndex map[uint64]bool // blocks whose entry changed since SyncIndex
+	dirtySeq   bool
+}
+
+func newLayer() *layer {
+	return &layer{
+		data: map[uint64][]byte{}, index: map[uint64]proto.BlockState{},
+		durData: map[uint64][]byte{}, durIndex: map[uint64]proto.BlockState{},
+		dirtyData: map[uint64]bool{}, dirtyIndex: map[uint64]bool{},
+	}
+}
+
+// Store is one replica's in-memory store.
+type Store struct {
+	meta   []byte
+	layers map[store.LayerID]*layer
+}
+
+// New returns an empty store.
+func New() *Store { return &Store{layers: map[store.LayerID]*layer{}} }
+
+// Execute performs io at once and returns its completion.
+func (s *Store) Execute(io store.IO) store.Completion {
+	c := store.Completion{ID: io.ID}
+	if io.Kind == store.ReadMeta {
+		c.Meta = append([]byte(nil), s.meta...)
+		if s.meta == nil {
+			c.Meta = nil
+		}
+		return c
+	}
+	if io.Kind == store.WriteMeta {
+		s.meta = append([]byte{}, io.Meta...)
+		return c
+	}
+	if io.Kind == store.CreateLayer {
+		if s.layers[io.Layer] == nil {
+			s.layers[io.Layer] = newLayer()
+		}
+		return c
+	}
+	if io.Kind == store.RemoveLayer {
+		delete(s.layers, io.Layer)
+		return c
+	}
+	l := s.layers[io.Layer]
+	if l == nil {
+		c.Err, c.Detail = store.ErrMissing, fmt.Sprintf("layer %d does not exist", io.Layer)
+		return c
+	}
+	l.execute(io, &c)
+	return c
+}
+
+func (l *layer) execute(io store.IO, c *store.Completion) {
+	switch io.Kind {
+	case store.ReadIndex:
+		for b, e := range l.index {
+			if b >= io.BlockIndex && b-io.BlockIndex < io.BlockCount {
+				c.Entries = append(c.Entries, e)
+			}
+		}
+		sort.Slice(c.Entries, func(i, j int) bool { return c.Entries[i].BlockIndex < c.Entries[j].BlockIndex })
+		c.FlushedSeq = l.flushedSeq
+	case store.WriteIndex:
+		for _, e := range io.Entries {
+			if e.Kind == proto.BlockAbsent {
+				delete(l.index, e.BlockIndex)
+			} else {
+				l.index[e.BlockIndex] = e
+			}
+			l.dirtyIndex[e.BlockIndex] = true
+		}
+		if io.FlushedSeq != 0 {
+			l.flushedSeq, l.dirtySeq = io.FlushedSeq, true
+		}
+	case store.SyncIndex:
+		for b := range l.dirtyIndex {
+			persist(l.index, l.durIndex, b)
+		}
+		clear(l.dirtyIndex)
+		l.durFlushedSeq, l.dirtySeq = l.flushedSeq, false
+	case store.ReadData:
+		c.Data = make([]byte, io.BlockCount*proto.BlockSize)
+		c.Entries = make([]proto.BlockState, io.BlockCount)
+		for i := uint64(0); i < io.BlockCount; i++ {
+			b := io.BlockIndex + i
+			copy(c.Data[i*proto.BlockSize:], l.data[b])
+			c.Entries[i] = l.index[b]
+			c.Entries[i].BlockIndex = b
+		}
+	case store.WriteData:
+		for i := uint64(0); i*proto.BlockSize < uint64(len(io.Data)); i++ {
+			b := io.BlockIndex + i
+			l.data[b] = append([]byte(nil), io.Data[i*proto.BlockSize:(i+1)*proto.BlockSize]...)
+			l.dirtyData[b] = true
+		}
+	case store.PunchHole:
+		for i := uint64(0); i < io.BlockCount; i++ {
+			delete(l.data, io.BlockIndex+i)
+			l.dirtyData[io.BlockIndex+i] = true
+		}
+	case store.SyncData:
+		for b := range l.dirtyData {
+			persist(l.data, l.durData, b)
+		}
+		clear(l.dirtyData)
+	default:
+		c.Err, c.Detail = store.ErrIO, fmt.Sprintf("unknown io kind %v", io.Kind)
+	}
+}
+
+func persist[V any](cur, dur map[uint64]V, b uint64) {
+	if v, ok := cur[b]; ok {
+		dur[b] = v
+	} else {
+		delete(dur, b)
+	}
+}
+
+// Crash drops volatile state as a power loss would. For every block with an
+// unsynced data or index change, keep(layer, block, isIndex) decides whether
+// the unsynced version survives (true) or the durable one comes back.
+func (s *Store) Crash(keep func(layer store.LayerID, blockIndex uint64, isIndex bool) bool) {
+	for _, id := range s.LayerIDs() {
+		l := s.layers[id]
+		for _, b := range sortedKeys(l.dirtyData) {
+			if keep(id, b, false) {
+				persist(l.data, l.durData, b)
+			}
+		}
+		for _, b := range sortedKeys(l.dirtyIndex) {
+			if keep(id, b, true) {
+				persist(l.index, l.durIndex, b)
+			}
+		}
+		if l.dirtySeq && keep(id, ^uint64(0), true) {
+			l.durFlushedSeq = l.flushedSeq
+		}
+		l.data, l.index, l.flushedSeq = cloneMap(l.durData), cloneMap(l.durIndex), l.durFlushedSeq
+		clear(l.dirtyData)
+		clear(l.dirtyIndex)
+		l.dirtySeq = false
+	}
+}
+
+// CorruptBlock flips one bit of a stored block's data (bit rot), durable
+// and current copies alike. It reports whether the block had data.
+func (s *Store) CorruptBlock(id store.LayerID, blockIndex uint64, bit uint) bool {
+	l := s.layers[id]
+	if l == nil {
+		return false
+	}
+	d, ok := l.data[blockIndex]
+	if !ok {
+		return false
+	}
+	d = append([]byte(nil), d...)
+	d[(bit/8)%proto.BlockSize] ^= 1 << (bit % 8)
+	l.data[blockIndex] = d
+	if _, ok := l.durData[blockIndex]; ok {
+		l.durData[blockIndex] = d
+	}
+	return true
+}
+
+// LayerIDs returns the layers present, sorted.
+func (s *Store) LayerIDs() []store.LayerID {
+	ids := make([]store.LayerID, 0, len(s.layers))
+	for id := range s.layers {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// DataBlocks returns the blocks of a layer that hold data, sorted.
+func (s *Store) DataBlocks(id store.LayerID) []uint64 {
+	if l := s.layers[id]; l != nil {
+		return sortedKeys(l.data)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[uint64]V) []uint64 {
+	keys := make([]uint64, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
+}
+
+func cloneMap[V any](m map[uint64]V) map[uint64]V {
+	c := make(map[uint64]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}

@@ -1,0 +1,343 @@
+package replica
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
+)
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+// resolve returns the newest layer holding block b, or nil.
+func (r *Replica) resolve(b uint64) *layer {
+	for i := len(r.layers) - 1; i >= 0; i-- {
+		if r.layers[i].held.Contains(b) {
+			return r.layers[i]
+		}
+	}
+	return nil
+}
+
+// layerRun is a run of blocks to read from one layer.
+type layerRun struct {
+	l        *layer
+	start, n uint64
+}
+
+// runsFor groups [lo, hi) into runs of blocks whose data lives in one layer;
+// blocks that read as zeros are skipped.
+func (r *Replica) runsFor(lo, hi uint64) []layerRun {
+	var runs []layerRun
+	for b := lo; b < hi; b++ {
+		l := r.resolve(b)
+		if l == nil || l.zero.Contains(b) {
+			continue
+		}
+		if n := len(runs); n > 0 && runs[n-1].l == l && runs[n-1].start+runs[n-1].n == b {
+			runs[n-1].n++
+			continue
+		}
+		runs = append(runs, layerRun{l: l, start: b, n: 1})
+	}
+	return runs
+}
+
+// verify checks blocks read from l against their index entries (the
+// unflushed entry when there is one). It returns the first bad block.
+func (r *Replica) verify(l *layer, c store.Completion, start uint64) (uint64, string) {
+	for i := range c.Entries {
+		b := start + uint64(i)
+		e := c.Entries[i]
+		if d, ok := r.dirtyEntry(l, b); ok {
+			e = d
+		}
+		if !l.held.Contains(b) || l.zero.Contains(b) {
+			continue
+		}
+		if e.Kind != proto.BlockData {
+			return b, sprintf("block %d of layer %d: index holds %d, not data", b, l.meta.ID, e.Kind)
+		}
+		if got := crcOf(c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize]); got != e.CRC {
+			return b, sprintf("block %d of layer %d: checksum %08x, index says %08x", b, l.meta.ID, got, e.CRC)
+		}
+	}
+	return 0, ""
+}
+
+func (r *Replica) runRead(o *op) {
+	req := o.req
+	out := make([]byte, uint64(req.BlockCount)*proto.BlockSize)
+	runs := r.runsFor(o.lo, o.hi)
+	left := len(runs)
+	status, detail, bad := proto.StatusOK, "", uint64(0)
+	done := func() {
+		if status == proto.StatusOK {
+			r.reply(proto.Reply{ID: req.ID, Data: out})
+		} else {
+			r.reply(proto.Reply{ID: req.ID, Status: status, Err: detail, BlockIndex: bad})
+		}
+		r.finish(o)
+	}
+	if left == 0 {
+		done()
+		return
+	}
+	for _, run := range runs {
+		run := run
+		r.issue(store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}, func(c store.Completion) {
+			left--
+			switch {
+			case c.Err != store.OK:
+				if status == proto.StatusOK || status == proto.StatusCorrupt {
+					status, detail = proto.StatusIOError, sprintf("read layer %d: %v %s", run.l.meta.ID, c.Err, c.Detail)
+				}
+			default:
+				if b, why := r.verify(run.l, c, run.start); why != "" {
+					if status == proto.StatusOK || (status == proto.StatusCorrupt && b < bad) {
+						status, detail, bad = proto.StatusCorrupt, why, b
+					}
+				}
+				copy(out[(run.start-o.lo)*proto.BlockSize:], c.Data)
+			}
+			if left == 0 {
+				done()
+			}
+		})
+	}
+}
+
+func (r *Replica) runWrite(o *op) {
+	req, h := o.req, r.head()
+	entries := make([]proto.BlockState, req.BlockCount)
+	for i := range entries {
+		entries[i] = proto.BlockState{BlockIndex: o.lo + uint64(i), Kind: proto.BlockData,
+			CRC: crcOf(req.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])}
+	}
+	r.issue(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, func(c store.Completion) {
+		if !r.ioOK(o, c, "write") {
+			return
+		}
+		r.dirtyData[h.meta.ID] = true
+		for _, e := range entries {
+			r.setEntry(h, e)
+		}
+		r.finishWrite(o, h, entries, true)
+	})
+}
+
+// ioOK handles a failed write-path IO: ENOSPC changes nothing and fails
+// the request; any other error fails the replica (the disk's state is
+// unknown). It reports whether the IO succeeded.
+func (r *Replica) ioOK(o *op, c store.Completion, what string) bool {
+	switch c.Err {
+	case store.OK:
+		return true
+	case store.ErrNoSpace:
+		r.replyErr(o.req.ID, proto.StatusNoSpace, "%s: %v %s", what, c.Err, c.Detail)
+	default:
+		r.fail(sprintf("%s: %v %s", what, c.Err, c.Detail))
+		r.replyErr(o.req.ID, proto.StatusIOError, "%s: %v %s", what, c.Err, c.Detail)
+	}
+	r.finish(o)
+	return false
+}
+
+// finishWrite replies to a write-like op, first making its blocks durable
+// when the request asked for FUA: sync the layer's data, then write and
+// sync just these entries.
+func (r *Replica) finishWrite(o *op, l *layer, entries []proto.BlockState, dataWritten bool) {
+	if !o.req.FUA || r.cfg.Bugs.SkipFlushSync {
+		r.reply(proto.Reply{ID: o.req.ID})
+		r.finish(o)
+		return
+	}
+	writeIndex := func() {
+		r.issue(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: entries}, func(c store.Completion) {
+			if !r.syncOK(o, c, "fua index") {
+				return
+			}
+			r.issue(store.IO{Kind: store.SyncIndex, Layer: l.meta.ID}, func(c store.Completion) {
+				if !r.syncOK(o, c, "fua index sync") {
+					return
+				}
+				r.reply(proto.Reply{ID: o.req.ID})
+				r.finish(o)
+			})
+		})
+	}
+	if !dataWritten {
+		writeIndex()
+		return
+	}
+	r.issue(store.IO{Kind: store.SyncData, Layer: l.meta.ID}, func(c store.Completion) {
+		if r.syncOK(o, c, "fua sync") {
+			writeIndex()
+		}
+	})
+}
+
+// syncOK fails the replica on any error of a sync-path IO.
+func (r *Replica) syncOK(o *op, c store.Completion, what string) bool {
+	if c.Err == store.OK {
+		return true
+	}
+	r.fail(sprintf("%s: %v %s", what, c.Err, c.Detail))
+	r.replyErr(o.req.ID, proto.StatusIOError, "%s: %v %s", what, c.Err, c.Detail)
+	r.finish(o)
+	return false
+}
+
+// runTrim serves trim and write-zeroes alike: blocks read as zeros after
+// it. Data the head holds is punched out; a zero entry masks lower layers.
+func (r *Replica) runTrim(o *op) {
+	h := r.head()
+	var punches []proto.Extent
+	var entries []proto.BlockState
+	for b := o.lo; b < o.hi; b++ {
+		if h.held.Contains(b) && !h.zero.Contains(b) {
+			punches = appendExtent(punches, proto.Extent{BlockIndex: b, BlockCount: 1})
+		}
+		if r.resolve(b) != nil {
+			entries = append(entries, proto.BlockState{BlockIndex: b, Kind: proto.BlockZero})
+		}
+	}
+	apply := func() {
+		for _, e := range entries {
+			r.setEntry(h, e)
+		}
+		if len(punches) > 0 {
+			r.dirtyData[h.meta.ID] = true
+		}
+		r.finishWrite(o, h, entries, len(punches) > 0)
+	}
+	r.afterAll(o, punchIOs(h, punches), "punch", apply)
+}
+
+func punchIOs(l *layer, punches []proto.Extent) []store.IO {
+	ios := make([]store.IO, 0, len(punches))
+	for _, p := range punches {
+		ios = append(ios, store.IO{Kind: store.PunchHole, Layer: l.meta.ID, BlockIndex: p.BlockIndex, BlockCount: p.BlockCount})
+	}
+	return ios
+}
+
+// afterAll issues ios concurrently and calls then once all succeeded; on a
+// failure the op is failed through ioOK.
+func (r *Replica) afterAll(o *op, ios []store.IO, what string, then func()) {
+	left, failed := len(ios), false
+	if left == 0 {
+		then()
+		return
+	}
+	for _, io := range ios {
+		r.issue(io, func(c store.Completion) {
+			left--
+			if failed {
+				return
+			}
+			if c.Err != store.OK {
+				failed = true
+				r.ioOK(o, c, what)
+				return
+			}
+			if left == 0 {
+				then()
+			}
+		})
+	}
+}
+
+func (r *Replica) runLayerBlocks(o *op) {
+	l, _ := r.layerByName(o.req.Name)
+	r.issue(store.IO{Kind: store.ReadIndex, Layer: l.meta.ID, BlockIndex: o.lo, BlockCount: o.hi - o.lo}, func(c store.Completion) {
+		if c.Err != store.OK {
+			r.replyErr(o.req.ID, proto.StatusIOError, "read index of layer %d: %v %s", l.meta.ID, c.Err, c.Detail)
+			r.finish(o)
+			return
+		}
+		byBlock := map[uint64]proto.BlockState{}
+		for _, e := range c.Entries {
+			byBlock[e.BlockIndex] = e
+		}
+		for b, e := range r.dirty[l.meta.ID] {
+			if b >= o.lo && b < o.hi {
+				byBlock[b] = e
+			}
+		}
+		out := make([]proto.BlockState, 0, len(byBlock))
+		for _, e := range byBlock {
+			if e.Kind != proto.BlockAbsent {
+				out = append(out, e)
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].BlockIndex < out[j].BlockIndex })
+		r.reply(proto.Reply{ID: o.req.ID, Blocks: out})
+		r.finish(o)
+	})
+}
+
+func (r *Replica) runLayerRead(o *op) {
+	l, _ := r.layerByName(o.req.Name)
+	r.issue(store.IO{Kind: store.ReadData, Layer: l.meta.ID, BlockIndex: o.lo, BlockCount: o.hi - o.lo}, func(c store.Completion) {
+		defer r.finish(o)
+		if c.Err != store.OK {
+			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", l.meta.ID, c.Err, c.Detail)
+			return
+		}
+		if b, why := r.verify(l, c, o.lo); why != "" {
+			r.reply(proto.Reply{ID: o.req.ID, Status: proto.StatusCorrupt, Err: why, BlockIndex: b})
+			return
+		}
+		blocks := make([]proto.BlockState, len(c.Entries))
+		for i := range c.Entries {
+			b := o.lo + uint64(i)
+			e := c.Entries[i]
+			if d, ok := r.dirtyEntry(l, b); ok {
+				e = d
+			}
+			e.BlockIndex = b
+			if !l.held.Contains(b) {
+				e = proto.BlockState{BlockIndex: b}
+			}
+			if e.Kind != proto.BlockData {
+				clear(c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])
+				e.CRC = 0
+			}
+			blocks[i] = e
+		}
+		r.reply(proto.Reply{ID: o.req.ID, Data: c.Data, Blocks: blocks})
+	})
+}
+
+// runLayerWrite makes blocks of one layer exactly as given (rebuild and
+// resync): data is written, zero and absent blocks punched out.
+func (r *Replica) runLayerWrite(o *op) {
+	l, _ := r.layerByName(o.req.Name)
+	var ios []store.IO
+	var punches []proto.Extent
+	for i, b := range o.req.Blocks {
+		switch {
+		case b.Kind == proto.BlockData:
+			start := i
+			if n := len(ios); n > 0 && ios[n-1].BlockIndex+uint64(len(ios[n-1].Data))/proto.BlockSize == b.BlockIndex {
+				ios[n-1].Data = o.req.Data[(ios[n-1].BlockIndex-o.lo)*proto.BlockSize : (i+1)*proto.BlockSize]
+				continue
+			}
+			ios = append(ios, store.IO{Kind: store.WriteData, Layer: l.meta.ID, BlockIndex: b.BlockIndex,
+				Data: o.req.Data[start*proto.BlockSize : (i+1)*proto.BlockSize]})
+		case l.held.Contains(b.BlockIndex) && !l.zero.Contains(b.BlockIndex):
+			punches = appendExtent(punches, proto.Extent{BlockIndex: b.BlockIndex, BlockCount: 1})
+		}
+	}
+	ios = append(ios, punchIOs(l, punches)...)
+	r.afterAll(o, ios, "layer write", func() {
+		for _, b := range o.req.Blocks {
+			r.setEntry(l, b)
+		}
+		r.dirtyData[l.meta.ID] = true
+		r.reply(proto.Reply{ID: o.req.ID})
+		r.finish(o)
+	})
+}

@@ -1,0 +1,233 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
+)
+
+// metaMagic starts every encoded metadata blob ("DRVM").
+const metaMagic = 0x4d565244
+
+// metaVersion is the encoding version this package writes and reads.
+const metaVersion = 1
+
+// maxMetaBytes bounds a blob we are willing to decode.
+const maxMetaBytes = 16 << 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrBadMeta reports metadata that cannot be decoded.
+var ErrBadMeta = errors.New("bad replica metadata")
+
+// Meta is everything a replica keeps in its atomic metadata blob.
+type Meta struct {
+	ID          proto.ReplicaID
+	SizeBytes   uint64
+	Epoch       uint64
+	NextLayerID store.LayerID
+	Layers      []LayerMeta // oldest first; the last is the head
+	Membership  *proto.Membership
+	// Active are the regions that may hold in-place writes not yet synced:
+	// after a crash their blocks are checked and settled.
+	Active []RegionKey
+	// Recovered are head extents settled after a crash that the engine has
+	// not yet resynced with the other replicas.
+	Recovered []proto.Extent
+}
+
+// LayerMeta names one layer.
+type LayerMeta struct {
+	ID   store.LayerID
+	Name string // empty for the head
+}
+
+// RegionKey names one region of one layer.
+type RegionKey struct {
+	Layer  store.LayerID
+	Region uint64
+}
+
+type encoder struct{ b []byte }
+
+func (e *encoder) u64(v uint64) { e.b = binary.LittleEndian.AppendUint64(e.b, v) }
+func (e *encoder) u8(v uint8)   { e.b = append(e.b, v) }
+func (e *encoder) str(s string) { e.u64(uint64(len(s))); e.b = append(e.b, s...) }
+
+// Encode returns m as bytes: magic, version, body length, body, CRC32C of
+// everything before the CRC.
+func (m *Meta) Encode() []byte {
+	var e encoder
+	e.str(string(m.ID))
+	e.u64(m.SizeBytes)
+	e.u64(m.Epoch)
+	e.u64(uint64(m.NextLayerID))
+	e.u64(uint64(len(m.Layers)))
+	for _, l := range m.Layers {
+		e.u64(uint64(l.ID))
+		e.str(l.Name)
+	}
+	if m.Membership == nil {
+		e.u8(0)
+	} else {
+		e.u8(1)
+		e.u64(m.Membership.Gen)
+		e.u64(m.Membership.Epoch)
+		e.u64(uint64(len(m.Membership.Members)))
+		for _, x := range m.Membership.Members {
+			e.str(string(x.ID))
+			e.u8(uint8(x.Mode))
+		}
+	}
+	e.u64(uint64(len(m.Active)))
+	for _, a := range m.Active {
+		e.u64(uint64(a.Layer))
+		e.u64(a.Region)
+	}
+	e.u64(uint64(len(m.Recovered)))
+	for _, x := range m.Recovered {
+		e.u64(x.BlockIndex)
+		e.u64(x.BlockCount)
+	}
+	out := make([]byte, 0, 16+len(e.b)+4)
+	out = binary.LittleEndian.AppendUint32(out, metaMagic)
+	out = binary.LittleEndian.AppendUint32(out, metaVersion)
+	out = binary.LittleEndian.AppendUint64(out, uint64(len(e.b)))
+	out = append(out, e.b...)
+	return binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, castagnoli))
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) u64() uint64 {
+	if d.err != nil || len(d.b) < 8 {
+		d.fail("truncated")
+		return 0
+	}
+	v := binary.LittleEndian.Uint64(d.b)
+	d.b = d.b[8:]
+	return v
+}
+
+func (d *decoder) u8() uint8 {
+	if d.err != nil || len(d.b) < 1 {
+		d.fail("truncated")
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) str() string {
+	n := d.u64()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail("string length out of range")
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+
+// count reads a list length and checks it against the bytes left, given
+// the minimum encoded size of one element.
+func (d *decoder) count(minElemBytes int) int {
+	n := d.u64()
+	if d.err == nil && n > uint64(len(d.b)/minElemBytes) {
+		d.fail("list length out of range")
+	}
+	if d.err != nil {
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) fail(why string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrBadMeta, why)
+	}
+}
+
+// DecodeMeta parses a blob written by Encode. Any damage is an error
+// wrapping ErrBadMeta; it never panics.
+func DecodeMeta(b []byte) (*Meta, error) {
+	if len(b) < 20 {
+		return nil, fmt.Errorf("%w: %d bytes is too short", ErrBadMeta, len(b))
+	}
+	if len(b) > maxMetaBytes {
+		return nil, fmt.Errorf("%w: %d bytes is too long", ErrBadMeta, len(b))
+	}
+	if binary.LittleEndian.Uint32(b) != metaMagic {
+		return nil, fmt.Errorf("%w: bad magic", ErrBadMeta)
+	}
+	if v := binary.LittleEndian.Uint32(b[4:]); v != metaVersion {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrBadMeta, v, metaVersion)
+	}
+	body := binary.LittleEndian.Uint64(b[8:])
+	if body != uint64(len(b)-20) {
+		return nil, fmt.Errorf("%w: body length %d does not match %d bytes", ErrBadMeta, body, len(b))
+	}
+	sum := binary.LittleEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(b[:len(b)-4], castagnoli) != sum {
+		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadMeta)
+	}
+	d := &decoder{b: b[16 : len(b)-4]}
+	m := &Meta{ID: proto.ReplicaID(d.str()), SizeBytes: d.u64(), Epoch: d.u64(), NextLayerID: store.LayerID(d.u64())}
+	for i, n := 0, d.count(16); i < n; i++ {
+		m.Layers = append(m.Layers, LayerMeta{ID: store.LayerID(d.u64()), Name: d.str()})
+	}
+	if d.u8() == 1 {
+		ms := &proto.Membership{Gen: d.u64(), Epoch: d.u64()}
+		for i, n := 0, d.count(9); i < n; i++ {
+			ms.Members = append(ms.Members, proto.Member{ID: proto.ReplicaID(d.str()), Mode: proto.MemberMode(d.u8())})
+		}
+		m.Membership = ms
+	}
+	for i, n := 0, d.count(16); i < n; i++ {
+		m.Active = append(m.Active, RegionKey{Layer: store.LayerID(d.u64()), Region: d.u64()})
+	}
+	for i, n := 0, d.count(16); i < n; i++ {
+		m.Recovered = append(m.Recovered, proto.Extent{BlockIndex: d.u64(), BlockCount: d.u64()})
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes")
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Meta) validate() error {
+	if len(m.Layers) == 0 {
+		return fmt.Errorf("%w: no layers", ErrBadMeta)
+	}
+	if m.SizeBytes%proto.BlockSize != 0 {
+		return fmt.Errorf("%w: size %d is not a multiple of %d", ErrBadMeta, m.SizeBytes, proto.BlockSize)
+	}
+	seen := map[store.LayerID]bool{}
+	names := map[string]bool{}
+	for i, l := range m.Layers {
+		if seen[l.ID] || l.ID >= m.NextLayerID {
+			return fmt.Errorf("%w: layer id %d repeated or beyond next id %d", ErrBadMeta, l.ID, m.NextLayerID)
+		}
+		seen[l.ID] = true
+		head := i == len(m.Layers)-1
+		if head != (l.Name == "") || names[l.Name] {
+			return fmt.Errorf("%w: layer %d has bad name %q", ErrBadMeta, l.ID, l.Name)
+		}
+		names[l.Name] = true
+	}
+	return nil
+}

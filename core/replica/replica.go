@@ -1,0 +1,273 @@
+// Package replica is one replica's logic as a pure state machine.
+//
+// A Replica holds a chain of layers (read-only snapshots plus one writable
+// head) on an abstract store (core/store). It takes requests from an engine
+// (Step) and store completions (Complete), and returns effects (Ready): store
+// IOs to run and replies to send. It never touches a clock, file or socket.
+//
+// Durability design. Data is written in place; a layer's index (one entry
+// per block: kind and CRC32C) is written only after the data it describes
+// has been synced (flush = SyncData, WriteIndex, SyncIndex). So after a
+// crash the index never runs ahead of the data. The one way a block can
+// fail its checksum after a crash without bit rot is an unsynced in-place
+// overwrite of a block whose entry was already durable; to find those, a
+// region (1,024 blocks) is recorded in the metadata's active list, durably,
+// before any in-place write into it (an activity log, as in DRBD). On load,
+// blocks of active regions that fail their checksum are settled: their
+// checksum is recomputed from whatever whole block is on disk, which is the
+// old or the new content. Outside active regions a mismatch is corruption.
+package replica
+
+import (
+	"fmt"
+	"hash/crc32"
+
+	"github.com/drover-io/drover/core/blockset"
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
+)
+
+const (
+	// RegionBlocks is the activity-log granularity (4 MiB).
+	RegionBlocks = 1024
+	// maxBlocksPerRequest bounds one data request (4 MiB).
+	maxBlocksPerRequest = 1024
+	// maxQueued bounds requests waiting in the replica.
+	maxQueued = 4096
+	// maxDirtyEntries triggers an internal flush when exceeded, bounding
+	// the index entries held in memory between flushes.
+	maxDirtyEntries = 1 << 16
+	// mergeBatchBlocks bounds the blocks copied per snapshot-merge step.
+	mergeBatchBlocks = 256
+)
+
+// Config sets up a Replica.
+type Config struct {
+	// ID names the replica; written into new metadata.
+	ID proto.ReplicaID
+	// CreateSizeBytes, when nonzero, creates an empty replica of that size
+	// if the store holds no metadata. Zero: a missing replica is an error.
+	CreateSizeBytes uint64
+	// MaxActiveRegions bounds the activity log (default 64 = 256 MiB).
+	MaxActiveRegions int
+	// Bugs plants deliberate faults for the simulator's canary tests.
+	Bugs Bugs
+}
+
+// Bugs are deliberate faults, for proving the checkers catch them. All
+// false in production.
+type Bugs struct {
+	SkipFlushSync     bool // flush replies without syncing anything
+	AcceptStaleEpochs bool // requests from lower epochs are served
+}
+
+// Ready is a batch of effects. IOs may run concurrently and complete in
+// any order; the replica never emits an IO that depends on one still in
+// flight. Replies may be sent at once: a reply is only emitted after the
+// IOs it promises have completed.
+type Ready struct {
+	IOs     []store.IO
+	Replies []proto.Reply
+}
+
+type state uint8
+
+const (
+	stateLoading state = iota
+	stateReady
+	stateFailed // a fatal IO error or bad metadata: every request fails
+)
+
+type layer struct {
+	meta LayerMeta
+	held blockset.Set // blocks this layer holds (data or zero)
+	zero blockset.Set // subset of held stored as zeros
+}
+
+// Replica is the state machine. Create it with New, then drive it.
+type Replica struct {
+	cfg   Config
+	state state
+	why   string // reason for stateFailed
+
+	meta   Meta     // last durable-or-pending metadata (Layers mirror)
+	layers []*layer // oldest first; last is head
+
+	flushedSeq uint64
+	lastEpoch  uint64 // (lastEpoch, lastID) of the newest request seen
+	lastID     uint64
+
+	// dirty holds index entries changed since the last flush, per layer.
+	dirty      map[store.LayerID]map[uint64]proto.BlockState
+	dirtyCount int
+	dirtyData  map[store.LayerID]bool // layers with unsynced data
+
+	active      map[RegionKey]*region
+	activeClock uint64
+	metaBusy    bool
+	metaWaiters []func(ok bool)
+	metaQueued  []func(ok bool)
+
+	queue    []*op
+	inflight []*op
+
+	nextIO  uint64
+	pending map[uint64]func(store.Completion)
+	ready   Ready
+}
+
+type region struct {
+	durable bool   // recorded in a completed meta write
+	dirty   bool   // written since the last completed flush
+	lastUse uint64 // for eviction
+}
+
+// New returns a replica that starts loading its store; call Ready for the
+// first IOs.
+func New(cfg Config) *Replica {
+	if cfg.MaxActiveRegions <= 0 {
+		cfg.MaxActiveRegions = 64
+	}
+	r := &Replica{
+		cfg:       cfg,
+		dirty:     map[store.LayerID]map[uint64]proto.BlockState{},
+		dirtyData: map[store.LayerID]bool{},
+		active:    map[RegionKey]*region{},
+		pending:   map[uint64]func(store.Completion){},
+	}
+	r.load()
+	return r
+}
+
+// Ready returns and clears the effects produced since the last call.
+func (r *Replica) Ready() Ready {
+	rd := r.ready
+	r.ready = Ready{}
+	return rd
+}
+
+// HasReady reports whether Ready would return anything.
+func (r *Replica) HasReady() bool { return len(r.ready.IOs)+len(r.ready.Replies) > 0 }
+
+// Complete feeds the completion of an IO previously emitted.
+func (r *Replica) Complete(c store.Completion) {
+	fn, ok := r.pending[c.ID]
+	if !ok {
+		return // a completion from before a restart, or duplicated: ignore
+	}
+	delete(r.pending, c.ID)
+	fn(c)
+	r.schedule()
+}
+
+// Loaded reports whether the replica finished loading (or failed).
+func (r *Replica) Loaded() bool { return r.state != stateLoading }
+
+// Err returns why the replica failed, or "" if it has not.
+func (r *Replica) Err() string { return r.why }
+
+func (r *Replica) issue(io store.IO, then func(store.Completion)) {
+	r.nextIO++
+	io.ID = r.nextIO
+	r.pending[io.ID] = then
+	r.ready.IOs = append(r.ready.IOs, io)
+}
+
+func (r *Replica) reply(rep proto.Reply) { r.ready.Replies = append(r.ready.Replies, rep) }
+
+func (r *Replica) replyErr(id uint64, st proto.Status, format string, args ...any) {
+	r.reply(proto.Reply{ID: id, Status: st, Err: fmt.Sprintf(format, args...)})
+}
+
+// fail stops the replica: after an IO failure whose effect on the disk is
+// unknown (a failed sync, say), nothing it holds can be trusted.
+func (r *Replica) fail(why string) {
+	if r.state == stateFailed {
+		return
+	}
+	r.state, r.why = stateFailed, why
+	for _, o := range r.queue {
+		r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", why)
+	}
+	r.queue = nil
+}
+
+func (r *Replica) head() *layer { return r.layers[len(r.layers)-1] }
+
+func (r *Replica) sizeBlocks() uint64 { return r.meta.SizeBytes / proto.BlockSize }
+
+func (r *Replica) layerByName(name string) (*layer, int) {
+	if name == "" {
+		return r.head(), len(r.layers) - 1
+	}
+	for i, l := range r.layers[:len(r.layers)-1] {
+		if l.meta.Name == name {
+			return l, i
+		}
+	}
+	return nil, -1
+}
+
+// entry returns the index entry for b in l as the replica currently
+// believes it: the unflushed one if any, else derived from the sets (CRC
+// unknown: the caller must read it from the store).
+func (r *Replica) dirtyEntry(l *layer, b uint64) (proto.BlockState, bool) {
+	e, ok := r.dirty[l.meta.ID][b]
+	return e, ok
+}
+
+func (r *Replica) setEntry(l *layer, e proto.BlockState) {
+	m := r.dirty[l.meta.ID]
+	if m == nil {
+		m = map[uint64]proto.BlockState{}
+		r.dirty[l.meta.ID] = m
+	}
+	if _, ok := m[e.BlockIndex]; !ok {
+		r.dirtyCount++
+	}
+	m[e.BlockIndex] = e
+	switch e.Kind {
+	case proto.BlockData:
+		l.held.Add(e.BlockIndex)
+		l.zero.Remove(e.BlockIndex)
+	case proto.BlockZero:
+		l.held.Add(e.BlockIndex)
+		l.zero.Add(e.BlockIndex)
+	default:
+		l.held.Remove(e.BlockIndex)
+		l.zero.Remove(e.BlockIndex)
+	}
+}
+
+// Info describes the replica.
+func (r *Replica) Info() proto.Info {
+	info := proto.Info{
+		ID: r.meta.ID, SizeBytes: r.meta.SizeBytes, Epoch: r.meta.Epoch,
+		FlushedSeq: r.flushedSeq, Membership: r.meta.Membership.Clone(),
+		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0,
+	}
+	for _, l := range r.layers[:len(r.layers)-1] {
+		info.Chain = append(info.Chain, l.meta.Name)
+	}
+	return info
+}
+
+// Recovered returns the head extents settled after a crash that the engine
+// has not yet resynced (cleared by OpSettle).
+func (r *Replica) Recovered() []proto.Extent {
+	return append([]proto.Extent(nil), r.meta.Recovered...)
+}
+
+// IndexBytes estimates the memory held by the layer indexes.
+func (r *Replica) IndexBytes() uint64 {
+	var n uint64
+	for _, l := range r.layers {
+		n += l.held.SizeBytes() + l.zero.SizeBytes()
+	}
+	return n
+}
+
+func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// CRC returns the CRC32C (Castagnoli) of b, as used for stored blocks.
+func CRC(b []byte) uint32 { return crcOf(b) }

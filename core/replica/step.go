@@ -1,0 +1,311 @@
+package replica
+
+import (
+	"sort"
+
+	"github.com/drover-io/drover/core/proto"
+)
+
+// op is one request (or internal task) waiting for, or holding, its turn.
+// Ops that overlap in blocks, one of them writing, run in arrival order;
+// barrier ops run alone.
+type op struct {
+	req      proto.Request
+	lo, hi   uint64 // blocks [lo, hi)
+	write    bool
+	barrier  bool
+	inplace  *layer // layer written in place (needs active regions)
+	run      func(o *op)
+	internal bool
+}
+
+// Step feeds one request from the engine.
+func (r *Replica) Step(req proto.Request) {
+	switch r.state {
+	case stateLoading:
+		r.replyErr(req.ID, proto.StatusNotReady, "replica %s is still loading", r.cfg.ID)
+		return
+	case stateFailed:
+		r.replyErr(req.ID, proto.StatusIOError, "replica %s failed: %s", r.cfg.ID, r.why)
+		return
+	}
+	// Duplicates (same or older epoch and id) are dropped: the original is
+	// or will be answered.
+	if req.Epoch < r.lastEpoch || (req.Epoch == r.lastEpoch && req.ID <= r.lastID) {
+		if req.Op != proto.OpInfo {
+			return
+		}
+	} else {
+		r.lastEpoch, r.lastID = req.Epoch, req.ID
+	}
+	if req.Op == proto.OpInfo {
+		info := r.Info()
+		r.reply(proto.Reply{ID: req.ID, Info: &info})
+		return
+	}
+	if st, msg := r.checkEpoch(req); st != proto.StatusOK {
+		r.replyErr(req.ID, st, "%s", msg)
+		return
+	}
+	if len(r.queue) >= maxQueued {
+		r.replyErr(req.ID, proto.StatusNotReady, "replica %s is busy: %d requests queued", r.cfg.ID, len(r.queue))
+		return
+	}
+	o, st, msg := r.newOp(req)
+	if st != proto.StatusOK {
+		r.replyErr(req.ID, st, "%s: %s", req.Op, msg)
+		return
+	}
+	r.queue = append(r.queue, o)
+	r.schedule()
+}
+
+func (r *Replica) checkEpoch(req proto.Request) (proto.Status, string) {
+	cur := r.meta.Epoch
+	switch {
+	case req.Op == proto.OpOpen && req.Epoch >= cur:
+		return proto.StatusOK, ""
+	case req.Epoch < cur && !r.cfg.Bugs.AcceptStaleEpochs:
+		return proto.StatusStaleEpoch, sprintf("epoch %d is below the replica's fence %d", req.Epoch, cur)
+	case req.Epoch > cur && req.Op != proto.OpOpen:
+		return proto.StatusInvalid, sprintf("epoch %d was never opened here (fenced at %d): send open first", req.Epoch, cur)
+	}
+	return proto.StatusOK, ""
+}
+
+// newOp validates req and wraps it in an op.
+func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
+	o := &op{req: req, lo: req.BlockIndex, hi: req.BlockIndex + uint64(req.BlockCount)}
+	if req.Op.IsData() && req.Op != proto.OpFlush || req.Op == proto.OpLayerRead ||
+		req.Op == proto.OpLayerWrite || req.Op == proto.OpLayerBlocks {
+		if msg := r.checkRange(req); msg != "" {
+			return nil, proto.StatusInvalid, msg
+		}
+	}
+	switch req.Op {
+	case proto.OpRead:
+		o.run = r.runRead
+	case proto.OpWrite:
+		if uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
+			return nil, proto.StatusInvalid, sprintf("%d data bytes for %d blocks", len(req.Data), req.BlockCount)
+		}
+		o.write, o.inplace, o.run = true, r.head(), r.runWrite
+	case proto.OpTrim, proto.OpWriteZeroes:
+		o.write, o.inplace, o.run = true, r.head(), r.runTrim
+	case proto.OpLayerBlocks, proto.OpLayerRead, proto.OpLayerWrite:
+		l, _ := r.layerByName(req.Name)
+		if l == nil {
+			return nil, proto.StatusNotFound, sprintf("no snapshot %q", req.Name)
+		}
+		o.run = r.runLayerBlocks
+		if req.Op == proto.OpLayerRead {
+			o.run = r.runLayerRead
+		}
+		if req.Op == proto.OpLayerWrite {
+			if msg := checkLayerWrite(req); msg != "" {
+				return nil, proto.StatusInvalid, msg
+			}
+			o.write, o.inplace, o.run = true, l, r.runLayerWrite
+		}
+	default:
+		run := r.controlRunner(req.Op)
+		if run == nil {
+			return nil, proto.StatusInvalid, "unknown operation"
+		}
+		o.barrier, o.run = true, run
+	}
+	return o, proto.StatusOK, ""
+}
+
+func (r *Replica) checkRange(req proto.Request) string {
+	if req.BlockCount == 0 || req.BlockCount > maxBlocksPerRequest {
+		return sprintf("block count %d not in 1..%d", req.BlockCount, maxBlocksPerRequest)
+	}
+	if req.BlockIndex >= r.sizeBlocks() || uint64(req.BlockCount) > r.sizeBlocks()-req.BlockIndex {
+		return sprintf("blocks [%d, +%d) beyond the volume's %d blocks", req.BlockIndex, req.BlockCount, r.sizeBlocks())
+	}
+	return ""
+}
+
+func checkLayerWrite(req proto.Request) string {
+	if len(req.Blocks) != int(req.BlockCount) || uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
+		return sprintf("%d block states and %d bytes for %d blocks", len(req.Blocks), len(req.Data), req.BlockCount)
+	}
+	for i, b := range req.Blocks {
+		if b.BlockIndex != req.BlockIndex+uint64(i) || b.Kind > proto.BlockZero {
+			return sprintf("block state %d is for block %d kind %d", i, b.BlockIndex, b.Kind)
+		}
+		if b.Kind == proto.BlockData && crcOf(req.Data[i*proto.BlockSize:(i+1)*proto.BlockSize]) != b.CRC {
+			return sprintf("block %d does not match its checksum", b.BlockIndex)
+		}
+	}
+	return ""
+}
+
+func (o *op) conflicts(x *op) bool {
+	if o.barrier || x.barrier {
+		return true
+	}
+	return (o.write || x.write) && o.lo < x.hi && x.lo < o.hi
+}
+
+// schedule starts every queued op that conflicts with nothing in flight
+// and nothing queued before it.
+func (r *Replica) schedule() {
+	if r.state != stateReady {
+		return
+	}
+	if r.dirtyCount > maxDirtyEntries && !r.flushQueued() {
+		r.queue = append([]*op{r.internalFlush()}, r.queue...)
+	}
+	for i := 0; i < len(r.queue); {
+		o := r.queue[i]
+		if r.blocked(o, i) {
+			if o.barrier {
+				return
+			}
+			i++
+			continue
+		}
+		if o.inplace != nil && !r.claimRegions(o) {
+			return // waits for a flush to free activity-log space
+		}
+		r.queue = append(r.queue[:i], r.queue[i+1:]...)
+		r.inflight = append(r.inflight, o)
+		if !o.internal && o.req.Epoch < r.meta.Epoch && !r.cfg.Bugs.AcceptStaleEpochs {
+			r.replyErr(o.req.ID, proto.StatusStaleEpoch, "epoch %d fenced by %d while queued", o.req.Epoch, r.meta.Epoch)
+			r.finish(o)
+			continue
+		}
+		r.startOp(o)
+		if r.state != stateReady {
+			return
+		}
+	}
+}
+
+func (r *Replica) blocked(o *op, i int) bool {
+	for _, x := range r.inflight {
+		if o.conflicts(x) {
+			return true
+		}
+	}
+	for _, x := range r.queue[:i] {
+		if o.conflicts(x) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Replica) flushQueued() bool {
+	for _, o := range r.queue {
+		if o.internal {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Replica) internalFlush() *op {
+	return &op{barrier: true, internal: true, run: func(o *op) {
+		r.flushAll(r.flushedSeq, func(bool) { r.finish(o) })
+	}}
+}
+
+// startOp runs o once the regions it writes in place are durably active.
+func (r *Replica) startOp(o *op) {
+	if o.inplace == nil || r.regionsDurable(o) {
+		o.run(o)
+		return
+	}
+	r.writeMeta(func(ok bool) {
+		if !ok {
+			r.replyErr(o.req.ID, proto.StatusIOError, "record active regions: %s", r.why)
+			r.finish(o)
+			return
+		}
+		o.run(o)
+	})
+}
+
+func (r *Replica) finish(o *op) {
+	for i, x := range r.inflight {
+		if x == o {
+			r.inflight = append(r.inflight[:i], r.inflight[i+1:]...)
+			break
+		}
+	}
+}
+
+func (r *Replica) regionKeys(o *op) []RegionKey {
+	var keys []RegionKey
+	for reg := o.lo / RegionBlocks; reg*RegionBlocks < o.hi; reg++ {
+		keys = append(keys, RegionKey{Layer: o.inplace.meta.ID, Region: reg})
+	}
+	return keys
+}
+
+func (r *Replica) regionsDurable(o *op) bool {
+	for _, k := range r.regionKeys(o) {
+		if reg := r.active[k]; reg == nil || !reg.durable {
+			return false
+		}
+	}
+	return true
+}
+
+// claimRegions marks o's regions active and dirty, evicting clean regions
+// when the log is full. It returns false (and queues a flush when nothing
+// is in flight) if there is no room yet.
+func (r *Replica) claimRegions(o *op) bool {
+	keys := r.regionKeys(o)
+	need := 0
+	for _, k := range keys {
+		if r.active[k] == nil {
+			need++
+		}
+	}
+	if len(r.active)+need > r.cfg.MaxActiveRegions {
+		r.evictClean(len(r.active) + need - r.cfg.MaxActiveRegions)
+	}
+	if len(r.active)+need > r.cfg.MaxActiveRegions && len(keys) <= r.cfg.MaxActiveRegions {
+		if len(r.inflight) == 0 && !r.flushQueued() {
+			r.queue = append([]*op{r.internalFlush()}, r.queue...)
+			r.schedule()
+		}
+		return false
+	}
+	r.activeClock++
+	for _, k := range keys {
+		reg := r.active[k]
+		if reg == nil {
+			reg = &region{}
+			r.active[k] = reg
+		}
+		reg.dirty, reg.lastUse = true, r.activeClock
+	}
+	return true
+}
+
+func (r *Replica) evictClean(n int) {
+	var clean []RegionKey
+	for k, reg := range r.active {
+		if !reg.dirty {
+			clean = append(clean, k)
+		}
+	}
+	sort.Slice(clean, func(i, j int) bool {
+		a, b := r.active[clean[i]], r.active[clean[j]]
+		if a.lastUse != b.lastUse {
+			return a.lastUse < b.lastUse
+		}
+		if clean[i].Layer != clean[j].Layer {
+			return clean[i].Layer < clean[j].Layer
+		}
+		return clean[i].Region < clean[j].Region
+	})
+	for _, k := range clean[:min(n, len(clean))] {
+		delete(r.active, k)
+	}
+}
