@@ -131,10 +131,13 @@ const (
 	StatusExists
 	// StatusNotReady: the replica is still loading or is closed.
 	StatusNotReady
+	// StatusUnreachable: no reply came (timeout or lost connection). Never
+	// sent by a replica; drivers and the engine synthesize it.
+	StatusUnreachable
 )
 
 var statusNames = [...]string{"ok", "stale epoch", "corrupt block", "io error",
-	"no space", "invalid request", "not found", "already exists", "not ready"}
+	"no space", "invalid request", "not found", "already exists", "not ready", "unreachable"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {
@@ -248,4 +251,7 @@ type Info struct {
 	Membership    *Membership
 	ActiveRegions uint32 // regions that may hold torn unflushed writes
 	Dirty         bool   // it crashed with unsettled regions (needs OpSettle)
+	// Recovered lists the head extents settled after a crash, which the
+	// engine must resync across replicas before sending OpSettle.
+	Recovered []Extent
 }

@@ -245,6 +245,7 @@ func (r *Replica) Info() proto.Info {
 		ID: r.meta.ID, SizeBytes: r.meta.SizeBytes, Epoch: r.meta.Epoch,
 		FlushedSeq: r.flushedSeq, Membership: r.meta.Membership.Clone(),
 		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0,
+		Recovered: r.Recovered(),
 	}
 	for _, l := range r.layers[:len(r.layers)-1] {
 		info.Chain = append(info.Chain, l.meta.Name)
