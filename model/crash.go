@@ -36,8 +36,14 @@ type unflushedBlock struct {
 	// digests lists the SHA-256 of the flushed value, then of every
 	// distinct value written after it, in first-written order.
 	digests [][sha256.Size]byte
-	// seen indexes digests, keeping repeated writes O(1).
-	seen map[[sha256.Size]byte]struct{}
+	// last maps each digest to the write sequence number that last wrote
+	// it (0 for the flushed value never rewritten), keeping repeated
+	// writes O(1) and letting FlushTo tell writes before a mark from
+	// writes after it.
+	last map[[sha256.Size]byte]uint64
+	// since is the sequence number from which this record's history
+	// counts: writes before it were flushed or came before its creation.
+	since uint64
 }
 
 func digestOf(block []byte) [sha256.Size]byte {
@@ -53,19 +59,25 @@ func (d *Device) noteUnflushed(blockIndex uint64, block []byte) {
 	u, ok := d.unflushed[blockIndex]
 	if !ok {
 		flushed := d.block(blockIndex)
-		u = &unflushedBlock{flushed: flushed, seen: make(map[[sha256.Size]byte]struct{})}
-		u.add(digestOf(flushed))
+		u = newUnflushed(flushed, d.seq)
 		d.unflushed[blockIndex] = u
 	}
-	u.add(digestOf(block))
+	u.add(digestOf(block), d.seq)
 }
 
-func (u *unflushedBlock) add(digest [sha256.Size]byte) {
-	if _, dup := u.seen[digest]; dup {
-		return
+// newUnflushed starts the record of a block whose durable content is
+// flushed as of write sequence number since.
+func newUnflushed(flushed []byte, since uint64) *unflushedBlock {
+	u := &unflushedBlock{flushed: flushed, since: since, last: make(map[[sha256.Size]byte]uint64)}
+	u.add(digestOf(flushed), 0)
+	return u
+}
+
+func (u *unflushedBlock) add(digest [sha256.Size]byte, seq uint64) {
+	if _, dup := u.last[digest]; !dup {
+		u.digests = append(u.digests, digest)
 	}
-	u.seen[digest] = struct{}{}
-	u.digests = append(u.digests, digest)
+	u.last[digest] = max(u.last[digest], seq)
 }
 
 // UnflushedBlocks returns, sorted, the blocks written since the last flush:

@@ -58,6 +58,8 @@ type Device struct {
 	// unflushed holds, for every block written since the last flush, what a
 	// crash may leave in it.
 	unflushed map[uint64]*unflushedBlock
+	// seq counts block writes (trims and zeroes included); Mark records it.
+	seq uint64
 }
 
 // NewDevice returns an empty device of sizeBytes, which must be a multiple
@@ -151,6 +153,7 @@ func (d *Device) setBlock(blockIndex uint64, block []byte) {
 	if block != nil && isZero(block) {
 		block = nil
 	}
+	d.seq++
 	d.noteUnflushed(blockIndex, block)
 	d.head().blocks[blockIndex] = block
 }
