@@ -75,9 +75,9 @@ func (r *Replica) loadIndexes(i int) {
 				l.zero.Add(e.BlockIndex)
 			}
 		}
-		if l == r.head() {
-			r.flushedSeq = c.FlushedSeq
-		}
+		// Take the highest: a snapshot's flush records the sequence in the
+		// layer it freezes, and the new head has none until its own flush.
+		r.flushedSeq = max(r.flushedSeq, c.FlushedSeq)
 		r.loadIndexes(i + 1)
 	})
 }

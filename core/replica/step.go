@@ -29,23 +29,27 @@ func (r *Replica) Step(req proto.Request) {
 		r.replyErr(req.ID, proto.StatusIOError, "replica %s failed: %s", r.cfg.ID, r.why)
 		return
 	}
-	// Duplicates (same or older epoch and id) are dropped: the original is
-	// or will be answered.
-	if req.Epoch < r.lastEpoch || (req.Epoch == r.lastEpoch && req.ID <= r.lastID) {
-		if req.Op != proto.OpInfo {
-			return
-		}
-	} else {
-		r.lastEpoch, r.lastID = req.Epoch, req.ID
-	}
 	if req.Op == proto.OpInfo {
 		info := r.Info()
 		r.reply(proto.Reply{ID: req.ID, Info: &info})
 		return
 	}
+	// The epoch is checked before duplicates so that a fenced engine hears
+	// StatusStaleEpoch, and a request from an epoch never opened cannot
+	// advance (epoch, id) past the live engine's requests.
 	if st, msg := r.checkEpoch(req); st != proto.StatusOK {
 		r.replyErr(req.ID, st, "%s", msg)
 		return
+	}
+	switch {
+	case req.Epoch == r.lastEpoch && req.ID <= r.lastID:
+		return // a duplicate: the original is or will be answered
+	case req.Epoch < r.lastEpoch && !r.cfg.Bugs.AcceptStaleEpochs:
+		// An open at lastEpoch is queued: this epoch is as good as fenced.
+		r.replyErr(req.ID, proto.StatusStaleEpoch, "epoch %d is below the queued open of epoch %d", req.Epoch, r.lastEpoch)
+		return
+	case req.Epoch >= r.lastEpoch:
+		r.lastEpoch, r.lastID = req.Epoch, req.ID
 	}
 	if len(r.queue) >= maxQueued {
 		r.replyErr(req.ID, proto.StatusNotReady, "replica %s is busy: %d requests queued", r.cfg.ID, len(r.queue))
