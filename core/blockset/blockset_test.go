@@ -25,7 +25,7 @@ func genBlock(t *rapid.T, label string) uint64 {
 }
 
 func genCount(t *rapid.T) uint64 {
-	switch rapid.IntRange(0, 3).Draw(t, "countKind") {
+	switch rapid.IntRange(0, 7).Draw(t, "countKind") {
 	case 0:
 		return chunkBlocks // a whole chunk (or two halves when unaligned)
 	case 1:
@@ -118,7 +118,7 @@ func TestSetMatchesMap(t *testing.T) {
 		ref := map[uint64]bool{}
 		var clone *Set
 		var cloneRef map[uint64]bool
-		for step := rapid.IntRange(1, 60).Draw(t, "steps"); step > 0; step-- {
+		for step := rapid.IntRange(1, 40).Draw(t, "steps"); step > 0; step-- {
 			switch rapid.IntRange(0, 6).Draw(t, "op") {
 			case 0:
 				b := genBlock(t, "add")
