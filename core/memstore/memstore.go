@@ -58,9 +58,9 @@ func (s *Store) Execute(io store.IO) store.Completion {
 		return c
 	}
 	if io.Kind == store.CreateLayer {
-		if s.layers[io.Layer] == nil {
-			s.layers[io.Layer] = newLayer()
-		}
+		// A layer left behind by a crash before the metadata named it is
+		// emptied: its id is reused.
+		s.layers[io.Layer] = newLayer()
 		return c
 	}
 	if io.Kind == store.RemoveLayer {

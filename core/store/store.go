@@ -33,7 +33,8 @@ const (
 	ReadMeta Kind = iota + 1
 	// WriteMeta atomically and durably replaces the metadata blob with Meta.
 	WriteMeta
-	// CreateLayer creates an empty layer (durable on completion).
+	// CreateLayer creates an empty layer, emptying any layer of that id a
+	// crash left behind (durable on completion).
 	CreateLayer
 	// RemoveLayer deletes a layer and its data (durable on completion).
 	RemoveLayer

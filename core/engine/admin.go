@@ -1,0 +1,337 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/drover-io/drover/core/proto"
+)
+
+// AdminOp is the kind of an admin request.
+type AdminOp uint8
+
+const (
+	// AdminInfo describes the volume (answered at once).
+	AdminInfo AdminOp = iota + 1
+	// AdminSnapshot takes snapshot Name on every replica: new IO is held,
+	// IO in flight drains, all replicas snapshot, IO resumes.
+	AdminSnapshot
+	// AdminDeleteSnapshot merges snapshot Name into its child everywhere.
+	AdminDeleteSnapshot
+	// AdminRevert reverts the volume to snapshot Name. The volume must be
+	// detached (SetAttached(false)): a revert under a live filesystem
+	// would silently discard what it believes it wrote.
+	AdminRevert
+	// AdminExpand grows the volume to SizeBytes (never shrinks).
+	AdminExpand
+	// AdminChangedExtents lists blocks changed after snapshot Name up to
+	// snapshot Name2 ("" = the head), from one RW replica.
+	AdminChangedExtents
+	// AdminAddReplica opens Replica and rebuilds it into the volume.
+	AdminAddReplica
+	// AdminRemoveReplica takes Replica out of the volume.
+	AdminRemoveReplica
+)
+
+// AdminRequest is a control-plane request.
+type AdminRequest struct {
+	ID        uint64
+	Op        AdminOp
+	Name      string
+	Name2     string
+	SizeBytes uint64
+	Replica   proto.ReplicaID
+}
+
+// AdminReply answers an AdminRequest.
+type AdminReply struct {
+	ID      uint64
+	Err     error
+	Info    *VolumeInfo
+	Extents []proto.Extent
+}
+
+// VolumeInfo is what the engine reports about its volume.
+type VolumeInfo struct {
+	Volume        string
+	Phase         string
+	Why           string // why it is not serving, when it is not
+	Epoch         uint64
+	SizeBytes     uint64
+	Chain         []string
+	MembershipGen uint64
+	Replicas      []ReplicaInfo
+	Rebuild       *RebuildProgress
+}
+
+// ReplicaInfo is one replica as the engine sees it.
+type ReplicaInfo struct {
+	ID   proto.ReplicaID
+	Mode Mode
+	Why  string // last failure
+}
+
+// RebuildProgress reports the rebuild in progress.
+type RebuildProgress struct {
+	Target        proto.ReplicaID
+	Source        proto.ReplicaID
+	Stage         string
+	BlocksScanned uint64
+	BlocksTotal   uint64
+	BytesCopied   uint64
+}
+
+type adminTask struct {
+	req     AdminRequest
+	started bool
+	barrier bool
+}
+
+// Admin takes an admin request; its reply comes through Ready.
+func (e *Engine) Admin(req AdminRequest) {
+	if req.Op == AdminInfo {
+		info := e.Info()
+		e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Info: &info})
+		return
+	}
+	if e.phase != phaseServing {
+		e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Err: e.notServing()})
+		return
+	}
+	if len(e.admin) >= 64 {
+		e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Err: fmt.Errorf("%w: 64 admin requests queued", ErrBusy)})
+		return
+	}
+	t := &adminTask{req: req}
+	t.barrier = req.Op == AdminSnapshot || req.Op == AdminRevert || req.Op == AdminExpand
+	e.admin = append(e.admin, t)
+	e.schedule()
+}
+
+func (e *Engine) notServing() error {
+	switch e.phase {
+	case phaseFaulted:
+		return fmt.Errorf("%w: %s", ErrFaulted, e.why)
+	case phaseFenced:
+		return fmt.Errorf("%w: %s", ErrFenced, e.why)
+	}
+	return ErrNotOpen
+}
+
+// Info describes the volume.
+func (e *Engine) Info() VolumeInfo {
+	info := VolumeInfo{Volume: e.cfg.Volume, Phase: e.phase.String(), Why: e.why, Epoch: e.epoch,
+		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...)}
+	if e.committed != nil {
+		info.MembershipGen = e.committed.Gen
+	}
+	for _, m := range e.sortedMembers() {
+		info.Replicas = append(info.Replicas, ReplicaInfo{ID: m.id, Mode: m.mode, Why: m.why})
+	}
+	if rb := e.rebuild; rb != nil {
+		p := RebuildProgress{Target: rb.target, Source: rb.source, Stage: rb.stage, BlocksTotal: rb.blocksTotal}
+		p.BlocksScanned, p.BytesCopied = rb.scanned, rb.copied
+		if rb.sync != nil {
+			p.BlocksScanned += rb.sync.blocksScanned
+			p.BytesCopied += rb.sync.bytesCopied
+		}
+		info.Rebuild = &p
+	}
+	return info
+}
+
+func (e *Engine) adminReply(t *adminTask, rep *AdminReply, err error) {
+	r := AdminReply{ID: t.req.ID, Err: err}
+	if rep != nil {
+		r.Info, r.Extents = rep.Info, rep.Extents
+	}
+	e.ready.AdminReplies = append(e.ready.AdminReplies, r)
+}
+
+// finishAdmin replies to the running admin task and lets the next run.
+func (e *Engine) finishAdmin(t *adminTask, rep *AdminReply, err error) {
+	if len(e.admin) == 0 || e.admin[0] != t {
+		return
+	}
+	e.admin = e.admin[1:]
+	e.adminReply(t, rep, err)
+	e.schedule()
+}
+
+// runAdmin starts the first admin task when its turn comes: barrier tasks
+// hold new frontend IO and wait for IO in flight to drain.
+func (e *Engine) runAdmin() {
+	if len(e.admin) == 0 {
+		return
+	}
+	t := e.admin[0]
+	if t.started {
+		return
+	}
+	if t.barrier && (len(e.running) > 0 || e.change != nil) {
+		return
+	}
+	t.started = true
+	switch t.req.Op {
+	case AdminSnapshot:
+		e.adminSnapshot(t)
+	case AdminDeleteSnapshot:
+		e.adminEverywhere(t, proto.Request{Op: proto.OpDeleteSnapshot, Name: t.req.Name})
+	case AdminRevert:
+		e.adminRevert(t)
+	case AdminExpand:
+		e.adminExpand(t)
+	case AdminChangedExtents:
+		e.adminChangedExtents(t)
+	case AdminAddReplica:
+		e.adminAddReplica(t)
+	case AdminRemoveReplica:
+		e.adminRemoveReplica(t)
+	default:
+		e.finishAdmin(t, nil, fmt.Errorf("%w: unknown admin operation %d", ErrInvalid, t.req.Op))
+	}
+}
+
+func (e *Engine) adminSnapshot(t *adminTask) {
+	if e.rebuild != nil {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: a rebuild is in progress", ErrBusy))
+		return
+	}
+	for _, n := range e.chain {
+		if n == t.req.Name {
+			e.finishAdmin(t, nil, fmt.Errorf("%w: snapshot %q", ErrExists, t.req.Name))
+			return
+		}
+	}
+	e.adminEverywhere(t, proto.Request{Op: proto.OpSnapshot, Name: t.req.Name, Seq: e.writeSeq})
+}
+
+func (e *Engine) adminRevert(t *adminTask) {
+	if e.attached {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: revert needs the volume detached", ErrBusy))
+		return
+	}
+	e.adminEverywhere(t, proto.Request{Op: proto.OpRevert, Name: t.req.Name})
+}
+
+func (e *Engine) adminExpand(t *adminTask) {
+	size := t.req.SizeBytes
+	switch {
+	case size%proto.BlockSize != 0:
+		e.finishAdmin(t, nil, fmt.Errorf("%w: size %d is not a multiple of %d", ErrInvalid, size, proto.BlockSize))
+	case size < e.sizeBytes:
+		e.finishAdmin(t, nil, fmt.Errorf("%w: shrinking from %d to %d bytes is not supported", ErrInvalid, e.sizeBytes, size))
+	default:
+		e.adminEverywhere(t, proto.Request{Op: proto.OpExpand, SizeBytes: size})
+	}
+}
+
+// adminEverywhere sends one control request to every replica in the
+// write set. A replica that fails it with an IO error or no answer goes
+// ERR (to be rebuilt); a refusal (not found, exists, invalid) fails the
+// request. The engine's view of the chain and size follows.
+func (e *Engine) adminEverywhere(t *adminTask, req proto.Request) {
+	if e.rebuild != nil && req.Op != proto.OpExpand {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: a rebuild is in progress", ErrBusy))
+		return
+	}
+	targets := e.writeTargets()
+	left, okCount := len(targets), 0
+	var refusal error
+	for _, id := range targets {
+		e.send(id, req, func(rep proto.Reply) {
+			left--
+			switch rep.Status {
+			case proto.StatusOK:
+				okCount++
+			case proto.StatusNotFound:
+				refusal = fmt.Errorf("%w: %s", ErrNotFound, rep.Err)
+			case proto.StatusExists:
+				refusal = fmt.Errorf("%w: %s", ErrExists, rep.Err)
+			case proto.StatusInvalid:
+				refusal = fmt.Errorf("%w: %s", ErrInvalid, rep.Err)
+			default:
+				e.replicaFailed(id, fmt.Sprintf("%v: %v %s", req.Op, rep.Status, rep.Err))
+			}
+			if left > 0 {
+				return
+			}
+			if okCount > 0 {
+				e.applyAdmin(req)
+			}
+			err := refusal
+			if err == nil && okCount == 0 {
+				err = fmt.Errorf("%w: %v failed on every replica", ErrIO, req.Op)
+			}
+			if refusal != nil && okCount > 0 {
+				// Some replicas did it, some refused: they disagree now.
+				// Rebuild the ones that refused from the others.
+				err = errors.Join(refusal, fmt.Errorf("replicas disagreed; the refusing ones will be rebuilt"))
+			}
+			e.finishAdmin(t, nil, err)
+		})
+	}
+}
+
+// applyAdmin updates the engine's view after a control request succeeded.
+func (e *Engine) applyAdmin(req proto.Request) {
+	switch req.Op {
+	case proto.OpSnapshot:
+		e.chain = append(e.chain, req.Name)
+	case proto.OpDeleteSnapshot:
+		for i, n := range e.chain {
+			if n == req.Name {
+				e.chain = append(e.chain[:i:i], e.chain[i+1:]...)
+				break
+			}
+		}
+	case proto.OpRevert:
+		for i, n := range e.chain {
+			if n == req.Name {
+				e.chain = e.chain[: i+1 : i+1]
+				break
+			}
+		}
+	case proto.OpExpand:
+		e.sizeBytes = req.SizeBytes
+	}
+}
+
+func (e *Engine) adminChangedExtents(t *adminTask) {
+	rs := e.readable()
+	if len(rs) == 0 {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: no readable replica", ErrIO))
+		return
+	}
+	e.send(rs[0], proto.Request{Op: proto.OpChangedExtents, Name: t.req.Name, Name2: t.req.Name2}, func(rep proto.Reply) {
+		switch rep.Status {
+		case proto.StatusOK:
+			e.finishAdmin(t, &AdminReply{Extents: rep.Extents}, nil)
+		case proto.StatusNotFound:
+			e.finishAdmin(t, nil, fmt.Errorf("%w: %s", ErrNotFound, rep.Err))
+		default:
+			e.finishAdmin(t, nil, fmt.Errorf("%w: %v %s", ErrIO, rep.Status, rep.Err))
+		}
+	})
+}
+
+func (e *Engine) adminRemoveReplica(t *adminTask) {
+	m := e.members[t.req.Replica]
+	if m == nil {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: replica %s", ErrNotFound, t.req.Replica))
+		return
+	}
+	if m.mode == ModeRW && e.rwCount() <= 1 {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: %s is the last RW replica", ErrInvalid, t.req.Replica))
+		return
+	}
+	e.replicaFailed(m.id, "removed by request")
+	delete(e.members, m.id)
+	e.proposeMembership(func(ok bool) {
+		if ok {
+			e.finishAdmin(t, nil, nil)
+		} else {
+			e.finishAdmin(t, nil, fmt.Errorf("%w: membership change did not reach a quorum", ErrFaulted))
+		}
+	})
+}

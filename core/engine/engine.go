@@ -1,0 +1,414 @@
+// Package engine is one volume's replication logic as a pure state machine.
+//
+// An Engine takes frontend requests (Submit), admin requests (Admin),
+// replica replies (Step), lost connections (ReplicaDown) and timer ticks
+// (Tick), and returns effects (Ready): messages to replicas, replies to the
+// frontend and to admin callers. It never touches a clock, socket or
+// goroutine; time is counted in ticks the driver delivers.
+//
+// Replication rules (docs/ARCHITECTURE.md has the reasoning):
+//   - Writes, trims and write-zeroes go to every RW and WO replica and are
+//     acknowledged when all of them have acknowledged. A replica that fails
+//     or times out goes to ERR and leaves the set; no write is acknowledged
+//     until the membership without it is recorded by a quorum of the last
+//     recorded membership's RW replicas.
+//   - Reads go to one RW replica, round robin; on error they fail over, and
+//     a corrupt block is repaired from the replica that served the read.
+//   - Opening takes an epoch above every replica's and fences a quorum of
+//     the newest recorded membership before serving.
+//   - Overlapping frontend requests are ordered: a write waits for every
+//     overlapping request before it, a read for every overlapping write.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/drover-io/drover/core/proto"
+)
+
+// Errors returned to the frontend and admin callers. Callers branch with
+// errors.Is.
+var (
+	// ErrInvalid: the request is malformed or out of range.
+	ErrInvalid = errors.New("invalid request")
+	// ErrNotOpen: the engine has not finished opening its replicas.
+	ErrNotOpen = errors.New("volume is not open yet")
+	// ErrFaulted: too few healthy replicas; the volume stopped serving.
+	ErrFaulted = errors.New("volume is faulted")
+	// ErrFenced: a newer engine took over the replicas.
+	ErrFenced = errors.New("engine was fenced by a newer epoch")
+	// ErrIO: every replica that could serve the request failed.
+	ErrIO = errors.New("io error")
+	// ErrBusy: too many requests are queued, or a conflicting admin task
+	// is running.
+	ErrBusy = errors.New("busy")
+	// ErrDetached: the volume is detached (no frontend IO).
+	ErrDetached = errors.New("volume is detached")
+	// ErrNoSpace: a replica's disk is full.
+	ErrNoSpace = errors.New("no space left on a replica")
+	// ErrNotFound: no such snapshot or replica.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: a snapshot or replica of that name exists already.
+	ErrExists = errors.New("already exists")
+)
+
+const (
+	maxWaiting         = 4096 // frontend requests queued behind conflicts
+	maxBlocksPerIO     = 1024 // per frontend request (4 MiB)
+	rebuildWindow      = 1 << 16
+	rebuildRunBlocks   = 256
+	defaultTimeout     = 100 // ticks
+	defaultRetryTicks  = 20
+	defaultRebuildWait = 50
+)
+
+// Config sets up an Engine.
+type Config struct {
+	// Volume names the volume (for messages).
+	Volume string
+	// Replicas are the replicas to open.
+	Replicas []proto.ReplicaID
+	// MinHealthy is the fewest RW replicas with which writes are still
+	// acknowledged (default 1, as in Longhorn).
+	MinHealthy int
+	// TimeoutTicks is how long a replica may take to answer (default 100).
+	TimeoutTicks int64
+	// RetryTicks is how long to wait before retrying a failed open (20).
+	RetryTicks int64
+	// RebuildAfterTicks: an ERR replica is re-opened and rebuilt after this
+	// many ticks (default 50; negative: never automatically).
+	RebuildAfterTicks int64
+	// MinEpoch is a floor for the epoch taken at open.
+	MinEpoch uint64
+	// Bugs plants deliberate faults for the simulator's canary tests.
+	Bugs Bugs
+}
+
+// Bugs are deliberate faults, for proving the simulator's checkers catch
+// them. All false in production.
+type Bugs struct {
+	AckAfterFirst      bool // acknowledge a write after the first replica
+	RebuildSkipLast    bool // rebuild skips the last run it should copy
+	NoQuorumOpen       bool // serve after fencing any single replica
+	ReadStaleReplicas  bool // serve reads from WO replicas too
+	SkipResyncOnReopen bool // ignore replicas' recovered regions
+}
+
+// Request is a frontend IO.
+type Request struct {
+	ID         uint64
+	Op         proto.Op // OpRead, OpWrite, OpTrim, OpWriteZeroes, OpFlush
+	BlockIndex uint64
+	BlockCount uint32
+	Data       []byte // OpWrite
+	FUA        bool
+}
+
+// Reply answers a Request. Err is nil on success. A failed write's effect
+// is unknown: it may or may not have reached some replicas.
+type Reply struct {
+	ID   uint64
+	Err  error
+	Data []byte
+}
+
+// Message is a request for one replica. Messages to the same replica must
+// be delivered in the order they were emitted (a TCP connection does so).
+type Message struct {
+	To  proto.ReplicaID
+	Req proto.Request
+}
+
+// Ready is a batch of effects: send Messages (in order per replica), then
+// deliver Replies and AdminReplies.
+type Ready struct {
+	Messages     []Message
+	Replies      []Reply
+	AdminReplies []AdminReply
+}
+
+type phase uint8
+
+const (
+	phaseOpening phase = iota
+	phaseServing
+	phaseFaulted
+	phaseFenced
+)
+
+func (p phase) String() string {
+	return [...]string{"opening", "serving", "faulted", "fenced"}[p]
+}
+
+// Mode is a replica's state as the engine sees it.
+type Mode uint8
+
+const (
+	// ModeNone: not opened or not part of the volume.
+	ModeNone Mode = iota
+	// ModeRW: current, serving reads and writes.
+	ModeRW
+	// ModeWO: rebuilding, receiving writes.
+	ModeWO
+	// ModeERR: failed; out of the set until rebuilt.
+	ModeERR
+)
+
+func (m Mode) String() string { return [...]string{"-", "RW", "WO", "ERR"}[m] }
+
+type member struct {
+	id       proto.ReplicaID
+	mode     Mode
+	why      string // last failure
+	errSince int64  // tick it went ERR
+	info     *proto.Info
+}
+
+type call struct {
+	to       proto.ReplicaID
+	deadline int64
+	then     func(proto.Reply)
+}
+
+// Engine is the state machine.
+type Engine struct {
+	cfg   Config
+	phase phase
+	why   string
+	now   int64
+
+	epoch      uint64
+	sizeBytes  uint64
+	chain      []string
+	members    map[proto.ReplicaID]*member
+	committed  *proto.Membership
+	attached   bool
+	writeSeq   uint64
+	nextID     uint64
+	calls      map[uint64]*call
+	roundRobin int
+
+	waiting []*fop
+	running []*fop
+	parked  []func() // completions waiting for a membership commit
+
+	change  *memberChange
+	admin   []*adminTask
+	rebuild *rebuildTask
+	retryAt int64
+	opening *openTask
+
+	ready Ready
+}
+
+// New returns an engine that starts opening its replicas; call Ready for
+// the first messages.
+func New(cfg Config) *Engine {
+	if cfg.MinHealthy <= 0 {
+		cfg.MinHealthy = 1
+	}
+	if cfg.TimeoutTicks <= 0 {
+		cfg.TimeoutTicks = defaultTimeout
+	}
+	if cfg.RetryTicks <= 0 {
+		cfg.RetryTicks = defaultRetryTicks
+	}
+	if cfg.RebuildAfterTicks == 0 {
+		cfg.RebuildAfterTicks = defaultRebuildWait
+	}
+	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]*call{}, attached: true}
+	for _, id := range cfg.Replicas {
+		e.members[id] = &member{id: id}
+	}
+	e.startOpen()
+	return e
+}
+
+// Ready returns and clears the effects produced since the last call.
+func (e *Engine) Ready() Ready {
+	rd := e.ready
+	e.ready = Ready{}
+	return rd
+}
+
+// HasReady reports whether Ready would return anything.
+func (e *Engine) HasReady() bool {
+	return len(e.ready.Messages)+len(e.ready.Replies)+len(e.ready.AdminReplies) > 0
+}
+
+// Step feeds a reply from replica from.
+func (e *Engine) Step(from proto.ReplicaID, rep proto.Reply) {
+	c, ok := e.calls[rep.ID]
+	if !ok || c.to != from {
+		return // late (timed out), duplicated, or not ours
+	}
+	delete(e.calls, rep.ID)
+	if rep.Status == proto.StatusStaleEpoch {
+		e.fence(fmt.Sprintf("replica %s: %s", from, rep.Err))
+		return
+	}
+	c.then(rep)
+	e.schedule()
+}
+
+// ReplicaDown reports that the connection to a replica was lost: every
+// call outstanding to it fails.
+func (e *Engine) ReplicaDown(id proto.ReplicaID) {
+	for _, reqID := range e.sortedCalls() {
+		if c := e.calls[reqID]; c != nil && c.to == id {
+			delete(e.calls, reqID)
+			c.then(proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "connection lost"})
+		}
+	}
+	e.schedule()
+}
+
+// Tick advances the engine's clock by one tick: calls past their deadline
+// fail, and retries that are due run.
+func (e *Engine) Tick() {
+	e.now++
+	for _, reqID := range e.sortedCalls() {
+		if c := e.calls[reqID]; c != nil && c.deadline <= e.now {
+			delete(e.calls, reqID)
+			c.then(proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "timed out"})
+		}
+	}
+	if e.phase == phaseOpening && e.opening == nil && e.now >= e.retryAt {
+		e.startOpen()
+	}
+	if e.phase == phaseServing {
+		e.maybeAutoRebuild()
+	}
+	e.schedule()
+}
+
+func (e *Engine) sortedCalls() []uint64 {
+	ids := make([]uint64, 0, len(e.calls))
+	for id := range e.calls {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// send emits a request to a replica and registers what to do with its
+// reply (or its timeout).
+func (e *Engine) send(to proto.ReplicaID, req proto.Request, then func(proto.Reply)) {
+	e.nextID++
+	req.ID = e.nextID
+	req.Epoch = e.epoch
+	e.calls[req.ID] = &call{to: to, deadline: e.now + e.cfg.TimeoutTicks, then: then}
+	e.ready.Messages = append(e.ready.Messages, Message{To: to, Req: req})
+}
+
+func (e *Engine) replyFrontend(id uint64, err error, data []byte) {
+	e.ready.Replies = append(e.ready.Replies, Reply{ID: id, Err: err, Data: data})
+}
+
+// fence stops the engine for good: a newer engine owns the replicas.
+func (e *Engine) fence(why string) {
+	if e.phase == phaseFenced {
+		return
+	}
+	e.phase, e.why = phaseFenced, why
+	e.failAll(fmt.Errorf("%w: %s", ErrFenced, why))
+}
+
+// fault stops serving: too few healthy replicas or no quorum.
+func (e *Engine) fault(why string) {
+	if e.phase == phaseFenced || e.phase == phaseFaulted {
+		return
+	}
+	e.phase, e.why = phaseFaulted, why
+	e.failAll(fmt.Errorf("%w: %s", ErrFaulted, why))
+}
+
+// failAll fails every frontend and admin request in progress. Replies
+// from replicas to calls still outstanding are then ignored.
+func (e *Engine) failAll(err error) {
+	for _, f := range append(e.running, e.waiting...) {
+		if !f.replied {
+			e.replyFrontend(f.req.ID, err, nil)
+		}
+	}
+	e.running, e.waiting, e.parked = nil, nil, nil
+	for _, a := range e.admin {
+		e.adminReply(a, nil, err)
+	}
+	e.admin = nil
+	e.calls = map[uint64]*call{}
+	e.change, e.rebuild, e.opening = nil, nil, nil
+}
+
+// Phase returns the engine's phase name and, when stopped, why.
+func (e *Engine) Phase() (string, string) { return e.phase.String(), e.why }
+
+// Serving reports whether the engine accepts frontend IO.
+func (e *Engine) Serving() bool { return e.phase == phaseServing }
+
+// Epoch returns the epoch the engine opened its replicas at.
+func (e *Engine) Epoch() uint64 { return e.epoch }
+
+// SizeBytes returns the volume size.
+func (e *Engine) SizeBytes() uint64 { return e.sizeBytes }
+
+// SetAttached records whether a frontend is attached; revert needs the
+// volume detached.
+func (e *Engine) SetAttached(attached bool) { e.attached = attached }
+
+// holding reports whether new frontend IO is held: a barrier admin task
+// or a rebuild is waiting for IO to drain or working under the hold.
+func (e *Engine) holding() bool {
+	if len(e.admin) > 0 && e.admin[0].barrier {
+		return true
+	}
+	return e.rebuild != nil && e.rebuild.holding
+}
+
+func (e *Engine) sortedMembers() []*member {
+	out := make([]*member, 0, len(e.members))
+	for _, m := range e.members {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// writeTargets are the replicas every write goes to.
+func (e *Engine) writeTargets() []proto.ReplicaID {
+	var out []proto.ReplicaID
+	for _, m := range e.sortedMembers() {
+		if m.mode == ModeRW || m.mode == ModeWO {
+			out = append(out, m.id)
+		}
+	}
+	return out
+}
+
+// readable are the replicas reads may go to: RW in the engine's view and
+// in the recorded membership.
+func (e *Engine) readable() []proto.ReplicaID {
+	var out []proto.ReplicaID
+	for _, m := range e.sortedMembers() {
+		ok := m.mode == ModeRW && e.committed.Mode(m.id) == proto.ModeRW
+		if e.cfg.Bugs.ReadStaleReplicas && m.mode == ModeWO {
+			ok = true
+		}
+		if ok {
+			out = append(out, m.id)
+		}
+	}
+	return out
+}
+
+func (e *Engine) rwCount() int {
+	n := 0
+	for _, m := range e.members {
+		if m.mode == ModeRW {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,274 @@
+package engine
+
+import (
+	"fmt"
+
+	"github.com/drover-io/drover/core/proto"
+)
+
+// fop is a frontend request in the engine.
+type fop struct {
+	req      Request
+	lo, hi   uint64
+	write    bool
+	replied  bool
+	pending  map[proto.ReplicaID]bool // replicas yet to acknowledge
+	err      error
+	tried    map[proto.ReplicaID]bool // reads: replicas tried
+	repair   []proto.ReplicaID        // reads: replicas that returned corrupt data
+	inRepair int                      // reads: repair writes outstanding
+}
+
+func (f *fop) conflicts(x *fop) bool {
+	return (f.write || x.write) && f.lo < x.hi && x.lo < f.hi
+}
+
+// Submit takes a frontend request. Its reply comes through Ready.
+func (e *Engine) Submit(req Request) {
+	if err := e.checkRequest(req); err != nil {
+		e.replyFrontend(req.ID, err, nil)
+		return
+	}
+	f := &fop{req: req, lo: req.BlockIndex, hi: req.BlockIndex + uint64(req.BlockCount)}
+	f.write = req.Op == proto.OpWrite || req.Op == proto.OpTrim || req.Op == proto.OpWriteZeroes
+	if req.Op == proto.OpFlush {
+		f.lo, f.hi = 0, 0
+	}
+	e.waiting = append(e.waiting, f)
+	e.schedule()
+}
+
+func (e *Engine) checkRequest(req Request) error {
+	switch e.phase {
+	case phaseOpening:
+		return ErrNotOpen
+	case phaseFaulted:
+		return fmt.Errorf("%w: %s", ErrFaulted, e.why)
+	case phaseFenced:
+		return fmt.Errorf("%w: %s", ErrFenced, e.why)
+	}
+	if !e.attached {
+		return ErrDetached
+	}
+	if len(e.waiting) >= maxWaiting {
+		return fmt.Errorf("%w: %d requests waiting", ErrBusy, len(e.waiting))
+	}
+	switch req.Op {
+	case proto.OpFlush:
+		return nil
+	case proto.OpRead, proto.OpWrite, proto.OpTrim, proto.OpWriteZeroes:
+	default:
+		return fmt.Errorf("%w: operation %v is not a frontend operation", ErrInvalid, req.Op)
+	}
+	size := e.sizeBytes / proto.BlockSize
+	if req.BlockCount == 0 || req.BlockCount > maxBlocksPerIO {
+		return fmt.Errorf("%w: block count %d not in 1..%d", ErrInvalid, req.BlockCount, maxBlocksPerIO)
+	}
+	if req.BlockIndex >= size || uint64(req.BlockCount) > size-req.BlockIndex {
+		return fmt.Errorf("%w: blocks [%d, +%d) beyond the volume's %d blocks", ErrInvalid, req.BlockIndex, req.BlockCount, size)
+	}
+	if req.Op == proto.OpWrite && uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
+		return fmt.Errorf("%w: %d data bytes for %d blocks", ErrInvalid, len(req.Data), req.BlockCount)
+	}
+	return nil
+}
+
+// schedule starts waiting frontend requests that conflict with nothing
+// running or waiting before them, and runs admin tasks whose turn it is.
+func (e *Engine) schedule() {
+	if e.phase != phaseServing {
+		return
+	}
+	if e.rebuild != nil && e.rebuild.holding {
+		e.rebuild.drained()
+	} else {
+		e.runAdmin()
+	}
+	if e.phase != phaseServing || e.holding() {
+		return
+	}
+	for i := 0; i < len(e.waiting); {
+		f := e.waiting[i]
+		if e.fopBlocked(f, i) {
+			i++
+			continue
+		}
+		e.waiting = append(e.waiting[:i], e.waiting[i+1:]...)
+		e.running = append(e.running, f)
+		e.startFop(f)
+		if e.phase != phaseServing {
+			return
+		}
+	}
+}
+
+func (e *Engine) fopBlocked(f *fop, i int) bool {
+	for _, x := range e.running {
+		if f.conflicts(x) {
+			return true
+		}
+	}
+	for _, x := range e.waiting[:i] {
+		if f.conflicts(x) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) startFop(f *fop) {
+	if f.req.Op == proto.OpRead {
+		f.tried = map[proto.ReplicaID]bool{}
+		e.readFrom(f)
+		return
+	}
+	if e.rwCount() < e.cfg.MinHealthy {
+		e.fault(fmt.Sprintf("%d healthy replicas, %d needed", e.rwCount(), e.cfg.MinHealthy))
+		return
+	}
+	req := proto.Request{Op: f.req.Op, BlockIndex: f.req.BlockIndex, BlockCount: f.req.BlockCount,
+		Data: f.req.Data, FUA: f.req.FUA}
+	if f.write {
+		e.writeSeq++
+	}
+	req.Seq = e.writeSeq
+	f.pending = map[proto.ReplicaID]bool{}
+	targets := e.writeTargets()
+	for _, id := range targets {
+		f.pending[id] = true
+	}
+	for _, id := range targets {
+		e.send(id, req, func(rep proto.Reply) { e.onWriteReply(f, id, rep) })
+	}
+}
+
+func (e *Engine) onWriteReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
+	switch rep.Status {
+	case proto.StatusOK:
+		delete(f.pending, id)
+	case proto.StatusNoSpace:
+		// The replica is healthy but full: fail the request, keep the
+		// replica (its copy of these blocks is unchanged).
+		delete(f.pending, id)
+		f.err = fmt.Errorf("%w: replica %s: %s", ErrNoSpace, id, rep.Err)
+	case proto.StatusInvalid:
+		delete(f.pending, id)
+		f.err = fmt.Errorf("%w: replica %s: %s", ErrInvalid, id, rep.Err)
+	default:
+		e.replicaFailed(id, fmt.Sprintf("%v: %v %s", f.req.Op, rep.Status, rep.Err))
+	}
+	e.maybeDone(f)
+}
+
+// maybeDone acknowledges a write-like request once every target answered,
+// and only once no membership change is pending.
+func (e *Engine) maybeDone(f *fop) {
+	if f.replied {
+		return
+	}
+	if e.cfg.Bugs.AckAfterFirst && f.write && len(f.pending) < len(e.writeTargets()) && f.err == nil {
+		f.pending = map[proto.ReplicaID]bool{}
+	}
+	if len(f.pending) > 0 {
+		return
+	}
+	f.replied = true
+	finish := func() {
+		err := f.err
+		if err == nil && e.rwCount() < e.cfg.MinHealthy {
+			err = fmt.Errorf("%w: %d healthy replicas, %d needed", ErrFaulted, e.rwCount(), e.cfg.MinHealthy)
+		}
+		e.replyFrontend(f.req.ID, err, nil)
+		e.finishFop(f)
+	}
+	if e.change != nil {
+		e.parked = append(e.parked, finish)
+		return
+	}
+	finish()
+}
+
+func (e *Engine) finishFop(f *fop) {
+	for i, x := range e.running {
+		if x == f {
+			e.running = append(e.running[:i], e.running[i+1:]...)
+			return
+		}
+	}
+}
+
+// readFrom sends a read to the next readable replica not yet tried.
+func (e *Engine) readFrom(f *fop) {
+	cands := e.readable()
+	var pick proto.ReplicaID
+	for i := range cands {
+		id := cands[(e.roundRobin+i)%len(cands)]
+		if !f.tried[id] {
+			pick = id
+			break
+		}
+	}
+	e.roundRobin++
+	if pick == "" {
+		f.replied = true
+		e.replyFrontend(f.req.ID, fmt.Errorf("%w: no healthy replica could serve blocks [%d, +%d)", ErrIO, f.lo, f.req.BlockCount), nil)
+		e.finishFop(f)
+		return
+	}
+	f.tried[pick] = true
+	req := proto.Request{Op: proto.OpRead, BlockIndex: f.req.BlockIndex, BlockCount: f.req.BlockCount}
+	e.send(pick, req, func(rep proto.Reply) { e.onReadReply(f, pick, rep) })
+}
+
+func (e *Engine) onReadReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
+	switch rep.Status {
+	case proto.StatusOK:
+		if uint64(len(rep.Data)) != uint64(f.req.BlockCount)*proto.BlockSize {
+			e.replicaFailed(id, fmt.Sprintf("read returned %d bytes for %d blocks", len(rep.Data), f.req.BlockCount))
+			e.readFrom(f)
+			return
+		}
+		f.replied = true
+		e.replyFrontend(f.req.ID, nil, rep.Data)
+		e.repairFrom(f, rep.Data)
+	case proto.StatusCorrupt:
+		f.repair = append(f.repair, id)
+		e.readFrom(f)
+	case proto.StatusInvalid:
+		f.replied = true
+		e.replyFrontend(f.req.ID, fmt.Errorf("%w: replica %s: %s", ErrInvalid, id, rep.Err), nil)
+		e.finishFop(f)
+	default:
+		e.replicaFailed(id, fmt.Sprintf("read: %v %s", rep.Status, rep.Err))
+		e.readFrom(f)
+	}
+}
+
+// repairFrom writes good data over the replicas that returned a corrupt
+// block. The read keeps its range until the repairs finish, so no client
+// write can slip between the good read and the repair.
+func (e *Engine) repairFrom(f *fop, data []byte) {
+	var targets []proto.ReplicaID
+	for _, id := range f.repair {
+		if m := e.members[id]; m != nil && (m.mode == ModeRW || m.mode == ModeWO) {
+			targets = append(targets, id)
+		}
+	}
+	if len(targets) == 0 {
+		e.finishFop(f)
+		return
+	}
+	f.inRepair = len(targets)
+	req := proto.Request{Op: proto.OpWrite, BlockIndex: f.req.BlockIndex, BlockCount: f.req.BlockCount, Data: data, Seq: e.writeSeq}
+	for _, id := range targets {
+		e.send(id, req, func(rep proto.Reply) {
+			if rep.Status != proto.StatusOK {
+				e.replicaFailed(id, fmt.Sprintf("read repair: %v %s", rep.Status, rep.Err))
+			}
+			f.inRepair--
+			if f.inRepair == 0 {
+				e.finishFop(f)
+			}
+		})
+	}
+}

@@ -1,0 +1,185 @@
+package engine
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/drover-io/drover/core/proto"
+)
+
+// Quorum rule. A membership change is committed once it is recorded by a
+// quorum of the RW replicas of the last committed membership, and an
+// engine opens only after fencing such a quorum. Any two quorums of the
+// same membership intersect, so a stale engine cannot commit a change (and
+// so cannot acknowledge a write without a replica) once a newer engine has
+// fenced a quorum, and a newer engine always finds the latest committed
+// membership. A quorum is a strict majority, or exactly half when that
+// half includes the lowest-named RW replica (so a 2-replica volume
+// survives the loss of its second replica, though not of its first).
+
+// IsQuorum reports whether acks (replica IDs) form a quorum of m's RW
+// replicas.
+func IsQuorum(m *proto.Membership, acks map[proto.ReplicaID]bool) bool {
+	var rw []proto.ReplicaID
+	for _, x := range m.Members {
+		if x.Mode == proto.ModeRW {
+			rw = append(rw, x.ID)
+		}
+	}
+	if len(rw) == 0 {
+		return false
+	}
+	sort.Slice(rw, func(i, j int) bool { return rw[i] < rw[j] })
+	n := 0
+	for _, id := range rw {
+		if acks[id] {
+			n++
+		}
+	}
+	return 2*n > len(rw) || (2*n == len(rw) && acks[rw[0]])
+}
+
+// memberChange is a membership being recorded.
+type memberChange struct {
+	next    *proto.Membership
+	acks    map[proto.ReplicaID]bool
+	left    int
+	again   bool // another change is needed after this one
+	onDone  []func(ok bool)
+	aborted bool
+}
+
+// replicaFailed moves a replica to ERR: no request waits for it any more,
+// and a membership without it is proposed.
+func (e *Engine) replicaFailed(id proto.ReplicaID, why string) {
+	m := e.members[id]
+	if m == nil || m.mode == ModeERR || m.mode == ModeNone {
+		return
+	}
+	m.mode, m.why, m.errSince = ModeERR, why, e.now
+	var touched []*fop
+	for _, f := range e.running {
+		if f.pending[id] {
+			delete(f.pending, id)
+			touched = append(touched, f)
+		}
+	}
+	if e.rebuild != nil && (e.rebuild.target == id || e.rebuild.source == id) {
+		e.rebuild.abort(fmt.Sprintf("replica %s failed: %s", id, why))
+	}
+	if e.phase == phaseServing {
+		e.proposeMembership(nil)
+	}
+	for _, f := range touched {
+		e.maybeDone(f)
+	}
+}
+
+// desiredMembership is the membership the engine's view implies.
+func (e *Engine) desiredMembership() *proto.Membership {
+	next := &proto.Membership{Gen: e.committed.Gen + 1, Epoch: e.epoch}
+	for _, m := range e.sortedMembers() {
+		switch m.mode {
+		case ModeRW:
+			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeRW})
+		case ModeWO:
+			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeWO})
+		}
+	}
+	return next
+}
+
+// proposeMembership records the desired membership on every replica in
+// it; when a quorum of the committed membership's RW replicas has it, it
+// becomes committed and parked acknowledgements are released. then (if
+// not nil) learns whether it committed.
+func (e *Engine) proposeMembership(then func(ok bool)) {
+	if e.change != nil {
+		e.change.again = true
+		if then != nil {
+			e.change.onDone = append(e.change.onDone, then)
+		}
+		return
+	}
+	next := e.desiredMembership()
+	if len(next.Members) == 0 {
+		e.fault("no replica left")
+		return
+	}
+	ch := &memberChange{next: next, acks: map[proto.ReplicaID]bool{}}
+	if then != nil {
+		ch.onDone = append(ch.onDone, then)
+	}
+	e.change = ch
+	targets := e.writeTargets()
+	ch.left = len(targets)
+	for _, id := range targets {
+		e.send(id, proto.Request{Op: proto.OpSetMembership, Membership: next.Clone()}, func(rep proto.Reply) {
+			if ch.aborted {
+				return
+			}
+			ch.left--
+			if rep.Status == proto.StatusOK {
+				ch.acks[id] = true
+			} else {
+				e.replicaFailedDuringChange(id, rep)
+			}
+			e.maybeCommit(ch)
+		})
+	}
+}
+
+func (e *Engine) replicaFailedDuringChange(id proto.ReplicaID, rep proto.Reply) {
+	m := e.members[id]
+	if m == nil || m.mode == ModeERR {
+		return
+	}
+	m.mode, m.why, m.errSince = ModeERR, fmt.Sprintf("set-membership: %v %s", rep.Status, rep.Err), e.now
+	if e.change != nil {
+		e.change.again = true
+	}
+	for _, f := range e.running {
+		delete(f.pending, id)
+	}
+}
+
+func (e *Engine) maybeCommit(ch *memberChange) {
+	if e.change != ch {
+		return
+	}
+	if !IsQuorum(e.committed, ch.acks) {
+		if ch.left == 0 {
+			e.change = nil
+			for _, fn := range ch.onDone {
+				fn(false)
+			}
+			e.fault(fmt.Sprintf("membership gen %d reached %d replicas, not a quorum of gen %d", ch.next.Gen, len(ch.acks), e.committed.Gen))
+		}
+		return
+	}
+	if ch.left > 0 && !ch.again {
+		// Committed already, but let the rest answer first so that a
+		// replica that did not record it is noticed (it goes ERR).
+		return
+	}
+	e.committed = ch.next
+	e.change = nil
+	for _, fn := range ch.onDone {
+		fn(true)
+	}
+	if ch.again {
+		e.proposeMembership(nil)
+		if e.change != nil {
+			return // parked completions wait for the next commit
+		}
+	}
+	if e.rwCount() < e.cfg.MinHealthy {
+		e.fault(fmt.Sprintf("%d healthy replicas, %d needed", e.rwCount(), e.cfg.MinHealthy))
+		return
+	}
+	parked := e.parked
+	e.parked = nil
+	for _, fn := range parked {
+		fn()
+	}
+}

@@ -1,0 +1,243 @@
+package engine
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/drover-io/drover/core/proto"
+)
+
+// openTask is one attempt to open the volume: learn every replica's
+// epoch, fence them at a higher one, pick the current set from the newest
+// membership, resync regions a crash left unsettled, record the new
+// membership, serve.
+type openTask struct {
+	infos  map[proto.ReplicaID]*proto.Info
+	left   int
+	fenced map[proto.ReplicaID]*proto.Info
+}
+
+func (e *Engine) startOpen() {
+	t := &openTask{infos: map[proto.ReplicaID]*proto.Info{}, fenced: map[proto.ReplicaID]*proto.Info{}}
+	e.opening = t
+	e.phase = phaseOpening
+	t.left = len(e.cfg.Replicas)
+	for _, id := range e.cfg.Replicas {
+		e.send(id, proto.Request{Op: proto.OpInfo}, func(rep proto.Reply) {
+			t.left--
+			if rep.Status == proto.StatusOK && rep.Info != nil {
+				t.infos[id] = rep.Info
+			}
+			if t.left == 0 {
+				e.fenceAll(t)
+			}
+		})
+	}
+}
+
+func (e *Engine) retryOpen(why string) {
+	e.opening = nil
+	e.why = why
+	e.retryAt = e.now + e.cfg.RetryTicks
+}
+
+func (e *Engine) fenceAll(t *openTask) {
+	if e.opening != t {
+		return
+	}
+	if len(t.infos) == 0 {
+		e.retryOpen("no replica answered")
+		return
+	}
+	epoch := max(e.cfg.MinEpoch, e.epoch)
+	for _, info := range t.infos {
+		epoch = max(epoch, info.Epoch)
+	}
+	e.epoch = epoch + 1
+	t.left = len(t.infos)
+	for _, id := range sortedIDs(t.infos) {
+		e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {
+			t.left--
+			if rep.Status == proto.StatusOK && rep.Info != nil {
+				t.fenced[id] = rep.Info
+			}
+			if t.left == 0 {
+				e.decide(t)
+			}
+		})
+	}
+}
+
+func sortedIDs[V any](m map[proto.ReplicaID]V) []proto.ReplicaID {
+	ids := make([]proto.ReplicaID, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// decide picks the current replicas from what the fenced ones recorded.
+func (e *Engine) decide(t *openTask) {
+	if e.opening != t {
+		return
+	}
+	var best *proto.Membership
+	for _, id := range sortedIDs(t.fenced) {
+		if m := t.fenced[id].Membership; m != nil && (best == nil || m.Gen > best.Gen) {
+			best = m
+		}
+	}
+	acks := map[proto.ReplicaID]bool{}
+	for id := range t.fenced {
+		acks[id] = true
+	}
+	if best == nil {
+		// A new volume: every configured replica starts as RW; a quorum
+		// of them must be here.
+		best = &proto.Membership{}
+		for _, id := range e.cfg.Replicas {
+			best.Members = append(best.Members, proto.Member{ID: id, Mode: proto.ModeRW})
+		}
+	}
+	if !IsQuorum(best, acks) && !(e.cfg.Bugs.NoQuorumOpen && len(acks) > 0) {
+		e.retryOpen(fmt.Sprintf("fenced %d replicas, not a quorum of membership gen %d", len(acks), best.Gen))
+		return
+	}
+	current := e.pickCurrent(t, best)
+	if len(current) == 0 {
+		e.retryOpen("no current replica")
+		return
+	}
+	e.committed = best
+	for _, m := range e.sortedMembers() {
+		m.mode, m.info = ModeWO, t.fenced[m.id]
+		if m.info == nil {
+			m.mode, m.why, m.errSince = ModeERR, "did not answer at open", e.now
+		}
+	}
+	for _, id := range current {
+		e.members[id].mode = ModeRW
+	}
+	src := t.fenced[current[0]]
+	e.sizeBytes, e.chain = src.SizeBytes, append([]string(nil), src.Chain...)
+	e.resync(t, current)
+}
+
+// pickCurrent returns the RW members of best that were fenced and agree
+// on the chain most of them hold (an interrupted snapshot operation can
+// leave them apart; the others are rebuilt).
+func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.ReplicaID {
+	votes := map[string][]proto.ReplicaID{}
+	for _, id := range sortedIDs(t.fenced) {
+		if best.Mode(id) != proto.ModeRW {
+			continue
+		}
+		info := t.fenced[id]
+		key := fmt.Sprintf("%d|%s", info.SizeBytes, strings.Join(info.Chain, "\x00"))
+		votes[key] = append(votes[key], id)
+	}
+	var pick []proto.ReplicaID
+	keys := make([]string, 0, len(votes))
+	for k := range votes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if len(votes[k]) > len(pick) {
+			pick = votes[k]
+		}
+	}
+	return pick
+}
+
+// resync makes the current replicas agree on the head extents that a
+// crash left unsettled on any of them: the first current replica's
+// content is copied over the others where their checksums differ.
+func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
+	var extents []proto.Extent
+	var dirty []proto.ReplicaID
+	for _, id := range current {
+		info := t.fenced[id]
+		if info.Dirty {
+			dirty = append(dirty, id)
+		}
+		for _, x := range info.Recovered {
+			extents = append(extents, x)
+		}
+	}
+	if e.cfg.Bugs.SkipResyncOnReopen {
+		extents = nil
+	}
+	e.phase = phaseOpening
+	sync := &layerSync{e: e, layer: "", source: current[0], targets: current[1:], extents: splitExtents(extents, e.sizeBytes/proto.BlockSize)}
+	sync.run(func(err string) {
+		if e.opening != t {
+			return
+		}
+		if err != "" {
+			e.retryOpen("resync: " + err)
+			return
+		}
+		e.settle(t, dirty)
+	})
+}
+
+func (e *Engine) settle(t *openTask, dirty []proto.ReplicaID) {
+	left := len(dirty)
+	done := func() {
+		e.opening = nil
+		e.phase = phaseServing
+		e.why = ""
+		e.proposeMembership(func(ok bool) {})
+		e.schedule()
+	}
+	if left == 0 {
+		done()
+		return
+	}
+	for _, id := range dirty {
+		e.send(id, proto.Request{Op: proto.OpSettle}, func(rep proto.Reply) {
+			if e.opening != t {
+				return
+			}
+			left--
+			if rep.Status != proto.StatusOK {
+				e.members[id].mode = ModeWO // rebuilt instead
+			}
+			if left == 0 {
+				done()
+			}
+		})
+	}
+}
+
+// splitExtents clips extents to the volume and cuts them into pieces of
+// at most rebuildWindow blocks, sorted and merged.
+func splitExtents(in []proto.Extent, sizeBlocks uint64) []proto.Extent {
+	sort.Slice(in, func(i, j int) bool { return in[i].BlockIndex < in[j].BlockIndex })
+	var merged []proto.Extent
+	for _, x := range in {
+		if x.BlockIndex >= sizeBlocks {
+			continue
+		}
+		x.BlockCount = min(x.BlockCount, sizeBlocks-x.BlockIndex)
+		if n := len(merged); n > 0 && merged[n-1].BlockIndex+merged[n-1].BlockCount >= x.BlockIndex {
+			end := max(merged[n-1].BlockIndex+merged[n-1].BlockCount, x.BlockIndex+x.BlockCount)
+			merged[n-1].BlockCount = end - merged[n-1].BlockIndex
+			continue
+		}
+		merged = append(merged, x)
+	}
+	var out []proto.Extent
+	for _, x := range merged {
+		for x.BlockCount > 0 {
+			n := min(x.BlockCount, rebuildWindow)
+			out = append(out, proto.Extent{BlockIndex: x.BlockIndex, BlockCount: n})
+			x.BlockIndex += n
+			x.BlockCount -= n
+		}
+	}
+	return out
+}
