@@ -1,0 +1,30 @@
+// Package link defines how an engine driver reaches a replica: a Link
+// carries requests to one replica, in order, and delivers its replies.
+// Two kinds exist: TCP (transports/tcp) for remote replicas, and
+// in-process (a replica in the engine's process, reached with no socket
+// and no extra goroutine hop, as ../../docs/ARCHITECTURE.md explains).
+package link
+
+import "github.com/drover-io/drover/core/proto"
+
+// Handler receives what comes back over a link. OnReply may be called from
+// any goroutine, but never concurrently with itself for one link. OnDown
+// is called once when the link breaks; every request sent and not yet
+// answered is then lost (the engine treats it as unreachable).
+type Handler struct {
+	OnReply func(proto.Reply)
+	OnDown  func(err error)
+}
+
+// Link sends requests to one replica.
+type Link interface {
+	// Send queues reqs to go out in order. It does not wait for replies and
+	// must not block on the network for long (it may buffer). After the
+	// link is down, Send drops requests silently.
+	Send(reqs ...proto.Request)
+	// Close breaks the link; OnDown is not called for a Close.
+	Close() error
+}
+
+// Dialer opens a link to the replica at addr.
+type Dialer func(addr string, h Handler) (Link, error)
