@@ -188,7 +188,11 @@ func TestNoSpaceChangesNothing(t *testing.T) {
 	full = false
 	mustOK(t, "flush", d.Do(proto.Request{ID: 11, Epoch: 1, Op: proto.OpFlush}))
 	d.Crash(func(store.LayerID, uint64, bool) bool { return false })
-	rep = mustOK(t, "read after restart", d.Do(proto.Request{ID: 12, Epoch: 1, Op: proto.OpRead, BlockIndex: 3, BlockCount: 3}))
+	if rep := d.Do(proto.Request{ID: 12, Epoch: 1, Op: proto.OpRead, BlockIndex: 3, BlockCount: 3}); rep.Status != proto.StatusNotReady {
+		t.Fatalf("read after restart before open: %v, want not ready", rep.Status)
+	}
+	mustOK(t, "open after restart", d.Do(proto.Request{ID: 13, Epoch: 1, Op: proto.OpOpen}))
+	rep = mustOK(t, "read after restart", d.Do(proto.Request{ID: 14, Epoch: 1, Op: proto.OpRead, BlockIndex: 3, BlockCount: 3}))
 	if !bytes.Equal(rep.Data, want) {
 		t.Fatal("data after restart differs")
 	}

@@ -184,6 +184,10 @@ func (h *harness) crash() {
 	if !h.d.Replica.Loaded() || h.d.Replica.Err() != "" {
 		h.t.Fatalf("reload after crash: %s", h.d.Replica.Err())
 	}
+	// A restarted replica serves only after it is opened again.
+	if rep := h.do(proto.Request{Op: proto.OpOpen}); rep.Status != proto.StatusOK {
+		h.t.Fatalf("open after crash: %v %s", rep.Status, rep.Err)
+	}
 	got := h.readAll()
 	at := func(b uint64) []byte { return got[b*proto.BlockSize : (b+1)*proto.BlockSize] }
 	for b := uint64(0); b < h.sizeBlocks(); b++ {

@@ -94,6 +94,7 @@ type Replica struct {
 	layers []*layer // oldest first; last is head
 
 	flushedSeq uint64
+	opened     bool // an engine sent OpOpen since this incarnation loaded
 	lastEpoch  uint64 // (lastEpoch, lastID) of the newest request seen
 	lastID     uint64
 

@@ -51,6 +51,15 @@ func (r *Replica) Step(req proto.Request) {
 	case req.Epoch >= r.lastEpoch:
 		r.lastEpoch, r.lastID = req.Epoch, req.ID
 	}
+	// A replica serves an engine only after that engine opened it in this
+	// incarnation: after a restart it may have lost unsynced writes the
+	// engine believes it holds, so the engine must notice and rebuild it.
+	if req.Op == proto.OpOpen {
+		r.opened = true
+	} else if !r.opened {
+		r.replyErr(req.ID, proto.StatusNotReady, "replica %s restarted since it was opened: open it again", r.cfg.ID)
+		return
+	}
 	if len(r.queue) >= maxQueued {
 		r.replyErr(req.ID, proto.StatusNotReady, "replica %s is busy: %d requests queued", r.cfg.ID, len(r.queue))
 		return
