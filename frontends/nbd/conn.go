@@ -113,7 +113,9 @@ func (c *conn) worker() {
 		req, buf, err := c.readRequest()
 		if err != nil {
 			c.stop = true
-			c.readErr = err
+			if !errors.Is(err, errStopReading) {
+				c.readErr = err
+			}
 			c.readMu.Unlock()
 			return
 		}
@@ -167,16 +169,20 @@ func (c *conn) readRequest() (Request, []byte, error) {
 	return req, nil, nil
 }
 
-// readFailure explains why reading stopped: nil for a shutdown, a client
-// hang-up, or the error.
+// errStopReading ends reading without an error: a shutdown, or a client
+// that hung up between requests.
+var errStopReading = errors.New("stop reading")
+
+// readFailure explains why reading stopped: errStopReading for a
+// shutdown or a hang-up between requests, else the error.
 func (c *conn) readFailure(what string, err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) && c.s.isDraining() {
 		c.log.Debug("nbd: stopped reading for shutdown")
-		return nil
+		return errStopReading
 	}
 	if errors.Is(err, io.EOF) {
 		c.log.Debug("nbd: client hung up without NBD_CMD_DISC")
-		return nil
+		return errStopReading
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
