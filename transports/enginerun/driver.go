@@ -1,0 +1,556 @@
+// Package enginerun is the production driver of core/engine: it owns one
+// engine.Engine on one goroutine and connects it to real time, real links
+// to replicas, and its callers (a frontend through Volume, the control
+// plane through Admin).
+//
+// The engine is not safe for concurrent use, so exactly one goroutine, the
+// loop, ever calls it. Everything else reaches the loop through a
+// mutex-protected inbox: frontend requests, admin requests, replies and
+// lost-connection reports from links, link (re)connections, and ticks from
+// a time.Ticker. The loop drains the whole inbox, feeds it to the engine,
+// and executes the engine's Ready in its documented order: Messages first
+// (one link.Send per replica per round, carrying every message for that
+// replica, in order), then frontend Replies and AdminReplies to their
+// waiting callers. Under load one round carries many requests, so the
+// per-request cost of the handoff to the loop is shared.
+//
+// Links are dialed with a link.Dialer (in-process or TCP), one per replica
+// address. When a link goes down the loop tells the engine
+// (ReplicaDown), and a background dialer redials with exponential backoff;
+// the engine itself decides when to reopen and rebuild the replica.
+package enginerun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/link"
+)
+
+// ErrClosed is returned for requests made after, or outstanding at, Close.
+var ErrClosed = errors.New("engine driver is closed")
+
+const (
+	defaultTick         = 10 * time.Millisecond
+	defaultTimeout      = 5 * time.Second
+	defaultRetry        = time.Second
+	defaultRebuildAfter = 2 * time.Second
+	defaultRedialMin    = 50 * time.Millisecond
+	defaultRedialMax    = 2 * time.Second
+	defaultDialWait     = 2 * time.Second
+	// maxInflight bounds frontend requests handed to the engine and not
+	// yet answered; the engine itself refuses more than 4096 waiting.
+	maxInflight = 2048
+)
+
+// Replica names one replica of the volume and where to reach it.
+type Replica struct {
+	// ID is the replica's name in the volume's membership. It must stay the
+	// same for the life of the replica's data.
+	ID proto.ReplicaID
+	// Addr is what the Dialer is given (host:port for TCP).
+	Addr string
+}
+
+// Config sets up a Driver. Durations are converted to engine ticks.
+type Config struct {
+	// Volume names the volume.
+	Volume string
+	// Replicas are the replicas the engine opens.
+	Replicas []Replica
+	// Dial opens links; required.
+	Dial link.Dialer
+	// MinHealthy is the fewest RW replicas with which writes are still
+	// acknowledged (default 1).
+	MinHealthy int
+	// Tick is the engine's clock period (default 10ms).
+	Tick time.Duration
+	// Timeout is how long a replica may take to answer before it goes ERR
+	// (default 5s).
+	Timeout time.Duration
+	// Retry is how long to wait before retrying a failed open (default 1s).
+	Retry time.Duration
+	// RebuildAfter is how long an ERR replica waits before the engine
+	// reopens and rebuilds it (default 2s; negative: never).
+	RebuildAfter time.Duration
+	// RedialMin and RedialMax bound the backoff between dial attempts
+	// (defaults 50ms and 2s).
+	RedialMin, RedialMax time.Duration
+	// DialWait is how long New waits for the first dial of every replica
+	// before starting the engine, so it does not open against links that
+	// are still connecting (default 2s).
+	DialWait time.Duration
+	// MinEpoch is a floor for the epoch the engine takes.
+	MinEpoch uint64
+	// Logger receives link and phase changes (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Tick <= 0 {
+		c.Tick = defaultTick
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = defaultTimeout
+	}
+	if c.Retry <= 0 {
+		c.Retry = defaultRetry
+	}
+	if c.RebuildAfter == 0 {
+		c.RebuildAfter = defaultRebuildAfter
+	}
+	if c.RedialMin <= 0 {
+		c.RedialMin = defaultRedialMin
+	}
+	if c.RedialMax < c.RedialMin {
+		c.RedialMax = max(defaultRedialMax, c.RedialMin)
+	}
+	if c.DialWait <= 0 {
+		c.DialWait = defaultDialWait
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// ticks converts d to engine ticks, at least 1.
+func (c *Config) ticks(d time.Duration) int64 {
+	return max(1, int64((d+c.Tick-1)/c.Tick))
+}
+
+func (c *Config) engineConfig() engine.Config {
+	ec := engine.Config{Volume: c.Volume, MinHealthy: c.MinHealthy, MinEpoch: c.MinEpoch,
+		TimeoutTicks: c.ticks(c.Timeout), RetryTicks: c.ticks(c.Retry), RebuildAfterTicks: -1}
+	if c.RebuildAfter > 0 {
+		ec.RebuildAfterTicks = c.ticks(c.RebuildAfter)
+	}
+	for _, r := range c.Replicas {
+		ec.Replicas = append(ec.Replicas, r.ID)
+	}
+	return ec
+}
+
+// Driver runs one engine. Create it with New; it is safe for concurrent
+// use.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	inbox  []input
+	closed bool
+	wake   chan struct{}
+	done   chan struct{} // closed when the loop has exited
+
+	nextID   atomic.Uint64
+	inflight chan struct{}
+	size     atomic.Uint64
+	serving  atomic.Bool
+	ready    chan struct{} // closed the first time the engine serves
+
+	// Owned by the loop goroutine.
+	eng      *engine.Engine
+	peers    map[proto.ReplicaID]*peer
+	lastGen  uint64
+	waiters  map[uint64]*waiter
+	admins   map[uint64]chan engine.AdminReply
+	spare    []input
+	phase    string
+	isReady  bool
+	stopDial chan struct{}
+}
+
+type inputKind uint8
+
+const (
+	inSubmit inputKind = iota + 1
+	inReply
+	inDown
+	inLinkUp
+	inTick
+	inAdmin
+	inFunc
+)
+
+// input is one thing for the loop to feed the engine. It is a value type
+// so that the inbox, a reused slice, costs no allocation per request.
+type input struct {
+	kind  inputKind
+	req   engine.Request
+	w     *waiter
+	from  proto.ReplicaID
+	gen   uint64
+	rep   proto.Reply
+	err   error
+	lnk   link.Link
+	admin engine.AdminRequest
+	ach   chan engine.AdminReply
+	fn    func(*engine.Engine)
+}
+
+// waiter is where a frontend request's reply is delivered.
+type waiter struct {
+	ch chan engine.Reply
+}
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan engine.Reply, 1)} }}
+
+// New dials every replica (waiting up to cfg.DialWait for the first
+// attempts), starts the engine and its loop, and returns. The engine opens
+// its replicas in the background; WaitServing waits for it.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Dial == nil {
+		return nil, fmt.Errorf("enginerun: volume %q: no Dialer", cfg.Volume)
+	}
+	if len(cfg.Replicas) == 0 {
+		return nil, fmt.Errorf("enginerun: volume %q: no replicas", cfg.Volume)
+	}
+	seen := map[proto.ReplicaID]bool{}
+	for _, r := range cfg.Replicas {
+		if r.ID == "" || seen[r.ID] {
+			return nil, fmt.Errorf("enginerun: volume %q: replica ID %q empty or repeated", cfg.Volume, r.ID)
+		}
+		seen[r.ID] = true
+	}
+	cfg.setDefaults()
+	d := &Driver{cfg: cfg, log: cfg.Logger.With("volume", cfg.Volume),
+		wake: make(chan struct{}, 1), done: make(chan struct{}), inflight: make(chan struct{}, maxInflight),
+		ready: make(chan struct{}), peers: map[proto.ReplicaID]*peer{}, waiters: map[uint64]*waiter{},
+		admins: map[uint64]chan engine.AdminReply{}, stopDial: make(chan struct{})}
+	var wg sync.WaitGroup
+	for _, r := range cfg.Replicas {
+		p := d.addPeer(r)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.dialLoop(p, p.gen, 0)
+		}()
+	}
+	waitTimeout(&wg, cfg.DialWait)
+	d.eng = engine.New(cfg.engineConfig())
+	go d.loop()
+	return d, nil
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(d):
+	}
+}
+
+// post appends an input to the inbox and wakes the loop. It returns false
+// after Close.
+func (d *Driver) post(in input) bool {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return false
+	}
+	d.inbox = append(d.inbox, in)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// loop is the only goroutine that touches the engine.
+func (d *Driver) loop() {
+	defer close(d.done)
+	t := time.NewTicker(d.cfg.Tick)
+	defer t.Stop()
+	d.round() // the engine's first messages (open)
+	for {
+		select {
+		case <-d.wake:
+		case <-t.C:
+			d.eng.Tick()
+		}
+		if !d.round() {
+			d.shutdown()
+			return
+		}
+	}
+}
+
+// round drains the inbox into the engine and executes Ready until both
+// are empty. It returns false once the driver is closed.
+func (d *Driver) round() bool {
+	for {
+		d.mu.Lock()
+		batch, closed := d.inbox, d.closed
+		d.inbox, d.spare = d.spare[:0], nil
+		d.mu.Unlock()
+		if closed {
+			return false
+		}
+		for i := range batch {
+			d.feed(&batch[i])
+			batch[i] = input{} // drop references for the GC
+		}
+		d.spare = batch[:0]
+		if !d.eng.HasReady() {
+			d.observe()
+			return true
+		}
+		d.execute(d.eng.Ready())
+	}
+}
+
+func (d *Driver) feed(in *input) {
+	switch in.kind {
+	case inSubmit:
+		d.waiters[in.req.ID] = in.w
+		d.eng.Submit(in.req)
+	case inReply:
+		if p := d.peers[in.from]; p != nil && p.gen == in.gen {
+			d.eng.Step(in.from, in.rep)
+		}
+	case inDown:
+		d.linkDown(in.from, in.gen, in.err)
+	case inLinkUp:
+		d.linkUp(in.from, in.gen, in.lnk)
+	case inAdmin:
+		d.admins[in.admin.ID] = in.ach
+		d.eng.Admin(in.admin)
+	case inFunc:
+		in.fn(d.eng)
+	}
+}
+
+// execute carries out one Ready in the engine's documented order:
+// messages, then replies.
+func (d *Driver) execute(rd engine.Ready) {
+	for _, m := range rd.Messages {
+		p := d.peers[m.To]
+		if p == nil {
+			continue // removed; the engine times the call out
+		}
+		p.out = append(p.out, m.Req)
+	}
+	for id, p := range d.peers {
+		if len(p.out) == 0 {
+			continue
+		}
+		if p.lnk != nil {
+			// Links may keep the slice they are given, so each batch gets
+			// its own; one allocation per replica per round, not per IO.
+			batch := make([]proto.Request, len(p.out))
+			copy(batch, p.out)
+			p.lnk.Send(batch...)
+		} else {
+			// Not connected: fail the calls now rather than at timeout.
+			d.post(input{kind: inDown, from: id, gen: p.gen, err: errNotConnected})
+		}
+		clear(p.out)
+		p.out = p.out[:0]
+	}
+	for _, r := range rd.Replies {
+		w := d.waiters[r.ID]
+		if w == nil {
+			continue
+		}
+		delete(d.waiters, r.ID)
+		w.ch <- r
+	}
+	for _, r := range rd.AdminReplies {
+		if ch := d.admins[r.ID]; ch != nil {
+			delete(d.admins, r.ID)
+			ch <- r
+		}
+	}
+}
+
+var errNotConnected = errors.New("not connected")
+
+// observe publishes what callers may read without the loop: size, phase,
+// and a volume info snapshot, and logs phase changes.
+func (d *Driver) observe() {
+	d.size.Store(d.eng.SizeBytes())
+	serving := d.eng.Serving()
+	d.serving.Store(serving)
+	if serving && !d.isReady {
+		d.isReady = true
+		close(d.ready)
+	}
+	ph, why := d.eng.Phase()
+	if ph != d.phase {
+		d.log.Info("engine phase", "phase", ph, "why", why, "epoch", d.eng.Epoch())
+		d.phase = ph
+	}
+}
+
+func (d *Driver) shutdown() {
+	close(d.stopDial)
+	for _, p := range d.peers {
+		if p.lnk != nil {
+			_ = p.lnk.Close()
+			p.lnk = nil
+		}
+	}
+	for id, w := range d.waiters {
+		w.ch <- engine.Reply{ID: id, Err: ErrClosed}
+	}
+	for id, ch := range d.admins {
+		ch <- engine.AdminReply{ID: id, Err: ErrClosed}
+	}
+	d.waiters, d.admins = nil, nil
+	d.mu.Lock()
+	rest := d.inbox
+	d.inbox = nil
+	d.mu.Unlock()
+	for _, in := range rest {
+		switch in.kind {
+		case inSubmit:
+			in.w.ch <- engine.Reply{ID: in.req.ID, Err: ErrClosed}
+		case inAdmin:
+			in.ach <- engine.AdminReply{ID: in.admin.ID, Err: ErrClosed}
+		case inLinkUp:
+			_ = in.lnk.Close()
+		}
+	}
+}
+
+// Close stops the loop, closes every link, and fails requests still
+// outstanding with ErrClosed. Unflushed writes are not flushed.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	already := d.closed
+	d.closed = true
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+	<-d.done
+	_ = already
+	return nil
+}
+
+// WaitServing waits until the engine has opened its replicas and serves
+// IO, or ctx ends.
+func (d *Driver) WaitServing(ctx context.Context) error {
+	select {
+	case <-d.ready:
+		return nil
+	case <-d.done:
+		return ErrClosed
+	case <-ctx.Done():
+		info, err := d.Info(context.Background())
+		if err == nil && info.Why != "" {
+			return fmt.Errorf("volume %s still %s (%s): %w", d.cfg.Volume, info.Phase, info.Why, ctx.Err())
+		}
+		return fmt.Errorf("volume %s not serving: %w", d.cfg.Volume, ctx.Err())
+	}
+}
+
+// Serving reports whether the engine serves IO now.
+func (d *Driver) Serving() bool { return d.serving.Load() }
+
+// SizeBytes returns the volume size (0 until the engine has opened).
+func (d *Driver) SizeBytes() uint64 { return d.size.Load() }
+
+// Submit hands a frontend request to the engine and waits for its reply.
+// The request's ID is assigned here. When ctx ends first, Submit returns
+// ctx.Err(); the request may still take effect, and req.Data must then
+// not be modified until it has, which is why Volume hands the engine
+// copies it owns.
+func (d *Driver) Submit(ctx context.Context, req engine.Request) (engine.Reply, error) {
+	select {
+	case d.inflight <- struct{}{}:
+	case <-ctx.Done():
+		return engine.Reply{}, ctx.Err()
+	}
+	w := waiterPool.Get().(*waiter)
+	req.ID = d.nextID.Add(1)
+	if !d.post(input{kind: inSubmit, req: req, w: w}) {
+		<-d.inflight
+		waiterPool.Put(w)
+		return engine.Reply{}, ErrClosed
+	}
+	select {
+	case r := <-w.ch:
+		<-d.inflight
+		waiterPool.Put(w)
+		return r, nil
+	case <-ctx.Done():
+		// The waiter stays with the loop, which will deliver into its
+		// buffered channel; it is garbage afterwards, never reused. The
+		// in-flight slot is released when that happens.
+		go func() {
+			<-w.ch
+			<-d.inflight
+		}()
+		return engine.Reply{}, ctx.Err()
+	}
+}
+
+// Admin runs an admin request through the engine and waits for its reply.
+func (d *Driver) Admin(ctx context.Context, req engine.AdminRequest) (engine.AdminReply, error) {
+	ch := make(chan engine.AdminReply, 1)
+	req.ID = d.nextID.Add(1)
+	if !d.post(input{kind: inAdmin, admin: req, ach: ch}) {
+		return engine.AdminReply{}, ErrClosed
+	}
+	select {
+	case r := <-ch:
+		return r, r.Err
+	case <-ctx.Done():
+		return engine.AdminReply{}, ctx.Err()
+	}
+}
+
+// Info returns the engine's view of the volume, with each replica's
+// address and link state.
+func (d *Driver) Info(ctx context.Context) (Info, error) {
+	ch := make(chan Info, 1)
+	if !d.post(input{kind: inFunc, fn: func(e *engine.Engine) {
+		info := Info{VolumeInfo: e.Info(), Addrs: map[proto.ReplicaID]string{}, Connected: map[proto.ReplicaID]bool{}}
+		for id, p := range d.peers {
+			info.Addrs[id] = p.addr
+			info.Connected[id] = p.lnk != nil
+		}
+		ch <- info
+	}}) {
+		return Info{}, ErrClosed
+	}
+	select {
+	case info := <-ch:
+		return info, nil
+	case <-ctx.Done():
+		return Info{}, ctx.Err()
+	}
+}
+
+// Info is the engine's VolumeInfo plus what the driver knows of links.
+type Info struct {
+	engine.VolumeInfo
+	Addrs     map[proto.ReplicaID]string
+	Connected map[proto.ReplicaID]bool
+}
+
+// SetAttached tells the engine whether a frontend is attached (a revert
+// needs the volume detached).
+func (d *Driver) SetAttached(ctx context.Context, attached bool) error {
+	ch := make(chan struct{})
+	if !d.post(input{kind: inFunc, fn: func(e *engine.Engine) { e.SetAttached(attached); close(ch) }}) {
+		return ErrClosed
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

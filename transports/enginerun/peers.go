@@ -1,0 +1,171 @@
+package enginerun
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/link"
+)
+
+// peer is the loop's record of one replica's link. gen counts link
+// incarnations, so that replies and down reports from an old link (which
+// may arrive after a new one is up) are ignored.
+type peer struct {
+	id      proto.ReplicaID
+	addr    string
+	gen     uint64
+	lnk     link.Link // nil while not connected
+	dialing bool
+	removed atomic.Bool     // set when removed, to stop its dial loop
+	out     []proto.Request // this round's messages
+}
+
+// addPeer registers a replica; the caller starts its dialLoop.
+func (d *Driver) addPeer(r Replica) *peer {
+	d.lastGen++
+	p := &peer{id: r.ID, addr: r.Addr, gen: d.lastGen, dialing: true}
+	d.peers[r.ID] = p
+	return p
+}
+
+// handler returns the link callbacks for incarnation gen of p. They only
+// post to the inbox, so they are safe from any goroutine, including the
+// loop itself (an in-process link may answer inside Send).
+func (d *Driver) handler(id proto.ReplicaID, gen uint64) link.Handler {
+	return link.Handler{
+		OnReply: func(rep proto.Reply) { d.post(input{kind: inReply, from: id, gen: gen, rep: rep}) },
+		OnDown:  func(err error) { d.post(input{kind: inDown, from: id, gen: gen, err: err}) },
+	}
+}
+
+// dialLoop dials p until it succeeds or the driver closes, sleeping
+// between attempts with exponential backoff, and posts the link to the
+// loop. It runs on its own goroutine and reads only p's immutable fields.
+func (d *Driver) dialLoop(p *peer, gen uint64, delay time.Duration) {
+	backoff := d.cfg.RedialMin
+	for attempt := 0; !p.removed.Load(); attempt++ {
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-d.stopDial:
+				return
+			}
+		}
+		lnk, err := d.cfg.Dial(p.addr, d.handler(p.id, gen))
+		if err == nil {
+			if !d.post(input{kind: inLinkUp, from: p.id, gen: gen, lnk: lnk}) {
+				_ = lnk.Close()
+			}
+			return
+		}
+		if attempt == 0 || attempt%20 == 0 {
+			d.log.Warn("dial replica", "replica", p.id, "addr", p.addr, "attempt", attempt+1, "err", err)
+		}
+		delay = backoff
+		backoff = min(2*backoff, d.cfg.RedialMax)
+	}
+}
+
+func (d *Driver) linkUp(id proto.ReplicaID, gen uint64, lnk link.Link) {
+	p := d.peers[id]
+	if p == nil || p.gen != gen || p.lnk != nil {
+		_ = lnk.Close()
+		return
+	}
+	p.lnk, p.dialing = lnk, false
+	d.log.Info("replica link up", "replica", id, "addr", p.addr)
+}
+
+// linkDown reports the loss to the engine (every call outstanding to the
+// replica fails at once) and starts redialing.
+func (d *Driver) linkDown(id proto.ReplicaID, gen uint64, err error) {
+	p := d.peers[id]
+	if p == nil || p.gen != gen {
+		return
+	}
+	d.eng.ReplicaDown(id)
+	if p.lnk == nil {
+		return // not connected yet: the dial loop is already running
+	}
+	d.log.Warn("replica link down", "replica", id, "addr", p.addr, "err", err)
+	_ = p.lnk.Close()
+	p.lnk = nil
+	d.lastGen++
+	p.gen = d.lastGen
+	p.dialing = true
+	go d.dialLoop(p, p.gen, d.cfg.RedialMin)
+}
+
+// AddReplica registers a replica's address, dials it, and asks the engine
+// to open and rebuild it into the volume. It returns when the rebuild is
+// done or failed, or ctx ends (the rebuild goes on).
+func (d *Driver) AddReplica(ctx context.Context, r Replica) error {
+	if r.ID == "" || r.Addr == "" {
+		return fmt.Errorf("add replica: %w: ID and address are required", engine.ErrInvalid)
+	}
+	errc := make(chan error, 1)
+	if !d.post(input{kind: inFunc, fn: func(*engine.Engine) {
+		if p := d.peers[r.ID]; p != nil {
+			if p.addr != r.Addr {
+				errc <- fmt.Errorf("add replica %s: %w at address %s", r.ID, engine.ErrExists, p.addr)
+				return
+			}
+			errc <- nil // re-adding a known replica: the engine decides
+			return
+		}
+		p := d.addPeer(r)
+		go d.dialLoop(p, p.gen, 0)
+		errc <- nil
+	}}) {
+		return ErrClosed
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	if err := d.waitLinked(ctx, r.ID); err != nil {
+		return fmt.Errorf("add replica %s at %s: %w", r.ID, r.Addr, err)
+	}
+	if _, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminAddReplica, Replica: r.ID}); err != nil {
+		return fmt.Errorf("add replica %s at %s: %w", r.ID, r.Addr, err)
+	}
+	return nil
+}
+
+// waitLinked waits for a replica's link to come up, polling at the tick.
+func (d *Driver) waitLinked(ctx context.Context, id proto.ReplicaID) error {
+	for {
+		info, err := d.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.Connected[id] {
+			return nil
+		}
+		select {
+		case <-time.After(d.cfg.Tick):
+		case <-ctx.Done():
+			return fmt.Errorf("not connected: %w", ctx.Err())
+		}
+	}
+}
+
+// RemoveReplica takes a replica out of the volume and closes its link.
+func (d *Driver) RemoveReplica(ctx context.Context, id proto.ReplicaID) error {
+	if _, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminRemoveReplica, Replica: id}); err != nil {
+		return fmt.Errorf("remove replica %s: %w", id, err)
+	}
+	d.post(input{kind: inFunc, fn: func(*engine.Engine) {
+		if p := d.peers[id]; p != nil {
+			if p.lnk != nil {
+				_ = p.lnk.Close()
+			}
+			p.removed.Store(true)
+			delete(d.peers, id)
+		}
+	}})
+	return nil
+}
