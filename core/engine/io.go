@@ -12,6 +12,7 @@ type fop struct {
 	lo, hi   uint64
 	write    bool
 	replied  bool
+	parked   bool                     // write: acknowledgement waits for a membership commit
 	pending  map[proto.ReplicaID]bool // replicas yet to acknowledge
 	err      error
 	tried    map[proto.ReplicaID]bool // reads: replicas tried
@@ -169,11 +170,13 @@ func (e *Engine) maybeDone(f *fop) {
 	if e.cfg.Bugs.AckAfterFirst && f.write && len(f.pending) < len(e.writeTargets()) && f.err == nil {
 		f.pending = map[proto.ReplicaID]bool{}
 	}
-	if len(f.pending) > 0 {
+	if len(f.pending) > 0 || f.parked {
 		return
 	}
-	f.replied = true
+	// replied is set only when the reply goes out: a parked reply that a
+	// fault or fence drops must still be answered by failAll.
 	finish := func() {
+		f.replied, f.parked = true, false
 		err := f.err
 		if err == nil && e.rwCount() < e.cfg.MinHealthy {
 			err = fmt.Errorf("%w: %d healthy replicas, %d needed", ErrFaulted, e.rwCount(), e.cfg.MinHealthy)
@@ -182,6 +185,7 @@ func (e *Engine) maybeDone(f *fop) {
 		e.finishFop(f)
 	}
 	if e.change != nil {
+		f.parked = true
 		e.parked = append(e.parked, finish)
 		return
 	}
