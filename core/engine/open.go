@@ -167,6 +167,17 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 			extents = append(extents, x)
 		}
 	}
+	for _, id := range current {
+		// Active regions may hold writes a previous engine sent to some
+		// replicas and not others (it died or was fenced mid-write):
+		// without a crash nothing settles them, and the replicas would
+		// answer reads differently. Info does not say which regions, so
+		// compare the whole head; only differing blocks are copied.
+		if t.fenced[id].ActiveRegions > 0 {
+			extents = append(extents, proto.Extent{BlockIndex: 0, BlockCount: e.sizeBytes / proto.BlockSize})
+			break
+		}
+	}
 	if e.cfg.Bugs.SkipResyncOnReopen {
 		extents = nil
 	}
