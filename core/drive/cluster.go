@@ -88,6 +88,8 @@ func NewCluster(n int, sizeBytes uint64, cfg engine.Config, choose func(n int) i
 		c.startReplica(nd)
 		cfg.Replicas = append(cfg.Replicas, id)
 	}
+	for c.Step() { // the replicas load before the engine starts
+	}
 	c.cfg = cfg
 	c.StartEngine(cfg)
 	return c
@@ -175,6 +177,10 @@ func (c *Cluster) startReplica(nd *Node) {
 	nd.Replica = replica.New(nd.cfg)
 	c.collectNode(nd)
 }
+
+// Collect takes effects host h produced outside the cluster's calls (a
+// test that steps h.Engine directly).
+func (c *Cluster) Collect(h *Host) { c.collect(h) }
 
 // collect moves a host's effects onto its links and into its reply maps.
 func (c *Cluster) collect(h *Host) {
