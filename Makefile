@@ -27,7 +27,7 @@ export RAPID_CHECKS
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean
+.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -37,6 +37,7 @@ help:
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
 	@echo "make bench     benchmarks"
 	@echo "make run       build and run drover"
+	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
 build:
 	$(GO) build -o $(BIN)/drover ./cmd/drover
@@ -85,6 +86,18 @@ bench:
 run: build
 	$(BIN)/drover --help
 	@echo "run: the dev server ('drover dev') arrives with the transports issue; for now this shows the help"
+
+# proto regenerates transports/control/controlpb from control.proto. The
+# generated code is committed, so only changing the .proto needs protoc
+# (Debian: apt-get install protobuf-compiler) and the two plugins below.
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+proto:
+	@command -v protoc >/dev/null || { echo "proto: protoc is missing (Debian: apt-get install -y protobuf-compiler)"; exit 1; }
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	cd transports/control/controlpb && PATH="$(BIN):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative control.proto
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,219 @@
+// Package control serves Drover's gRPC control API (controlpb) for one
+// engine, and dials it for clients. The server is thin: every call goes
+// through the engine driver's admin path (transports/enginerun), so the
+// engine's own rules (snapshots hold IO, revert needs a detached volume,
+// membership changes need a quorum) apply unchanged.
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/control/controlpb"
+	"github.com/drover-io/drover/transports/enginerun"
+)
+
+// maxIOBytes bounds one debug Read or Write.
+const maxIOBytes = 4 << 20
+
+// Server implements controlpb.ControlServer for one engine.
+type Server struct {
+	controlpb.UnimplementedControlServer
+	d *enginerun.Driver
+	v *enginerun.Volume
+}
+
+// NewServer returns a control server for the volume v runs on.
+func NewServer(v *enginerun.Volume) *Server {
+	return &Server{d: v.Driver(), v: v}
+}
+
+// Register adds s to a gRPC server.
+func (s *Server) Register(gs *grpc.Server) { controlpb.RegisterControlServer(gs, s) }
+
+// Dial returns a client of the control API at addr (host:port, plain
+// TCP: the control API is meant for localhost or a trusted network until
+// TLS arrives with the manager).
+func Dial(addr string) (controlpb.ControlClient, *grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxIOBytes+1<<20)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("control client for %s: %w", addr, err)
+	}
+	return controlpb.NewControlClient(conn), conn, nil
+}
+
+// ServerOptions are the gRPC options the control server needs (message
+// sizes for the debug Write).
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(maxIOBytes + 1<<20)}
+}
+
+// toStatus maps engine and device errors to gRPC codes, keeping the text.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, engine.ErrInvalid), errors.Is(err, device.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, engine.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, engine.ErrExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, engine.ErrBusy), errors.Is(err, engine.ErrDetached):
+		code = codes.FailedPrecondition
+	case errors.Is(err, engine.ErrNotOpen), errors.Is(err, engine.ErrFaulted), errors.Is(err, enginerun.ErrClosed):
+		code = codes.Unavailable
+	case errors.Is(err, engine.ErrFenced):
+		code = codes.Aborted
+	case errors.Is(err, engine.ErrNoSpace), errors.Is(err, device.ErrNoSpace):
+		code = codes.ResourceExhausted
+	}
+	return status.Error(code, err.Error())
+}
+
+// VolumeInfo describes the volume.
+func (s *Server) VolumeInfo(ctx context.Context, _ *controlpb.VolumeInfoRequest) (*controlpb.VolumeInfoResponse, error) {
+	info, err := s.d.Info(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &controlpb.VolumeInfoResponse{Volume: info.Volume, Phase: info.Phase, Why: info.Why, Epoch: info.Epoch,
+		SizeBytes: info.SizeBytes, Chain: info.Chain, MembershipGen: info.MembershipGen, Replicas: replicaStatuses(info)}
+	if rb := info.Rebuild; rb != nil {
+		out.Rebuild = &controlpb.RebuildProgress{Target: string(rb.Target), Source: string(rb.Source), Stage: rb.Stage,
+			BlocksScanned: rb.BlocksScanned, BlocksTotal: rb.BlocksTotal, BytesCopied: rb.BytesCopied}
+	}
+	return out, nil
+}
+
+func replicaStatuses(info enginerun.Info) []*controlpb.ReplicaStatus {
+	var out []*controlpb.ReplicaStatus
+	for _, r := range info.Replicas {
+		out = append(out, &controlpb.ReplicaStatus{Id: string(r.ID), Address: info.Addrs[r.ID], Mode: r.Mode.String(),
+			Why: r.Why, Connected: info.Connected[r.ID]})
+	}
+	return out
+}
+
+func (s *Server) admin(ctx context.Context, req engine.AdminRequest) (engine.AdminReply, error) {
+	rep, err := s.d.Admin(ctx, req)
+	return rep, toStatus(err)
+}
+
+// SnapshotCreate takes a snapshot.
+func (s *Server) SnapshotCreate(ctx context.Context, req *controlpb.SnapshotRequest) (*controlpb.Empty, error) {
+	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminSnapshot, Name: req.GetName()})
+	return &controlpb.Empty{}, err
+}
+
+// SnapshotList lists snapshots, oldest first.
+func (s *Server) SnapshotList(ctx context.Context, _ *controlpb.Empty) (*controlpb.SnapshotListResponse, error) {
+	info, err := s.d.Info(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &controlpb.SnapshotListResponse{Names: info.Chain}, nil
+}
+
+// SnapshotDelete merges a snapshot into its child.
+func (s *Server) SnapshotDelete(ctx context.Context, req *controlpb.SnapshotRequest) (*controlpb.Empty, error) {
+	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminDeleteSnapshot, Name: req.GetName()})
+	return &controlpb.Empty{}, err
+}
+
+// SnapshotRevert reverts the volume to a snapshot; it must be detached.
+func (s *Server) SnapshotRevert(ctx context.Context, req *controlpb.SnapshotRequest) (*controlpb.Empty, error) {
+	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminRevert, Name: req.GetName()})
+	return &controlpb.Empty{}, err
+}
+
+// ChangedExtents lists blocks changed between two snapshots.
+func (s *Server) ChangedExtents(ctx context.Context, req *controlpb.ChangedExtentsRequest) (*controlpb.ChangedExtentsResponse, error) {
+	rep, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminChangedExtents, Name: req.GetFrom(), Name2: req.GetTo()})
+	if err != nil {
+		return nil, err
+	}
+	out := &controlpb.ChangedExtentsResponse{BlockSizeBytes: proto.BlockSize}
+	for _, x := range rep.Extents {
+		out.Extents = append(out.Extents, &controlpb.Extent{BlockIndex: x.BlockIndex, BlockCount: x.BlockCount})
+	}
+	return out, nil
+}
+
+// Expand grows the volume.
+func (s *Server) Expand(ctx context.Context, req *controlpb.ExpandRequest) (*controlpb.Empty, error) {
+	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminExpand, SizeBytes: req.GetSizeBytes()})
+	return &controlpb.Empty{}, err
+}
+
+// ReplicaList lists replicas.
+func (s *Server) ReplicaList(ctx context.Context, _ *controlpb.Empty) (*controlpb.ReplicaListResponse, error) {
+	info, err := s.d.Info(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &controlpb.ReplicaListResponse{Replicas: replicaStatuses(info)}, nil
+}
+
+// ReplicaAdd adds a replica and waits for its rebuild.
+func (s *Server) ReplicaAdd(ctx context.Context, req *controlpb.ReplicaAddRequest) (*controlpb.Empty, error) {
+	id := req.GetId()
+	if id == "" {
+		id = req.GetAddress()
+	}
+	err := s.d.AddReplica(ctx, enginerun.Replica{ID: proto.ReplicaID(id), Addr: req.GetAddress()})
+	return &controlpb.Empty{}, toStatus(err)
+}
+
+// ReplicaRemove removes a replica.
+func (s *Server) ReplicaRemove(ctx context.Context, req *controlpb.ReplicaRemoveRequest) (*controlpb.Empty, error) {
+	return &controlpb.Empty{}, toStatus(s.d.RemoveReplica(ctx, proto.ReplicaID(req.GetId())))
+}
+
+// Attach marks the volume attached.
+func (s *Server) Attach(ctx context.Context, _ *controlpb.Empty) (*controlpb.Empty, error) {
+	return &controlpb.Empty{}, toStatus(s.d.SetAttached(ctx, true))
+}
+
+// Detach marks the volume detached (frontend IO is refused).
+func (s *Server) Detach(ctx context.Context, _ *controlpb.Empty) (*controlpb.Empty, error) {
+	return &controlpb.Empty{}, toStatus(s.d.SetAttached(ctx, false))
+}
+
+// Read reads through the engine (a debug and test tool).
+func (s *Server) Read(ctx context.Context, req *controlpb.ReadRequest) (*controlpb.ReadResponse, error) {
+	if req.GetLength() > maxIOBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "read of %d bytes: at most %d per call", req.GetLength(), maxIOBytes)
+	}
+	p := make([]byte, req.GetLength())
+	if err := s.v.ReadAt(ctx, p, req.GetOffset()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &controlpb.ReadResponse{Data: p}, nil
+}
+
+// Write writes through the engine (a debug and test tool).
+func (s *Server) Write(ctx context.Context, req *controlpb.WriteRequest) (*controlpb.Empty, error) {
+	return &controlpb.Empty{}, toStatus(s.v.WriteAt(ctx, req.GetData(), req.GetOffset(), req.GetFua()))
+}
+
+// Flush makes acknowledged writes durable.
+func (s *Server) Flush(ctx context.Context, _ *controlpb.Empty) (*controlpb.Empty, error) {
+	return &controlpb.Empty{}, toStatus(s.v.Flush(ctx))
+}
