@@ -82,6 +82,9 @@ type Config struct {
 	RebuildAfterTicks int64
 	// MinEpoch is a floor for the epoch taken at open.
 	MinEpoch uint64
+	// FirstRequestID is where request ids start (a driver that routes
+	// replies from several engines by id gives each its own range).
+	FirstRequestID uint64
 	// Bugs plants deliberate faults for the simulator's canary tests.
 	Bugs Bugs
 }
@@ -218,7 +221,8 @@ func New(cfg Config) *Engine {
 	if cfg.RebuildAfterTicks == 0 {
 		cfg.RebuildAfterTicks = defaultRebuildWait
 	}
-	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]*call{}, attached: true}
+	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]*call{}, attached: true,
+		nextID: cfg.FirstRequestID}
 	for _, id := range cfg.Replicas {
 		e.members[id] = &member{id: id}
 	}

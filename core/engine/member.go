@@ -52,9 +52,25 @@ type memberChange struct {
 // replicaFailed moves a replica to ERR: no request waits for it any more,
 // and a membership without it is proposed.
 func (e *Engine) replicaFailed(id proto.ReplicaID, why string) {
+	touched, ok := e.markERR(id, why)
+	if !ok {
+		return
+	}
+	if e.phase == phaseServing {
+		e.proposeMembership(nil)
+	}
+	for _, f := range touched {
+		e.maybeDone(f)
+	}
+}
+
+// markERR moves a replica to ERR: requests stop waiting for it and a
+// rebuild to or from it stops. It returns the requests that were waiting
+// for it, and false if it was not in the set.
+func (e *Engine) markERR(id proto.ReplicaID, why string) ([]*fop, bool) {
 	m := e.members[id]
 	if m == nil || m.mode == ModeERR || m.mode == ModeNone {
-		return
+		return nil, false
 	}
 	m.mode, m.why, m.errSince = ModeERR, why, e.now
 	var touched []*fop
@@ -67,12 +83,7 @@ func (e *Engine) replicaFailed(id proto.ReplicaID, why string) {
 	if e.rebuild != nil && (e.rebuild.target == id || e.rebuild.source == id) {
 		e.rebuild.abort(fmt.Sprintf("replica %s failed: %s", id, why))
 	}
-	if e.phase == phaseServing {
-		e.proposeMembership(nil)
-	}
-	for _, f := range touched {
-		e.maybeDone(f)
-	}
+	return touched, true
 }
 
 // desiredMembership is the membership the engine's view implies.
@@ -129,17 +140,20 @@ func (e *Engine) proposeMembership(then func(ok bool)) {
 	}
 }
 
+// replicaFailedDuringChange marks a replica that could not record a
+// membership ERR; the change in flight then proposes again without it.
+// Requests it held up wait for that next commit (maybeCommit releases
+// parked completions only once no change is pending).
 func (e *Engine) replicaFailedDuringChange(id proto.ReplicaID, rep proto.Reply) {
-	m := e.members[id]
-	if m == nil || m.mode == ModeERR {
+	touched, ok := e.markERR(id, fmt.Sprintf("set-membership: %v %s", rep.Status, rep.Err))
+	if !ok {
 		return
 	}
-	m.mode, m.why, m.errSince = ModeERR, fmt.Sprintf("set-membership: %v %s", rep.Status, rep.Err), e.now
 	if e.change != nil {
 		e.change.again = true
 	}
-	for _, f := range e.running {
-		delete(f.pending, id)
+	for _, f := range touched {
+		e.maybeDone(f)
 	}
 }
 

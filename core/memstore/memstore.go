@@ -222,3 +222,11 @@ func cloneMap[V any](m map[uint64]V) map[uint64]V {
 	}
 	return c
 }
+
+// Block returns the current data of one block of a layer (nil for a hole).
+func (s *Store) Block(id store.LayerID, blockIndex uint64) []byte {
+	if l := s.layers[id]; l != nil {
+		return l.data[blockIndex]
+	}
+	return nil
+}

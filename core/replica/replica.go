@@ -94,7 +94,7 @@ type Replica struct {
 	layers []*layer // oldest first; last is head
 
 	flushedSeq uint64
-	opened     bool // an engine sent OpOpen since this incarnation loaded
+	opened     bool   // an engine sent OpOpen since this incarnation loaded
 	lastEpoch  uint64 // (lastEpoch, lastID) of the newest request seen
 	lastID     uint64
 
@@ -273,3 +273,20 @@ func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // CRC returns the CRC32C (Castagnoli) of b, as used for stored blocks.
 func CRC(b []byte) uint32 { return crcOf(b) }
+
+// Resolve returns the layer that provides block b of the current view and
+// how that layer holds it (BlockAbsent: no layer does; it reads as zeros).
+// Checkers use it to compare replicas without going through requests.
+func (r *Replica) Resolve(b uint64) (store.LayerID, proto.BlockKind) {
+	l := r.resolve(b)
+	switch {
+	case l == nil:
+		return 0, proto.BlockAbsent
+	case l.zero.Contains(b):
+		return l.meta.ID, proto.BlockZero
+	}
+	return l.meta.ID, proto.BlockData
+}
+
+// SizeBytes returns the replica's size.
+func (r *Replica) SizeBytes() uint64 { return r.meta.SizeBytes }

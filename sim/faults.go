@@ -1,0 +1,180 @@
+package sim
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+)
+
+// Knobs are the parameters of one run: cluster shape, workload and the
+// fault mix. Profiles fix some of them; "swarm" draws them from the seed,
+// so different seeds explore different fault mixes.
+type Knobs struct {
+	Replicas   int
+	MinHealthy int
+	SizeBlocks uint64
+	HotBlocks  uint64 // clients touch blocks [0, HotBlocks)
+	Clients    int
+	MaxBlocks  uint32 // blocks per client request, at most
+	ThinkUs    int64  // a client waits up to this between requests
+
+	TickUs        int64 // engine tick
+	TimeoutTicks  int64
+	NetLatencyUs  int64 // one-way base latency
+	NetJitterUs   int64
+	DiskLatencyUs int64
+	SlowReplica   int // index of a replica whose disk is 20x slower; -1 none
+
+	DropPerMillion   int // a dropped message breaks its connection
+	DupPerMillion    int
+	SpikePerMillion  int
+	SpikeUs          int64
+	PartitionEveryUs int64 // mean gap between partitions (0: none)
+	PartitionLenUs   int64
+
+	ReadEIOPerMillion  int
+	WriteEIOPerMillion int // a failed write or sync stops the replica
+	NoSpacePerMillion  int
+
+	ReplicaCrashEveryUs int64
+	EngineCrashEveryUs  int64
+	TakeoverEveryUs     int64 // a new engine while the old one still runs
+	CrashAllEveryUs     int64 // power loss: every replica and the engine
+	BitRotEveryUs       int64
+	SnapshotEveryUs     int64
+	ExpandEveryUs       int64
+	RestartAfterUs      int64
+}
+
+// Profiles lists the fault profiles by name.
+var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "all", "swarm"}
+
+func baseKnobs() Knobs {
+	return Knobs{Replicas: 3, MinHealthy: 1, SizeBlocks: 256, HotBlocks: 32, Clients: 4, MaxBlocks: 4, ThinkUs: 2000,
+		TickUs: 1000, TimeoutTicks: 50, NetLatencyUs: 50, NetJitterUs: 100, DiskLatencyUs: 30,
+		SlowReplica: -1, SpikeUs: 20_000, PartitionLenUs: 200_000, RestartAfterUs: 100_000}
+}
+
+// ProfileKnobs returns the knobs of a profile, drawing any random ones
+// from rng.
+func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
+	k := baseKnobs()
+	switch name {
+	case "none":
+	case "net":
+		k.DropPerMillion, k.DupPerMillion, k.SpikePerMillion = 500, 2000, 2000
+		k.PartitionEveryUs = 150_000
+	case "disk":
+		k.SlowReplica = 1
+		k.ReadEIOPerMillion, k.WriteEIOPerMillion, k.NoSpacePerMillion = 300, 100, 300
+		k.BitRotEveryUs = 50_000
+	case "crash":
+		k.ReplicaCrashEveryUs, k.EngineCrashEveryUs, k.CrashAllEveryUs = 100_000, 250_000, 300_000
+	case "split":
+		k.TakeoverEveryUs, k.PartitionEveryUs, k.DropPerMillion = 150_000, 150_000, 200
+	case "snap":
+		k.SnapshotEveryUs, k.ExpandEveryUs, k.ReplicaCrashEveryUs = 30_000, 200_000, 200_000
+	case "all":
+		k.DropPerMillion, k.DupPerMillion, k.SpikePerMillion, k.PartitionEveryUs = 200, 1000, 1000, 200_000
+		k.ReadEIOPerMillion, k.WriteEIOPerMillion, k.NoSpacePerMillion, k.BitRotEveryUs = 100, 50, 100, 150_000
+		k.ReplicaCrashEveryUs, k.EngineCrashEveryUs, k.CrashAllEveryUs, k.TakeoverEveryUs = 200_000, 400_000, 500_000, 450_000
+		k.SnapshotEveryUs, k.ExpandEveryUs = 80_000, 350_000
+	case "swarm":
+		k = swarm(rng)
+	default:
+		return k, fmt.Errorf("unknown fault profile %q (known: %s)", name, strings.Join(Profiles, ", "))
+	}
+	return k, nil
+}
+
+// swarm draws every knob from the seed: each fault is on with some
+// probability, at a random intensity.
+func swarm(rng *rand.Rand) Knobs {
+	k := baseKnobs()
+	k.Replicas = 1 + rng.IntN(5)
+	k.Clients = 1 + rng.IntN(6)
+	k.HotBlocks = uint64(4 << rng.IntN(5))
+	k.MaxBlocks = uint32(1 + rng.IntN(4))
+	k.NetLatencyUs = int64(10 + rng.IntN(200))
+	k.NetJitterUs = int64(rng.IntN(400))
+	k.DiskLatencyUs = int64(5 + rng.IntN(200))
+	on := func(pct int) bool { return rng.IntN(100) < pct }
+	every := func(lo, hi int) int64 { return int64(lo+rng.IntN(hi-lo)) / 2 }
+	if k.Replicas > 1 && on(30) {
+		k.SlowReplica = rng.IntN(k.Replicas)
+	}
+	if on(50) {
+		k.DropPerMillion = rng.IntN(1000)
+	}
+	if on(40) {
+		k.DupPerMillion = rng.IntN(5000)
+	}
+	if on(40) {
+		k.SpikePerMillion = rng.IntN(5000)
+	}
+	if on(40) {
+		k.PartitionEveryUs = every(100_000, 1_000_000)
+	}
+	if on(40) {
+		k.ReadEIOPerMillion = rng.IntN(1000)
+	}
+	if on(30) {
+		k.WriteEIOPerMillion = rng.IntN(300)
+	}
+	if on(30) {
+		k.NoSpacePerMillion = rng.IntN(1000)
+	}
+	if on(40) {
+		k.ReplicaCrashEveryUs = every(100_000, 1_000_000)
+	}
+	if on(30) {
+		k.EngineCrashEveryUs = every(200_000, 2_000_000)
+	}
+	if on(30) {
+		k.TakeoverEveryUs = every(200_000, 2_000_000)
+	}
+	if on(30) {
+		k.CrashAllEveryUs = every(300_000, 2_000_000)
+	}
+	if on(30) {
+		k.BitRotEveryUs = every(50_000, 500_000)
+	}
+	if on(40) {
+		k.SnapshotEveryUs = every(50_000, 500_000)
+	}
+	if on(20) {
+		k.ExpandEveryUs = every(200_000, 1_000_000)
+	}
+	return k
+}
+
+// String lists the knobs that are on, for failure reports.
+func (k Knobs) String() string {
+	parts := []string{fmt.Sprintf("replicas=%d clients=%d hot=%d maxblocks=%d net=%d±%dus disk=%dus",
+		k.Replicas, k.Clients, k.HotBlocks, k.MaxBlocks, k.NetLatencyUs, k.NetJitterUs, k.DiskLatencyUs)}
+	add := func(name string, v int64) {
+		if v > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", name, v))
+		}
+	}
+	if k.SlowReplica >= 0 {
+		parts = append(parts, fmt.Sprintf("slow=r%d", k.SlowReplica+1))
+	}
+	add("drop/M", int64(k.DropPerMillion))
+	add("dup/M", int64(k.DupPerMillion))
+	add("spike/M", int64(k.SpikePerMillion))
+	add("partition-every-us", k.PartitionEveryUs)
+	add("read-eio/M", int64(k.ReadEIOPerMillion))
+	add("write-eio/M", int64(k.WriteEIOPerMillion))
+	add("enospc/M", int64(k.NoSpacePerMillion))
+	add("replica-crash-every-us", k.ReplicaCrashEveryUs)
+	add("engine-crash-every-us", k.EngineCrashEveryUs)
+	add("takeover-every-us", k.TakeoverEveryUs)
+	add("crash-all-every-us", k.CrashAllEveryUs)
+	add("bitrot-every-us", k.BitRotEveryUs)
+	add("snapshot-every-us", k.SnapshotEveryUs)
+	add("expand-every-us", k.ExpandEveryUs)
+	sort.Strings(parts[1:])
+	return strings.Join(parts, " ")
+}

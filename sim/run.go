@@ -1,0 +1,292 @@
+package sim
+
+import (
+	"fmt"
+
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
+)
+
+const (
+	livenessGraceUs = 3_000_000  // after healing, time to reopen and rebuild
+	livenessBoundUs = 5_000_000  // then every request completes within this
+	convergeBoundUs = 60_000_000 // and replicas converge within this of healing
+	watchdogUs      = 50_000
+)
+
+// every runs fn at random gaps around meanUs while faults are on.
+func (s *Sim) every(meanUs int64, fn func()) {
+	if meanUs <= 0 {
+		return
+	}
+	s.after(s.uniform(meanUs/2, meanUs*3/2), func() {
+		if s.healed || s.stopped {
+			return
+		}
+		fn()
+		s.every(meanUs, fn)
+	})
+}
+
+func (s *Sim) scheduleFaults() {
+	k := s.knobs
+	s.every(k.PartitionEveryUs, s.partition)
+	s.every(k.ReplicaCrashEveryUs, func() {
+		n := s.replicas[s.rng.IntN(len(s.replicas))]
+		n.crash()
+		s.after(k.RestartAfterUs, func() {
+			if !n.up {
+				n.start()
+			}
+		})
+	})
+	s.every(k.EngineCrashEveryUs, func() {
+		s.current().kill()
+		s.count("engine-crash")
+	})
+	s.every(k.TakeoverEveryUs, s.takeover)
+	s.every(k.CrashAllEveryUs, s.crashAll)
+	s.every(k.BitRotEveryUs, s.bitRot)
+	s.every(k.SnapshotEveryUs, s.snapshot)
+	s.every(k.ExpandEveryUs, s.expand)
+	s.watchdog()
+}
+
+func (s *Sim) partition() {
+	en := s.current()
+	n := s.replicas[s.rng.IntN(len(s.replicas))]
+	l := en.links[n.idx]
+	if l.partitioned {
+		return
+	}
+	l.partitioned = true
+	s.count("partition")
+	s.note("partition", en.inc, uint64(n.idx))
+	s.after(s.uniform(s.knobs.PartitionLenUs/2, s.knobs.PartitionLenUs*3/2), func() {
+		l.partitioned = false
+		s.note("heal", en.inc, uint64(n.idx))
+	})
+}
+
+// takeover starts a new engine while the old one still runs and serves
+// some clients: the old one must be fenced, never acknowledging a write
+// the new one cannot see. When a replica restarted since the last era
+// (unflushed data may be gone), the old engine is killed first instead.
+func (s *Sim) takeover() {
+	old := s.current()
+	if s.hist.pausing {
+		return
+	}
+	if s.hist.replicaRestarted {
+		old.kill()
+	}
+	s.count("takeover")
+	s.startEngine()
+	s.after(s.uniform(100_000, 1_000_000), old.kill)
+}
+
+func (s *Sim) crashAll() {
+	for _, en := range s.engines {
+		en.kill()
+	}
+	for _, n := range s.replicas {
+		n.crash()
+	}
+	s.count("crash-all")
+	s.after(s.knobs.RestartAfterUs, func() {
+		for _, n := range s.replicas {
+			if !n.up {
+				n.start()
+			}
+		}
+	})
+}
+
+// bitRot flips a bit of a block one replica serves from its disk.
+func (s *Sim) bitRot() {
+	n := s.replicas[s.rng.IntN(len(s.replicas))]
+	if !n.up || !n.r.Loaded() {
+		return
+	}
+	b := uint64(s.rng.IntN(int(s.knobs.HotBlocks)))
+	layer, kind := n.r.Resolve(b)
+	if kind != proto.BlockData {
+		return
+	}
+	if n.st.CorruptBlock(layer, b, uint(s.rng.IntN(proto.BlockSize*8))) {
+		s.count("bitrot")
+		s.note("bitrot", uint64(n.idx), b)
+	}
+}
+
+func (s *Sim) snapshot() {
+	en := s.current()
+	if !en.alive || !en.e.Serving() {
+		return
+	}
+	info := en.e.Info()
+	if len(info.Chain) >= 3 && s.rng.IntN(2) == 0 {
+		name := info.Chain[s.rng.IntN(len(info.Chain))]
+		en.admin(engine.AdminRequest{Op: engine.AdminDeleteSnapshot, Name: name}, func(r engine.AdminReply) {
+			s.countResult("snapshot-delete", r.Err)
+		})
+		return
+	}
+	name := fmt.Sprintf("s%d", s.steps)
+	en.admin(engine.AdminRequest{Op: engine.AdminSnapshot, Name: name}, func(r engine.AdminReply) {
+		s.countResult("snapshot", r.Err)
+	})
+}
+
+func (s *Sim) expand() {
+	en := s.current()
+	if !en.alive || !en.e.Serving() {
+		return
+	}
+	size := en.e.SizeBytes() + 64*proto.BlockSize
+	en.admin(engine.AdminRequest{Op: engine.AdminExpand, SizeBytes: size}, func(r engine.AdminReply) {
+		s.countResult("expand", r.Err)
+	})
+}
+
+func (s *Sim) countResult(what string, err error) {
+	if err == nil {
+		s.count(what)
+	} else {
+		s.count(what + "-failed")
+	}
+}
+
+// watchdog plays the manager: it restarts stopped replica processes and
+// a dead, faulted or fenced engine, and heals faults once the safety
+// phase is over.
+func (s *Sim) watchdog() {
+	s.after(watchdogUs, func() {
+		if s.stopped {
+			return
+		}
+		if !s.healed && s.hist.clientOps >= uint64(s.opt.Ops)*7/10 {
+			s.heal()
+		}
+		for _, n := range s.replicas {
+			if n.up && n.failed {
+				n.crash()
+				n.start()
+			}
+		}
+		cur := s.current()
+		phase, _ := cur.e.Phase()
+		if !cur.alive || phase == "faulted" || phase == "fenced" {
+			allUp := true
+			for _, n := range s.replicas {
+				allUp = allUp && n.up
+			}
+			if allUp || !s.healed {
+				cur.kill()
+				s.count("engine-restart")
+				s.startEngine()
+			}
+		}
+		s.watchdog()
+	})
+}
+
+func (s *Sim) heal() {
+	s.healed, s.healAt = true, s.now
+	s.hist.livenessFrom = s.now + livenessGraceUs
+	s.note("heal-all")
+	for _, en := range s.engines[:len(s.engines)-1] {
+		en.kill()
+	}
+	for _, en := range s.engines {
+		for _, l := range en.links {
+			l.partitioned = false
+		}
+	}
+	for _, n := range s.replicas {
+		if !n.up {
+			n.start()
+		}
+	}
+}
+
+// clientDone starts the final phase once every client has finished: wait
+// until every replica is RW, scrub, then check convergence.
+func (s *Sim) clientDone() {
+	for _, c := range s.clients {
+		if !c.done {
+			return
+		}
+	}
+	if !s.healed {
+		s.heal()
+	}
+	s.awaitConverged()
+}
+
+func (s *Sim) awaitConverged() {
+	if s.now-s.healAt > convergeBoundUs {
+		info := s.current().e.Info()
+		s.fail("liveness: replicas did not converge within %ds of healing: %s", convergeBoundUs/1_000_000, describeInfo(info))
+		s.stopped = true
+		return
+	}
+	en := s.current()
+	if !en.alive || !en.e.Serving() || s.hist.pausing || !allRW(en.e.Info(), len(s.replicas)) {
+		s.after(10_000, s.awaitConverged)
+		return
+	}
+	s.scrub(en, 0, 0)
+}
+
+func allRW(info engine.VolumeInfo, n int) bool {
+	if info.Rebuild != nil || len(info.Replicas) != n {
+		return false
+	}
+	for _, r := range info.Replicas {
+		if r.Mode != engine.ModeRW {
+			return false
+		}
+	}
+	return true
+}
+
+func describeInfo(info engine.VolumeInfo) string {
+	out := fmt.Sprintf("phase %s (%s) epoch %d gen %d", info.Phase, info.Why, info.Epoch, info.MembershipGen)
+	for _, r := range info.Replicas {
+		out += fmt.Sprintf(" %s=%v(%s)", r.ID, r.Mode, r.Why)
+	}
+	if info.Rebuild != nil {
+		out += fmt.Sprintf(" rebuilding %s stage %s", info.Rebuild.Target, info.Rebuild.Stage)
+	}
+	return out
+}
+
+// scrub reads every block of the volume once per replica (reads go round
+// robin, and a corrupt copy is repaired from a good one), then checks.
+func (s *Sim) scrub(en *engineNode, b uint64, pass int) {
+	size := en.e.SizeBytes() / proto.BlockSize
+	if pass == len(s.replicas) {
+		s.checkConvergence()
+		s.stopped = true
+		return
+	}
+	if b >= size {
+		s.scrub(en, 0, pass+1)
+		return
+	}
+	n := uint32(min(64, size-b))
+	en.submit(engine.Request{Op: proto.OpRead, BlockIndex: b, BlockCount: n}, func(rep engine.Reply) {
+		if rep.Err != nil {
+			s.fail("liveness: scrub read of blocks [%d,+%d) after healing: %v", b, n, rep.Err)
+			s.stopped = true
+			return
+		}
+		for i := uint64(0); i < uint64(n); i++ {
+			if _, ok := unstamp(rep.Data[i*proto.BlockSize:(i+1)*proto.BlockSize], b+i); !ok {
+				s.fail("integrity: garbage in block %d at the final scrub", b+i)
+			}
+		}
+		s.scrub(en, b+uint64(n), pass)
+	})
+}
