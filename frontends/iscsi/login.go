@@ -194,7 +194,7 @@ func (c *conn) loginStep(ls *loginState, req *PDU) (resp *PDU, done bool, err er
 	if err != nil {
 		return nil, false, err
 	}
-	if csg == stageSecurity && !ls.authDone && ls.chapCfg == nil {
+	if ls.chapCfg == nil {
 		ls.authDone = true
 	}
 	if csg == stageSecurity && transit && ls.chapCfg != nil && ls.chapStep == 0 {
