@@ -1,0 +1,110 @@
+package replicarun
+
+import (
+	"sync"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/link"
+)
+
+// localLink is the in-process link.Link to a Runner: no socket, no
+// goroutine of its own. Send steps each request into the Runner on the
+// caller's goroutine, which also runs the request's quick IOs.
+type localLink struct {
+	r *Runner
+	h link.Handler
+
+	mu         sync.Mutex
+	closed     bool
+	queue      []proto.Reply // replies not yet handed to h.OnReply
+	delivering bool          // a goroutine is draining queue
+}
+
+// NewLocalLink returns a link to r that runs in the caller's process.
+//
+// Replies reach h.OnReply one at a time, never concurrently, in the order
+// the replica emits them; OnReply may run on the goroutine calling Send,
+// before Send returns (that is the point: no handoff), so the caller must
+// not hold, across Send, a lock that OnReply takes. Send called from
+// within OnReply is fine: its replies are delivered after OnReply returns.
+// When r is closed, h.OnDown is called once.
+func NewLocalLink(r *Runner, h link.Handler) link.Link {
+	l := &localLink{r: r, h: h}
+	r.mu.Lock()
+	closed := r.closed
+	if !closed {
+		r.downs[l] = struct{}{}
+	}
+	r.mu.Unlock()
+	if closed {
+		l.onDown(ErrClosed)
+	}
+	return l
+}
+
+// Send implements link.Link.
+func (l *localLink) Send(reqs ...proto.Request) {
+	for _, req := range reqs {
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			return
+		}
+		l.r.Handle(req, l.push)
+	}
+}
+
+// Close implements link.Link. Replies to requests already sent are
+// dropped from now on.
+func (l *localLink) Close() error {
+	l.mu.Lock()
+	l.closed, l.queue = true, nil
+	l.mu.Unlock()
+	l.r.mu.Lock()
+	if l.r.downs != nil {
+		delete(l.r.downs, l)
+	}
+	l.r.mu.Unlock()
+	return nil
+}
+
+// push hands rep to OnReply. Whoever finds no delivery going on becomes
+// the deliverer and drains the queue; others only enqueue. So OnReply
+// never runs concurrently with itself and a Send from inside OnReply
+// cannot deadlock on the link.
+func (l *localLink) push(rep proto.Reply) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.queue = append(l.queue, rep)
+	if l.delivering {
+		l.mu.Unlock()
+		return
+	}
+	l.delivering = true
+	for len(l.queue) > 0 && !l.closed {
+		next := l.queue[0]
+		l.queue[0] = proto.Reply{}
+		l.queue = l.queue[1:]
+		l.mu.Unlock()
+		if l.h.OnReply != nil {
+			l.h.OnReply(next)
+		}
+		l.mu.Lock()
+	}
+	l.delivering = false
+	l.mu.Unlock()
+}
+
+func (l *localLink) onDown(err error) {
+	l.mu.Lock()
+	was := l.closed
+	l.closed, l.queue = true, nil
+	l.mu.Unlock()
+	if !was && l.h.OnDown != nil {
+		l.h.OnDown(err)
+	}
+}

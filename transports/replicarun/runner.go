@@ -1,0 +1,321 @@
+// Package replicarun is the production driver of one replica: a Runner owns
+// a replica.Replica and the store executor it runs on, steps requests into
+// it, executes the store IOs it emits and feeds their completions back, and
+// hands every reply to the caller whose request it answers.
+//
+// The Runner does its work on the goroutine that brings a request
+// (decode → core → pwrite → reply), as ../../docs/ARCHITECTURE.md asks:
+// quick IOs (reads, writes, index updates, hole punches) run inline on the
+// calling goroutine, one after another; IOs that may block for long (syncs,
+// metadata writes, layer creation and removal) run on a goroutine of their
+// own so that a flush does not hold up the requests behind it. The replica
+// state machine is not safe for concurrent use; a mutex guards it, and no
+// IO and no reply callback ever runs under that mutex.
+package replicarun
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/replica"
+	"github.com/drover-io/drover/core/store"
+)
+
+// Executor runs one store IO to completion. Implementations must be safe
+// for concurrent use: the Runner executes independent IOs concurrently.
+// transports/filestore.Store is one; NewLockedExecutor makes one of a store
+// that is not (such as core/memstore).
+type Executor interface {
+	Execute(io store.IO) store.Completion
+}
+
+// maxWaiting bounds the requests a Runner holds a reply callback for. The
+// replica itself queues at most a few thousand; the rest of the margin is
+// for duplicates that never get a reply (see waiters).
+const maxWaiting = 16384
+
+// ErrClosed is returned (or passed to OnDown) once a Runner is closed.
+var ErrClosed = errors.New("replica runner closed")
+
+// LoadError reports that a replica could not be loaded from its store.
+type LoadError struct {
+	ID     proto.ReplicaID
+	Reason string // the replica's own account, e.g. "read metadata: missing"
+}
+
+func (e *LoadError) Error() string {
+	return fmt.Sprintf("load replica %s: %s", e.ID, e.Reason)
+}
+
+// waiter is a caller waiting for the reply to one request.
+type waiter struct {
+	epoch uint64
+	op    proto.Op
+	reply func(proto.Reply)
+}
+
+// Runner drives one replica. Create it with Open.
+type Runner struct {
+	id   proto.ReplicaID
+	exec Executor
+
+	mu     sync.Mutex
+	rep    *replica.Replica
+	closed bool
+	// waiters maps a request id to the callers waiting for a reply with
+	// that id, oldest first. Ids are chosen by engines, so two engines (of
+	// different epochs) may reuse one; the replica answers them in order.
+	waiters  map[uint64][]waiter
+	nWaiting int
+	downs    map[*localLink]struct{}
+
+	ios sync.WaitGroup // IOs being executed, for Close
+}
+
+// Open starts a replica on exec and runs its loading (reading metadata and
+// every layer's index, settling regions a crash left active) to
+// completion. A replica that fails to load yields a *LoadError.
+func Open(cfg replica.Config, exec Executor) (*Runner, error) {
+	if exec == nil {
+		return nil, fmt.Errorf("open replica %s: nil executor", cfg.ID)
+	}
+	r := &Runner{
+		id: cfg.ID, exec: exec, rep: replica.New(cfg),
+		waiters: map[uint64][]waiter{}, downs: map[*localLink]struct{}{},
+	}
+	// Loading is sequential: each IO follows from the last completion.
+	pending := r.rep.Ready().IOs
+	for len(pending) > 0 {
+		io := pending[0]
+		pending = pending[1:]
+		r.rep.Complete(exec.Execute(io))
+		pending = append(pending, r.rep.Ready().IOs...)
+	}
+	if !r.rep.Loaded() {
+		return nil, &LoadError{ID: cfg.ID, Reason: "loading stopped with no IO pending"}
+	}
+	if why := r.rep.Err(); why != "" {
+		return nil, &LoadError{ID: cfg.ID, Reason: why}
+	}
+	return r, nil
+}
+
+// ID returns the replica's id.
+func (r *Runner) ID() proto.ReplicaID { return r.id }
+
+// Handle steps req into the replica and arranges for reply to be called
+// once with its answer. Handle may run the request's IOs, and call reply
+// (for this or other requests), on the calling goroutine before it returns;
+// replies of requests whose IOs complete elsewhere are called from there.
+// req.Data must stay untouched until reply is called. A request the
+// replica drops as a duplicate of one in flight moves the reply of the
+// original to this reply; a duplicate of one already answered gets none.
+func (r *Runner) Handle(req proto.Request, reply func(proto.Reply)) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		reply(proto.Reply{ID: req.ID, Status: proto.StatusNotReady, Err: ErrClosed.Error()})
+		return
+	}
+	if r.nWaiting >= maxWaiting {
+		r.mu.Unlock()
+		reply(proto.Reply{ID: req.ID, Status: proto.StatusNotReady,
+			Err: fmt.Sprintf("replica %s is busy: %d requests waiting", r.id, maxWaiting)})
+		return
+	}
+	r.rep.Step(req)
+	rd := r.rep.Ready()
+	var deliveries []delivery
+	if i := replyIndex(rd.Replies, req.ID); i >= 0 {
+		// Answered at once (refused, or served without IO): it is ours,
+		// even if an older request with the same id is still waiting.
+		deliveries = append(deliveries, delivery{reply, rd.Replies[i]})
+		rd.Replies = append(rd.Replies[:i:i], rd.Replies[i+1:]...)
+	} else {
+		r.addWaiter(req, reply)
+	}
+	deliveries = r.route(deliveries, rd.Replies)
+	r.ios.Add(len(rd.IOs))
+	r.mu.Unlock()
+	deliver(deliveries)
+	r.run(rd.IOs)
+}
+
+// Do steps req and waits for its reply. It suits control-plane callers
+// and tests; the data path uses Handle.
+func (r *Runner) Do(req proto.Request) proto.Reply {
+	ch := make(chan proto.Reply, 1)
+	r.Handle(req, func(rep proto.Reply) { ch <- rep })
+	return <-ch
+}
+
+// Info returns what the replica reports about itself (as OpInfo does).
+func (r *Runner) Info() proto.Info {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rep.Info()
+}
+
+// Close stops taking requests, waits for the IOs in flight to finish, and
+// tells every local link to the Runner that it is down. Requests still
+// waiting for a reply get none. The executor may be closed afterwards.
+func (r *Runner) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	links := r.downs
+	r.downs = nil
+	r.mu.Unlock()
+	r.ios.Wait()
+	for l := range links {
+		l.onDown(fmt.Errorf("replica %s: %w", r.id, ErrClosed))
+	}
+	return nil
+}
+
+// addWaiter records reply as waiting for req's answer. A request with the
+// epoch and id of one already waiting is a duplicate the replica drops; the
+// original's answer then goes to the newest caller (an engine resending
+// after reconnecting).
+func (r *Runner) addWaiter(req proto.Request, reply func(proto.Reply)) {
+	ws := r.waiters[req.ID]
+	for i := range ws {
+		if ws[i].epoch == req.Epoch {
+			ws[i].reply = reply
+			return
+		}
+	}
+	r.waiters[req.ID] = append(ws, waiter{epoch: req.Epoch, op: req.Op, reply: reply})
+	r.nWaiting++
+}
+
+// route pairs replies with their oldest waiter. After an OK open at epoch
+// E the replica answers older epochs only with StatusStaleEpoch, so the
+// waiters still left for them once the batch is routed (mostly duplicates
+// of answered requests, which would otherwise wait forever and could take
+// the reply of a newer engine's request reusing their id) are dropped.
+func (r *Runner) route(out []delivery, reps []proto.Reply) []delivery {
+	var opened uint64
+	for _, rep := range reps {
+		ws := r.waiters[rep.ID]
+		if len(ws) == 0 {
+			continue // the caller of a duplicate of an answered request
+		}
+		w := ws[0]
+		if len(ws) == 1 {
+			delete(r.waiters, rep.ID)
+		} else {
+			r.waiters[rep.ID] = ws[1:]
+		}
+		r.nWaiting--
+		out = append(out, delivery{w.reply, rep})
+		if w.op == proto.OpOpen && rep.Status == proto.StatusOK {
+			opened = max(opened, w.epoch)
+		}
+	}
+	if opened > 0 {
+		r.dropOlderThan(opened)
+	}
+	return out
+}
+
+func (r *Runner) dropOlderThan(epoch uint64) {
+	for id, ws := range r.waiters {
+		kept := ws[:0]
+		for _, w := range ws {
+			if w.epoch >= epoch {
+				kept = append(kept, w)
+			}
+		}
+		r.nWaiting -= len(ws) - len(kept)
+		if len(kept) == 0 {
+			delete(r.waiters, id)
+		} else {
+			r.waiters[id] = kept
+		}
+	}
+}
+
+// run executes ios and what their completions lead to. Quick IOs run here,
+// one after another; blocking ones each get a goroutine.
+func (r *Runner) run(ios []store.IO) {
+	for len(ios) > 0 {
+		io := ios[len(ios)-1]
+		ios = ios[:len(ios)-1]
+		if blocking(io.Kind) {
+			go r.runFirst(io)
+			continue
+		}
+		ios = append(ios, r.complete(r.exec.Execute(io))...)
+	}
+}
+
+// runFirst executes io on this goroutine, whatever its kind, then what
+// follows from it as run does.
+func (r *Runner) runFirst(io store.IO) {
+	r.run(r.complete(r.exec.Execute(io)))
+}
+
+// complete feeds c to the replica, delivers the replies that follow, and
+// returns the IOs to run next.
+func (r *Runner) complete(c store.Completion) []store.IO {
+	r.mu.Lock()
+	r.rep.Complete(c)
+	rd := r.rep.Ready()
+	deliveries := r.route(nil, rd.Replies)
+	r.ios.Add(len(rd.IOs) - 1)
+	r.mu.Unlock()
+	deliver(deliveries)
+	return rd.IOs
+}
+
+// blocking reports whether an IO of kind k may block for long (it waits
+// for stable storage), and so should not hold up the calling goroutine.
+func blocking(k store.Kind) bool {
+	switch k {
+	case store.SyncData, store.SyncIndex, store.WriteMeta, store.CreateLayer, store.RemoveLayer:
+		return true
+	}
+	return false
+}
+
+type delivery struct {
+	fn  func(proto.Reply)
+	rep proto.Reply
+}
+
+func deliver(ds []delivery) {
+	for _, d := range ds {
+		d.fn(d.rep)
+	}
+}
+
+func replyIndex(reps []proto.Reply, id uint64) int {
+	for i := range reps {
+		if reps[i].ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// lockedExecutor serializes a store that is not safe for concurrent use.
+type lockedExecutor struct {
+	mu   sync.Mutex
+	exec Executor
+}
+
+// NewLockedExecutor returns an Executor that runs exec's IOs one at a time,
+// for stores (such as core/memstore) that are not safe for concurrent use.
+func NewLockedExecutor(exec Executor) Executor { return &lockedExecutor{exec: exec} }
+
+func (e *lockedExecutor) Execute(io store.IO) store.Completion {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.exec.Execute(io)
+}
