@@ -19,8 +19,11 @@ spirit of Longhorn. Its replication core is a deterministic state machine that
 performs no IO itself, so the code that runs in production is the code tested
 in a fault-injecting simulator with linearizability checks.
 
-This binary is at an early stage: subcommands (a dev server, engine, replica,
-volume and snapshot management) arrive with later issues.`
+Start with "drover dev", which runs a whole volume (three replicas, one engine,
+the control API) in one process. In production, run "drover replica" on each
+replica node and "drover engine" next to the volume's user; manage either with
+the volume, snapshot and replica subcommands. Every subcommand's --help has
+examples.`
 
 // newRootCmd builds the drover root command with every registered subcommand
 // attached. It builds a fresh tree on each call, so tests can run it in
