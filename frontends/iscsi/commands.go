@@ -116,6 +116,7 @@ func init() {
 		{op: opPRIn, sa: prInReadKeys, hasSA: true, cdbLen: 10, usage: prInUsage(prInReadKeys), access: accessAllowed, run: (*LogicalUnit).prIn},
 		{op: opPRIn, sa: prInReadReservation, hasSA: true, cdbLen: 10, usage: prInUsage(prInReadReservation), access: accessAllowed, run: (*LogicalUnit).prIn},
 		{op: opPRIn, sa: prInReportCapabilities, hasSA: true, cdbLen: 10, usage: prInUsage(prInReportCapabilities), access: accessAllowed, run: (*LogicalUnit).prIn},
+		{op: opPRIn, sa: prInReadFullStatus, hasSA: true, cdbLen: 10, usage: prInUsage(prInReadFullStatus), access: accessAllowed, run: (*LogicalUnit).prIn},
 		{op: opPROut, sa: prOutRegister, hasSA: true, cdbLen: 10, usage: prOutUsage(prOutRegister), access: accessPROut, run: (*LogicalUnit).prOut},
 		{op: opPROut, sa: prOutReserve, hasSA: true, cdbLen: 10, usage: prOutUsage(prOutReserve), access: accessPROut, run: (*LogicalUnit).prOut},
 		{op: opPROut, sa: prOutRelease, hasSA: true, cdbLen: 10, usage: prOutUsage(prOutRelease), access: accessPROut, run: (*LogicalUnit).prOut},

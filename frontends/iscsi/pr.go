@@ -11,6 +11,7 @@ const (
 	prInReadKeys           = 0x00
 	prInReadReservation    = 0x01
 	prInReportCapabilities = 0x02
+	prInReadFullStatus     = 0x03
 
 	prOutRegister       = 0x00
 	prOutReserve        = 0x01
@@ -127,6 +128,11 @@ func (lu *LogicalUnit) prIn(r *request) Result {
 		d = []byte{0, 8, 0, 0x80, 0xea, 0x01, 0, 0}
 		// TMV with the type mask: WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC,
 		// WR_EX and EX_AC_AR. No SPEC_I_PT, ALL_TG_PT or PTPL.
+	case prInReadFullStatus:
+		for _, n := range s.order {
+			d = append(d, s.fullStatus(n)...)
+		}
+		binary.BigEndian.PutUint32(d[4:], uint32(len(d)-8))
 	default:
 		return checkCondition(senseInvalidFieldInCDB)
 	}
@@ -244,4 +250,21 @@ func (lu *LogicalUnit) preempt(nexus string, saKey uint64, typ byte, res Result)
 	}
 	s.generation++
 	return res
+}
+
+// fullStatus is the READ FULL STATUS descriptor of one registrant, with an
+// iSCSI initiator port TransportID (format 01b).
+func (s *prState) fullStatus(nexus string) []byte {
+	d := binary.BigEndian.AppendUint64(nil, s.keys[nexus])
+	d = append(d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1) // relative target port 1
+	if s.isHolder(nexus) {
+		d[12] = 0x01
+		d[13] = s.typ
+	}
+	name := append([]byte(nexus), 0)
+	name = append(name, make([]byte, pad4(len(name)))...)
+	tid := []byte{0x45, 0, byte(len(name) >> 8), byte(len(name))}
+	tid = append(tid, name...)
+	d = binary.BigEndian.AppendUint32(d, uint32(len(tid)))
+	return append(d, tid...)
 }

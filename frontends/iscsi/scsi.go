@@ -26,8 +26,8 @@ const (
 	maxTransferBytes       = 8 << 20
 	maxCompareWriteBlocks  = 255
 	maxUnmapDescriptors    = 256
-	maxUnmapBlocks         = 1 << 22
-	maxWriteSameBlocks     = 1 << 22
+	maxUnmapBlocks         = 1 << 20
+	maxWriteSameBlocks     = maxTransferBytes / 512
 	writeSameChunkBytes    = 1 << 20
 	readCapacity16DataSize = 32
 )
@@ -74,6 +74,7 @@ var (
 	senseSpaceAllocFailed    = senseData(0x07, 0x27, 0x07)
 	senseCapacityChanged     = senseData(0x06, 0x2a, 0x09)
 	senseCommandAborted      = senseData(0x0b, 0x00, 0x00)
+	senseDataPhaseError      = senseData(0x0b, 0x4b, 0x00)
 )
 
 // senseMiscompare reports a miscompare at byte offset off of the compared
@@ -112,6 +113,9 @@ type LogicalUnit struct {
 	blockShift uint
 	serial     string
 	naa        [8]byte
+	// trimZeroes says trimmed blocks read as zeros (LBPRZ), when the
+	// Device tells so through a TrimZeroes() bool method.
+	trimZeroes bool
 
 	// rmwMu serialises COMPARE AND WRITE and ORWRITE with each other.
 	rmwMu sync.Mutex
@@ -138,6 +142,9 @@ func NewLogicalUnit(dev device.Device, name string) (*LogicalUnit, error) {
 		serial:     fmt.Sprintf("%x", sum[:10]),
 		seenSize:   make(map[string]uint64),
 		pr:         newPRState(),
+	}
+	if tz, ok := dev.(interface{ TrimZeroes() bool }); ok {
+		lu.trimZeroes = tz.TrimZeroes()
 	}
 	copy(lu.naa[:], sum[10:18])
 	lu.naa[0] = 0x30 | lu.naa[0]&0x0f // NAA 3: locally assigned
@@ -174,6 +181,9 @@ func (lu *LogicalUnit) Execute(ctx context.Context, nexus string, cdb, dataOut [
 	}
 	cmd := lookupCommand(cdb)
 	if cmd == nil {
+		if hasServiceActions(cdb[0]) {
+			return checkCondition(senseInvalidFieldInCDB)
+		}
 		return checkCondition(senseInvalidOpcode)
 	}
 	if len(cdb) < cmd.cdbLen {
@@ -393,7 +403,7 @@ func (lu *LogicalUnit) writeSame(r *request) Result {
 	if ndob {
 		want = 0
 	}
-	if uint32(len(r.data)) < want {
+	if r.expected != want || uint32(len(r.data)) < want {
 		return checkCondition(senseParamListLength)
 	}
 	block := r.data[:want]
@@ -475,6 +485,9 @@ func (lu *LogicalUnit) compareAndWrite(r *request) Result {
 	}
 	size := count << lu.blockShift
 	want := uint32(2 * size)
+	if r.expected != want {
+		return checkCondition(senseInvalidFieldInCDB)
+	}
 	if count == 0 {
 		return Result{}
 	}
@@ -551,6 +564,9 @@ func (lu *LogicalUnit) readCapacity16(r *request) Result {
 		d[13] = byte(bits.TrailingZeros32(pref / lu.blockBytes))
 	}
 	d[14] = 0x80 // LBPME: UNMAP and WRITE SAME with UNMAP deallocate
+	if lu.trimZeroes {
+		d[14] |= 0x40 // LBPRZ
+	}
 	return Result{DataIn: allocated(d, binary.BigEndian.Uint32(r.cdb[10:]))}
 }
 

@@ -39,6 +39,9 @@ func (lu *LogicalUnit) inquiry(r *request) Result {
 	case 0xb2:
 		// LBPU, LBPWS and LBPWS10; thin provisioned.
 		body = []byte{0, 0xe0, 0x02, 0}
+		if lu.trimZeroes {
+			body[1] |= 0x04 // LBPRZ
+		}
 	default:
 		return checkCondition(senseInvalidFieldInCDB)
 	}

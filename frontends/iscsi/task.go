@@ -3,6 +3,7 @@ package iscsi
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
@@ -27,6 +28,7 @@ type task struct {
 	got    uint32
 	seq    *dataSeq
 	r2tSN  uint32
+	failed bool   // a Data-Out sequence error: the command ends with sense
 	dataSN uint32 // Data-In PDUs sent
 }
 
@@ -159,12 +161,16 @@ func (t *task) deliver(p *PDU) error {
 	if ttt := p.u32(20); ttt != s.ttt {
 		return errProtocol("Data-Out TTT %#x, expected %#x", ttt, s.ttt)
 	}
-	if sn := p.u32(36); sn != s.dataSN {
-		return errProtocol("Data-Out DataSN %d, expected %d", sn, s.dataSN)
-	}
 	off, n := p.u32(40), uint32(len(p.Data))
-	if off != t.got || n > s.end-t.got {
-		return errProtocol("Data-Out at offset %d length %d, expected offset %d up to %d", off, n, t.got, s.end)
+	if sn := p.u32(36); sn != s.dataSN || off != t.got {
+		// A sequence error fails the command, not the connection.
+		t.failed = true
+		t.seq = nil
+		close(s.done)
+		return nil
+	}
+	if n > s.end-t.got {
+		return errProtocol("Data-Out at offset %d length %d beyond %d", off, n, s.end)
 	}
 	copy(t.buf[off:], p.Data)
 	t.got += n
@@ -192,12 +198,20 @@ func (c *conn) runTask(t *task) {
 		}
 	}()
 	if t.write {
-		if err := c.collect(t); err != nil {
+		if err := c.collect(t); err != nil && !errors.Is(err, errSequence) {
 			c.finish(t)
 			return
 		}
 	}
-	res := c.execute(t)
+	t.mu.Lock()
+	failed := t.failed
+	t.mu.Unlock()
+	var res Result
+	if failed {
+		res = checkCondition(senseDataPhaseError)
+	} else {
+		res = c.execute(t)
+	}
 	if !c.finish(t) {
 		return // aborted: no response
 	}
@@ -216,6 +230,9 @@ func (c *conn) collect(t *task) error {
 		case <-s.done:
 		case <-t.ctx.Done():
 			return t.ctx.Err()
+		}
+		if t.hasFailed() {
+			return errSequence
 		}
 	}
 	for {
@@ -248,7 +265,19 @@ func (c *conn) collect(t *task) error {
 		case <-t.ctx.Done():
 			return t.ctx.Err()
 		}
+		if t.hasFailed() {
+			return errSequence
+		}
 	}
+}
+
+// errSequence ends data collection after a Data-Out sequence error.
+var errSequence = errors.New("Data-Out sequence error")
+
+func (t *task) hasFailed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
 }
 
 func (c *conn) newTTT() uint32 {

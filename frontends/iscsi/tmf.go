@@ -15,6 +15,7 @@ const (
 // Task management responses.
 const (
 	tmfComplete        = 0
+	tmfNoTask          = 1
 	tmfNoLUN           = 2
 	tmfReassignNotSupp = 4
 	tmfNotSupported    = 5
@@ -35,7 +36,9 @@ func (c *conn) taskManagement(p *PDU) error {
 	switch fn {
 	case tmfAbortTask:
 		rtt := p.u32(20)
-		c.abort(func(t *task) bool { return t.itt == rtt })
+		if c.abort(func(t *task) bool { return t.itt == rtt }) == 0 {
+			resp = tmfNoTask
+		}
 	case tmfAbortTaskSet, tmfClearTaskSet:
 		if !lunOK {
 			resp = tmfNoLUN
@@ -75,8 +78,8 @@ func (c *conn) taskManagement(p *PDU) error {
 }
 
 // abort aborts the tasks matching match: none of them sends a response.
-// It returns once they have all ended.
-func (c *conn) abort(match func(*task) bool) {
+// It returns, once they have all ended, how many there were.
+func (c *conn) abort(match func(*task) bool) int {
 	c.mu.Lock()
 	var victims []*task
 	for _, t := range c.tasks {
@@ -90,4 +93,5 @@ func (c *conn) abort(match func(*task) bool) {
 		t.cancel()
 		<-t.done
 	}
+	return len(victims)
 }
