@@ -76,7 +76,13 @@ sim-long:
 		echo "sim-long: the simulator does not exist yet (it arrives with the simulator issue); nothing to run"; \
 	fi
 
+# The NBD comparison (frontends/nbd/nbdbench: nbdkit-file vs qemu-nbd vs
+# Drover, fio nbd engine, tmpfs and disk) writes its JSON report here.
+NBDBENCH_JSON       ?= $(BIN)/nbdbench.json
+export NBDBENCH_JSON
+
 bench:
+	@mkdir -p $(BIN)
 	@if grep -rqs --include='*_test.go' '^func Benchmark' .; then \
 		$(GO) test -count=1 -run '^$$' -bench . -benchmem ./...; \
 	else \
