@@ -1,0 +1,608 @@
+// Package filestore is the file-backed layer store: it executes the IOs of
+// core/store on a directory, with the durability the store contract
+// defines.
+//
+// Layout of a store directory:
+//
+//	meta                 the metadata blob, replaced atomically (write
+//	                     meta.tmp, fsync, rename, fsync the directory)
+//	layer-<id>.data      a sparse file, block i at offset i*BlockSize
+//	layer-<id>.index     a 4 KiB header (magic, version, FlushedSeq), then
+//	                     8 bytes per block: kind, 3 zero bytes, CRC32C
+//	                     (little endian); all zeros means absent
+//
+// WriteData, PunchHole and WriteIndex are pwrite/fallocate calls, made
+// durable by SyncData/SyncIndex (fdatasync). CreateLayer and RemoveLayer
+// sync the files and the directory before completing. A write that finds
+// the disk full (ENOSPC) changes nothing: its blocks, and the index pages
+// that will describe them, are allocated with fallocate before any byte is
+// written.
+package filestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	iofs "io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
+)
+
+const (
+	metaName    = "meta"
+	metaTmpName = "meta.tmp"
+	// indexHeaderBytes is the index file's header; entries start after it,
+	// page aligned, so SEEK_DATA finds pages of entries.
+	indexHeaderBytes = 4096
+	entryBytes       = 8
+	indexMagic       = "DRVI"
+	indexVersion     = 1
+	// indexPageEntries is how many entries share one 4 KiB page of the
+	// index file: the unit of index space allocation.
+	indexPageEntries = 4096 / entryBytes
+	// readIndexChunkBytes bounds one read of index entries (1 MiB).
+	readIndexChunkBytes = 1 << 20
+	// maxIOBlocks bounds one ReadData (64 MiB); the replica asks far less.
+	maxIOBlocks = 1 << 14
+)
+
+// Store is a layer store on one directory. It is safe for concurrent use;
+// the replica never issues conflicting IOs concurrently.
+type Store struct {
+	dir string
+
+	mu     sync.RWMutex
+	closed bool
+	layers map[store.LayerID]*layer
+}
+
+type layer struct {
+	id    store.LayerID
+	data  *os.File
+	index *os.File
+
+	// allocated records index pages known to be allocated, so WriteData
+	// reserves index space once per page (see reserveIndex).
+	mu        sync.Mutex
+	allocated map[uint64]struct{}
+}
+
+// Open returns the store on dir, which must exist and be writable.
+func Open(dir string) (*Store, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("open store: %s is not a directory", dir)
+	}
+	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+		return nil, fmt.Errorf("open store: directory %s is not writable: %w", dir, err)
+	}
+	// A crash during WriteMeta can leave the temporary file; it never
+	// holds the current metadata.
+	if err := os.Remove(filepath.Join(dir, metaTmpName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("open store: remove stale %s: %w", metaTmpName, err)
+	}
+	return &Store{dir: dir, layers: map[store.LayerID]*layer{}}, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Close closes every open layer file. IOs after Close fail with ErrIO.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	var first error
+	for id, l := range s.layers {
+		if err := l.close(); err != nil && first == nil {
+			first = fmt.Errorf("close layer %d: %w", id, err)
+		}
+		delete(s.layers, id)
+	}
+	return first
+}
+
+// Execute performs io and returns its completion.
+func (s *Store) Execute(io store.IO) store.Completion {
+	c := store.Completion{ID: io.ID}
+	var err error
+	switch io.Kind {
+	case store.ReadMeta:
+		c.Meta, err = s.readMeta()
+	case store.WriteMeta:
+		err = s.writeMeta(io.Meta)
+	case store.CreateLayer:
+		err = s.createLayer(io.Layer)
+	case store.RemoveLayer:
+		err = s.removeLayer(io.Layer)
+	default:
+		var l *layer
+		if l, err = s.layer(io.Layer); err == nil {
+			err = l.execute(io, &c)
+		}
+	}
+	if err != nil {
+		c.Err, c.Detail = classify(err), fmt.Sprintf("%v %s in %s: %v", io.Kind, describe(io), s.dir, err)
+	}
+	return c
+}
+
+// errMissing marks a layer or file that does not exist.
+var errMissing = errors.New("does not exist")
+
+func classify(err error) store.Err {
+	switch {
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return store.ErrNoSpace
+	case errors.Is(err, errMissing):
+		return store.ErrMissing
+	}
+	return store.ErrIO
+}
+
+func describe(io store.IO) string {
+	switch io.Kind {
+	case store.ReadMeta, store.WriteMeta:
+		return "metadata"
+	case store.CreateLayer, store.RemoveLayer, store.SyncData, store.SyncIndex:
+		return fmt.Sprintf("layer %d", io.Layer)
+	case store.WriteData:
+		return fmt.Sprintf("layer %d blocks [%d,+%d)", io.Layer, io.BlockIndex, len(io.Data)/proto.BlockSize)
+	case store.WriteIndex:
+		return fmt.Sprintf("layer %d (%d entries)", io.Layer, len(io.Entries))
+	}
+	return fmt.Sprintf("layer %d blocks [%d,+%d)", io.Layer, io.BlockIndex, io.BlockCount)
+}
+
+func (s *Store) path(name string) string { return filepath.Join(s.dir, name) }
+
+func dataName(id store.LayerID) string  { return fmt.Sprintf("layer-%d.data", id) }
+func indexName(id store.LayerID) string { return fmt.Sprintf("layer-%d.index", id) }
+
+func (s *Store) readMeta() ([]byte, error) {
+	b, err := os.ReadFile(s.path(metaName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // never written: a new replica
+	}
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	return b, nil
+}
+
+func (s *Store) writeMeta(meta []byte) error {
+	tmp := s.path(metaTmpName)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(meta)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path(metaName))
+	}
+	if err == nil {
+		return s.syncDir()
+	}
+	_ = os.Remove(tmp) // free the space a failed write took; the old blob stands
+	return err
+}
+
+func (s *Store) syncDir() error {
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	return nil
+}
+
+// layer returns the open layer id, opening its files on first use.
+func (s *Store) layer(id store.LayerID) (*layer, error) {
+	s.mu.RLock()
+	l, closed := s.layers[id], s.closed
+	s.mu.RUnlock()
+	if closed {
+		return nil, errors.New("store is closed")
+	}
+	if l != nil {
+		return l, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l = s.layers[id]; l != nil {
+		return l, nil
+	}
+	l, err := s.openLayer(id, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("layer %d %w", id, errMissing)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := l.checkHeader(); err != nil {
+		l.close()
+		return nil, err
+	}
+	s.layers[id] = l
+	return l, nil
+}
+
+func (s *Store) openLayer(id store.LayerID, flags int) (*layer, error) {
+	data, err := os.OpenFile(s.path(dataName(id)), os.O_RDWR|flags, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	index, err := os.OpenFile(s.path(indexName(id)), os.O_RDWR|flags, 0o644)
+	if err != nil {
+		data.Close()
+		return nil, err
+	}
+	return &layer{id: id, data: data, index: index, allocated: map[uint64]struct{}{}}, nil
+}
+
+// createLayer makes an empty layer, emptying files of that id a crash left
+// behind (the id is reused), and makes that durable.
+func (s *Store) createLayer(id store.LayerID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("store is closed")
+	}
+	if old := s.layers[id]; old != nil {
+		old.close()
+		delete(s.layers, id)
+	}
+	l, err := s.openLayer(id, os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	if err := l.create(); err != nil {
+		l.close()
+		return err
+	}
+	if err := s.syncDir(); err != nil {
+		l.close()
+		return err
+	}
+	s.layers[id] = l
+	return nil
+}
+
+func (s *Store) removeLayer(id store.LayerID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.layers[id]; l != nil {
+		l.close()
+		delete(s.layers, id)
+	}
+	for _, name := range []string{dataName(id), indexName(id)} {
+		if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return s.syncDir()
+}
+
+func (l *layer) close() error {
+	err := l.data.Close()
+	if ierr := l.index.Close(); err == nil {
+		err = ierr
+	}
+	return err
+}
+
+func (l *layer) create() error {
+	if err := l.writeHeader(0); err != nil {
+		return err
+	}
+	if err := l.data.Sync(); err != nil {
+		return fmt.Errorf("sync data file: %w", err)
+	}
+	if err := l.index.Sync(); err != nil {
+		return fmt.Errorf("sync index file: %w", err)
+	}
+	return nil
+}
+
+func (l *layer) writeHeader(flushedSeq uint64) error {
+	var h [16]byte
+	copy(h[:4], indexMagic)
+	binary.LittleEndian.PutUint32(h[4:], indexVersion)
+	binary.LittleEndian.PutUint64(h[8:], flushedSeq)
+	if _, err := l.index.WriteAt(h[:], 0); err != nil {
+		return fmt.Errorf("write index header: %w", err)
+	}
+	return nil
+}
+
+// readHeader returns the FlushedSeq in the index header.
+func (l *layer) readHeader() (uint64, error) {
+	var h [16]byte
+	if _, err := l.index.ReadAt(h[:], 0); err != nil {
+		return 0, fmt.Errorf("read index header of layer %d: %w", l.id, err)
+	}
+	if string(h[:4]) != indexMagic {
+		return 0, fmt.Errorf("index file of layer %d is damaged: bad magic %q", l.id, h[:4])
+	}
+	if v := binary.LittleEndian.Uint32(h[4:]); v != indexVersion {
+		return 0, fmt.Errorf("index file of layer %d has version %d, this build reads %d", l.id, v, indexVersion)
+	}
+	return binary.LittleEndian.Uint64(h[8:]), nil
+}
+
+func (l *layer) checkHeader() error {
+	_, err := l.readHeader()
+	return err
+}
+
+func (l *layer) execute(io store.IO, c *store.Completion) error {
+	switch io.Kind {
+	case store.ReadIndex:
+		return l.readIndex(io, c)
+	case store.WriteIndex:
+		return l.writeIndex(io.Entries, io.FlushedSeq)
+	case store.SyncIndex:
+		return l.sync(l.index)
+	case store.ReadData:
+		return l.readData(io, c)
+	case store.WriteData:
+		return l.writeData(io.BlockIndex, io.Data)
+	case store.PunchHole:
+		return l.punch(io.BlockIndex, io.BlockCount)
+	case store.SyncData:
+		return l.sync(l.data)
+	}
+	return fmt.Errorf("unknown io kind %v", io.Kind)
+}
+
+func (l *layer) sync(f *os.File) error {
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", filepath.Base(f.Name()), err)
+	}
+	return nil
+}
+
+func entryOffset(blockIndex uint64) int64 {
+	return indexHeaderBytes + int64(blockIndex)*entryBytes
+}
+
+func putEntry(b []byte, e proto.BlockState) {
+	if e.Kind == proto.BlockAbsent {
+		e.CRC = 0 // absent is all zeros, whatever the caller's CRC
+	}
+	b[0] = byte(e.Kind)
+	b[1], b[2], b[3] = 0, 0, 0
+	binary.LittleEndian.PutUint32(b[4:], e.CRC)
+}
+
+func getEntry(b []byte, blockIndex uint64) proto.BlockState {
+	e := proto.BlockState{BlockIndex: blockIndex, Kind: proto.BlockKind(b[0]), CRC: binary.LittleEndian.Uint32(b[4:])}
+	if e.Kind > proto.BlockZero {
+		// Not a kind this store writes: report data with an impossible
+		// checksum so the replica flags the block, rather than guess.
+		e.Kind, e.CRC = proto.BlockData, ^e.CRC
+	}
+	return e
+}
+
+// writeIndex stores entries (a later entry for a block wins), one pwrite
+// per run of consecutive blocks.
+func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error {
+	sorted := append([]proto.BlockState(nil), entries...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].BlockIndex < sorted[j].BlockIndex })
+	buf := make([]byte, 0, min(len(sorted), readIndexChunkBytes/entryBytes)*entryBytes)
+	var start uint64
+	flushRun := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		_, err := l.index.WriteAt(buf, entryOffset(start))
+		buf = buf[:0]
+		if err != nil {
+			return fmt.Errorf("write index entries at block %d: %w", start, err)
+		}
+		return nil
+	}
+	for i, e := range sorted {
+		if i+1 < len(sorted) && sorted[i+1].BlockIndex == e.BlockIndex {
+			continue // a later entry for the same block follows
+		}
+		if len(buf) > 0 && (e.BlockIndex != start+uint64(len(buf)/entryBytes) || len(buf) == cap(buf)) {
+			if err := flushRun(); err != nil {
+				return err
+			}
+		}
+		if len(buf) == 0 {
+			start = e.BlockIndex
+		}
+		buf = buf[:len(buf)+entryBytes]
+		putEntry(buf[len(buf)-entryBytes:], e)
+	}
+	if err := flushRun(); err != nil {
+		return err
+	}
+	if flushedSeq != 0 {
+		return l.writeHeader(flushedSeq)
+	}
+	return nil
+}
+
+// readIndex returns the non-absent entries in the IO's range. It visits
+// only allocated parts of the index file (SEEK_DATA/SEEK_HOLE), reads them
+// in 1 MiB chunks and skips all-zero (absent) entries, so a large sparse
+// layer costs what it holds.
+func (l *layer) readIndex(io store.IO, c *store.Completion) error {
+	seq, err := l.readHeader()
+	if err != nil {
+		return err
+	}
+	c.FlushedSeq = seq
+	if io.BlockCount == 0 {
+		return nil
+	}
+	lo, hi := entryOffset(io.BlockIndex), entryOffset(io.BlockIndex+io.BlockCount)
+	fd := int(l.index.Fd())
+	buf := make([]byte, readIndexChunkBytes)
+	for off := lo; off < hi; {
+		dataOff, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // no data past off
+		}
+		if err != nil {
+			return fmt.Errorf("seek data in index: %w", err)
+		}
+		holeOff, err := unix.Seek(fd, dataOff, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seek hole in index: %w", err)
+		}
+		// Entries are 8-byte aligned and data extents page aligned.
+		start := max(dataOff, lo)
+		start -= (start - indexHeaderBytes) % entryBytes
+		end := min(holeOff, hi)
+		for start < end {
+			n := min(end-start, int64(len(buf)))
+			got, err := l.index.ReadAt(buf[:n], start)
+			if err != nil && got < int(n) && !errors.Is(err, iofs.EOF) {
+				return fmt.Errorf("read index at %d: %w", start, err)
+			}
+			appendEntries(c, buf[:got-got%entryBytes], uint64(start-indexHeaderBytes)/entryBytes)
+			if got < int(n) {
+				return nil // end of file
+			}
+			start += n
+		}
+		off = max(end, off+1)
+	}
+	return nil
+}
+
+func appendEntries(c *store.Completion, b []byte, firstBlock uint64) {
+	for i := 0; i+entryBytes <= len(b); i += entryBytes {
+		if binary.LittleEndian.Uint64(b[i:]) == 0 {
+			continue
+		}
+		c.Entries = append(c.Entries, getEntry(b[i:i+entryBytes], firstBlock+uint64(i/entryBytes)))
+	}
+}
+
+// readData returns the blocks (holes and blocks past the end of the file
+// read as zeros) and their index entries, absent ones included.
+func (l *layer) readData(io store.IO, c *store.Completion) error {
+	if io.BlockCount > maxIOBlocks {
+		return fmt.Errorf("read of %d blocks exceeds %d", io.BlockCount, maxIOBlocks)
+	}
+	c.Data = make([]byte, io.BlockCount*proto.BlockSize)
+	if err := readFull(l.data, c.Data, int64(io.BlockIndex)*proto.BlockSize); err != nil {
+		return fmt.Errorf("read data: %w", err)
+	}
+	raw := make([]byte, io.BlockCount*entryBytes)
+	if err := readFull(l.index, raw, entryOffset(io.BlockIndex)); err != nil {
+		return fmt.Errorf("read index entries: %w", err)
+	}
+	c.Entries = make([]proto.BlockState, io.BlockCount)
+	for i := range c.Entries {
+		c.Entries[i] = getEntry(raw[i*entryBytes:(i+1)*entryBytes], io.BlockIndex+uint64(i))
+	}
+	return nil
+}
+
+// readFull fills b from f at off; what lies past the end of f reads as
+// zeros.
+func readFull(f *os.File, b []byte, off int64) error {
+	n, err := f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, iofs.EOF) {
+		return err
+	}
+	clear(b[n:])
+	return nil
+}
+
+// writeData stores data at blockIndex. It first reserves the space the
+// blocks and their future index entries need, so a full disk fails the
+// IO before anything changes.
+func (l *layer) writeData(blockIndex uint64, data []byte) error {
+	if len(data)%proto.BlockSize != 0 {
+		return fmt.Errorf("%d bytes is not a whole number of blocks", len(data))
+	}
+	off := int64(blockIndex) * proto.BlockSize
+	if err := l.reserveIndex(blockIndex, uint64(len(data)/proto.BlockSize)); err != nil {
+		return err
+	}
+	if err := fallocate(l.data, 0, off, int64(len(data))); err != nil {
+		return fmt.Errorf("reserve data space: %w", err)
+	}
+	if _, err := l.data.WriteAt(data, off); err != nil {
+		return fmt.Errorf("write data: %w", err)
+	}
+	return nil
+}
+
+// reserveIndex allocates the index pages holding the entries of blocks
+// [blockIndex, +blockCount), once per page for the life of the open layer.
+func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
+	first, last := blockIndex/indexPageEntries, (blockIndex+blockCount-1)/indexPageEntries
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for p := first; p <= last; p++ {
+		if _, ok := l.allocated[p]; ok {
+			continue
+		}
+		if err := fallocate(l.index, 0, entryOffset(p*indexPageEntries), indexPageEntries*entryBytes); err != nil {
+			return fmt.Errorf("reserve index space: %w", err)
+		}
+		l.allocated[p] = struct{}{}
+	}
+	return nil
+}
+
+func (l *layer) punch(blockIndex, blockCount uint64) error {
+	if blockCount == 0 {
+		return nil
+	}
+	err := unix.Fallocate(int(l.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE,
+		int64(blockIndex)*proto.BlockSize, int64(blockCount)*proto.BlockSize)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		// No hole punching here: write zeros instead (they read the same).
+		return l.writeData(blockIndex, make([]byte, blockCount*proto.BlockSize))
+	}
+	if err != nil {
+		return fmt.Errorf("punch hole: %w", err)
+	}
+	return nil
+}
+
+// fallocate allocates [off, off+n) of f; file systems that cannot are
+// left to fail at write time.
+func fallocate(f *os.File, mode uint32, off, n int64) error {
+	err := unix.Fallocate(int(f.Fd()), mode, off, n)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return nil
+	}
+	return err
+}
