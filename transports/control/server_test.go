@@ -39,7 +39,9 @@ func newTestServer(t *testing.T) controlpb.ControlClient {
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) { return replicarun.NewLocalLink(runners[addr], h), nil }
+	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
+		return replicarun.NewLocalLink(runners[addr], h), nil
+	}
 	d, err := enginerun.New(cfg)
 	if err != nil {
 		t.Fatal(err)
