@@ -39,6 +39,7 @@ func (c *conn) negotiate() (*Export, error) {
 		return nil, fmt.Errorf("client flags %#x set unknown bits: %w", flags, ErrMalformed)
 	}
 	c.noZeroes = flags&clientNoZeroes != 0
+	c.log.Debug("nbd: client flags", "flags", flags)
 	for {
 		if _, err := io.ReadFull(c.r, b[:16]); err != nil {
 			return nil, fmt.Errorf("read option header: %w", err)
@@ -47,6 +48,7 @@ func (c *conn) negotiate() (*Export, error) {
 			return nil, fmt.Errorf("option magic %#x: %w", m, ErrMalformed)
 		}
 		opt, length := binary.BigEndian.Uint32(b[8:12]), binary.BigEndian.Uint32(b[12:16])
+		c.log.Debug("nbd: option", "opt", opt, "length", length)
 		exp, err := c.option(opt, length)
 		if err != nil || exp != nil {
 			return exp, err
