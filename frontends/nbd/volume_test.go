@@ -76,7 +76,7 @@ func TestEngineVolumeWithRealClients(t *testing.T) {
 		t.Fatalf("sha256 in %s != out %s", a, b)
 	}
 	out = run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
-		"--bs=4k", "--iodepth=32", "--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1")
+		"--bs=4k", "--iodepth=32", "--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
 	if !strings.Contains(out, "err= 0") {
 		t.Fatalf("fio:\n%s", out)
 	}
