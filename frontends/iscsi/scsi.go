@@ -197,6 +197,9 @@ func (lu *LogicalUnit) Execute(ctx context.Context, nexus string, cdb, dataOut [
 	if lu.conflict(nexus, cmd) {
 		return Result{Status: statusReservationConflict}
 	}
+	if cmd.run == nil { // REPORT LUNS addressed to a lone logical unit
+		return reportLUNs(1, cdb)
+	}
 	return cmd.run(lu, &request{ctx: ctx, nexus: nexus, cdb: cdb, data: dataOut, expected: expectedBytes})
 }
 
