@@ -426,7 +426,6 @@ func (d *Driver) shutdown() {
 // outstanding with ErrClosed. Unflushed writes are not flushed.
 func (d *Driver) Close() error {
 	d.mu.Lock()
-	already := d.closed
 	d.closed = true
 	d.mu.Unlock()
 	select {
@@ -434,7 +433,6 @@ func (d *Driver) Close() error {
 	default:
 	}
 	<-d.done
-	_ = already
 	return nil
 }
 
