@@ -1,0 +1,121 @@
+//go:build ignore
+
+// This file needs transports/tcp (tcp.NewServer(runner, logger) with
+// Serve(net.Listener) error and Close(), and tcp.Dial, a link.Dialer),
+// which has not landed yet. Remove the build constraint when it does.
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/control/controlpb"
+	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/tcp"
+)
+
+func init() { subcommands = append(subcommands, newEngineCmd) }
+
+const engineLong = `Run the engine of one volume: it opens the replicas listed in --replicas over
+TCP, fences them at a new epoch, resyncs what a crash left unsettled, and then
+replicates every write to all of them. Replicas that fail go ERR and are
+rebuilt automatically once they are reachable again.
+
+Each replica is named in the volume by its address, or by ID=ADDR. Keep the
+names stable across restarts: membership is recorded by name.
+
+--size is checked against the replicas' size when they open: a larger --size
+expands the volume; a smaller one is reported on stderr (volumes never shrink).
+
+The control API (drover volume/snapshot/replica subcommands) is served on
+--control.`
+
+const engineExample = `  drover engine --volume vol1 --size 10GiB --replicas 10.0.0.5:7400,10.0.0.6:7400,10.0.0.7:7400
+  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 0.0.0.0:7370`
+
+func newEngineCmd() *cobra.Command {
+	var volume, replicas, controlAddr string
+	var size sizeFlag
+	var timeout time.Duration
+	var minHealthy int
+	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
+		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reps, err := parseReplicas(replicas)
+			if err != nil {
+				return err
+			}
+			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: tcp.Dial, Timeout: timeout, MinHealthy: minHealthy}
+			if size.bytes != 0 {
+				go ensureSize(cmd, controlAddr, size.bytes)
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, controlAddr, nil)
+		}}
+	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
+	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
+	cmd.Flags().StringVar(&replicas, "replicas", "", "comma-separated replica addresses (host:port or ID=host:port)")
+	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
+	cmd.Flags().DurationVar(&timeout, "replica-timeout", 5*time.Second, "a replica that takes longer to answer goes ERR")
+	cmd.Flags().IntVar(&minHealthy, "min-healthy", 1, "fewest RW replicas with which writes are still acknowledged")
+	_ = cmd.MarkFlagRequired("volume")
+	_ = cmd.MarkFlagRequired("replicas")
+	return cmd
+}
+
+// parseReplicas parses "ADDR,ID=ADDR,...".
+func parseReplicas(s string) ([]enginerun.Replica, error) {
+	var out []enginerun.Replica
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok {
+			id, addr = part, part
+		}
+		if id == "" || addr == "" {
+			return nil, fmt.Errorf("--replicas: %q: want ADDR or ID=ADDR", part)
+		}
+		out = append(out, enginerun.Replica{ID: proto.ReplicaID(id), Addr: addr})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--replicas: no replica given")
+	}
+	return out, nil
+}
+
+// ensureSize expands the volume to sizeBytes once it serves, through the
+// control API like any other client.
+func ensureSize(cmd *cobra.Command, controlAddr string, sizeBytes uint64) {
+	cf := clientFlags{addr: controlAddr, timeout: 24 * time.Hour}
+	err := cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
+		for {
+			info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
+			if err == nil && info.GetPhase() == "serving" {
+				switch {
+				case info.GetSizeBytes() < sizeBytes:
+					_, err = c.Expand(ctx, &controlpb.ExpandRequest{SizeBytes: sizeBytes})
+					return err
+				case info.GetSizeBytes() > sizeBytes:
+					return fmt.Errorf("--size %s is below the volume's %s (volumes never shrink)", formatSize(sizeBytes), formatSize(info.GetSizeBytes()))
+				}
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "drover engine: %v\n", err)
+	}
+}
