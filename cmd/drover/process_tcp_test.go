@@ -69,7 +69,6 @@ func sha(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-
 // TestProcessKillReplicaAndEngine: kill -9 a replica under writes; the
 // volume keeps serving; restarted, the replica is rebuilt to RW. Then
 // kill -9 the engine; restarted, every flushed write is there. At the end
@@ -109,4 +108,3 @@ func TestProcessKillReplicaAndEngine(t *testing.T) {
 		}
 	}
 }
-

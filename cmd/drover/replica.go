@@ -7,11 +7,11 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
-	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
