@@ -27,7 +27,7 @@ export RAPID_CHECKS
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean proto
+.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -36,6 +36,7 @@ help:
 	@echo "make sim-long  long simulator runs"
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
 	@echo "make bench     benchmarks"
+	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
 	@echo "make run       build and run drover"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
@@ -107,3 +108,9 @@ proto:
 
 clean:
 	rm -rf $(BIN)
+
+# iscsi-compare runs libiscsi's whole conformance suite against Drover's
+# iSCSI target and against tgtd (Debian tgt) serving a file of the same
+# size, and prints pass/fail/skip counts side by side.
+iscsi-compare conformance:
+	DROVER_ISCSI_COMPARE=1 $(GO) test -count=1 -timeout 30m -run '^TestCompareWithTgtd$$' -v ./frontends/iscsi
