@@ -1,0 +1,500 @@
+package proto
+
+// The wire format between an engine and a replica (DESIGN.md, "Wire
+// protocol"). A connection starts with one hello each way:
+//
+//	"DRVW" | version u16 | role u8 | id length u8 | replica id
+//
+// then carries frames, each
+//
+//	body length u32 | CRC32C (Castagnoli) of the body u32 | body
+//
+// where the body is one encoded Request (engine → replica) or Reply
+// (replica → engine). Integers are little endian. Decoders never panic on
+// bad bytes and allocate no more than the frame they are given holds;
+// decoded Data aliases the frame body (no copy).
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+const (
+	// WireVersion is the protocol version this build speaks. A peer with
+	// another version is refused with a *VersionError.
+	WireVersion uint16 = 1
+	// FrameHeaderBytes is the size of a frame header (length and CRC).
+	FrameHeaderBytes = 8
+	// MaxFrameBytes bounds a frame body: the largest data request (4 MiB)
+	// with room to spare for its block states, capped at 8 MiB + 64 KiB.
+	MaxFrameBytes = 8<<20 + 64<<10
+	// maxHelloIDBytes bounds the replica id in a hello.
+	maxHelloIDBytes = 255
+)
+
+var wireMagic = [4]byte{'D', 'R', 'V', 'W'}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Role says which end of a connection a hello comes from.
+type Role uint8
+
+const (
+	// RoleEngine: the side sending requests.
+	RoleEngine Role = iota + 1
+	// RoleReplica: the side answering them.
+	RoleReplica
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleEngine:
+		return "engine"
+	case RoleReplica:
+		return "replica"
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
+// Hello opens a connection. An engine names the replica it expects; a
+// replica names itself.
+type Hello struct {
+	Version   uint16
+	Role      Role
+	ReplicaID ReplicaID
+}
+
+// Wire errors callers branch on.
+var (
+	// ErrBadHello: the first bytes are not a Drover hello.
+	ErrBadHello = errors.New("wire: not a drover connection (bad hello)")
+	// ErrFrameTooLarge: a frame header announces more than MaxFrameBytes.
+	ErrFrameTooLarge = errors.New("wire: frame too large")
+	// ErrChecksum: a frame body does not match its CRC32C.
+	ErrChecksum = errors.New("wire: frame checksum mismatch")
+	// ErrMalformed: a frame body does not decode.
+	ErrMalformed = errors.New("wire: malformed frame")
+)
+
+// VersionError reports a peer speaking another protocol version.
+type VersionError struct {
+	Local, Remote uint16
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("wire: peer speaks protocol version %d, this build speaks %d", e.Remote, e.Local)
+}
+
+// AppendHello appends h's encoding to b.
+func AppendHello(b []byte, h Hello) []byte {
+	id := h.ReplicaID
+	if len(id) > maxHelloIDBytes {
+		id = id[:maxHelloIDBytes]
+	}
+	b = append(b, wireMagic[:]...)
+	b = binary.LittleEndian.AppendUint16(b, h.Version)
+	b = append(b, byte(h.Role), byte(len(id)))
+	return append(b, id...)
+}
+
+// ReadHello reads one hello from r. A hello of another version is
+// returned with a *VersionError; bytes that are no hello give ErrBadHello.
+func ReadHello(r io.Reader) (Hello, error) {
+	var fixed [8]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return Hello{}, fmt.Errorf("wire: read hello: %w", err)
+	}
+	if [4]byte(fixed[:4]) != wireMagic {
+		return Hello{}, fmt.Errorf("%w: starts %q", ErrBadHello, fixed[:4])
+	}
+	h := Hello{Version: binary.LittleEndian.Uint16(fixed[4:]), Role: Role(fixed[6])}
+	id := make([]byte, fixed[7])
+	if _, err := io.ReadFull(r, id); err != nil {
+		return Hello{}, fmt.Errorf("wire: read hello: %w", err)
+	}
+	h.ReplicaID = ReplicaID(id)
+	if h.Role != RoleEngine && h.Role != RoleReplica {
+		return h, fmt.Errorf("%w: role %d", ErrBadHello, h.Role)
+	}
+	if h.Version != WireVersion {
+		return h, &VersionError{Local: WireVersion, Remote: h.Version}
+	}
+	return h, nil
+}
+
+// ReadFrame reads one frame from r and returns its checked body, in buf
+// when it fits (else in a new slice).
+func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
+	var hdr [FrameHeaderBytes]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n > MaxFrameBytes {
+		return nil, fmt.Errorf("%w: %d bytes (max %d)", ErrFrameTooLarge, n, MaxFrameBytes)
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	body := buf[:n]
+	if _, err := io.ReadFull(r, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("wire: read %d-byte frame body: %w", n, err)
+	}
+	if got, want := crc32.Checksum(body, castagnoli), binary.LittleEndian.Uint32(hdr[4:]); got != want {
+		return nil, fmt.Errorf("%w: body %08x, header %08x", ErrChecksum, got, want)
+	}
+	return body, nil
+}
+
+const (
+	bodyRequest = 'Q'
+	bodyReply   = 'P'
+
+	flagFUA        = 1 << 0
+	flagMembership = 1 << 1
+	flagInfo       = 1 << 2
+	flagDirty      = 1 << 3
+)
+
+// AppendRequestFrame appends a whole frame (header and body) holding req.
+func AppendRequestFrame(b []byte, req *Request) []byte {
+	start := len(b)
+	b = append(b, make([]byte, FrameHeaderBytes)...)
+	b = appendRequest(b, req)
+	return sealFrame(b, start)
+}
+
+// AppendReplyFrame appends a whole frame (header and body) holding rep.
+func AppendReplyFrame(b []byte, rep *Reply) []byte {
+	start := len(b)
+	b = append(b, make([]byte, FrameHeaderBytes)...)
+	b = appendReply(b, rep)
+	return sealFrame(b, start)
+}
+
+func sealFrame(b []byte, start int) []byte {
+	body := b[start+FrameHeaderBytes:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(body, castagnoli))
+	return b
+}
+
+func appendRequest(b []byte, q *Request) []byte {
+	var flags byte
+	if q.FUA {
+		flags |= flagFUA
+	}
+	if q.Membership != nil {
+		flags |= flagMembership
+	}
+	b = append(b, bodyRequest, byte(q.Op), flags)
+	b = appendU64s(b, q.ID, q.Epoch, q.BlockIndex, q.Seq, q.SizeBytes)
+	b = binary.LittleEndian.AppendUint32(b, q.BlockCount)
+	b = appendString(b, q.Name)
+	b = appendString(b, q.Name2)
+	if q.Membership != nil {
+		b = appendMembership(b, q.Membership)
+	}
+	b = appendStrings(b, q.Chain)
+	b = appendBlocks(b, q.Blocks)
+	return appendBytes(b, q.Data)
+}
+
+func appendReply(b []byte, p *Reply) []byte {
+	var flags byte
+	if p.Info != nil {
+		flags |= flagInfo
+	}
+	b = append(b, bodyReply, byte(p.Status), flags)
+	b = appendU64s(b, p.ID, p.BlockIndex)
+	b = appendString(b, p.Err)
+	b = appendBlocks(b, p.Blocks)
+	b = appendExtents(b, p.Extents)
+	if p.Info != nil {
+		b = appendInfo(b, p.Info)
+	}
+	return appendBytes(b, p.Data)
+}
+
+func appendInfo(b []byte, in *Info) []byte {
+	var flags byte
+	if in.Membership != nil {
+		flags |= flagMembership
+	}
+	if in.Dirty {
+		flags |= flagDirty
+	}
+	b = append(b, flags)
+	b = appendString(b, string(in.ID))
+	b = appendU64s(b, in.SizeBytes, in.Epoch, in.FlushedSeq)
+	b = binary.LittleEndian.AppendUint32(b, in.ActiveRegions)
+	b = appendStrings(b, in.Chain)
+	if in.Membership != nil {
+		b = appendMembership(b, in.Membership)
+	}
+	return appendExtents(b, in.Recovered)
+}
+
+func appendMembership(b []byte, m *Membership) []byte {
+	b = appendU64s(b, m.Gen, m.Epoch)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Members)))
+	for _, x := range m.Members {
+		b = appendString(b, string(x.ID))
+		b = append(b, byte(x.Mode))
+	}
+	return b
+}
+
+func appendU64s(b []byte, vs ...uint64) []byte {
+	for _, v := range vs {
+		b = binary.LittleEndian.AppendUint64(b, v)
+	}
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+func appendBytes(b, s []byte) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+func appendBlocks(b []byte, bs []BlockState) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(bs)))
+	for _, x := range bs {
+		b = binary.LittleEndian.AppendUint64(b, x.BlockIndex)
+		b = append(b, byte(x.Kind))
+		b = binary.LittleEndian.AppendUint32(b, x.CRC)
+	}
+	return b
+}
+
+func appendExtents(b []byte, es []Extent) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(es)))
+	for _, e := range es {
+		b = appendU64s(b, e.BlockIndex, e.BlockCount)
+	}
+	return b
+}
+
+// decoder reads a body; the first failure sticks and later reads return
+// zeros, so decode functions check err once at the end.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+	}
+}
+
+func (d *decoder) take(n uint64, what string) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.fail("%s needs %d bytes, %d left", what, n, len(d.b))
+		return nil
+	}
+	s := d.b[:n:n]
+	d.b = d.b[n:]
+	return s
+}
+
+func (d *decoder) u8(what string) byte {
+	if s := d.take(1, what); s != nil {
+		return s[0]
+	}
+	return 0
+}
+
+func (d *decoder) u32(what string) uint32 {
+	if s := d.take(4, what); s != nil {
+		return binary.LittleEndian.Uint32(s)
+	}
+	return 0
+}
+
+func (d *decoder) u64(what string) uint64 {
+	if s := d.take(8, what); s != nil {
+		return binary.LittleEndian.Uint64(s)
+	}
+	return 0
+}
+
+// count reads an element count and checks that many elements of at least
+// elemBytes each fit in what is left, bounding the allocation to come.
+func (d *decoder) count(elemBytes uint64, what string) int {
+	n := uint64(d.u32(what))
+	if d.err == nil && n*elemBytes > uint64(len(d.b)) {
+		d.fail("%d %s do not fit in %d bytes", n, what, len(d.b))
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) bytes(what string) []byte {
+	n := d.u32(what)
+	return d.take(uint64(n), what)
+}
+
+func (d *decoder) string(what string) string { return string(d.bytes(what)) }
+
+func (d *decoder) strings(what string) []string {
+	n := d.count(4, what)
+	if n == 0 {
+		return nil
+	}
+	ss := make([]string, n)
+	for i := range ss {
+		ss[i] = d.string(what)
+	}
+	return ss
+}
+
+func (d *decoder) blocks() []BlockState {
+	n := d.count(13, "block states")
+	if n == 0 {
+		return nil
+	}
+	bs := make([]BlockState, n)
+	for i := range bs {
+		bs[i] = BlockState{BlockIndex: d.u64("block index"), Kind: BlockKind(d.u8("block kind")), CRC: d.u32("block crc")}
+	}
+	return bs
+}
+
+func (d *decoder) extents(what string) []Extent {
+	n := d.count(16, what)
+	if n == 0 {
+		return nil
+	}
+	es := make([]Extent, n)
+	for i := range es {
+		es[i] = Extent{BlockIndex: d.u64(what), BlockCount: d.u64(what)}
+	}
+	return es
+}
+
+func (d *decoder) membership() *Membership {
+	m := &Membership{Gen: d.u64("membership gen"), Epoch: d.u64("membership epoch")}
+	n := d.count(5, "members")
+	if n > 0 {
+		m.Members = make([]Member, n)
+		for i := range m.Members {
+			m.Members[i] = Member{ID: ReplicaID(d.string("member id")), Mode: MemberMode(d.u8("member mode"))}
+		}
+	}
+	return m
+}
+
+func (d *decoder) end() {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+}
+
+// DecodeRequest decodes a frame body holding a Request. Data aliases body.
+func DecodeRequest(body []byte) (Request, error) {
+	if len(body) > MaxFrameBytes {
+		return Request{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(body))
+	}
+	d := &decoder{b: body}
+	if d.u8("body kind") != bodyRequest && d.err == nil {
+		d.fail("not a request")
+	}
+	var q Request
+	q.Op = Op(d.u8("op"))
+	flags := d.u8("flags")
+	q.FUA = flags&flagFUA != 0
+	q.ID, q.Epoch, q.BlockIndex = d.u64("id"), d.u64("epoch"), d.u64("block index")
+	q.Seq, q.SizeBytes = d.u64("seq"), d.u64("size")
+	q.BlockCount = d.u32("block count")
+	q.Name, q.Name2 = d.string("name"), d.string("name2")
+	if flags&flagMembership != 0 {
+		q.Membership = d.membership()
+	}
+	q.Chain = d.strings("chain")
+	q.Blocks = d.blocks()
+	q.Data = d.bytes("data")
+	if len(q.Data) == 0 {
+		q.Data = nil
+	}
+	d.end()
+	if d.err == nil && flags&^(flagFUA|flagMembership) != 0 {
+		d.fail("unknown request flags %#x", flags)
+	}
+	if d.err != nil {
+		return Request{}, d.err
+	}
+	return q, nil
+}
+
+// DecodeReply decodes a frame body holding a Reply. Data aliases body.
+func DecodeReply(body []byte) (Reply, error) {
+	if len(body) > MaxFrameBytes {
+		return Reply{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(body))
+	}
+	d := &decoder{b: body}
+	if d.u8("body kind") != bodyReply && d.err == nil {
+		d.fail("not a reply")
+	}
+	var p Reply
+	p.Status = Status(d.u8("status"))
+	flags := d.u8("flags")
+	p.ID, p.BlockIndex = d.u64("id"), d.u64("block index")
+	p.Err = d.string("error")
+	p.Blocks = d.blocks()
+	p.Extents = d.extents("extents")
+	if flags&flagInfo != 0 {
+		p.Info = d.info()
+	}
+	p.Data = d.bytes("data")
+	if len(p.Data) == 0 {
+		p.Data = nil
+	}
+	d.end()
+	if d.err == nil && flags&^flagInfo != 0 {
+		d.fail("unknown reply flags %#x", flags)
+	}
+	if d.err != nil {
+		return Reply{}, d.err
+	}
+	return p, nil
+}
+
+func (d *decoder) info() *Info {
+	flags := d.u8("info flags")
+	in := &Info{ID: ReplicaID(d.string("info id"))}
+	in.SizeBytes, in.Epoch, in.FlushedSeq = d.u64("size"), d.u64("epoch"), d.u64("flushed seq")
+	in.ActiveRegions = d.u32("active regions")
+	in.Chain = d.strings("chain")
+	if flags&flagMembership != 0 {
+		in.Membership = d.membership()
+	}
+	in.Dirty = flags&flagDirty != 0
+	in.Recovered = d.extents("recovered")
+	if d.err == nil && flags&^(flagMembership|flagDirty) != 0 {
+		d.fail("unknown info flags %#x", flags)
+	}
+	return in
+}

@@ -1,0 +1,125 @@
+package proto
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+)
+
+// wireSamples returns requests and replies using every field, for round
+// trip tests here and seed corpora in fuzz/.
+func wireSamples() ([]Request, []Reply) {
+	data := bytes.Repeat([]byte{0xab}, 2*BlockSize)
+	mem := &Membership{Gen: 3, Epoch: 7, Members: []Member{{ID: "r1", Mode: ModeRW}, {ID: "r2", Mode: ModeWO}}}
+	reqs := []Request{
+		{ID: 1, Epoch: 7, Op: OpOpen},
+		{ID: 2, Epoch: 7, Op: OpWrite, BlockIndex: 99, BlockCount: 2, Data: data, FUA: true, Seq: 12},
+		{ID: 3, Epoch: 7, Op: OpSetMembership, Membership: mem},
+		{ID: 4, Epoch: 7, Op: OpSetChain, Chain: []string{"a", "b"}, Name: "x", Name2: "y", SizeBytes: 1 << 40},
+		{ID: 5, Epoch: 7, Op: OpLayerWrite, BlockIndex: 4, BlockCount: 2, Data: data,
+			Blocks: []BlockState{{BlockIndex: 4, Kind: BlockData, CRC: 77}, {BlockIndex: 5, Kind: BlockZero}}},
+	}
+	reps := []Reply{
+		{ID: 1, Info: &Info{ID: "r1", SizeBytes: 1 << 30, Epoch: 7, FlushedSeq: 9, Chain: []string{"s"},
+			Membership: mem, ActiveRegions: 2, Dirty: true, Recovered: []Extent{{BlockIndex: 0, BlockCount: 1024}}}},
+		{ID: 2, Data: data},
+		{ID: 3, Status: StatusCorrupt, Err: "block 5: checksum", BlockIndex: 5},
+		{ID: 4, Extents: []Extent{{1, 2}, {10, 20}}, Blocks: []BlockState{{BlockIndex: 1, Kind: BlockData, CRC: 3}}},
+	}
+	return reqs, reps
+}
+
+func TestWireRoundTrip(t *testing.T) {
+	reqs, reps := wireSamples()
+	var stream []byte
+	for i := range reqs {
+		stream = AppendRequestFrame(stream, &reqs[i])
+	}
+	for i := range reps {
+		stream = AppendReplyFrame(stream, &reps[i])
+	}
+	r := bytes.NewReader(stream)
+	for _, want := range reqs {
+		body, err := ReadFrame(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeRequest(body)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("request: got %+v, %v\nwant %+v", got, err, want)
+		}
+	}
+	for _, want := range reps {
+		body, err := ReadFrame(r, make([]byte, 0, 64<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeReply(body)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("reply: got %+v, %v\nwant %+v", got, err, want)
+		}
+	}
+	if _, err := ReadFrame(r, nil); err != io.EOF {
+		t.Fatalf("end of stream: %v", err)
+	}
+}
+
+func TestWireDataAliasesBody(t *testing.T) {
+	reqs, _ := wireSamples()
+	frame := AppendRequestFrame(nil, &reqs[1])
+	q, err := DecodeRequest(frame[FrameHeaderBytes:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &q.Data[0] != &frame[len(frame)-len(q.Data)] {
+		t.Fatal("Data was copied out of the frame body")
+	}
+}
+
+func TestHello(t *testing.T) {
+	b := AppendHello(nil, Hello{Version: WireVersion, Role: RoleEngine, ReplicaID: "r7"})
+	h, err := ReadHello(bytes.NewReader(b))
+	if err != nil || h != (Hello{Version: WireVersion, Role: RoleEngine, ReplicaID: "r7"}) {
+		t.Fatalf("hello: %+v %v", h, err)
+	}
+	b = AppendHello(nil, Hello{Version: WireVersion + 1, Role: RoleReplica})
+	_, err = ReadHello(bytes.NewReader(b))
+	var ve *VersionError
+	if !errors.As(err, &ve) || ve.Remote != WireVersion+1 {
+		t.Fatalf("version mismatch: %v", err)
+	}
+	t.Log(err)
+	if _, err := ReadHello(bytes.NewReader([]byte("GET / HTTP/1.1\r\n"))); !errors.Is(err, ErrBadHello) {
+		t.Fatalf("http at the door: %v", err)
+	}
+}
+
+func TestFrameErrors(t *testing.T) {
+	reqs, _ := wireSamples()
+	frame := AppendRequestFrame(nil, &reqs[1])
+	bad := append([]byte(nil), frame...)
+	bad[len(bad)-1] ^= 1
+	if _, err := ReadFrame(bytes.NewReader(bad), nil); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("flipped bit: %v", err)
+	}
+	huge := binary.LittleEndian.AppendUint32(nil, MaxFrameBytes+1)
+	huge = append(huge, 0, 0, 0, 0)
+	if _, err := ReadFrame(bytes.NewReader(huge), nil); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("huge frame: %v", err)
+	}
+	if _, err := ReadFrame(bytes.NewReader(frame[:20]), nil); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("cut frame: %v", err)
+	}
+	body := frame[FrameHeaderBytes:]
+	for n := range len(body) - len(reqs[1].Data) {
+		if _, err := DecodeRequest(body[:n]); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("body cut at %d: %v", n, err)
+		}
+	}
+	if _, err := DecodeReply(body); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("request decoded as a reply: %v", err)
+	}
+}
