@@ -251,8 +251,8 @@ func TestPerfNoStall(t *testing.T) {
 		if err != nil {
 			t.Fatalf("iscsi-perf %v: %v\n%s", args, err, out)
 		}
-		if !strings.Contains(out, "IOPS") {
-			t.Errorf("iscsi-perf %v printed no IOPS:\n%s", args, out)
+		if !strings.Contains(out, "iops average") || !strings.Contains(out, "finished.") {
+			t.Errorf("iscsi-perf %v did not finish with an iops average:\n%s", args, out)
 		}
 	}
 }
