@@ -155,6 +155,9 @@ func (t *task) deliver(p *PDU) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.seq
+	if s == nil && t.failed {
+		return nil // the rest of a sequence that already failed the command
+	}
 	if s == nil {
 		return errProtocol("Data-Out for task %#x with no outstanding R2T", t.itt)
 	}
