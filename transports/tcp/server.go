@@ -1,0 +1,258 @@
+// Package tcp carries the engine ↔ replica data path over TCP in the
+// binary format of core/proto (wire.go): a Server in front of a replica's
+// replicarun.Runner, and a Dialer giving engines a link.Link to it.
+//
+// Both ends pipeline: many requests are in flight on one connection, and
+// frames queue in a buffer that goes out in one write when nothing more is
+// waiting (many frames per syscall). TCP_NODELAY is always set. The server
+// runs each request on the goroutine that read it (decode → replica →
+// pwrite → reply) with no handoff.
+package tcp
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"sync"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/replicarun"
+)
+
+const (
+	// readBufferBytes is each connection's read buffer: a burst of
+	// pipelined 4 KiB frames is read with one syscall.
+	readBufferBytes = 256 << 10
+	// flushBytes forces a write once that much output is buffered, so a
+	// long burst does not hold every reply back.
+	flushBytes = 1 << 20
+	// pooledBodyBytes is the size of pooled frame bodies; larger frames
+	// get a buffer of their own.
+	pooledBodyBytes = 64 << 10
+)
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, pooledBodyBytes); return &b }}
+
+// Server serves one replica's Runner to engines.
+type Server struct {
+	runner *replicarun.Runner
+	logf   func(format string, args ...any)
+
+	mu     sync.Mutex
+	closed bool
+	lns    map[net.Listener]struct{}
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+// NewServer returns a server for r. logf receives one line per closed
+// connection and why (nil: the standard logger).
+func NewServer(r *replicarun.Runner, logf func(format string, args ...any)) *Server {
+	if logf == nil {
+		logf = log.Printf
+	}
+	return &Server{runner: r, logf: logf, lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+}
+
+// Serve accepts connections on ln until ln fails or the server closes;
+// after Close it returns nil.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.lns[ln] = struct{}{}
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			delete(s.lns, ln)
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			return fmt.Errorf("replica %s: accept: %w", s.runner.ID(), err)
+		}
+		if !s.track(c) {
+			c.Close()
+			return nil
+		}
+		go s.serveConn(c)
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+// Close stops every listener and connection and waits for the
+// connections' goroutines to end. The Runner stays open.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.lns {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// serverConn is one engine connection.
+type serverConn struct {
+	s    *Server
+	conn net.Conn
+	br   *bufio.Reader
+
+	mu       sync.Mutex
+	out      []byte // reply frames not yet written
+	batching bool   // the reader has more requests queued: it flushes
+	dead     bool
+}
+
+func (s *Server) serveConn(nc net.Conn) {
+	defer s.wg.Done()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c := &serverConn{s: s, conn: nc, br: bufio.NewReaderSize(nc, readBufferBytes)}
+	err := c.serve()
+	c.mu.Lock()
+	c.dead = true
+	c.mu.Unlock()
+	nc.Close()
+	s.mu.Lock()
+	delete(s.conns, nc)
+	closing := s.closed
+	s.mu.Unlock()
+	if !closing && !errors.Is(err, io.EOF) {
+		s.logf("replica %s: closing connection from %s: %v", s.runner.ID(), nc.RemoteAddr(), err)
+	}
+}
+
+// serve runs the connection until it fails; it always returns why.
+func (c *serverConn) serve() error {
+	if err := c.handshake(); err != nil {
+		return err
+	}
+	for {
+		bp := bodyPool.Get().(*[]byte)
+		body, err := proto.ReadFrame(c.br, *bp)
+		if err != nil {
+			bodyPool.Put(bp)
+			return err
+		}
+		req, err := proto.DecodeRequest(body)
+		if err != nil {
+			bodyPool.Put(bp)
+			return err
+		}
+		more := c.moreQueued()
+		c.mu.Lock()
+		c.batching = more
+		c.mu.Unlock()
+		// ReadFrame used the pooled buffer unless the frame was larger.
+		pooled := len(body) <= pooledBodyBytes
+		if !pooled {
+			bodyPool.Put(bp)
+		}
+		c.s.runner.Handle(req, func(rep proto.Reply) {
+			c.reply(&rep)
+			if pooled {
+				bodyPool.Put(bp) // the replica is done with req.Data
+			}
+		})
+		if !more {
+			c.mu.Lock()
+			c.batching = false
+			c.flushLocked()
+			c.mu.Unlock()
+		}
+	}
+}
+
+// handshake reads the engine's hello and answers with the replica's. A
+// version mismatch is answered (so the engine learns ours) and refused.
+func (c *serverConn) handshake() error {
+	id := c.s.runner.ID()
+	h, err := proto.ReadHello(c.br)
+	var ve *proto.VersionError
+	if err != nil && !errors.As(err, &ve) {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	if _, werr := c.conn.Write(proto.AppendHello(nil, proto.Hello{Version: proto.WireVersion, Role: proto.RoleReplica, ReplicaID: id})); werr != nil {
+		return fmt.Errorf("handshake: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	if h.Role != proto.RoleEngine {
+		return fmt.Errorf("handshake: peer is a %v, want an engine", h.Role)
+	}
+	if h.ReplicaID != "" && h.ReplicaID != id {
+		return fmt.Errorf("handshake: engine expects replica %q, this is %q", h.ReplicaID, id)
+	}
+	return nil
+}
+
+// moreQueued reports whether a whole further frame is already buffered.
+func (c *serverConn) moreQueued() bool {
+	n := c.br.Buffered()
+	if n < proto.FrameHeaderBytes {
+		return false
+	}
+	hdr, err := c.br.Peek(proto.FrameHeaderBytes)
+	if err != nil {
+		return false
+	}
+	return n >= proto.FrameHeaderBytes+int(binary.LittleEndian.Uint32(hdr))
+}
+
+// reply queues rep; it is written now unless the reader is in a burst of
+// queued requests and will flush at its end.
+func (c *serverConn) reply(rep *proto.Reply) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return
+	}
+	c.out = proto.AppendReplyFrame(c.out, rep)
+	if !c.batching || len(c.out) >= flushBytes {
+		c.flushLocked()
+	}
+}
+
+func (c *serverConn) flushLocked() {
+	if len(c.out) == 0 || c.dead {
+		return
+	}
+	_, err := c.conn.Write(c.out)
+	if cap(c.out) > 4*flushBytes {
+		c.out = nil // do not keep a huge buffer after a burst of big reads
+	} else {
+		c.out = c.out[:0]
+	}
+	if err != nil {
+		// The reader sees the broken connection and logs it.
+		c.dead = true
+		c.conn.Close()
+	}
+}
