@@ -45,6 +45,7 @@ type Knobs struct {
 	SnapshotEveryUs     int64
 	ExpandEveryUs       int64
 	RestartAfterUs      int64
+	FaultsUs            int64 // faults stop (heal) at this virtual time at the latest
 }
 
 // Profiles lists the fault profiles by name.
@@ -53,7 +54,8 @@ var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "all", 
 func baseKnobs() Knobs {
 	return Knobs{Replicas: 3, MinHealthy: 1, SizeBlocks: 256, HotBlocks: 32, Clients: 4, MaxBlocks: 4, ThinkUs: 2000,
 		TickUs: 1000, TimeoutTicks: 50, NetLatencyUs: 50, NetJitterUs: 100, DiskLatencyUs: 30,
-		SlowReplica: -1, SpikeUs: 20_000, PartitionLenUs: 200_000, RestartAfterUs: 100_000}
+		SlowReplica: -1, SpikeUs: 20_000, PartitionLenUs: 200_000, RestartAfterUs: 100_000,
+		FaultsUs: 3_000_000}
 }
 
 // ProfileKnobs returns the knobs of a profile, drawing any random ones

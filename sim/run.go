@@ -165,7 +165,7 @@ func (s *Sim) watchdog() {
 		if s.stopped {
 			return
 		}
-		if !s.healed && s.hist.clientOps >= uint64(s.opt.Ops)*7/10 {
+		if !s.healed && (s.hist.clientOps >= uint64(s.opt.Ops)*7/10 || s.now >= s.knobs.FaultsUs) {
 			s.heal()
 		}
 		for _, n := range s.replicas {

@@ -197,7 +197,7 @@ func (s *Sim) chance(perMillion int) bool {
 }
 
 func (s *Sim) loop() {
-	const maxEvents = 20_000_000
+	const maxEvents = 2_000_000
 	for s.queue.Len() > 0 && !s.stopped {
 		e := heap.Pop(&s.queue).(*event)
 		s.now = e.at

@@ -249,10 +249,10 @@ func (op *opRecord) value(b uint64) uint64 {
 // hot block is read, checked against the durability oracle, and becomes
 // the new era's initial value.
 func (h *history) engineStarted(en *engineNode) {
-	if !h.replicaRestarted || len(h.s.engines) == 1 {
+	if (!h.replicaRestarted && !h.pausing) || len(h.s.engines) == 1 {
 		return
 	}
-	h.pausing = true
+	h.pausing, h.boundaryReading = true, false
 	h.boundaryEngine = en
 }
 

@@ -98,7 +98,12 @@ func TestEngineBasicIO(t *testing.T) {
 }
 
 func TestEngineReplicaFailureAndRebuild(t *testing.T) {
-	c := newCluster(t, 3, 64*proto.BlockSize, engine.Config{Volume: "v", RebuildAfterTicks: 30})
+	// 3000 blocks: more than one request's worth (1024), so rebuild must
+	// list each layer in windows a replica accepts (a 12 MiB rebuild once
+	// failed on every attempt: listing windows of 65536 blocks were
+	// refused by the replica's 1024-block request limit).
+	c := newCluster(t, 3, 3000*proto.BlockSize, engine.Config{Volume: "v", RebuildAfterTicks: 30})
+	c.write(2999, 9)
 	c.write(1, 1)
 	c.SetDown("r2", true)
 	c.write(2, 2) // r2 times out, goes ERR; the write is acknowledged by r1, r3
@@ -119,6 +124,7 @@ func TestEngineReplicaFailureAndRebuild(t *testing.T) {
 		c.expect(1, 1)
 		c.expect(2, 2)
 		c.expect(3, 3)
+		c.expect(2999, 9)
 	}
 }
 

@@ -32,6 +32,8 @@ const (
 	RegionBlocks = 1024
 	// maxBlocksPerRequest bounds one data request (4 MiB).
 	maxBlocksPerRequest = 1024
+	// maxBlocksPerListing bounds the range of one OpLayerBlocks (256 MiB).
+	maxBlocksPerListing = 1 << 16
 	// maxQueued bounds requests waiting in the replica.
 	maxQueued = 4096
 	// maxDirtyEntries triggers an internal flush when exceeded, bounding

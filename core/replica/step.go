@@ -131,8 +131,12 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 }
 
 func (r *Replica) checkRange(req proto.Request) string {
-	if req.BlockCount == 0 || req.BlockCount > maxBlocksPerRequest {
-		return sprintf("block count %d not in 1..%d", req.BlockCount, maxBlocksPerRequest)
+	limit := uint32(maxBlocksPerRequest)
+	if req.Op == proto.OpLayerBlocks {
+		limit = maxBlocksPerListing // a listing moves no data
+	}
+	if req.BlockCount == 0 || req.BlockCount > limit {
+		return sprintf("block count %d not in 1..%d", req.BlockCount, limit)
 	}
 	if req.BlockIndex >= r.sizeBlocks() || uint64(req.BlockCount) > r.sizeBlocks()-req.BlockIndex {
 		return sprintf("blocks [%d, +%d) beyond the volume's %d blocks", req.BlockIndex, req.BlockCount, r.sizeBlocks())
