@@ -1,9 +1,3 @@
-//go:build ignore
-
-// This file needs transports/tcp (tcp.NewServer(runner, logger) with
-// Serve(net.Listener) error and Close(), and tcp.Dial, a link.Dialer),
-// which has not landed yet. Remove the build constraint when it does.
-
 package main
 
 import (

@@ -1,12 +1,15 @@
-//go:build ignore
-
-// This file needs transports/tcp (tcp.NewServer(runner, logger) with
-// Serve(net.Listener) error and Close(), and tcp.Dial, a link.Dialer),
-// which has not landed yet. Remove the build constraint when it does.
-
 package main
 
-import "testing"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/drover-io/drover/transports/control"
+)
 
 // cluster is a volume run as separate processes: replicas and an engine.
 type cluster struct {

@@ -1,9 +1,3 @@
-//go:build ignore
-
-// This file needs transports/tcp (tcp.NewServer(runner, logger) with
-// Serve(net.Listener) error and Close(), and tcp.Dial, a link.Dialer),
-// which has not landed yet. Remove the build constraint when it does.
-
 package main
 
 import (
@@ -150,7 +144,7 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 	if err != nil {
 		return fmt.Errorf("replica %s: %w", id, err)
 	}
-	srv := tcp.NewServer(r.runner, slog.Default())
+	srv := tcp.NewServer(r.runner, func(format string, args ...any) { slog.Info(fmt.Sprintf(format, args...)) })
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	info := r.runner.Info()
