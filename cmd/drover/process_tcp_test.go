@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/drover-io/drover/transports/control"
 )
@@ -72,6 +73,40 @@ func sha(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// killAndRebuild kills replica i with SIGKILL under a write load; the
+// volume keeps serving and the replica goes ERR; restarted (still under
+// load), it is rebuilt to RW.
+func (c *cluster) killAndRebuild(l *load, i int) {
+	c.t.Helper()
+	modes := func(mode string) []string {
+		m := []string{"RW", "RW", "RW"}
+		m[i] = mode
+		return m
+	}
+	l.during(func() {
+		time.Sleep(200 * time.Millisecond)
+		c.replicas[i].kill()
+		c.waitModes(fmt.Sprintf("replica %d ERR after kill -9", i+1), modes("ERR")...)
+		time.Sleep(200 * time.Millisecond)
+	})
+	l.during(func() {
+		c.startReplica(i)
+		c.waitModes(fmt.Sprintf("replica %d rebuilt after restart", i+1), modes("RW")...)
+	})
+}
+
+// checkIdentical stops every process and requires each replica's offline
+// checksum to equal the SHA-256 of what was written.
+func (c *cluster) checkIdentical(l *load) {
+	c.t.Helper()
+	want := sha(l.want)
+	for i, s := range c.checksums() {
+		if s != want {
+			c.t.Errorf("replica %d checksum %s, want %s (the written content)", i+1, s, want)
+		}
+	}
+}
+
 // TestProcessKillReplicaAndEngine: kill -9 a replica under writes; the
 // volume keeps serving; restarted, the replica is rebuilt to RW. Then
 // kill -9 the engine; restarted, every flushed write is there. At the end
@@ -84,19 +119,12 @@ func TestProcessKillReplicaAndEngine(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		l.write()
 	}
-	c.replicas[1].kill()
-	for i := 0; i < 40; i++ {
-		l.write()
-	}
-	c.waitModes("replica 2 ERR after kill -9", "RW", "ERR", "RW")
-	c.startReplica(1)
-	for i := 0; i < 40; i++ {
-		l.write()
-	}
-	c.waitModes("replica 2 rebuilt after restart", "RW", "RW", "RW")
+	c.killAndRebuild(l, 1)
 	l.flush()
 	l.verify("after the replica rebuild")
 
+	l.during(func() { time.Sleep(200 * time.Millisecond) })
+	l.flush()
 	c.engine.kill()
 	c.startEngine()
 	l.verify("after kill -9 of the engine")
@@ -104,10 +132,26 @@ func TestProcessKillReplicaAndEngine(t *testing.T) {
 		l.write()
 	}
 	l.flush()
-	want := sha(l.want)
-	for i, s := range c.checksums() {
-		if s != want {
-			t.Errorf("replica %d checksum %s, want %s (the written content)", i+1, s, want)
-		}
+	c.checkIdentical(l)
+}
+
+// bigSizeBytes spans more than one rebuild listing (65,536 blocks), and
+// far more than the 1,024 blocks of one data request.
+const bigSizeBytes = 272 << 20
+
+// TestProcessRebuildBigVolume: the kill -9 and rebuild of
+// TestProcessKillReplicaAndEngine on a volume over 256 MiB, with writes
+// spread over all of it.
+func TestProcessRebuildBigVolume(t *testing.T) {
+	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	c := newCluster(t, bigSizeBytes, addrs, make([][]string, 3))
+	c.startEngine()
+	l := newLoad(c.volumeClient, 2)
+	for i := 0; i < 100; i++ {
+		l.write()
 	}
+	c.killAndRebuild(l, 0)
+	l.flush()
+	l.verify("after the replica rebuild")
+	c.checkIdentical(l)
 }

@@ -186,6 +186,12 @@ func newLoad(c *volumeClient, seed uint64) *load {
 // fails on it (these tests expect the volume to keep serving).
 func (l *load) write() {
 	l.c.t.Helper()
+	if err := l.tryWrite(); err != nil {
+		l.c.t.Fatal(err)
+	}
+}
+
+func (l *load) tryWrite() error {
 	blocks := 1 + l.rng.IntN(16)
 	off := uint64(l.rng.IntN(int(l.c.size/4096)-blocks)) * 4096
 	p := make([]byte, blocks*4096)
@@ -195,10 +201,40 @@ func (l *load) write() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := l.c.client.Write(ctx, &controlpb.WriteRequest{Offset: off, Data: p}); err != nil {
-		l.c.t.Fatalf("write %d [%d, +%d): %v", l.n, off, len(p), err)
+		return fmt.Errorf("write %d [%d, +%d): %w", l.n, off, len(p), err)
 	}
 	copy(l.want[off:], p)
 	l.n++
+	return nil
+}
+
+// during runs fn while a goroutine writes without pause, and fails the
+// test if any of those writes fails. fn must not use the load.
+func (l *load) during(fn func()) {
+	l.c.t.Helper()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	n0 := l.n
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := l.tryWrite(); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	if err := <-done; err != nil {
+		l.c.t.Fatalf("write under load: %v", err)
+	}
+	l.c.t.Logf("%d writes under load", l.n-n0)
 }
 
 func (l *load) flush() {
@@ -226,8 +262,8 @@ func (l *load) verify(what string) {
 	}
 }
 
-// testSizeBytes is 4 MiB: core/engine's rebuild lists layer blocks in
-// extents up to 65,536 blocks, which core/replica refuses above 1,024.
+// testSizeBytes keeps most process tests fast; TestProcessRebuildBigVolume
+// covers volumes whose rebuild needs several layer listings.
 const testSizeBytes = 4 << 20
 
 // TestProcessDevReopensVolume: drover dev serves a volume; after kill -9
