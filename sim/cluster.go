@@ -220,7 +220,7 @@ func (en *engineNode) pump() {
 	}
 	en.s.hist.enginePumped(en)
 	if en.s.opt.Log != nil {
-		desc := describeInfo(en.e.Info())
+		desc := describeEngine(en.e)
 		if desc != en.lastDesc {
 			en.lastDesc = desc
 			en.s.opt.Log(fmt.Sprintf("%8d engine %d: %s", en.s.now, en.inc, desc))

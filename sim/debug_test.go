@@ -2,7 +2,9 @@ package sim
 
 import (
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,10 +16,17 @@ import (
 // TestDebugSeed prints the first non-linearizable block of a seed.
 func TestDebugSeed(t *testing.T) {
 	var lines []string
-	opt := Options{Seed: 1, Profile: "net", Ops: 1000, Log: func(l string) { lines = append(lines, l) }}
+	seed, err := strconv.ParseUint(os.Getenv("SIM_DEBUG"), 10, 64)
+	if err != nil {
+		t.Skip("set SIM_DEBUG=seed")
+	}
+	opt := Options{Seed: seed, Profile: os.Getenv("SIM_PROFILE"), Ops: 1500, Log: func(l string) { lines = append(lines, l) }}
+	if opt.Profile == "" {
+		opt.Profile = "swarm"
+	}
 	defer func() {
 		for _, l := range lines {
-			if strings.Contains(l, "engine") || strings.Contains(l, "link") || strings.Contains(l, "partition") || strings.Contains(l, "heal") {
+			if strings.Contains(l, "engine") || strings.Contains(l, "link") || strings.Contains(l, "partition") || strings.Contains(l, "heal") || strings.Contains(l, "crash") || strings.Contains(l, "start") || strings.Contains(l, "era") {
 				fmt.Println(l)
 			}
 		}

@@ -103,7 +103,13 @@ func (s *Sim) crashAll() {
 }
 
 // bitRot flips a bit of a block one replica serves from its disk.
+//
+// Rot must leave a good copy somewhere for the promise to hold, so it
+// only strikes while at least three replicas are RW.
 func (s *Sim) bitRot() {
+	if en := s.current(); len(s.replicas) < 3 || !en.alive || !allRW(en.e.Info(), len(s.replicas)) {
+		return
+	}
 	n := s.replicas[s.rng.IntN(len(s.replicas))]
 	if !n.up || !n.r.Loaded() {
 		return
@@ -249,6 +255,11 @@ func allRW(info engine.VolumeInfo, n int) bool {
 		}
 	}
 	return true
+}
+
+func describeEngine(e *engine.Engine) string {
+	running, waiting, calls := e.Backlog()
+	return fmt.Sprintf("%s running=%d waiting=%d calls=%d", describeInfo(e.Info()), running, waiting, calls)
 }
 
 func describeInfo(info engine.VolumeInfo) string {

@@ -2,9 +2,9 @@ package sim
 
 import (
 	"fmt"
-	"strings"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 )
 

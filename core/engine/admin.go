@@ -335,3 +335,9 @@ func (e *Engine) adminRemoveReplica(t *adminTask) {
 		}
 	})
 }
+
+// Backlog returns how many frontend requests are running and waiting, and
+// how many replica calls are outstanding (for liveness reports).
+func (e *Engine) Backlog() (running, waiting, calls int) {
+	return len(e.running), len(e.waiting), len(e.calls)
+}

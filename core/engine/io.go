@@ -156,6 +156,9 @@ func (e *Engine) onWriteReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 		delete(f.pending, id)
 		f.err = fmt.Errorf("%w: replica %s: %s", ErrInvalid, id, rep.Err)
 	default:
+		// The replica may be ERR already (a rebuild abort, say): this
+		// request must stop waiting for it either way.
+		delete(f.pending, id)
 		e.replicaFailed(id, fmt.Sprintf("%v: %v %s", f.req.Op, rep.Status, rep.Err))
 	}
 	e.maybeDone(f)

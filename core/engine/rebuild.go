@@ -48,10 +48,7 @@ func (rb *rebuildTask) abort(why string) {
 		e.rebuild = nil
 	}
 	if m := e.members[rb.target]; m != nil {
-		if m.mode != ModeERR {
-			m.mode, m.why = ModeERR, "rebuild: "+why
-			e.proposeMembership(nil)
-		}
+		e.replicaFailed(rb.target, "rebuild: "+why) // no-op if already ERR
 		m.errSince = e.now
 	}
 	if rb.admin != nil {
@@ -170,28 +167,53 @@ func (rb *rebuildTask) drained() {
 	rb.stage = "snapshotting"
 	name := fmt.Sprintf("rebuild-%d-%d", e.epoch, e.nextID)
 	targets := e.writeTargets()
-	left := len(targets)
+	left, okCount := len(targets), 0
 	for _, id := range targets {
 		e.send(id, proto.Request{Op: proto.OpSnapshot, Name: name, Seq: e.writeSeq}, func(rep proto.Reply) {
 			left--
-			if rep.Status != proto.StatusOK && !rb.aborted {
+			if rep.Status == proto.StatusOK {
+				okCount++
+			} else if !rb.aborted {
 				e.replicaFailed(id, fmt.Sprintf("rebuild snapshot: %v %s", rep.Status, rep.Err))
 			}
-			if left > 0 || rb.aborted {
+			if left > 0 {
 				return
 			}
-			e.chain = append(e.chain, name)
+			// Replicas that took the snapshot hold it even if the
+			// rebuild stopped meanwhile: the chain follows them.
+			if okCount > 0 {
+				e.chain = append(e.chain, name)
+			}
+			if rb.aborted {
+				return
+			}
 			rb.holding = false
-			rb.setChain()
+			rb.sourceChain()
 			e.schedule()
 		})
 	}
 }
 
-func (rb *rebuildTask) setChain() {
+// sourceChain asks the source for its chain: the target must end up with
+// exactly the source's layers, whatever the engine believes.
+func (rb *rebuildTask) sourceChain() {
 	e := rb.e
 	rb.stage = "chain"
-	rb.chain = append([]string(nil), e.chain...)
+	e.send(rb.source, proto.Request{Op: proto.OpInfo}, func(rep proto.Reply) {
+		if rb.aborted {
+			return
+		}
+		if rep.Status != proto.StatusOK || rep.Info == nil {
+			rb.abort(fmt.Sprintf("source info: %v %s", rep.Status, rep.Err))
+			return
+		}
+		rb.setChain(rep.Info.Chain)
+	})
+}
+
+func (rb *rebuildTask) setChain(chain []string) {
+	e := rb.e
+	rb.chain = append([]string(nil), chain...)
 	e.send(rb.target, proto.Request{Op: proto.OpSetChain, Chain: rb.chain}, func(rep proto.Reply) {
 		if rb.aborted {
 			return

@@ -131,14 +131,30 @@ func (s *layerSync) copyRuns(target proto.ReplicaID, runs []proto.Extent, done f
 		done("")
 		return
 	}
+	s.copyRunFrom(target, runs, s.source, map[proto.ReplicaID]bool{}, done)
+}
+
+// copyRunFrom copies runs[0] from src to target. When src holds a corrupt
+// block in that run, another RW replica that is neither the target nor
+// tried yet serves it instead (its copy is checked the same way).
+func (s *layerSync) copyRunFrom(target proto.ReplicaID, runs []proto.Extent, src proto.ReplicaID, tried map[proto.ReplicaID]bool, done func(string)) {
 	run := runs[0]
+	tried[src] = true
 	req := proto.Request{Op: proto.OpLayerRead, Name: s.layer, BlockIndex: run.BlockIndex, BlockCount: uint32(run.BlockCount)}
-	s.e.send(s.source, req, func(rep proto.Reply) {
+	s.e.send(src, req, func(rep proto.Reply) {
 		if s.aborted {
 			return
 		}
+		if rep.Status == proto.StatusCorrupt {
+			for _, id := range s.e.readable() {
+				if id != target && !tried[id] {
+					s.copyRunFrom(target, runs, id, tried, done)
+					return
+				}
+			}
+		}
 		if rep.Status != proto.StatusOK {
-			done(fmt.Sprintf("read layer %q of %s: %v %s", s.layer, s.source, rep.Status, rep.Err))
+			done(fmt.Sprintf("read layer %q of %s: %v %s", s.layer, src, rep.Status, rep.Err))
 			return
 		}
 		w := proto.Request{Op: proto.OpLayerWrite, Name: s.layer, BlockIndex: run.BlockIndex,
