@@ -25,15 +25,23 @@ reopen it: every write flushed before a crash or stop is there (a clean stop
 with Ctrl-C flushes everything acknowledged). --size is then ignored; grow the
 volume with drover volume expand.
 
-The data dir defaults to $XDG_DATA_HOME/drover/dev, or ~/.local/share/drover/dev.
-Only one drover dev may use a data dir at a time.`
+Hosts reach the volume over NBD (--frontend nbd, the default): the export is
+named "dev" and served on a unix socket in the data dir and on
+127.0.0.1:10809; drover dev prints its URIs and how to attach them. With
+--frontend iscsi it is an iSCSI target on --iscsi-listen instead.
+
+The data dir defaults to $XDG_DATA_HOME/drover/dev, or ~/.local/share/drover/dev
+(make run uses ./.drover). Only one drover dev may use a data dir at a time.`
 
 const devExample = `  drover dev
   drover dev --size 10GiB --data-dir /var/tmp/drover
-  drover dev --control 127.0.0.1:7371   # then: drover volume info --control 127.0.0.1:7371`
+  drover dev --control 127.0.0.1:7371   # then: drover volume info --control 127.0.0.1:7371
+  drover dev --nbd-listen 127.0.0.1:10810
+  drover dev --frontend iscsi --iscsi-listen 0.0.0.0:3260 --iscsi-chap-user u --iscsi-chap-secret 0123456789ab`
 
 func newDevCmd() *cobra.Command {
 	var dataDir, controlAddr string
+	var ff frontendFlags
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
 		Long: devLong, Example: devExample, Args: cobra.NoArgs,
@@ -45,11 +53,16 @@ func newDevCmd() *cobra.Command {
 				}
 				dataDir = d
 			}
-			return runDev(cmd, dataDir, size.bytes, controlAddr)
+			frontends, err := ff.frontends("dev", []string{"unix:" + filepath.Join(dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort})
+			if err != nil {
+				return err
+			}
+			return runDev(cmd, dataDir, size.bytes, controlAddr, append(frontends, devFrontends...))
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
-	cmd.Flags().Var(&size, "size", "volume size when creating it (default 1GiB)")
+	cmd.Flags().Var(&size, "size", "volume size when creating it")
 	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
+	ff.register(cmd.Flags(), "nbd", "unix:<data-dir>/nbd.sock,127.0.0.1:"+defaultNBDPort)
 	return cmd
 }
 
@@ -66,7 +79,7 @@ func defaultDataDir() (string, error) {
 
 const devReplicas = 3
 
-func runDev(cmd *cobra.Command, dataDir string, sizeBytes uint64, controlAddr string) error {
+func runDev(cmd *cobra.Command, dataDir string, sizeBytes uint64, controlAddr string, frontends []Frontend) error {
 	out := cmd.OutOrStdout()
 	if sizeBytes == 0 || sizeBytes%proto.BlockSize != 0 {
 		return fmt.Errorf("--size %d: want a positive multiple of %d", sizeBytes, proto.BlockSize)
@@ -100,7 +113,7 @@ func runDev(cmd *cobra.Command, dataDir string, sizeBytes uint64, controlAddr st
 		}
 		return replicarun.NewLocalLink(r, h), nil
 	}
-	return runEngine(cmd.Context(), out, cfg, controlAddr, devFrontends)
+	return runEngine(cmd.Context(), out, cfg, controlAddr, frontends)
 }
 
 // lockDir takes an exclusive lock on dir (a lock file in it), so that two

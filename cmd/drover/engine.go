@@ -28,16 +28,20 @@ names stable across restarts: membership is recorded by name.
 expands the volume; a smaller one is reported on stderr (volumes never shrink).
 
 The control API (drover volume/snapshot/replica subcommands) is served on
---control.`
+--control. With --frontend nbd the volume is also an NBD export named after
+the volume (on 127.0.0.1:10809 unless --nbd-listen says otherwise); with
+--frontend iscsi an iSCSI target on --iscsi-listen. The default is none.`
 
 const engineExample = `  drover engine --volume vol1 --size 10GiB --replicas 10.0.0.5:7400,10.0.0.6:7400,10.0.0.7:7400
-  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 0.0.0.0:7370`
+  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 0.0.0.0:7370
+  drover engine --volume vol1 --replicas 10.0.0.5:7400,10.0.0.6:7400 --frontend nbd --nbd-listen unix:/run/drover/vol1.sock`
 
 func newEngineCmd() *cobra.Command {
 	var volume, replicas, controlAddr string
 	var size sizeFlag
 	var timeout time.Duration
 	var minHealthy int
+	var ff frontendFlags
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -45,11 +49,15 @@ func newEngineCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			frontends, err := ff.frontends(volume, []string{"127.0.0.1:" + defaultNBDPort})
+			if err != nil {
+				return err
+			}
 			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: tcp.Dial, Timeout: timeout, MinHealthy: minHealthy}
 			if size.bytes != 0 {
 				go ensureSize(cmd, controlAddr, size.bytes)
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, controlAddr, nil)
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, controlAddr, frontends)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
@@ -57,6 +65,7 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
 	cmd.Flags().DurationVar(&timeout, "replica-timeout", 5*time.Second, "a replica that takes longer to answer goes ERR")
 	cmd.Flags().IntVar(&minHealthy, "min-healthy", 1, "fewest RW replicas with which writes are still acknowledged")
+	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd

@@ -279,7 +279,8 @@ func TestProcessDevReopensVolume(t *testing.T) {
 	defer conn.Close()
 	c.client = client
 	startDev := func() *proc {
-		p := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--control", c.ctlAddr)
+		p := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--control", c.ctlAddr,
+			"--nbd-listen", "unix:"+filepath.Join(dataDir, "nbd.sock"))
 		c.waitModes("drover dev serving", "", "", "")
 		return p
 	}

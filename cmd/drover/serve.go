@@ -14,20 +14,16 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/enginerun"
 )
 
-// Frontend serves a volume to hosts (NBD, iSCSI). Start runs until ctx
-// ends; it prints where it serves to out.
-type Frontend func(ctx context.Context, dev device.Device, out io.Writer) error
-
-// devFrontends are the frontends `drover dev` starts on its volume once it
-// serves. A frontend package adds itself from an init function in its own
-// file here, so adding one never touches dev.go:
+// devFrontends are frontends `drover dev` starts on its volume besides
+// the ones chosen with --frontend. A frontend with no flags of its own can
+// add itself from an init function in its own file, so adding one never
+// touches dev.go:
 //
-//	func init() { devFrontends = append(devFrontends, serveDevNBD) }
+//	func init() { devFrontends = append(devFrontends, serveDevThing) }
 var devFrontends []Frontend
 
 // runEngine starts an engine driver, its control API on controlAddr and
@@ -56,15 +52,31 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, control
 		return err
 	}
 	fmt.Fprintf(out, "volume %s serving: %s\n", cfg.Volume, formatSize(d.SizeBytes()))
-	fe := make(chan error, len(frontends))
+	var serves []func() error
 	for _, f := range frontends {
-		go func() { fe <- f(ctx, vol, out) }()
+		serve, err := f(ctx, vol, out)
+		if err != nil {
+			stop()
+			return fmt.Errorf("frontend: %w", err)
+		}
+		serves = append(serves, serve)
 	}
-	fmt.Fprintln(out, "stop with Ctrl-C or SIGTERM (acknowledged writes are flushed on the way out)")
+	fe := make(chan error, len(serves))
+	for _, serve := range serves {
+		go func() { fe <- serve() }()
+	}
+	fmt.Fprintln(out, "stop with Ctrl-C or SIGTERM (acknowledged writes are flushed on the way out); after kill -9, run the same command again: flushed writes are kept")
 	select {
 	case <-ctx.Done():
 	case err = <-fe:
-		stop()
+		serves = serves[1:]
+	}
+	stop()
+	// The frontends finish the requests they have read before the flush.
+	for range serves {
+		if ferr := <-fe; err == nil {
+			err = ferr
+		}
 	}
 	flushCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/frontends/nbd"
+)
+
+// Frontend serves a volume to hosts (NBD, iSCSI). It binds its listeners
+// and prints where it serves to out before it returns, so that a bad
+// address is an error at start and the output comes in order; serve then
+// runs until ctx ends and shuts the frontend down (requests already read
+// finish first).
+type Frontend func(ctx context.Context, dev device.Device, out io.Writer) (serve func() error, err error)
+
+// defaultNBDPort is NBD's IANA port.
+const defaultNBDPort = "10809"
+
+// frontendFlags are the frontend flags of drover dev and drover engine.
+type frontendFlags struct {
+	kinds       string
+	nbdListen   []string
+	iscsiListen string
+	chap        iscsi.CHAP
+}
+
+// register adds the flags to fs. nbdDefault describes the default of
+// --nbd-listen, which the command fills in at run time.
+func (f *frontendFlags) register(fs *pflag.FlagSet, defaultKind, nbdDefault string) {
+	fs.StringVar(&f.kinds, "frontend", defaultKind, "how hosts reach the volume: nbd, iscsi, nbd,iscsi or none")
+	fs.StringSliceVar(&f.nbdListen, "nbd-listen", nil,
+		"NBD listen addresses, comma-separated: host:port for TCP, unix:PATH (or a path with a /) for a unix socket (default "+nbdDefault+")")
+	fs.StringVar(&f.iscsiListen, "iscsi-listen", iscsi.DefaultAddr, "iSCSI portal address (host:port)")
+	fs.StringVar(&f.chap.User, "iscsi-chap-user", "", "require initiators to log in with CHAP as this user")
+	fs.StringVar(&f.chap.Secret, "iscsi-chap-secret", "", "the initiator's CHAP secret, at least 12 bytes (or $DROVER_ISCSI_CHAP_SECRET)")
+	fs.StringVar(&f.chap.MutualUser, "iscsi-chap-mutual-user", "", "user the target answers mutual CHAP with")
+	fs.StringVar(&f.chap.MutualSecret, "iscsi-chap-mutual-secret", "", "the target's mutual CHAP secret (or $DROVER_ISCSI_CHAP_MUTUAL_SECRET)")
+}
+
+// frontends returns the frontends chosen for volume; nbdDefault is the
+// NBD listen list when --nbd-listen is not given.
+func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Frontend, error) {
+	var out []Frontend
+	for _, kind := range strings.Split(f.kinds, ",") {
+		switch strings.TrimSpace(kind) {
+		case "none", "":
+		case "nbd":
+			addrs := f.nbdListen
+			if len(addrs) == 0 {
+				addrs = nbdDefault
+			}
+			out = append(out, nbdFrontend(volume, addrs))
+		case "iscsi":
+			fe, err := f.iscsiFrontend(volume)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, fe)
+		default:
+			return nil, fmt.Errorf("--frontend %q: want nbd, iscsi, nbd,iscsi or none", kind)
+		}
+	}
+	return out, nil
+}
+
+// nbdFrontend serves the volume as the NBD export named volume on every
+// address in addrs.
+func nbdFrontend(volume string, addrs []string) Frontend {
+	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
+		srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: volume, Description: "Drover volume " + volume, Device: dev}}})
+		if err != nil {
+			return nil, err
+		}
+		var lns []net.Listener
+		var uris []string
+		for _, a := range addrs {
+			ln, uri, err := listenNBD(a, volume)
+			if err != nil {
+				for _, l := range lns {
+					l.Close()
+				}
+				return nil, err
+			}
+			lns = append(lns, ln)
+			uris = append(uris, uri)
+		}
+		for _, u := range uris {
+			fmt.Fprintf(out, "NBD export: %s\n", u)
+		}
+		printNBDHelp(out, uris[0], volume, lns[0].Addr().String())
+		return func() error {
+			errc := make(chan error, len(lns))
+			for _, l := range lns {
+				go func() { errc <- srv.Serve(l) }()
+			}
+			var err error
+			select {
+			case <-ctx.Done():
+			case err = <-errc:
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			if errors.Is(err, nbd.ErrServerClosed) {
+				err = nil
+			}
+			return err
+		}, nil
+	}
+}
+
+// listenNBD listens on one --nbd-listen address and returns the export's
+// URI there.
+func listenNBD(addr, volume string) (net.Listener, string, error) {
+	path, isUnix := strings.CutPrefix(addr, "unix:")
+	if !isUnix && strings.Contains(addr, "/") {
+		path, isUnix = addr, true
+	}
+	if !isUnix {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, "", fmt.Errorf("NBD: %w", err)
+		}
+		return ln, nbd.TCPURI(ln.Addr().String(), volume), nil
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, "", fmt.Errorf("NBD: %w", err)
+	}
+	return ln, nbd.UnixURI(path, volume), nil
+}
+
+// removeStaleSocket removes a unix socket left by a killed process: one
+// that exists but that nothing answers on.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return nil // listening reports what is wrong
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("NBD: socket %s is in use by another process", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("NBD: remove stale socket: %w", err)
+	}
+	return nil
+}
+
+// printNBDHelp tells the user how to attach the export at uri, served
+// on the TCP address or unix socket path where.
+func printNBDHelp(out io.Writer, uri, volume, where string) {
+	fmt.Fprintf(out, `attach it with:
+  nbdinfo '%[1]s'
+  qemu-io -f raw -c 'read -v 0 512' '%[1]s'
+  qemu-img convert -n -O raw IMAGE '%[1]s'     # copy an image in
+  mkdir -p mnt && nbdfuse mnt/disk '%[1]s' &   # the volume as the file mnt/disk
+`, uri)
+	if h, p, err := net.SplitHostPort(where); err == nil {
+		fmt.Fprintf(out, "  sudo modprobe nbd && sudo nbd-client %s %s /dev/nbd0 -N %s   # hosts with the nbd kernel module\n", h, p, volume)
+	} else {
+		fmt.Fprintf(out, "  sudo modprobe nbd && sudo nbd-client -unix %s /dev/nbd0 -N %s   # hosts with the nbd kernel module\n", where, volume)
+	}
+}
+
+// iscsiFrontend serves the volume as LUN 0 of the target IQN(volume).
+func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
+	chap := f.chap
+	if chap.Secret == "" {
+		chap.Secret = os.Getenv("DROVER_ISCSI_CHAP_SECRET")
+	}
+	if chap.MutualSecret == "" {
+		chap.MutualSecret = os.Getenv("DROVER_ISCSI_CHAP_MUTUAL_SECRET")
+	}
+	var chapp *iscsi.CHAP
+	if chap != (iscsi.CHAP{}) {
+		chapp = &chap
+	}
+	addr := f.iscsiListen
+	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
+		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
+		if err != nil {
+			return nil, err
+		}
+		portal := srv.Addr().String()
+		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v)\n", iscsi.IQN(volume), portal, chapp != nil)
+		fmt.Fprintf(out, "attach it with:\n  sudo iscsiadm -m discovery -t st -p %s && sudo iscsiadm -m node -T %s -p %s --login\n",
+			portal, iscsi.IQN(volume), portal)
+		return func() error { return srv.Serve(ctx) }, nil
+	}, nil
+}
