@@ -35,7 +35,7 @@ help:
 	@echo "make lint      gofmt, go vet, staticcheck $(STATICCHECK_VERSION)"
 	@echo "make sim-long  long simulator runs"
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
-	@echo "make bench     benchmarks"
+	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, then Go benchmarks"
 	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
 	@echo "make run       build and run drover"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
@@ -77,18 +77,18 @@ sim-long:
 		echo "sim-long: the simulator does not exist yet (it arrives with the simulator issue); nothing to run"; \
 	fi
 
-# The NBD comparison (frontends/nbd/nbdbench: nbdkit-file vs qemu-nbd vs
-# Drover, fio nbd engine, tmpfs and disk) writes its JSON report here.
-NBDBENCH_JSON       ?= $(BIN)/nbdbench.json
-export NBDBENCH_JSON
+# bench runs `drover bench` (fio: raw file, nbdkit-file, qemu-nbd, Drover
+# with 1 and 3 replicas; see drover bench --help) on tmpfs and on BENCH_DIR's
+# disk, writing JSON reports to bin/, then the Go micro-benchmarks.
+# BENCH_RUNTIME is fio's runtime per cell (7 targets x 5 workloads per dir).
+BENCH_RUNTIME       ?= 3s
+BENCH_DIR           ?= $(BIN)
+BENCH_GO_PKGS       := ./core/blockset ./transports/tcp ./transports/enginerun
 
-bench:
-	@mkdir -p $(BIN)
-	@if grep -rqs --include='*_test.go' '^func Benchmark' .; then \
-		$(GO) test -count=1 -run '^$$' -bench . -benchmem ./...; \
-	else \
-		echo "bench: no benchmarks exist yet (they arrive with the transports and frontends issues)"; \
-	fi
+bench: build
+	$(BIN)/drover bench --tmpfs --runtime $(BENCH_RUNTIME) --json $(BIN)/bench-tmpfs.json
+	$(BIN)/drover bench --dir $(BENCH_DIR) --runtime $(BENCH_RUNTIME) --json $(BIN)/bench-disk.json
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(BENCH_GO_PKGS)
 
 run: build
 	$(BIN)/drover --help

@@ -1,31 +1,53 @@
-// Package nbdbench measures NBD servers with fio's nbd engine in one run
-// on one backing file: nbdkit's file plugin (the reference every ratio is
-// against), qemu-nbd, and Drover's NBD server over a device.File. It is
-// the harness behind `make bench` (and `drover bench`); tests never run it.
+// Package nbdbench measures Drover's data path against reference NBD
+// servers with fio, in one run on one directory: fio on the raw file,
+// nbdkit's file plugin (the reference every ratio is against), qemu-nbd,
+// Drover's NBD server over a plain file (the frontend's cost alone), and
+// Drover volumes with one and three replicas on filestore — replicas in
+// the engine's process on in-process links, and optionally three replica
+// processes over TCP loopback. It is the harness behind `drover bench`
+// and `make bench`; tests run it only as a short smoke test.
 package nbdbench
 
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
-
-	"github.com/drover-io/drover/frontends/device"
-	"github.com/drover-io/drover/frontends/nbd"
 )
 
-// Reference is the target every ratio is taken against.
-const Reference = "nbdkit-file"
+// Target names, in the order Run measures them.
+const (
+	// TargetRaw is fio on the backing file itself (libaio with O_DIRECT
+	// where the filesystem allows it, else psync).
+	TargetRaw = "raw-file"
+	// Reference is the target every ratio is taken against.
+	Reference = "nbdkit-file"
+	// TargetQemu is qemu-nbd serving the backing file.
+	TargetQemu = "qemu-nbd"
+	// TargetDroverFile is Drover's NBD server over a device.File: the
+	// frontend alone, no engine and no replica.
+	TargetDroverFile = "drover-nbd-file"
+	// TargetDrover1 is a Drover volume with one replica on filestore, in
+	// the engine's process on an in-process link.
+	TargetDrover1 = "drover-1r"
+	// TargetDrover3 is the same with three replicas.
+	TargetDrover3 = "drover-3r"
+	// TargetDrover3TCP has three replica processes reached over TCP
+	// loopback; it runs only when Config.ReplicaCommand is set.
+	TargetDrover3TCP = "drover-3r-tcp"
+)
+
+// AllTargets lists every target in measuring order.
+var AllTargets = []string{TargetRaw, Reference, TargetQemu, TargetDroverFile, TargetDrover1, TargetDrover3, TargetDrover3TCP}
 
 // Workload is one fio job shape.
 type Workload struct {
@@ -47,17 +69,51 @@ var DefaultWorkloads = []Workload{
 
 // Config configures Run.
 type Config struct {
-	// Dir holds the backing file: a tmpfs directory measures the
-	// software's ceiling, a disk directory the disk-backed case.
+	// Dir is where the backing file and the replicas live: a tmpfs
+	// directory measures the software's ceiling, a disk directory the
+	// disk-backed case. Run works in a fresh directory under it.
 	Dir string
-	// SizeBytes is the backing file size (default 256 MiB).
+	// SizeBytes is the size of the backing file and of the Drover
+	// volumes (default 256 MiB).
 	SizeBytes uint64
 	// Runtime is each fio run's duration (default 5s).
 	Runtime time.Duration
 	// Workloads default to DefaultWorkloads.
 	Workloads []Workload
-	// Logger reports progress (default slog.Default()).
+	// Targets names the targets to measure (default all of AllTargets).
+	// The reference is always measured when any NBD target is, since
+	// every ratio needs it.
+	Targets []string
+	// ReplicaCommand is the command line (program and leading arguments)
+	// that runs one replica process for TargetDrover3TCP: ServeReplica's
+	// flags are appended (see ReplicaArgs). Empty: that target is skipped.
+	ReplicaCommand []string
+	// Progress receives one line per measured cell (default os.Stderr).
+	Progress io.Writer
+	// Logger reports skipped targets and server warnings (default
+	// slog.Default()).
 	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.SizeBytes == 0 {
+		c.SizeBytes = 256 << 20
+	}
+	if c.Runtime <= 0 {
+		c.Runtime = 5 * time.Second
+	}
+	if c.Workloads == nil {
+		c.Workloads = DefaultWorkloads
+	}
+	if c.Targets == nil {
+		c.Targets = AllTargets
+	}
+	if c.Progress == nil {
+		c.Progress = os.Stderr
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
 }
 
 // Result is one target under one workload.
@@ -69,59 +125,60 @@ type Result struct {
 	P50us     float64 `json:"p50_us"`
 	P99us     float64 `json:"p99_us"`
 	IOPSRatio float64 `json:"iops_ratio_vs_reference"`
+	MBpsRatio float64 `json:"mb_per_sec_ratio_vs_reference"`
 	P50Ratio  float64 `json:"p50_ratio_vs_reference"`
+	P99Ratio  float64 `json:"p99_ratio_vs_reference"`
 }
 
 // Report is a whole run.
 type Report struct {
 	Dir       string     `json:"dir"`
+	FSType    string     `json:"fs_type"`
+	RawEngine string     `json:"raw_engine"`
+	CPUs      int        `json:"cpus"`
 	SizeBytes uint64     `json:"size_bytes"`
 	Runtime   string     `json:"runtime"`
 	Reference string     `json:"reference"`
 	Workloads []Workload `json:"workloads"`
 	Results   []Result   `json:"results"`
+	Goals     []Goal     `json:"goals"`
 }
 
-// target is a server under test: start serves the backing file and
-// returns its URI and a stop function.
-type target struct {
-	name  string
-	start func(ctx context.Context, path, sock string) (uri string, stop func(), err error)
-}
-
-// Run measures every target under every workload and fills in ratios.
-// Targets whose server binary is missing are skipped with a log line.
+// Run measures every target under every workload, fills in the ratios
+// and checks the goals. Targets whose server binary is missing are
+// skipped with a log line.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	if cfg.SizeBytes == 0 {
-		cfg.SizeBytes = 256 << 20
-	}
-	if cfg.Runtime <= 0 {
-		cfg.Runtime = 5 * time.Second
-	}
-	if cfg.Workloads == nil {
-		cfg.Workloads = DefaultWorkloads
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.setDefaults()
 	if _, err := exec.LookPath("fio"); err != nil {
 		return nil, fmt.Errorf("nbdbench: fio is required: %w", err)
 	}
-	dir, err := os.MkdirTemp(cfg.Dir, "nbdbench")
+	for _, name := range cfg.Targets {
+		if !slices.Contains(AllTargets, name) {
+			return nil, fmt.Errorf("nbdbench: unknown target %q (known: %s)", name, strings.Join(AllTargets, ", "))
+		}
+	}
+	dir, err := os.MkdirTemp(cfg.Dir, "drover-bench-")
+	if err == nil {
+		dir, err = filepath.Abs(dir) // qemu-nbd wants an absolute socket path
+	}
 	if err != nil {
 		return nil, fmt.Errorf("nbdbench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	path, sock := filepath.Join(dir, "backing.img"), filepath.Join(dir, "sock")
+	path := filepath.Join(dir, "backing.img")
 	if err := fillRandom(path, cfg.SizeBytes); err != nil {
 		return nil, fmt.Errorf("nbdbench: fill backing file: %w", err)
 	}
-	rep := &Report{Dir: cfg.Dir, SizeBytes: cfg.SizeBytes, Runtime: cfg.Runtime.String(),
-		Reference: Reference, Workloads: cfg.Workloads}
-	for _, tg := range targets() {
-		results, err := measure(ctx, cfg, tg, path, sock)
-		if errors.Is(err, exec.ErrNotFound) {
-			cfg.Logger.Warn("nbdbench: skipping target", "target", tg.name, "err", err)
+	rep := &Report{Dir: filepath.Dir(dir), FSType: fsType(dir), RawEngine: rawEngine(path), CPUs: runtime.NumCPU(),
+		SizeBytes: cfg.SizeBytes, Runtime: cfg.Runtime.String(), Reference: Reference, Workloads: cfg.Workloads}
+	env := &benchEnv{cfg: &cfg, dir: dir, path: path, sock: filepath.Join(dir, "nbd.sock"), rawEngine: rep.RawEngine}
+	targets := env.targets()
+	cells, cell := len(targets)*len(cfg.Workloads), 0
+	for _, tg := range targets {
+		results, err := env.measure(ctx, tg, rep, &cell, cells)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, errSkip) {
+			cfg.Logger.Warn("bench: skipping target", "target", tg.name, "err", err)
+			cell += len(cfg.Workloads)
 			continue
 		}
 		if err != nil {
@@ -130,168 +187,118 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Results = append(rep.Results, results...)
 	}
 	rep.ratios()
+	rep.Goals = rep.checkGoals()
 	return rep, nil
 }
 
-func measure(ctx context.Context, cfg Config, tg target, path, sock string) ([]Result, error) {
-	uri, stop, err := tg.start(ctx, path, sock)
-	if err != nil {
-		return nil, err
+// errSkip marks a target that cannot run here (and is not an error).
+var errSkip = errors.New("target not available")
+
+// benchEnv is what the targets of one run share.
+type benchEnv struct {
+	cfg       *Config
+	dir       string // the run's own directory
+	path      string // the backing file
+	sock      string // the NBD unix socket
+	rawEngine string
+}
+
+// target is a thing under test. Either uri serves the backing file
+// (or a volume) over NBD and returns its URI and a stop function, or
+// fioArgs (for the raw file) are the fio arguments naming the file.
+type target struct {
+	name    string
+	start   func(ctx context.Context) (uri string, stop func(), err error)
+	fioArgs []string
+}
+
+func (e *benchEnv) targets() []target {
+	want := func(name string) bool { return slices.Contains(e.cfg.Targets, name) }
+	var out []target
+	for _, name := range AllTargets {
+		if !want(name) && !(name == Reference && len(e.cfg.Targets) > 0 && !onlyRaw(e.cfg.Targets)) {
+			continue
+		}
+		tg := target{name: name}
+		switch name {
+		case TargetRaw:
+			tg.fioArgs = rawFioArgs(e.path, e.rawEngine)
+		case Reference:
+			tg.start = func(ctx context.Context) (string, func(), error) {
+				// nbdkit writes its pid file once it accepts connections; a
+				// probing connection would make it log a broken handshake.
+				pid := filepath.Join(e.dir, "nbdkit.pid")
+				os.Remove(pid)
+				return startProcess(ctx, e.sock, pid, "nbdkit", "--foreground", "--exit-with-parent", "-P", pid, "-U", e.sock, "file", "file="+e.path)
+			}
+		case TargetQemu:
+			tg.start = func(ctx context.Context) (string, func(), error) {
+				pid := filepath.Join(e.dir, "qemu-nbd.pid")
+				os.Remove(pid)
+				return startProcess(ctx, e.sock, pid, "qemu-nbd", "--persistent", "--shared=8", "-f", "raw", "--cache=writeback",
+					"--pid-file="+pid, "-k", e.sock, e.path)
+			}
+		case TargetDroverFile:
+			tg.start = e.startDroverFile
+		case TargetDrover1:
+			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverLocal(ctx, 1) }
+		case TargetDrover3:
+			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverLocal(ctx, 3) }
+		case TargetDrover3TCP:
+			tg.start = e.startDroverTCP
+		}
+		out = append(out, tg)
 	}
-	defer stop()
+	return out
+}
+
+// onlyRaw reports whether names asks for the raw file alone, which needs
+// no reference server.
+func onlyRaw(names []string) bool {
+	for _, n := range names {
+		if n != TargetRaw {
+			return false
+		}
+	}
+	return true
+}
+
+// measure runs every workload against one target, printing a progress
+// line per cell.
+func (e *benchEnv) measure(ctx context.Context, tg target, rep *Report, cell *int, cells int) ([]Result, error) {
+	fioArgs := tg.fioArgs
+	if tg.start != nil {
+		uri, stop, err := tg.start(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		fioArgs = []string{"--ioengine=nbd", "--uri=" + uri}
+	}
 	var results []Result
-	for _, w := range cfg.Workloads {
-		cfg.Logger.Info("nbdbench: fio", "target", tg.name, "workload", w.Name)
-		r, err := fio(ctx, uri, w, cfg)
+	for _, w := range e.cfg.Workloads {
+		*cell++
+		r, err := fio(ctx, fioArgs, w, e.cfg)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", w.Name, err)
 		}
 		r.Target, r.Workload = tg.name, w.Name
 		results = append(results, r)
+		fmt.Fprintf(e.cfg.Progress, "bench [%d/%d] %-16s %-18s %s\n", *cell, cells, tg.name, w.Name, progressLine(r, rep))
 	}
 	return results, nil
 }
 
-func targets() []target {
-	return []target{
-		{Reference, func(ctx context.Context, path, sock string) (string, func(), error) {
-			return startProcess(ctx, sock, "nbdkit", "--foreground", "--exit-with-parent", "-U", sock, "file", "file="+path)
-		}},
-		{"qemu-nbd", func(ctx context.Context, path, sock string) (string, func(), error) {
-			return startProcess(ctx, sock, "qemu-nbd", "--persistent", "--shared=8", "-f", "raw", "-k", sock, path)
-		}},
-		{"drover-nbd-file", startDrover},
-	}
-}
-
-// startProcess runs a server binary and waits for its unix socket.
-func startProcess(ctx context.Context, sock, name string, args ...string) (string, func(), error) {
-	if _, err := exec.LookPath(name); err != nil {
-		return "", nil, fmt.Errorf("%s: %w", name, exec.ErrNotFound)
-	}
-	os.Remove(sock)
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	stop := func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		os.Remove(sock)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return nbd.UnixURI(sock, ""), stop, nil
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return "", nil, fmt.Errorf("%s did not listen on %s within 30s", name, sock)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func startDrover(_ context.Context, path, sock string) (string, func(), error) {
-	d, err := device.OpenFile(path, device.FileConfig{})
-	if err != nil {
-		return "", nil, err
-	}
-	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: "", Device: d}},
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		d.Close()
-		return "", nil, err
-	}
-	os.Remove(sock)
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		d.Close()
-		return "", nil, fmt.Errorf("listen: %w", err)
-	}
-	go srv.Serve(l)
-	stop := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		d.Close()
-	}
-	return nbd.UnixURI(sock, ""), stop, nil
-}
-
-// fio runs one workload and parses its JSON output.
-func fio(ctx context.Context, uri string, w Workload, cfg Config) (Result, error) {
-	out, err := exec.CommandContext(ctx, "fio", "--output-format=json", "--name="+w.Name,
-		"--ioengine=nbd", "--uri="+uri, "--rw="+w.RW, fmt.Sprintf("--bs=%d", w.BlockBytes),
-		fmt.Sprintf("--iodepth=%d", w.QueueDepth), fmt.Sprintf("--size=%d", cfg.SizeBytes),
-		"--time_based", fmt.Sprintf("--runtime=%dms", cfg.Runtime.Milliseconds()),
-		"--randrepeat=0", "--norandommap").Output()
-	if err != nil {
-		return Result{}, fmt.Errorf("fio: %w", err)
-	}
-	// fio may print notes before the JSON document.
-	if i := strings.IndexByte(string(out), '{'); i > 0 {
-		out = out[i:]
-	}
-	var doc struct {
-		Jobs []struct {
-			Read  fioStats `json:"read"`
-			Write fioStats `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil || len(doc.Jobs) != 1 {
-		return Result{}, fmt.Errorf("parse fio output (%v): %.200s", err, out)
-	}
-	st := doc.Jobs[0].Read
-	if strings.Contains(w.RW, "write") {
-		st = doc.Jobs[0].Write
-	}
-	return Result{IOPS: st.IOPS, MBps: float64(st.BwBytes) / 1e6,
-		P50us: st.Clat.Percentile["50.000000"] / 1e3, P99us: st.Clat.Percentile["99.000000"] / 1e3}, nil
-}
-
-type fioStats struct {
-	IOPS    float64 `json:"iops"`
-	BwBytes int64   `json:"bw_bytes"`
-	Clat    struct {
-		Percentile map[string]float64 `json:"percentile"`
-	} `json:"clat_ns"`
-}
-
-func (r *Report) ratios() {
-	ref := map[string]Result{}
-	for _, x := range r.Results {
-		if x.Target == r.Reference {
-			ref[x.Workload] = x
+// progressLine sums one cell up, with its ratio to the reference when
+// the reference has run already.
+func progressLine(r Result, rep *Report) string {
+	s := fmt.Sprintf("%8.0f IOPS %8.1f MB/s  p50 %7.1f µs  p99 %8.1f µs", r.IOPS, r.MBps, r.P50us, r.P99us)
+	for _, x := range rep.Results {
+		if x.Target == rep.Reference && x.Workload == r.Workload && x.IOPS > 0 && x.P50us > 0 {
+			s += fmt.Sprintf("  (%.2f× IOPS, %.2f× p50 vs %s)", r.IOPS/x.IOPS, r.P50us/x.P50us, rep.Reference)
 		}
 	}
-	for i := range r.Results {
-		x := &r.Results[i]
-		if b, ok := ref[x.Workload]; ok && b.IOPS > 0 && b.P50us > 0 {
-			x.IOPSRatio, x.P50Ratio = x.IOPS/b.IOPS, x.P50us/b.P50us
-		}
-	}
-}
-
-// Table renders the report for a terminal.
-func (r *Report) Table() string {
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "backing file in %s, %d MiB, %s per run; ratios vs %s\n",
-		r.Dir, r.SizeBytes>>20, r.Runtime, r.Reference)
-	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\ttarget\tIOPS\tMB/s\tp50 µs\tp99 µs\tIOPS ratio\tp50 ratio\t")
-	for _, w := range r.Workloads {
-		for _, x := range r.Results {
-			if x.Workload == w.Name {
-				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.2f×\t%.2f×\t\n",
-					x.Workload, x.Target, x.IOPS, x.MBps, x.P50us, x.P99us, x.IOPSRatio, x.P50Ratio)
-			}
-		}
-	}
-	tw.Flush()
-	return sb.String()
+	return s
 }
 
 func fillRandom(path string, sizeBytes uint64) error {

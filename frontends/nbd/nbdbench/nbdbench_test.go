@@ -3,50 +3,84 @@ package nbdbench
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
 
-// BenchmarkNBDServers runs the whole comparison once per directory
-// (tmpfs when /dev/shm exists, then the temp directory's disk) and
-// prints the tables; it is what `make bench` runs, never `make test`.
-// NBDBENCH_JSON names a file for the JSON report; NBDBENCH_RUNTIME
-// overrides each fio run's duration (default 5s).
-func BenchmarkNBDServers(b *testing.B) {
-	runtime := 5 * time.Second
-	if v := os.Getenv("NBDBENCH_RUNTIME"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatal(err)
+// replicaEnv, set in a child's environment, makes the test binary serve
+// one replica (ServeReplica) instead of running tests, so the TCP target
+// can be smoke-tested without the drover binary.
+const replicaEnv = "NBDBENCH_TEST_REPLICA"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(replicaEnv) == "1" {
+		if err := ServeReplica(context.Background(), os.Args[1:], os.Stdin, os.Stdout); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
 		}
-		runtime = d
+		os.Exit(0)
 	}
-	dirs := []string{os.TempDir()}
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		dirs = append([]string{"/dev/shm"}, dirs...)
-	}
-	var reports []*Report
-	for range b.N {
-		reports = reports[:0]
-		for _, dir := range dirs {
-			rep, err := Run(context.Background(), Config{Dir: dir, Runtime: runtime})
-			if err != nil {
-				b.Fatal(err)
-			}
-			reports = append(reports, rep)
+	os.Exit(m.Run())
+}
+
+// TestRunSmoke checks the plumbing, not the numbers: one short workload
+// against the reference, both in-process Drover volumes and the TCP one,
+// a table with ratios and goals, and JSON that round-trips.
+func TestRunSmoke(t *testing.T) {
+	for _, bin := range []string{"fio", "nbdkit"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s is not installed", bin)
 		}
 	}
-	for _, rep := range reports {
-		b.Log("\n" + rep.Table())
+	if testing.Short() {
+		t.Skip("short mode")
 	}
-	if path := os.Getenv("NBDBENCH_JSON"); path != "" {
-		out, err := json.MarshalIndent(reports, "", "  ")
-		if err != nil {
-			b.Fatal(err)
+	t.Setenv(replicaEnv, "") // children get it through ReplicaCommand's env below
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progress strings.Builder
+	cfg := Config{
+		Dir: t.TempDir(), SizeBytes: 16 << 20, Runtime: time.Second,
+		Workloads:      []Workload{{"randwrite-4k-qd32", "randwrite", 4096, 32}},
+		Targets:        []string{TargetRaw, TargetDrover1, TargetDrover3, TargetDrover3TCP},
+		ReplicaCommand: []string{"env", replicaEnv + "=1", exe},
+		Progress:       &progress,
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := rep.Table()
+	t.Log("\n" + table)
+	for _, name := range []string{TargetRaw, Reference, TargetDrover1, TargetDrover3, TargetDrover3TCP} {
+		r, ok := rep.find(name, "randwrite-4k-qd32")
+		if !ok || r.IOPS <= 0 {
+			t.Errorf("%s: no result in %+v", name, rep.Results)
 		}
-		if err := os.WriteFile(path, out, 0o644); err != nil {
-			b.Fatal(err)
+		if ok && name != Reference && r.IOPSRatio <= 0 {
+			t.Errorf("%s: no ratio vs the reference: %+v", name, r)
 		}
+	}
+	if got := strings.Count(progress.String(), "\n"); got != 5 {
+		t.Errorf("want 5 progress lines, got %d:\n%s", got, progress.String())
+	}
+	if len(rep.Goals) != 3 { // 1r vs reference, 3r and 3r-tcp vs 1r
+		t.Errorf("goals: %+v", rep.Goals)
+	}
+	out, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(out, &back); err != nil || len(back.Results) != len(rep.Results) {
+		t.Fatalf("JSON round trip: %v", err)
 	}
 }

@@ -1,0 +1,305 @@
+package nbdbench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/replica"
+	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/link"
+	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/tcp"
+)
+
+// quietLogger keeps servers' info lines out of the table.
+func (e *benchEnv) quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// serveNBD serves dev on the run's unix socket; stop shuts the server
+// down, then calls closeDev.
+func (e *benchEnv) serveNBD(dev device.Device, closeDev func()) (string, func(), error) {
+	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: "", Device: dev}}, Logger: e.quietLogger()})
+	if err != nil {
+		closeDev()
+		return "", nil, err
+	}
+	os.Remove(e.sock)
+	l, err := net.Listen("unix", e.sock)
+	if err != nil {
+		closeDev()
+		return "", nil, fmt.Errorf("listen: %w", err)
+	}
+	go srv.Serve(l)
+	stop := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		closeDev()
+		os.Remove(e.sock)
+	}
+	return nbd.UnixURI(e.sock, ""), stop, nil
+}
+
+func (e *benchEnv) startDroverFile(context.Context) (string, func(), error) {
+	d, err := device.OpenFile(e.path, device.FileConfig{})
+	if err != nil {
+		return "", nil, err
+	}
+	return e.serveNBD(d, func() { d.Close() })
+}
+
+// startDroverLocal runs a volume of n replicas on filestore directories
+// under the run's directory, in this process on in-process links (as
+// drover dev does), fills it, and serves it over NBD.
+func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(), error) {
+	base := filepath.Join(e.dir, fmt.Sprintf("drover-%dr", n))
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+		os.RemoveAll(base)
+	}
+	runners := map[string]*replicarun.Runner{}
+	cfg := enginerun.Config{Volume: "bench", Logger: e.quietLogger()}
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("r%d", i)
+		r, closeReplica, err := openReplica(filepath.Join(base, id), proto.ReplicaID(id), e.cfg.SizeBytes)
+		if err != nil {
+			closeAll()
+			return "", nil, err
+		}
+		closers = append(closers, closeReplica)
+		runners[id] = r
+		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
+	}
+	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
+		r := runners[addr]
+		if r == nil {
+			return nil, fmt.Errorf("no in-process replica %q", addr)
+		}
+		return replicarun.NewLocalLink(r, h), nil
+	}
+	return e.startEngine(ctx, cfg, closers, closeAll)
+}
+
+// startEngine starts an engine on cfg, fills its volume and serves it;
+// closers (already registered in closeAll) close what cfg's links reach.
+func (e *benchEnv) startEngine(ctx context.Context, cfg enginerun.Config, closers []func(), closeAll func()) (string, func(), error) {
+	d, err := enginerun.New(cfg)
+	if err != nil {
+		closeAll()
+		return "", nil, err
+	}
+	closeEngine := func() { d.Close(); closeAll() }
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := d.WaitServing(wctx); err != nil {
+		closeEngine()
+		return "", nil, err
+	}
+	vol := enginerun.NewVolume(d)
+	if err := fill(ctx, vol); err != nil {
+		closeEngine()
+		return "", nil, fmt.Errorf("fill volume: %w", err)
+	}
+	return e.serveNBD(vol, closeEngine)
+}
+
+// openReplica creates a replica of sizeBytes on a filestore in dir.
+func openReplica(dir string, id proto.ReplicaID, sizeBytes uint64) (*replicarun.Runner, func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	st, err := filestore.Open(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replica %s: %w", id, err)
+	}
+	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: sizeBytes}, st)
+	if err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("replica %s: %w", id, err)
+	}
+	return r, func() { r.Close(); st.Close() }, nil
+}
+
+// fill writes every block of the volume once (1 MiB writes, 8 at a
+// time) and flushes, so reads hit data on every replica, as they do the
+// other targets' backing file, rather than unwritten blocks.
+func fill(ctx context.Context, vol device.Device) error {
+	const chunkBytes, writers = 1 << 20, 8
+	size := vol.SizeBytes()
+	var next uint64
+	var mu sync.Mutex
+	errc := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			buf := make([]byte, chunkBytes)
+			for i := range buf {
+				buf[i] = byte(i*131 + w)
+			}
+			for {
+				mu.Lock()
+				off := next
+				next += chunkBytes
+				mu.Unlock()
+				if off >= size {
+					errc <- nil
+					return
+				}
+				if err := vol.WriteAt(ctx, buf[:min(chunkBytes, size-off)], off, false); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+	for range writers {
+		err = errors.Join(err, <-errc)
+	}
+	if err != nil {
+		return err
+	}
+	return vol.Flush(ctx)
+}
+
+// startDroverTCP runs three replica processes (Config.ReplicaCommand)
+// listening on loopback and an engine in this process that reaches them
+// over TCP.
+func (e *benchEnv) startDroverTCP(ctx context.Context) (string, func(), error) {
+	if len(e.cfg.ReplicaCommand) == 0 {
+		return "", nil, fmt.Errorf("%w: no replica command", errSkip)
+	}
+	base := filepath.Join(e.dir, "drover-3r-tcp")
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+		os.RemoveAll(base)
+	}
+	cfg := enginerun.Config{Volume: "bench", Logger: e.quietLogger()}
+	for i := 1; i <= 3; i++ {
+		id := proto.ReplicaID(fmt.Sprintf("r%d", i))
+		addr, stop, err := startReplicaProcess(ctx, e.cfg.ReplicaCommand, filepath.Join(base, string(id)), id, e.cfg.SizeBytes)
+		if err != nil {
+			closeAll()
+			return "", nil, err
+		}
+		closers = append(closers, stop)
+		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: id, Addr: addr})
+	}
+	dial := tcp.NewDialer(tcp.DialConfig{})
+	cfg.Dial = dial
+	return e.startEngine(ctx, cfg, closers, closeAll)
+}
+
+// ReplicaArgs are the arguments appended to Config.ReplicaCommand to run
+// one replica: the process must call ServeReplica with them.
+func ReplicaArgs(dir string, id proto.ReplicaID, sizeBytes uint64) []string {
+	return []string{"--dir", dir, "--id", string(id), "--size", strconv.FormatUint(sizeBytes, 10)}
+}
+
+// listeningPrefix starts the line a replica process prints once it
+// listens.
+const listeningPrefix = "listening "
+
+func startReplicaProcess(ctx context.Context, command []string, dir string, id proto.ReplicaID, sizeBytes uint64) (string, func(), error) {
+	args := append(append([]string{}, command[1:]...), ReplicaArgs(dir, id, sizeBytes)...)
+	cmd := exec.CommandContext(ctx, command[0], args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe() // closing it (or our exit) stops the replica
+	if err != nil {
+		return "", nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start replica %s: %w", id, err)
+	}
+	stop := func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if !strings.HasPrefix(line, listeningPrefix) {
+		stop()
+		return "", nil, fmt.Errorf("replica %s did not start: %q %v", id, line, err)
+	}
+	return strings.TrimSpace(strings.TrimPrefix(line, listeningPrefix)), stop, nil
+}
+
+// ServeReplica runs one replica for TargetDrover3TCP: it creates the
+// replica (args as ReplicaArgs makes them) on a filestore, serves it over
+// TCP on a loopback port, prints "listening ADDR" on out, and serves
+// until stdin reaches EOF (its parent closed it or exited) or ctx ends.
+func ServeReplica(ctx context.Context, args []string, stdin io.Reader, out io.Writer) error {
+	var dir, id string
+	var sizeBytes uint64
+	for i := 0; i+1 < len(args); i += 2 {
+		switch args[i] {
+		case "--dir":
+			dir = args[i+1]
+		case "--id":
+			id = args[i+1]
+		case "--size":
+			n, err := strconv.ParseUint(args[i+1], 10, 64)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			sizeBytes = n
+		default:
+			return fmt.Errorf("unknown argument %q", args[i])
+		}
+	}
+	if dir == "" || id == "" || sizeBytes == 0 {
+		return fmt.Errorf("want --dir, --id and --size, got %q", args)
+	}
+	r, closeReplica, err := openReplica(dir, proto.ReplicaID(id), sizeBytes)
+	if err != nil {
+		return err
+	}
+	defer closeReplica()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := tcp.NewServer(r, func(string, ...any) {})
+	defer srv.Close()
+	go srv.Serve(ln)
+	fmt.Fprintf(out, "%s%s\n", listeningPrefix, ln.Addr())
+	eof := make(chan struct{})
+	go func() { io.Copy(io.Discard, stdin); close(eof) }()
+	select {
+	case <-eof:
+	case <-ctx.Done():
+	}
+	return nil
+}
