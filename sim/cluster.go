@@ -220,10 +220,9 @@ func (en *engineNode) pump() {
 	}
 	en.s.hist.enginePumped(en)
 	if en.s.opt.Log != nil {
-		desc := describeEngine(en.e)
-		if desc != en.lastDesc {
+		if desc := describeInfo(en.e.Info()); desc != en.lastDesc {
 			en.lastDesc = desc
-			en.s.opt.Log(fmt.Sprintf("%8d engine %d: %s", en.s.now, en.inc, desc))
+			en.s.opt.Log(fmt.Sprintf("%8d engine %d: %s", en.s.now, en.inc, describeEngine(en.e)))
 		}
 	}
 }

@@ -158,7 +158,8 @@ type opRecord struct {
 // an era, durability across its start.
 type era struct {
 	start  int64
-	init   map[uint64]uint64 // block → value at the start
+	init   map[uint64]uint64          // block → value at the start
+	under  map[uint64]map[uint64]bool // block → what a crash may bring back beneath init
 	ops    []*opRecord
 	writes map[uint64][]*opRecord // block → write-like ops, in submit order
 }
@@ -298,21 +299,27 @@ func (h *history) readBoundary(en *engineNode) {
 func (h *history) newEra(values map[uint64]uint64) {
 	s := h.s
 	prev := h.cur()
+	under := map[uint64]map[uint64]bool{}
 	for b, v := range values {
-		if !h.allowedAfterCrash(prev, b, v) {
+		allowed := h.allowedAfterCrash(prev, b)
+		if !allowed[v] {
 			s.fail("durability: block %d holds write %d after recovery at %dus, which the flushed history does not allow", b, v, s.now)
 		}
+		under[b] = allowed
 	}
-	h.eras = append(h.eras, &era{start: s.now, init: values, writes: map[uint64][]*opRecord{}})
+	h.eras = append(h.eras, &era{start: s.now, init: values, under: under, writes: map[uint64][]*opRecord{}})
 	h.pausing, h.boundaryReading, h.boundaryEngine, h.replicaRestarted = false, false, nil, false
 	s.count("era")
 	s.note("era", uint64(len(h.eras)))
 }
 
-// allowedAfterCrash: the last write to b that a flush made durable (a
-// write acknowledged before an acknowledged flush was sent, or an
-// acknowledged FUA write), or any write sent after it.
-func (h *history) allowedAfterCrash(e *era, b uint64, v uint64) bool {
+// allowedAfterCrash returns what block b may hold after a crash at the end
+// of era e: the last write a flush made durable (a write acknowledged
+// before an acknowledged flush was sent, or an acknowledged FUA write) or
+// any write sent after it. With no such write, the era's initial value
+// if a flush made it durable, else anything the era started on top of.
+func (h *history) allowedAfterCrash(e *era, b uint64) map[uint64]bool {
+	allowed := map[uint64]bool{}
 	ws := e.writes[b]
 	floor := -1
 	for i, w := range ws {
@@ -320,15 +327,30 @@ func (h *history) allowedAfterCrash(e *era, b uint64, v uint64) bool {
 			floor = i
 		}
 	}
-	if floor < 0 {
-		if e.init[b] == v {
-			return true
+	switch {
+	case floor >= 0:
+		allowed[ws[floor].value(b)] = true
+	case h.flushedSince(e, e.start):
+		allowed[e.init[b]] = true
+	default:
+		allowed[e.init[b]] = true
+		for v := range e.under[b] {
+			allowed[v] = true
 		}
-	} else if ws[floor].value(b) == v {
-		return true
+		if e.under == nil {
+			allowed[0] = true
+		}
 	}
 	for _, w := range ws[floor+1:] {
-		if w.value(b) == v {
+		allowed[w.value(b)] = true
+	}
+	return allowed
+}
+
+// flushedSince reports whether a flush sent at or after t was acknowledged.
+func (h *history) flushedSince(e *era, t int64) bool {
+	for _, f := range e.ops {
+		if f.req.Op == proto.OpFlush && f.ok && f.call >= t {
 			return true
 		}
 	}
@@ -340,12 +362,7 @@ func (h *history) durable(e *era, w *opRecord) bool {
 	if w.req.FUA && w.req.Op == proto.OpWrite {
 		return true
 	}
-	for _, f := range e.ops {
-		if f.req.Op == proto.OpFlush && f.ok && f.call >= w.ret {
-			return true
-		}
-	}
-	return false
+	return h.flushedSince(e, w.ret)
 }
 
 // porcupineOps turns an era into per-block operations.

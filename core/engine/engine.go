@@ -182,16 +182,20 @@ type Engine struct {
 	why   string
 	now   int64
 
-	epoch      uint64
-	sizeBytes  uint64
-	chain      []string
-	members    map[proto.ReplicaID]*member
-	committed  *proto.Membership
-	attached   bool
-	writeSeq   uint64
-	nextID     uint64
-	calls      map[uint64]*call
-	roundRobin int
+	epoch     uint64
+	sizeBytes uint64
+	chain     []string
+	members   map[proto.ReplicaID]*member
+	committed *proto.Membership
+	// committedPrev, when set, is a membership whose quorum must also
+	// record the next change: committed was adopted at open and may never
+	// have been committed by the engine that recorded it.
+	committedPrev *proto.Membership
+	attached      bool
+	writeSeq      uint64
+	nextID        uint64
+	calls         map[uint64]*call
+	roundRobin    int
 
 	waiting []*fop
 	running []*fop

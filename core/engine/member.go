@@ -88,7 +88,7 @@ func (e *Engine) markERR(id proto.ReplicaID, why string) ([]*fop, bool) {
 
 // desiredMembership is the membership the engine's view implies.
 func (e *Engine) desiredMembership() *proto.Membership {
-	next := &proto.Membership{Gen: e.committed.Gen + 1, Epoch: e.epoch}
+	next := &proto.Membership{Gen: e.committed.Gen + 1, Epoch: e.epoch, Prev: append([]proto.Member(nil), e.committed.Members...)}
 	for _, m := range e.sortedMembers() {
 		switch m.mode {
 		case ModeRW:
@@ -161,7 +161,7 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 	if e.change != ch {
 		return
 	}
-	if !IsQuorum(e.committed, ch.acks) {
+	if !IsQuorum(e.committed, ch.acks) || (e.committedPrev != nil && !IsQuorum(e.committedPrev, ch.acks)) {
 		if ch.left == 0 {
 			e.change = nil
 			for _, fn := range ch.onDone {
@@ -176,7 +176,7 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 		// replica that did not record it is noticed (it goes ERR).
 		return
 	}
-	e.committed = ch.next
+	e.committed, e.committedPrev = ch.next, nil
 	e.change = nil
 	for _, fn := range ch.onDone {
 		fn(true)

@@ -101,8 +101,17 @@ func (e *Engine) decide(t *openTask) {
 			best.Members = append(best.Members, proto.Member{ID: id, Mode: proto.ModeRW})
 		}
 	}
-	if !IsQuorum(best, acks) && !(e.cfg.Bugs.NoQuorumOpen && len(acks) > 0) {
-		e.retryOpen(fmt.Sprintf("fenced %d replicas, not a quorum of membership gen %d", len(acks), best.Gen))
+	// best may have been recorded by an engine that never got it onto a
+	// quorum of its predecessor; then an engine that found only the
+	// predecessor could open too. So fence a quorum of both, and record
+	// the next membership on a quorum of both (committedPrev).
+	var prev *proto.Membership
+	if len(best.Prev) > 0 {
+		prev = &proto.Membership{Gen: best.Gen - 1, Members: best.Prev}
+	}
+	quorum := IsQuorum(best, acks) && (prev == nil || IsQuorum(prev, acks))
+	if !quorum && !(e.cfg.Bugs.NoQuorumOpen && len(acks) > 0) {
+		e.retryOpen(fmt.Sprintf("fenced %d replicas, not a quorum of membership gen %d and its predecessor", len(acks), best.Gen))
 		return
 	}
 	current := e.pickCurrent(t, best)
@@ -110,7 +119,7 @@ func (e *Engine) decide(t *openTask) {
 		e.retryOpen("no current replica")
 		return
 	}
-	e.committed = best
+	e.committed, e.committedPrev = best, prev
 	for _, m := range e.sortedMembers() {
 		m.mode, m.info = ModeWO, t.fenced[m.id]
 		if m.info == nil {

@@ -216,6 +216,10 @@ type Membership struct {
 	Gen     uint64
 	Epoch   uint64 // the epoch of the engine that recorded it
 	Members []Member
+	// Prev is the membership this one replaced. Until a newer one is
+	// recorded on a quorum of both, an engine that finds this one must
+	// fence a quorum of Prev too: this one may never have been committed.
+	Prev []Member
 }
 
 // Clone returns a deep copy of m.
@@ -225,6 +229,7 @@ func (m *Membership) Clone() *Membership {
 	}
 	c := *m
 	c.Members = append([]Member(nil), m.Members...)
+	c.Prev = append([]Member(nil), m.Prev...)
 	return &c
 }
 

@@ -248,6 +248,11 @@ func appendMembership(b []byte, m *Membership) []byte {
 		b = appendString(b, string(x.ID))
 		b = append(b, byte(x.Mode))
 	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Prev)))
+	for _, x := range m.Prev {
+		b = appendString(b, string(x.ID))
+		b = append(b, byte(x.Mode))
+	}
 	return b
 }
 
@@ -402,6 +407,12 @@ func (d *decoder) membership() *Membership {
 		m.Members = make([]Member, n)
 		for i := range m.Members {
 			m.Members[i] = Member{ID: ReplicaID(d.string("member id")), Mode: MemberMode(d.u8("member mode"))}
+		}
+	}
+	if n := d.count(5, "previous members"); n > 0 {
+		m.Prev = make([]Member, n)
+		for i := range m.Prev {
+			m.Prev[i] = Member{ID: ReplicaID(d.string("member id")), Mode: MemberMode(d.u8("member mode"))}
 		}
 	}
 	return m

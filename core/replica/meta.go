@@ -82,6 +82,11 @@ func (m *Meta) Encode() []byte {
 			e.str(string(x.ID))
 			e.u8(uint8(x.Mode))
 		}
+		e.u64(uint64(len(m.Membership.Prev)))
+		for _, x := range m.Membership.Prev {
+			e.str(string(x.ID))
+			e.u8(uint8(x.Mode))
+		}
 	}
 	e.u64(uint64(len(m.Active)))
 	for _, a := range m.Active {
@@ -188,6 +193,9 @@ func DecodeMeta(b []byte) (*Meta, error) {
 		ms := &proto.Membership{Gen: d.u64(), Epoch: d.u64()}
 		for i, n := 0, d.count(9); i < n; i++ {
 			ms.Members = append(ms.Members, proto.Member{ID: proto.ReplicaID(d.str()), Mode: proto.MemberMode(d.u8())})
+		}
+		for i, n := 0, d.count(9); i < n; i++ {
+			ms.Prev = append(ms.Prev, proto.Member{ID: proto.ReplicaID(d.str()), Mode: proto.MemberMode(d.u8())})
 		}
 		m.Membership = ms
 	}
