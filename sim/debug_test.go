@@ -50,6 +50,17 @@ func TestDebugSeed(t *testing.T) {
 				continue
 			}
 			sort.Slice(bops, func(i, j int) bool { return bops[i].Call < bops[j].Call })
+			lo, hi := 1, len(bops)
+			for lo < hi { // smallest failing prefix
+				mid := (lo + hi) / 2
+				if r, _ := model.Check(bops[:mid], 10*time.Second); r == porcupine.Ok {
+					lo = mid + 1
+				} else {
+					hi = mid
+				}
+			}
+			fmt.Printf("smallest failing prefix: %d of %d ops\n", lo, len(bops))
+			bops = bops[:lo]
 			for _, op := range bops {
 				in, out := op.Input.(model.BlockInput), op.Output.(model.BlockOutput)
 				fmt.Printf("block %d c%d call %d ret %d write=%v val=%d out=%d unknown=%v\n", b, op.ClientId, op.Call, op.Return, in.Write, in.Value, out.Value, out.Unknown)
