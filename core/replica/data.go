@@ -199,9 +199,11 @@ func (r *Replica) runTrim(o *op) {
 		if h.held.Contains(b) && !h.zero.Contains(b) {
 			punches = appendExtent(punches, proto.Extent{BlockIndex: b, BlockCount: 1})
 		}
-		if r.resolve(b) != nil {
-			entries = append(entries, proto.BlockState{BlockIndex: b, Kind: proto.BlockZero})
-		}
+		// Always a zero entry, even where no layer holds the block yet:
+		// a rebuild may still fill lower layers, and this block must then
+		// keep reading as zeros (sim seed 27: a trim during a rebuild was
+		// skipped on the target, whose copied snapshot then showed through).
+		entries = append(entries, proto.BlockState{BlockIndex: b, Kind: proto.BlockZero})
 	}
 	apply := func() {
 		for _, e := range entries {
