@@ -37,7 +37,7 @@ help:
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
 	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, then Go benchmarks"
 	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
-	@echo "make run       build and run drover"
+	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
 build:
@@ -90,9 +90,14 @@ bench: build
 	$(BIN)/drover bench --dir $(BENCH_DIR) --runtime $(BENCH_RUNTIME) --json $(BIN)/bench-disk.json
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(BENCH_GO_PKGS)
 
+# DATA_DIR is where `make run` keeps its volume (git ignores /.drover/).
+# Running `make run` again, after a stop or even a kill -9, reopens it.
+DATA_DIR            ?= $(CURDIR)/.drover
+# RUN_ARGS are more `drover dev` flags, e.g. RUN_ARGS='--frontend iscsi'.
+RUN_ARGS            ?=
+
 run: build
-	$(BIN)/drover --help
-	@echo "run: the dev server ('drover dev') arrives with the transports issue; for now this shows the help"
+	exec $(BIN)/drover dev --data-dir "$(DATA_DIR)" --size 1GiB $(RUN_ARGS)
 
 # proto regenerates transports/control/controlpb from control.proto. The
 # generated code is committed, so only changing the .proto needs protoc

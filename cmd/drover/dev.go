@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -117,7 +119,8 @@ func runDev(cmd *cobra.Command, dataDir string, sizeBytes uint64, controlAddr st
 }
 
 // lockDir takes an exclusive lock on dir (a lock file in it), so that two
-// processes never run the same replicas.
+// processes never run the same replicas. The lock file holds the pid of
+// the process holding it, for the error the next one prints.
 func lockDir(dir string) (func(), error) {
 	path := filepath.Join(dir, "lock")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
@@ -125,8 +128,12 @@ func lockDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(path)
 		f.Close()
-		return nil, fmt.Errorf("lock %s: another drover process uses it: %w", dir, err)
+		return nil, fmt.Errorf("lock %s: another drover process (pid %s) uses it: %w", dir, strings.TrimSpace(string(pid)), err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return func() { f.Close() }, nil
 }
