@@ -149,6 +149,13 @@ type Driver struct {
 	wake   chan struct{}
 	done   chan struct{} // closed when the loop has exited
 
+	// role is held by whichever goroutine drives the engine: a Submit
+	// caller (see drive) or the loop. holders counts goroutines that took
+	// the role and have not yet made their final check of the inbox;
+	// while it is non-zero a post needs no wake-up of the loop.
+	role    sync.Mutex
+	holders atomic.Int32
+
 	nextID   atomic.Uint64
 	inflight chan struct{}
 	size     atomic.Uint64
@@ -162,6 +169,7 @@ type Driver struct {
 	waiters  map[uint64]*waiter
 	admins   map[uint64]chan engine.AdminReply
 	spare    []input
+	work     []func() // staged link work of this round, run after the role is released
 	phase    string
 	isReady  bool
 	stopDial chan struct{}
@@ -248,38 +256,100 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-// post appends an input to the inbox and wakes the loop. It returns false
-// after Close.
+// post appends an input to the inbox and, unless a goroutine driving the
+// engine will see it, wakes the loop. It returns false after Close.
 func (d *Driver) post(in input) bool {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	if !d.enqueue(in) {
 		return false
 	}
-	d.inbox = append(d.inbox, in)
-	d.mu.Unlock()
-	select {
-	case d.wake <- struct{}{}:
-	default:
+	if d.holders.Load() == 0 {
+		d.wakeLoop()
 	}
 	return true
 }
 
-// loop is the only goroutine that touches the engine.
+// enqueue appends an input to the inbox; false after Close.
+func (d *Driver) enqueue(in input) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.inbox = append(d.inbox, in)
+	return true
+}
+
+func (d *Driver) wakeLoop() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Driver) hasInput() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.inbox) > 0 || d.closed
+}
+
+// loop drives the engine on ticks, for inputs no other goroutine drives
+// (replies from TCP links, admin requests), and shuts it down on Close.
 func (d *Driver) loop() {
 	defer close(d.done)
 	t := time.NewTicker(d.cfg.Tick)
 	defer t.Stop()
-	d.round() // the engine's first messages (open)
+	d.drive(true, false) // the engine's first messages (open)
 	for {
+		tick := false
 		select {
 		case <-d.wake:
 		case <-t.C:
-			d.eng.Tick()
+			tick = true
 		}
-		if !d.round() {
+		if !d.drive(tick, tick) {
+			d.role.Lock()
 			d.shutdown()
+			d.role.Unlock()
 			return
+		}
+	}
+}
+
+// drive runs the engine on the calling goroutine, as DESIGN.md's
+// data-path budget asks: a Submit caller feeds its own request to the
+// engine, sends it to in-process replicas and runs their IOs itself, and
+// takes in their replies, with no goroutine handoff. When another
+// goroutine holds the role, drive returns at once: that holder sees the
+// new input when, after releasing the role and running its staged work,
+// it checks the inbox once more (holders orders that check after every
+// post that skipped waking the loop). wait waits for the role (ticks);
+// tick ticks the engine first. It returns false once the driver is closed.
+func (d *Driver) drive(wait, tick bool) bool {
+	if wait {
+		d.role.Lock()
+	} else if !d.role.TryLock() {
+		return true
+	}
+	for {
+		d.holders.Add(1)
+		if tick {
+			d.eng.Tick()
+			tick = false
+		}
+		open := d.round()
+		work := d.work
+		d.work = nil
+		d.role.Unlock()
+		for _, w := range work {
+			w()
+		}
+		d.holders.Add(-1)
+		if !open {
+			d.wakeLoop() // the loop shuts down
+			return false
+		}
+		if !d.hasInput() || !d.role.TryLock() {
+			return true
 		}
 	}
 }
@@ -343,7 +413,12 @@ func (d *Driver) execute(rd engine.Ready) {
 		if len(p.out) == 0 {
 			continue
 		}
-		if p.lnk != nil {
+		if sl, ok := p.lnk.(stagedLink); ok {
+			// Stepped now, in order; its IOs run once the role is released.
+			if w := sl.SendStaged(p.out...); w != nil {
+				d.work = append(d.work, w)
+			}
+		} else if p.lnk != nil {
 			// Links may keep the slice they are given, so each batch gets
 			// its own; one allocation per replica per round, not per IO.
 			batch := make([]proto.Request, len(p.out))
@@ -373,6 +448,15 @@ func (d *Driver) execute(rd engine.Ready) {
 }
 
 var errNotConnected = errors.New("not connected")
+
+// stagedLink is a link (replicarun's in-process one) whose Send splits in
+// two: SendStaged takes reqs in order, as Send does, and returns the work
+// they need (nil if none), which the driver runs after releasing the
+// engine, so that the next round can start meanwhile.
+type stagedLink interface {
+	link.Link
+	SendStaged(reqs ...proto.Request) func()
+}
 
 // observe publishes what callers may read without the loop: size, phase,
 // and a volume info snapshot, and logs phase changes.
@@ -472,11 +556,12 @@ func (d *Driver) Submit(ctx context.Context, req engine.Request) (engine.Reply, 
 	}
 	w := waiterPool.Get().(*waiter)
 	req.ID = d.nextID.Add(1)
-	if !d.post(input{kind: inSubmit, req: req, w: w}) {
+	if !d.enqueue(input{kind: inSubmit, req: req, w: w}) {
 		<-d.inflight
 		waiterPool.Put(w)
 		return engine.Reply{}, ErrClosed
 	}
+	d.drive(false, false)
 	select {
 	case r := <-w.ch:
 		<-d.inflight

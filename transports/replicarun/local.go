@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
 	"github.com/drover-io/drover/transports/link"
 )
 
@@ -53,6 +54,29 @@ func (l *localLink) Send(reqs ...proto.Request) {
 		}
 		l.r.Handle(req, l.push)
 	}
+}
+
+// SendStaged is Send split in two for a caller that serializes its
+// sends (the engine driver): it steps reqs into the replica in order, as
+// Send does, and returns their IOs, still to run, as a function (nil when
+// there are none). The caller runs it later on any goroutine, without
+// holding what OnReply needs, so that the IOs of one batch run while the
+// next batch is being stepped, and batches' IOs run concurrently.
+func (l *localLink) SendStaged(reqs ...proto.Request) func() {
+	var ios []store.IO
+	for _, req := range reqs {
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			break
+		}
+		ios = append(ios, l.r.step(req, l.push)...)
+	}
+	if len(ios) == 0 {
+		return nil
+	}
+	return func() { l.r.run(ios) }
 }
 
 // Close implements link.Link. Replies to requests already sent are

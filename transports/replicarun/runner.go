@@ -113,17 +113,24 @@ func (r *Runner) ID() proto.ReplicaID { return r.id }
 // replica drops as a duplicate of one in flight moves the reply of the
 // original to this reply; a duplicate of one already answered gets none.
 func (r *Runner) Handle(req proto.Request, reply func(proto.Reply)) {
+	r.run(r.step(req, reply))
+}
+
+// step steps req into the replica, delivers the replies that follow at
+// once, and returns the IOs to run (with r.run, on any goroutine): the
+// ordered half of Handle.
+func (r *Runner) step(req proto.Request, reply func(proto.Reply)) []store.IO {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		reply(proto.Reply{ID: req.ID, Status: proto.StatusNotReady, Err: ErrClosed.Error()})
-		return
+		return nil
 	}
 	if r.nWaiting >= maxWaiting {
 		r.mu.Unlock()
 		reply(proto.Reply{ID: req.ID, Status: proto.StatusNotReady,
 			Err: fmt.Sprintf("replica %s is busy: %d requests waiting", r.id, maxWaiting)})
-		return
+		return nil
 	}
 	r.rep.Step(req)
 	rd := r.rep.Ready()
@@ -140,7 +147,7 @@ func (r *Runner) Handle(req proto.Request, reply func(proto.Reply)) {
 	r.ios.Add(len(rd.IOs))
 	r.mu.Unlock()
 	deliver(deliveries)
-	r.run(rd.IOs)
+	return rd.IOs
 }
 
 // Do steps req and waits for its reply. It suits control-plane callers
