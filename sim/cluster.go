@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"sort"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/memstore"
@@ -187,17 +188,29 @@ func (en *engineNode) kill() {
 	}
 	en.alive = false
 	en.s.note("engine-kill", en.inc)
-	for id, w := range en.waits {
+	// In id order: callbacks draw from the PRNG.
+	for _, id := range sortedKeys(en.waits) {
+		w := en.waits[id]
 		delete(en.waits, id)
 		w(engine.Reply{ID: id, Err: errEngineDied})
 	}
-	for id, w := range en.admins {
+	for _, id := range sortedKeys(en.admins) {
+		w := en.admins[id]
 		delete(en.admins, id)
 		w(engine.AdminReply{ID: id, Err: errEngineDied})
 	}
 }
 
 var errEngineDied = fmt.Errorf("engine process died")
+
+func sortedKeys[V any](m map[uint64]V) []uint64 {
+	keys := make([]uint64, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
+}
 
 func (en *engineNode) pump() {
 	for en.alive && en.e.HasReady() {

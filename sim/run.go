@@ -81,7 +81,16 @@ func (s *Sim) takeover() {
 		old.kill()
 	}
 	s.count("takeover")
-	s.startEngine()
+	en := s.startEngine()
+	// Often the new engine cannot reach some replicas while it opens: it
+	// must then not serve from a minority while the old one goes on.
+	for _, n := range s.replicas {
+		if s.rng.IntN(3) == 0 {
+			l := en.links[n.idx]
+			l.partitioned = true
+			s.after(s.uniform(s.knobs.PartitionLenUs/2, s.knobs.PartitionLenUs*3/2), func() { l.partitioned = false })
+		}
+	}
 	s.after(s.uniform(100_000, 1_000_000), old.kill)
 }
 

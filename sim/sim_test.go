@@ -1,13 +1,126 @@
 package sim
 
-import "testing"
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
 
-func TestSmoke(t *testing.T) {
-	for _, p := range []string{"none", "net", "disk", "crash", "split", "snap", "all"} {
-		r := Run(Options{Seed: 1, Profile: p, Ops: 1000, TraceDir: t.TempDir()})
-		t.Log(r.Describe())
-		for _, f := range r.Failures {
-			t.Errorf("%s: %s", p, f)
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/replica"
+)
+
+// seedCount is how many swarm seeds TestSeeds runs: SIM_SEEDS, default
+// 1000 (make test); make sim-long sets 10000.
+func seedCount(t *testing.T) uint64 {
+	if v := os.Getenv("SIM_SEEDS"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("SIM_SEEDS=%q: %v", v, err)
 		}
+		return n
+	}
+	if testing.Short() {
+		return 100
+	}
+	return 1000
+}
+
+// TestSeeds runs many swarm seeds (every fault knob drawn from the seed)
+// and a slice of every named profile; every checker must pass on each.
+func TestSeeds(t *testing.T) {
+	n := seedCount(t)
+	dir := t.TempDir()
+	check := func(profile string, from, to uint64) {
+		var failed []string
+		RunSeeds(from, to, 0, Options{Profile: profile, TraceDir: dir}, func(r *Result) {
+			if !r.OK() && len(failed) < 10 {
+				failed = append(failed, fmt.Sprintf("%s\n    knobs: %s\n    %s\n    reproduce: go run ./cmd/drover sim --seed %d --faults %s",
+					r.Describe(), r.Knobs, strings.Join(r.Failures, "\n    "), r.Seed, r.Profile))
+			}
+		})
+		for _, f := range failed {
+			t.Error(f)
+		}
+	}
+	check("swarm", 1, 1+n)
+	for _, p := range Profiles {
+		if p != "swarm" {
+			check(p, 1, 1+n/20)
+		}
+	}
+}
+
+// TestTraceHashStable: the same seed gives the same trace, run after run.
+func TestTraceHashStable(t *testing.T) {
+	for seed := uint64(1); seed <= 10; seed++ {
+		a := Run(Options{Seed: seed, Profile: "all", Ops: 500})
+		b := Run(Options{Seed: seed, Profile: "all", Ops: 500})
+		if a.TraceHash != b.TraceHash || a.Events != b.Events {
+			t.Errorf("seed %d: trace %016x (%d events) then %016x (%d events)", seed, a.TraceHash, a.Events, b.TraceHash, b.Events)
+		}
+	}
+	if Run(Options{Seed: 1, Profile: "all", Ops: 500}).TraceHash == Run(Options{Seed: 2, Profile: "all", Ops: 500}).TraceHash {
+		t.Error("seeds 1 and 2 gave the same trace")
+	}
+}
+
+// TestRegressionSeeds pins every seed that once found a bug in the core.
+// The fixed code takes other paths through them now; they stay anyway.
+func TestRegressionSeeds(t *testing.T) {
+	cases := []struct {
+		seed    uint64
+		profile string
+		ops     int
+		bug     string
+	}{
+		{1, "net", 1000, "a replica failing a membership change went on being rebuilt and was promoted stale"},
+		{57, "swarm", 1500, "rebuild used the engine's chain, missing a snapshot layer; a request waited forever for a replica a rebuild abort had marked ERR"},
+		{99, "swarm", 1500, "era boundary stuck when its engine died (simulator)"},
+		{133, "swarm", 1500, "engine opened from an uncommitted membership: split brain on a 2-replica volume"},
+		{109, "swarm", 1500, "one-sided ENOSPC left replicas diverged"},
+		{27, "swarm", 1500, "trim during rebuild skipped its zero entry on the target"},
+		{132, "swarm", 1500, "durability oracle ignored what a crash may bring back from an earlier era (simulator)"},
+	}
+	for _, c := range cases {
+		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})
+		if !r.OK() {
+			t.Errorf("seed %d (%s; once: %s): %s\n  %s", c.seed, c.profile, c.bug, r.Describe(), strings.Join(r.Failures, "\n  "))
+		}
+	}
+}
+
+// TestCanaries plants each known bug and requires the checkers to catch
+// it within a bounded number of seeds.
+func TestCanaries(t *testing.T) {
+	cases := []struct {
+		name     string
+		profile  string
+		bugs     Bugs
+		maxSeeds uint64
+	}{
+		{"ack after first replica", "crash", Bugs{Engine: engine.Bugs{AckAfterFirst: true}}, 30},
+		{"flush skips sync", "crash", Bugs{Replica: replica.Bugs{SkipFlushSync: true}}, 30},
+		{"replica accepts stale epochs", "split", Bugs{Replica: replica.Bugs{AcceptStaleEpochs: true}}, 30},
+		{"rebuild skips the last run", "crash", Bugs{Engine: engine.Bugs{RebuildSkipLast: true}}, 30},
+		{"open without quorum", "split", Bugs{Engine: engine.Bugs{NoQuorumOpen: true}}, 60},
+		{"reads from rebuilding replicas", "crash", Bugs{Engine: engine.Bugs{ReadStaleReplicas: true}}, 30},
+		{"no resync of crashed regions on reopen", "crash", Bugs{Engine: engine.Bugs{SkipResyncOnReopen: true}}, 60},
+	}
+	for _, c := range cases {
+		caught := uint64(0)
+		var why string
+		for seed := uint64(1); seed <= c.maxSeeds && caught == 0; seed++ {
+			r := Run(Options{Seed: seed, Profile: c.profile, Bugs: c.bugs})
+			if !r.OK() {
+				caught, why = seed, r.Failures[0]
+			}
+		}
+		if caught == 0 {
+			t.Errorf("canary %q (%s profile) was not caught in %d seeds", c.name, c.profile, c.maxSeeds)
+			continue
+		}
+		t.Logf("canary %q caught at seed %d: %s", c.name, caught, why)
 	}
 }
