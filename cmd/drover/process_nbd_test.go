@@ -303,3 +303,34 @@ func TestProcessFioKillReplica(t *testing.T) {
 		}
 	}
 }
+
+// TestProcessDevISCSICHAP: `drover dev --frontend iscsi` with CHAP serves
+// the volume as LUN 0 of iqn...:dev to an initiator with the secret
+// (libiscsi's iscsi-readcapacity16 reads its size) and refuses one
+// without it.
+func TestProcessDevISCSICHAP(t *testing.T) {
+	needTools(t, "iscsi-readcapacity16")
+	const user, secret = "drover-test", "a-secret-of-16-bytes"
+	ctl, portal := freeAddr(t), freeAddr(t)
+	c := &volumeClient{t: t, ctlAddr: ctl, size: testSizeBytes}
+	client, conn, err := control.Dial(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c.client = client
+	p := start(t, "dev", nil, "dev", "--data-dir", t.TempDir(), "--size", "4MiB", "--control", ctl,
+		"--frontend", "iscsi", "--iscsi-listen", portal, "--iscsi-chap-user", user, "--iscsi-chap-secret", secret)
+	c.waitModes("drover dev serving", "", "", "")
+	eventually(t, "drover dev printing its iSCSI target", func() (bool, string) {
+		return strings.Contains(p.output(), "iSCSI target iqn.2026-11.io.drover:dev on portal "+portal), p.output()
+	})
+	url := func(cred string) string { return "iscsi://" + cred + portal + "/iqn.2026-11.io.drover:dev/0" }
+	if out := sh(t, "iscsi-readcapacity16", "-s", url(user+"%"+secret+"@")); strings.TrimSpace(out) != "4194304" {
+		t.Errorf("iscsi-readcapacity16 -s = %q, want 4194304", out)
+	}
+	if out, err := exec.Command("iscsi-readcapacity16", "-s", url(user+"%wrong-secret-123456@")).CombinedOutput(); err == nil {
+		t.Errorf("a login with the wrong CHAP secret was accepted:\n%s", out)
+	}
+	p.stop()
+}
