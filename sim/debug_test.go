@@ -20,7 +20,7 @@ func TestDebugSeed(t *testing.T) {
 	if err != nil {
 		t.Skip("set SIM_DEBUG=seed")
 	}
-	opt := Options{Seed: seed, Profile: os.Getenv("SIM_PROFILE"), Ops: 1500, Log: func(l string) { lines = append(lines, l) }}
+	opt := Options{Seed: seed, Profile: os.Getenv("SIM_PROFILE"), Ops: 2000, Log: func(l string) { lines = append(lines, l) }}
 	if opt.Profile == "" {
 		opt.Profile = "swarm"
 	}

@@ -184,7 +184,7 @@ func (s *Sim) watchdog() {
 			s.heal()
 		}
 		for _, n := range s.replicas {
-			if n.up && n.failed {
+			if n.up && (n.failed || n.r.Err() != "") {
 				n.crash()
 				n.start()
 			}

@@ -16,7 +16,7 @@ func TestSeed(t *testing.T) {
 	}
 	prof := os.Getenv("SIM_PROFILE")
 	var lines []string
-	opt := Options{Seed: seed, Profile: prof, Ops: 1500, TraceDir: t.TempDir()}
+	opt := Options{Seed: seed, Profile: prof, Ops: 2000, TraceDir: t.TempDir()}
 	if os.Getenv("SIM_LOG") != "" {
 		opt.Log = func(l string) { lines = append(lines, l) }
 		defer func() {

@@ -113,8 +113,14 @@ func (e *Engine) proposeMembership(then func(ok bool)) {
 		return
 	}
 	next := e.desiredMembership()
-	if len(next.Members) == 0 {
-		e.fault("no replica left")
+	hasRW := false
+	for _, m := range next.Members {
+		hasRW = hasRW || m.Mode == proto.ModeRW
+	}
+	if !hasRW {
+		// Never record a membership without an RW replica: no engine
+		// could ever open from it (sim seed 190: every later open failed).
+		e.fault("no healthy replica left")
 		return
 	}
 	ch := &memberChange{next: next, acks: map[proto.ReplicaID]bool{}}
