@@ -92,6 +92,7 @@ func TestProcessNetnsPartition(t *testing.T) {
 		c.waitModes("replica 3 rebuilt after the link came back", "RW", "RW", "RW")
 		t.Logf("replica 3 RW %v after its link came back", time.Since(up).Round(time.Millisecond))
 	})
+	c.requireReplicaLs("RW", "RW", "RW")
 	l.flush()
 	l.verify("after the partition healed")
 	c.checkIdentical(l)

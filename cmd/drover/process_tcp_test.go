@@ -93,6 +93,25 @@ func (c *cluster) killAndRebuild(l *load, i int) {
 		c.startReplica(i)
 		c.waitModes(fmt.Sprintf("replica %d rebuilt after restart", i+1), modes("RW")...)
 	})
+	c.requireReplicaLs("RW", "RW", "RW")
+}
+
+// requireReplicaLs runs `drover replica ls` and requires replica i's line
+// to show mode want[i].
+func (c *cluster) requireReplicaLs(want ...string) {
+	c.t.Helper()
+	out := runDrover(c.t, "replica", "ls", "--control", c.ctlAddr)
+	got := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 {
+			got[f[0]] = f[1]
+		}
+	}
+	for i, w := range want {
+		if id := fmt.Sprintf("r%d", i+1); got[id] != w {
+			c.t.Errorf("drover replica ls shows %s as %q, want %s:\n%s", id, got[id], w, out)
+		}
+	}
 }
 
 // checkIdentical stops every process and requires each replica's offline
