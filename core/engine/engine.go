@@ -82,6 +82,14 @@ type Config struct {
 	RebuildAfterTicks int64
 	// MinEpoch is a floor for the epoch taken at open.
 	MinEpoch uint64
+	// LeaseTicks is the read lease (default TimeoutTicks/4): an engine
+	// serves reads only while a quorum answered it at its epoch within
+	// the lease, and a new engine serves nothing until a lease has passed
+	// since it fenced its replicas. So a stale engine that has not yet
+	// noticed it was replaced never returns data older than a write the
+	// new one acknowledged. Clocks must tick at the same rate (bounded
+	// drift; ticks are monotonic).
+	LeaseTicks int64
 	// FirstRequestID is where request ids start (a driver that routes
 	// replies from several engines by id gives each its own range).
 	FirstRequestID uint64
@@ -163,6 +171,7 @@ func (m Mode) String() string { return [...]string{"-", "RW", "WO", "ERR"}[m] }
 
 type member struct {
 	id       proto.ReplicaID
+	lastOK   int64 // send tick of the newest request it answered at our epoch
 	mode     Mode
 	why      string // last failure
 	errSince int64  // tick it went ERR
@@ -171,6 +180,7 @@ type member struct {
 
 type call struct {
 	to       proto.ReplicaID
+	sent     int64 // tick the request went out
 	deadline int64
 	then     func(proto.Reply)
 }
@@ -205,7 +215,11 @@ type Engine struct {
 	admin   []*adminTask
 	rebuild *rebuildTask
 	retryAt int64
-	opening *openTask
+	// quietUntil: a new engine serves no IO before this tick (a lease
+	// after it fenced its replicas). lastBeat: the last lease heartbeat.
+	quietUntil int64
+	lastBeat   int64
+	opening    *openTask
 
 	ready Ready
 }
@@ -221,6 +235,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.RetryTicks <= 0 {
 		cfg.RetryTicks = defaultRetryTicks
+	}
+	if cfg.LeaseTicks <= 0 {
+		cfg.LeaseTicks = max(cfg.TimeoutTicks/4, 4)
 	}
 	if cfg.RebuildAfterTicks == 0 {
 		cfg.RebuildAfterTicks = defaultRebuildWait
@@ -257,6 +274,11 @@ func (e *Engine) Step(from proto.ReplicaID, rep proto.Reply) {
 		e.fence(fmt.Sprintf("replica %s: %s", from, rep.Err))
 		return
 	}
+	if rep.Info != nil && rep.Info.Epoch > e.epoch && e.phase == phaseServing {
+		e.fence(fmt.Sprintf("replica %s is fenced at epoch %d", from, rep.Info.Epoch))
+		return
+	}
+	e.noteContact(from, c, rep)
 	c.then(rep)
 	e.schedule()
 }
@@ -288,6 +310,7 @@ func (e *Engine) Tick() {
 	}
 	if e.phase == phaseServing {
 		e.maybeAutoRebuild()
+		e.heartbeat()
 	}
 	e.schedule()
 }
@@ -307,7 +330,7 @@ func (e *Engine) send(to proto.ReplicaID, req proto.Request, then func(proto.Rep
 	e.nextID++
 	req.ID = e.nextID
 	req.Epoch = e.epoch
-	e.calls[req.ID] = &call{to: to, deadline: e.now + e.cfg.TimeoutTicks, then: then}
+	e.calls[req.ID] = &call{to: to, sent: e.now, deadline: e.now + e.cfg.TimeoutTicks, then: then}
 	e.ready.Messages = append(e.ready.Messages, Message{To: to, Req: req})
 }
 
@@ -419,4 +442,49 @@ func (e *Engine) rwCount() int {
 		}
 	}
 	return n
+}
+
+// noteContact records that a replica answered a request at the engine's
+// epoch: any reply but stale-epoch and unreachable proves it, except an
+// Info (answered whatever the epoch) that shows another epoch.
+func (e *Engine) noteContact(from proto.ReplicaID, c *call, rep proto.Reply) {
+	m := e.members[from]
+	if m == nil || rep.Status == proto.StatusUnreachable || e.phase != phaseServing {
+		return
+	}
+	if rep.Info != nil && rep.Info.Epoch != e.epoch {
+		return
+	}
+	m.lastOK = max(m.lastOK, c.sent)
+}
+
+// leaseValid reports whether reads may be served: a quorum of the
+// committed membership answered requests sent within the lease, and the
+// quiet period after open has passed.
+func (e *Engine) leaseValid() bool {
+	if e.now < e.quietUntil || e.committed == nil {
+		return false
+	}
+	acks := map[proto.ReplicaID]bool{}
+	for _, m := range e.members {
+		if e.now-m.lastOK < e.cfg.LeaseTicks && m.lastOK > 0 {
+			acks[m.id] = true
+		}
+	}
+	return IsQuorum(e.committed, acks)
+}
+
+// heartbeat keeps the read lease fresh while IO is idle: an Info to every
+// RW replica a few times per lease (its reply also tells whether a newer
+// engine fenced it).
+func (e *Engine) heartbeat() {
+	if e.now-e.lastBeat < max(e.cfg.LeaseTicks/4, 1) {
+		return
+	}
+	e.lastBeat = e.now
+	for _, m := range e.sortedMembers() {
+		if m.mode == ModeRW {
+			e.send(m.id, proto.Request{Op: proto.OpInfo}, func(proto.Reply) {})
+		}
+	}
 }

@@ -90,9 +90,13 @@ func (e *Engine) schedule() {
 	if e.phase != phaseServing || e.holding() {
 		return
 	}
+	if e.now < e.quietUntil {
+		return
+	}
+	lease := e.leaseValid()
 	for i := 0; i < len(e.waiting); {
 		f := e.waiting[i]
-		if e.fopBlocked(f, i) {
+		if e.fopBlocked(f, i) || (f.req.Op == proto.OpRead && !lease) {
 			i++
 			continue
 		}

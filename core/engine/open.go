@@ -120,6 +120,12 @@ func (e *Engine) decide(t *openTask) {
 		return
 	}
 	e.committed, e.committedPrev = best, prev
+	// A stale engine may hold a read lease granted before our fence:
+	// serve nothing until it has run out.
+	e.quietUntil = e.now + e.cfg.LeaseTicks + 1
+	for _, m := range e.members {
+		m.lastOK = 0
+	}
 	for _, m := range e.sortedMembers() {
 		m.mode, m.info = ModeWO, t.fenced[m.id]
 		if m.info == nil {
