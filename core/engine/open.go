@@ -198,7 +198,19 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 	}
 	e.phase = phaseOpening
 	sync := &layerSync{e: e, layer: "", source: current[0], targets: current[1:], extents: splitExtents(extents, e.sizeBytes/proto.BlockSize)}
-	sync.run(func(err string) {
+	run := sync.run
+	if !e.cfg.Bugs.SkipResyncOnReopen {
+		run = func(done func(string)) {
+			e.repairSuspects(t, current, suspectDonors(t, current), func(err string) {
+				if err != "" {
+					done(err)
+					return
+				}
+				sync.run(done)
+			})
+		}
+	}
+	run(func(err string) {
 		if e.opening != t {
 			return
 		}
@@ -266,4 +278,75 @@ func splitExtents(in []proto.Extent, sizeBlocks uint64) []proto.Extent {
 		}
 	}
 	return out
+}
+
+// donor names a replica holding a trusted copy of a block the resync
+// source had to settle after a crash.
+type donor struct {
+	block uint64
+	from  proto.ReplicaID
+}
+
+// suspectDonors finds, for every block the source (current[0]) settled by
+// recomputing its checksum, a current replica that did not have to: its
+// copy is whole and verified, while the source's may be bit rot the settle
+// could not tell from an unsynced overwrite. Blocks settled everywhere
+// keep the source's copy (each is some whole write).
+func suspectDonors(t *openTask, current []proto.ReplicaID) []donor {
+	src := t.fenced[current[0]]
+	var out []donor
+	for _, x := range src.Suspect {
+		for b := x.BlockIndex; b < x.BlockIndex+x.BlockCount; b++ {
+			for _, id := range current[1:] {
+				if !inExtents(t.fenced[id].Suspect, b) {
+					out = append(out, donor{block: b, from: id})
+					break
+				}
+			}
+		}
+	}
+	return out
+}
+
+func inExtents(list []proto.Extent, b uint64) bool {
+	for _, x := range list {
+		if b >= x.BlockIndex && b < x.BlockIndex+x.BlockCount {
+			return true
+		}
+	}
+	return false
+}
+
+// repairSuspects copies each donor's block over the source's head, one at
+// a time, before the source's head is copied to the others.
+func (e *Engine) repairSuspects(t *openTask, current []proto.ReplicaID, donors []donor, done func(string)) {
+	if e.opening != t {
+		return
+	}
+	if len(donors) == 0 {
+		done("")
+		return
+	}
+	d := donors[0]
+	read := proto.Request{Op: proto.OpLayerRead, BlockIndex: d.block, BlockCount: 1}
+	e.send(d.from, read, func(rep proto.Reply) {
+		if e.opening != t {
+			return
+		}
+		if rep.Status != proto.StatusOK {
+			done(fmt.Sprintf("read suspect block %d from %s: %v %s", d.block, d.from, rep.Status, rep.Err))
+			return
+		}
+		w := proto.Request{Op: proto.OpLayerWrite, BlockIndex: d.block, BlockCount: 1, Data: rep.Data, Blocks: rep.Blocks}
+		e.send(current[0], w, func(rep proto.Reply) {
+			if e.opening != t {
+				return
+			}
+			if rep.Status != proto.StatusOK {
+				done(fmt.Sprintf("repair suspect block %d on %s: %v %s", d.block, current[0], rep.Status, rep.Err))
+				return
+			}
+			e.repairSuspects(t, current, donors[1:], done)
+		})
+	})
 }

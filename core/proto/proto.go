@@ -259,4 +259,8 @@ type Info struct {
 	// Recovered lists the head extents settled after a crash, which the
 	// engine must resync across replicas before sending OpSettle.
 	Recovered []Extent
+	// Suspect lists head blocks whose checksum had to be recomputed when
+	// settling: a whole unsynced overwrite, or bit rot the settle could not
+	// tell from one. The engine prefers another replica's copy of them.
+	Suspect []Extent
 }

@@ -238,7 +238,8 @@ func appendInfo(b []byte, in *Info) []byte {
 	if in.Membership != nil {
 		b = appendMembership(b, in.Membership)
 	}
-	return appendExtents(b, in.Recovered)
+	b = appendExtents(b, in.Recovered)
+	return appendExtents(b, in.Suspect)
 }
 
 func appendMembership(b []byte, m *Membership) []byte {
@@ -504,6 +505,7 @@ func (d *decoder) info() *Info {
 	}
 	in.Dirty = flags&flagDirty != 0
 	in.Recovered = d.extents("recovered")
+	in.Suspect = d.extents("suspect")
 	if d.err == nil && flags&^(flagMembership|flagDirty) != 0 {
 		d.fail("unknown info flags %#x", flags)
 	}

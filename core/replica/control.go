@@ -359,7 +359,7 @@ func (r *Replica) runRevert(o *op) {
 			r.forgetLayer(l.meta.ID)
 		}
 		r.layers = append(r.layers[:i+1:i+1], &layer{meta: LayerMeta{ID: id}})
-		r.meta.Recovered = nil // the reverted head holds none of them
+		r.meta.Recovered, r.meta.Suspect = nil, nil // the reverted head holds none of them
 		r.writeMeta(func(ok bool) {
 			if !ok {
 				r.done(o, false)
@@ -473,6 +473,6 @@ func (r *Replica) runSetChain(o *op) {
 }
 
 func (r *Replica) runSettle(o *op) {
-	r.meta.Recovered = nil
+	r.meta.Recovered, r.meta.Suspect = nil, nil
 	r.writeMeta(func(ok bool) { r.done(o, ok) })
 }

@@ -133,6 +133,9 @@ func (r *Replica) settleRegions(keys []RegionKey) {
 			sum := crcOf(c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])
 			if sum != e.CRC {
 				fixes = append(fixes, proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockData, CRC: sum})
+				if l == r.head() {
+					r.meta.Suspect = mergeExtent(r.meta.Suspect, proto.Extent{BlockIndex: e.BlockIndex, BlockCount: 1})
+				}
 			}
 		}
 		if l == r.head() {

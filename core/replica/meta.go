@@ -38,6 +38,8 @@ type Meta struct {
 	// Recovered are head extents settled after a crash that the engine has
 	// not yet resynced with the other replicas.
 	Recovered []proto.Extent
+	// Suspect are head blocks whose checksum the settle recomputed.
+	Suspect []proto.Extent
 }
 
 // LayerMeta names one layer.
@@ -95,6 +97,11 @@ func (m *Meta) Encode() []byte {
 	}
 	e.u64(uint64(len(m.Recovered)))
 	for _, x := range m.Recovered {
+		e.u64(x.BlockIndex)
+		e.u64(x.BlockCount)
+	}
+	e.u64(uint64(len(m.Suspect)))
+	for _, x := range m.Suspect {
 		e.u64(x.BlockIndex)
 		e.u64(x.BlockCount)
 	}
@@ -204,6 +211,9 @@ func DecodeMeta(b []byte) (*Meta, error) {
 	}
 	for i, n := 0, d.count(16); i < n; i++ {
 		m.Recovered = append(m.Recovered, proto.Extent{BlockIndex: d.u64(), BlockCount: d.u64()})
+	}
+	for i, n := 0, d.count(16); i < n; i++ {
+		m.Suspect = append(m.Suspect, proto.Extent{BlockIndex: d.u64(), BlockCount: d.u64()})
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("trailing bytes")

@@ -249,6 +249,7 @@ func (r *Replica) Info() proto.Info {
 		FlushedSeq: r.flushedSeq, Membership: r.meta.Membership.Clone(),
 		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0,
 		Recovered: r.Recovered(),
+		Suspect:   append([]proto.Extent(nil), r.meta.Suspect...),
 	}
 	for _, l := range r.layers[:len(r.layers)-1] {
 		info.Chain = append(info.Chain, l.meta.Name)
