@@ -30,7 +30,9 @@ func newNetnsLab(t *testing.T, n int) *netnsLab {
 	}
 	l := &netnsLab{t: t}
 	tag := os.Getpid() % 100000
-	subnet := 100 + os.Getpid()%100 // 10.<subnet>.<i>.0/24
+	// 198.18.0.0/15 is reserved for benchmarking networks (RFC 2544), so
+	// these routes cannot shadow a real network of the host.
+	subnet := (os.Getpid() % 60) * 4 // 198.18.<subnet+i>.0/24
 	for i := 1; i <= n; i++ {
 		ns := fmt.Sprintf("drover-t%d-r%d", tag, i)
 		host, peer := fmt.Sprintf("dv%dh%d", tag, i), fmt.Sprintf("dv%dp%d", tag, i)
@@ -41,7 +43,7 @@ func newNetnsLab(t *testing.T, n int) *netnsLab {
 			exec.Command("ip", "netns", "del", ns).Run() // takes the veth pair with it
 			exec.Command("ip", "link", "del", host).Run()
 		})
-		hostIP, peerIP := fmt.Sprintf("10.%d.%d.1", subnet, i), fmt.Sprintf("10.%d.%d.2", subnet, i)
+		hostIP, peerIP := fmt.Sprintf("198.18.%d.1", subnet+i), fmt.Sprintf("198.18.%d.2", subnet+i)
 		l.ip("link", "add", host, "type", "veth", "peer", "name", peer, "netns", ns)
 		l.ip("addr", "add", hostIP+"/24", "dev", host)
 		l.ip("link", "set", host, "up")
