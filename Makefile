@@ -11,12 +11,15 @@ export PATH := $(PATH):/usr/local/go/bin
 
 GO                  ?= go
 BIN                 := $(CURDIR)/bin
-TEST_TIMEOUT        ?= 10m
+TEST_TIMEOUT        ?= 20m
 RAPID_CHECKS        ?= 1000
 # FUZZTIME is how long each fuzz target runs: briefly as a smoke test in
 # `make test`, as long as you like with `make fuzz FUZZTIME=1h`.
 FUZZTIME            ?= 5s
 SIM_LONG_TIMEOUT    ?= 2h
+# SIM_LONG_SEEDS is how many swarm seeds `make sim-long` runs (make test
+# runs 1000, plus 50 of each named fault profile).
+SIM_LONG_SEEDS      ?= 10000
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK         := $(BIN)/staticcheck
 STATICCHECK_STAMP   := $(BIN)/.staticcheck-$(STATICCHECK_VERSION)
@@ -33,7 +36,7 @@ help:
 	@echo "make build     build bin/drover"
 	@echo "make test      unit, property and purity tests, then a $(FUZZTIME) fuzz smoke run per target"
 	@echo "make lint      gofmt, go vet, staticcheck $(STATICCHECK_VERSION)"
-	@echo "make sim-long  long simulator runs"
+	@echo "make sim-long  $(SIM_LONG_SEEDS) swarm seeds of the simulator, then as many of the 'all' profile at 5000 ops"
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
 	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, then Go benchmarks"
 	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
@@ -71,11 +74,8 @@ $(STATICCHECK_STAMP):
 	@touch $@
 
 sim-long:
-	@if grep -rqs --include='*_test.go' '^func TestSimLong' sim; then \
-		$(GO) test -count=1 -timeout $(SIM_LONG_TIMEOUT) -run '^TestSimLong' ./sim/...; \
-	else \
-		echo "sim-long: the simulator does not exist yet (it arrives with the simulator issue); nothing to run"; \
-	fi
+	SIM_SEEDS=$(SIM_LONG_SEEDS) $(GO) test -count=1 -timeout $(SIM_LONG_TIMEOUT) -run '^TestSeeds$$' -v ./sim/ | grep -v '^=== '
+	$(GO) run ./cmd/drover sim --seeds 1..$(SIM_LONG_SEEDS) --faults all --ops 5000
 
 # bench runs `drover bench` (fio: raw file, nbdkit-file, qemu-nbd, Drover
 # with 1 and 3 replicas; see drover bench --help) on tmpfs and on BENCH_DIR's

@@ -111,10 +111,8 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask) {
 			rb.abort(fmt.Sprintf("open: %v %s", rep.Status, rep.Err))
 			return
 		}
-		if rep.Info.SizeBytes > e.sizeBytes {
-			rb.abort(fmt.Sprintf("replica holds %d bytes, more than the volume's %d", rep.Info.SizeBytes, e.sizeBytes))
-			return
-		}
+		// A target larger than the volume took an expansion that never
+		// completed; OpSetChain cuts it back (sim seed 355).
 		if rep.Info.SizeBytes < e.sizeBytes {
 			rb.expand()
 			return
@@ -214,7 +212,7 @@ func (rb *rebuildTask) sourceChain() {
 func (rb *rebuildTask) setChain(chain []string) {
 	e := rb.e
 	rb.chain = append([]string(nil), chain...)
-	e.send(rb.target, proto.Request{Op: proto.OpSetChain, Chain: rb.chain}, func(rep proto.Reply) {
+	e.send(rb.target, proto.Request{Op: proto.OpSetChain, Chain: rb.chain, SizeBytes: e.sizeBytes}, func(rep proto.Reply) {
 		if rb.aborted {
 			return
 		}

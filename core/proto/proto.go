@@ -66,7 +66,8 @@ const (
 	OpLayerWrite
 	// OpSetChain makes the replica's snapshot layers exactly Chain (oldest
 	// first), keeping layers whose names match, creating empty ones for the
-	// rest and dropping others; the head stays. Rebuild target only.
+	// rest and dropping others; the head stays. A nonzero SizeBytes below
+	// the replica's size cuts it back to it. Rebuild target only.
 	OpSetChain
 	// OpSettle recomputes checksums of blocks in regions that may hold torn
 	// unflushed writes after a crash (the active regions) so that every

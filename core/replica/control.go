@@ -431,6 +431,14 @@ func (r *Replica) runSetChain(o *op) {
 		}
 		seen[n] = true
 	}
+	if size := o.req.SizeBytes; size != 0 && size != r.meta.SizeBytes {
+		if size%proto.BlockSize != 0 || size > r.meta.SizeBytes {
+			r.fails(o, proto.StatusInvalid, "set chain: size %d must be a smaller multiple of %d than %d", size, proto.BlockSize, r.meta.SizeBytes)
+			return
+		}
+		r.truncate(size / proto.BlockSize)
+		r.meta.SizeBytes = size
+	}
 	r.flushAll(r.flushedSeq, func(ok bool) {
 		if !ok {
 			r.done(o, false)
@@ -475,4 +483,23 @@ func (r *Replica) runSetChain(o *op) {
 func (r *Replica) runSettle(o *op) {
 	r.meta.Recovered, r.meta.Suspect = nil, nil
 	r.writeMeta(func(ok bool) { r.done(o, ok) })
+}
+
+// truncate forgets every block at or beyond sizeBlocks in every layer, as
+// entries the next flush writes as absent: a rebuild target that took an
+// expansion the volume never completed is cut back to the volume's size,
+// and a later expansion must not find old blocks there.
+func (r *Replica) truncate(sizeBlocks uint64) {
+	for _, l := range r.layers {
+		var gone []uint64
+		l.held.Extents(sizeBlocks, r.sizeBlocks(), func(start, n uint64) bool {
+			for b := start; b < start+n; b++ {
+				gone = append(gone, b)
+			}
+			return true
+		})
+		for _, b := range gone {
+			r.setEntry(l, proto.BlockState{BlockIndex: b, Kind: proto.BlockAbsent})
+		}
+	}
 }
