@@ -109,6 +109,9 @@ func (c *Cluster) Host() *Host { return c.Hosts[len(c.Hosts)-1] }
 func (c *Cluster) StartEngine(cfg engine.Config) *Host {
 	h := &Host{Replies: map[uint64]engine.Reply{}, AdminReplies: map[uint64]engine.AdminReply{},
 		cut: map[proto.ReplicaID]bool{}, out: map[proto.ReplicaID][]proto.Request{}, in: map[proto.ReplicaID][]proto.Reply{}}
+	if cfg.Nonce == 0 {
+		cfg.Nonce = uint64(len(c.Hosts) + 1) // distinct epochs per engine
+	}
 	h.Engine = engine.New(cfg)
 	c.Hosts = append(c.Hosts, h)
 	c.collect(h)

@@ -90,6 +90,11 @@ type Config struct {
 	// new one acknowledged. Clocks must tick at the same rate (bounded
 	// drift; ticks are monotonic).
 	LeaseTicks int64
+	// Nonce distinguishes this engine incarnation from any other that may
+	// open the same replicas at the same time: its low 16 bits are the low
+	// bits of every epoch it takes, so two engines never share an epoch
+	// (as Paxos ballots carry the proposer). Drivers draw it at random.
+	Nonce uint64
 	// FirstRequestID is where request ids start (a driver that routes
 	// replies from several engines by id gives each its own range).
 	FirstRequestID uint64

@@ -54,7 +54,7 @@ func (e *Engine) fenceAll(t *openTask) {
 	for _, info := range t.infos {
 		epoch = max(epoch, info.Epoch)
 	}
-	e.epoch = epoch + 1
+	e.epoch = NextEpoch(epoch, e.cfg.Nonce)
 	t.left = len(t.infos)
 	for _, id := range sortedIDs(t.infos) {
 		e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {
@@ -349,4 +349,18 @@ func (e *Engine) repairSuspects(t *openTask, current []proto.ReplicaID, donors [
 			e.repairSuspects(t, current, donors[1:], done)
 		})
 	})
+}
+
+// epochNonceBits is how many low bits of an epoch name the engine that
+// took it.
+const epochNonceBits = 16
+
+// NextEpoch returns the smallest epoch above seen whose low bits are the
+// nonce's: a round number above seen's round, tagged with the engine.
+// Two engines that saw the same replicas take different epochs, so a
+// replica fenced by one refuses the other (sim seed 551: two engines
+// both took epoch 9 and both served).
+func NextEpoch(seen, nonce uint64) uint64 {
+	round := seen>>epochNonceBits + 1
+	return round<<epochNonceBits | nonce&(1<<epochNonceBits-1)
 }

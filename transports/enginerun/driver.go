@@ -22,6 +22,8 @@ package enginerun
 
 import (
 	"context"
+	cryptorand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -127,7 +129,8 @@ func (c *Config) ticks(d time.Duration) int64 {
 
 func (c *Config) engineConfig() engine.Config {
 	ec := engine.Config{Volume: c.Volume, MinHealthy: c.MinHealthy, MinEpoch: c.MinEpoch,
-		TimeoutTicks: c.ticks(c.Timeout), RetryTicks: c.ticks(c.Retry), RebuildAfterTicks: -1}
+		TimeoutTicks: c.ticks(c.Timeout), RetryTicks: c.ticks(c.Retry), RebuildAfterTicks: -1,
+		Nonce: randomNonce()}
 	if c.RebuildAfter > 0 {
 		ec.RebuildAfterTicks = c.ticks(c.RebuildAfter)
 	}
@@ -636,4 +639,14 @@ func (d *Driver) SetAttached(ctx context.Context, attached bool) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// randomNonce names this engine incarnation in the epochs it takes, so
+// two engines opening the same replicas at once never share an epoch.
+func randomNonce() uint64 {
+	var b [8]byte
+	if _, err := cryptorand.Read(b[:]); err != nil {
+		return uint64(time.Now().UnixNano())
+	}
+	return binary.LittleEndian.Uint64(b[:])
 }
