@@ -141,15 +141,14 @@ func (c *client) issue(en *engineNode) {
 
 // opRecord is one client request in the history.
 type opRecord struct {
-	client  int
-	era     int
-	req     engine.Request
-	ids     []uint64 // write ids per block (writes)
-	call    int64
-	ret     int64 // farFuture while unknown
-	ok      bool
-	values  []uint64 // reads: ids found per block
-	flushPt int      // index in history.flushes for flush/FUA
+	client int
+	era    int
+	req    engine.Request
+	ids    []uint64 // write ids per block (writes)
+	call   int64
+	ret    int64 // farFuture while unknown
+	ok     bool
+	values []uint64 // reads: ids found per block
 }
 
 // era is a span of the history between two points where acknowledged but

@@ -32,7 +32,6 @@ type Cluster struct {
 	Ticks int64
 
 	cfg    engine.Config
-	rcfg   replica.Config
 	choose func(n int) int
 	wireID uint64
 	nextID uint64

@@ -178,9 +178,7 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 		if info.Dirty {
 			dirty = append(dirty, id)
 		}
-		for _, x := range info.Recovered {
-			extents = append(extents, x)
-		}
+		extents = append(extents, info.Recovered...)
 	}
 	for _, id := range current {
 		// Active regions may hold writes a previous engine sent to some
