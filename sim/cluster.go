@@ -44,6 +44,7 @@ type engineNode struct {
 	admins map[uint64]func(engine.AdminReply)
 	nextID uint64
 
+	served   bool   // it has served once (era boundaries start then)
 	lastDesc string // for Options.Log
 }
 
@@ -164,7 +165,6 @@ func (s *Sim) startEngine() *engineNode {
 	}
 	s.engines = append(s.engines, en)
 	s.note("engine-start", inc)
-	s.hist.engineStarted(en)
 	en.tick()
 	en.pump()
 	return en

@@ -82,6 +82,13 @@ func TestRegressionSeeds(t *testing.T) {
 		{109, "swarm", 1500, "one-sided ENOSPC left replicas diverged"},
 		{27, "swarm", 1500, "trim during rebuild skipped its zero entry on the target"},
 		{132, "swarm", 1500, "durability oracle ignored what a crash may bring back from an earlier era (simulator)"},
+		{190, "swarm", 2000, "a membership without an RW replica was recorded; every later open failed"},
+		{355, "swarm", 2000, "a rebuild target larger than the volume (interrupted expansion) failed every attempt"},
+		{551, "swarm", 2000, "two engines took the same epoch and both served"},
+		{642, "swarm", 2000, "era boundary missed when a replica restarted after the new engine started (simulator)"},
+		{670, "swarm", 2000, "a replica that failed to load was never restarted (simulator watchdog)"},
+		{72, "swarm", 2000, "bit rot in an active region settled into garbage (head: suspect blocks; snapshot layers: not settled)"},
+		{942, "swarm", 2000, "a stale engine served a read older than a write the new engine acknowledged (read lease)"},
 	}
 	for _, c := range cases {
 		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})

@@ -244,20 +244,26 @@ func (op *opRecord) value(b uint64) uint64 {
 	return 0
 }
 
-// engineStarted begins an era boundary when data may have been lost
-// since the last one: clients pause, and once the engine serves, every
-// hot block is read, checked against the durability oracle, and becomes
-// the new era's initial value.
-func (h *history) engineStarted(en *engineNode) {
-	if (!h.replicaRestarted && !h.pausing) || len(h.s.engines) == 1 {
+// enginePumped begins an era boundary when an engine first serves after
+// a replica restarted (that replica may have lost acknowledged unflushed
+// writes, and the new engine may take it as its resync source): clients
+// pause, every hot block is read, checked against the durability oracle,
+// and becomes the new era's initial value. If the boundary's engine dies
+// first, the next engine to serve takes the boundary over.
+func (h *history) enginePumped(en *engineNode) {
+	if !en.e.Serving() {
 		return
 	}
-	h.pausing, h.boundaryReading = true, false
-	h.boundaryEngine = en
-}
-
-func (h *history) enginePumped(en *engineNode) {
-	if !h.pausing || en != h.boundaryEngine || !en.e.Serving() || h.boundaryReading {
+	if !en.served {
+		en.served = true
+		switch {
+		case h.pausing && (h.boundaryEngine == nil || !h.boundaryEngine.alive):
+			h.boundaryEngine, h.boundaryReading = en, false
+		case !h.pausing && h.replicaRestarted:
+			h.pausing, h.boundaryEngine, h.boundaryReading = true, en, false
+		}
+	}
+	if !h.pausing || en != h.boundaryEngine || h.boundaryReading {
 		return
 	}
 	h.boundaryReading = true

@@ -382,7 +382,9 @@ func (e *Engine) failAll(err error) {
 func (e *Engine) Phase() (string, string) { return e.phase.String(), e.why }
 
 // Serving reports whether the engine accepts frontend IO.
-func (e *Engine) Serving() bool { return e.phase == phaseServing }
+// It stays false during the quiet period after open (one read lease),
+// while requests are accepted but held.
+func (e *Engine) Serving() bool { return e.phase == phaseServing && e.now >= e.quietUntil }
 
 // Epoch returns the epoch the engine opened its replicas at.
 func (e *Engine) Epoch() uint64 { return e.epoch }
