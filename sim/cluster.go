@@ -45,6 +45,7 @@ type engineNode struct {
 	nextID uint64
 
 	served   bool   // it has served once (era boundaries start then)
+	openedAt int64  // when it finished opening (-1: not yet)
 	lastDesc string // for Options.Log
 }
 
@@ -87,7 +88,11 @@ func (n *replicaNode) crash() {
 	n.st.Crash(func(store.LayerID, uint64, bool) bool { return n.s.rng.IntN(100) < keepPct })
 	n.s.note("replica-crash", uint64(n.idx), uint64(keepPct))
 	n.s.count("replica-crash")
-	n.s.hist.replicaRestarted = true
+	n.s.hist.lastCrashAt = n.s.now
+	// A crash while an era boundary is being read may lose what was read
+	// (unflushed): read the boundary again.
+	n.s.hist.boundaryReading = false
+	n.s.hist.boundaryGen++
 }
 
 func (n *replicaNode) diskLatency() int64 {
@@ -158,7 +163,7 @@ func (s *Sim) startEngine() *engineNode {
 	for _, n := range s.replicas {
 		cfg.Replicas = append(cfg.Replicas, n.id)
 	}
-	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true,
+	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true, openedAt: -1,
 		waits: map[uint64]func(engine.Reply){}, admins: map[uint64]func(engine.AdminReply){}}
 	for range s.replicas {
 		en.links = append(en.links, &link{})

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/model"
 )
 
@@ -37,6 +38,28 @@ func TestDebugSeed(t *testing.T) {
 	s.hist = newHistory(s)
 	s.setup()
 	s.loop()
+	if bs := os.Getenv("SIM_BLOCK"); bs != "" {
+		want, _ := strconv.ParseUint(bs, 10, 64)
+		for i, e := range s.hist.eras {
+			fmt.Printf("era %d start %d init %d under %v\n", i, e.start, e.init[want], e.under[want])
+			for _, op := range e.ops {
+				if op.req.Op == proto.OpFlush {
+					fmt.Printf("  flush c%d call %d ret %d ok=%v\n", op.client, op.call, op.ret, op.ok)
+					continue
+				}
+				if want >= op.req.BlockIndex && want < op.req.BlockIndex+uint64(op.req.BlockCount) {
+					v := uint64(0)
+					if op.req.Op == proto.OpWrite {
+						v = op.value(want)
+					} else if op.req.Op == proto.OpRead && op.ok {
+						v = op.values[want-op.req.BlockIndex]
+					}
+					fmt.Printf("  %v c%d call %d ret %d ok=%v fua=%v value=%d\n", op.req.Op, op.client, op.call, op.ret, op.ok, op.req.FUA, v)
+				}
+			}
+		}
+		return
+	}
 	for i, e := range s.hist.eras {
 		ops := s.hist.porcupineOps(e, i)
 		byBlock := map[uint64][]porcupine.Operation{}

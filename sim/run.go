@@ -77,7 +77,7 @@ func (s *Sim) takeover() {
 	if s.hist.pausing {
 		return
 	}
-	if s.hist.replicaRestarted {
+	if s.hist.lastCrashAt >= s.hist.boundaryOpenedAt {
 		old.kill()
 	}
 	s.count("takeover")

@@ -171,15 +171,17 @@ type history struct {
 	blockOps         uint64
 	pausing          bool // clients wait: an era boundary is being read
 	boundaryReading  bool
+	boundaryGen      uint64 // bumps when a boundary read must start over
+	lastCrashAt      int64  // when a replica last crashed (-1: never)
+	boundaryOpenedAt int64  // when the last boundary's engine opened
 	boundaryEngine   *engineNode
-	replicaRestarted bool // since the current era began
 	visualPath       string
 	livenessFrom     int64
 	maxLatencyUs     int64
 }
 
 func newHistory(s *Sim) *history {
-	h := &history{s: s}
+	h := &history{s: s, lastCrashAt: -1}
 	h.eras = append(h.eras, &era{init: map[uint64]uint64{}, writes: map[uint64][]*opRecord{}})
 	return h
 }
@@ -251,6 +253,9 @@ func (op *opRecord) value(b uint64) uint64 {
 // and becomes the new era's initial value. If the boundary's engine dies
 // first, the next engine to serve takes the boundary over.
 func (h *history) enginePumped(en *engineNode) {
+	if phase, _ := en.e.Phase(); phase == "serving" && en.openedAt < 0 {
+		en.openedAt = h.s.now // fenced and resynced; quiet period next
+	}
 	if !en.e.Serving() {
 		return
 	}
@@ -259,8 +264,12 @@ func (h *history) enginePumped(en *engineNode) {
 		switch {
 		case h.pausing && (h.boundaryEngine == nil || !h.boundaryEngine.alive):
 			h.boundaryEngine, h.boundaryReading = en, false
-		case !h.pausing && h.replicaRestarted:
+		case !h.pausing && h.lastCrashAt >= h.boundaryOpenedAt:
+			// A replica restarted after the last boundary's engine
+			// opened (even during its read): this open may have taken it
+			// as a resync source, so unflushed data may be gone.
 			h.pausing, h.boundaryEngine, h.boundaryReading = true, en, false
+			h.boundaryOpenedAt = en.openedAt
 		}
 	}
 	if !h.pausing || en != h.boundaryEngine || h.boundaryReading {
@@ -275,12 +284,16 @@ func (h *history) readBoundary(en *engineNode) {
 	s := h.s
 	values := map[uint64]uint64{}
 	left := int(s.knobs.HotBlocks)
+	gen := h.boundaryGen
 	var readBlock func(b uint64)
 	readBlock = func(b uint64) {
-		if !en.alive || h.boundaryEngine != en {
+		if !en.alive || h.boundaryEngine != en || h.boundaryGen != gen {
 			return
 		}
 		en.submit(engine.Request{Op: proto.OpRead, BlockIndex: b, BlockCount: 1}, func(rep engine.Reply) {
+			if h.boundaryGen != gen {
+				return
+			}
 			if rep.Err != nil {
 				s.after(5000, func() { readBlock(b) })
 				return
@@ -313,7 +326,7 @@ func (h *history) newEra(values map[uint64]uint64) {
 		under[b] = allowed
 	}
 	h.eras = append(h.eras, &era{start: s.now, init: values, under: under, writes: map[uint64][]*opRecord{}})
-	h.pausing, h.boundaryReading, h.boundaryEngine, h.replicaRestarted = false, false, nil, false
+	h.pausing, h.boundaryReading, h.boundaryEngine = false, false, nil
 	s.count("era")
 	s.note("era", uint64(len(h.eras)))
 }

@@ -85,7 +85,10 @@ func (e *Engine) decide(t *openTask) {
 	}
 	var best *proto.Membership
 	for _, id := range sortedIDs(t.fenced) {
-		if m := t.fenced[id].Membership; m != nil && (best == nil || m.Gen > best.Gen) {
+		// Newest by (generation, epoch): two engines may each have recorded
+		// a generation g; the later engine's, which fenced the earlier, is
+		// the real one (sim seed 8, crash profile).
+		if m := t.fenced[id].Membership; m != nil && (best == nil || m.Gen > best.Gen || m.Gen == best.Gen && m.Epoch > best.Epoch) {
 			best = m
 		}
 	}
