@@ -89,6 +89,8 @@ func TestRegressionSeeds(t *testing.T) {
 		{670, "swarm", 2000, "a replica that failed to load was never restarted (simulator watchdog)"},
 		{72, "swarm", 2000, "bit rot in an active region settled into garbage (head: suspect blocks; snapshot layers: not settled)"},
 		{942, "swarm", 2000, "a stale engine served a read older than a write the new engine acknowledged (read lease)"},
+		{8, "crash", 2000, "the newest membership was chosen by generation alone; two engines had each recorded one"},
+		{16, "crash", 2000, "a replica crash after a boundary's engine opened did not start another era (simulator)"},
 	}
 	for _, c := range cases {
 		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})
