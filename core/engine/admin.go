@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/drover-io/drover/core/proto"
 )
@@ -82,9 +83,10 @@ type RebuildProgress struct {
 }
 
 type adminTask struct {
-	req     AdminRequest
-	started bool
-	barrier bool
+	req      AdminRequest
+	started  bool
+	barrier  bool
+	internal bool // queued by the engine itself: no reply
 }
 
 // Admin takes an admin request; its reply comes through Ready.
@@ -141,6 +143,9 @@ func (e *Engine) Info() VolumeInfo {
 }
 
 func (e *Engine) adminReply(t *adminTask, rep *AdminReply, err error) {
+	if t.internal {
+		return
+	}
 	r := AdminReply{ID: t.req.ID, Err: err}
 	if rep != nil {
 		r.Info, r.Extents = rep.Info, rep.Extents
@@ -192,7 +197,30 @@ func (e *Engine) runAdmin() {
 	}
 }
 
+// rebuildSnapshotPrefix names the snapshots rebuilds take; users may not.
+const rebuildSnapshotPrefix = "rebuild-"
+
+// dropRebuildSnapshots queues the merge of every rebuild snapshot into its
+// child once all replicas are RW, so chains do not grow with each rebuild.
+func (e *Engine) dropRebuildSnapshots() {
+	for _, m := range e.members {
+		if m.mode != ModeRW {
+			return // another rebuild will want them; drop after it
+		}
+	}
+	for _, n := range e.chain {
+		if strings.HasPrefix(n, rebuildSnapshotPrefix) {
+			e.admin = append(e.admin, &adminTask{internal: true,
+				req: AdminRequest{Op: AdminDeleteSnapshot, Name: n}})
+		}
+	}
+}
+
 func (e *Engine) adminSnapshot(t *adminTask) {
+	if !t.internal && strings.HasPrefix(t.req.Name, rebuildSnapshotPrefix) {
+		e.finishAdmin(t, nil, fmt.Errorf("%w: snapshot names starting with %q are reserved for rebuilds", ErrInvalid, rebuildSnapshotPrefix))
+		return
+	}
 	if e.rebuild != nil {
 		e.finishAdmin(t, nil, fmt.Errorf("%w: a rebuild is in progress", ErrBusy))
 		return

@@ -163,7 +163,7 @@ func (rb *rebuildTask) drained() {
 		return
 	}
 	rb.stage = "snapshotting"
-	name := fmt.Sprintf("rebuild-%d-%d", e.epoch, e.nextID)
+	name := fmt.Sprintf("%s%d-%d", rebuildSnapshotPrefix, e.epoch, e.nextID)
 	targets := e.writeTargets()
 	left, okCount := len(targets), 0
 	for _, id := range targets {
@@ -281,6 +281,7 @@ func (rb *rebuildTask) finish() {
 			if rb.admin != nil {
 				e.finishAdmin(rb.admin, nil, nil)
 			}
+			e.dropRebuildSnapshots()
 		})
 	})
 }
