@@ -34,7 +34,7 @@ func TestDebugSeed(t *testing.T) {
 	}()
 	rng := newRNG(opt.Seed)
 	knobs, _ := ProfileKnobs(opt.Profile, rng)
-	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}}
+	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{}}
 	s.hist = newHistory(s)
 	s.setup()
 	s.loop()

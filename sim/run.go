@@ -124,11 +124,15 @@ func (s *Sim) bitRot() {
 		return
 	}
 	b := uint64(s.rng.IntN(int(s.knobs.HotBlocks)))
+	if s.rotted[b] {
+		return // one rot per block and run: other copies stay good
+	}
 	layer, kind := n.r.Resolve(b)
 	if kind != proto.BlockData {
 		return
 	}
 	if n.st.CorruptBlock(layer, b, uint(s.rng.IntN(proto.BlockSize*8))) {
+		s.rotted[b] = true
 		s.count("bitrot")
 		s.note("bitrot", uint64(n.idx), b)
 	}

@@ -103,6 +103,7 @@ type Sim struct {
 	clients  []*client
 	hist     *history
 
+	rotted   map[uint64]bool // blocks bit rot struck (once each)
 	healed   bool
 	healAt   int64
 	stopped  bool
@@ -123,7 +124,7 @@ func Run(opt Options) *Result {
 	if err != nil {
 		return &Result{Seed: opt.Seed, Profile: opt.Profile, Failures: []string{err.Error()}}
 	}
-	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}}
+	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{}}
 	s.hist = newHistory(s)
 	s.setup()
 	s.loop()
