@@ -30,7 +30,7 @@ export RAPID_CHECKS
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance proto
+.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -40,6 +40,8 @@ help:
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
 	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, then Go benchmarks"
 	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
+	@echo "make iscsi-soak     iscsi-perf at queue depth 32 for ISCSI_SOAK (default 60s) on a 3-replica volume"
+	@echo "make iscsi-perf-compare  iscsi-perf 4 KiB reads: Drover 1 and 3 replicas vs tgtd, IOPS ratios (root, tgt)"
 	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
@@ -119,3 +121,20 @@ clean:
 # size, and prints pass/fail/skip counts side by side.
 iscsi-compare conformance:
 	DROVER_ISCSI_COMPARE=1 $(GO) test -count=1 -timeout 30m -run '^TestCompareWithTgtd$$' -v ./frontends/iscsi
+
+# iscsi-soak runs two iscsi-perf sessions (sequential and random 4 KiB
+# reads, queue depth 32) for ISCSI_SOAK against a 3-replica Drover volume
+# in the test process, beside a writer; a second without a completed
+# request, or a session that does not finish, fails it. make test runs the
+# same test for 5 s.
+ISCSI_SOAK          ?= 60s
+iscsi-soak:
+	DROVER_ISCSI_SOAK=$(ISCSI_SOAK) $(GO) test -count=1 -timeout 10m -run '^TestSoakThreeReplicas$$' -v ./frontends/iscsi
+
+# iscsi-perf-compare runs iscsi-perf (-m 32 -b 8: 4 KiB reads at queue
+# depth 32 on 512-byte LUNs, sequential and random) for ISCSI_PERF_TIME per
+# cell against Drover with 1 and 3 replicas and tgtd serving a file, in
+# one run, and prints IOPS and ratios to tgtd.
+ISCSI_PERF_TIME     ?= 10s
+iscsi-perf-compare:
+	DROVER_ISCSI_PERF=1 DROVER_ISCSI_PERF_TIME=$(ISCSI_PERF_TIME) $(GO) test -count=1 -timeout 10m -run '^TestPerfCompare$$' -v ./frontends/iscsi

@@ -46,6 +46,7 @@ const (
 	opVerify12        = 0xaf
 
 	saReadCapacity16 = 0x10
+	saGetLBAStatus   = 0x12
 	saReportOpcodes  = 0x0c
 )
 
@@ -134,6 +135,7 @@ func init() {
 		{op: opSyncCache16, cdbLen: 16, usage: usage16(0x91, 0x02), access: accessWrite, run: (*LogicalUnit).synchronizeCache},
 		{op: opWriteSame16, cdbLen: 16, usage: usage16(0x93, 0xf9), access: accessWrite, run: (*LogicalUnit).writeSame},
 		{op: opServiceActionIn, sa: saReadCapacity16, hasSA: true, cdbLen: 16, usage: usage(0x9e, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0), access: accessAllowed, run: (*LogicalUnit).readCapacity16},
+		{op: opServiceActionIn, sa: saGetLBAStatus, hasSA: true, cdbLen: 16, usage: usage(0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0), access: accessRead, run: (*LogicalUnit).getLBAStatus},
 		{op: opReportLUNs, cdbLen: 12, usage: usage(0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0), access: accessNoUA, run: nil},
 		{op: opMaintenanceIn, sa: saReportOpcodes, hasSA: true, cdbLen: 12, usage: usage(0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0), access: accessNoUA, run: (*LogicalUnit).reportOpcodes},
 		{op: opRead12, cdbLen: 12, usage: usage(0xa8, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0), access: accessRead, run: (*LogicalUnit).read},

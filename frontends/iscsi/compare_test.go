@@ -26,7 +26,8 @@ func TestCompareWithTgtd(t *testing.T) {
 	needTool(t, "tgtd")
 	addr := startServer(t, iscsi.TargetConfig{Volume: "compare", LUNs: []device.Device{fileLUN(t)}})
 	drover := runSuite(t, fmt.Sprintf("iscsi://%s/%s/0", addr, iscsi.IQN("compare")))
-	tgt := runSuite(t, startTgtd(t))
+	tgtURL, _ := startTgtdFile(t)
+	tgt := runSuite(t, tgtURL)
 	names := make([]string, 0, len(drover))
 	for n := range drover {
 		names = append(names, n)
@@ -61,13 +62,13 @@ func runSuite(t *testing.T, url string) map[string]cuOutcome {
 	return parseCU(out)
 }
 
-// startTgtd starts tgtd on a free port with one file-backed 512-byte LUN
-// of the same size as fileLUN and returns its URL.
-func startTgtd(t *testing.T) string {
+// startTgtdFile starts tgtd on a free port with one file-backed 512-byte
+// LUN of the same size as fileLUN and returns its URL and the file.
+func startTgtdFile(t *testing.T) (url, file string) {
 	t.Helper()
 	port := 3300 + os.Getpid()%500
 	control := strconv.Itoa(port)
-	file := filepath.Join(t.TempDir(), "tgt-lun")
+	file = filepath.Join(t.TempDir(), "tgt-lun")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -106,5 +107,5 @@ func startTgtd(t *testing.T) string {
 	if err := adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"); err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", port, iqn)
+	return fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", port, iqn), file
 }

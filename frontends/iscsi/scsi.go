@@ -573,6 +573,24 @@ func (lu *LogicalUnit) readCapacity16(r *request) Result {
 	return Result{DataIn: allocated(d, binary.BigEndian.Uint32(r.cdb[10:]))}
 }
 
+// getLBAStatus handles GET LBA STATUS, which SBC-3 requires of a logical
+// unit that reports LBPME (qemu's iSCSI driver asks it for block status,
+// and prints an error for every refusal). A Device cannot tell which
+// blocks are mapped, so one descriptor covers the starting LBA to the end
+// of the LUN (at most 2^32-1 blocks) with status 0, "mapped or unknown"
+// (SBC-4); initiators then read those blocks as data.
+func (lu *LogicalUnit) getLBAStatus(r *request) Result {
+	lba, n := binary.BigEndian.Uint64(r.cdb[2:]), lu.blockCount()
+	if lba >= n {
+		return checkCondition(senseLBAOutOfRange)
+	}
+	d := make([]byte, 8+16)
+	binary.BigEndian.PutUint32(d, uint32(len(d)-4))
+	binary.BigEndian.PutUint64(d[8:], lba)
+	binary.BigEndian.PutUint32(d[16:], uint32(min(n-lba, 0xffffffff)))
+	return Result{DataIn: allocated(d, binary.BigEndian.Uint32(r.cdb[10:]))}
+}
+
 // allocated truncates data to an allocation length.
 func allocated(data []byte, allocLen uint32) []byte {
 	return data[:min(uint32(len(data)), allocLen)]

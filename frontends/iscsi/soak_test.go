@@ -1,0 +1,310 @@
+package iscsi_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/replica"
+	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/link"
+	"github.com/drover-io/drover/transports/replicarun"
+)
+
+// droverVolume runs a Drover volume of n replicas on filestore directories
+// under a temporary directory, in this process on in-process links (as
+// drover dev does), with every block written once so reads hit data.
+func droverVolume(t *testing.T, n int, sizeBytes uint64) device.Device {
+	t.Helper()
+	base := t.TempDir()
+	runners := map[string]*replicarun.Runner{}
+	cfg := enginerun.Config{Volume: "iscsi-test",
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("r%d", i)
+		dir := filepath.Join(base, id)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		st, err := filestore.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: sizeBytes}, st)
+		if err != nil {
+			st.Close()
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close(); st.Close() })
+		runners[id] = r
+		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
+	}
+	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
+		r := runners[addr]
+		if r == nil {
+			return nil, fmt.Errorf("no in-process replica %q", addr)
+		}
+		return replicarun.NewLocalLink(r, h), nil
+	}
+	d, err := enginerun.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last-in first-out: the engine closes before its replicas.
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitServing(ctx); err != nil {
+		t.Fatalf("volume never served: %v", err)
+	}
+	vol := enginerun.NewVolume(d)
+	if err := fillDevice(ctx, vol); err != nil {
+		t.Fatalf("fill volume: %v", err)
+	}
+	return vol
+}
+
+// fillDevice writes every block of dev once (1 MiB writes, 4 at a time)
+// and flushes.
+func fillDevice(ctx context.Context, dev device.Device) error {
+	const chunk, writers = 1 << 20, 4
+	size := dev.SizeBytes()
+	var mu sync.Mutex
+	var next uint64
+	errc := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			buf := make([]byte, chunk)
+			for i := range buf {
+				buf[i] = byte(i*131 + w)
+			}
+			for {
+				mu.Lock()
+				off := next
+				next += chunk
+				mu.Unlock()
+				if off >= size {
+					errc <- nil
+					return
+				}
+				if err := dev.WriteAt(ctx, buf[:min(chunk, size-off)], off, false); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+	for range writers {
+		err = errors.Join(err, <-errc)
+	}
+	if err != nil {
+		return err
+	}
+	return dev.Flush(ctx)
+}
+
+// perfResult is what one iscsi-perf run printed.
+type perfResult struct {
+	secondIOPS []int // "iops current" of each one-second progress line
+	avgIOPS    int   // the last "iops average"
+	out        string
+}
+
+var perfLineRE = regexp.MustCompile(`iops current (\d+) \([^)]*\), iops average (\d+)`)
+
+// runPerf runs iscsi-perf for d at queue depth 32 with 4 KiB requests on
+// a 512-byte LUN (-b 8), random when random is set. iscsi-perf runs until
+// -t seconds have passed, then waits for its outstanding requests: a
+// target that stalls keeps it from exiting, so the run is killed (and
+// fails) 30 s after it should have ended.
+func runPerf(url string, d time.Duration, random bool) (perfResult, error) {
+	secs := max(1, int(d/time.Second))
+	args := []string{"-m", "32", "-b", "8", "-t", strconv.Itoa(secs)}
+	if random {
+		args = append(args, "-r")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "iscsi-perf", append(args, url)...)
+	outb, err := cmd.CombinedOutput()
+	res := perfResult{out: string(outb)}
+	for _, m := range perfLineRE.FindAllStringSubmatch(res.out, -1) {
+		cur, _ := strconv.Atoi(m[1])
+		avg, _ := strconv.Atoi(m[2])
+		res.secondIOPS = append(res.secondIOPS, cur)
+		res.avgIOPS = avg
+	}
+	switch {
+	case ctx.Err() != nil:
+		return res, fmt.Errorf("iscsi-perf %v did not finish within %d s of its runtime (stalled)", args, 30)
+	case err != nil:
+		return res, fmt.Errorf("iscsi-perf %v: %w", args, err)
+	case !strings.Contains(res.out, "finished."):
+		return res, fmt.Errorf("iscsi-perf %v did not print finished.", args)
+	case len(res.secondIOPS) < secs-1:
+		return res, fmt.Errorf("iscsi-perf %v printed %d progress lines in %d s", args, len(res.secondIOPS), secs)
+	}
+	for i, n := range res.secondIOPS {
+		if n == 0 {
+			return res, fmt.Errorf("iscsi-perf %v: no request completed in second %d (stall)", args, i+1)
+		}
+	}
+	return res, nil
+}
+
+// soakDuration is DROVER_ISCSI_SOAK (a Go duration; make iscsi-soak sets
+// 60s), 5 s by default.
+func soakDuration(t *testing.T) time.Duration {
+	s := os.Getenv("DROVER_ISCSI_SOAK")
+	if s == "" {
+		return 5 * time.Second
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < time.Second {
+		t.Fatalf("DROVER_ISCSI_SOAK=%q: want a duration of at least 1s", s)
+	}
+	return d
+}
+
+// TestSoakThreeReplicas: two iscsi-perf sessions at queue depth 32 (one
+// sequential, one random, 4 KiB reads) on a 3-replica Drover volume for
+// DROVER_ISCSI_SOAK (5 s in make test, 60 s in make iscsi-soak), while a
+// third goroutine writes and flushes through the same volume. Every second
+// of every session completes requests, and both exit cleanly.
+func TestSoakThreeReplicas(t *testing.T) {
+	needTool(t, "iscsi-perf")
+	d := soakDuration(t)
+	vol := droverVolume(t, 3, 64<<20)
+	addr := startServer(t, iscsi.TargetConfig{Volume: "soak", LUNs: []device.Device{vol}})
+	url := fmt.Sprintf("iscsi://%s/%s/0", addr, iscsi.IQN("soak"))
+
+	// Writes through the engine beside the reads, so the reads share the
+	// replicas with a write stream (iscsi-perf only reads).
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var writes int
+	var werr error
+	wg.Go(func() {
+		buf := make([]byte, 64<<10)
+		for i := 0; ctx.Err() == nil; i++ {
+			off := uint64(i*len(buf)) % vol.SizeBytes()
+			if err := vol.WriteAt(ctx, buf, off, i%16 == 0); err != nil {
+				if ctx.Err() == nil {
+					werr = err
+				}
+				return
+			}
+			writes++
+		}
+	})
+	var results [2]perfResult
+	var errs [2]error
+	var pw sync.WaitGroup
+	for i, random := range []bool{false, true} {
+		pw.Go(func() { results[i], errs[i] = runPerf(url, d, random) })
+	}
+	pw.Wait()
+	stop()
+	wg.Wait()
+	for i, name := range []string{"sequential", "random"} {
+		if errs[i] != nil {
+			t.Errorf("%s: %v\n%s", name, errs[i], results[i].out)
+			continue
+		}
+		t.Logf("%s: %d s, iops average %d, slowest second %d iops", name, len(results[i].secondIOPS),
+			results[i].avgIOPS, minOf(results[i].secondIOPS))
+	}
+	if werr != nil {
+		t.Errorf("writer: %v", werr)
+	}
+	t.Logf("writer: %d 64 KiB writes beside the reads", writes)
+}
+
+func minOf(xs []int) int {
+	m := 0
+	for i, x := range xs {
+		if i == 0 || x < m {
+			m = x
+		}
+	}
+	return m
+}
+
+// TestPerfCompare runs iscsi-perf (4 KiB reads at queue depth 32,
+// sequential and random) against Drover with 1 and 3 replicas and against
+// tgtd serving a file of the same size, in one run, and prints IOPS and
+// each one's ratio to tgtd. It runs only with DROVER_ISCSI_PERF=1 (make
+// iscsi-perf-compare), as root, with tgt installed; DROVER_ISCSI_PERF_TIME
+// sets each run's length (default 10s).
+func TestPerfCompare(t *testing.T) {
+	if os.Getenv("DROVER_ISCSI_PERF") != "1" {
+		t.Skip("set DROVER_ISCSI_PERF=1 (make iscsi-perf-compare)")
+	}
+	needTool(t, "iscsi-perf")
+	needTool(t, "tgtd")
+	d := 10 * time.Second
+	if s := os.Getenv("DROVER_ISCSI_PERF_TIME"); s != "" {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const size = 64 << 20
+	type target struct{ name, url string }
+	tgtURL, tgtFile := startTgtdFile(t)
+	tgtDev, err := device.OpenFile(tgtFile, device.FileConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fillDevice(context.Background(), tgtDev); err != nil {
+		t.Fatal(err)
+	}
+	tgtDev.Close()
+	targets := []target{{"tgtd", tgtURL}}
+	for _, n := range []int{1, 3} {
+		name := fmt.Sprintf("drover-%dr", n)
+		addr := startServer(t, iscsi.TargetConfig{Volume: name, LUNs: []device.Device{droverVolume(t, n, size)}})
+		targets = append(targets, target{name, fmt.Sprintf("iscsi://%s/%s/0", addr, iscsi.IQN(name))})
+	}
+	iops := map[string]map[bool]int{}
+	for _, random := range []bool{false, true} {
+		for _, tg := range targets {
+			res, err := runPerf(tg.url, d, random)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", tg.name, err, res.out)
+			}
+			if iops[tg.name] == nil {
+				iops[tg.name] = map[bool]int{}
+			}
+			iops[tg.name][random] = res.avgIOPS
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "iscsi-perf -m 32 -b 8 (4 KiB reads, queue depth 32), %v per cell, 64 MiB LUN\n", d)
+	fmt.Fprintf(&b, "%-10s %12s %8s %12s %8s\n", "target", "seq IOPS", "vs tgtd", "rand IOPS", "vs tgtd")
+	for _, tg := range targets {
+		fmt.Fprintf(&b, "%-10s %12d %7.2fx %12d %7.2fx\n", tg.name,
+			iops[tg.name][false], float64(iops[tg.name][false])/float64(iops["tgtd"][false]),
+			iops[tg.name][true], float64(iops[tg.name][true])/float64(iops["tgtd"][true]))
+	}
+	goal := float64(iops["drover-1r"][true]) / float64(iops["tgtd"][true])
+	fmt.Fprintf(&b, "goal drover-1r >= 1.00x tgtd (random): %.2fx, %s\n", goal, map[bool]string{true: "met", false: "NOT met"}[goal >= 1])
+	t.Log("\n" + b.String())
+	_, _ = io.WriteString(os.Stdout, b.String())
+}
