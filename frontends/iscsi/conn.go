@@ -50,7 +50,8 @@ type conn struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the task workers
+	work   chan *task     // hands a task to an idle worker
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -60,6 +61,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		rd:    bufio.NewReaderSize(nc, 64<<10),
 		log:   s.log.With("remote", nc.RemoteAddr().String()),
 		tasks: make(map[uint32]*task),
+		work:  make(chan *task),
 	}
 }
 

@@ -247,8 +247,9 @@ func minOf(xs []int) int {
 }
 
 // TestPerfCompare runs iscsi-perf (4 KiB reads at queue depth 32,
-// sequential and random) against Drover with 1 and 3 replicas and against
-// tgtd serving a file of the same size, in one run, and prints IOPS and
+// sequential and random) against Drover with 1 and 3 replicas, Drover's
+// target over a plain file (the frontend alone) and tgtd serving a file of
+// the same size, in one run, and prints IOPS and
 // each one's ratio to tgtd. It runs only with DROVER_ISCSI_PERF=1 (make
 // iscsi-perf-compare), as root, with tgt installed; DROVER_ISCSI_PERF_TIME
 // sets each run's length (default 10s).
@@ -277,6 +278,17 @@ func TestPerfCompare(t *testing.T) {
 	}
 	tgtDev.Close()
 	targets := []target{{"tgtd", tgtURL}}
+	// Drover's iSCSI target over a plain file: the frontend alone.
+	fileDev, err := device.OpenFile(filepath.Join(t.TempDir(), "lun"), device.FileConfig{SizeBytes: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fileDev.Close() })
+	if err := fillDevice(context.Background(), fileDev); err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, iscsi.TargetConfig{Volume: "drover-file", LUNs: []device.Device{fileDev}})
+	targets = append(targets, target{"drover-file", fmt.Sprintf("iscsi://%s/%s/0", addr, iscsi.IQN("drover-file"))})
 	for _, n := range []int{1, 3} {
 		name := fmt.Sprintf("drover-%dr", n)
 		addr := startServer(t, iscsi.TargetConfig{Volume: name, LUNs: []device.Device{droverVolume(t, n, size)}})
@@ -297,9 +309,9 @@ func TestPerfCompare(t *testing.T) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "iscsi-perf -m 32 -b 8 (4 KiB reads, queue depth 32), %v per cell, 64 MiB LUN\n", d)
-	fmt.Fprintf(&b, "%-10s %12s %8s %12s %8s\n", "target", "seq IOPS", "vs tgtd", "rand IOPS", "vs tgtd")
+	fmt.Fprintf(&b, "%-11s %12s %8s %12s %8s\n", "target", "seq IOPS", "vs tgtd", "rand IOPS", "vs tgtd")
 	for _, tg := range targets {
-		fmt.Fprintf(&b, "%-10s %12d %7.2fx %12d %7.2fx\n", tg.name,
+		fmt.Fprintf(&b, "%-11s %12d %7.2fx %12d %7.2fx\n", tg.name,
 			iops[tg.name][false], float64(iops[tg.name][false])/float64(iops["tgtd"][false]),
 			iops[tg.name][true], float64(iops[tg.name][true])/float64(iops["tgtd"][true]))
 	}

@@ -111,9 +111,36 @@ func (c *conn) scsiCommand(p *PDU) error {
 	c.mu.Lock()
 	c.tasks[t.itt] = t
 	c.mu.Unlock()
-	c.wg.Add(1)
-	go c.runTask(t)
+	c.dispatch(t)
 	return nil
+}
+
+// dispatch runs t on an idle worker of the connection, or on a new one
+// when all are busy (tasks never wait for each other). Workers live until
+// the connection ends, so a task runs on a stack already grown by the
+// ones before it instead of growing a fresh goroutine's stack through the
+// device's call path each time.
+func (c *conn) dispatch(t *task) {
+	select {
+	case c.work <- t:
+	default:
+		c.wg.Add(1)
+		go c.worker(t)
+	}
+}
+
+// worker runs t, then the tasks handed to it while idle, until the
+// connection ends.
+func (c *conn) worker(t *task) {
+	defer c.wg.Done()
+	for {
+		c.runTask(t)
+		select {
+		case t = <-c.work:
+		case <-c.ctx.Done():
+			return
+		}
+	}
 }
 
 // commandCDB returns the CDB, extended by an Extended CDB AHS if present.
@@ -191,7 +218,6 @@ func (t *task) deliver(p *PDU) error {
 
 // runTask collects a command's data, executes it and responds.
 func (c *conn) runTask(t *task) {
-	defer c.wg.Done()
 	defer func() {
 		if r := recover(); r != nil {
 			c.log.Error("SCSI command panicked; dropping connection", "cdb", fmt.Sprintf("%x", t.cdb),
