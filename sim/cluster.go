@@ -44,9 +44,10 @@ type engineNode struct {
 	admins map[uint64]func(engine.AdminReply)
 	nextID uint64
 
-	served   bool   // it has served once (era boundaries start then)
-	openedAt int64  // when it finished opening (-1: not yet)
-	lastDesc string // for Options.Log
+	served       bool   // it has served once (era boundaries start then)
+	openedAt     int64  // when it finished opening (-1: not yet)
+	faultedSince int64  // when the watchdog saw it faulted (-1: not)
+	lastDesc     string // for Options.Log
 }
 
 const idSpace = 1 << 40 // request ids per engine incarnation
@@ -163,7 +164,7 @@ func (s *Sim) startEngine() *engineNode {
 	for _, n := range s.replicas {
 		cfg.Replicas = append(cfg.Replicas, n.id)
 	}
-	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true, openedAt: -1,
+	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true, openedAt: -1, faultedSince: -1,
 		waits: map[uint64]func(engine.Reply){}, admins: map[uint64]func(engine.AdminReply){}}
 	for range s.replicas {
 		en.links = append(en.links, &link{})

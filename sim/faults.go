@@ -44,6 +44,7 @@ type Knobs struct {
 	BitRotEveryUs       int64
 	SnapshotEveryUs     int64
 	ExpandEveryUs       int64
+	RevertEveryUs       int64
 	RestartAfterUs      int64
 	FaultsUs            int64 // faults stop (heal) at this virtual time at the latest
 }
@@ -76,7 +77,7 @@ func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
 	case "split":
 		k.TakeoverEveryUs, k.PartitionEveryUs, k.DropPerMillion = 150_000, 150_000, 200
 	case "snap":
-		k.SnapshotEveryUs, k.ExpandEveryUs, k.ReplicaCrashEveryUs = 30_000, 200_000, 200_000
+		k.SnapshotEveryUs, k.ExpandEveryUs, k.ReplicaCrashEveryUs, k.RevertEveryUs = 30_000, 200_000, 200_000, 150_000
 	case "all":
 		k.DropPerMillion, k.DupPerMillion, k.SpikePerMillion, k.PartitionEveryUs = 200, 1000, 1000, 200_000
 		k.ReadEIOPerMillion, k.WriteEIOPerMillion, k.NoSpacePerMillion, k.BitRotEveryUs = 100, 50, 100, 150_000
@@ -148,6 +149,7 @@ func swarm(rng *rand.Rand) Knobs {
 	if on(20) {
 		k.ExpandEveryUs = every(200_000, 1_000_000)
 	}
+
 	return k
 }
 
@@ -177,6 +179,7 @@ func (k Knobs) String() string {
 	add("bitrot-every-us", k.BitRotEveryUs)
 	add("snapshot-every-us", k.SnapshotEveryUs)
 	add("expand-every-us", k.ExpandEveryUs)
+	add("revert-every-us", k.RevertEveryUs)
 	sort.Strings(parts[1:])
 	return strings.Join(parts, " ")
 }

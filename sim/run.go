@@ -49,6 +49,7 @@ func (s *Sim) scheduleFaults() {
 	s.every(k.BitRotEveryUs, s.bitRot)
 	s.every(k.SnapshotEveryUs, s.snapshot)
 	s.every(k.ExpandEveryUs, s.expand)
+	s.every(k.RevertEveryUs, s.revert)
 	s.watchdog()
 }
 
@@ -195,7 +196,15 @@ func (s *Sim) watchdog() {
 		}
 		cur := s.current()
 		phase, _ := cur.e.Phase()
-		if !cur.alive || phase == "faulted" || phase == "fenced" {
+		// A faulted engine reopens by itself (ReopenAfterTicks); only one
+		// that stays faulted is replaced.
+		if phase != "faulted" {
+			cur.faultedSince = -1
+		} else if cur.faultedSince < 0 {
+			cur.faultedSince = s.now
+		}
+		stuck := phase == "faulted" && s.now-cur.faultedSince > 500_000
+		if !cur.alive || stuck || phase == "fenced" {
 			allUp := true
 			for _, n := range s.replicas {
 				allUp = allUp && n.up

@@ -103,12 +103,13 @@ type Sim struct {
 	clients  []*client
 	hist     *history
 
-	rotted   map[uint64]bool // blocks bit rot struck (once each)
-	healed   bool
-	healAt   int64
-	stopped  bool
-	failures []string
-	stats    map[string]int
+	rotted    map[uint64]bool // blocks bit rot struck (once each)
+	reverting *revertTask     // clients wait while set
+	healed    bool
+	healAt    int64
+	stopped   bool
+	failures  []string
+	stats     map[string]int
 }
 
 // Run executes one seed and checks it.

@@ -76,7 +76,7 @@ func (c *client) next() {
 		s.clientDone()
 		return
 	}
-	if h.pausing {
+	if h.pausing || s.reverting != nil {
 		s.after(2000, c.next)
 		return
 	}
@@ -170,6 +170,7 @@ type history struct {
 	clientOps        uint64
 	blockOps         uint64
 	pausing          bool // clients wait: an era boundary is being read
+	inflight         int  // client requests not yet answered
 	boundaryReading  bool
 	boundaryGen      uint64 // bumps when a boundary read must start over
 	lastCrashAt      int64  // when a replica last crashed (-1: never)
@@ -190,6 +191,7 @@ func (h *history) cur() *era { return h.eras[len(h.eras)-1] }
 
 func (h *history) begin(client int, en *engineNode, req engine.Request, ids []uint64) *opRecord {
 	e := h.cur()
+	h.inflight++
 	op := &opRecord{client: client, era: len(h.eras) - 1, req: req, ids: ids, call: h.s.now, ret: farFuture}
 	e.ops = append(e.ops, op)
 	if req.Op != proto.OpRead && req.Op != proto.OpFlush {
@@ -204,6 +206,7 @@ func (h *history) begin(client int, en *engineNode, req engine.Request, ids []ui
 
 func (h *history) end(op *opRecord, rep engine.Reply) {
 	s := h.s
+	h.inflight--
 	op.ret = s.now
 	op.ok = rep.Err == nil
 	h.clientOps++
@@ -253,7 +256,10 @@ func (op *opRecord) value(b uint64) uint64 {
 // and becomes the new era's initial value. If the boundary's engine dies
 // first, the next engine to serve takes the boundary over.
 func (h *history) enginePumped(en *engineNode) {
-	if phase, _ := en.e.Phase(); phase == "serving" && en.openedAt < 0 {
+	switch phase, _ := en.e.Phase(); {
+	case phase == "opening": // first open, or a reopen after a fault
+		en.openedAt, en.served = -1, false
+	case phase == "serving" && en.openedAt < 0:
 		en.openedAt = h.s.now // fenced and resynced; quiet period next
 	}
 	if !en.e.Serving() {

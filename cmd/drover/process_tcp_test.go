@@ -33,7 +33,7 @@ func (c *cluster) startEngine(extra ...string) {
 		reps = append(reps, fmt.Sprintf("r%d=%s", i+1, a))
 	}
 	args := append([]string{"engine", "--volume", "test", "--replicas", strings.Join(reps, ","),
-		"--control", c.ctlAddr, "--replica-timeout", "1s"}, extra...)
+		"--control", c.ctlAddr, "--replica-timeout", "3s"}, extra...)
 	c.engine = start(c.t, "engine", nil, args...)
 	c.waitModes("the engine serving with every replica RW", "RW", "RW", "RW")
 }

@@ -266,6 +266,7 @@ func (e *Engine) adminEverywhere(t *adminTask, req proto.Request) {
 	targets := e.writeTargets()
 	left, okCount := len(targets), 0
 	var refusal error
+	var refusers []proto.ReplicaID
 	for _, id := range targets {
 		e.send(id, req, func(rep proto.Reply) {
 			left--
@@ -273,11 +274,11 @@ func (e *Engine) adminEverywhere(t *adminTask, req proto.Request) {
 			case proto.StatusOK:
 				okCount++
 			case proto.StatusNotFound:
-				refusal = fmt.Errorf("%w: %s", ErrNotFound, rep.Err)
+				refusal, refusers = fmt.Errorf("%w: %s", ErrNotFound, rep.Err), append(refusers, id)
 			case proto.StatusExists:
-				refusal = fmt.Errorf("%w: %s", ErrExists, rep.Err)
+				refusal, refusers = fmt.Errorf("%w: %s", ErrExists, rep.Err), append(refusers, id)
 			case proto.StatusInvalid:
-				refusal = fmt.Errorf("%w: %s", ErrInvalid, rep.Err)
+				refusal, refusers = fmt.Errorf("%w: %s", ErrInvalid, rep.Err), append(refusers, id)
 			default:
 				e.replicaFailed(id, fmt.Sprintf("%v: %v %s", req.Op, rep.Status, rep.Err))
 			}
@@ -293,7 +294,10 @@ func (e *Engine) adminEverywhere(t *adminTask, req proto.Request) {
 			}
 			if refusal != nil && okCount > 0 {
 				// Some replicas did it, some refused: they disagree now.
-				// Rebuild the ones that refused from the others.
+				// The refusing ones leave the set and are rebuilt.
+				for _, id := range refusers {
+					e.replicaFailed(id, fmt.Sprintf("refused %v that other replicas did", req.Op))
+				}
 				err = errors.Join(refusal, fmt.Errorf("replicas disagreed; the refusing ones will be rebuilt"))
 			}
 			e.finishAdmin(t, nil, err)

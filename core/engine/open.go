@@ -22,8 +22,14 @@ func (e *Engine) startOpen() {
 	t := &openTask{infos: map[proto.ReplicaID]*proto.Info{}, fenced: map[proto.ReplicaID]*proto.Info{}}
 	e.opening = t
 	e.phase = phaseOpening
-	t.left = len(e.cfg.Replicas)
-	for _, id := range e.cfg.Replicas {
+	// The members, not just the configured replicas: a reopen after a
+	// fault must include replicas added since.
+	ids := make([]proto.ReplicaID, 0, len(e.members))
+	for _, m := range e.sortedMembers() {
+		ids = append(ids, m.id)
+	}
+	t.left = len(ids)
+	for _, id := range ids {
 		e.send(id, proto.Request{Op: proto.OpInfo}, func(rep proto.Reply) {
 			t.left--
 			if rep.Status == proto.StatusOK && rep.Info != nil {

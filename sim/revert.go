@@ -1,0 +1,173 @@
+package sim
+
+import (
+	"fmt"
+
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
+)
+
+// revertTask exercises revert under faults: pause the clients, take a
+// snapshot and read what it holds, let clients run, pause again, detach,
+// revert, attach. A revert that succeeded starts a new era whose initial
+// values are the snapshot's (durable: a revert is a metadata write on
+// every replica). One that failed, or whose outcome is unknown, starts an
+// era from what the volume reads, which must be the snapshot's content or
+// what the old era allowed.
+type revertTask struct {
+	s      *Sim
+	en     *engineNode
+	name   string
+	values map[uint64]uint64 // the snapshot's content per hot block
+	done   bool
+}
+
+func (s *Sim) revert() {
+	h := s.hist
+	if h.pausing || s.reverting != nil || !s.current().alive || !s.current().e.Serving() {
+		return
+	}
+	t := &revertTask{s: s, en: s.current(), name: fmt.Sprintf("rv%d", s.steps)}
+	s.reverting = t
+	t.whenIdle(20, t.snapshot)
+}
+
+func (t *revertTask) finish(why string) {
+	if t.done {
+		return
+	}
+	t.done = true
+	t.s.reverting = nil
+	t.en.e.SetAttached(true)
+	t.s.count("revert-" + why)
+}
+
+// whenIdle runs fn once no client request is in flight (and the engine
+// still serves), polling every millisecond up to tries times.
+func (t *revertTask) whenIdle(tries int, fn func()) {
+	s := t.s
+	if t.done {
+		return
+	}
+	if !t.en.alive || s.hist.pausing {
+		t.finish("aborted")
+		return
+	}
+	if s.hist.inflight > 0 || !t.en.e.Serving() {
+		if tries == 0 {
+			t.finish("aborted")
+			return
+		}
+		s.after(1000, func() { t.whenIdle(tries-1, fn) })
+		return
+	}
+	fn()
+}
+
+func (t *revertTask) snapshot() {
+	t.en.admin(engine.AdminRequest{Op: engine.AdminSnapshot, Name: t.name}, func(r engine.AdminReply) {
+		if r.Err != nil {
+			t.finish("snapshot-failed")
+			return
+		}
+		t.readAll(func(values map[uint64]uint64) {
+			t.values = values
+			t.s.reverting = nil // clients go on; the revert comes later
+			t.s.after(t.s.uniform(20_000, 100_000), func() {
+				if t.s.reverting != nil || t.s.hist.pausing {
+					t.finish("aborted")
+					return
+				}
+				t.s.reverting = t
+				t.whenIdle(50, t.revert)
+			})
+		})
+	})
+}
+
+func (t *revertTask) revert() {
+	s := t.s
+	t.en.e.SetAttached(false)
+	t.en.admin(engine.AdminRequest{Op: engine.AdminRevert, Name: t.name}, func(r engine.AdminReply) {
+		t.en.e.SetAttached(true)
+		if r.Err == nil {
+			s.hist.revertEra(t.values)
+			t.finish("ok")
+			return
+		}
+		// Refused or partly done: what the volume holds now decides.
+		t.readAll(func(values map[uint64]uint64) {
+			s.hist.unknownRevertEra(values, t.values)
+			t.finish("failed")
+		})
+	})
+}
+
+// readAll reads every hot block once through the task's engine, retrying
+// failed reads; the task is abandoned if the engine dies.
+func (t *revertTask) readAll(then func(map[uint64]uint64)) {
+	s := t.s
+	values := map[uint64]uint64{}
+	left := int(s.knobs.HotBlocks)
+	var read func(b uint64)
+	read = func(b uint64) {
+		if t.done {
+			return
+		}
+		if !t.en.alive {
+			t.finish("aborted")
+			return
+		}
+		t.en.submit(engine.Request{Op: proto.OpRead, BlockIndex: b, BlockCount: 1}, func(rep engine.Reply) {
+			if t.done {
+				return
+			}
+			if rep.Err != nil {
+				s.after(5000, func() { read(b) })
+				return
+			}
+			v, ok := unstamp(rep.Data, b)
+			if !ok {
+				s.fail("integrity: garbage in block %d around a revert", b)
+			}
+			values[b] = v
+			if left--; left == 0 {
+				then(values)
+			}
+		})
+	}
+	for b := uint64(0); b < s.knobs.HotBlocks; b++ {
+		read(b)
+	}
+}
+
+// revertEra starts an era whose blocks hold the snapshot's values, durably.
+func (h *history) revertEra(values map[uint64]uint64) {
+	under := map[uint64]map[uint64]bool{}
+	for b, v := range values {
+		under[b] = map[uint64]bool{v: true}
+	}
+	h.startEra(values, under)
+}
+
+// unknownRevertEra starts an era after a revert that failed: each block
+// must read as what the old era allowed or as the snapshot's value.
+func (h *history) unknownRevertEra(read, snap map[uint64]uint64) {
+	prev := h.cur()
+	under := map[uint64]map[uint64]bool{}
+	for b, v := range read {
+		allowed := h.allowedAfterCrash(prev, b)
+		allowed[snap[b]] = true
+		if !allowed[v] {
+			h.s.fail("revert: block %d holds write %d after a failed revert, neither the snapshot's nor one the history allows", b, v)
+		}
+		under[b] = allowed
+	}
+	h.startEra(read, under)
+}
+
+func (h *history) startEra(init map[uint64]uint64, under map[uint64]map[uint64]bool) {
+	h.eras = append(h.eras, &era{start: h.s.now, init: init, under: under, writes: map[uint64][]*opRecord{}})
+	h.s.count("era")
+	h.s.note("era", uint64(len(h.eras)))
+}
