@@ -172,7 +172,7 @@ type Driver struct {
 	waiters  map[uint64]*waiter
 	admins   map[uint64]chan engine.AdminReply
 	spare    []input
-	work     []func() // staged link work of this round, run after the role is released
+	work     *[]link.Work // staged link work of this round, run after the role is released
 	phase    string
 	isReady  bool
 	stopDial chan struct{}
@@ -343,8 +343,13 @@ func (d *Driver) drive(wait, tick bool) bool {
 		work := d.work
 		d.work = nil
 		d.role.Unlock()
-		for _, w := range work {
-			w()
+		if work != nil {
+			for i, w := range *work {
+				w.Run()
+				(*work)[i] = nil
+			}
+			*work = (*work)[:0]
+			workPool.Put(work)
 		}
 		d.holders.Add(-1)
 		if !open {
@@ -419,14 +424,13 @@ func (d *Driver) execute(rd engine.Ready) {
 		if sl, ok := p.lnk.(stagedLink); ok {
 			// Stepped now, in order; its IOs run once the role is released.
 			if w := sl.SendStaged(p.out...); w != nil {
-				d.work = append(d.work, w)
+				if d.work == nil {
+					d.work = workPool.Get().(*[]link.Work)
+				}
+				*d.work = append(*d.work, w)
 			}
 		} else if p.lnk != nil {
-			// Links may keep the slice they are given, so each batch gets
-			// its own; one allocation per replica per round, not per IO.
-			batch := make([]proto.Request, len(p.out))
-			copy(batch, p.out)
-			p.lnk.Send(batch...)
+			p.lnk.Send(p.out...) // links do not keep the slice
 		} else {
 			// Not connected: fail the calls now rather than at timeout.
 			d.post(input{kind: inDown, from: id, gen: p.gen, err: errNotConnected})
@@ -458,8 +462,13 @@ var errNotConnected = errors.New("not connected")
 // engine, so that the next round can start meanwhile.
 type stagedLink interface {
 	link.Link
-	SendStaged(reqs ...proto.Request) func()
+	SendStaged(reqs ...proto.Request) link.Work
 }
+
+// workPool holds the slices a round gathers staged work in: a round's
+// work runs after the role is released, while the next round may already
+// gather its own, so each round takes a slice of its own.
+var workPool = sync.Pool{New: func() any { return new([]link.Work) }}
 
 // observe publishes what callers may read without the loop: size, phase,
 // and a volume info snapshot, and logs phase changes.

@@ -181,12 +181,12 @@ func (v *Volume) mutate(ctx context.Context, op proto.Op, off, length uint64, da
 	for b := lo; b < hi; b += maxChunkBlocks {
 		count := min(hi-b, maxChunkBlocks)
 		req := engine.Request{Op: op, BlockIndex: b, BlockCount: uint32(count), FUA: fua}
-		var buf []byte
+		var buf *[]byte
 		if op == proto.OpWrite {
 			start := b*proto.BlockSize - off
 			buf = getBuf(int(count * proto.BlockSize))
-			copy(buf, data[start:start+count*proto.BlockSize])
-			req.Data = buf
+			copy(*buf, data[start:start+count*proto.BlockSize])
+			req.Data = *buf
 		}
 		if err := v.submitOwned(ctx, req, buf); err != nil {
 			return err
@@ -207,9 +207,10 @@ func dataAt(data []byte, base, from, to uint64) []byte {
 // patch read-modify-writes one block: bytes [from, to) of the volume,
 // inside block b, become data (zeros when data is nil).
 func (v *Volume) patch(ctx context.Context, b, from, to uint64, data []byte, fua bool) error {
-	buf := getBuf(proto.BlockSize)
+	bp := getBuf(proto.BlockSize)
+	buf := *bp
 	if err := v.readInto(ctx, buf, b*proto.BlockSize); err != nil {
-		putBuf(buf)
+		putBuf(bp)
 		return err
 	}
 	dst := buf[from-b*proto.BlockSize : to-b*proto.BlockSize]
@@ -218,14 +219,14 @@ func (v *Volume) patch(ctx context.Context, b, from, to uint64, data []byte, fua
 	} else {
 		copy(dst, data)
 	}
-	return v.submitOwned(ctx, engine.Request{Op: proto.OpWrite, BlockIndex: b, BlockCount: 1, Data: buf, FUA: fua}, buf)
+	return v.submitOwned(ctx, engine.Request{Op: proto.OpWrite, BlockIndex: b, BlockCount: 1, Data: buf, FUA: fua}, bp)
 }
 
 // submitOwned submits a request whose Data buffer (buf, may be nil) the
 // volume owns: it returns to the pool only after a successful reply. On a
 // failure or cancellation a replica may still hold it, so it is left to
 // the garbage collector.
-func (v *Volume) submitOwned(ctx context.Context, req engine.Request, buf []byte) error {
+func (v *Volume) submitOwned(ctx context.Context, req engine.Request, buf *[]byte) error {
 	rep, err := v.d.Submit(ctx, req)
 	if err == nil {
 		err = rep.Err
@@ -248,22 +249,29 @@ func sizeClass(n int) int {
 	return c
 }
 
-func getBuf(n int) []byte {
+// getBuf returns a buffer of n bytes, as a pointer (the pool holds
+// pointers, so that putting one back allocates nothing). Its content is
+// whatever it last held.
+func getBuf(n int) *[]byte {
 	c := sizeClass(n)
 	if c >= len(bufPools) {
-		return make([]byte, n)
+		b := make([]byte, n)
+		return &b
 	}
 	if b, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*b)[:n]
+		*b = (*b)[:n]
+		return b
 	}
-	return make([]byte, n, proto.BlockSize<<c)
+	b := make([]byte, n, proto.BlockSize<<c)
+	return &b
 }
 
-func putBuf(b []byte) {
-	c := sizeClass(cap(b))
-	if c >= len(bufPools) || cap(b) != proto.BlockSize<<c {
+// putBuf returns a buffer from getBuf to its pool.
+func putBuf(b *[]byte) {
+	c := sizeClass(cap(*b))
+	if c >= len(bufPools) || cap(*b) != proto.BlockSize<<c {
 		return
 	}
-	b = b[:cap(b)]
-	bufPools[c].Put(&b)
+	*b = (*b)[:cap(*b)]
+	bufPools[c].Put(b)
 }

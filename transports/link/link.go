@@ -20,7 +20,9 @@ type Handler struct {
 type Link interface {
 	// Send queues reqs to go out in order. It does not wait for replies and
 	// must not block on the network for long (it may buffer). After the
-	// link is down, Send drops requests silently.
+	// link is down, Send drops requests silently. Send must not keep the
+	// reqs slice after it returns (callers reuse it; each request's Data
+	// stays untouched until that request is answered).
 	Send(reqs ...proto.Request)
 	// Close breaks the link; OnDown is not called for a Close.
 	Close() error
@@ -28,3 +30,11 @@ type Link interface {
 
 // Dialer opens a link to the replica at addr.
 type Dialer func(addr string, h Handler) (Link, error)
+
+// Work is deferred work a link hands back to its caller, to be run once,
+// later, on any goroutine (see transports/enginerun's staged links). It is
+// an interface rather than a func so that a link can hand out pooled
+// values instead of allocating a closure per batch.
+type Work interface {
+	Run()
+}

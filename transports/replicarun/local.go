@@ -12,12 +12,14 @@ import (
 // goroutine of its own. Send steps each request into the Runner on the
 // caller's goroutine, which also runs the request's quick IOs.
 type localLink struct {
-	r *Runner
-	h link.Handler
+	r      *Runner
+	h      link.Handler
+	pushFn func(proto.Reply) // l.push, bound once (a method value allocates)
 
 	mu         sync.Mutex
 	closed     bool
 	queue      []proto.Reply // replies not yet handed to h.OnReply
+	spare      []proto.Reply // the drained queue, reused
 	delivering bool          // a goroutine is draining queue
 }
 
@@ -31,6 +33,7 @@ type localLink struct {
 // When r is closed, h.OnDown is called once.
 func NewLocalLink(r *Runner, h link.Handler) link.Link {
 	l := &localLink{r: r, h: h}
+	l.pushFn = l.push
 	r.mu.Lock()
 	closed := r.closed
 	if !closed {
@@ -52,18 +55,18 @@ func (l *localLink) Send(reqs ...proto.Request) {
 		if closed {
 			return
 		}
-		l.r.Handle(req, l.push)
+		l.r.Handle(req, l.pushFn)
 	}
 }
 
 // SendStaged is Send split in two for a caller that serializes its
 // sends (the engine driver): it steps reqs into the replica in order, as
-// Send does, and returns their IOs, still to run, as a function (nil when
+// Send does, and returns their IOs, still to run, as a link.Work (nil when
 // there are none). The caller runs it later on any goroutine, without
 // holding what OnReply needs, so that the IOs of one batch run while the
 // next batch is being stepped, and batches' IOs run concurrently.
-func (l *localLink) SendStaged(reqs ...proto.Request) func() {
-	var ios []store.IO
+func (l *localLink) SendStaged(reqs ...proto.Request) link.Work {
+	var w *stagedIOs
 	for _, req := range reqs {
 		l.mu.Lock()
 		closed := l.closed
@@ -71,12 +74,36 @@ func (l *localLink) SendStaged(reqs ...proto.Request) func() {
 		if closed {
 			break
 		}
-		ios = append(ios, l.r.step(req, l.push)...)
+		ios := l.r.step(req, l.pushFn)
+		if len(ios) == 0 {
+			continue
+		}
+		if w == nil {
+			w = stagedPool.Get().(*stagedIOs)
+			w.r = l.r
+		}
+		w.ios = append(w.ios, ios...)
 	}
-	if len(ios) == 0 {
+	if w == nil {
 		return nil
 	}
-	return func() { l.r.run(ios) }
+	return w
+}
+
+// stagedIOs is the link.Work of a SendStaged: IOs to run on a Runner.
+// They are pooled, with their slices, so a staged send allocates nothing.
+type stagedIOs struct {
+	r   *Runner
+	ios []store.IO
+}
+
+var stagedPool = sync.Pool{New: func() any { return new(stagedIOs) }}
+
+// Run runs the IOs (and what follows from them) and returns w to the pool.
+func (w *stagedIOs) Run() {
+	w.ios = w.r.run(w.ios)[:0] // run zeroes what it pops
+	w.r = nil
+	stagedPool.Put(w)
 }
 
 // Close implements link.Link. Replies to requests already sent are
@@ -110,14 +137,23 @@ func (l *localLink) push(rep proto.Reply) {
 	}
 	l.delivering = true
 	for len(l.queue) > 0 && !l.closed {
-		next := l.queue[0]
-		l.queue[0] = proto.Reply{}
-		l.queue = l.queue[1:]
+		// Take the whole queue; pushes meanwhile go to the spare one.
+		batch := l.queue
+		l.queue, l.spare = l.spare[:0], nil
 		l.mu.Unlock()
-		if l.h.OnReply != nil {
-			l.h.OnReply(next)
+		for i := range batch {
+			l.mu.Lock()
+			closed := l.closed
+			l.mu.Unlock()
+			if !closed && l.h.OnReply != nil {
+				l.h.OnReply(batch[i])
+			}
+			batch[i] = proto.Reply{} // drop references for the GC
 		}
 		l.mu.Lock()
+		if !l.closed {
+			l.spare = batch[:0]
+		}
 	}
 	l.delivering = false
 	l.mu.Unlock()

@@ -67,7 +67,7 @@ type Runner struct {
 	// waiters maps a request id to the callers waiting for a reply with
 	// that id, oldest first. Ids are chosen by engines, so two engines (of
 	// different epochs) may reuse one; the replica answers them in order.
-	waiters  map[uint64][]waiter
+	waiters  map[uint64]waiterList
 	nWaiting int
 	downs    map[*localLink]struct{}
 
@@ -83,7 +83,7 @@ func Open(cfg replica.Config, exec Executor) (*Runner, error) {
 	}
 	r := &Runner{
 		id: cfg.ID, exec: exec, rep: replica.New(cfg),
-		waiters: map[uint64][]waiter{}, downs: map[*localLink]struct{}{},
+		waiters: map[uint64]waiterList{}, downs: map[*localLink]struct{}{},
 	}
 	// Loading is sequential: each IO follows from the last completion.
 	pending := r.rep.Ready().IOs
@@ -134,7 +134,8 @@ func (r *Runner) step(req proto.Request, reply func(proto.Reply)) []store.IO {
 	}
 	r.rep.Step(req)
 	rd := r.rep.Ready()
-	var deliveries []delivery
+	var buf [2]delivery // on the stack: most steps deliver at most one
+	deliveries := buf[:0]
 	if i := replyIndex(rd.Replies, req.ID); i >= 0 {
 		// Answered at once (refused, or served without IO): it is ours,
 		// even if an older request with the same id is still waiting.
@@ -190,15 +191,49 @@ func (r *Runner) Close() error {
 // original's answer then goes to the newest caller (an engine resending
 // after reconnecting).
 func (r *Runner) addWaiter(req proto.Request, reply func(proto.Reply)) {
-	ws := r.waiters[req.ID]
-	for i := range ws {
-		if ws[i].epoch == req.Epoch {
-			ws[i].reply = reply
+	w := waiter{epoch: req.Epoch, op: req.Op, reply: reply}
+	wl, ok := r.waiters[req.ID]
+	if !ok {
+		r.waiters[req.ID] = waiterList{head: w}
+		r.nWaiting++
+		return
+	}
+	if wl.head.epoch == req.Epoch {
+		wl.head.reply = reply
+		r.waiters[req.ID] = wl
+		return
+	}
+	for i := range wl.rest {
+		if wl.rest[i].epoch == req.Epoch {
+			wl.rest[i].reply = reply
 			return
 		}
 	}
-	r.waiters[req.ID] = append(ws, waiter{epoch: req.Epoch, op: req.Op, reply: reply})
+	wl.rest = append(wl.rest, w)
+	r.waiters[req.ID] = wl
 	r.nWaiting++
+}
+
+// waiterList is the callers waiting for one request id, oldest first. The
+// first is held inline, so the common case (one caller per id) costs no
+// slice.
+type waiterList struct {
+	head waiter
+	rest []waiter
+}
+
+// pop removes the oldest waiter and reports whether any is left.
+func (wl *waiterList) pop() (waiter, bool) {
+	w := wl.head
+	if len(wl.rest) == 0 {
+		return w, false
+	}
+	wl.head = wl.rest[0]
+	wl.rest = wl.rest[1:]
+	if len(wl.rest) == 0 {
+		wl.rest = nil
+	}
+	return w, true
 }
 
 // route pairs replies with their oldest waiter. After an OK open at epoch
@@ -209,15 +244,15 @@ func (r *Runner) addWaiter(req proto.Request, reply func(proto.Reply)) {
 func (r *Runner) route(out []delivery, reps []proto.Reply) []delivery {
 	var opened uint64
 	for _, rep := range reps {
-		ws := r.waiters[rep.ID]
-		if len(ws) == 0 {
+		wl, ok := r.waiters[rep.ID]
+		if !ok {
 			continue // the caller of a duplicate of an answered request
 		}
-		w := ws[0]
-		if len(ws) == 1 {
-			delete(r.waiters, rep.ID)
+		w, more := wl.pop()
+		if more {
+			r.waiters[rep.ID] = wl
 		} else {
-			r.waiters[rep.ID] = ws[1:]
+			delete(r.waiters, rep.ID)
 		}
 		r.nWaiting--
 		out = append(out, delivery{w.reply, rep})
@@ -232,27 +267,29 @@ func (r *Runner) route(out []delivery, reps []proto.Reply) []delivery {
 }
 
 func (r *Runner) dropOlderThan(epoch uint64) {
-	for id, ws := range r.waiters {
-		kept := ws[:0]
-		for _, w := range ws {
+	for id, wl := range r.waiters {
+		var kept []waiter
+		for _, w := range append([]waiter{wl.head}, wl.rest...) {
 			if w.epoch >= epoch {
 				kept = append(kept, w)
 			}
 		}
-		r.nWaiting -= len(ws) - len(kept)
+		r.nWaiting -= 1 + len(wl.rest) - len(kept)
 		if len(kept) == 0 {
 			delete(r.waiters, id)
 		} else {
-			r.waiters[id] = kept
+			r.waiters[id] = waiterList{head: kept[0], rest: kept[1:]}
 		}
 	}
 }
 
 // run executes ios and what their completions lead to. Quick IOs run here,
-// one after another; blocking ones each get a goroutine.
-func (r *Runner) run(ios []store.IO) {
+// one after another; blocking ones each get a goroutine. It returns ios
+// emptied, with whatever capacity it grew to, for reuse.
+func (r *Runner) run(ios []store.IO) []store.IO {
 	for len(ios) > 0 {
 		io := ios[len(ios)-1]
+		ios[len(ios)-1] = store.IO{}
 		ios = ios[:len(ios)-1]
 		if blocking(io.Kind) {
 			go r.runFirst(io)
@@ -260,6 +297,7 @@ func (r *Runner) run(ios []store.IO) {
 		}
 		ios = append(ios, r.complete(r.exec.Execute(io))...)
 	}
+	return ios
 }
 
 // runFirst executes io on this goroutine, whatever its kind, then what
@@ -274,7 +312,8 @@ func (r *Runner) complete(c store.Completion) []store.IO {
 	r.mu.Lock()
 	r.rep.Complete(c)
 	rd := r.rep.Ready()
-	deliveries := r.route(nil, rd.Replies)
+	var buf [4]delivery // on the stack: a completion answers a few at most
+	deliveries := r.route(buf[:0], rd.Replies)
 	r.ios.Add(len(rd.IOs) - 1)
 	r.mu.Unlock()
 	deliver(deliveries)

@@ -144,10 +144,13 @@ func (l *clientLink) readLoop(br *bufio.Reader) {
 }
 
 func (l *clientLink) read(br *bufio.Reader) error {
+	var buf []byte
 	for {
-		// Reply data goes to the engine, which may keep it: each body is
-		// its own allocation.
-		body, err := proto.ReadFrame(br, nil)
+		// Reply data goes to the engine, which may keep it, and aliases
+		// the body: a body holding data is given away with it (the next
+		// frame gets a new buffer); others are read into the same buffer
+		// again, so replies without data cost no allocation.
+		body, err := proto.ReadFrame(br, buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("connection closed: %w", err)
@@ -157,6 +160,11 @@ func (l *clientLink) read(br *bufio.Reader) error {
 		rep, err := proto.DecodeReply(body)
 		if err != nil {
 			return err
+		}
+		if rep.Data != nil {
+			buf = nil
+		} else {
+			buf = body[:0]
 		}
 		if l.h.OnReply != nil {
 			l.h.OnReply(rep)

@@ -174,12 +174,12 @@ func (c *serverConn) serve() error {
 		if !pooled {
 			bodyPool.Put(bp)
 		}
-		c.s.runner.Handle(req, func(rep proto.Reply) {
-			c.reply(&rep)
-			if pooled {
-				bodyPool.Put(bp) // the replica is done with req.Data
-			}
-		})
+		pr := pendingPool.Get().(*pending)
+		pr.c = c
+		if pooled {
+			pr.bp = bp
+		}
+		c.s.runner.Handle(req, pr.fn)
 		if !more {
 			c.mu.Lock()
 			c.batching = false
@@ -187,6 +187,36 @@ func (c *serverConn) serve() error {
 			c.mu.Unlock()
 		}
 	}
+}
+
+// pending is one request's reply callback: its connection and the pooled
+// body its data lives in. They are pooled with their callback bound once,
+// so handing the runner a callback allocates nothing per request. A
+// pending whose callback is never called (the caller of a duplicate the
+// replica drops) is left to the garbage collector.
+type pending struct {
+	c  *serverConn
+	bp *[]byte // returned to bodyPool once the replica is done with req.Data
+	fn func(proto.Reply)
+}
+
+var pendingPool sync.Pool
+
+func init() {
+	pendingPool.New = func() any {
+		p := new(pending)
+		p.fn = p.done
+		return p
+	}
+}
+
+func (p *pending) done(rep proto.Reply) {
+	p.c.reply(&rep)
+	if p.bp != nil {
+		bodyPool.Put(p.bp)
+	}
+	p.c, p.bp = nil, nil
+	pendingPool.Put(p)
 }
 
 // handshake reads the engine's hello and answers with the replica's. A
