@@ -124,8 +124,9 @@ iscsi-compare conformance:
 
 # iscsi-soak runs two iscsi-perf sessions (sequential and random 4 KiB
 # reads, queue depth 32) for ISCSI_SOAK against a 3-replica Drover volume
-# in the test process, beside a writer; a second without a completed
-# request, or a session that does not finish, fails it. make test runs the
+# in the test process, beside a writer; more than about a second without a
+# completion (a jump in iscsi-perf's progress countdown), or a session that
+# does not finish, fails it. make test runs the
 # same test for 5 s.
 ISCSI_SOAK          ?= 60s
 iscsi-soak:
