@@ -93,10 +93,19 @@ func (e *Engine) schedule() {
 	if e.now < e.quietUntil {
 		return
 	}
-	lease := e.leaseValid()
+	lease := 0 // 0 unknown, 1 valid, -1 not: computed at the first read
+	readable := func() bool {
+		if lease == 0 {
+			lease = -1
+			if e.leaseValid() {
+				lease = 1
+			}
+		}
+		return lease == 1
+	}
 	for i := 0; i < len(e.waiting); {
 		f := e.waiting[i]
-		if e.fopBlocked(f, i) || (f.req.Op == proto.OpRead && !lease) {
+		if e.fopBlocked(f, i) || (f.req.Op == proto.OpRead && !readable()) {
 			i++
 			continue
 		}
