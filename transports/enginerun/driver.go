@@ -561,6 +561,11 @@ func (d *Driver) SizeBytes() uint64 { return d.size.Load() }
 // not be modified until it has, which is why Volume hands the engine
 // copies it owns.
 func (d *Driver) Submit(ctx context.Context, req engine.Request) (engine.Reply, error) {
+	// A context already done never submits (select would pick at random
+	// between it and a free in-flight slot).
+	if err := ctx.Err(); err != nil {
+		return engine.Reply{}, err
+	}
 	select {
 	case d.inflight <- struct{}{}:
 	case <-ctx.Done():
