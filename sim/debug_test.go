@@ -27,7 +27,7 @@ func TestDebugSeed(t *testing.T) {
 	}
 	defer func() {
 		for _, l := range lines {
-			if strings.Contains(l, "engine") || strings.Contains(l, "link") || strings.Contains(l, "partition") || strings.Contains(l, "heal") || strings.Contains(l, "crash") || strings.Contains(l, "start") || strings.Contains(l, "era") {
+			if strings.Contains(l, "engine") || strings.Contains(l, "link") || strings.Contains(l, "partition") || strings.Contains(l, "heal") || strings.Contains(l, "crash") || strings.Contains(l, "start") || strings.Contains(l, "era") || strings.Contains(l, "revert") {
 				fmt.Println(l)
 			}
 		}

@@ -82,7 +82,7 @@ func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
 		k.DropPerMillion, k.DupPerMillion, k.SpikePerMillion, k.PartitionEveryUs = 200, 1000, 1000, 200_000
 		k.ReadEIOPerMillion, k.WriteEIOPerMillion, k.NoSpacePerMillion, k.BitRotEveryUs = 100, 50, 100, 150_000
 		k.ReplicaCrashEveryUs, k.EngineCrashEveryUs, k.CrashAllEveryUs, k.TakeoverEveryUs = 200_000, 400_000, 500_000, 450_000
-		k.SnapshotEveryUs, k.ExpandEveryUs = 80_000, 350_000
+		k.SnapshotEveryUs, k.ExpandEveryUs, k.RevertEveryUs = 80_000, 350_000, 300_000
 	case "swarm":
 		k = swarm(rng)
 	default:
@@ -148,6 +148,9 @@ func swarm(rng *rand.Rand) Knobs {
 	}
 	if on(20) {
 		k.ExpandEveryUs = every(200_000, 1_000_000)
+	}
+	if on(20) {
+		k.RevertEveryUs = every(200_000, 1_000_000)
 	}
 
 	return k

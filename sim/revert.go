@@ -24,11 +24,11 @@ type revertTask struct {
 
 func (s *Sim) revert() {
 	h := s.hist
-	if h.pausing || s.reverting != nil || !s.current().alive || !s.current().e.Serving() {
+	if h.pausing || s.revertTask != nil || !s.current().alive || !s.current().e.Serving() {
 		return
 	}
 	t := &revertTask{s: s, en: s.current(), name: fmt.Sprintf("rv%d", s.steps)}
-	s.reverting = t
+	s.reverting, s.revertTask = t, t // one task at a time, start to finish
 	t.whenIdle(20, t.snapshot)
 }
 
@@ -37,7 +37,7 @@ func (t *revertTask) finish(why string) {
 		return
 	}
 	t.done = true
-	t.s.reverting = nil
+	t.s.reverting, t.s.revertTask = nil, nil
 	t.en.e.SetAttached(true)
 	t.s.count("revert-" + why)
 }
@@ -70,8 +70,10 @@ func (t *revertTask) snapshot() {
 			t.finish("snapshot-failed")
 			return
 		}
+		t.s.note("revert-snapshot " + t.name)
 		t.readAll(func(values map[uint64]uint64) {
 			t.values = values
+			t.s.note("revert-snapshot-read "+t.name, values[4], values[5])
 			t.s.reverting = nil // clients go on; the revert comes later
 			t.s.after(t.s.uniform(20_000, 100_000), func() {
 				if t.s.reverting != nil || t.s.hist.pausing {
@@ -90,9 +92,19 @@ func (t *revertTask) revert() {
 	t.en.e.SetAttached(false)
 	t.en.admin(engine.AdminRequest{Op: engine.AdminRevert, Name: t.name}, func(r engine.AdminReply) {
 		t.en.e.SetAttached(true)
+		t.s.note("revert-done "+t.name+" "+fmt.Sprint(r.Err), uint64(len(t.en.e.Info().Chain)))
 		if r.Err == nil {
 			s.hist.revertEra(t.values)
 			t.finish("ok")
+			return
+		}
+		if !t.en.alive {
+			// The engine died with the revert in flight: the replicas may
+			// or may not have reverted. The next engine's open starts an
+			// era whose values may also be the snapshot's.
+			s.hist.pendingRevert = t.values
+			s.hist.lastCrashAt = s.now
+			t.finish("unknown")
 			return
 		}
 		// Refused or partly done: what the volume holds now decides.

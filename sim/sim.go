@@ -103,13 +103,14 @@ type Sim struct {
 	clients  []*client
 	hist     *history
 
-	rotted    map[uint64]bool // blocks bit rot struck (once each)
-	reverting *revertTask     // clients wait while set
-	healed    bool
-	healAt    int64
-	stopped   bool
-	failures  []string
-	stats     map[string]int
+	rotted     map[uint64]bool // blocks bit rot struck (once each)
+	reverting  *revertTask     // clients wait while set
+	revertTask *revertTask     // the revert in progress, paused or not
+	healed     bool
+	healAt     int64
+	stopped    bool
+	failures   []string
+	stats      map[string]int
 }
 
 // Run executes one seed and checks it.

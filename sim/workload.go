@@ -169,8 +169,9 @@ type history struct {
 	nextWrite        uint64
 	clientOps        uint64
 	blockOps         uint64
-	pausing          bool // clients wait: an era boundary is being read
-	inflight         int  // client requests not yet answered
+	pausing          bool              // clients wait: an era boundary is being read
+	inflight         int               // client requests not yet answered
+	pendingRevert    map[uint64]uint64 // snapshot values of a revert with unknown outcome
 	boundaryReading  bool
 	boundaryGen      uint64 // bumps when a boundary read must start over
 	lastCrashAt      int64  // when a replica last crashed (-1: never)
@@ -326,13 +327,16 @@ func (h *history) newEra(values map[uint64]uint64) {
 	under := map[uint64]map[uint64]bool{}
 	for b, v := range values {
 		allowed := h.allowedAfterCrash(prev, b)
+		if h.pendingRevert != nil {
+			allowed[h.pendingRevert[b]] = true // a revert whose outcome is unknown
+		}
 		if !allowed[v] {
 			s.fail("durability: block %d holds write %d after recovery at %dus, which the flushed history does not allow", b, v, s.now)
 		}
 		under[b] = allowed
 	}
 	h.eras = append(h.eras, &era{start: s.now, init: values, under: under, writes: map[uint64][]*opRecord{}})
-	h.pausing, h.boundaryReading, h.boundaryEngine = false, false, nil
+	h.pausing, h.boundaryReading, h.boundaryEngine, h.pendingRevert = false, false, nil, nil
 	s.count("era")
 	s.note("era", uint64(len(h.eras)))
 }
