@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/drover-io/drover/core/engine"
-	"github.com/drover-io/drover/core/proto"
 )
 
 // revertTask exercises revert under faults: pause the clients, take a
@@ -115,42 +114,16 @@ func (t *revertTask) revert() {
 	})
 }
 
-// readAll reads every hot block once through the task's engine, retrying
-// failed reads; the task is abandoned if the engine dies.
+// readAll reads every hot block once through the task's engine; the task
+// is abandoned if the engine dies.
 func (t *revertTask) readAll(then func(map[uint64]uint64)) {
-	s := t.s
-	values := map[uint64]uint64{}
-	left := int(s.knobs.HotBlocks)
-	var read func(b uint64)
-	read = func(b uint64) {
-		if t.done {
-			return
-		}
-		if !t.en.alive {
+	before := func() bool {
+		if !t.done && !t.en.alive {
 			t.finish("aborted")
-			return
 		}
-		t.en.submit(engine.Request{Op: proto.OpRead, BlockIndex: b, BlockCount: 1}, func(rep engine.Reply) {
-			if t.done {
-				return
-			}
-			if rep.Err != nil {
-				s.after(5000, func() { read(b) })
-				return
-			}
-			v, ok := unstamp(rep.Data, b)
-			if !ok {
-				s.fail("integrity: garbage in block %d around a revert", b)
-			}
-			values[b] = v
-			if left--; left == 0 {
-				then(values)
-			}
-		})
+		return !t.done
 	}
-	for b := uint64(0); b < s.knobs.HotBlocks; b++ {
-		read(b)
-	}
+	t.s.readHot(t.en, "around a revert", before, func() bool { return !t.done }, then)
 }
 
 // revertEra starts an era whose blocks hold the snapshot's values, durably.

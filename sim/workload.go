@@ -288,36 +288,46 @@ func (h *history) enginePumped(en *engineNode) {
 
 // readBoundary reads every hot block once and starts the next era.
 func (h *history) readBoundary(en *engineNode) {
-	s := h.s
+	gen := h.boundaryGen
+	h.s.readHot(en, "after recovery",
+		func() bool { return en.alive && h.boundaryEngine == en && h.boundaryGen == gen },
+		func() bool { return h.boundaryGen == gen },
+		h.newEra)
+}
+
+// readHot reads every hot block once through en, retrying a failed read
+// 5 ms later, and calls then with the write id each block holds. before
+// guards each attempt and after each reply: when one says no, that block
+// is dropped (the reader was abandoned). where names the moment in an
+// integrity failure.
+func (s *Sim) readHot(en *engineNode, where string, before, after func() bool, then func(map[uint64]uint64)) {
 	values := map[uint64]uint64{}
 	left := int(s.knobs.HotBlocks)
-	gen := h.boundaryGen
-	var readBlock func(b uint64)
-	readBlock = func(b uint64) {
-		if !en.alive || h.boundaryEngine != en || h.boundaryGen != gen {
+	var read func(b uint64)
+	read = func(b uint64) {
+		if !before() {
 			return
 		}
 		en.submit(engine.Request{Op: proto.OpRead, BlockIndex: b, BlockCount: 1}, func(rep engine.Reply) {
-			if h.boundaryGen != gen {
+			if !after() {
 				return
 			}
 			if rep.Err != nil {
-				s.after(5000, func() { readBlock(b) })
+				s.after(5000, func() { read(b) })
 				return
 			}
 			v, ok := unstamp(rep.Data, b)
 			if !ok {
-				s.fail("integrity: garbage in block %d after recovery", b)
+				s.fail("integrity: garbage in block %d %s", b, where)
 			}
 			values[b] = v
-			left--
-			if left == 0 {
-				h.newEra(values)
+			if left--; left == 0 {
+				then(values)
 			}
 		})
 	}
 	for b := uint64(0); b < s.knobs.HotBlocks; b++ {
-		readBlock(b)
+		read(b)
 	}
 }
 
@@ -335,10 +345,8 @@ func (h *history) newEra(values map[uint64]uint64) {
 		}
 		under[b] = allowed
 	}
-	h.eras = append(h.eras, &era{start: s.now, init: values, under: under, writes: map[uint64][]*opRecord{}})
 	h.pausing, h.boundaryReading, h.boundaryEngine, h.pendingRevert = false, false, nil, nil
-	s.count("era")
-	s.note("era", uint64(len(h.eras)))
+	h.startEra(values, under)
 }
 
 // allowedAfterCrash returns what block b may hold after a crash at the end
