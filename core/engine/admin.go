@@ -32,6 +32,11 @@ const (
 	AdminAddReplica
 	// AdminRemoveReplica takes Replica out of the volume.
 	AdminRemoveReplica
+	// AdminReadSnapshot reads BlockCount blocks from BlockIndex as snapshot
+	// Name (not the head) shows them, from one RW replica (failing over
+	// to the others).
+	// It does not wait behind other admin requests (see backup.go).
+	AdminReadSnapshot
 )
 
 // AdminRequest is a control-plane request.
@@ -42,6 +47,9 @@ type AdminRequest struct {
 	Name2     string
 	SizeBytes uint64
 	Replica   proto.ReplicaID
+	// BlockIndex and BlockCount: AdminReadSnapshot's range.
+	BlockIndex uint64
+	BlockCount uint32
 }
 
 // AdminReply answers an AdminRequest.
@@ -50,6 +58,7 @@ type AdminReply struct {
 	Err     error
 	Info    *VolumeInfo
 	Extents []proto.Extent
+	Data    []byte // AdminReadSnapshot
 }
 
 // VolumeInfo is what the engine reports about its volume.
@@ -98,6 +107,10 @@ func (e *Engine) Admin(req AdminRequest) {
 	}
 	if e.phase != phaseServing {
 		e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Err: e.notServing()})
+		return
+	}
+	if req.Op == AdminReadSnapshot {
+		e.adminReadSnapshot(req)
 		return
 	}
 	if len(e.admin) >= 64 {

@@ -225,6 +225,8 @@ type Engine struct {
 	quietUntil int64
 	lastBeat   int64
 	opening    *openTask
+	// snapReads counts AdminReadSnapshot requests in flight (backup.go).
+	snapReads int
 
 	ready Ready
 }

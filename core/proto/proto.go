@@ -73,12 +73,16 @@ const (
 	// unflushed writes after a crash (the active regions) so that every
 	// block reads back as some whole content, and forgets those regions.
 	OpSettle
+	// OpSnapRead returns BlockCount blocks from BlockIndex as snapshot Name
+	// shows them: the chain cut at that layer (empty Name: the head, as
+	// OpRead). Backups read snapshots with it.
+	OpSnapRead
 )
 
 var opNames = [...]string{"?", "read", "write", "trim", "write-zeroes", "flush",
 	"open", "info", "set-membership", "snapshot", "delete-snapshot", "revert",
 	"expand", "changed-extents", "layer-blocks", "layer-read", "layer-write",
-	"set-chain", "settle"}
+	"set-chain", "settle", "snap-read"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {
@@ -153,7 +157,7 @@ type Reply struct {
 	Status Status
 	Err    string // human detail when Status != StatusOK
 
-	Data       []byte       // OpRead, OpLayerRead
+	Data       []byte       // OpRead, OpLayerRead, OpSnapRead
 	BlockIndex uint64       // StatusCorrupt: the first bad block
 	Blocks     []BlockState // OpLayerBlocks, OpLayerRead
 	Extents    []Extent     // OpChangedExtents

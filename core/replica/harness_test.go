@@ -123,7 +123,7 @@ func (h *harness) settle() {
 			h.m.FlushTo(s.mark)
 		case s.req.FUA:
 			h.m.FlushBlocksTo(s.mark, s.req.BlockIndex, uint64(s.req.BlockCount))
-		case s.req.Op == proto.OpRead:
+		case s.req.Op == proto.OpRead || s.req.Op == proto.OpSnapRead:
 			h.checkRead(s.req.BlockIndex, rep.Data, s.want)
 		}
 	}

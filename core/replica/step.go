@@ -98,6 +98,8 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 	switch req.Op {
 	case proto.OpRead:
 		o.run = r.runRead
+	case proto.OpSnapRead:
+		return r.newSnapRead(o)
 	case proto.OpWrite:
 		if uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
 			return nil, proto.StatusInvalid, sprintf("%d data bytes for %d blocks", len(req.Data), req.BlockCount)
