@@ -23,6 +23,10 @@ SIM_LONG_SEEDS      ?= 10000
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK         := $(BIN)/staticcheck
 STATICCHECK_STAMP   := $(BIN)/.staticcheck-$(STATICCHECK_VERSION)
+# versitygw is the real S3 server the backup tests run (its posix backend,
+# as a separate process on 127.0.0.1), built from the module proxy.
+VERSITYGW_VERSION   := v1.8.0
+VERSITYGW_STAMP     := $(BIN)/.versitygw-$(VERSITYGW_VERSION)
 
 export RAPID_CHECKS
 
@@ -30,7 +34,7 @@ export RAPID_CHECKS
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: versitygw help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -43,12 +47,13 @@ help:
 	@echo "make iscsi-soak     iscsi-perf at queue depth 32 for ISCSI_SOAK (default 60s) on a 3-replica volume"
 	@echo "make iscsi-perf-compare  iscsi-perf 4 KiB reads: Drover 1 and 3 replicas vs tgtd, IOPS ratios (root, tgt)"
 	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
+	@echo "make versitygw build the S3 server the backup tests use into bin/ (make test does)"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
 build:
 	$(GO) build -o $(BIN)/drover ./cmd/drover
 
-test:
+test: $(VERSITYGW_STAMP)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory fuzz-smoke
 
@@ -73,6 +78,11 @@ lint: $(STATICCHECK_STAMP)
 
 $(STATICCHECK_STAMP):
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@touch $@
+
+versitygw: $(VERSITYGW_STAMP)
+$(VERSITYGW_STAMP):
+	GOBIN=$(BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 	@touch $@
 
 sim-long:
