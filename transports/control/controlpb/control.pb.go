@@ -950,6 +950,170 @@ func (x *WriteRequest) GetFua() bool {
 	return false
 }
 
+type ReadSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint64                 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadSnapshotRequest) Reset() {
+	*x = ReadSnapshotRequest{}
+	mi := &file_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadSnapshotRequest) ProtoMessage() {}
+
+func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*ReadSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ReadSnapshotRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReadSnapshotRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ReadSnapshotRequest) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+type ReadSnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadSnapshotChunk) Reset() {
+	*x = ReadSnapshotChunk{}
+	mi := &file_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadSnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadSnapshotChunk) ProtoMessage() {}
+
+func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadSnapshotChunk.ProtoReflect.Descriptor instead.
+func (*ReadSnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReadSnapshotChunk) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ReadSnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type WriteZeroesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint64                 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteZeroesRequest) Reset() {
+	*x = WriteZeroesRequest{}
+	mi := &file_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteZeroesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteZeroesRequest) ProtoMessage() {}
+
+func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteZeroesRequest.ProtoReflect.Descriptor instead.
+func (*WriteZeroesRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WriteZeroesRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *WriteZeroesRequest) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -1014,7 +1178,18 @@ const file_control_proto_rawDesc = "" +
 	"\fWriteRequest\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
-	"\x03fua\x18\x03 \x01(\bR\x03fua2\x8d\t\n" +
+	"\x03fua\x18\x03 \x01(\bR\x03fua\"Y\n" +
+	"\x13ReadSnapshotRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\x04R\x06length\"?\n" +
+	"\x11ReadSnapshotChunk\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"D\n" +
+	"\x12WriteZeroesRequest\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length2\xbd\n" +
+	"\n" +
 	"\aControl\x12Y\n" +
 	"\n" +
 	"VolumeInfo\x12$.drover.control.v1.VolumeInfoRequest\x1a%.drover.control.v1.VolumeInfoResponse\x12N\n" +
@@ -1032,7 +1207,9 @@ const file_control_proto_rawDesc = "" +
 	"\x06Detach\x12\x18.drover.control.v1.Empty\x1a\x18.drover.control.v1.Empty\x12G\n" +
 	"\x04Read\x12\x1e.drover.control.v1.ReadRequest\x1a\x1f.drover.control.v1.ReadResponse\x12B\n" +
 	"\x05Write\x12\x1f.drover.control.v1.WriteRequest\x1a\x18.drover.control.v1.Empty\x12;\n" +
-	"\x05Flush\x12\x18.drover.control.v1.Empty\x1a\x18.drover.control.v1.EmptyB:Z8github.com/drover-io/drover/transports/control/controlpbb\x06proto3"
+	"\x05Flush\x12\x18.drover.control.v1.Empty\x1a\x18.drover.control.v1.Empty\x12^\n" +
+	"\fReadSnapshot\x12&.drover.control.v1.ReadSnapshotRequest\x1a$.drover.control.v1.ReadSnapshotChunk0\x01\x12N\n" +
+	"\vWriteZeroes\x12%.drover.control.v1.WriteZeroesRequest\x1a\x18.drover.control.v1.EmptyB:Z8github.com/drover-io/drover/transports/control/controlpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1046,7 +1223,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_control_proto_goTypes = []any{
 	(*Empty)(nil),                  // 0: drover.control.v1.Empty
 	(*VolumeInfoRequest)(nil),      // 1: drover.control.v1.VolumeInfoRequest
@@ -1065,6 +1242,9 @@ var file_control_proto_goTypes = []any{
 	(*ReadRequest)(nil),            // 14: drover.control.v1.ReadRequest
 	(*ReadResponse)(nil),           // 15: drover.control.v1.ReadResponse
 	(*WriteRequest)(nil),           // 16: drover.control.v1.WriteRequest
+	(*ReadSnapshotRequest)(nil),    // 17: drover.control.v1.ReadSnapshotRequest
+	(*ReadSnapshotChunk)(nil),      // 18: drover.control.v1.ReadSnapshotChunk
+	(*WriteZeroesRequest)(nil),     // 19: drover.control.v1.WriteZeroesRequest
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: drover.control.v1.VolumeInfoResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
@@ -1086,23 +1266,27 @@ var file_control_proto_depIdxs = []int32{
 	14, // 16: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
 	16, // 17: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
 	0,  // 18: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
-	4,  // 19: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
-	0,  // 20: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
-	6,  // 21: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
-	0,  // 22: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
-	0,  // 23: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
-	9,  // 24: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
-	0,  // 25: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
-	11, // 26: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
-	0,  // 27: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
-	0,  // 28: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
-	0,  // 29: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
-	0,  // 30: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
-	15, // 31: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
-	0,  // 32: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
-	0,  // 33: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
-	19, // [19:34] is the sub-list for method output_type
-	4,  // [4:19] is the sub-list for method input_type
+	17, // 19: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
+	19, // 20: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
+	4,  // 21: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
+	0,  // 22: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
+	6,  // 23: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
+	0,  // 24: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
+	0,  // 25: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
+	9,  // 26: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
+	0,  // 27: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
+	11, // 28: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
+	0,  // 29: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
+	0,  // 30: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
+	0,  // 31: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
+	0,  // 32: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
+	15, // 33: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
+	0,  // 34: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
+	0,  // 35: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
+	18, // 36: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
+	0,  // 37: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
+	21, // [21:38] is the sub-list for method output_type
+	4,  // [4:21] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1119,7 +1303,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,8 @@ const (
 	Control_Read_FullMethodName           = "/drover.control.v1.Control/Read"
 	Control_Write_FullMethodName          = "/drover.control.v1.Control/Write"
 	Control_Flush_FullMethodName          = "/drover.control.v1.Control/Flush"
+	Control_ReadSnapshot_FullMethodName   = "/drover.control.v1.Control/ReadSnapshot"
+	Control_WriteZeroes_FullMethodName    = "/drover.control.v1.Control/WriteZeroes"
 )
 
 // ControlClient is the client API for Control service.
@@ -75,6 +77,12 @@ type ControlClient interface {
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*Empty, error)
 	// Flush makes every acknowledged write durable.
 	Flush(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
+	// ReadSnapshot streams a snapshot's content from `offset` for `length`
+	// bytes (4 KiB aligned) in pieces of at most 4 MiB, in order: backups
+	// read snapshots with it. Reads fail over between RW replicas.
+	ReadSnapshot(ctx context.Context, in *ReadSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadSnapshotChunk], error)
+	// WriteZeroes makes a range read as zeros (restores use it).
+	WriteZeroes(ctx context.Context, in *WriteZeroesRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type controlClient struct {
@@ -235,6 +243,35 @@ func (c *controlClient) Flush(ctx context.Context, in *Empty, opts ...grpc.CallO
 	return out, nil
 }
 
+func (c *controlClient) ReadSnapshot(ctx context.Context, in *ReadSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadSnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_ReadSnapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadSnapshotRequest, ReadSnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_ReadSnapshotClient = grpc.ServerStreamingClient[ReadSnapshotChunk]
+
+func (c *controlClient) WriteZeroes(ctx context.Context, in *WriteZeroesRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Control_WriteZeroes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -270,6 +307,12 @@ type ControlServer interface {
 	Write(context.Context, *WriteRequest) (*Empty, error)
 	// Flush makes every acknowledged write durable.
 	Flush(context.Context, *Empty) (*Empty, error)
+	// ReadSnapshot streams a snapshot's content from `offset` for `length`
+	// bytes (4 KiB aligned) in pieces of at most 4 MiB, in order: backups
+	// read snapshots with it. Reads fail over between RW replicas.
+	ReadSnapshot(*ReadSnapshotRequest, grpc.ServerStreamingServer[ReadSnapshotChunk]) error
+	// WriteZeroes makes a range read as zeros (restores use it).
+	WriteZeroes(context.Context, *WriteZeroesRequest) (*Empty, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -324,6 +367,12 @@ func (UnimplementedControlServer) Write(context.Context, *WriteRequest) (*Empty,
 }
 func (UnimplementedControlServer) Flush(context.Context, *Empty) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Flush not implemented")
+}
+func (UnimplementedControlServer) ReadSnapshot(*ReadSnapshotRequest, grpc.ServerStreamingServer[ReadSnapshotChunk]) error {
+	return status.Error(codes.Unimplemented, "method ReadSnapshot not implemented")
+}
+func (UnimplementedControlServer) WriteZeroes(context.Context, *WriteZeroesRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method WriteZeroes not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -616,6 +665,35 @@ func _Control_Flush_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_ReadSnapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).ReadSnapshot(m, &grpc.GenericServerStream[ReadSnapshotRequest, ReadSnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_ReadSnapshotServer = grpc.ServerStreamingServer[ReadSnapshotChunk]
+
+func _Control_WriteZeroes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteZeroesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).WriteZeroes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_WriteZeroes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).WriteZeroes(ctx, req.(*WriteZeroesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -683,7 +761,17 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Flush",
 			Handler:    _Control_Flush_Handler,
 		},
+		{
+			MethodName: "WriteZeroes",
+			Handler:    _Control_WriteZeroes_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ReadSnapshot",
+			Handler:       _Control_ReadSnapshot_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "control.proto",
 }
