@@ -45,6 +45,13 @@ type conn struct {
 	wbuf     []byte
 	writeErr error // first reply write error; under writeMu
 	replying atomic.Int32
+	batching bool // the async reader holds a batch it has not run; under writeMu
+
+	// Async transmission (async.go): the request window, the requests
+	// started and not completed, and what to do before any wait.
+	sem        chan struct{}
+	pending    sync.WaitGroup
+	beforeWait func()
 
 	// Byte budget for request buffers.
 	budgetMu     sync.Mutex
@@ -84,11 +91,21 @@ func (c *conn) serve() error {
 	c.exp = exp
 	c.log = c.log.With("export", exp.Name)
 	c.log.Debug("nbd: transmission started")
+	if dev, ok := exp.Device.(device.Async); ok {
+		c.serveAsync(dev)
+		return c.transmissionErr()
+	}
 	c.workers = 1
 	c.done.Add(1)
 	c.worker()
 	c.done.Wait()
 	// Every worker has written its reply; the last one flushed.
+	return c.transmissionErr()
+}
+
+// transmissionErr is why transmission ended: nil after a clean
+// disconnect.
+func (c *conn) transmissionErr() error {
 	if c.readErr != nil {
 		return c.readErr
 	}
@@ -308,6 +325,11 @@ func (c *conn) reply(req Request, errno uint32, buf []byte) {
 // waiting for earlier requests to release theirs if needed.
 func (c *conn) acquire(n uint32) []byte {
 	c.budgetMu.Lock()
+	if c.beforeWait != nil && c.bytesHeld > 0 && c.bytesHeld+int(n) > c.s.cfg.MaxBytesInFlight {
+		c.budgetMu.Unlock()
+		c.beforeWait() // never wait holding work only this goroutine would do
+		c.budgetMu.Lock()
+	}
 	for c.bytesHeld > 0 && c.bytesHeld+int(n) > c.s.cfg.MaxBytesInFlight {
 		c.budgetCond.Wait()
 	}

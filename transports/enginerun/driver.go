@@ -206,9 +206,18 @@ type input struct {
 	fn    func(*engine.Engine)
 }
 
-// waiter is where a frontend request's reply is delivered.
+// waiter is where a frontend request's reply is delivered: its channel
+// (Submit) or its Completer (Start).
 type waiter struct {
 	ch chan engine.Reply
+	c  Completer
+}
+
+// Completer takes the reply of a request handed to Start. Complete runs
+// on whichever goroutine drives the engine when the reply comes, with the
+// engine held: it must be quick and must not wait for other requests.
+type Completer interface {
+	Complete(engine.Reply)
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan engine.Reply, 1)} }}
@@ -444,7 +453,7 @@ func (d *Driver) execute(rd engine.Ready) {
 			continue
 		}
 		delete(d.waiters, r.ID)
-		w.ch <- r
+		w.deliver(r)
 	}
 	for _, r := range rd.AdminReplies {
 		if ch := d.admins[r.ID]; ch != nil {
@@ -496,7 +505,7 @@ func (d *Driver) shutdown() {
 		}
 	}
 	for id, w := range d.waiters {
-		w.ch <- engine.Reply{ID: id, Err: ErrClosed}
+		w.deliver(engine.Reply{ID: id, Err: ErrClosed})
 	}
 	for id, ch := range d.admins {
 		ch <- engine.AdminReply{ID: id, Err: ErrClosed}
@@ -509,7 +518,7 @@ func (d *Driver) shutdown() {
 	for _, in := range rest {
 		switch in.kind {
 		case inSubmit:
-			in.w.ch <- engine.Reply{ID: in.req.ID, Err: ErrClosed}
+			in.w.deliver(engine.Reply{ID: in.req.ID, Err: ErrClosed})
 		case inAdmin:
 			in.ach <- engine.AdminReply{ID: in.admin.ID, Err: ErrClosed}
 		case inLinkUp:
@@ -595,6 +604,40 @@ func (d *Driver) Submit(ctx context.Context, req engine.Request) (engine.Reply, 
 		return engine.Reply{}, ctx.Err()
 	}
 }
+
+// deliver hands r to the waiter. A Completer's waiter goes back to the
+// pool first; a channel's is returned by its Submit.
+func (w *waiter) deliver(r engine.Reply) {
+	if c := w.c; c != nil {
+		w.c = nil
+		waiterPool.Put(w)
+		c.Complete(r)
+		return
+	}
+	w.ch <- r
+}
+
+// Start hands a frontend request to the engine without waiting: c gets
+// its reply, on whichever goroutine drives the engine then (often a later
+// Run on this one). The request's ID is assigned here. req.Data must stay
+// untouched until c is called. Callers bound their own requests in
+// flight (a frontend's window); Start never waits.
+func (d *Driver) Start(req engine.Request, c Completer) {
+	w := waiterPool.Get().(*waiter)
+	w.c = c
+	req.ID = d.nextID.Add(1)
+	if !d.enqueue(input{kind: inSubmit, req: req, w: w}) {
+		w.c = nil
+		waiterPool.Put(w)
+		c.Complete(engine.Reply{ID: req.ID, Err: ErrClosed})
+	}
+}
+
+// Run drives the engine on the calling goroutine for the requests queued
+// by Start (and anything else waiting), running in-process replicas' IOs
+// here too, until nothing is left that this goroutine can do. If another
+// goroutine is driving, Run returns at once: that one does the work.
+func (d *Driver) Run() { d.drive(false, false) }
 
 // Admin runs an admin request through the engine and waits for its reply.
 func (d *Driver) Admin(ctx context.Context, req engine.AdminRequest) (engine.AdminReply, error) {

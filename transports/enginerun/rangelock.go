@@ -47,7 +47,18 @@ func (r *rangeLock) lock(ctx context.Context, lo, hi uint64) error {
 	return nil
 }
 
-// unlock releases blocks [lo, hi), taken by lock.
+// tryLock takes blocks [lo, hi) if no holder overlaps them.
+func (r *rangeLock) tryLock(lo, hi uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.overlapsLocked(lo, hi) {
+		return false
+	}
+	r.held = append(r.held, blockRange{lo, hi})
+	return true
+}
+
+// unlock releases blocks [lo, hi), taken by lock or tryLock.
 func (r *rangeLock) unlock(lo, hi uint64) {
 	r.mu.Lock()
 	for i, h := range r.held {

@@ -32,6 +32,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drover-io/drover/core/blockset"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/store"
 )
@@ -70,9 +71,14 @@ type layer struct {
 	index *os.File
 
 	// allocated records index pages known to be allocated, so WriteData
-	// reserves index space once per page (see reserveIndex).
+	// reserves index space once per page (see reserveIndex); dataHeld the
+	// data blocks this open layer has reserved or written (and not
+	// punched since), whose overwrite needs no new space, so it skips the
+	// fallocate. (On file systems that write in place — ext4, xfs, tmpfs;
+	// a copy-on-write file system cannot promise the space anyway.)
 	mu        sync.Mutex
 	allocated map[uint64]struct{}
+	dataHeld  blockset.Set
 }
 
 // Open returns the store on dir, which must exist and be writable.
@@ -551,16 +557,34 @@ func (l *layer) writeData(blockIndex uint64, data []byte) error {
 		return fmt.Errorf("%d bytes is not a whole number of blocks", len(data))
 	}
 	off := int64(blockIndex) * proto.BlockSize
-	if err := l.reserveIndex(blockIndex, uint64(len(data)/proto.BlockSize)); err != nil {
+	count := uint64(len(data) / proto.BlockSize)
+	if err := l.reserveIndex(blockIndex, count); err != nil {
 		return err
 	}
-	if err := fallocate(l.data, 0, off, int64(len(data))); err != nil {
-		return fmt.Errorf("reserve data space: %w", err)
+	if !l.held(blockIndex, count) {
+		if err := fallocate(l.data, 0, off, int64(len(data))); err != nil {
+			return fmt.Errorf("reserve data space: %w", err)
+		}
+		l.mu.Lock()
+		l.dataHeld.AddRange(blockIndex, count)
+		l.mu.Unlock()
 	}
 	if _, err := l.data.WriteAt(data, off); err != nil {
 		return fmt.Errorf("write data: %w", err)
 	}
 	return nil
+}
+
+// held reports whether every block of [blockIndex, +count) is reserved.
+func (l *layer) held(blockIndex, count uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for b := blockIndex; b < blockIndex+count; b++ {
+		if !l.dataHeld.Contains(b) {
+			return false
+		}
+	}
+	return true
 }
 
 // reserveIndex allocates the index pages holding the entries of blocks
@@ -585,6 +609,11 @@ func (l *layer) punch(blockIndex, blockCount uint64) error {
 	if blockCount == 0 {
 		return nil
 	}
+	// Forget the blocks first: a punch that fails midway may have freed
+	// some of them.
+	l.mu.Lock()
+	l.dataHeld.RemoveRange(blockIndex, blockCount)
+	l.mu.Unlock()
 	err := unix.Fallocate(int(l.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE,
 		int64(blockIndex)*proto.BlockSize, int64(blockCount)*proto.BlockSize)
 	if errors.Is(err, unix.EOPNOTSUPP) {

@@ -62,6 +62,7 @@ func (e *benchEnv) startDroverFile(context.Context) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
+	e.pids = []int{os.Getpid()}
 	return e.serveNBD(d, func() { d.Close() })
 }
 
@@ -103,6 +104,7 @@ func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(),
 // startEngine starts an engine on cfg, fills its volume and serves it;
 // closers (already registered in closeAll) close what cfg's links reach.
 func (e *benchEnv) startEngine(ctx context.Context, cfg enginerun.Config, closers []func(), closeAll func()) (string, func(), error) {
+	e.pids = append(e.pids, os.Getpid())
 	d, err := enginerun.New(cfg)
 	if err != nil {
 		closeAll()
@@ -199,7 +201,7 @@ func (e *benchEnv) startDroverTCP(ctx context.Context) (string, func(), error) {
 	cfg := enginerun.Config{Volume: "bench", Logger: e.quietLogger()}
 	for i := 1; i <= 3; i++ {
 		id := proto.ReplicaID(fmt.Sprintf("r%d", i))
-		addr, stop, err := startReplicaProcess(ctx, e.cfg.ReplicaCommand, filepath.Join(base, string(id)), id, e.cfg.SizeBytes)
+		addr, stop, err := e.startReplicaProcess(ctx, e.cfg.ReplicaCommand, filepath.Join(base, string(id)), id, e.cfg.SizeBytes)
 		if err != nil {
 			closeAll()
 			return "", nil, err
@@ -222,7 +224,7 @@ func ReplicaArgs(dir string, id proto.ReplicaID, sizeBytes uint64) []string {
 // listens.
 const listeningPrefix = "listening "
 
-func startReplicaProcess(ctx context.Context, command []string, dir string, id proto.ReplicaID, sizeBytes uint64) (string, func(), error) {
+func (e *benchEnv) startReplicaProcess(ctx context.Context, command []string, dir string, id proto.ReplicaID, sizeBytes uint64) (string, func(), error) {
 	args := append(append([]string{}, command[1:]...), ReplicaArgs(dir, id, sizeBytes)...)
 	cmd := exec.CommandContext(ctx, command[0], args...)
 	cmd.Stderr = os.Stderr
@@ -237,6 +239,7 @@ func startReplicaProcess(ctx context.Context, command []string, dir string, id p
 	if err := cmd.Start(); err != nil {
 		return "", nil, fmt.Errorf("start replica %s: %w", id, err)
 	}
+	pid := cmd.Process.Pid
 	stop := func() {
 		stdin.Close()
 		done := make(chan struct{})
@@ -253,6 +256,7 @@ func startReplicaProcess(ctx context.Context, command []string, dir string, id p
 		stop()
 		return "", nil, fmt.Errorf("replica %s did not start: %q %v", id, line, err)
 	}
+	e.pids = append(e.pids, pid)
 	return strings.TrimSpace(strings.TrimPrefix(line, listeningPrefix)), stop, nil
 }
 

@@ -54,14 +54,16 @@ func fio(ctx context.Context, args []string, w Workload, cfg *Config) (Result, e
 	if st.IOPS == 0 {
 		return Result{}, fmt.Errorf("fio did no IO: %s", strings.TrimSpace(stderr.String()))
 	}
-	return Result{IOPS: st.IOPS, MBps: float64(st.BwBytes) / 1e6,
+	return Result{IOPS: st.IOPS, MBps: float64(st.BwBytes) / 1e6, Seconds: float64(st.RuntimeMs) / 1e3,
 		P50us: st.Clat.Percentile["50.000000"] / 1e3, P99us: st.Clat.Percentile["99.000000"] / 1e3}, nil
 }
 
 type fioStats struct {
 	IOPS    float64 `json:"iops"`
 	BwBytes int64   `json:"bw_bytes"`
-	Clat    struct {
+	// RuntimeMs is how long the job ran.
+	RuntimeMs int64 `json:"runtime"`
+	Clat      struct {
 		Percentile map[string]float64 `json:"percentile"`
 	} `json:"clat_ns"`
 }
@@ -114,7 +116,7 @@ func fsType(dir string) string {
 // startProcess runs a server binary and waits for its unix socket to
 // accept connections, or, when readyFile is set, for the server to
 // create that file.
-func startProcess(ctx context.Context, sock, readyFile, name string, args ...string) (string, func(), error) {
+func (e *benchEnv) startProcess(ctx context.Context, sock, readyFile, name string, args ...string) (string, func(), error) {
 	if _, err := exec.LookPath(name); err != nil {
 		return "", nil, fmt.Errorf("%s: %w", name, exec.ErrNotFound)
 	}
@@ -124,6 +126,7 @@ func startProcess(ctx context.Context, sock, readyFile, name string, args ...str
 	if err := cmd.Start(); err != nil {
 		return "", nil, fmt.Errorf("start %s: %w", name, err)
 	}
+	e.pids = append(e.pids, cmd.Process.Pid)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	stop := func() {

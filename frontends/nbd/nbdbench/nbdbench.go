@@ -118,12 +118,18 @@ func (c *Config) setDefaults() {
 
 // Result is one target under one workload.
 type Result struct {
-	Target    string  `json:"target"`
-	Workload  string  `json:"workload"`
-	IOPS      float64 `json:"iops"`
-	MBps      float64 `json:"mb_per_sec"`
-	P50us     float64 `json:"p50_us"`
-	P99us     float64 `json:"p99_us"`
+	Target   string  `json:"target"`
+	Workload string  `json:"workload"`
+	IOPS     float64 `json:"iops"`
+	MBps     float64 `json:"mb_per_sec"`
+	P50us    float64 `json:"p50_us"`
+	P99us    float64 `json:"p99_us"`
+	// ServerCPUus is the CPU time (user+system) the serving processes
+	// spent per IO: robust when the machine is shared, unlike IOPS.
+	// Zero for the raw file (fio itself does the IO).
+	ServerCPUus float64 `json:"server_cpu_us_per_io"`
+	// Seconds is how long fio ran.
+	Seconds   float64 `json:"seconds"`
 	IOPSRatio float64 `json:"iops_ratio_vs_reference"`
 	MBpsRatio float64 `json:"mb_per_sec_ratio_vs_reference"`
 	P50Ratio  float64 `json:"p50_ratio_vs_reference"`
@@ -201,6 +207,9 @@ type benchEnv struct {
 	path      string // the backing file
 	sock      string // the NBD unix socket
 	rawEngine string
+	// pids are the processes serving the current target (whose CPU time
+	// is measured); start functions set them.
+	pids []int
 }
 
 // target is a thing under test. Either uri serves the backing file
@@ -229,13 +238,13 @@ func (e *benchEnv) targets() []target {
 				// probing connection would make it log a broken handshake.
 				pid := filepath.Join(e.dir, "nbdkit.pid")
 				os.Remove(pid)
-				return startProcess(ctx, e.sock, pid, "nbdkit", "--foreground", "--exit-with-parent", "-P", pid, "-U", e.sock, "file", "file="+e.path)
+				return e.startProcess(ctx, e.sock, pid, "nbdkit", "--foreground", "--exit-with-parent", "-P", pid, "-U", e.sock, "file", "file="+e.path)
 			}
 		case TargetQemu:
 			tg.start = func(ctx context.Context) (string, func(), error) {
 				pid := filepath.Join(e.dir, "qemu-nbd.pid")
 				os.Remove(pid)
-				return startProcess(ctx, e.sock, pid, "qemu-nbd", "--persistent", "--shared=8", "-f", "raw", "--cache=writeback",
+				return e.startProcess(ctx, e.sock, pid, "qemu-nbd", "--persistent", "--shared=8", "-f", "raw", "--cache=writeback",
 					"--pid-file="+pid, "-k", e.sock, e.path)
 			}
 		case TargetDroverFile:
@@ -267,6 +276,7 @@ func onlyRaw(names []string) bool {
 // line per cell.
 func (e *benchEnv) measure(ctx context.Context, tg target, rep *Report, cell *int, cells int) ([]Result, error) {
 	fioArgs := tg.fioArgs
+	e.pids = nil
 	if tg.start != nil {
 		uri, stop, err := tg.start(ctx)
 		if err != nil {
@@ -278,9 +288,13 @@ func (e *benchEnv) measure(ctx context.Context, tg target, rep *Report, cell *in
 	var results []Result
 	for _, w := range e.cfg.Workloads {
 		*cell++
+		cpu0 := serversCPU(e.pids)
 		r, err := fio(ctx, fioArgs, w, e.cfg)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", w.Name, err)
+		}
+		if ios := r.IOPS * r.Seconds; len(e.pids) > 0 && ios > 0 {
+			r.ServerCPUus = float64((serversCPU(e.pids) - cpu0).Microseconds()) / ios
 		}
 		r.Target, r.Workload = tg.name, w.Name
 		results = append(results, r)
@@ -292,7 +306,7 @@ func (e *benchEnv) measure(ctx context.Context, tg target, rep *Report, cell *in
 // progressLine sums one cell up, with its ratio to the reference when
 // the reference has run already.
 func progressLine(r Result, rep *Report) string {
-	s := fmt.Sprintf("%8.0f IOPS %8.1f MB/s  p50 %7.1f µs  p99 %8.1f µs", r.IOPS, r.MBps, r.P50us, r.P99us)
+	s := fmt.Sprintf("%8.0f IOPS %8.1f MB/s  p50 %7.1f µs  p99 %8.1f µs  cpu %5.1f µs/IO", r.IOPS, r.MBps, r.P50us, r.P99us, r.ServerCPUus)
 	for _, x := range rep.Results {
 		if x.Target == rep.Reference && x.Workload == r.Workload && x.IOPS > 0 && x.P50us > 0 {
 			s += fmt.Sprintf("  (%.2f× IOPS, %.2f× p50 vs %s)", r.IOPS/x.IOPS, r.P50us/x.P50us, rep.Reference)

@@ -98,12 +98,12 @@ func (r *Report) Table() string {
 	fmt.Fprintf(&sb, "bench: %s (%s), %d MiB, %s per cell, %d CPUs; raw-file: %s; ratios vs %s\n",
 		r.Dir, r.FSType, r.SizeBytes>>20, r.Runtime, r.CPUs, r.RawEngine, r.Reference)
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\ttarget\tIOPS\tMB/s\tp50 µs\tp99 µs\tIOPS×\tMB/s×\tp50×\tp99×\t")
+	fmt.Fprintln(tw, "workload\ttarget\tIOPS\tMB/s\tp50 µs\tp99 µs\tcpu µs/IO\tIOPS×\tMB/s×\tp50×\tp99×\t")
 	for _, w := range r.Workloads {
 		for _, x := range r.Results {
 			if x.Workload == w.Name {
-				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t\n",
-					x.Workload, x.Target, x.IOPS, x.MBps, x.P50us, x.P99us,
+				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t\n",
+					x.Workload, x.Target, x.IOPS, x.MBps, x.P50us, x.P99us, cpuPerIO(x.ServerCPUus),
 					times(x.IOPSRatio), times(x.MBpsRatio), times(x.P50Ratio), times(x.P99Ratio))
 			}
 		}
@@ -123,6 +123,13 @@ func (r *Report) Table() string {
 		}
 	}
 	return sb.String()
+}
+
+func cpuPerIO(us float64) string {
+	if us == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", us)
 }
 
 func times(x float64) string {

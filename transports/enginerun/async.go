@@ -1,0 +1,118 @@
+package enginerun
+
+import (
+	"context"
+	"sync"
+
+	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/frontends/device"
+)
+
+var _ device.Async = (*Volume)(nil)
+
+// Start begins r (device.Async). Requests aligned to 4 KiB and at most
+// 4 MiB long — what real clients send — go to the engine at once as one
+// engine request, with no goroutine waiting: the reply completes them on
+// whichever goroutine drives the engine, usually the caller's next Run.
+// Write-like requests among them take the range lock without waiting; one
+// whose blocks are locked (a read-modify-write is patching them), and
+// every unaligned or larger request, runs through the synchronous methods
+// on a goroutine of its own.
+func (v *Volume) Start(r *device.Request) {
+	if r.Op == device.OpFlush {
+		v.startEngine(r, engine.Request{Op: proto.OpFlush}, nil, 0, 0)
+		return
+	}
+	length := r.Length
+	if r.Op == device.OpRead || r.Op == device.OpWrite {
+		length = uint64(len(r.Data))
+	}
+	if err := v.check(r.Op.String(), r.Offset, length); err != nil || length == 0 {
+		r.Done(r, err)
+		return
+	}
+	if r.Offset%proto.BlockSize != 0 || length%proto.BlockSize != 0 || length > maxChunkBlocks*proto.BlockSize {
+		device.StartSync(context.Background(), v, r)
+		return
+	}
+	lo, hi := blockSpan(r.Offset, length)
+	req := engine.Request{BlockIndex: lo, BlockCount: uint32(hi - lo), FUA: r.FUA}
+	switch r.Op {
+	case device.OpRead:
+		req.Op = proto.OpRead
+		v.startEngine(r, req, nil, 0, 0)
+		return
+	case device.OpWrite:
+		req.Op = proto.OpWrite
+	case device.OpTrim:
+		req.Op = proto.OpTrim
+	case device.OpWriteZeroes:
+		req.Op = proto.OpWriteZeroes
+	default:
+		device.StartSync(context.Background(), v, r) // Do refuses it
+		return
+	}
+	if !v.locks.tryLock(lo, hi) {
+		device.StartSync(context.Background(), v, r)
+		return
+	}
+	var buf *[]byte
+	if req.Op == proto.OpWrite {
+		// A copy the volume owns, as the synchronous path makes: after a
+		// failed write a slow replica may still be reading it.
+		buf = getBuf(int(length))
+		copy(*buf, r.Data)
+		req.Data = *buf
+	}
+	v.startEngine(r, req, buf, lo, hi)
+}
+
+// Run drives the engine for the requests Start queued (device.Async).
+func (v *Volume) Run() { v.d.Run() }
+
+// startEngine hands req to the driver; the reply completes r. buf is the
+// volume's copy of a write's data; [lo, hi) the blocks it holds locked
+// (none when hi == lo).
+func (v *Volume) startEngine(r *device.Request, req engine.Request, buf *[]byte, lo, hi uint64) {
+	a := asyncPool.Get().(*asyncOp)
+	a.v, a.r, a.buf, a.lo, a.hi = v, r, buf, lo, hi
+	v.d.Start(req, a)
+}
+
+// asyncOp is a started request waiting for the engine: the Completer the
+// driver calls. Pooled, so a started request allocates nothing.
+type asyncOp struct {
+	v      *Volume
+	r      *device.Request
+	buf    *[]byte
+	lo, hi uint64
+}
+
+var asyncPool = sync.Pool{New: func() any { return new(asyncOp) }}
+
+// Complete implements Completer: copy a read's data out, release the lock
+// and the write buffer, and complete the request.
+func (a *asyncOp) Complete(rep engine.Reply) {
+	v, r, buf, lo, hi := a.v, a.r, a.buf, a.lo, a.hi
+	*a = asyncOp{}
+	asyncPool.Put(a)
+	err := rep.Err
+	if err == nil && r.Op == device.OpRead {
+		copy(r.Data, rep.Data)
+	}
+	if hi > lo {
+		v.locks.unlock(lo, hi)
+	}
+	if err == nil && buf != nil {
+		putBuf(buf)
+	}
+	if err != nil {
+		length := r.Length
+		if r.Op == device.OpRead || r.Op == device.OpWrite {
+			length = uint64(len(r.Data))
+		}
+		err = mapErr(r.Op.String(), r.Offset, length, err)
+	}
+	r.Done(r, err)
+}
