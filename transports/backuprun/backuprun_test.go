@@ -115,7 +115,7 @@ func TestDedupeAcrossVolumes(t *testing.T) {
 	r, dir := newDirRepo(t)
 	a, b := newFake("a", 4<<20), newFake("b", 4<<20)
 	a.write(0, 512, 1)
-	b.write(0, 512, 1) // the same 2 MiB
+	b.write(0, 512, 1)  // the same 2 MiB
 	b.write(600, 16, 9) // in chunks 37 and 38
 	_, sa := mustCreate(t, r, a, CreateOptions{})
 	_, sb := mustCreate(t, r, b, CreateOptions{})
