@@ -42,7 +42,7 @@ const devExample = `  drover dev
   drover dev --frontend iscsi --iscsi-listen 0.0.0.0:3260 --iscsi-chap-user u --iscsi-chap-secret 0123456789ab`
 
 func newDevCmd() *cobra.Command {
-	var dataDir, controlAddr string
+	var dataDir, controlAddr, volume string
 	var ff frontendFlags
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
@@ -55,15 +55,16 @@ func newDevCmd() *cobra.Command {
 				}
 				dataDir = d
 			}
-			frontends, err := ff.frontends("dev", []string{"unix:" + filepath.Join(dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort})
+			frontends, err := ff.frontends(volume, []string{"unix:" + filepath.Join(dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort})
 			if err != nil {
 				return err
 			}
-			return runDev(cmd, dataDir, size.bytes, controlAddr, append(frontends, devFrontends...))
+			return runDev(cmd, dataDir, volume, size.bytes, controlAddr, append(frontends, devFrontends...))
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
 	cmd.Flags().Var(&size, "size", "volume size when creating it")
 	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
+	cmd.Flags().StringVar(&volume, "volume", "dev", "volume name (backups are kept per volume name; the NBD export and iSCSI target take it too)")
 	ff.register(cmd.Flags(), "nbd", "unix:<data-dir>/nbd.sock,127.0.0.1:"+defaultNBDPort)
 	return cmd
 }
@@ -81,7 +82,7 @@ func defaultDataDir() (string, error) {
 
 const devReplicas = 3
 
-func runDev(cmd *cobra.Command, dataDir string, sizeBytes uint64, controlAddr string, frontends []Frontend) error {
+func runDev(cmd *cobra.Command, dataDir, volume string, sizeBytes uint64, controlAddr string, frontends []Frontend) error {
 	out := cmd.OutOrStdout()
 	if sizeBytes == 0 || sizeBytes%proto.BlockSize != 0 {
 		return fmt.Errorf("--size %d: want a positive multiple of %d", sizeBytes, proto.BlockSize)
@@ -95,7 +96,7 @@ func runDev(cmd *cobra.Command, dataDir string, sizeBytes uint64, controlAddr st
 	}
 	defer unlock()
 	runners := map[string]*replicarun.Runner{}
-	cfg := enginerun.Config{Volume: "dev"}
+	cfg := enginerun.Config{Volume: volume}
 	for i := 1; i <= devReplicas; i++ {
 		id := fmt.Sprintf("dev-%d", i)
 		dir := filepath.Join(dataDir, id)
