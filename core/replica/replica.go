@@ -89,6 +89,11 @@ type layer struct {
 // Replica is the state machine. Create it with New, then drive it.
 type Replica struct {
 	cfg   Config
+
+	// Bound once: a method value made per request would allocate.
+	runReadFn, runWriteFn, runTrimFn func(*op)
+	keyBuf                           []RegionKey // regionKeys' scratch
+	runBuf                           []layerRun  // runsFor's scratch
 	state state
 	why   string // reason for stateFailed
 
@@ -138,6 +143,7 @@ func New(cfg Config) *Replica {
 		active:    map[RegionKey]*region{},
 		pending:   map[uint64]func(store.Completion){},
 	}
+	r.runReadFn, r.runWriteFn, r.runTrimFn = r.runRead, r.runWrite, r.runTrim
 	r.load()
 	return r
 }

@@ -49,6 +49,9 @@ const (
 	// ReadData returns BlockCount blocks of Layer's data at BlockIndex
 	// (holes read as zeros) and, in Entries, the index entry of each of
 	// those blocks (absent ones included), so the replica can verify them.
+	// The completion's Data and Entries are the replica's from then on
+	// (it may hand Data to the engine as a read's reply): a store never
+	// reuses them.
 	ReadData
 	// WriteData stores Data at BlockIndex in Layer.
 	WriteData
