@@ -3,8 +3,10 @@ package backuprun
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -289,8 +291,21 @@ func TestMarkers(t *testing.T) {
 	if err := r.putMarker(ctx, marker{Kind: backup.MarkerSweep, ID: "dead"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.Create(ctx, v, CreateOptions{}); !errors.Is(err, ErrBusy) {
-		t.Fatalf("backup beside a live sweep: %v", err)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, _, err := r.Create(short, v, CreateOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("backup beside a live sweep: %v, want it to wait", err)
+	}
+	// It waits the sweep out.
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		r.Store.Delete(ctx, "locks/sweep-dead")
+	}()
+	if _, _, err := r.Create(ctx, v, CreateOptions{}); err != nil {
+		t.Fatalf("backup after the sweep ended: %v", err)
+	}
+	if err := r.putMarker(ctx, marker{Kind: backup.MarkerSweep, ID: "dead"}); err != nil {
+		t.Fatal(err)
 	}
 	now = now.Add(DefaultStaleAfter)
 	if _, _, err := r.Create(ctx, v, CreateOptions{}); err != nil {
@@ -301,5 +316,19 @@ func TestMarkers(t *testing.T) {
 	}
 	if _, _, err := r.Create(ctx, v, CreateOptions{}); !errors.Is(err, ErrBusy) {
 		t.Fatalf("second backup of one volume: %v", err)
+	}
+	// The same marker from a process of this host that is gone (killed)
+	// blocks nothing.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	b, _ := json.Marshal(marker{Kind: backup.MarkerBackup, ID: "other", Volume: "vol", RefreshedUnix: now.Unix(), Host: host, PID: gone.Process.Pid})
+	if err := r.Store.Put(ctx, "locks/backup-other", b); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Create(ctx, v, CreateOptions{}); err != nil {
+		t.Fatalf("backup beside a killed backup's marker: %v", err)
 	}
 }

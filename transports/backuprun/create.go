@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/drover-io/drover/core/backup"
 )
@@ -99,8 +100,28 @@ func (r *Repo) Create(ctx context.Context, src Source, opt CreateOptions) (*back
 }
 
 // startBackup writes the backup marker and checks that no sweep and no
-// other backup of the volume runs.
+// other backup of the volume runs. A running sweep is waited out (it
+// removes its own marker when done): the backup takes its marker back,
+// so the sweep is not blocked, and tries again, backing off up to 5 s,
+// for at most StaleAfter.
 func (r *Repo) startBackup(ctx context.Context, volume, id string) (*lease, error) {
+	deadline := r.Now().Add(r.StaleAfter)
+	backoff := 100 * time.Millisecond
+	for {
+		l, err := r.tryStartBackup(ctx, volume, id)
+		if err == nil || !errors.Is(err, backup.ErrSweepRunning) || r.Now().After(deadline) {
+			return l, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (r *Repo) tryStartBackup(ctx context.Context, volume, id string) (*lease, error) {
 	l, err := r.acquire(ctx, marker{Kind: backup.MarkerBackup, ID: id, Volume: volume})
 	if err != nil {
 		return nil, err

@@ -14,9 +14,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -187,10 +189,25 @@ type marker struct {
 	ID            string `json:"id"`
 	Volume        string `json:"volume,omitempty"`
 	RefreshedUnix int64  `json:"refreshed_unix"`
+	Host          string `json:"host,omitempty"`
+	PID           int    `json:"pid,omitempty"`
+}
+
+// dead reports whether m's process is known to be gone: it ran on this
+// host and no process has its pid. (A marker of a killed process would
+// otherwise block the other side until it went stale.)
+func (m marker) dead() bool {
+	host, err := os.Hostname()
+	if err != nil || m.Host != host || m.PID <= 0 || m.PID == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(m.PID, 0), syscall.ESRCH)
 }
 
 func (r *Repo) putMarker(ctx context.Context, m marker) error {
 	m.RefreshedUnix = r.Now().Unix()
+	m.Host, _ = os.Hostname()
+	m.PID = os.Getpid()
 	b, _ := json.Marshal(m)
 	return r.Store.Put(ctx, "locks/"+m.Kind+"-"+m.ID, b)
 }
@@ -212,6 +229,9 @@ func (r *Repo) markers(ctx context.Context) ([]marker, error) {
 		var m marker
 		if err := json.Unmarshal(b, &m); err != nil {
 			return nil, fmt.Errorf("marker %s: %w", k, err)
+		}
+		if m.dead() {
+			m.RefreshedUnix = 0 // as stale as can be
 		}
 		out = append(out, m)
 	}
