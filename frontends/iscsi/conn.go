@@ -11,6 +11,8 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
+
+	"github.com/drover-io/drover/frontends/device"
 )
 
 const (
@@ -41,6 +43,13 @@ type conn struct {
 	// full feature phase starts.
 	sendMu sync.Mutex
 	statSN uint32
+	// bw buffers PDUs in the full feature phase; batching holds its
+	// flushes for the reader's idle (async.go). Both under sendMu.
+	bw       *bufio.Writer
+	batching bool
+	// asyncDevs are the devices the reader started commands on since its
+	// last idle; the reader's alone.
+	asyncDevs []device.Async
 
 	mu       sync.Mutex
 	expCmdSN uint32
@@ -119,11 +128,19 @@ func (c *conn) endSession() {
 // fullFeature reads and dispatches PDUs until logout or error.
 func (c *conn) fullFeature() error {
 	lim := ReadLimits{MaxDataBytes: ourMaxRecvDataSegmentBytes, HeaderDigest: c.p.headerDigest, DataDigest: c.p.dataDigest}
+	c.sendMu.Lock()
+	c.bw = bufio.NewWriterSize(c.nc, 256<<10)
+	c.sendMu.Unlock()
+	defer c.idle()
 	for {
+		if !pduBuffered(c.rd, c.p.headerDigest, c.p.dataDigest) {
+			c.idle() // never wait for the socket holding work or responses
+		}
 		p, err := ReadPDU(c.rd, lim)
 		if err != nil {
 			return fmt.Errorf("read PDU: %w", err)
 		}
+		c.startBatch()
 		var done bool
 		switch p.Opcode() {
 		case opNOPOut:
@@ -178,7 +195,16 @@ func (c *conn) send(p *PDU, mode sendMode) error {
 	c.mu.Unlock()
 	p.put32(28, exp)
 	p.put32(32, exp+free-1)
-	if err := writePDU(c.nc, p, c.p.headerDigest, c.p.dataDigest); err != nil {
+	var err error
+	if c.bw != nil {
+		err = writePDU(c.bw, p, c.p.headerDigest, c.p.dataDigest)
+		if err == nil && !c.batching {
+			err = c.bw.Flush()
+		}
+	} else {
+		err = writePDU(c.nc, p, c.p.headerDigest, c.p.dataDigest)
+	}
+	if err != nil {
 		c.nc.Close() // a half-written PDU leaves the stream unusable
 		return err
 	}
@@ -246,6 +272,7 @@ func (c *conn) logout(p *PDU) (bool, error) {
 	}
 	// Let running commands finish so their responses precede the logout
 	// response, as RFC 7143 section 11.14 asks.
+	c.idle()
 	c.waitTasks()
 	if err := c.send(r, withStatus); err != nil {
 		return false, err

@@ -214,7 +214,22 @@ func TestConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the conformance suite takes about a minute")
 	}
-	addr := startServer(t, iscsi.TargetConfig{Volume: "conformance", LUNs: []device.Device{fileLUN(t)}})
+	conformance(t, fileLUN(t))
+}
+
+// TestConformanceVolume runs the suite against a one-replica Drover
+// volume: READ and WRITE then take the asynchronous path (no worker),
+// everything else the synchronous one.
+func TestConformanceVolume(t *testing.T) {
+	needTool(t, "iscsi-test-cu")
+	if testing.Short() {
+		t.Skip("the conformance suite takes about a minute")
+	}
+	conformance(t, droverVolume(t, 1, 64<<20))
+}
+
+func conformance(t *testing.T, lun device.Device) {
+	addr := startServer(t, iscsi.TargetConfig{Volume: "conformance", LUNs: []device.Device{lun}})
 	out, _ := run(t, "iscsi-test-cu", "-d", "-v", fmt.Sprintf("iscsi://%s/%s/0", addr, iscsi.IQN("conformance")))
 	res := parseCU(out)
 	if len(res) < 200 {

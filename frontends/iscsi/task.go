@@ -111,7 +111,9 @@ func (c *conn) scsiCommand(p *PDU) error {
 	c.mu.Lock()
 	c.tasks[t.itt] = t
 	c.mu.Unlock()
-	c.dispatch(t)
+	if !c.startAsync(t) {
+		c.dispatch(t)
+	}
 	return nil
 }
 

@@ -89,6 +89,9 @@ func (c *conn) abort(match func(*task) bool) int {
 		}
 	}
 	c.mu.Unlock()
+	if len(victims) > 0 {
+		c.idle() // started commands end only when their devices run
+	}
 	for _, t := range victims {
 		t.cancel()
 		<-t.done
