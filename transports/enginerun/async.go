@@ -11,14 +11,16 @@ import (
 
 var _ device.Async = (*Volume)(nil)
 
-// Start begins r (device.Async). Requests aligned to 4 KiB and at most
-// 4 MiB long — what real clients send — go to the engine at once as one
-// engine request, with no goroutine waiting: the reply completes them on
-// whichever goroutine drives the engine, usually the caller's next Run.
-// Write-like requests among them take the range lock without waiting; one
-// whose blocks are locked (a read-modify-write is patching them), and
-// every unaligned or larger request, runs through the synchronous methods
-// on a goroutine of its own.
+// Start begins r (device.Async). Reads within one 4 MiB chunk of blocks,
+// and write-like requests aligned to 4 KiB and at most 4 MiB long — what
+// real clients send — go to the engine at once as one engine request,
+// with no goroutine waiting: the reply completes them on whichever
+// goroutine drives the engine, usually the caller's next Run (a read not
+// aligned to 4 KiB reads the blocks covering it and copies its part out).
+// Write-like requests take the range lock without waiting; one whose
+// blocks are locked (a read-modify-write is patching them), and every
+// unaligned write or larger request, runs through the synchronous
+// methods on a goroutine of its own.
 func (v *Volume) Start(r *device.Request) {
 	if r.Op == device.OpFlush {
 		v.startEngine(r, engine.Request{Op: proto.OpFlush}, nil, 0, 0)
@@ -32,17 +34,18 @@ func (v *Volume) Start(r *device.Request) {
 		r.Done(r, err)
 		return
 	}
+	lo, hi := blockSpan(r.Offset, length)
+	req := engine.Request{BlockIndex: lo, BlockCount: uint32(hi - lo), FUA: r.FUA}
+	if r.Op == device.OpRead && hi-lo <= maxChunkBlocks {
+		req.Op = proto.OpRead
+		v.startEngine(r, req, nil, 0, 0)
+		return
+	}
 	if r.Offset%proto.BlockSize != 0 || length%proto.BlockSize != 0 || length > maxChunkBlocks*proto.BlockSize {
 		device.StartSync(context.Background(), v, r)
 		return
 	}
-	lo, hi := blockSpan(r.Offset, length)
-	req := engine.Request{BlockIndex: lo, BlockCount: uint32(hi - lo), FUA: r.FUA}
 	switch r.Op {
-	case device.OpRead:
-		req.Op = proto.OpRead
-		v.startEngine(r, req, nil, 0, 0)
-		return
 	case device.OpWrite:
 		req.Op = proto.OpWrite
 	case device.OpTrim:
@@ -99,7 +102,8 @@ func (a *asyncOp) Complete(rep engine.Reply) {
 	asyncPool.Put(a)
 	err := rep.Err
 	if err == nil && r.Op == device.OpRead {
-		copy(r.Data, rep.Data)
+		// rep.Data holds the whole blocks covering r.
+		copy(r.Data, rep.Data[r.Offset%proto.BlockSize:])
 	}
 	if hi > lo {
 		v.locks.unlock(lo, hi)
