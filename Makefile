@@ -34,7 +34,7 @@ export RAPID_CHECKS
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: versitygw help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: versitygw bench-backup help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -42,7 +42,8 @@ help:
 	@echo "make lint      gofmt, go vet, staticcheck $(STATICCHECK_VERSION)"
 	@echo "make sim-long  $(SIM_LONG_SEEDS) swarm seeds of the simulator, then as many of the 'all' profile at 5000 ops"
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
-	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, then Go benchmarks"
+	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, Go benchmarks, then bench-backup"
+	@echo "make bench-backup  backup/restore MB/s of a $(BACKUP_BENCH_SIZE) volume vs tar|zstd, objects per GiB, incremental after 5% change"
 	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
 	@echo "make iscsi-soak     iscsi-perf at queue depth 32 for ISCSI_SOAK (default 60s) on a 3-replica volume"
 	@echo "make iscsi-perf-compare  iscsi-perf 4 KiB reads: Drover 1 and 3 replicas vs tgtd, IOPS ratios (root, tgt)"
@@ -101,6 +102,16 @@ bench: build
 	$(BIN)/drover bench --tmpfs --runtime $(BENCH_RUNTIME) --json $(BIN)/bench-tmpfs.json
 	$(BIN)/drover bench --dir $(BENCH_DIR) --runtime $(BENCH_RUNTIME) --json $(BIN)/bench-disk.json
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(BENCH_GO_PKGS)
+	@$(MAKE) --no-print-directory bench-backup
+
+# bench-backup backs a BACKUP_BENCH_SIZE volume (drover dev on BENCH_DIR's
+# disk) up to a directory target and restores it, against tar | zstd -T0
+# and zstd -d | tar x of the same data in the same run, then measures an
+# incremental backup after 5% of the volume changed (TestBackupBench).
+BACKUP_BENCH_SIZE   ?= 2GiB
+bench-backup:
+	DROVER_BACKUP_BENCH=1 DROVER_BACKUP_BENCH_SIZE=$(BACKUP_BENCH_SIZE) DROVER_BACKUP_BENCH_DIR=$(BENCH_DIR) \
+		$(GO) test -count=1 -timeout 30m -run '^TestBackupBench$$' ./cmd/drover
 
 # DATA_DIR is where `make run` keeps its volume (git ignores /.drover/).
 # Running `make run` again, after a stop or even a kill -9, reopens it.

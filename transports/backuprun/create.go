@@ -206,9 +206,10 @@ func (r *Repo) storeChunks(ctx context.Context, src Source, snap string, m *back
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, m.ChunkBytes)
+			zbuf := make([]byte, 0, m.ChunkBytes+m.ChunkBytes/64+1024)
 			for i := range work {
 				off, n := backup.ChunkRange(i, m.SizeBytes, m.ChunkBytes)
-				c, stored, err := r.storeChunk(ctx, src, snap, off, buf[:n], have, &mu, lim)
+				c, stored, err := r.storeChunk(ctx, src, snap, off, buf[:n], zbuf, have, &mu, lim)
 				mu.Lock()
 				if err != nil {
 					if firstErr == nil {
@@ -259,7 +260,7 @@ func (r *Repo) storeChunks(ctx context.Context, src Source, snap string, m *back
 }
 
 // storeChunk reads one chunk, and stores it unless it is zero or stored.
-func (r *Repo) storeChunk(ctx context.Context, src Source, snap string, off uint64, buf []byte, have map[backup.Hash]bool,
+func (r *Repo) storeChunk(ctx context.Context, src Source, snap string, off uint64, buf, zbuf []byte, have map[backup.Hash]bool,
 	mu *sync.Mutex, lim *limiter) (backup.Chunk, bool, error) {
 	if err := src.ReadSnapshot(ctx, snap, off, buf); err != nil {
 		return backup.Chunk{}, false, err
@@ -275,7 +276,7 @@ func (r *Repo) storeChunk(ctx context.Context, src Source, snap string, off uint
 		return backup.Chunk{Hash: h}, false, nil // StoredBytes unknown: not compressed again
 	}
 	enc, _ := r.codec()
-	z := enc.EncodeAll(buf, nil)
+	z := enc.EncodeAll(buf, zbuf[:0])
 	c := backup.Chunk{Hash: h, StoredBytes: uint32(len(z))}
 	if err := lim.wait(ctx, len(z)); err != nil {
 		return c, false, err
