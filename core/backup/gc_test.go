@@ -40,9 +40,7 @@ type proc struct {
 	refreshed   int64 // last refresh of its marker
 	maxGap      int64
 	crashed     bool
-	recheck     bool
 	done        bool
-	rechecked   bool
 	candidates  []int
 	deleteIndex int
 }

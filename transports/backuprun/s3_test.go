@@ -58,3 +58,48 @@ func TestS3Target(t *testing.T) {
 		t.Fatalf("verify of a damaged chunk on S3: %v", err)
 	}
 }
+
+// TestS3ServerDiesMidBackup: the server going away mid-upload fails the
+// backup with an error and no manifest; once it is back, the rerun
+// uploads only the chunks still missing and restores correctly.
+func TestS3ServerDiesMidBackup(t *testing.T) {
+	srv := s3test.Start(t, "drover")
+	ctx := context.Background()
+	s, err := objstore.OpenS3(ctx, objstore.S3Config{Endpoint: srv.Endpoint, Insecure: true, Bucket: "drover",
+		Creds: objstore.Credentials{AccessKey: srv.AccessKey, SecretKey: srv.SecretKey}, MaxRetries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRepo(s)
+	v := newFake("vol", 4<<20)
+	v.write(0, 1024, 3)
+	_, _, err = r.Create(ctx, v, CreateOptions{ChunkBytes: chunkBytes, Parallel: 1, AfterChunks: func(n int) {
+		if n == 10 {
+			srv.Stop()
+		}
+	}})
+	if err == nil {
+		t.Fatal("backup succeeded with the server gone")
+	}
+	t.Logf("backup with the server gone: %v", err)
+	srv.Restart(t)
+	if refs, err := r.List(ctx, ""); err != nil || len(refs) != 0 {
+		t.Fatalf("after the failed backup: manifests %v, %v", refs, err)
+	}
+	// The failed backup could not remove its marker. A rerun is a new
+	// process (drover backup create), which takes a marker of a pid that
+	// is gone for dead; in this one process, remove it as its exit would
+	// let the next run ignore it.
+	locks, err := s.List(ctx, "locks/")
+	if err != nil || len(locks) != 1 {
+		t.Fatalf("markers left: %v %v", locks, err)
+	}
+	s.Delete(ctx, locks[0])
+	m, st := mustCreate(t, r, v, CreateOptions{})
+	if st.ChunksDeduped < 10 || st.ChunksStored+st.ChunksDeduped != 64 {
+		t.Fatalf("rerun: %+v, want the first 10 chunks reused", st)
+	}
+	if !bytes.Equal(restoreContent(t, r, m), v.content()) {
+		t.Fatal("restore differs")
+	}
+}

@@ -22,6 +22,8 @@ type Server struct {
 	SecretKey string
 	Root      string // the posix backend's directory: one directory per bucket
 	cmd       *exec.Cmd
+	bin       string
+	logf      *os.File
 }
 
 // Binary returns the versitygw binary: $DROVER_VERSITYGW, or bin/versitygw
@@ -59,31 +61,48 @@ func Start(t testing.TB, buckets ...string) *Server {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &Server{Endpoint: addr, AccessKey: "drover-test", SecretKey: "drover-test-secret", Root: root}
-	s.cmd = exec.Command(bin, "--port", addr, "--access", s.AccessKey, "--secret", s.SecretKey, "--quiet", "posix", root)
+	s := &Server{Endpoint: addr, AccessKey: "drover-test", SecretKey: "drover-test-secret", Root: root, bin: bin}
 	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.logf = logf
+	t.Cleanup(func() {
+		s.Stop()
+		logf.Close()
+	})
+	s.Restart(t)
+	return s
+}
+
+// Stop kills the server (as a network failure would look to clients).
+func (s *Server) Stop() {
+	if s.cmd != nil {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Restart starts the server again on the same address and storage.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.cmd = exec.Command(s.bin, "--port", s.Endpoint, "--access", s.AccessKey, "--secret", s.SecretKey, "--quiet", "posix", s.Root)
+	s.cmd.Stdout, s.cmd.Stderr = s.logf, s.logf
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start versitygw: %v", err)
 	}
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		logf.Close()
-	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := net.DialTimeout("tcp", s.Endpoint, time.Second)
 		if err == nil {
 			c.Close()
-			return s
+			return
 		}
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("versitygw did not listen on %s: %v\n%s", addr, err, b)
+			b, _ := os.ReadFile(s.logf.Name())
+			t.Fatalf("versitygw did not listen on %s: %v\n%s", s.Endpoint, err, b)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
