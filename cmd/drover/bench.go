@@ -22,8 +22,10 @@ one directory: fio on the raw file (libaio with O_DIRECT where the filesystem
 allows it, else psync), nbdkit's file plugin (the reference of every ratio),
 qemu-nbd, Drover's NBD server over a plain file (the frontend alone), and
 Drover volumes with 1 and 3 replicas on filestore in this process, served over
-NBD on a unix socket. drover-3r-tcp runs its 3 replicas as separate processes
-(this binary, hidden "bench replica" subcommand) reached over TCP loopback.
+NBD on a unix socket. drover-1r-tcp and drover-3r-tcp run their replicas as
+separate processes (this binary, hidden "bench replica" subcommand) reached
+over TCP loopback. The cpu column is the CPU time (user+system) the serving
+processes spent per IO: unlike IOPS it stays meaningful on a busy machine.
 
 Workloads: 4 KiB random read and write at queue depth 1 and 32, 1 MiB
 sequential write. The table shows IOPS, MB/s, p50/p99 completion latency and
@@ -60,7 +62,7 @@ func newBenchCmd() *cobra.Command {
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the in-process Drover targets) to this file")
 	f.StringSliceVar(&o.targets, "targets", nil, "targets to measure (default all: "+strings.Join(nbdbench.AllTargets, ",")+")")
 	f.StringSliceVar(&o.workloads, "workloads", nil, "workloads to run (default all: "+workloadNames()+")")
-	cmd.AddCommand(newBenchReplicaCmd())
+	cmd.AddCommand(newBenchReplicaCmd(), newBenchRebuildCmd())
 	return cmd
 }
 

@@ -14,6 +14,12 @@ import "github.com/drover-io/drover/core/proto"
 type Handler struct {
 	OnReply func(proto.Reply)
 	OnDown  func(err error)
+	// OnBatch, if set, is called by links that deliver replies on a
+	// goroutine of their own (TCP) after each batch of OnReply calls —
+	// when no further reply is already buffered — so the receiver can
+	// process the batch right there instead of waking a goroutine of its
+	// own. A link that calls it lets OnReply defer that processing.
+	OnBatch func()
 }
 
 // Link sends requests to one replica.

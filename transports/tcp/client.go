@@ -169,5 +169,8 @@ func (l *clientLink) read(br *bufio.Reader) error {
 		if l.h.OnReply != nil {
 			l.h.OnReply(rep)
 		}
+		if l.h.OnBatch != nil && br.Buffered() == 0 {
+			l.h.OnBatch()
+		}
 	}
 }

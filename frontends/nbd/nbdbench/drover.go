@@ -183,14 +183,14 @@ func fill(ctx context.Context, vol device.Device) error {
 	return vol.Flush(ctx)
 }
 
-// startDroverTCP runs three replica processes (Config.ReplicaCommand)
+// startDroverTCP runs n replica processes (Config.ReplicaCommand)
 // listening on loopback and an engine in this process that reaches them
 // over TCP.
-func (e *benchEnv) startDroverTCP(ctx context.Context) (string, func(), error) {
+func (e *benchEnv) startDroverTCP(ctx context.Context, n int) (string, func(), error) {
 	if len(e.cfg.ReplicaCommand) == 0 {
 		return "", nil, fmt.Errorf("%w: no replica command", errSkip)
 	}
-	base := filepath.Join(e.dir, "drover-3r-tcp")
+	base := filepath.Join(e.dir, fmt.Sprintf("drover-%dr-tcp", n))
 	var closers []func()
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -199,7 +199,7 @@ func (e *benchEnv) startDroverTCP(ctx context.Context) (string, func(), error) {
 		os.RemoveAll(base)
 	}
 	cfg := enginerun.Config{Volume: "bench", Logger: e.quietLogger()}
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= n; i++ {
 		id := proto.ReplicaID(fmt.Sprintf("r%d", i))
 		addr, stop, err := e.startReplicaProcess(ctx, e.cfg.ReplicaCommand, filepath.Join(base, string(id)), id, e.cfg.SizeBytes)
 		if err != nil {

@@ -41,13 +41,16 @@ const (
 	TargetDrover1 = "drover-1r"
 	// TargetDrover3 is the same with three replicas.
 	TargetDrover3 = "drover-3r"
+	// TargetDrover1TCP has one replica process reached over TCP
+	// loopback; it runs only when Config.ReplicaCommand is set.
+	TargetDrover1TCP = "drover-1r-tcp"
 	// TargetDrover3TCP has three replica processes reached over TCP
 	// loopback; it runs only when Config.ReplicaCommand is set.
 	TargetDrover3TCP = "drover-3r-tcp"
 )
 
 // AllTargets lists every target in measuring order.
-var AllTargets = []string{TargetRaw, Reference, TargetQemu, TargetDroverFile, TargetDrover1, TargetDrover3, TargetDrover3TCP}
+var AllTargets = []string{TargetRaw, Reference, TargetQemu, TargetDroverFile, TargetDrover1, TargetDrover3, TargetDrover1TCP, TargetDrover3TCP}
 
 // Workload is one fio job shape.
 type Workload struct {
@@ -253,8 +256,10 @@ func (e *benchEnv) targets() []target {
 			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverLocal(ctx, 1) }
 		case TargetDrover3:
 			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverLocal(ctx, 3) }
+		case TargetDrover1TCP:
+			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverTCP(ctx, 1) }
 		case TargetDrover3TCP:
-			tg.start = e.startDroverTCP
+			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverTCP(ctx, 3) }
 		}
 		out = append(out, tg)
 	}

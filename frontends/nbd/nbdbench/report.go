@@ -76,8 +76,13 @@ func (r *Report) checkGoals() []Goal {
 				add(fmt.Sprintf("%s %s p50 vs %s", TargetDrover1, w.Name, r.Reference), ratio(one.P50us, ref.P50us), 1.2, true)
 			}
 		}
-		for _, three := range []string{TargetDrover3, TargetDrover3TCP} {
+		for _, pair := range [][2]string{{TargetDrover3, TargetDrover1}, {TargetDrover3TCP, TargetDrover1TCP}} {
+			three, base := pair[0], pair[1]
 			x, ok := r.find(three, w.Name)
+			b, okb := r.find(base, w.Name)
+			if !okb {
+				b, base = one, TargetDrover1
+			}
 			if !ok {
 				continue
 			}
@@ -85,7 +90,7 @@ func (r *Report) checkGoals() []Goal {
 			if w.RW == "randread" {
 				want = 1.0
 			}
-			add(fmt.Sprintf("%s %s IOPS vs %s", three, w.Name, TargetDrover1), ratio(x.IOPS, one.IOPS), want, false)
+			add(fmt.Sprintf("%s %s IOPS vs %s", three, w.Name, base), ratio(x.IOPS, b.IOPS), want, false)
 		}
 	}
 	return goals
