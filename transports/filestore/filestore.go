@@ -16,7 +16,9 @@
 // sync the files and the directory before completing. A write that finds
 // the disk full (ENOSPC) changes nothing: its blocks, and the index pages
 // that will describe them, are allocated with fallocate before any byte is
-// written.
+// written (once per block: an open layer remembers the blocks it has
+// reserved or written, whose overwrite needs no new space on file systems
+// that write in place, such as ext4, xfs and tmpfs).
 package filestore
 
 import (
