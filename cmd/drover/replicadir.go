@@ -28,7 +28,8 @@ func openReplicaDir(dir string, id proto.ReplicaID, createBytes uint64) (*replic
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", dir, err)
 	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: createBytes}, st)
+	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: createBytes,
+		MaxActiveRegions: replicarun.ActiveRegions}, st)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("replica %s: %w", dir, err)

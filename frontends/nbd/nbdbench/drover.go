@@ -134,7 +134,8 @@ func openReplica(dir string, id proto.ReplicaID, sizeBytes uint64) (*replicarun.
 	if err != nil {
 		return nil, nil, fmt.Errorf("replica %s: %w", id, err)
 	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: sizeBytes}, st)
+	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: sizeBytes,
+		MaxActiveRegions: replicarun.ActiveRegions}, st)
 	if err != nil {
 		st.Close()
 		return nil, nil, fmt.Errorf("replica %s: %w", id, err)
