@@ -231,10 +231,9 @@ func (r *Replica) setEntry(l *layer, e proto.BlockState) {
 		m = map[uint64]proto.BlockState{}
 		r.dirty[l.meta.ID] = m
 	}
-	if _, ok := m[e.BlockIndex]; !ok {
-		r.dirtyCount++
-	}
-	m[e.BlockIndex] = e
+	n := len(m)
+	m[e.BlockIndex] = e // one map operation: this runs for every block written
+	r.dirtyCount += len(m) - n
 	switch e.Kind {
 	case proto.BlockData:
 		l.held.Add(e.BlockIndex)
