@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/drover-io/drover/core/engine"
@@ -103,6 +104,17 @@ func (t *revertTask) revert() {
 			// era whose values may also be the snapshot's.
 			s.hist.pendingRevert = t.values
 			s.hist.lastCrashAt = s.now
+			t.finish("unknown")
+			return
+		}
+		if errors.Is(r.Err, engine.ErrFenced) {
+			// A new engine fenced this one with the revert in flight:
+			// replicas that took the revert before the new engine's open
+			// may have decided its chain, and that engine may serve
+			// already. Start a boundary through the next serving engine;
+			// its values may also be the snapshot's (sim swarm seed 784).
+			s.hist.pendingRevert = t.values
+			s.hist.forceBoundary()
 			t.finish("unknown")
 			return
 		}

@@ -32,6 +32,7 @@ func seedCount(t *testing.T) uint64 {
 // says so when one starts passing. Anything else that fails is new.
 var knownFailing = map[string]string{
 	"swarm/989": "activity-log limitation: bit rot plus power loss where every copy of the block was settled; garbage after recovery",
+	"swarm/648": "activity-log limitation, as 989 (bit rot of a head block, then power losses; every replica holds the rotted block with a matching checksum after recovery); reached since snapshot deletes run in windows",
 	"swarm/151": "NOT UNDERSTOOD YET: durability check fails at the era boundary after the volume faulted (no healthy replica left) and healed; first thing to investigate next session",
 }
 
@@ -108,6 +109,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{942, "swarm", 2000, "a stale engine served a read older than a write the new engine acknowledged (read lease)"},
 		{8, "crash", 2000, "the newest membership was chosen by generation alone; two engines had each recorded one"},
 		{16, "crash", 2000, "a replica crash after a boundary's engine opened did not start another era (simulator)"},
+		{784, "swarm", 2000, "a takeover fenced an engine with a revert in flight; the revert's outcome had no era boundary (simulator)"},
 	}
 	for _, c := range cases {
 		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})

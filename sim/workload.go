@@ -279,11 +279,24 @@ func (h *history) enginePumped(en *engineNode) {
 			h.boundaryOpenedAt = en.openedAt
 		}
 	}
+	if h.pausing && h.boundaryEngine == nil {
+		h.boundaryEngine, h.boundaryReading = en, false // forced (forceBoundary)
+	}
 	if !h.pausing || en != h.boundaryEngine || h.boundaryReading {
 		return
 	}
 	h.boundaryReading = true
 	h.readBoundary(en)
+}
+
+// forceBoundary pauses the clients and has the next engine that serves
+// (even one that served already) read an era boundary.
+func (h *history) forceBoundary() {
+	if h.pausing {
+		return // a boundary is coming anyway; pendingRevert widens it
+	}
+	h.pausing, h.boundaryEngine, h.boundaryReading = true, nil, false
+	h.boundaryGen++
 }
 
 // readBoundary reads every hot block once and starts the next era.

@@ -37,6 +37,10 @@ const (
 	// to the others).
 	// It does not wait behind other admin requests (see backup.go).
 	AdminReadSnapshot
+	// AdminListSnapshots lists every layer with its attributes and sizes
+	// (Snapshots; the head last, unnamed). Answered without waiting behind
+	// other admin requests (see snapshots.go).
+	AdminListSnapshots
 )
 
 // AdminRequest is a control-plane request.
@@ -47,6 +51,8 @@ type AdminRequest struct {
 	Name2     string
 	SizeBytes uint64
 	Replica   proto.ReplicaID
+	// Attrs: AdminSnapshot's creation time and labels (from the driver).
+	Attrs *proto.SnapshotAttrs
 	// BlockIndex and BlockCount: AdminReadSnapshot's range.
 	BlockIndex uint64
 	BlockCount uint32
@@ -59,6 +65,8 @@ type AdminReply struct {
 	Info    *VolumeInfo
 	Extents []proto.Extent
 	Data    []byte // AdminReadSnapshot
+	// Snapshots: AdminListSnapshots.
+	Snapshots []proto.SnapshotInfo
 }
 
 // VolumeInfo is what the engine reports about its volume.
@@ -111,6 +119,10 @@ func (e *Engine) Admin(req AdminRequest) {
 	}
 	if req.Op == AdminReadSnapshot {
 		e.adminReadSnapshot(req)
+		return
+	}
+	if req.Op == AdminListSnapshots {
+		e.adminListSnapshots(req)
 		return
 	}
 	if len(e.admin) >= 64 {
@@ -194,7 +206,7 @@ func (e *Engine) runAdmin() {
 	case AdminSnapshot:
 		e.adminSnapshot(t)
 	case AdminDeleteSnapshot:
-		e.adminEverywhere(t, proto.Request{Op: proto.OpDeleteSnapshot, Name: t.req.Name})
+		e.adminDeleteSnapshot(t)
 	case AdminRevert:
 		e.adminRevert(t)
 	case AdminExpand:
@@ -230,8 +242,8 @@ func (e *Engine) dropRebuildSnapshots() {
 }
 
 func (e *Engine) adminSnapshot(t *adminTask) {
-	if !t.internal && strings.HasPrefix(t.req.Name, rebuildSnapshotPrefix) {
-		e.finishAdmin(t, nil, fmt.Errorf("%w: snapshot names starting with %q are reserved for rebuilds", ErrInvalid, rebuildSnapshotPrefix))
+	if err := errors.Join(checkSnapshotName(t.req.Name, t.internal), checkLabels(t.req.Attrs)); err != nil {
+		e.finishAdmin(t, nil, err)
 		return
 	}
 	if e.rebuild != nil {
@@ -240,16 +252,20 @@ func (e *Engine) adminSnapshot(t *adminTask) {
 	}
 	for _, n := range e.chain {
 		if n == t.req.Name {
-			e.finishAdmin(t, nil, fmt.Errorf("%w: snapshot %q", ErrExists, t.req.Name))
+			e.finishAdmin(t, nil, fmt.Errorf("%w: snapshot %q already exists", ErrExists, t.req.Name))
 			return
 		}
 	}
-	e.adminEverywhere(t, proto.Request{Op: proto.OpSnapshot, Name: t.req.Name, Seq: e.writeSeq})
+	e.adminEverywhere(t, proto.Request{Op: proto.OpSnapshot, Name: t.req.Name, Seq: e.writeSeq, Attrs: t.req.Attrs.Clone()})
 }
 
 func (e *Engine) adminRevert(t *adminTask) {
+	if err := e.checkExisting("revert to", t.req.Name); err != nil {
+		e.finishAdmin(t, nil, err)
+		return
+	}
 	if e.attached {
-		e.finishAdmin(t, nil, fmt.Errorf("%w: revert needs the volume detached", ErrBusy))
+		e.finishAdmin(t, nil, fmt.Errorf("%w: revert needs the volume detached: the data would change under whatever uses it (detach it first)", ErrBusy))
 		return
 	}
 	e.adminEverywhere(t, proto.Request{Op: proto.OpRevert, Name: t.req.Name})

@@ -77,12 +77,21 @@ const (
 	// shows them: the chain cut at that layer (empty Name: the head, as
 	// OpRead). Backups read snapshots with it.
 	OpSnapRead
+	// OpMergeSnapshot merges blocks [BlockIndex, BlockIndex+BlockCount) of
+	// snapshot Name into its child (blocks the child lacks are copied). It
+	// changes no view and holds only writes to that range, so an engine
+	// deletes a large snapshot online as a series of windows, then sends
+	// OpDeleteSnapshot, which finds nothing left to copy.
+	OpMergeSnapshot
+	// OpListSnapshots returns Snapshots: every layer oldest first, the head
+	// last (empty name), with its attributes and sizes.
+	OpListSnapshots
 )
 
 var opNames = [...]string{"?", "read", "write", "trim", "write-zeroes", "flush",
 	"open", "info", "set-membership", "snapshot", "delete-snapshot", "revert",
 	"expand", "changed-extents", "layer-blocks", "layer-read", "layer-write",
-	"set-chain", "settle", "snap-read"}
+	"set-chain", "settle", "snap-read", "merge-snapshot", "list-snapshots"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {
@@ -112,6 +121,9 @@ type Request struct {
 	Membership *Membership // OpSetMembership
 	Chain      []string    // OpSetChain
 	Blocks     []BlockState
+	// Attrs are the new snapshot's attributes (OpSnapshot), chosen by the
+	// production driver (the core has no clock); kept, never interpreted.
+	Attrs *SnapshotAttrs
 }
 
 // Status is the outcome of a request. Errors the engine branches on have
@@ -157,11 +169,12 @@ type Reply struct {
 	Status Status
 	Err    string // human detail when Status != StatusOK
 
-	Data       []byte       // OpRead, OpLayerRead, OpSnapRead
-	BlockIndex uint64       // StatusCorrupt: the first bad block
-	Blocks     []BlockState // OpLayerBlocks, OpLayerRead
-	Extents    []Extent     // OpChangedExtents
-	Info       *Info        // OpOpen, OpInfo
+	Data       []byte         // OpRead, OpLayerRead, OpSnapRead
+	BlockIndex uint64         // StatusCorrupt: the first bad block
+	Blocks     []BlockState   // OpLayerBlocks, OpLayerRead
+	Extents    []Extent       // OpChangedExtents
+	Info       *Info          // OpOpen, OpInfo
+	Snapshots  []SnapshotInfo // OpListSnapshots
 }
 
 // BlockKind says what a layer holds for one block.

@@ -158,6 +158,8 @@ const (
 
 	flagFUA        = 1 << 0
 	flagMembership = 1 << 1
+	flagAttrs      = 1 << 2 // request: Attrs follow the blocks
+	flagSnapshots  = 1 << 3 // reply: Snapshots follow the info
 	flagInfo       = 1 << 2
 	flagDirty      = 1 << 3
 )
@@ -193,6 +195,9 @@ func appendRequest(b []byte, q *Request) []byte {
 	if q.Membership != nil {
 		flags |= flagMembership
 	}
+	if q.Attrs != nil {
+		flags |= flagAttrs
+	}
 	b = append(b, bodyRequest, byte(q.Op), flags)
 	b = appendU64s(b, q.ID, q.Epoch, q.BlockIndex, q.Seq, q.SizeBytes)
 	b = binary.LittleEndian.AppendUint32(b, q.BlockCount)
@@ -203,6 +208,9 @@ func appendRequest(b []byte, q *Request) []byte {
 	}
 	b = appendStrings(b, q.Chain)
 	b = appendBlocks(b, q.Blocks)
+	if q.Attrs != nil {
+		b = appendAttrs(b, q.Attrs)
+	}
 	return appendBytes(b, q.Data)
 }
 
@@ -211,6 +219,9 @@ func appendReply(b []byte, p *Reply) []byte {
 	if p.Info != nil {
 		flags |= flagInfo
 	}
+	if p.Snapshots != nil {
+		flags |= flagSnapshots
+	}
 	b = append(b, bodyReply, byte(p.Status), flags)
 	b = appendU64s(b, p.ID, p.BlockIndex)
 	b = appendString(b, p.Err)
@@ -218,6 +229,9 @@ func appendReply(b []byte, p *Reply) []byte {
 	b = appendExtents(b, p.Extents)
 	if p.Info != nil {
 		b = appendInfo(b, p.Info)
+	}
+	if p.Snapshots != nil {
+		b = appendSnapshots(b, p.Snapshots)
 	}
 	return appendBytes(b, p.Data)
 }
@@ -447,12 +461,15 @@ func DecodeRequest(body []byte) (Request, error) {
 	}
 	q.Chain = d.strings("chain")
 	q.Blocks = d.blocks()
+	if flags&flagAttrs != 0 {
+		q.Attrs = d.attrs()
+	}
 	q.Data = d.bytes("data")
 	if len(q.Data) == 0 {
 		q.Data = nil
 	}
 	d.end()
-	if d.err == nil && flags&^(flagFUA|flagMembership) != 0 {
+	if d.err == nil && flags&^(flagFUA|flagMembership|flagAttrs) != 0 {
 		d.fail("unknown request flags %#x", flags)
 	}
 	if d.err != nil {
@@ -480,12 +497,15 @@ func DecodeReply(body []byte) (Reply, error) {
 	if flags&flagInfo != 0 {
 		p.Info = d.info()
 	}
+	if flags&flagSnapshots != 0 {
+		p.Snapshots = d.snapshots()
+	}
 	p.Data = d.bytes("data")
 	if len(p.Data) == 0 {
 		p.Data = nil
 	}
 	d.end()
-	if d.err == nil && flags&^flagInfo != 0 {
+	if d.err == nil && flags&^(flagInfo|flagSnapshots) != 0 {
 		d.fail("unknown reply flags %#x", flags)
 	}
 	if d.err != nil {

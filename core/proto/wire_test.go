@@ -21,6 +21,9 @@ func wireSamples() ([]Request, []Reply) {
 		{ID: 4, Epoch: 7, Op: OpSetChain, Chain: []string{"a", "b"}, Name: "x", Name2: "y", SizeBytes: 1 << 40},
 		{ID: 5, Epoch: 7, Op: OpLayerWrite, BlockIndex: 4, BlockCount: 2, Data: data,
 			Blocks: []BlockState{{BlockIndex: 4, Kind: BlockData, CRC: 77}, {BlockIndex: 5, Kind: BlockZero}}},
+		{ID: 6, Epoch: 7, Op: OpSnapshot, Name: "s1", Seq: 4,
+			Attrs: &SnapshotAttrs{CreatedUnixNano: 1_700_000_000_123_456_789, Labels: []Label{{"app", "db"}, {"k", ""}}}},
+		{ID: 7, Epoch: 7, Op: OpMergeSnapshot, Name: "s1", BlockIndex: 1 << 16, BlockCount: 1 << 16},
 	}
 	reps := []Reply{
 		{ID: 1, Info: &Info{ID: "r1", SizeBytes: 1 << 30, Epoch: 7, FlushedSeq: 9, Chain: []string{"s"},
@@ -28,6 +31,9 @@ func wireSamples() ([]Request, []Reply) {
 		{ID: 2, Data: data},
 		{ID: 3, Status: StatusCorrupt, Err: "block 5: checksum", BlockIndex: 5},
 		{ID: 4, Extents: []Extent{{1, 2}, {10, 20}}, Blocks: []BlockState{{BlockIndex: 1, Kind: BlockData, CRC: 3}}},
+		{ID: 5, Snapshots: []SnapshotInfo{
+			{Name: "s1", Attrs: SnapshotAttrs{CreatedUnixNano: -1, Labels: []Label{{"a", "b"}}}, DataBlocks: 10, ZeroBlocks: 2, ShadowedBlocks: 3},
+			{Name: "", DataBlocks: 1}}},
 	}
 	return reqs, reps
 }

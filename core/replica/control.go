@@ -194,6 +194,10 @@ func (r *Replica) runSnapshot(o *op) {
 		r.fails(o, st, "snapshot: %s", msg)
 		return
 	}
+	if msg := checkAttrs(o.req.Attrs); msg != "" {
+		r.fails(o, proto.StatusInvalid, "snapshot: %s", msg)
+		return
+	}
 	r.flushAll(o.req.Seq, func(ok bool) {
 		if !ok {
 			r.done(o, false)
@@ -206,6 +210,9 @@ func (r *Replica) runSnapshot(o *op) {
 				return
 			}
 			r.head().meta.Name = o.req.Name
+			if a := o.req.Attrs.Clone(); a != nil {
+				r.head().meta.Attrs = *a
+			}
 			r.layers = append(r.layers, &layer{meta: LayerMeta{ID: id}})
 			r.writeMeta(func(ok bool) { r.done(o, ok) })
 		})
@@ -230,7 +237,7 @@ func (r *Replica) runDeleteSnapshot(o *op) {
 		return
 	}
 	child := r.layers[i+1]
-	r.mergeFrom(o, l, child, 0, func() {
+	r.mergeFrom(o, l, child, 0, r.sizeBlocks(), func() {
 		r.flushAll(r.flushedSeq, func(ok bool) {
 			if !ok {
 				r.done(o, false)
@@ -249,12 +256,12 @@ func (r *Replica) runDeleteSnapshot(o *op) {
 	})
 }
 
-// mergeFrom copies blocks of src from block `from` on that dst lacks,
+// mergeFrom copies blocks of src in [from, to) that dst lacks,
 // mergeBatchBlocks at a time.
-func (r *Replica) mergeFrom(o *op, src, dst *layer, from uint64, then func()) {
+func (r *Replica) mergeFrom(o *op, src, dst *layer, from, to uint64, then func()) {
 	var batch []uint64
-	next := r.sizeBlocks()
-	src.held.Extents(from, r.sizeBlocks(), func(start, n uint64) bool {
+	next := to
+	src.held.Extents(from, to, func(start, n uint64) bool {
 		for b := start; b < start+n; b++ {
 			if len(batch) == mergeBatchBlocks {
 				next = b
@@ -266,7 +273,7 @@ func (r *Replica) mergeFrom(o *op, src, dst *layer, from uint64, then func()) {
 		}
 		return true
 	})
-	if len(batch) == 0 && next >= r.sizeBlocks() {
+	if len(batch) == 0 && next >= to {
 		then()
 		return
 	}
@@ -278,7 +285,7 @@ func (r *Replica) mergeFrom(o *op, src, dst *layer, from uint64, then func()) {
 		}
 		runs = appendExtent(runs, proto.Extent{BlockIndex: b, BlockCount: 1})
 	}
-	r.copyRuns(o, src, dst, runs, func() { r.mergeFrom(o, src, dst, next, then) })
+	r.copyRuns(o, src, dst, runs, func() { r.mergeFrom(o, src, dst, next, to, then) })
 }
 
 func (r *Replica) copyRuns(o *op, src, dst *layer, runs []proto.Extent, then func()) {

@@ -13,8 +13,9 @@ import (
 // metaMagic starts every encoded metadata blob ("DRVM").
 const metaMagic = 0x4d565244
 
-// metaVersion is the encoding version this package writes and reads.
-const metaVersion = 1
+// metaVersion is the encoding version this package writes. Version 1
+// (no snapshot attributes) is still read.
+const metaVersion = 2
 
 // maxMetaBytes bounds a blob we are willing to decode.
 const maxMetaBytes = 16 << 20
@@ -46,6 +47,8 @@ type Meta struct {
 type LayerMeta struct {
 	ID   store.LayerID
 	Name string // empty for the head
+	// Attrs are the snapshot's creation time and labels (version 2).
+	Attrs proto.SnapshotAttrs
 }
 
 // RegionKey names one region of one layer.
@@ -72,6 +75,12 @@ func (m *Meta) Encode() []byte {
 	for _, l := range m.Layers {
 		e.u64(uint64(l.ID))
 		e.str(l.Name)
+		e.u64(uint64(l.Attrs.CreatedUnixNano))
+		e.u64(uint64(len(l.Attrs.Labels)))
+		for _, lb := range l.Attrs.Labels {
+			e.str(lb.Key)
+			e.str(lb.Value)
+		}
 	}
 	if m.Membership == nil {
 		e.u8(0)
@@ -180,8 +189,9 @@ func DecodeMeta(b []byte) (*Meta, error) {
 	if binary.LittleEndian.Uint32(b) != metaMagic {
 		return nil, fmt.Errorf("%w: bad magic", ErrBadMeta)
 	}
-	if v := binary.LittleEndian.Uint32(b[4:]); v != metaVersion {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrBadMeta, v, metaVersion)
+	version := binary.LittleEndian.Uint32(b[4:])
+	if version != 1 && version != metaVersion {
+		return nil, fmt.Errorf("%w: version %d, want 1..%d", ErrBadMeta, version, metaVersion)
 	}
 	body := binary.LittleEndian.Uint64(b[8:])
 	if body != uint64(len(b)-20) {
@@ -194,7 +204,14 @@ func DecodeMeta(b []byte) (*Meta, error) {
 	d := &decoder{b: b[16 : len(b)-4]}
 	m := &Meta{ID: proto.ReplicaID(d.str()), SizeBytes: d.u64(), Epoch: d.u64(), NextLayerID: store.LayerID(d.u64())}
 	for i, n := 0, d.count(16); i < n; i++ {
-		m.Layers = append(m.Layers, LayerMeta{ID: store.LayerID(d.u64()), Name: d.str()})
+		l := LayerMeta{ID: store.LayerID(d.u64()), Name: d.str()}
+		if version >= 2 {
+			l.Attrs.CreatedUnixNano = int64(d.u64())
+			for j, k := 0, d.count(16); j < k; j++ {
+				l.Attrs.Labels = append(l.Attrs.Labels, proto.Label{Key: d.str(), Value: d.str()})
+			}
+		}
+		m.Layers = append(m.Layers, l)
 	}
 	if d.u8() == 1 {
 		ms := &proto.Membership{Gen: d.u64(), Epoch: d.u64()}

@@ -1,8 +1,10 @@
 package replica_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"reflect"
 	"testing"
 
@@ -27,7 +29,14 @@ func genMeta(t *rapid.T) *replica.Meta {
 		if i < nLayers-1 {
 			name = fmt.Sprintf("%s-%d", rapid.StringN(0, 8, -1).Draw(t, "name"), i)
 		}
-		m.Layers = append(m.Layers, replica.LayerMeta{ID: next, Name: name})
+		l := replica.LayerMeta{ID: next, Name: name}
+		if name != "" {
+			l.Attrs.CreatedUnixNano = rapid.Int64().Draw(t, "created")
+			for n := rapid.IntRange(0, 3).Draw(t, "labels"); n > 0; n-- {
+				l.Attrs.Labels = append(l.Attrs.Labels, proto.Label{Key: rapid.StringN(0, 6, -1).Draw(t, "lk"), Value: rapid.StringN(0, 6, -1).Draw(t, "lv")})
+			}
+		}
+		m.Layers = append(m.Layers, l)
 		next++
 	}
 	m.NextLayerID = next + store.LayerID(rapid.Uint64Range(0, 5).Draw(t, "nextGap"))
@@ -84,4 +93,42 @@ func TestDecodeMetaRejectsDamage(t *testing.T) {
 		decodeMustFail(t, "extended", append(append([]byte(nil), enc...), rapid.SliceOfN(rapid.Byte(), 1, 8).Draw(t, "tail")...))
 		decodeMustFail(t, "random", rapid.SliceOfN(rapid.Byte(), 0, 300).Draw(t, "random"))
 	})
+}
+
+// TestDecodeMetaVersion1 reads a blob in the first encoding (no snapshot
+// attributes), as replicas created before version 2 hold on disk.
+func TestDecodeMetaVersion1(t *testing.T) {
+	var body []byte
+	u64 := func(v uint64) { body = binary.LittleEndian.AppendUint64(body, v) }
+	str := func(s string) { u64(uint64(len(s))); body = append(body, s...) }
+	str("r1")
+	u64(1 << 20) // size
+	u64(7)       // epoch
+	u64(3)       // next layer id
+	u64(2)       // layers
+	u64(1)
+	str("snap")
+	u64(2)
+	str("")
+	body = append(body, 0) // no membership
+	u64(0)                 // active
+	u64(0)                 // recovered
+	u64(0)                 // suspect
+	blob := binary.LittleEndian.AppendUint32(nil, 0x4d565244)
+	blob = binary.LittleEndian.AppendUint32(blob, 1)
+	blob = binary.LittleEndian.AppendUint64(blob, uint64(len(body)))
+	blob = append(blob, body...)
+	blob = binary.LittleEndian.AppendUint32(blob, crc32.Checksum(blob, crc32.MakeTable(crc32.Castagnoli)))
+	m, err := replica.DecodeMeta(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []replica.LayerMeta{{ID: 1, Name: "snap"}, {ID: 2}}
+	if m.ID != "r1" || m.SizeBytes != 1<<20 || m.Epoch != 7 || !reflect.DeepEqual(m.Layers, want) {
+		t.Fatalf("decoded %+v", m)
+	}
+	again, err := replica.DecodeMeta(m.Encode())
+	if err != nil || !reflect.DeepEqual(again, m) {
+		t.Fatalf("re-encoded as version 2: %+v, %v", again, err)
+	}
 }

@@ -40,6 +40,9 @@ func runSequence(t *rapid.T, crashes bool) {
 			batch(t, h, crashes)
 		case k < 9:
 			control(t, h)
+			if !crashes {
+				checkList(t, h)
+			}
 		default:
 			h.verify()
 		}
@@ -59,11 +62,29 @@ func genRange(t *rapid.T, h *harness) (uint64, uint32) {
 }
 
 // batch sends 1..5 data requests before completing any IO, then either
-// runs them all or crashes after a random number of IO completions.
+// runs them all or crashes after a random number of IO completions. Some
+// batches also merge windows of a snapshot (as an engine's delete does,
+// beside client IO); the snapshot is then deleted, as the engine would.
 func batch(t *rapid.T, h *harness, crashes bool) {
+	merged := ""
+	defer func() {
+		if merged != "" {
+			rep := h.do(proto.Request{Op: proto.OpDeleteSnapshot, Name: merged})
+			expectStatus(t, "delete after merge windows", rep, h.m.DeleteSnapshot(merged))
+		}
+	}()
 	for n := rapid.IntRange(1, 5).Draw(t, "batch"); n > 0; n-- {
 		b, c := genRange(t, h)
 		r := proto.Request{BlockIndex: b, BlockCount: c, FUA: rapid.IntRange(0, 4).Draw(t, "fua") == 0}
+		if chain := h.m.Snapshots(); len(chain) > 0 && rapid.IntRange(0, 9).Draw(t, "merge") == 0 {
+			// A merge window runs beside data requests and changes no view.
+			b, c := genRange(t, h)
+			if merged == "" {
+				merged = rapid.SampledFrom(chain).Draw(t, "mergeName")
+			}
+			h.send(proto.Request{Op: proto.OpMergeSnapshot, Name: merged, BlockIndex: b, BlockCount: c})
+			continue
+		}
 		switch rapid.IntRange(0, 9).Draw(t, "op") {
 		case 0, 1, 2, 3:
 			r.Op, r.Data = proto.OpWrite, h.data(b, c)
@@ -116,6 +137,62 @@ func control(t *rapid.T, h *harness) {
 	}
 	if got, want := h.d.Replica.Info().Chain, h.m.Snapshots(); !slices.Equal(got, want) {
 		t.Fatalf("chain %q, model %q", got, want)
+	}
+}
+
+// checkList compares OpListSnapshots with the model: each layer holds
+// exactly the blocks the model's layer touched, as data or zeros, and
+// shadows the ones its child touched too. (A crash may lose unflushed
+// writes the model counts as touched, so only runs without crashes.)
+func checkList(t *rapid.T, h *harness) {
+	rep := h.do(proto.Request{Op: proto.OpListSnapshots})
+	chain := h.m.Snapshots()
+	if rep.Status != proto.StatusOK || len(rep.Snapshots) != len(chain)+1 {
+		t.Fatalf("list snapshots: %v %s, %d entries for chain %q", rep.Status, rep.Err, len(rep.Snapshots), chain)
+	}
+	touched := func(i int) map[uint64]bool {
+		from, to := "", ""
+		if i > 0 {
+			from = chain[i-1]
+		}
+		if i < len(chain) {
+			to = chain[i]
+		}
+		bs, err := h.m.ChangedBlocks(from, to)
+		if err != nil {
+			t.Fatalf("model changed blocks %q..%q: %v", from, to, err)
+		}
+		out := map[uint64]bool{}
+		for _, b := range bs {
+			out[b] = true
+		}
+		return out
+	}
+	for i, s := range rep.Snapshots {
+		name := ""
+		if i < len(chain) {
+			name = chain[i]
+		}
+		var data, zero, shadowed uint64
+		mine := touched(i)
+		var child map[uint64]bool
+		if i < len(chain) {
+			child = touched(i + 1)
+		}
+		for b := range mine {
+			blk, _ := h.m.ReadSnapshot(name, b, 1)
+			if string(blk) == string(make([]byte, proto.BlockSize)) {
+				zero++
+				continue
+			}
+			data++
+			if child[b] {
+				shadowed++
+			}
+		}
+		if s.Name != name || s.DataBlocks != data || s.ZeroBlocks != zero || s.ShadowedBlocks != shadowed {
+			t.Fatalf("layer %d: replica lists %+v, model has %q data %d zero %d shadowed %d", i, s, name, data, zero, shadowed)
+		}
 	}
 }
 

@@ -100,6 +100,8 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 		o.run = r.runRead
 	case proto.OpSnapRead:
 		return r.newSnapRead(o)
+	case proto.OpMergeSnapshot, proto.OpListSnapshots:
+		return r.newSnapshotOp(o)
 	case proto.OpWrite:
 		if uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
 			return nil, proto.StatusInvalid, sprintf("%d data bytes for %d blocks", len(req.Data), req.BlockCount)

@@ -116,21 +116,6 @@ func (s *Server) admin(ctx context.Context, req engine.AdminRequest) (engine.Adm
 	return rep, toStatus(err)
 }
 
-// SnapshotCreate takes a snapshot.
-func (s *Server) SnapshotCreate(ctx context.Context, req *controlpb.SnapshotRequest) (*controlpb.Empty, error) {
-	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminSnapshot, Name: req.GetName()})
-	return &controlpb.Empty{}, err
-}
-
-// SnapshotList lists snapshots, oldest first.
-func (s *Server) SnapshotList(ctx context.Context, _ *controlpb.Empty) (*controlpb.SnapshotListResponse, error) {
-	info, err := s.d.Info(ctx)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return &controlpb.SnapshotListResponse{Names: info.Chain}, nil
-}
-
 // SnapshotDelete merges a snapshot into its child.
 func (s *Server) SnapshotDelete(ctx context.Context, req *controlpb.SnapshotRequest) (*controlpb.Empty, error) {
 	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminDeleteSnapshot, Name: req.GetName()})

@@ -367,8 +367,10 @@ func (x *VolumeInfoResponse) GetRebuild() *RebuildProgress {
 }
 
 type SnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// labels: SnapshotCreate only (keys 1..255 bytes, at most 64).
+	Labels        map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -410,16 +412,112 @@ func (x *SnapshotRequest) GetName() string {
 	return ""
 }
 
+func (x *SnapshotRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// SnapshotInfo is one layer of the chain: a snapshot, or the head (empty
+// name, last). Layers share no blocks: size_bytes is data held by this
+// layer only; reclaim_bytes the part its child overwrote, which deleting
+// it frees (the rest moves into the child).
+type SnapshotInfo struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	Labels          map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SizeBytes       uint64                 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	ZeroBlocks      uint64                 `protobuf:"varint,5,opt,name=zero_blocks,json=zeroBlocks,proto3" json:"zero_blocks,omitempty"`
+	ReclaimBytes    uint64                 `protobuf:"varint,6,opt,name=reclaim_bytes,json=reclaimBytes,proto3" json:"reclaim_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SnapshotInfo) Reset() {
+	*x = SnapshotInfo{}
+	mi := &file_control_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotInfo) ProtoMessage() {}
+
+func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
+func (*SnapshotInfo) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SnapshotInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SnapshotInfo) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotInfo) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *SnapshotInfo) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *SnapshotInfo) GetZeroBlocks() uint64 {
+	if x != nil {
+		return x.ZeroBlocks
+	}
+	return 0
+}
+
+func (x *SnapshotInfo) GetReclaimBytes() uint64 {
+	if x != nil {
+		return x.ReclaimBytes
+	}
+	return 0
+}
+
 type SnapshotListResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	Snapshots     []*SnapshotInfo        `protobuf:"bytes,2,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotListResponse) Reset() {
 	*x = SnapshotListResponse{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +529,7 @@ func (x *SnapshotListResponse) String() string {
 func (*SnapshotListResponse) ProtoMessage() {}
 
 func (x *SnapshotListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,12 +542,19 @@ func (x *SnapshotListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotListResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotListResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotListResponse) GetNames() []string {
 	if x != nil {
 		return x.Names
+	}
+	return nil
+}
+
+func (x *SnapshotListResponse) GetSnapshots() []*SnapshotInfo {
+	if x != nil {
+		return x.Snapshots
 	}
 	return nil
 }
@@ -464,7 +569,7 @@ type ChangedExtentsRequest struct {
 
 func (x *ChangedExtentsRequest) Reset() {
 	*x = ChangedExtentsRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +581,7 @@ func (x *ChangedExtentsRequest) String() string {
 func (*ChangedExtentsRequest) ProtoMessage() {}
 
 func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +594,7 @@ func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangedExtentsRequest.ProtoReflect.Descriptor instead.
 func (*ChangedExtentsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ChangedExtentsRequest) GetFrom() string {
@@ -516,7 +621,7 @@ type Extent struct {
 
 func (x *Extent) Reset() {
 	*x = Extent{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +633,7 @@ func (x *Extent) String() string {
 func (*Extent) ProtoMessage() {}
 
 func (x *Extent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +646,7 @@ func (x *Extent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extent.ProtoReflect.Descriptor instead.
 func (*Extent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Extent) GetBlockIndex() uint64 {
@@ -568,7 +673,7 @@ type ChangedExtentsResponse struct {
 
 func (x *ChangedExtentsResponse) Reset() {
 	*x = ChangedExtentsResponse{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +685,7 @@ func (x *ChangedExtentsResponse) String() string {
 func (*ChangedExtentsResponse) ProtoMessage() {}
 
 func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +698,7 @@ func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangedExtentsResponse.ProtoReflect.Descriptor instead.
 func (*ChangedExtentsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChangedExtentsResponse) GetBlockSizeBytes() uint32 {
@@ -611,15 +716,18 @@ func (x *ChangedExtentsResponse) GetExtents() []*Extent {
 }
 
 type ExpandRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SizeBytes     uint64                 `protobuf:"varint,1,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SizeBytes uint64                 `protobuf:"varint,1,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// allow_shrink: a smaller size is allowed when the volume is detached
+	// and no layer holds data at or beyond it.
+	AllowShrink   bool `protobuf:"varint,2,opt,name=allow_shrink,json=allowShrink,proto3" json:"allow_shrink,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExpandRequest) Reset() {
 	*x = ExpandRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +739,7 @@ func (x *ExpandRequest) String() string {
 func (*ExpandRequest) ProtoMessage() {}
 
 func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +752,7 @@ func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandRequest.ProtoReflect.Descriptor instead.
 func (*ExpandRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExpandRequest) GetSizeBytes() uint64 {
@@ -652,6 +760,13 @@ func (x *ExpandRequest) GetSizeBytes() uint64 {
 		return x.SizeBytes
 	}
 	return 0
+}
+
+func (x *ExpandRequest) GetAllowShrink() bool {
+	if x != nil {
+		return x.AllowShrink
+	}
+	return false
 }
 
 type ReplicaListResponse struct {
@@ -663,7 +778,7 @@ type ReplicaListResponse struct {
 
 func (x *ReplicaListResponse) Reset() {
 	*x = ReplicaListResponse{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +790,7 @@ func (x *ReplicaListResponse) String() string {
 func (*ReplicaListResponse) ProtoMessage() {}
 
 func (x *ReplicaListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +803,7 @@ func (x *ReplicaListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaListResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaListResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReplicaListResponse) GetReplicas() []*ReplicaStatus {
@@ -708,7 +823,7 @@ type ReplicaAddRequest struct {
 
 func (x *ReplicaAddRequest) Reset() {
 	*x = ReplicaAddRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +835,7 @@ func (x *ReplicaAddRequest) String() string {
 func (*ReplicaAddRequest) ProtoMessage() {}
 
 func (x *ReplicaAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +848,7 @@ func (x *ReplicaAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaAddRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaAddRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReplicaAddRequest) GetId() string {
@@ -759,7 +874,7 @@ type ReplicaRemoveRequest struct {
 
 func (x *ReplicaRemoveRequest) Reset() {
 	*x = ReplicaRemoveRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +886,7 @@ func (x *ReplicaRemoveRequest) String() string {
 func (*ReplicaRemoveRequest) ProtoMessage() {}
 
 func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +899,7 @@ func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRemoveRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaRemoveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicaRemoveRequest) GetId() string {
@@ -804,7 +919,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +931,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +944,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReadRequest) GetOffset() uint64 {
@@ -855,7 +970,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +982,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +995,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadResponse) GetData() []byte {
@@ -901,7 +1016,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1028,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1041,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WriteRequest) GetOffset() uint64 {
@@ -961,7 +1076,7 @@ type ReadSnapshotRequest struct {
 
 func (x *ReadSnapshotRequest) Reset() {
 	*x = ReadSnapshotRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1088,7 @@ func (x *ReadSnapshotRequest) String() string {
 func (*ReadSnapshotRequest) ProtoMessage() {}
 
 func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1101,7 @@ func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadSnapshotRequest) GetName() string {
@@ -1020,7 +1135,7 @@ type ReadSnapshotChunk struct {
 
 func (x *ReadSnapshotChunk) Reset() {
 	*x = ReadSnapshotChunk{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1147,7 @@ func (x *ReadSnapshotChunk) String() string {
 func (*ReadSnapshotChunk) ProtoMessage() {}
 
 func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1160,7 @@ func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotChunk.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadSnapshotChunk) GetOffset() uint64 {
@@ -1072,7 +1187,7 @@ type WriteZeroesRequest struct {
 
 func (x *WriteZeroesRequest) Reset() {
 	*x = WriteZeroesRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1199,7 @@ func (x *WriteZeroesRequest) String() string {
 func (*WriteZeroesRequest) ProtoMessage() {}
 
 func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1212,7 @@ func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteZeroesRequest.ProtoReflect.Descriptor instead.
 func (*WriteZeroesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WriteZeroesRequest) GetOffset() uint64 {
@@ -1144,11 +1259,28 @@ const file_control_proto_rawDesc = "" +
 	"\x05chain\x18\x06 \x03(\tR\x05chain\x12%\n" +
 	"\x0emembership_gen\x18\a \x01(\x04R\rmembershipGen\x12<\n" +
 	"\breplicas\x18\b \x03(\v2 .drover.control.v1.ReplicaStatusR\breplicas\x12<\n" +
-	"\arebuild\x18\t \x01(\v2\".drover.control.v1.RebuildProgressR\arebuild\"%\n" +
+	"\arebuild\x18\t \x01(\v2\".drover.control.v1.RebuildProgressR\arebuild\"\xa8\x01\n" +
 	"\x0fSnapshotRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\",\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12F\n" +
+	"\x06labels\x18\x02 \x03(\v2..drover.control.v1.SnapshotRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb3\x02\n" +
+	"\fSnapshotInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12C\n" +
+	"\x06labels\x18\x03 \x03(\v2+.drover.control.v1.SnapshotInfo.LabelsEntryR\x06labels\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x04R\tsizeBytes\x12\x1f\n" +
+	"\vzero_blocks\x18\x05 \x01(\x04R\n" +
+	"zeroBlocks\x12#\n" +
+	"\rreclaim_bytes\x18\x06 \x01(\x04R\freclaimBytes\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"k\n" +
 	"\x14SnapshotListResponse\x12\x14\n" +
-	"\x05names\x18\x01 \x03(\tR\x05names\";\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x12=\n" +
+	"\tsnapshots\x18\x02 \x03(\v2\x1f.drover.control.v1.SnapshotInfoR\tsnapshots\";\n" +
 	"\x15ChangedExtentsRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\"J\n" +
@@ -1159,10 +1291,11 @@ const file_control_proto_rawDesc = "" +
 	"blockCount\"w\n" +
 	"\x16ChangedExtentsResponse\x12(\n" +
 	"\x10block_size_bytes\x18\x01 \x01(\rR\x0eblockSizeBytes\x123\n" +
-	"\aextents\x18\x02 \x03(\v2\x19.drover.control.v1.ExtentR\aextents\".\n" +
+	"\aextents\x18\x02 \x03(\v2\x19.drover.control.v1.ExtentR\aextents\"Q\n" +
 	"\rExpandRequest\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x01 \x01(\x04R\tsizeBytes\"S\n" +
+	"size_bytes\x18\x01 \x01(\x04R\tsizeBytes\x12!\n" +
+	"\fallow_shrink\x18\x02 \x01(\bR\vallowShrink\"S\n" +
 	"\x13ReplicaListResponse\x12<\n" +
 	"\breplicas\x18\x01 \x03(\v2 .drover.control.v1.ReplicaStatusR\breplicas\"=\n" +
 	"\x11ReplicaAddRequest\x12\x0e\n" +
@@ -1223,7 +1356,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_control_proto_goTypes = []any{
 	(*Empty)(nil),                  // 0: drover.control.v1.Empty
 	(*VolumeInfoRequest)(nil),      // 1: drover.control.v1.VolumeInfoRequest
@@ -1231,65 +1364,71 @@ var file_control_proto_goTypes = []any{
 	(*RebuildProgress)(nil),        // 3: drover.control.v1.RebuildProgress
 	(*VolumeInfoResponse)(nil),     // 4: drover.control.v1.VolumeInfoResponse
 	(*SnapshotRequest)(nil),        // 5: drover.control.v1.SnapshotRequest
-	(*SnapshotListResponse)(nil),   // 6: drover.control.v1.SnapshotListResponse
-	(*ChangedExtentsRequest)(nil),  // 7: drover.control.v1.ChangedExtentsRequest
-	(*Extent)(nil),                 // 8: drover.control.v1.Extent
-	(*ChangedExtentsResponse)(nil), // 9: drover.control.v1.ChangedExtentsResponse
-	(*ExpandRequest)(nil),          // 10: drover.control.v1.ExpandRequest
-	(*ReplicaListResponse)(nil),    // 11: drover.control.v1.ReplicaListResponse
-	(*ReplicaAddRequest)(nil),      // 12: drover.control.v1.ReplicaAddRequest
-	(*ReplicaRemoveRequest)(nil),   // 13: drover.control.v1.ReplicaRemoveRequest
-	(*ReadRequest)(nil),            // 14: drover.control.v1.ReadRequest
-	(*ReadResponse)(nil),           // 15: drover.control.v1.ReadResponse
-	(*WriteRequest)(nil),           // 16: drover.control.v1.WriteRequest
-	(*ReadSnapshotRequest)(nil),    // 17: drover.control.v1.ReadSnapshotRequest
-	(*ReadSnapshotChunk)(nil),      // 18: drover.control.v1.ReadSnapshotChunk
-	(*WriteZeroesRequest)(nil),     // 19: drover.control.v1.WriteZeroesRequest
+	(*SnapshotInfo)(nil),           // 6: drover.control.v1.SnapshotInfo
+	(*SnapshotListResponse)(nil),   // 7: drover.control.v1.SnapshotListResponse
+	(*ChangedExtentsRequest)(nil),  // 8: drover.control.v1.ChangedExtentsRequest
+	(*Extent)(nil),                 // 9: drover.control.v1.Extent
+	(*ChangedExtentsResponse)(nil), // 10: drover.control.v1.ChangedExtentsResponse
+	(*ExpandRequest)(nil),          // 11: drover.control.v1.ExpandRequest
+	(*ReplicaListResponse)(nil),    // 12: drover.control.v1.ReplicaListResponse
+	(*ReplicaAddRequest)(nil),      // 13: drover.control.v1.ReplicaAddRequest
+	(*ReplicaRemoveRequest)(nil),   // 14: drover.control.v1.ReplicaRemoveRequest
+	(*ReadRequest)(nil),            // 15: drover.control.v1.ReadRequest
+	(*ReadResponse)(nil),           // 16: drover.control.v1.ReadResponse
+	(*WriteRequest)(nil),           // 17: drover.control.v1.WriteRequest
+	(*ReadSnapshotRequest)(nil),    // 18: drover.control.v1.ReadSnapshotRequest
+	(*ReadSnapshotChunk)(nil),      // 19: drover.control.v1.ReadSnapshotChunk
+	(*WriteZeroesRequest)(nil),     // 20: drover.control.v1.WriteZeroesRequest
+	nil,                            // 21: drover.control.v1.SnapshotRequest.LabelsEntry
+	nil,                            // 22: drover.control.v1.SnapshotInfo.LabelsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: drover.control.v1.VolumeInfoResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
 	3,  // 1: drover.control.v1.VolumeInfoResponse.rebuild:type_name -> drover.control.v1.RebuildProgress
-	8,  // 2: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
-	2,  // 3: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
-	1,  // 4: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
-	5,  // 5: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
-	0,  // 6: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
-	5,  // 7: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
-	5,  // 8: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
-	7,  // 9: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
-	10, // 10: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
-	0,  // 11: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
-	12, // 12: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
-	13, // 13: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
-	0,  // 14: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
-	0,  // 15: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
-	14, // 16: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
-	16, // 17: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
-	0,  // 18: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
-	17, // 19: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
-	19, // 20: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
-	4,  // 21: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
-	0,  // 22: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
-	6,  // 23: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
-	0,  // 24: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
-	0,  // 25: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
-	9,  // 26: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
-	0,  // 27: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
-	11, // 28: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
-	0,  // 29: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
-	0,  // 30: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
-	0,  // 31: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
-	0,  // 32: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
-	15, // 33: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
-	0,  // 34: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
-	0,  // 35: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
-	18, // 36: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
-	0,  // 37: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
-	21, // [21:38] is the sub-list for method output_type
-	4,  // [4:21] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	21, // 2: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
+	22, // 3: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
+	6,  // 4: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
+	9,  // 5: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
+	2,  // 6: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
+	1,  // 7: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
+	5,  // 8: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
+	0,  // 9: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
+	5,  // 10: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
+	5,  // 11: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
+	8,  // 12: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
+	11, // 13: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
+	0,  // 14: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
+	13, // 15: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
+	14, // 16: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
+	0,  // 17: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
+	0,  // 18: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
+	15, // 19: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
+	17, // 20: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
+	0,  // 21: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
+	18, // 22: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
+	20, // 23: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
+	4,  // 24: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
+	0,  // 25: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
+	7,  // 26: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
+	0,  // 27: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
+	0,  // 28: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
+	10, // 29: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
+	0,  // 30: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
+	12, // 31: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
+	0,  // 32: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
+	0,  // 33: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
+	0,  // 34: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
+	0,  // 35: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
+	16, // 36: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
+	0,  // 37: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
+	0,  // 38: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
+	19, // 39: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
+	0,  // 40: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
+	24, // [24:41] is the sub-list for method output_type
+	7,  // [7:24] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1303,7 +1442,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

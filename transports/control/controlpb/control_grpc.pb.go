@@ -51,7 +51,8 @@ type ControlClient interface {
 	VolumeInfo(ctx context.Context, in *VolumeInfoRequest, opts ...grpc.CallOption) (*VolumeInfoResponse, error)
 	// SnapshotCreate takes a crash-consistent snapshot on every replica.
 	SnapshotCreate(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (*Empty, error)
-	// SnapshotList lists snapshots, oldest first.
+	// SnapshotList lists snapshots, oldest first (names), and every layer
+	// with its creation time, labels and sizes, the head last (snapshots).
 	SnapshotList(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*SnapshotListResponse, error)
 	// SnapshotDelete merges a snapshot into its child.
 	SnapshotDelete(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (*Empty, error)
@@ -60,7 +61,8 @@ type ControlClient interface {
 	// ChangedExtents lists blocks changed after snapshot `from` up to
 	// snapshot `to` ("" = the head).
 	ChangedExtents(ctx context.Context, in *ChangedExtentsRequest, opts ...grpc.CallOption) (*ChangedExtentsResponse, error)
-	// Expand grows the volume online.
+	// Expand grows the volume online. With allow_shrink it may also shrink
+	// a detached volume when no layer holds data beyond the new end.
 	Expand(ctx context.Context, in *ExpandRequest, opts ...grpc.CallOption) (*Empty, error)
 	// ReplicaList lists replicas with their modes and addresses.
 	ReplicaList(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*ReplicaListResponse, error)
@@ -281,7 +283,8 @@ type ControlServer interface {
 	VolumeInfo(context.Context, *VolumeInfoRequest) (*VolumeInfoResponse, error)
 	// SnapshotCreate takes a crash-consistent snapshot on every replica.
 	SnapshotCreate(context.Context, *SnapshotRequest) (*Empty, error)
-	// SnapshotList lists snapshots, oldest first.
+	// SnapshotList lists snapshots, oldest first (names), and every layer
+	// with its creation time, labels and sizes, the head last (snapshots).
 	SnapshotList(context.Context, *Empty) (*SnapshotListResponse, error)
 	// SnapshotDelete merges a snapshot into its child.
 	SnapshotDelete(context.Context, *SnapshotRequest) (*Empty, error)
@@ -290,7 +293,8 @@ type ControlServer interface {
 	// ChangedExtents lists blocks changed after snapshot `from` up to
 	// snapshot `to` ("" = the head).
 	ChangedExtents(context.Context, *ChangedExtentsRequest) (*ChangedExtentsResponse, error)
-	// Expand grows the volume online.
+	// Expand grows the volume online. With allow_shrink it may also shrink
+	// a detached volume when no layer holds data beyond the new end.
 	Expand(context.Context, *ExpandRequest) (*Empty, error)
 	// ReplicaList lists replicas with their modes and addresses.
 	ReplicaList(context.Context, *Empty) (*ReplicaListResponse, error)
