@@ -22,8 +22,8 @@ const checkTimeout = 20 * time.Second
 func (s *Sim) checkConvergence() {
 	size := s.current().e.SizeBytes() / proto.BlockSize
 	zero := make([]byte, proto.BlockSize)
-	view := func(i int, b uint64) []byte {
-		n := s.replicas[i]
+	members := s.memberNodes()
+	view := func(n *replicaNode, b uint64) []byte {
 		layer, kind := n.r.Resolve(b)
 		if kind != proto.BlockData {
 			return zero
@@ -33,7 +33,7 @@ func (s *Sim) checkConvergence() {
 		}
 		return zero
 	}
-	for i, n := range s.replicas {
+	for i, n := range members {
 		if n.r.SizeBytes() != size*proto.BlockSize {
 			s.fail("convergence: %s holds %d bytes, volume has %d", n.id, n.r.SizeBytes(), size*proto.BlockSize)
 			return
@@ -42,10 +42,15 @@ func (s *Sim) checkConvergence() {
 			continue
 		}
 		for b := uint64(0); b < size; b++ {
-			if !bytes.Equal(view(0, b), view(i, b)) {
-				s.fail("convergence: block %d differs between %s and %s", b, s.replicas[0].id, n.id)
+			if !bytes.Equal(view(members[0], b), view(n, b)) {
+				s.fail("convergence: block %d differs between %s and %s", b, members[0].id, n.id)
 				return
 			}
+		}
+	}
+	for _, n := range members {
+		if n.spare {
+			s.count("spare-member") // a spare replaced a member
 		}
 	}
 	s.count("converged")

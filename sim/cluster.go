@@ -21,6 +21,8 @@ type replicaNode struct {
 	inc    uint64 // incarnation: bumps at every crash, so stale completions are dropped
 	up     bool
 	failed bool // stopped by a fatal disk error; the sim restarts it
+	spare  bool // offered to engines as a spare (not an initial member)
+	lost   bool // its disk is gone for good: never restarts
 }
 
 // link is the connection between one engine incarnation and one replica.
@@ -59,6 +61,11 @@ func (s *Sim) setup() {
 		s.replicas = append(s.replicas, n)
 		n.start()
 	}
+	for i := 0; i < k.Spares; i++ {
+		n := &replicaNode{s: s, idx: len(s.replicas), id: proto.ReplicaID(fmt.Sprintf("s%d", i+1)), st: memstore.New(), spare: true}
+		s.replicas = append(s.replicas, n)
+		n.start()
+	}
 	s.startEngine()
 	for i := 0; i < k.Clients; i++ {
 		c := &client{s: s, id: i}
@@ -69,6 +76,9 @@ func (s *Sim) setup() {
 }
 
 func (n *replicaNode) start() {
+	if n.lost {
+		return
+	}
 	n.inc++
 	n.up, n.failed = true, false
 	n.r = replica.New(replica.Config{ID: n.id, CreateSizeBytes: n.s.knobs.SizeBlocks * proto.BlockSize,
@@ -162,7 +172,14 @@ func (s *Sim) startEngine() *engineNode {
 	cfg := engine.Config{Volume: "sim", MinHealthy: s.knobs.MinHealthy, TimeoutTicks: s.knobs.TimeoutTicks,
 		RetryTicks: 20, RebuildAfterTicks: 30, FirstRequestID: inc * idSpace, Nonce: inc, Bugs: s.opt.Bugs.Engine}
 	for _, n := range s.replicas {
-		cfg.Replicas = append(cfg.Replicas, n.id)
+		if n.spare {
+			cfg.Spares = append(cfg.Spares, n.id)
+		} else {
+			cfg.Replicas = append(cfg.Replicas, n.id)
+		}
+	}
+	if len(cfg.Spares) > 0 {
+		cfg.ReplaceAfterTicks = replaceAfterTicks
 	}
 	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true, openedAt: -1, faultedSince: -1,
 		waits: map[uint64]func(engine.Reply){}, admins: map[uint64]func(engine.AdminReply){}}

@@ -46,11 +46,16 @@ type Knobs struct {
 	ExpandEveryUs       int64
 	RevertEveryUs       int64
 	RestartAfterUs      int64
-	FaultsUs            int64 // faults stop (heal) at this virtual time at the latest
+	// Spares are extra replicas the engine may rebuild in place of failed
+	// members (under new IDs); LoseEveryUs destroys a member for good (its
+	// disk is gone) while a spare is free, so it must be replaced.
+	Spares      int
+	LoseEveryUs int64
+	FaultsUs    int64 // faults stop (heal) at this virtual time at the latest
 }
 
 // Profiles lists the fault profiles by name.
-var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "all", "swarm"}
+var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "all", "swarm"}
 
 func baseKnobs() Knobs {
 	return Knobs{Replicas: 3, MinHealthy: 1, SizeBlocks: 256, HotBlocks: 32, Clients: 4, MaxBlocks: 4, ThinkUs: 2000,
@@ -83,6 +88,9 @@ func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
 		k.ReadEIOPerMillion, k.WriteEIOPerMillion, k.NoSpacePerMillion, k.BitRotEveryUs = 100, 50, 100, 150_000
 		k.ReplicaCrashEveryUs, k.EngineCrashEveryUs, k.CrashAllEveryUs, k.TakeoverEveryUs = 200_000, 400_000, 500_000, 450_000
 		k.SnapshotEveryUs, k.ExpandEveryUs, k.RevertEveryUs = 80_000, 350_000, 300_000
+	case "replace":
+		k.Spares, k.LoseEveryUs, k.ReplicaCrashEveryUs, k.DropPerMillion = 2, 100_000, 400_000, 200
+		k.SnapshotEveryUs, k.EngineCrashEveryUs = 200_000, 600_000
 	case "swarm":
 		k = swarm(rng)
 	default:
@@ -152,8 +160,19 @@ func swarm(rng *rand.Rand) Knobs {
 	if on(20) {
 		k.RevertEveryUs = every(200_000, 1_000_000)
 	}
-
 	return k
+}
+
+// swarmReplace draws the replacement knobs of a swarm run from their own
+// PRNG (seeded from the seed), so that seeds where they are off replay
+// exactly as before they existed.
+func swarmReplace(k *Knobs, seed uint64) {
+	rng := newRNG(seed ^ 0x7265706c616365)
+	if k.Replicas < 2 || rng.IntN(100) >= 30 {
+		return
+	}
+	k.Spares = 1 + rng.IntN(2)
+	k.LoseEveryUs = int64(150_000 + rng.IntN(600_000))
 }
 
 // String lists the knobs that are on, for failure reports.
@@ -183,6 +202,8 @@ func (k Knobs) String() string {
 	add("snapshot-every-us", k.SnapshotEveryUs)
 	add("expand-every-us", k.ExpandEveryUs)
 	add("revert-every-us", k.RevertEveryUs)
+	add("spares", int64(k.Spares))
+	add("lose-every-us", k.LoseEveryUs)
 	sort.Strings(parts[1:])
 	return strings.Join(parts, " ")
 }

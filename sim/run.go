@@ -33,6 +33,9 @@ func (s *Sim) scheduleFaults() {
 	s.every(k.PartitionEveryUs, s.partition)
 	s.every(k.ReplicaCrashEveryUs, func() {
 		n := s.replicas[s.rng.IntN(len(s.replicas))]
+		if s.lostMemberPending() {
+			return
+		}
 		n.crash()
 		s.after(k.RestartAfterUs, func() {
 			if !n.up {
@@ -50,6 +53,7 @@ func (s *Sim) scheduleFaults() {
 	s.every(k.SnapshotEveryUs, s.snapshot)
 	s.every(k.ExpandEveryUs, s.expand)
 	s.every(k.RevertEveryUs, s.revert)
+	s.every(k.LoseEveryUs, s.lose)
 	s.watchdog()
 }
 
@@ -57,7 +61,7 @@ func (s *Sim) partition() {
 	en := s.current()
 	n := s.replicas[s.rng.IntN(len(s.replicas))]
 	l := en.links[n.idx]
-	if l.partitioned {
+	if l.partitioned || s.lostMemberPending() {
 		return
 	}
 	l.partitioned = true
@@ -117,11 +121,16 @@ func (s *Sim) crashAll() {
 // Rot must leave a good copy somewhere for the promise to hold, so it
 // only strikes while at least three replicas are RW.
 func (s *Sim) bitRot() {
-	if en := s.current(); len(s.replicas) < 3 || !en.alive || !allRW(en.e.Info(), len(s.replicas)) {
+	en := s.current()
+	if !en.alive {
+		return
+	}
+	info := en.e.Info()
+	if len(info.Replicas) < 3 || !s.membersRW(info) {
 		return
 	}
 	n := s.replicas[s.rng.IntN(len(s.replicas))]
-	if !n.up || !n.r.Loaded() {
+	if !n.up || !n.r.Loaded() || !isMember(info, n.id) {
 		return
 	}
 	b := uint64(s.rng.IntN(int(s.knobs.HotBlocks)))
@@ -207,7 +216,7 @@ func (s *Sim) watchdog() {
 		if !cur.alive || stuck || phase == "fenced" {
 			allUp := true
 			for _, n := range s.replicas {
-				allUp = allUp && n.up
+				allUp = allUp && (n.up || n.lost)
 			}
 			if allUp || !s.healed {
 				cur.kill()
@@ -215,6 +224,7 @@ func (s *Sim) watchdog() {
 				s.startEngine()
 			}
 		}
+		s.removeLostMembers()
 		s.watchdog()
 	})
 }
@@ -260,23 +270,11 @@ func (s *Sim) awaitConverged() {
 		return
 	}
 	en := s.current()
-	if !en.alive || !en.e.Serving() || s.hist.pausing || !allRW(en.e.Info(), len(s.replicas)) {
+	if !en.alive || !en.e.Serving() || s.hist.pausing || !s.membersRW(en.e.Info()) {
 		s.after(10_000, s.awaitConverged)
 		return
 	}
 	s.scrub(en, 0, 0)
-}
-
-func allRW(info engine.VolumeInfo, n int) bool {
-	if info.Rebuild != nil || len(info.Replicas) != n {
-		return false
-	}
-	for _, r := range info.Replicas {
-		if r.Mode != engine.ModeRW {
-			return false
-		}
-	}
-	return true
 }
 
 func describeEngine(e *engine.Engine) string {
@@ -299,7 +297,7 @@ func describeInfo(info engine.VolumeInfo) string {
 // robin, and a corrupt copy is repaired from a good one), then checks.
 func (s *Sim) scrub(en *engineNode, b uint64, pass int) {
 	size := en.e.SizeBytes() / proto.BlockSize
-	if pass == len(s.replicas) {
+	if pass == len(s.memberNodes()) {
 		s.checkConvergence()
 		s.stopped = true
 		return

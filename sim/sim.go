@@ -103,14 +103,18 @@ type Sim struct {
 	clients  []*client
 	hist     *history
 
-	rotted     map[uint64]bool // blocks bit rot struck (once each)
-	reverting  *revertTask     // clients wait while set
-	revertTask *revertTask     // the revert in progress, paused or not
-	healed     bool
-	healAt     int64
-	stopped    bool
-	failures   []string
-	stats      map[string]int
+	rotted map[uint64]bool // blocks bit rot struck (once each)
+	// managerRemoved counts lost members the manager took out of the
+	// volume by request because no spare was left to replace them.
+	managerRemoved int
+	removing       bool
+	reverting      *revertTask // clients wait while set
+	revertTask     *revertTask // the revert in progress, paused or not
+	healed         bool
+	healAt         int64
+	stopped        bool
+	failures       []string
+	stats          map[string]int
 }
 
 // Run executes one seed and checks it.
@@ -125,6 +129,9 @@ func Run(opt Options) *Result {
 	knobs, err := ProfileKnobs(opt.Profile, rng)
 	if err != nil {
 		return &Result{Seed: opt.Seed, Profile: opt.Profile, Failures: []string{err.Error()}}
+	}
+	if opt.Profile == "swarm" {
+		swarmReplace(&knobs, opt.Seed)
 	}
 	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{}}
 	s.hist = newHistory(s)

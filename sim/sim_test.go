@@ -34,6 +34,7 @@ var knownFailing = map[string]string{
 	"swarm/989": "activity-log limitation: bit rot plus power loss where every copy of the block was settled; garbage after recovery",
 	"swarm/648": "activity-log limitation, as 989 (bit rot of a head block, then power losses; every replica holds the rotted block with a matching checksum after recovery); reached since snapshot deletes run in windows",
 	"swarm/151": "NOT UNDERSTOOD YET: durability check fails at the era boundary after the volume faulted (no healthy replica left) and healed; first thing to investigate next session",
+	"all/2":     "activity-log limitation, as swarm/989: bit rot struck block 4 on r1, a crash left r1 the only current replica at the next open, so its settled rotted copy was kept (seen once rebuilds copy 8 runs at a time)",
 }
 
 // TestSeeds runs many swarm seeds (every fault knob drawn from the seed)
@@ -130,7 +131,9 @@ func TestCanaries(t *testing.T) {
 	}{
 		{"ack after first replica", "crash", Bugs{Engine: engine.Bugs{AckAfterFirst: true}}, 30},
 		{"flush skips sync", "crash", Bugs{Replica: replica.Bugs{SkipFlushSync: true}}, 30},
-		{"replica accepts stale epochs", "split", Bugs{Replica: replica.Bugs{AcceptStaleEpochs: true}}, 30},
+		// About 6% of split seeds catch it (11-12 of 200, with one or eight
+		// rebuild copies in flight): 30 seeds missed it one time in six.
+		{"replica accepts stale epochs", "split", Bugs{Replica: replica.Bugs{AcceptStaleEpochs: true}}, 60},
 		{"rebuild skips the last run", "crash", Bugs{Engine: engine.Bugs{RebuildSkipLast: true}}, 30},
 		{"open without quorum", "split", Bugs{Engine: engine.Bugs{NoQuorumOpen: true}}, 60},
 		{"reads from rebuilding replicas", "crash", Bugs{Engine: engine.Bugs{ReadStaleReplicas: true}}, 30},

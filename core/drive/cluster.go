@@ -175,6 +175,21 @@ func (c *Cluster) Crash(id proto.ReplicaID, keep func(layer store.LayerID, block
 	c.startReplica(nd)
 }
 
+// AddNode creates another replica, id, of sizeBytes on an empty memstore
+// (a spare, or one to add by request) and lets it load. No engine knows
+// it until told (Config.Spares, AdminAddReplica).
+func (c *Cluster) AddNode(id proto.ReplicaID, sizeBytes uint64) *Node {
+	nd := &Node{ID: id, Store: memstore.New(), origin: map[uint64]origin{}, direct: map[uint64]*proto.Reply{},
+		cfg: replica.Config{ID: id, CreateSizeBytes: sizeBytes}}
+	c.Nodes[id] = nd
+	c.Order = append(c.Order, id)
+	c.startReplica(nd)
+	return nd
+}
+
+// SetConfig replaces the config RestartEngine starts engines with.
+func (c *Cluster) SetConfig(cfg engine.Config) { c.cfg = cfg }
+
 func (c *Cluster) startReplica(nd *Node) {
 	nd.Replica = replica.New(nd.cfg)
 	c.collectNode(nd)

@@ -53,6 +53,9 @@ type AdminRequest struct {
 	Replica   proto.ReplicaID
 	// Attrs: AdminSnapshot's creation time and labels (from the driver).
 	Attrs *proto.SnapshotAttrs
+	// RateBytesPerTick paces AdminAddReplica's rebuild (0: the engine's
+	// configured rate, if any).
+	RateBytesPerTick uint64
 	// BlockIndex and BlockCount: AdminReadSnapshot's range.
 	BlockIndex uint64
 	BlockCount uint32
@@ -80,6 +83,15 @@ type VolumeInfo struct {
 	MembershipGen uint64
 	Replicas      []ReplicaInfo
 	Rebuild       *RebuildProgress
+	// LastRebuild is the last rebuild that ended; its Stage is "done" or
+	// "failed: why".
+	LastRebuild *RebuildProgress
+	// Spares are the configured spares not yet used; Removed the
+	// tombstoned replicas; Replaced counts replacements by spares since
+	// this engine started.
+	Spares   []proto.ReplicaID
+	Removed  []proto.ReplicaID
+	Replaced int
 }
 
 // ReplicaInfo is one replica as the engine sees it.
@@ -89,14 +101,24 @@ type ReplicaInfo struct {
 	Why  string // last failure
 }
 
-// RebuildProgress reports the rebuild in progress.
+// RebuildProgress reports the rebuild in progress. BlocksTotal counts
+// every block of every layer compared (layers x volume blocks);
+// BlocksDone those compared and brought up to date (a window being copied
+// counts in proportion to its bytes copied), BlocksScanned those listed.
+// BytesCopied is what was actually copied: only blocks the target lacked
+// or held with another checksum. ElapsedTicks since the rebuild started;
+// RateBytesPerTick is its pace limit (0: none). The driver turns ticks
+// into seconds, rates and an ETA.
 type RebuildProgress struct {
-	Target        proto.ReplicaID
-	Source        proto.ReplicaID
-	Stage         string
-	BlocksScanned uint64
-	BlocksTotal   uint64
-	BytesCopied   uint64
+	Target           proto.ReplicaID
+	Source           proto.ReplicaID
+	Stage            string
+	BlocksScanned    uint64
+	BlocksTotal      uint64
+	BlocksDone       uint64
+	BytesCopied      uint64
+	ElapsedTicks     int64
+	RateBytesPerTick uint64
 }
 
 type adminTask struct {
@@ -156,14 +178,16 @@ func (e *Engine) Info() VolumeInfo {
 		info.Replicas = append(info.Replicas, ReplicaInfo{ID: m.id, Mode: m.mode, Why: m.why})
 	}
 	if rb := e.rebuild; rb != nil {
-		p := RebuildProgress{Target: rb.target, Source: rb.source, Stage: rb.stage, BlocksTotal: rb.blocksTotal}
-		p.BlocksScanned, p.BytesCopied = rb.scanned, rb.copied
-		if rb.sync != nil {
-			p.BlocksScanned += rb.sync.blocksScanned
-			p.BytesCopied += rb.sync.bytesCopied
-		}
+		p := rb.progress()
 		info.Rebuild = &p
 	}
+	if lr := e.lastRebuild; lr != nil {
+		p := *lr
+		info.LastRebuild = &p
+	}
+	info.Spares = e.freeSpares()
+	info.Removed = append([]proto.ReplicaID(nil), e.removed...)
+	info.Replaced = e.replaced
 	return info
 }
 
@@ -388,6 +412,7 @@ func (e *Engine) adminRemoveReplica(t *adminTask) {
 	}
 	e.replicaFailed(m.id, "removed by request")
 	delete(e.members, m.id)
+	e.tombstone(m.id)
 	e.proposeMembership(func(ok bool) {
 		if ok {
 			e.finishAdmin(t, nil, nil)

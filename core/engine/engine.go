@@ -55,10 +55,18 @@ var (
 )
 
 const (
-	maxWaiting         = 4096 // frontend requests queued behind conflicts
-	maxBlocksPerIO     = 1024 // per frontend request (4 MiB)
-	rebuildWindow      = 1 << 16
-	rebuildRunBlocks   = 256
+	maxWaiting       = 4096 // frontend requests queued behind conflicts
+	maxBlocksPerIO   = 1024 // per frontend request (4 MiB)
+	rebuildWindow    = 1 << 16
+	rebuildRunBlocks = 256
+	// rebuildRunsInFlight bounds the copies (read then write of one run)
+	// a rebuild has outstanding: 8 MiB, enough to keep both disks and the
+	// link busy.
+	rebuildRunsInFlight = 8
+	// rebuildFlushBytes: a rebuild flushes its target after every this
+	// many bytes copied, so a target killed midway keeps what it got.
+	rebuildFlushBytes  = 32 << 20
+	maxTombstones      = 16
 	defaultTimeout     = 100 // ticks
 	defaultRetryTicks  = 20
 	defaultRebuildWait = 50
@@ -98,6 +106,20 @@ type Config struct {
 	// FirstRequestID is where request ids start (a driver that routes
 	// replies from several engines by id gives each its own range).
 	FirstRequestID uint64
+	// Spares are replicas the driver offers for replacing failed members
+	// (fresh replicas on other disks or hosts), tried in order. A member
+	// that stays ERR for ReplaceAfterTicks is taken out of the volume (a
+	// tombstone in the membership keeps it out) and the first spare that
+	// is not a member is rebuilt in its place under its own, new ID.
+	Spares []proto.ReplicaID
+	// ReplaceAfterTicks is how long a member may stay ERR before it is
+	// replaced by a spare (default 10 x RebuildAfterTicks; negative:
+	// never).
+	ReplaceAfterTicks int64
+	// RebuildBytesPerTick paces every rebuild's copies (0: no limit);
+	// AdminAddReplica may set its own. The driver converts a rate in
+	// bytes per second with its tick length.
+	RebuildBytesPerTick uint64
 	// Bugs plants deliberate faults for the simulator's canary tests.
 	Bugs Bugs
 }
@@ -179,8 +201,13 @@ type member struct {
 	lastOK   int64 // send tick of the newest request it answered at our epoch
 	mode     Mode
 	why      string // last failure
-	errSince int64  // tick it went ERR
-	info     *proto.Info
+	errSince int64  // tick it went ERR (reset by every failed rebuild)
+	// down: not RW since downSince (spare replacement counts from here).
+	down      bool
+	downSince int64
+	// unreachable: the last attempt to rebuild it found it not answering.
+	unreachable bool
+	info        *proto.Info
 }
 
 type call struct {
@@ -219,6 +246,13 @@ type Engine struct {
 	change  *memberChange
 	admin   []*adminTask
 	rebuild *rebuildTask
+	// lastRebuild is the outcome of the last rebuild that ended.
+	lastRebuild *RebuildProgress
+	// replaced counts members replaced by spares.
+	replaced int
+	// removed are tombstones of replicas removed or replaced, recorded in
+	// every membership so no engine rebuilds them back in (bounded).
+	removed []proto.ReplicaID
 	retryAt int64
 	// quietUntil: a new engine serves no IO before this tick (a lease
 	// after it fenced its replicas). lastBeat: the last lease heartbeat.
@@ -248,6 +282,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.RebuildAfterTicks == 0 {
 		cfg.RebuildAfterTicks = defaultRebuildWait
+	}
+	if cfg.ReplaceAfterTicks == 0 {
+		cfg.ReplaceAfterTicks = 10 * max(cfg.RebuildAfterTicks, defaultRebuildWait)
 	}
 	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]*call{}, attached: true,
 		nextID: cfg.FirstRequestID}
@@ -314,6 +351,9 @@ func (e *Engine) Tick() {
 	}
 	if e.phase == phaseOpening && e.opening == nil && e.now >= e.retryAt {
 		e.startOpen()
+	}
+	if e.rebuild != nil {
+		e.rebuild.tick()
 	}
 	if e.phase == phaseServing {
 		e.maybeAutoRebuild()

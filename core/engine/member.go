@@ -73,6 +73,7 @@ func (e *Engine) markERR(id proto.ReplicaID, why string) ([]*fop, bool) {
 		return nil, false
 	}
 	m.mode, m.why, m.errSince = ModeERR, why, e.now
+	m.setDown(e.now)
 	var touched []*fop
 	for _, f := range e.running {
 		if f.pending[id] {
@@ -95,9 +96,83 @@ func (e *Engine) desiredMembership() *proto.Membership {
 			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeRW})
 		case ModeWO:
 			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeWO})
+		case ModeERR:
+			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeFailed})
 		}
 	}
+	for _, id := range e.removed {
+		next.Members = append(next.Members, proto.Member{ID: id, Mode: proto.ModeRemoved})
+	}
 	return next
+}
+
+// setDown records when a member stopped being RW, once.
+func (m *member) setDown(now int64) {
+	if !m.down {
+		m.down, m.downSince = true, now
+	}
+}
+
+// setRW makes a member RW.
+func (m *member) setRW() {
+	m.mode, m.why, m.down, m.unreachable = ModeRW, "", false, false
+}
+
+// tombstone records that id was removed or replaced: no engine may
+// rebuild it back in. The oldest tombstones are dropped beyond
+// maxTombstones (a replica removed that long ago is gone for good).
+func (e *Engine) tombstone(id proto.ReplicaID) {
+	e.untombstone(id)
+	e.removed = append(e.removed, id)
+	if len(e.removed) > maxTombstones {
+		e.removed = e.removed[len(e.removed)-maxTombstones:]
+	}
+}
+
+// untombstone lets id be added again (by request).
+func (e *Engine) untombstone(id proto.ReplicaID) {
+	for i, r := range e.removed {
+		if r == id {
+			e.removed = append(e.removed[:i:i], e.removed[i+1:]...)
+			return
+		}
+	}
+}
+
+func (e *Engine) isTombstoned(id proto.ReplicaID) bool {
+	for _, r := range e.removed {
+		if r == id {
+			return true
+		}
+	}
+	return false
+}
+
+// adoptMembers makes the engine's member set follow a recorded
+// membership: tombstoned replicas leave it (even configured ones), and
+// members the engine was not configured with join it (a replacement
+// made by an earlier engine). It reports whether any joined: they were
+// not asked at this open.
+func (e *Engine) adoptMembers(best *proto.Membership) bool {
+	joined := false
+	for _, x := range best.Members {
+		switch x.Mode {
+		case proto.ModeRemoved:
+			if !e.isTombstoned(x.ID) {
+				e.removed = append(e.removed, x.ID)
+			}
+			delete(e.members, x.ID)
+		case proto.ModeRW, proto.ModeWO, proto.ModeFailed:
+			if e.members[x.ID] == nil {
+				e.members[x.ID] = &member{id: x.ID, mode: ModeERR, errSince: e.now}
+				joined = true
+			}
+		}
+	}
+	if len(e.removed) > maxTombstones {
+		e.removed = e.removed[len(e.removed)-maxTombstones:]
+	}
+	return joined
 }
 
 // proposeMembership records the desired membership on every replica in

@@ -102,6 +102,7 @@ func (e *Engine) decide(t *openTask) {
 	for id := range t.fenced {
 		acks[id] = true
 	}
+	joined := false
 	if best == nil {
 		// A new volume: every configured replica starts as RW; a quorum
 		// of them must be here.
@@ -109,6 +110,8 @@ func (e *Engine) decide(t *openTask) {
 		for _, id := range e.cfg.Replicas {
 			best.Members = append(best.Members, proto.Member{ID: id, Mode: proto.ModeRW})
 		}
+	} else {
+		joined = e.adoptMembers(best)
 	}
 	// best may have been recorded by an engine that never got it onto a
 	// quorum of its predecessor; then an engine that found only the
@@ -121,6 +124,9 @@ func (e *Engine) decide(t *openTask) {
 	quorum := IsQuorum(best, acks) && (prev == nil || IsQuorum(prev, acks))
 	if !quorum && !(e.cfg.Bugs.NoQuorumOpen && len(acks) > 0) {
 		e.retryOpen(fmt.Sprintf("fenced %d replicas, not a quorum of membership gen %d and its predecessor", len(acks), best.Gen))
+		if joined {
+			e.retryAt = e.now // ask the members just learned of at once
+		}
 		return
 	}
 	current := e.pickCurrent(t, best)
@@ -140,9 +146,10 @@ func (e *Engine) decide(t *openTask) {
 		if m.info == nil {
 			m.mode, m.why, m.errSince = ModeERR, "did not answer at open", e.now
 		}
+		m.setDown(e.now)
 	}
 	for _, id := range current {
-		e.members[id].mode = ModeRW
+		e.members[id].setRW()
 	}
 	src := t.fenced[current[0]]
 	e.sizeBytes, e.chain = src.SizeBytes, append([]string(nil), src.Chain...)

@@ -33,12 +33,84 @@ type rebuildTask struct {
 	blocksTotal uint64
 	scanned     uint64
 	copied      uint64
+	startTick   int64
+	budget      *rateBudget // nil: unpaced
+}
+
+// rateBudget paces a rebuild: perTickBytes are added at every tick, up to
+// burstBytes (at least one run, so any run can start), and a copy starts
+// only when the budget covers it. A pure stand-in for a token bucket: the
+// driver's ticks are the clock.
+type rateBudget struct {
+	perTickBytes uint64
+	burstBytes   uint64
+	availBytes   uint64
+	waiting      func() // the copier to resume when budget arrives
+}
+
+func newRateBudget(perTickBytes uint64) *rateBudget {
+	if perTickBytes == 0 {
+		return nil
+	}
+	burst := max(perTickBytes, rebuildRunBlocks*proto.BlockSize)
+	return &rateBudget{perTickBytes: perTickBytes, burstBytes: burst, availBytes: burst}
+}
+
+// take spends n bytes if the budget holds them; a nil budget always does.
+func (b *rateBudget) take(n uint64) bool {
+	if b == nil {
+		return true
+	}
+	if b.availBytes < n {
+		return false
+	}
+	b.availBytes -= n
+	return true
+}
+
+func (b *rateBudget) tick() {
+	b.availBytes = min(b.availBytes+b.perTickBytes, b.burstBytes)
+	if w := b.waiting; w != nil {
+		b.waiting = nil
+		w()
+	}
+}
+
+// tick refills the rebuild's budget and resumes a copier waiting for it.
+func (rb *rebuildTask) tick() {
+	if rb.budget != nil && !rb.aborted {
+		rb.budget.tick()
+	}
+}
+
+// progress reports how far the rebuild is.
+func (rb *rebuildTask) progress() RebuildProgress {
+	p := RebuildProgress{Target: rb.target, Source: rb.source, Stage: rb.stage, BlocksTotal: rb.blocksTotal,
+		BlocksScanned: rb.scanned, BlocksDone: rb.scanned, BytesCopied: rb.copied,
+		ElapsedTicks: rb.e.now - rb.startTick}
+	if rb.budget != nil {
+		p.RateBytesPerTick = rb.budget.perTickBytes
+	}
+	if s := rb.sync; s != nil {
+		p.BlocksScanned += s.blocksScanned
+		p.BlocksDone += s.blocksDone()
+		p.BytesCopied += s.bytesCopied
+	}
+	return p
+}
+
+// ended records the rebuild's outcome for Info.
+func (rb *rebuildTask) ended(outcome string) {
+	p := rb.progress()
+	p.Stage = outcome
+	rb.e.lastRebuild = &p
 }
 
 func (rb *rebuildTask) abort(why string) {
 	if rb.aborted {
 		return
 	}
+	rb.ended("failed: " + why)
 	rb.aborted = true
 	if rb.sync != nil {
 		rb.sync.aborted = true
@@ -50,6 +122,7 @@ func (rb *rebuildTask) abort(why string) {
 	if m := e.members[rb.target]; m != nil {
 		e.replicaFailed(rb.target, "rebuild: "+why) // no-op if already ERR
 		m.errSince = e.now
+		m.unreachable = rb.stage == "open"
 	}
 	if rb.admin != nil {
 		e.finishAdmin(rb.admin, nil, fmt.Errorf("%w: rebuild of %s: %s", ErrIO, rb.target, why))
@@ -57,16 +130,71 @@ func (rb *rebuildTask) abort(why string) {
 }
 
 func (e *Engine) maybeAutoRebuild() {
-	if e.rebuild != nil || e.change != nil || e.cfg.RebuildAfterTicks < 0 {
+	if e.rebuild != nil || e.change != nil {
+		return
+	}
+	if e.maybeReplace() || e.cfg.RebuildAfterTicks < 0 {
 		return
 	}
 	for _, m := range e.sortedMembers() {
 		due := m.mode == ModeWO || (m.mode == ModeERR && e.now-m.errSince >= e.cfg.RebuildAfterTicks)
 		if due {
-			e.startRebuild(m.id, nil)
+			e.startRebuild(m.id, nil, 0)
 			return
 		}
 	}
+}
+
+// maybeReplace replaces the first member that has not been RW for
+// ReplaceAfterTicks and did not answer the last attempt to rebuild it
+// with the first spare that is not a member: the failed member leaves the
+// volume (a tombstone keeps it out) and the spare is rebuilt in under its
+// own ID. A member that answers is rebuilt in place however long it has
+// been down (a rebuild interrupted midway resumes), since that copies
+// only what it lacks. The core cannot create replicas; the driver offers
+// them (Config.Spares).
+func (e *Engine) maybeReplace() bool {
+	if e.cfg.ReplaceAfterTicks < 0 {
+		return false
+	}
+	spare := e.freeSpare()
+	if spare == "" {
+		return false
+	}
+	for _, m := range e.sortedMembers() {
+		if m.mode != ModeERR || !m.down || !m.unreachable || e.now-m.downSince < e.cfg.ReplaceAfterTicks {
+			continue
+		}
+		delete(e.members, m.id)
+		e.tombstone(m.id)
+		e.members[spare] = &member{id: spare, mode: ModeERR, errSince: e.now, down: true, downSince: e.now}
+		e.replaced++
+		e.startRebuild(spare, nil, 0)
+		return true
+	}
+	return false
+}
+
+// freeSpare returns the first configured spare that is neither a member
+// nor tombstoned, or "".
+func (e *Engine) freeSpare() proto.ReplicaID {
+	for _, id := range e.cfg.Spares {
+		if e.members[id] == nil && !e.isTombstoned(id) {
+			return id
+		}
+	}
+	return ""
+}
+
+// freeSpares lists the spares still available.
+func (e *Engine) freeSpares() []proto.ReplicaID {
+	var out []proto.ReplicaID
+	for _, id := range e.cfg.Spares {
+		if e.members[id] == nil && !e.isTombstoned(id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func (e *Engine) adminAddReplica(t *adminTask) {
@@ -87,13 +215,16 @@ func (e *Engine) adminAddReplica(t *adminTask) {
 		e.finishAdmin(t, nil, fmt.Errorf("%w: a rebuild of %s is in progress", ErrBusy, e.rebuild.target))
 		return
 	}
+	e.untombstone(id) // added again by request
 	if e.members[id] == nil {
-		e.members[id] = &member{id: id, mode: ModeERR, errSince: e.now}
+		e.members[id] = &member{id: id, mode: ModeERR, errSince: e.now, down: true, downSince: e.now}
 	}
-	e.startRebuild(id, t)
+	e.startRebuild(id, t, t.req.RateBytesPerTick)
 }
 
-func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask) {
+// startRebuild rebuilds replica id, paced at rateBytesPerTick (0: the
+// configured rate, if any).
+func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask, rateBytesPerTick uint64) {
 	src := e.readable()
 	if len(src) == 0 {
 		if admin != nil {
@@ -101,7 +232,11 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask) {
 		}
 		return
 	}
-	rb := &rebuildTask{e: e, target: id, source: src[0], admin: admin, stage: "open"}
+	if rateBytesPerTick == 0 {
+		rateBytesPerTick = e.cfg.RebuildBytesPerTick
+	}
+	rb := &rebuildTask{e: e, target: id, source: src[0], admin: admin, stage: "open", startTick: e.now,
+		budget: newRateBudget(rateBytesPerTick)}
 	e.rebuild = rb
 	e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {
 		if rb.aborted {
@@ -110,6 +245,9 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask) {
 		if rep.Status != proto.StatusOK || rep.Info == nil {
 			rb.abort(fmt.Sprintf("open: %v %s", rep.Status, rep.Err))
 			return
+		}
+		if m := e.members[id]; m != nil {
+			m.unreachable = false
 		}
 		// A target larger than the volume took an expansion that never
 		// completed; OpSetChain cuts it back (sim seed 355).
@@ -212,7 +350,14 @@ func (rb *rebuildTask) sourceChain() {
 func (rb *rebuildTask) setChain(chain []string) {
 	e := rb.e
 	rb.chain = append([]string(nil), chain...)
-	e.send(rb.target, proto.Request{Op: proto.OpSetChain, Chain: rb.chain, SizeBytes: e.sizeBytes}, func(rep proto.Reply) {
+	// An expand in flight may already have grown the target (it is WO):
+	// cutting it back to the old size would leave it smaller than the
+	// volume once the expand completes (sim swarm seed 448).
+	size := e.sizeBytes
+	if t := e.expandInFlight(); t > size {
+		size = t
+	}
+	e.send(rb.target, proto.Request{Op: proto.OpSetChain, Chain: rb.chain, SizeBytes: size}, func(rep proto.Reply) {
 		if rb.aborted {
 			return
 		}
@@ -224,6 +369,15 @@ func (rb *rebuildTask) setChain(chain []string) {
 		rb.blocksTotal = uint64(len(rb.chain)) * (e.sizeBytes / proto.BlockSize)
 		rb.syncLayer()
 	})
+}
+
+// expandInFlight returns the size an expand being sent to the replicas
+// grows the volume to, or 0.
+func (e *Engine) expandInFlight() uint64 {
+	if len(e.admin) > 0 && e.admin[0].started && e.admin[0].req.Op == AdminExpand {
+		return e.admin[0].req.SizeBytes
+	}
+	return 0
 }
 
 func (rb *rebuildTask) syncLayer() {
@@ -241,7 +395,8 @@ func (rb *rebuildTask) syncLayer() {
 	rb.layer++
 	whole := []proto.Extent{{BlockIndex: 0, BlockCount: e.sizeBytes / proto.BlockSize}}
 	rb.sync = &layerSync{e: e, layer: name, source: rb.source, targets: []proto.ReplicaID{rb.target},
-		extents: splitExtents(whole, e.sizeBytes/proto.BlockSize), skipLast: e.cfg.Bugs.RebuildSkipLast && rb.layer == len(rb.chain)}
+		extents: splitExtents(whole, e.sizeBytes/proto.BlockSize), skipLast: e.cfg.Bugs.RebuildSkipLast && rb.layer == len(rb.chain),
+		budget: rb.budget, flushEveryBytes: rebuildFlushBytes}
 	rb.sync.run(func(err string) {
 		if rb.aborted {
 			return
@@ -266,7 +421,7 @@ func (rb *rebuildTask) finish() {
 			return
 		}
 		rb.stage = "promote"
-		e.members[rb.target].mode = ModeRW
+		e.members[rb.target].setRW()
 		e.proposeMembership(func(ok bool) {
 			if rb.aborted {
 				return
@@ -278,6 +433,7 @@ func (rb *rebuildTask) finish() {
 				rb.abort("promotion did not reach a quorum")
 				return
 			}
+			rb.ended("done")
 			if rb.admin != nil {
 				e.finishAdmin(rb.admin, nil, nil)
 			}

@@ -20,16 +20,38 @@ type layerSync struct {
 	extents  []proto.Extent // each at most rebuildWindow blocks
 	skipLast bool           // planted bug: drop the final run
 	aborted  bool
+	// budget paces copies (nil: unpaced); flushEveryBytes > 0 flushes
+	// the targets after that many bytes copied, so that a target that
+	// restarts keeps what it was given (a rebuild resumes, not restarts).
+	budget          *rateBudget
+	flushEveryBytes uint64
+	unflushedBytes  uint64
 
-	// Progress, for reporting.
-	blocksScanned uint64
-	bytesCopied   uint64
+	// Progress, for reporting: blocks listed, bytes copied, and the
+	// window being copied (its blocks, and its differing and copied
+	// bytes), so that progress moves while a window is copied.
+	blocksScanned     uint64
+	bytesCopied       uint64
+	windowBlocks      uint64
+	windowDiffBytes   uint64
+	windowCopiedBytes uint64
+}
+
+// blocksDone counts the blocks compared and brought up to date, counting
+// the window being copied in proportion to its bytes copied.
+func (s *layerSync) blocksDone() uint64 {
+	done := s.blocksScanned - s.windowBlocks
+	if s.windowDiffBytes > 0 {
+		done += s.windowBlocks * min(s.windowCopiedBytes, s.windowDiffBytes) / s.windowDiffBytes
+	}
+	return done
 }
 
 func (s *layerSync) run(done func(err string)) {
 	if s.aborted {
 		return
 	}
+	s.windowBlocks, s.windowDiffBytes, s.windowCopiedBytes = 0, 0, 0
 	if len(s.extents) == 0 || len(s.targets) == 0 {
 		done("")
 		return
@@ -63,6 +85,7 @@ func (s *layerSync) run(done func(err string)) {
 				return
 			}
 			s.blocksScanned += x.BlockCount
+			s.windowBlocks = x.BlockCount
 			s.copyDiffs(x, states, 0, done)
 		})
 	}
@@ -127,18 +150,101 @@ func (s *layerSync) copyRuns(target proto.ReplicaID, runs []proto.Extent, done f
 	if s.aborted {
 		return
 	}
-	if len(runs) == 0 {
-		done("")
-		return
+	s.windowCopiedBytes = 0
+	s.windowDiffBytes = 0
+	for _, r := range runs {
+		s.windowDiffBytes += r.BlockCount * proto.BlockSize
 	}
-	s.copyRunFrom(target, runs, s.source, map[proto.ReplicaID]bool{}, done)
+	c := &runCopier{s: s, target: target, runs: runs, done: done}
+	c.pump()
 }
 
-// copyRunFrom copies runs[0] from src to target. When src holds a corrupt
+// runCopier copies a window's runs to one target with up to
+// rebuildRunsInFlight copies outstanding, as the budget allows, flushing
+// the target every flushEveryBytes. done is called once: with the first
+// error, or when every copy (and flush) has completed.
+type runCopier struct {
+	s        *layerSync
+	target   proto.ReplicaID
+	runs     []proto.Extent
+	next     int
+	inflight int
+	finished bool
+	done     func(string)
+}
+
+func (c *runCopier) pump() {
+	s := c.s
+	if s.aborted || c.finished {
+		return
+	}
+	for c.next < len(c.runs) && c.inflight < rebuildRunsInFlight {
+		run := c.runs[c.next]
+		if !s.budget.take(run.BlockCount * proto.BlockSize) {
+			s.budget.waiting = c.pump
+			break
+		}
+		c.next++
+		c.inflight++
+		s.copyRunFrom(c.target, run, s.source, map[proto.ReplicaID]bool{}, func(err string) {
+			c.inflight--
+			if err == "" {
+				n := run.BlockCount * proto.BlockSize
+				s.bytesCopied += n
+				s.windowCopiedBytes += n
+				s.unflushedBytes += n
+				c.maybeFlush()
+			}
+			c.complete(err)
+		})
+	}
+	c.complete("")
+}
+
+// complete ends the copier on an error, or when nothing is left;
+// otherwise it starts more copies.
+func (c *runCopier) complete(err string) {
+	if c.finished || c.s.aborted {
+		return
+	}
+	if err != "" {
+		c.finished = true
+		c.done(err)
+		return
+	}
+	if c.next == len(c.runs) && c.inflight == 0 {
+		c.finished = true
+		c.done("")
+		return
+	}
+	if c.next < len(c.runs) && c.inflight < rebuildRunsInFlight && (c.s.budget == nil || c.s.budget.waiting == nil) {
+		c.pump()
+	}
+}
+
+// maybeFlush flushes the target once flushEveryBytes were copied since
+// the last flush: the replica orders the flush after the writes before it.
+func (c *runCopier) maybeFlush() {
+	s := c.s
+	if s.flushEveryBytes == 0 || s.unflushedBytes < s.flushEveryBytes {
+		return
+	}
+	s.unflushedBytes = 0
+	c.inflight++
+	s.e.send(c.target, proto.Request{Op: proto.OpFlush, Seq: s.e.writeSeq}, func(rep proto.Reply) {
+		c.inflight--
+		err := ""
+		if rep.Status != proto.StatusOK {
+			err = fmt.Sprintf("flush %s: %v %s", c.target, rep.Status, rep.Err)
+		}
+		c.complete(err)
+	})
+}
+
+// copyRunFrom copies run from src to target. When src holds a corrupt
 // block in that run, another RW replica that is neither the target nor
 // tried yet serves it instead (its copy is checked the same way).
-func (s *layerSync) copyRunFrom(target proto.ReplicaID, runs []proto.Extent, src proto.ReplicaID, tried map[proto.ReplicaID]bool, done func(string)) {
-	run := runs[0]
+func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src proto.ReplicaID, tried map[proto.ReplicaID]bool, done func(string)) {
 	tried[src] = true
 	req := proto.Request{Op: proto.OpLayerRead, Name: s.layer, BlockIndex: run.BlockIndex, BlockCount: uint32(run.BlockCount)}
 	s.e.send(src, req, func(rep proto.Reply) {
@@ -148,7 +254,7 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, runs []proto.Extent, src
 		if rep.Status == proto.StatusCorrupt {
 			for _, id := range s.e.readable() {
 				if id != target && !tried[id] {
-					s.copyRunFrom(target, runs, id, tried, done)
+					s.copyRunFrom(target, run, id, tried, done)
 					return
 				}
 			}
@@ -167,8 +273,7 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, runs []proto.Extent, src
 				done(fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err))
 				return
 			}
-			s.bytesCopied += run.BlockCount * proto.BlockSize
-			s.copyRuns(target, runs[1:], done)
+			done("")
 		})
 	})
 }

@@ -210,6 +210,15 @@ const (
 	ModeRW MemberMode = iota + 1
 	// ModeWO: being rebuilt; receives writes, serves no reads.
 	ModeWO
+	// ModeRemoved: a tombstone. The replica was removed or replaced and
+	// must not be rebuilt back in, even if an engine is configured with
+	// it; it receives nothing and counts for no quorum.
+	ModeRemoved
+	// ModeFailed: a member that failed (ERR) and is to be rebuilt or
+	// replaced; it receives nothing and counts for no quorum. Recorded so
+	// that a new engine knows the member even if not configured with it
+	// (a spare that replaced another).
+	ModeFailed
 )
 
 func (m MemberMode) String() string {
@@ -218,6 +227,10 @@ func (m MemberMode) String() string {
 		return "RW"
 	case ModeWO:
 		return "WO"
+	case ModeRemoved:
+		return "removed"
+	case ModeFailed:
+		return "failed"
 	}
 	return fmt.Sprintf("mode(%d)", uint8(m))
 }
