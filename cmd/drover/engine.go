@@ -24,6 +24,15 @@ rebuilt automatically once they are reachable again.
 Each replica is named in the volume by its address, or by ID=ADDR. Keep the
 names stable across restarts: membership is recorded by name.
 
+--spares lists fresh replicas (on other disks or hosts, each with its own ID)
+that the engine rebuilds in place of a member that stays ERR for
+--replace-after: the failed member leaves the volume for good (recorded, so
+it is never rebuilt back in, even if still listed in --replicas) and the
+spare is rebuilt in, copying everything. A restarted engine finds the
+replacement in the recorded membership, as long as --replicas or --spares
+still tell it the spare's address. --rebuild-rate caps every rebuild's
+copying (drover replica add --rate sets one rebuild's).
+
 --size is checked against the replicas' size when they open: a larger --size
 expands the volume; a smaller one is reported on stderr (volumes never shrink).
 
@@ -34,7 +43,8 @@ the volume (on 127.0.0.1:10809 unless --nbd-listen says otherwise); with
 
 const engineExample = `  drover engine --volume vol1 --size 10GiB --replicas 10.0.0.5:7400,10.0.0.6:7400,10.0.0.7:7400
   drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 0.0.0.0:7370
-  drover engine --volume vol1 --replicas 10.0.0.5:7400,10.0.0.6:7400 --frontend nbd --nbd-listen unix:/run/drover/vol1.sock`
+  drover engine --volume vol1 --replicas 10.0.0.5:7400,10.0.0.6:7400 --frontend nbd --nbd-listen unix:/run/drover/vol1.sock
+  drover engine --volume vol1 --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400,r3=10.0.0.7:7400 --spares s1=10.0.0.8:7400 --rebuild-rate 200MiB`
 
 func newEngineCmd() *cobra.Command {
 	var volume, replicas, controlAddr string
@@ -42,6 +52,9 @@ func newEngineCmd() *cobra.Command {
 	var timeout time.Duration
 	var minHealthy int
 	var ff frontendFlags
+	var spares string
+	var replaceAfter time.Duration
+	var rebuildRate sizeFlag
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -53,7 +66,13 @@ func newEngineCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: tcp.Dial, Timeout: timeout, MinHealthy: minHealthy}
+			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: tcp.Dial, Timeout: timeout, MinHealthy: minHealthy,
+				ReplaceAfter: replaceAfter, RebuildRate: rebuildRate.bytes}
+			if spares != "" {
+				if cfg.Spares, err = parseReplicas(spares); err != nil {
+					return fmt.Errorf("--spares: %w", err)
+				}
+			}
 			if size.bytes != 0 {
 				go ensureSize(cmd, controlAddr, size.bytes)
 			}
@@ -65,6 +84,9 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
 	cmd.Flags().DurationVar(&timeout, "replica-timeout", 5*time.Second, "a replica that takes longer to answer goes ERR")
 	cmd.Flags().IntVar(&minHealthy, "min-healthy", 1, "fewest RW replicas with which writes are still acknowledged")
+	cmd.Flags().StringVar(&spares, "spares", "", "comma-separated spare replicas (ID=host:port) to replace failed members with")
+	cmd.Flags().DurationVar(&replaceAfter, "replace-after", time.Minute, "a member ERR this long is replaced by a spare (negative: never)")
+	cmd.Flags().Var(&rebuildRate, "rebuild-rate", "cap on each rebuild's copying, bytes per second (e.g. 100MiB; default none)")
 	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")

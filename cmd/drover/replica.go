@@ -31,13 +31,15 @@ created; an existing replica keeps its size (engines grow it on expand).
 
 The subcommands talk to a running engine's control API instead:
   ls   lists the volume's replicas with their modes (RW, WO = rebuilding, ERR)
-  add  adds a replica (by address) and rebuilds it into the volume
+  add  adds a replica (by address) and rebuilds it into the volume (--wait
+       shows a progress bar; --replaces removes a failed one afterwards)
   rm   takes a replica out of the volume
 checksum reads a stopped replica's directory and prints its content's SHA-256.`
 
 const replicaExample = `  drover replica --dir /var/lib/drover/r1 --listen 0.0.0.0:7400 --size 10GiB
   drover replica ls --control 127.0.0.1:7370
   drover replica add 10.0.0.7:7400
+  drover replica add 10.0.0.8:7400 --id s1 --replaces r3 --wait
   drover replica rm 10.0.0.7:7400
   drover replica checksum --dir /var/lib/drover/r1`
 
@@ -63,24 +65,16 @@ func newReplicaCmd() *cobra.Command {
 	ls := &cobra.Command{Use: "ls", Short: "List the volume's replicas and their modes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
-				rep, err := c.ReplicaList(ctx, &controlpb.Empty{})
+				info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
 				if err != nil {
 					return err
 				}
-				printReplicas(cmd.OutOrStdout(), rep.GetReplicas())
+				printReplicas(cmd.OutOrStdout(), info.GetReplicas())
+				printRebuild(cmd.OutOrStdout(), info)
 				return nil
 			})
 		}}
-	var addID string
-	add := &cobra.Command{Use: "add ADDR", Short: "Add a replica and rebuild it into the volume (waits for the rebuild)",
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
-				_, err := c.ReplicaAdd(ctx, &controlpb.ReplicaAddRequest{Id: addID, Address: args[0]})
-				return err
-			})
-		}}
-	add.Flags().StringVar(&addID, "id", "", "name of the replica in the volume (default: its address)")
+	add := newReplicaAddCmd(&cf)
 	rm := &cobra.Command{Use: "rm ID", Short: "Take a replica out of the volume", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {

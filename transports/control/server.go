@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -96,10 +98,26 @@ func (s *Server) VolumeInfo(ctx context.Context, _ *controlpb.VolumeInfoRequest)
 	out := &controlpb.VolumeInfoResponse{Volume: info.Volume, Phase: info.Phase, Why: info.Why, Epoch: info.Epoch,
 		SizeBytes: info.SizeBytes, Chain: info.Chain, MembershipGen: info.MembershipGen, Replicas: replicaStatuses(info)}
 	if rb := info.Rebuild; rb != nil {
-		out.Rebuild = &controlpb.RebuildProgress{Target: string(rb.Target), Source: string(rb.Source), Stage: rb.Stage,
-			BlocksScanned: rb.BlocksScanned, BlocksTotal: rb.BlocksTotal, BytesCopied: rb.BytesCopied}
+		out.Rebuild = rebuildProgress(*rb, info.Tick)
+	}
+	if rb := info.LastRebuild; rb != nil {
+		out.LastRebuild = rebuildProgress(*rb, info.Tick)
+	}
+	for _, id := range info.Spares {
+		out.Spares = append(out.Spares, string(id))
+	}
+	for _, id := range info.Removed {
+		out.Removed = append(out.Removed, string(id))
 	}
 	return out, nil
+}
+
+func rebuildProgress(rb engine.RebuildProgress, tick time.Duration) *controlpb.RebuildProgress {
+	st := enginerun.Stats(rb, tick)
+	return &controlpb.RebuildProgress{Target: string(rb.Target), Source: string(rb.Source), Stage: rb.Stage,
+		BlocksScanned: rb.BlocksScanned, BlocksTotal: rb.BlocksTotal, BytesCopied: rb.BytesCopied,
+		BytesDone: st.DoneBytes, BytesTotal: st.TotalBytes, ElapsedMs: uint64(st.Elapsed.Milliseconds()),
+		RateBytesPerSec: st.RateBytesPerSec, EtaMs: uint64(st.ETA.Milliseconds()), LimitBytesPerSec: st.LimitBytesPerSec}
 }
 
 func replicaStatuses(info enginerun.Info) []*controlpb.ReplicaStatus {
@@ -156,14 +174,49 @@ func (s *Server) ReplicaList(ctx context.Context, _ *controlpb.Empty) (*controlp
 	return &controlpb.ReplicaListResponse{Replicas: replicaStatuses(info)}, nil
 }
 
-// ReplicaAdd adds a replica and waits for its rebuild.
+// ReplicaAdd adds a replica and waits for its rebuild, or, with
+// background set, until it has started.
 func (s *Server) ReplicaAdd(ctx context.Context, req *controlpb.ReplicaAddRequest) (*controlpb.Empty, error) {
 	id := req.GetId()
 	if id == "" {
 		id = req.GetAddress()
 	}
-	err := s.d.AddReplica(ctx, enginerun.Replica{ID: proto.ReplicaID(id), Addr: req.GetAddress()})
-	return &controlpb.Empty{}, toStatus(err)
+	r := enginerun.Replica{ID: proto.ReplicaID(id), Addr: req.GetAddress()}
+	opt := enginerun.AddOptions{RateBytesPerSec: req.GetRateBytesPerSec(), Replaces: proto.ReplicaID(req.GetReplaces())}
+	if !req.GetBackground() {
+		return &controlpb.Empty{}, toStatus(s.d.AddReplicaWith(ctx, r, opt))
+	}
+	// The rebuild outlives this call: it runs on the server's own context.
+	errc := make(chan error, 1)
+	go func() {
+		err := s.d.AddReplicaWith(context.Background(), r, opt)
+		if err != nil {
+			slog.Warn("add replica", "replica", r.ID, "err", err)
+		}
+		errc <- err
+	}()
+	return &controlpb.Empty{}, toStatus(s.waitRebuildStarted(ctx, r.ID, errc))
+}
+
+// waitRebuildStarted waits until the engine rebuilds id (or has just
+// rebuilt it), or the add failed.
+func (s *Server) waitRebuildStarted(ctx context.Context, id proto.ReplicaID, errc <-chan error) error {
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		info, err := s.d.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if rb := info.Rebuild; rb != nil && rb.Target == id {
+			return nil
+		}
+	}
 }
 
 // ReplicaRemove removes a replica.

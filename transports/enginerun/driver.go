@@ -93,6 +93,16 @@ type Config struct {
 	MinEpoch uint64
 	// Logger receives link and phase changes (default slog.Default()).
 	Logger *slog.Logger
+	// Spares are replicas the engine may rebuild in place of a member that
+	// stays ERR for ReplaceAfter: fresh replicas on other disks or hosts,
+	// each with an ID of its own. They are dialed like the replicas.
+	Spares []Replica
+	// ReplaceAfter is how long a member may stay ERR before a spare
+	// replaces it (default 60s; negative: never).
+	ReplaceAfter time.Duration
+	// RebuildRate caps every rebuild's copying, in bytes per second (0: no
+	// cap); AddReplicaWith may set its own.
+	RebuildRate uint64
 }
 
 func (c *Config) setDefaults() {
@@ -137,6 +147,7 @@ func (c *Config) engineConfig() engine.Config {
 	for _, r := range c.Replicas {
 		ec.Replicas = append(ec.Replicas, r.ID)
 	}
+	c.rebuildConfig(&ec)
 	return ec
 }
 
@@ -233,7 +244,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("enginerun: volume %q: no replicas", cfg.Volume)
 	}
 	seen := map[proto.ReplicaID]bool{}
-	for _, r := range cfg.Replicas {
+	for _, r := range cfg.allReplicas() {
 		if r.ID == "" || seen[r.ID] {
 			return nil, fmt.Errorf("enginerun: volume %q: replica ID %q empty or repeated", cfg.Volume, r.ID)
 		}
@@ -245,7 +256,7 @@ func New(cfg Config) (*Driver, error) {
 		ready: make(chan struct{}), peers: map[proto.ReplicaID]*peer{}, waiters: map[uint64]*waiter{},
 		admins: map[uint64]chan engine.AdminReply{}, stopDial: make(chan struct{})}
 	var wg sync.WaitGroup
-	for _, r := range cfg.Replicas {
+	for _, r := range cfg.allReplicas() {
 		p := d.addPeer(r)
 		wg.Add(1)
 		go func() {
@@ -659,7 +670,7 @@ func (d *Driver) Admin(ctx context.Context, req engine.AdminRequest) (engine.Adm
 func (d *Driver) Info(ctx context.Context) (Info, error) {
 	ch := make(chan Info, 1)
 	if !d.post(input{kind: inFunc, fn: func(e *engine.Engine) {
-		info := Info{VolumeInfo: e.Info(), Addrs: map[proto.ReplicaID]string{}, Connected: map[proto.ReplicaID]bool{}}
+		info := Info{VolumeInfo: e.Info(), Addrs: map[proto.ReplicaID]string{}, Connected: map[proto.ReplicaID]bool{}, Tick: d.cfg.Tick}
 		for id, p := range d.peers {
 			info.Addrs[id] = p.addr
 			info.Connected[id] = p.lnk != nil
@@ -681,6 +692,8 @@ type Info struct {
 	engine.VolumeInfo
 	Addrs     map[proto.ReplicaID]string
 	Connected map[proto.ReplicaID]bool
+	// Tick is the length of an engine tick (for RebuildStats).
+	Tick time.Duration
 }
 
 // SetAttached tells the engine whether a frontend is attached (a revert

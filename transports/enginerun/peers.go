@@ -104,6 +104,12 @@ func (d *Driver) linkDown(id proto.ReplicaID, gen uint64, err error) {
 // to open and rebuild it into the volume. It returns when the rebuild is
 // done or failed, or ctx ends (the rebuild goes on).
 func (d *Driver) AddReplica(ctx context.Context, r Replica) error {
+	return d.addReplica(ctx, r, 0)
+}
+
+// addReplica adds r, its rebuild paced at rateBytesPerTick (0: the
+// configured rate).
+func (d *Driver) addReplica(ctx context.Context, r Replica, rateBytesPerTick uint64) error {
 	if r.ID == "" || r.Addr == "" {
 		return fmt.Errorf("add replica: %w: ID and address are required", engine.ErrInvalid)
 	}
@@ -129,7 +135,7 @@ func (d *Driver) AddReplica(ctx context.Context, r Replica) error {
 	if err := d.waitLinked(ctx, r.ID); err != nil {
 		return fmt.Errorf("add replica %s at %s: %w", r.ID, r.Addr, err)
 	}
-	if _, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminAddReplica, Replica: r.ID}); err != nil {
+	if _, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminAddReplica, Replica: r.ID, RateBytesPerTick: rateBytesPerTick}); err != nil {
 		return fmt.Errorf("add replica %s at %s: %w", r.ID, r.Addr, err)
 	}
 	return nil

@@ -182,8 +182,21 @@ type RebuildProgress struct {
 	BlocksScanned uint64                 `protobuf:"varint,4,opt,name=blocks_scanned,json=blocksScanned,proto3" json:"blocks_scanned,omitempty"`
 	BlocksTotal   uint64                 `protobuf:"varint,5,opt,name=blocks_total,json=blocksTotal,proto3" json:"blocks_total,omitempty"`
 	BytesCopied   uint64                 `protobuf:"varint,6,opt,name=bytes_copied,json=bytesCopied,proto3" json:"bytes_copied,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// bytes_done of bytes_total compared and brought up to date (every
+	// layer of the chain counts the volume's size once); bytes_copied is
+	// what was actually copied (only what the target lacked or held with
+	// another checksum).
+	BytesDone  uint64 `protobuf:"varint,7,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	BytesTotal uint64 `protobuf:"varint,8,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	ElapsedMs  uint64 `protobuf:"varint,9,opt,name=elapsed_ms,json=elapsedMs,proto3" json:"elapsed_ms,omitempty"`
+	// rate_bytes_per_sec is bytes_done over the elapsed time; eta_ms the
+	// rest at that rate (0 while unknown).
+	RateBytesPerSec float64 `protobuf:"fixed64,10,opt,name=rate_bytes_per_sec,json=rateBytesPerSec,proto3" json:"rate_bytes_per_sec,omitempty"`
+	EtaMs           uint64  `protobuf:"varint,11,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`
+	// limit_bytes_per_sec is the rebuild's pace limit (0: none).
+	LimitBytesPerSec uint64 `protobuf:"varint,12,opt,name=limit_bytes_per_sec,json=limitBytesPerSec,proto3" json:"limit_bytes_per_sec,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RebuildProgress) Reset() {
@@ -258,6 +271,48 @@ func (x *RebuildProgress) GetBytesCopied() uint64 {
 	return 0
 }
 
+func (x *RebuildProgress) GetBytesDone() uint64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *RebuildProgress) GetBytesTotal() uint64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
+func (x *RebuildProgress) GetElapsedMs() uint64 {
+	if x != nil {
+		return x.ElapsedMs
+	}
+	return 0
+}
+
+func (x *RebuildProgress) GetRateBytesPerSec() float64 {
+	if x != nil {
+		return x.RateBytesPerSec
+	}
+	return 0
+}
+
+func (x *RebuildProgress) GetEtaMs() uint64 {
+	if x != nil {
+		return x.EtaMs
+	}
+	return 0
+}
+
+func (x *RebuildProgress) GetLimitBytesPerSec() uint64 {
+	if x != nil {
+		return x.LimitBytesPerSec
+	}
+	return 0
+}
+
 type VolumeInfoResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -269,6 +324,13 @@ type VolumeInfoResponse struct {
 	MembershipGen uint64                 `protobuf:"varint,7,opt,name=membership_gen,json=membershipGen,proto3" json:"membership_gen,omitempty"`
 	Replicas      []*ReplicaStatus       `protobuf:"bytes,8,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	Rebuild       *RebuildProgress       `protobuf:"bytes,9,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	// last_rebuild is the last rebuild that ended; its stage is "done" or
+	// "failed: why".
+	LastRebuild *RebuildProgress `protobuf:"bytes,10,opt,name=last_rebuild,json=lastRebuild,proto3" json:"last_rebuild,omitempty"`
+	// spares are the configured spare replicas not yet used; removed the
+	// replicas removed or replaced (never rebuilt back in).
+	Spares        []string `protobuf:"bytes,11,rep,name=spares,proto3" json:"spares,omitempty"`
+	Removed       []string `protobuf:"bytes,12,rep,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -362,6 +424,27 @@ func (x *VolumeInfoResponse) GetReplicas() []*ReplicaStatus {
 func (x *VolumeInfoResponse) GetRebuild() *RebuildProgress {
 	if x != nil {
 		return x.Rebuild
+	}
+	return nil
+}
+
+func (x *VolumeInfoResponse) GetLastRebuild() *RebuildProgress {
+	if x != nil {
+		return x.LastRebuild
+	}
+	return nil
+}
+
+func (x *VolumeInfoResponse) GetSpares() []string {
+	if x != nil {
+		return x.Spares
+	}
+	return nil
+}
+
+func (x *VolumeInfoResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
 	}
 	return nil
 }
@@ -814,9 +897,16 @@ func (x *ReplicaListResponse) GetReplicas() []*ReplicaStatus {
 }
 
 type ReplicaAddRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// rate_bytes_per_sec caps this rebuild's copying (0: the engine's
+	// --rebuild-rate).
+	RateBytesPerSec uint64 `protobuf:"varint,3,opt,name=rate_bytes_per_sec,json=rateBytesPerSec,proto3" json:"rate_bytes_per_sec,omitempty"`
+	// replaces names a replica removed once the new one is RW.
+	Replaces string `protobuf:"bytes,4,opt,name=replaces,proto3" json:"replaces,omitempty"`
+	// background: return once the rebuild has started.
+	Background    bool `protobuf:"varint,5,opt,name=background,proto3" json:"background,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -863,6 +953,27 @@ func (x *ReplicaAddRequest) GetAddress() string {
 		return x.Address
 	}
 	return ""
+}
+
+func (x *ReplicaAddRequest) GetRateBytesPerSec() uint64 {
+	if x != nil {
+		return x.RateBytesPerSec
+	}
+	return 0
+}
+
+func (x *ReplicaAddRequest) GetReplaces() string {
+	if x != nil {
+		return x.Replaces
+	}
+	return ""
+}
+
+func (x *ReplicaAddRequest) GetBackground() bool {
+	if x != nil {
+		return x.Background
+	}
+	return false
 }
 
 type ReplicaRemoveRequest struct {
@@ -1241,14 +1352,24 @@ const file_control_proto_rawDesc = "" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x10\n" +
 	"\x03why\x18\x04 \x01(\tR\x03why\x12\x1c\n" +
-	"\tconnected\x18\x05 \x01(\bR\tconnected\"\xc4\x01\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\"\x96\x03\n" +
 	"\x0fRebuildProgress\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x14\n" +
 	"\x05stage\x18\x03 \x01(\tR\x05stage\x12%\n" +
 	"\x0eblocks_scanned\x18\x04 \x01(\x04R\rblocksScanned\x12!\n" +
 	"\fblocks_total\x18\x05 \x01(\x04R\vblocksTotal\x12!\n" +
-	"\fbytes_copied\x18\x06 \x01(\x04R\vbytesCopied\"\xc2\x02\n" +
+	"\fbytes_copied\x18\x06 \x01(\x04R\vbytesCopied\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\a \x01(\x04R\tbytesDone\x12\x1f\n" +
+	"\vbytes_total\x18\b \x01(\x04R\n" +
+	"bytesTotal\x12\x1d\n" +
+	"\n" +
+	"elapsed_ms\x18\t \x01(\x04R\telapsedMs\x12+\n" +
+	"\x12rate_bytes_per_sec\x18\n" +
+	" \x01(\x01R\x0frateBytesPerSec\x12\x15\n" +
+	"\x06eta_ms\x18\v \x01(\x04R\x05etaMs\x12-\n" +
+	"\x13limit_bytes_per_sec\x18\f \x01(\x04R\x10limitBytesPerSec\"\xbb\x03\n" +
 	"\x12VolumeInfoResponse\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x10\n" +
@@ -1259,7 +1380,11 @@ const file_control_proto_rawDesc = "" +
 	"\x05chain\x18\x06 \x03(\tR\x05chain\x12%\n" +
 	"\x0emembership_gen\x18\a \x01(\x04R\rmembershipGen\x12<\n" +
 	"\breplicas\x18\b \x03(\v2 .drover.control.v1.ReplicaStatusR\breplicas\x12<\n" +
-	"\arebuild\x18\t \x01(\v2\".drover.control.v1.RebuildProgressR\arebuild\"\xa8\x01\n" +
+	"\arebuild\x18\t \x01(\v2\".drover.control.v1.RebuildProgressR\arebuild\x12E\n" +
+	"\flast_rebuild\x18\n" +
+	" \x01(\v2\".drover.control.v1.RebuildProgressR\vlastRebuild\x12\x16\n" +
+	"\x06spares\x18\v \x03(\tR\x06spares\x12\x18\n" +
+	"\aremoved\x18\f \x03(\tR\aremoved\"\xa8\x01\n" +
 	"\x0fSnapshotRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12F\n" +
 	"\x06labels\x18\x02 \x03(\v2..drover.control.v1.SnapshotRequest.LabelsEntryR\x06labels\x1a9\n" +
@@ -1297,10 +1422,15 @@ const file_control_proto_rawDesc = "" +
 	"size_bytes\x18\x01 \x01(\x04R\tsizeBytes\x12!\n" +
 	"\fallow_shrink\x18\x02 \x01(\bR\vallowShrink\"S\n" +
 	"\x13ReplicaListResponse\x12<\n" +
-	"\breplicas\x18\x01 \x03(\v2 .drover.control.v1.ReplicaStatusR\breplicas\"=\n" +
+	"\breplicas\x18\x01 \x03(\v2 .drover.control.v1.ReplicaStatusR\breplicas\"\xa6\x01\n" +
 	"\x11ReplicaAddRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"&\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12+\n" +
+	"\x12rate_bytes_per_sec\x18\x03 \x01(\x04R\x0frateBytesPerSec\x12\x1a\n" +
+	"\breplaces\x18\x04 \x01(\tR\breplaces\x12\x1e\n" +
+	"\n" +
+	"background\x18\x05 \x01(\bR\n" +
+	"background\"&\n" +
 	"\x14ReplicaRemoveRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"=\n" +
 	"\vReadRequest\x12\x16\n" +
@@ -1385,50 +1515,51 @@ var file_control_proto_goTypes = []any{
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: drover.control.v1.VolumeInfoResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
 	3,  // 1: drover.control.v1.VolumeInfoResponse.rebuild:type_name -> drover.control.v1.RebuildProgress
-	21, // 2: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
-	22, // 3: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
-	6,  // 4: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
-	9,  // 5: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
-	2,  // 6: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
-	1,  // 7: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
-	5,  // 8: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
-	0,  // 9: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
-	5,  // 10: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
-	5,  // 11: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
-	8,  // 12: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
-	11, // 13: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
-	0,  // 14: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
-	13, // 15: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
-	14, // 16: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
-	0,  // 17: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
-	0,  // 18: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
-	15, // 19: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
-	17, // 20: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
-	0,  // 21: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
-	18, // 22: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
-	20, // 23: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
-	4,  // 24: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
-	0,  // 25: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
-	7,  // 26: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
-	0,  // 27: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
-	0,  // 28: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
-	10, // 29: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
-	0,  // 30: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
-	12, // 31: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
-	0,  // 32: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
-	0,  // 33: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
-	0,  // 34: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
-	0,  // 35: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
-	16, // 36: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
-	0,  // 37: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
-	0,  // 38: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
-	19, // 39: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
-	0,  // 40: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
-	24, // [24:41] is the sub-list for method output_type
-	7,  // [7:24] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	3,  // 2: drover.control.v1.VolumeInfoResponse.last_rebuild:type_name -> drover.control.v1.RebuildProgress
+	21, // 3: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
+	22, // 4: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
+	6,  // 5: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
+	9,  // 6: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
+	2,  // 7: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
+	1,  // 8: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
+	5,  // 9: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
+	0,  // 10: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
+	5,  // 11: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
+	5,  // 12: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
+	8,  // 13: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
+	11, // 14: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
+	0,  // 15: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
+	13, // 16: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
+	14, // 17: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
+	0,  // 18: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
+	0,  // 19: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
+	15, // 20: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
+	17, // 21: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
+	0,  // 22: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
+	18, // 23: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
+	20, // 24: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
+	4,  // 25: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
+	0,  // 26: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
+	7,  // 27: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
+	0,  // 28: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
+	0,  // 29: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
+	10, // 30: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
+	0,  // 31: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
+	12, // 32: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
+	0,  // 33: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
+	0,  // 34: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
+	0,  // 35: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
+	0,  // 36: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
+	16, // 37: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
+	0,  // 38: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
+	0,  // 39: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
+	19, // 40: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
+	0,  // 41: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
+	25, // [25:42] is the sub-list for method output_type
+	8,  // [8:25] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }

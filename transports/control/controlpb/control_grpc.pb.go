@@ -66,7 +66,9 @@ type ControlClient interface {
 	Expand(ctx context.Context, in *ExpandRequest, opts ...grpc.CallOption) (*Empty, error)
 	// ReplicaList lists replicas with their modes and addresses.
 	ReplicaList(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*ReplicaListResponse, error)
-	// ReplicaAdd adds a replica and rebuilds it; returns when it is RW.
+	// ReplicaAdd adds a replica and rebuilds it; returns when it is RW, or
+	// once the rebuild has started when `background` is set (VolumeInfo
+	// then reports its progress).
 	ReplicaAdd(ctx context.Context, in *ReplicaAddRequest, opts ...grpc.CallOption) (*Empty, error)
 	// ReplicaRemove takes a replica out of the volume.
 	ReplicaRemove(ctx context.Context, in *ReplicaRemoveRequest, opts ...grpc.CallOption) (*Empty, error)
@@ -298,7 +300,9 @@ type ControlServer interface {
 	Expand(context.Context, *ExpandRequest) (*Empty, error)
 	// ReplicaList lists replicas with their modes and addresses.
 	ReplicaList(context.Context, *Empty) (*ReplicaListResponse, error)
-	// ReplicaAdd adds a replica and rebuilds it; returns when it is RW.
+	// ReplicaAdd adds a replica and rebuilds it; returns when it is RW, or
+	// once the rebuild has started when `background` is set (VolumeInfo
+	// then reports its progress).
 	ReplicaAdd(context.Context, *ReplicaAddRequest) (*Empty, error)
 	// ReplicaRemove takes a replica out of the volume.
 	ReplicaRemove(context.Context, *ReplicaRemoveRequest) (*Empty, error)

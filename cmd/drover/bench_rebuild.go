@@ -1,0 +1,448 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/tcp"
+)
+
+const benchRebuildLong = `Measure rebuilds on one disk, against fio on the same disk in the same run:
+
+ 1. fio writes a file of --size sequentially (1 MiB, O_DIRECT where the
+    filesystem allows it, fsync at the end), then reads it back: the
+    reference is the rate at which the disk copies that much data,
+    1 / (1/read + 1/write).
+ 2. A volume of --size with one replica process (drover replica, TCP on
+    loopback) is filled and flushed, the source's files are dropped from the
+    page cache, and a second, empty replica process is added: the full
+    rebuild's rate (size / time, ending with the target's fsync) as a ratio of
+    the reference (goal >= 0.8).
+ 3. The new replica is stopped, 10% of the volume's 4 KiB blocks (random,
+    distinct) are rewritten, it is restarted and rebuilt again: the bytes the
+    catch-up copied, as a share of the volume (goal <= 15%).`
+
+type rebuildBenchReport struct {
+	Dir                 string  `json:"dir"`
+	FS                  string  `json:"fs"`
+	SizeBytes           uint64  `json:"size_bytes"`
+	FioEngine           string  `json:"fio_engine"`
+	FioReadMBps         float64 `json:"fio_read_mbps"`
+	FioWriteMBps        float64 `json:"fio_write_mbps"`
+	FioCopyMBps         float64 `json:"fio_copy_mbps"`
+	RebuildSeconds      float64 `json:"rebuild_seconds"`
+	RebuildMBps         float64 `json:"rebuild_mbps"`
+	RebuildCopiedBytes  uint64  `json:"rebuild_copied_bytes"`
+	RebuildRatio        float64 `json:"rebuild_ratio"`
+	ChangedBlocks       uint64  `json:"changed_blocks"`
+	CatchUpCopiedBytes  uint64  `json:"catchup_copied_bytes"`
+	CatchUpFraction     float64 `json:"catchup_fraction"`
+	CatchUpSeconds      float64 `json:"catchup_seconds"`
+	RebuildRatioGoalMet bool    `json:"rebuild_ratio_goal_met"`
+	CatchUpGoalMet      bool    `json:"catchup_goal_met"`
+}
+
+func newBenchRebuildCmd() *cobra.Command {
+	var dir, jsonPath string
+	size := sizeFlag{bytes: 2 << 30}
+	cmd := &cobra.Command{Use: "rebuild", Short: "Benchmark a full rebuild and a catch-up over loopback TCP against fio on the same disk",
+		Long: benchRebuildLong, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dir == "" {
+				dir = "."
+			}
+			work, err := os.MkdirTemp(dir, "drover-bench-rebuild-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(work)
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			rep, err := benchRebuild(cmd.Context(), cmd.ErrOrStderr(), exe, work, size.bytes)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), rep.table())
+			if jsonPath != "" {
+				out, _ := json.MarshalIndent(rep, "", "  ")
+				return os.WriteFile(jsonPath, append(out, '\n'), 0o644)
+			}
+			return nil
+		}}
+	cmd.Flags().StringVar(&dir, "dir", "", "directory (disk) to benchmark on (default: the current one)")
+	cmd.Flags().Var(&size, "size", "volume and fio file size")
+	cmd.Flags().StringVar(&jsonPath, "json", "", "also write the report as JSON to this file")
+	return cmd
+}
+
+func (r *rebuildBenchReport) table() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "rebuild benchmark on %s (%s), %s volume\n", r.Dir, r.FS, formatSize(r.SizeBytes))
+	fmt.Fprintf(&b, "  fio (%s): sequential read %.0f MB/s, write %.0f MB/s -> copy %.0f MB/s (reference)\n",
+		r.FioEngine, r.FioReadMBps, r.FioWriteMBps, r.FioCopyMBps)
+	fmt.Fprintf(&b, "  full rebuild over loopback TCP: %.1f s, %.0f MB/s, copied %s: %.2fx the reference (goal >= 0.8: %s)\n",
+		r.RebuildSeconds, r.RebuildMBps, formatSize(r.RebuildCopiedBytes), r.RebuildRatio, metWord(r.RebuildRatioGoalMet))
+	fmt.Fprintf(&b, "  catch-up after %d of %d blocks (10%%) changed: copied %d bytes = %.2f%% of the volume in %.1f s (goal <= 15%%: %s)\n",
+		r.ChangedBlocks, r.SizeBytes/proto.BlockSize, r.CatchUpCopiedBytes, 100*r.CatchUpFraction, r.CatchUpSeconds, metWord(r.CatchUpGoalMet))
+	return b.String()
+}
+
+func metWord(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+func benchRebuild(ctx context.Context, progress io.Writer, exe, dir string, sizeBytes uint64) (*rebuildBenchReport, error) {
+	rep := &rebuildBenchReport{Dir: dir, FS: fsName(dir), SizeBytes: sizeBytes}
+	if err := fioReference(ctx, progress, dir, sizeBytes, rep); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "fio: read %.0f MB/s, write %.0f MB/s\n", rep.FioReadMBps, rep.FioWriteMBps)
+
+	src := &benchReplica{exe: exe, id: "r1", dir: filepath.Join(dir, "r1"), size: sizeBytes}
+	dst := &benchReplica{exe: exe, id: "r2", dir: filepath.Join(dir, "r2"), size: sizeBytes}
+	for _, r := range []*benchReplica{src, dst} {
+		if err := r.start(ctx); err != nil {
+			return nil, err
+		}
+		defer r.stop()
+	}
+	d, err := enginerun.New(enginerun.Config{Volume: "bench", Replicas: []enginerun.Replica{{ID: "r1", Addr: src.addr}},
+		Dial: tcp.Dial, RebuildAfter: -1, ReplaceAfter: -1,
+		Logger: slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := d.WaitServing(wctx); err != nil {
+		return nil, err
+	}
+	vol := enginerun.NewVolume(d)
+	fmt.Fprintf(progress, "filling %s through the engine\n", formatSize(sizeBytes))
+	if err := benchFill(ctx, vol, sizeBytes); err != nil {
+		return nil, err
+	}
+	if err := dropCache(src.dir); err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintln(progress, "full rebuild of r2")
+	t0 := time.Now()
+	if err := d.AddReplica(ctx, enginerun.Replica{ID: "r2", Addr: dst.addr}); err != nil {
+		return nil, fmt.Errorf("full rebuild: %w", err)
+	}
+	took := time.Since(t0)
+	info, err := d.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.RebuildSeconds = took.Seconds()
+	rep.RebuildMBps = float64(sizeBytes) / took.Seconds() / 1e6
+	rep.RebuildCopiedBytes = info.LastRebuild.BytesCopied
+	rep.RebuildRatio = rep.RebuildMBps / rep.FioCopyMBps
+	rep.RebuildRatioGoalMet = rep.RebuildRatio >= 0.8
+	fmt.Fprintf(progress, "full rebuild: %.1f s, %.0f MB/s (%.2fx)\n", rep.RebuildSeconds, rep.RebuildMBps, rep.RebuildRatio)
+
+	// The rebuild snapshot is merged away on both replicas before r2 goes:
+	// a replica that misses the merge no longer shares the layer.
+	if err := waitNoRebuildSnapshots(ctx, d); err != nil {
+		return nil, err
+	}
+	dst.stop()
+	blocks := sizeBytes / proto.BlockSize
+	rep.ChangedBlocks = blocks / 10
+	fmt.Fprintf(progress, "rewriting %d random blocks while r2 is away\n", rep.ChangedBlocks)
+	if err := rewriteBlocks(ctx, vol, blocks, rep.ChangedBlocks); err != nil {
+		return nil, err
+	}
+	if err := dst.start(ctx); err != nil {
+		return nil, err
+	}
+	t0 = time.Now()
+	if err := d.AddReplica(ctx, enginerun.Replica{ID: "r2", Addr: dst.addr}); err != nil {
+		return nil, fmt.Errorf("catch-up: %w", err)
+	}
+	rep.CatchUpSeconds = time.Since(t0).Seconds()
+	if info, err = d.Info(ctx); err != nil {
+		return nil, err
+	}
+	rep.CatchUpCopiedBytes = info.LastRebuild.BytesCopied
+	rep.CatchUpFraction = float64(rep.CatchUpCopiedBytes) / float64(sizeBytes)
+	rep.CatchUpGoalMet = rep.CatchUpFraction <= 0.15
+	return rep, nil
+}
+
+// benchReplica is one `drover replica` process on a fixed port.
+type benchReplica struct {
+	exe, id, dir, addr string
+	size               uint64
+	cmd                *exec.Cmd
+	done               chan struct{}
+}
+
+func (r *benchReplica) start(ctx context.Context) error {
+	if r.addr == "" {
+		l, err := netListenLoopback()
+		if err != nil {
+			return err
+		}
+		r.addr = l
+	}
+	r.cmd = exec.CommandContext(ctx, r.exe, "replica", "--dir", r.dir, "--listen", r.addr, "--id", r.id, "--size", fmt.Sprint(r.size))
+	r.cmd.Stderr = io.Discard
+	out, err := r.cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := r.cmd.Start(); err != nil {
+		return fmt.Errorf("start replica %s: %w", r.id, err)
+	}
+	r.done = make(chan struct{})
+	go func() { _ = r.cmd.Wait(); close(r.done) }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if !strings.Contains(line, "serving on") {
+		r.stop()
+		return fmt.Errorf("replica %s did not start: %q %v", r.id, line, err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return nil
+}
+
+// stop ends the process with SIGTERM (it closes its store cleanly).
+func (r *benchReplica) stop() {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(30 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+	r.cmd = nil
+}
+
+// fioReference runs fio's sequential write then read of sizeBytes in dir.
+func fioReference(ctx context.Context, progress io.Writer, dir string, sizeBytes uint64, rep *rebuildBenchReport) error {
+	path := filepath.Join(dir, "fio.dat")
+	defer os.Remove(path)
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	engine := []string{"--ioengine=libaio", "--direct=1", "--iodepth=16"}
+	rep.FioEngine = "libaio direct=1 qd16 bs=1M"
+	if g, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0); err != nil {
+		engine = []string{"--ioengine=psync"}
+		rep.FioEngine = "psync bs=1M (no O_DIRECT here)"
+	} else {
+		g.Close()
+	}
+	fmt.Fprintf(progress, "fio: sequential write and read of %s (%s)\n", formatSize(sizeBytes), rep.FioEngine)
+	run := func(rw string) (float64, error) {
+		args := append([]string{"--output-format=json", "--name=seq" + rw, "--filename=" + path, "--rw=" + rw,
+			"--bs=1M", fmt.Sprintf("--size=%d", sizeBytes), "--end_fsync=1"}, engine...)
+		out, err := exec.CommandContext(ctx, "fio", args...).Output()
+		if err != nil {
+			return 0, fmt.Errorf("fio %s: %w", rw, err)
+		}
+		if i := strings.IndexByte(string(out), '{'); i > 0 {
+			out = out[i:]
+		}
+		var doc struct {
+			Jobs []struct {
+				Read struct {
+					BwBytes int64 `json:"bw_bytes"`
+				} `json:"read"`
+				Write struct {
+					BwBytes int64 `json:"bw_bytes"`
+				} `json:"write"`
+			} `json:"jobs"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil || len(doc.Jobs) != 1 {
+			return 0, fmt.Errorf("parse fio output: %v", err)
+		}
+		bw := doc.Jobs[0].Read.BwBytes
+		if rw == "write" {
+			bw = doc.Jobs[0].Write.BwBytes
+		}
+		return float64(bw) / 1e6, nil
+	}
+	var err2 error
+	if rep.FioWriteMBps, err2 = run("write"); err2 != nil {
+		return err2
+	}
+	if err := dropCache(path); err != nil {
+		return err
+	}
+	if rep.FioReadMBps, err2 = run("read"); err2 != nil {
+		return err2
+	}
+	rep.FioCopyMBps = 1 / (1/rep.FioReadMBps + 1/rep.FioWriteMBps)
+	return nil
+}
+
+// dropCache evicts path's files (a file, or every file under a
+// directory) from the page cache, so reads come from the disk.
+func dropCache(path string) error {
+	return filepath.WalkDir(path, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	})
+}
+
+// benchFill writes the whole volume (1 MiB writes, 8 at a time) and flushes.
+func benchFill(ctx context.Context, vol *enginerun.Volume, sizeBytes uint64) error {
+	const chunk, writers = 1 << 20, 8
+	var mu sync.Mutex
+	next := uint64(0)
+	errc := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			buf := make([]byte, chunk)
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for {
+				mu.Lock()
+				off := next
+				next += chunk
+				mu.Unlock()
+				if off >= sizeBytes {
+					errc <- nil
+					return
+				}
+				for i := 0; i < len(buf); i += 8 {
+					v := rng.Uint64()
+					for j := 0; j < 8; j++ {
+						buf[i+j] = byte(v >> (8 * j))
+					}
+				}
+				if err := vol.WriteAt(ctx, buf[:min(chunk, sizeBytes-off)], off, false); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+	for range writers {
+		err = errors.Join(err, <-errc)
+	}
+	if err != nil {
+		return err
+	}
+	return vol.Flush(ctx)
+}
+
+// rewriteBlocks writes n distinct random 4 KiB blocks (16 at a time) and
+// flushes.
+func rewriteBlocks(ctx context.Context, vol *enginerun.Volume, blocks, n uint64) error {
+	rng := rand.New(rand.NewPCG(42, 42))
+	perm := rng.Perm(int(blocks))[:n]
+	const writers = 16
+	errc := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			buf := make([]byte, proto.BlockSize)
+			for i := w; i < len(perm); i += writers {
+				for j := range buf {
+					buf[j] = byte(i + j*7)
+				}
+				if err := vol.WriteAt(ctx, buf, uint64(perm[i])*proto.BlockSize, false); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	var err error
+	for range writers {
+		err = errors.Join(err, <-errc)
+	}
+	if err != nil {
+		return err
+	}
+	return vol.Flush(ctx)
+}
+
+func waitNoRebuildSnapshots(ctx context.Context, d *enginerun.Driver) error {
+	for {
+		info, err := d.Info(ctx)
+		if err != nil {
+			return err
+		}
+		left := false
+		for _, n := range info.Chain {
+			left = left || strings.HasPrefix(n, "rebuild-")
+		}
+		if !left {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func fsName(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return "unknown"
+	}
+	switch st.Type {
+	case 0x01021994:
+		return "tmpfs"
+	case 0xef53:
+		return "ext4"
+	case 0x58465342:
+		return "xfs"
+	}
+	return fmt.Sprintf("0x%x", st.Type)
+}
+
+// netListenLoopback returns a free loopback TCP address.
+func netListenLoopback() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
