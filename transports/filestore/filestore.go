@@ -81,6 +81,8 @@ type layer struct {
 	mu        sync.Mutex
 	allocated map[uint64]struct{}
 	dataHeld  blockset.Set
+	// imap maps the index file for reads (indexmap.go).
+	imap indexMap
 }
 
 // Open returns the store on dir, which must exist and be writable.
@@ -271,7 +273,13 @@ func (s *Store) openLayer(id store.LayerID, flags int) (*layer, error) {
 		data.Close()
 		return nil, err
 	}
-	return &layer{id: id, data: data, index: index, allocated: map[uint64]struct{}{}}, nil
+	l := &layer{id: id, data: data, index: index, allocated: map[uint64]struct{}{}}
+	var size int64
+	if st, err := index.Stat(); err == nil {
+		size = st.Size()
+	}
+	l.imap.open(int(index.Fd()), size)
+	return l, nil
 }
 
 // createLayer makes an empty layer, emptying files of that id a crash left
@@ -318,6 +326,7 @@ func (s *Store) removeLayer(id store.LayerID) error {
 }
 
 func (l *layer) close() error {
+	l.imap.close()
 	err := l.data.Close()
 	if ierr := l.index.Close(); err == nil {
 		err = ierr
@@ -346,6 +355,7 @@ func (l *layer) writeHeader(flushedSeq uint64) error {
 	if _, err := l.index.WriteAt(h[:], 0); err != nil {
 		return fmt.Errorf("write index header: %w", err)
 	}
+	l.imap.grew(int64(len(h)))
 	return nil
 }
 
@@ -431,10 +441,11 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 			return nil
 		}
 		_, err := l.index.WriteAt(buf, entryOffset(start))
-		buf = buf[:0]
 		if err != nil {
 			return fmt.Errorf("write index entries at block %d: %w", start, err)
 		}
+		l.imap.grew(entryOffset(start) + int64(len(buf)))
+		buf = buf[:0]
 		return nil
 	}
 	for i, e := range sorted {
@@ -529,9 +540,17 @@ func (l *layer) readData(io store.IO, c *store.Completion) error {
 	if err := readFull(l.data, c.Data, int64(io.BlockIndex)*proto.BlockSize); err != nil {
 		return fmt.Errorf("read data: %w", err)
 	}
-	raw := make([]byte, io.BlockCount*entryBytes)
-	if err := readFull(l.index, raw, entryOffset(io.BlockIndex)); err != nil {
-		return fmt.Errorf("read index entries: %w", err)
+	var small [32 * entryBytes]byte // most reads are a few blocks
+	raw := small[:0]
+	if n := io.BlockCount * entryBytes; n <= uint64(len(small)) {
+		raw = small[:n]
+	} else {
+		raw = make([]byte, n)
+	}
+	if !l.imap.read(raw, entryOffset(io.BlockIndex)) {
+		if err := readFull(l.index, raw, entryOffset(io.BlockIndex)); err != nil {
+			return fmt.Errorf("read index entries: %w", err)
+		}
 	}
 	c.Entries = make([]proto.BlockState, io.BlockCount)
 	for i := range c.Entries {
@@ -599,7 +618,13 @@ func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
 		if _, ok := l.allocated[p]; ok {
 			continue
 		}
-		if err := fallocate(l.index, 0, entryOffset(p*indexPageEntries), indexPageEntries*entryBytes); err != nil {
+		off, n := entryOffset(p*indexPageEntries), int64(indexPageEntries*entryBytes)
+		switch err := unix.Fallocate(int(l.index.Fd()), 0, off, n); {
+		case err == nil:
+			l.imap.grew(off + n) // the file now holds these bytes
+		case errors.Is(err, unix.EOPNOTSUPP):
+			// No reservation here: a full disk fails at write time.
+		default:
 			return fmt.Errorf("reserve index space: %w", err)
 		}
 		l.allocated[p] = struct{}{}
