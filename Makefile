@@ -34,7 +34,7 @@ export RAPID_CHECKS
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: versitygw bench-backup help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -43,6 +43,7 @@ help:
 	@echo "make sim-long  $(SIM_LONG_SEEDS) swarm seeds of the simulator, then as many of the 'all' profile at 5000 ops"
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
 	@echo "make bench     drover bench (fio vs nbdkit, qemu-nbd, raw file) on tmpfs and disk, Go benchmarks, then bench-backup"
+	@echo "make bench-rebuild full rebuild of a $(REBUILD_BENCH_SIZE) volume over TCP vs fio on the same disk, catch-up after 10% changed"
 	@echo "make bench-backup  backup/restore MB/s of a $(BACKUP_BENCH_SIZE) volume vs tar|zstd, objects per GiB, incremental after 5% change"
 	@echo "make iscsi-compare  iscsi-test-cu against Drover and tgtd in one run (root, libiscsi-bin, tgt)"
 	@echo "make iscsi-soak     iscsi-perf at queue depth 32 for ISCSI_SOAK (default 60s) on a 3-replica volume"
@@ -103,6 +104,16 @@ bench: build
 	$(BIN)/drover bench --dir $(BENCH_DIR) --runtime $(BENCH_RUNTIME) --json $(BIN)/bench-disk.json
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem $(BENCH_GO_PKGS)
 	@$(MAKE) --no-print-directory bench-backup
+	@$(MAKE) --no-print-directory bench-rebuild
+
+# bench-rebuild runs `drover bench rebuild` on BENCH_DIR's disk: fio's
+# sequential write and read of REBUILD_BENCH_SIZE (the reference), a full
+# rebuild of a volume that size over loopback TCP as a ratio of it (goal
+# >= 0.8), and the bytes a catch-up copies after 10% of the blocks changed
+# (goal <= 15%).
+REBUILD_BENCH_SIZE  ?= 2GiB
+bench-rebuild: build
+	$(BIN)/drover bench rebuild --dir $(BENCH_DIR) --size $(REBUILD_BENCH_SIZE) --json $(BIN)/bench-rebuild.json
 
 # bench-backup backs a BACKUP_BENCH_SIZE volume (drover dev on BENCH_DIR's
 # disk) up to a directory target and restores it, against tar | zstd -T0
