@@ -214,7 +214,32 @@ type call struct {
 	to       proto.ReplicaID
 	sent     int64 // tick the request went out
 	deadline int64
-	then     func(proto.Reply)
+	// What the reply goes to: a frontend request's (f, by kind), or
+	// then. The data path uses f, so a call costs no closure.
+	kind callKind
+	f    *fop
+	then func(proto.Reply)
+}
+
+// callKind says which frontend handler a call's reply goes to.
+type callKind uint8
+
+const (
+	callThen  callKind = iota // c.then
+	callWrite                 // e.onWriteReply(c.f, ...)
+	callRead                  // e.onReadReply(c.f, ...)
+)
+
+// answer hands a call's reply to whoever waits for it.
+func (e *Engine) answer(c *call, rep proto.Reply) {
+	switch c.kind {
+	case callWrite:
+		e.onWriteReply(c.f, c.to, rep)
+	case callRead:
+		e.onReadReply(c.f, c.to, rep)
+	default:
+		c.then(rep)
+	}
 }
 
 // Engine is the state machine.
@@ -236,12 +261,14 @@ type Engine struct {
 	attached      bool
 	writeSeq      uint64
 	nextID        uint64
-	calls         map[uint64]*call
+	calls         map[uint64]call
+	memberList    []*member         // sortedMembers' cache
+	targetBuf     []proto.ReplicaID // scratch for startFop and readFrom
 	roundRobin    int
 
 	waiting []*fop
 	running []*fop
-	parked  []func() // completions waiting for a membership commit
+	parked  []*fop // writes whose acknowledgement waits for a membership commit
 
 	change  *memberChange
 	admin   []*adminTask
@@ -286,7 +313,7 @@ func New(cfg Config) *Engine {
 	if cfg.ReplaceAfterTicks == 0 {
 		cfg.ReplaceAfterTicks = 10 * max(cfg.RebuildAfterTicks, defaultRebuildWait)
 	}
-	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]*call{}, attached: true,
+	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]call{}, attached: true,
 		nextID: cfg.FirstRequestID}
 	for _, id := range cfg.Replicas {
 		e.members[id] = &member{id: id}
@@ -322,8 +349,8 @@ func (e *Engine) Step(from proto.ReplicaID, rep proto.Reply) {
 		e.fence(fmt.Sprintf("replica %s is fenced at epoch %d", from, rep.Info.Epoch))
 		return
 	}
-	e.noteContact(from, c, rep)
-	c.then(rep)
+	e.noteContact(from, &c, rep)
+	e.answer(&c, rep)
 	e.schedule()
 }
 
@@ -331,9 +358,9 @@ func (e *Engine) Step(from proto.ReplicaID, rep proto.Reply) {
 // call outstanding to it fails.
 func (e *Engine) ReplicaDown(id proto.ReplicaID) {
 	for _, reqID := range e.sortedCalls() {
-		if c := e.calls[reqID]; c != nil && c.to == id {
+		if c, ok := e.calls[reqID]; ok && c.to == id {
 			delete(e.calls, reqID)
-			c.then(proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "connection lost"})
+			e.answer(&c, proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "connection lost"})
 		}
 	}
 	e.schedule()
@@ -344,9 +371,9 @@ func (e *Engine) ReplicaDown(id proto.ReplicaID) {
 func (e *Engine) Tick() {
 	e.now++
 	for _, reqID := range e.sortedCalls() {
-		if c := e.calls[reqID]; c != nil && c.deadline <= e.now {
+		if c, ok := e.calls[reqID]; ok && c.deadline <= e.now {
 			delete(e.calls, reqID)
-			c.then(proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "timed out"})
+			e.answer(&c, proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "timed out"})
 		}
 	}
 	if e.phase == phaseOpening && e.opening == nil && e.now >= e.retryAt {
@@ -374,11 +401,22 @@ func (e *Engine) sortedCalls() []uint64 {
 // send emits a request to a replica and registers what to do with its
 // reply (or its timeout).
 func (e *Engine) send(to proto.ReplicaID, req proto.Request, then func(proto.Reply)) {
+	e.sendCall(req, call{to: to, then: then})
+}
+
+// sendFop emits a frontend request's message; its reply goes to the
+// read or write handler (kind) with f.
+func (e *Engine) sendFop(to proto.ReplicaID, req proto.Request, kind callKind, f *fop) {
+	e.sendCall(req, call{to: to, kind: kind, f: f})
+}
+
+func (e *Engine) sendCall(req proto.Request, c call) {
 	e.nextID++
 	req.ID = e.nextID
 	req.Epoch = e.epoch
-	e.calls[req.ID] = &call{to: to, sent: e.now, deadline: e.now + e.cfg.TimeoutTicks, then: then}
-	e.ready.Messages = append(e.ready.Messages, Message{To: to, Req: req})
+	c.sent, c.deadline = e.now, e.now+e.cfg.TimeoutTicks
+	e.calls[req.ID] = c
+	e.ready.Messages = append(e.ready.Messages, Message{To: c.to, Req: req})
 }
 
 func (e *Engine) replyFrontend(id uint64, err error, data []byte) {
@@ -416,7 +454,7 @@ func (e *Engine) failAll(err error) {
 		e.adminReply(a, nil, err)
 	}
 	e.admin = nil
-	e.calls = map[uint64]*call{}
+	clear(e.calls)
 	e.change, e.rebuild, e.opening = nil, nil, nil
 }
 
@@ -447,18 +485,35 @@ func (e *Engine) holding() bool {
 	return e.rebuild != nil && e.rebuild.holding
 }
 
+// sortedMembers returns the members by id. The slice is cached until the
+// members change (then a new one is made, so a caller still ranging over
+// the old one is unaffected); callers must not modify it.
 func (e *Engine) sortedMembers() []*member {
+	if len(e.memberList) == len(e.members) {
+		same := true
+		for _, m := range e.memberList {
+			if e.members[m.id] != m {
+				same = false
+				break
+			}
+		}
+		if same {
+			return e.memberList
+		}
+	}
 	out := make([]*member, 0, len(e.members))
 	for _, m := range e.members {
 		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	e.memberList = out
 	return out
 }
 
 // writeTargets are the replicas every write goes to.
-func (e *Engine) writeTargets() []proto.ReplicaID {
-	var out []proto.ReplicaID
+func (e *Engine) writeTargets() []proto.ReplicaID { return e.appendWriteTargets(nil) }
+
+func (e *Engine) appendWriteTargets(out []proto.ReplicaID) []proto.ReplicaID {
 	for _, m := range e.sortedMembers() {
 		if m.mode == ModeRW || m.mode == ModeWO {
 			out = append(out, m.id)
@@ -469,8 +524,9 @@ func (e *Engine) writeTargets() []proto.ReplicaID {
 
 // readable are the replicas reads may go to: RW in the engine's view and
 // in the recorded membership.
-func (e *Engine) readable() []proto.ReplicaID {
-	var out []proto.ReplicaID
+func (e *Engine) readable() []proto.ReplicaID { return e.appendReadable(nil) }
+
+func (e *Engine) appendReadable(out []proto.ReplicaID) []proto.ReplicaID {
 	for _, m := range e.sortedMembers() {
 		ok := m.mode == ModeRW && e.committed.Mode(m.id) == proto.ModeRW
 		if e.cfg.Bugs.ReadStaleReplicas && m.mode == ModeWO {
@@ -514,13 +570,10 @@ func (e *Engine) leaseValid() bool {
 	if e.now < e.quietUntil || e.committed == nil {
 		return false
 	}
-	acks := map[proto.ReplicaID]bool{}
-	for _, m := range e.members {
-		if e.now-m.lastOK < e.cfg.LeaseTicks && m.lastOK > 0 {
-			acks[m.id] = true
-		}
-	}
-	return IsQuorum(e.committed, acks)
+	return quorumWhere(e.committed, func(id proto.ReplicaID) bool {
+		m := e.members[id]
+		return m != nil && m.lastOK > 0 && e.now-m.lastOK < e.cfg.LeaseTicks
+	})
 }
 
 // heartbeat keeps the read lease fresh while IO is idle: an Info to every

@@ -12,14 +12,62 @@ type fop struct {
 	lo, hi   uint64
 	write    bool
 	replied  bool
-	parked   bool                     // write: acknowledgement waits for a membership commit
-	pending  map[proto.ReplicaID]bool // replicas yet to acknowledge
-	targets  int                      // replicas the write went to
-	refused  []proto.ReplicaID        // replicas that refused it (full, invalid)
+	parked   bool              // write: acknowledgement waits for a membership commit
+	pending  replicaSet        // replicas yet to acknowledge
+	targets  int               // replicas the write went to
+	refused  []proto.ReplicaID // replicas that refused it (full, invalid)
 	err      error
-	tried    map[proto.ReplicaID]bool // reads: replicas tried
-	repair   []proto.ReplicaID        // reads: replicas that returned corrupt data
-	inRepair int                      // reads: repair writes outstanding
+	tried    replicaSet        // reads: replicas tried
+	repair   []proto.ReplicaID // reads: replicas that returned corrupt data
+	inRepair int               // reads: repair writes outstanding
+}
+
+// replicaSet is a small set of replica ids: a volume has a handful of
+// replicas, so a slice (inline for up to 4) beats a map and allocates
+// nothing in the common case.
+type replicaSet struct {
+	inline [4]proto.ReplicaID
+	ids    []proto.ReplicaID
+}
+
+func (s *replicaSet) len() int { return len(s.ids) }
+
+func (s *replicaSet) has(id proto.ReplicaID) bool {
+	for _, x := range s.ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *replicaSet) add(id proto.ReplicaID) {
+	if s.has(id) {
+		return
+	}
+	if s.ids == nil {
+		s.ids = s.inline[:0]
+	}
+	s.ids = append(s.ids, id)
+}
+
+// remove deletes id and reports whether it was there.
+func (s *replicaSet) remove(id proto.ReplicaID) bool {
+	for i, x := range s.ids {
+		if x == id {
+			last := len(s.ids) - 1
+			s.ids[i] = s.ids[last]
+			s.ids[last] = ""
+			s.ids = s.ids[:last]
+			return true
+		}
+	}
+	return false
+}
+
+func (s *replicaSet) clear() {
+	clear(s.ids)
+	s.ids = s.ids[:0]
 }
 
 func (f *fop) conflicts(x *fop) bool {
@@ -134,7 +182,6 @@ func (e *Engine) fopBlocked(f *fop, i int) bool {
 
 func (e *Engine) startFop(f *fop) {
 	if f.req.Op == proto.OpRead {
-		f.tried = map[proto.ReplicaID]bool{}
 		e.readFrom(f)
 		return
 	}
@@ -148,26 +195,27 @@ func (e *Engine) startFop(f *fop) {
 		e.writeSeq++
 	}
 	req.Seq = e.writeSeq
-	f.pending = map[proto.ReplicaID]bool{}
-	targets := e.writeTargets()
+	f.pending.clear()
+	targets := e.appendWriteTargets(e.targetBuf[:0])
+	e.targetBuf = targets
 	f.targets = len(targets)
 	for _, id := range targets {
-		f.pending[id] = true
+		f.pending.add(id)
 	}
 	for _, id := range targets {
-		e.send(id, req, func(rep proto.Reply) { e.onWriteReply(f, id, rep) })
+		e.sendFop(id, req, callWrite, f)
 	}
 }
 
 func (e *Engine) onWriteReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 	switch rep.Status {
 	case proto.StatusOK:
-		delete(f.pending, id)
+		f.pending.remove(id)
 	case proto.StatusNoSpace, proto.StatusInvalid:
 		// The replica refused without changing anything. If every
 		// replica refused, the request fails and they all still agree;
 		// if some applied it, the refusing ones missed it (maybeDone).
-		delete(f.pending, id)
+		f.pending.remove(id)
 		f.refused = append(f.refused, id)
 		kind := ErrNoSpace
 		if rep.Status == proto.StatusInvalid {
@@ -177,7 +225,7 @@ func (e *Engine) onWriteReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 	default:
 		// The replica may be ERR already (a rebuild abort, say): this
 		// request must stop waiting for it either way.
-		delete(f.pending, id)
+		f.pending.remove(id)
 		e.replicaFailed(id, fmt.Sprintf("%v: %v %s", f.req.Op, rep.Status, rep.Err))
 	}
 	e.maybeDone(f)
@@ -189,10 +237,10 @@ func (e *Engine) maybeDone(f *fop) {
 	if f.replied {
 		return
 	}
-	if e.cfg.Bugs.AckAfterFirst && f.write && len(f.pending) < len(e.writeTargets()) && f.err == nil {
-		f.pending = map[proto.ReplicaID]bool{}
+	if e.cfg.Bugs.AckAfterFirst && f.write && f.pending.len() < len(e.writeTargets()) && f.err == nil {
+		f.pending.clear()
 	}
-	if len(f.pending) > 0 || f.parked {
+	if f.pending.len() > 0 || f.parked {
 		return
 	}
 	if len(f.refused) > 0 && len(f.refused) < f.targets {
@@ -207,23 +255,25 @@ func (e *Engine) maybeDone(f *fop) {
 			e.replicaFailed(id, "refused a write the others applied")
 		}
 	}
-	// replied is set only when the reply goes out: a parked reply that a
-	// fault or fence drops must still be answered by failAll.
-	finish := func() {
-		f.replied, f.parked = true, false
-		err := f.err
-		if err == nil && e.rwCount() < e.cfg.MinHealthy {
-			err = fmt.Errorf("%w: %d healthy replicas, %d needed", ErrFaulted, e.rwCount(), e.cfg.MinHealthy)
-		}
-		e.replyFrontend(f.req.ID, err, nil)
-		e.finishFop(f)
-	}
 	if e.change != nil {
 		f.parked = true
-		e.parked = append(e.parked, finish)
+		e.parked = append(e.parked, f)
 		return
 	}
-	finish()
+	e.finishWrite(f)
+}
+
+// finishWrite acknowledges a write-like request. replied is set only when
+// the reply goes out: a parked reply that a fault or fence drops must
+// still be answered by failAll.
+func (e *Engine) finishWrite(f *fop) {
+	f.replied, f.parked = true, false
+	err := f.err
+	if err == nil && e.rwCount() < e.cfg.MinHealthy {
+		err = fmt.Errorf("%w: %d healthy replicas, %d needed", ErrFaulted, e.rwCount(), e.cfg.MinHealthy)
+	}
+	e.replyFrontend(f.req.ID, err, nil)
+	e.finishFop(f)
 }
 
 func (e *Engine) finishFop(f *fop) {
@@ -237,11 +287,12 @@ func (e *Engine) finishFop(f *fop) {
 
 // readFrom sends a read to the next readable replica not yet tried.
 func (e *Engine) readFrom(f *fop) {
-	cands := e.readable()
+	cands := e.appendReadable(e.targetBuf[:0])
+	e.targetBuf = cands
 	var pick proto.ReplicaID
 	for i := range cands {
 		id := cands[(e.roundRobin+i)%len(cands)]
-		if !f.tried[id] {
+		if !f.tried.has(id) {
 			pick = id
 			break
 		}
@@ -253,9 +304,9 @@ func (e *Engine) readFrom(f *fop) {
 		e.finishFop(f)
 		return
 	}
-	f.tried[pick] = true
+	f.tried.add(pick)
 	req := proto.Request{Op: proto.OpRead, BlockIndex: f.req.BlockIndex, BlockCount: f.req.BlockCount}
-	e.send(pick, req, func(rep proto.Reply) { e.onReadReply(f, pick, rep) })
+	e.sendFop(pick, req, callRead, f)
 }
 
 func (e *Engine) onReadReply(f *fop, id proto.ReplicaID, rep proto.Reply) {

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"sort"
 
 	"github.com/drover-io/drover/core/proto"
 )
@@ -20,23 +19,29 @@ import (
 // IsQuorum reports whether acks (replica IDs) form a quorum of m's RW
 // replicas.
 func IsQuorum(m *proto.Membership, acks map[proto.ReplicaID]bool) bool {
-	var rw []proto.ReplicaID
+	return quorumWhere(m, func(id proto.ReplicaID) bool { return acks[id] })
+}
+
+// quorumWhere reports whether the RW replicas of m for which acked holds
+// form a quorum (IsQuorum without building a set).
+func quorumWhere(m *proto.Membership, acked func(proto.ReplicaID) bool) bool {
+	rw, n := 0, 0
+	var lowest proto.ReplicaID
+	lowestAcked := false
 	for _, x := range m.Members {
-		if x.Mode == proto.ModeRW {
-			rw = append(rw, x.ID)
+		if x.Mode != proto.ModeRW {
+			continue
 		}
-	}
-	if len(rw) == 0 {
-		return false
-	}
-	sort.Slice(rw, func(i, j int) bool { return rw[i] < rw[j] })
-	n := 0
-	for _, id := range rw {
-		if acks[id] {
+		ok := acked(x.ID)
+		if rw == 0 || x.ID < lowest {
+			lowest, lowestAcked = x.ID, ok
+		}
+		rw++
+		if ok {
 			n++
 		}
 	}
-	return 2*n > len(rw) || (2*n == len(rw) && acks[rw[0]])
+	return rw > 0 && (2*n > rw || (2*n == rw && lowestAcked))
 }
 
 // memberChange is a membership being recorded.
@@ -76,8 +81,7 @@ func (e *Engine) markERR(id proto.ReplicaID, why string) ([]*fop, bool) {
 	m.setDown(e.now)
 	var touched []*fop
 	for _, f := range e.running {
-		if f.pending[id] {
-			delete(f.pending, id)
+		if f.pending.remove(id) {
 			touched = append(touched, f)
 		}
 	}
@@ -274,7 +278,7 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 	}
 	parked := e.parked
 	e.parked = nil
-	for _, fn := range parked {
-		fn()
+	for _, f := range parked {
+		e.finishWrite(f)
 	}
 }

@@ -97,7 +97,7 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 	}
 	switch req.Op {
 	case proto.OpRead:
-		o.run = r.runRead
+		o.run = r.runReadFn
 	case proto.OpSnapRead:
 		return r.newSnapRead(o)
 	case proto.OpMergeSnapshot, proto.OpListSnapshots:
@@ -106,9 +106,9 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 		if uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
 			return nil, proto.StatusInvalid, sprintf("%d data bytes for %d blocks", len(req.Data), req.BlockCount)
 		}
-		o.write, o.inplace, o.run = true, r.head(), r.runWrite
+		o.write, o.inplace, o.run = true, r.head(), r.runWriteFn
 	case proto.OpTrim, proto.OpWriteZeroes:
-		o.write, o.inplace, o.run = true, r.head(), r.runTrim
+		o.write, o.inplace, o.run = true, r.head(), r.runTrimFn
 	case proto.OpLayerBlocks, proto.OpLayerRead, proto.OpLayerWrite:
 		l, _ := r.layerByName(req.Name)
 		if l == nil {
@@ -259,11 +259,14 @@ func (r *Replica) finish(o *op) {
 	}
 }
 
+// regionKeys lists o's regions in a scratch slice, valid until the next
+// call.
 func (r *Replica) regionKeys(o *op) []RegionKey {
-	var keys []RegionKey
+	keys := r.keyBuf[:0]
 	for reg := o.lo / RegionBlocks; reg*RegionBlocks < o.hi; reg++ {
 		keys = append(keys, RegionKey{Layer: o.inplace.meta.ID, Region: reg})
 	}
+	r.keyBuf = keys
 	return keys
 }
 

@@ -169,6 +169,7 @@ type Driver struct {
 	// while it is non-zero a post needs no wake-up of the loop.
 	role    sync.Mutex
 	holders atomic.Int32
+	pool    *ioPool // runs a round's other replicas' staged work beside it
 
 	nextID   atomic.Uint64
 	inflight chan struct{}
@@ -266,6 +267,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	waitTimeout(&wg, cfg.DialWait)
 	d.eng = engine.New(cfg.engineConfig())
+	d.pool = newIOPool(d)
 	go d.loop()
 	return d, nil
 }
@@ -364,9 +366,18 @@ func (d *Driver) drive(wait, tick bool) bool {
 		d.work = nil
 		d.role.Unlock()
 		if work != nil {
+			// Every item but the first goes to an idle pool goroutine if
+			// there is one; what is left runs here.
+			for i := 1; i < len(*work); i++ {
+				if d.pool.handOff((*work)[i]) {
+					(*work)[i] = nil
+				}
+			}
 			for i, w := range *work {
-				w.Run()
-				(*work)[i] = nil
+				if w != nil {
+					w.Run()
+					(*work)[i] = nil
+				}
 			}
 			*work = (*work)[:0]
 			workPool.Put(work)

@@ -32,13 +32,30 @@ func (d *Driver) addPeer(r Replica) *peer {
 	return p
 }
 
-// handler returns the link callbacks for incarnation gen of p. They only
-// post to the inbox, so they are safe from any goroutine, including the
-// loop itself (an in-process link may answer inside Send).
+// handler returns the link callbacks for incarnation gen of p. OnReply
+// and OnDown only post to the inbox, so they are safe from any goroutine,
+// including the loop itself (an in-process link may answer inside Send).
+// A link with a reader goroutine of its own (TCP) calls OnBatch after a
+// batch of replies: that goroutine then drives the engine itself, as a
+// Submit caller does, instead of waking the loop — one goroutine handoff
+// less per request. Once a link has called OnBatch, its OnReply only
+// enqueues (no wake-up of the loop): OnBatch follows.
 func (d *Driver) handler(id proto.ReplicaID, gen uint64) link.Handler {
+	var batched atomic.Bool
 	return link.Handler{
-		OnReply: func(rep proto.Reply) { d.post(input{kind: inReply, from: id, gen: gen, rep: rep}) },
-		OnDown:  func(err error) { d.post(input{kind: inDown, from: id, gen: gen, err: err}) },
+		OnReply: func(rep proto.Reply) {
+			in := input{kind: inReply, from: id, gen: gen, rep: rep}
+			if batched.Load() {
+				d.enqueue(in)
+			} else {
+				d.post(in)
+			}
+		},
+		OnDown: func(err error) { d.post(input{kind: inDown, from: id, gen: gen, err: err}) },
+		OnBatch: func() {
+			batched.Store(true)
+			d.Run()
+		},
 	}
 }
 
