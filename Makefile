@@ -122,7 +122,7 @@ bench-rebuild: build
 BACKUP_BENCH_SIZE   ?= 2GiB
 bench-backup:
 	DROVER_BACKUP_BENCH=1 DROVER_BACKUP_BENCH_SIZE=$(BACKUP_BENCH_SIZE) DROVER_BACKUP_BENCH_DIR=$(BENCH_DIR) \
-		$(GO) test -count=1 -timeout 30m -run '^TestBackupBench$$' ./cmd/drover
+		$(GO) test -count=1 -timeout 30m -run '^TestBackupBench$$' -v ./cmd/drover
 
 # DATA_DIR is where `make run` keeps its volume (git ignores /.drover/).
 # Running `make run` again, after a stop or even a kill -9, reopens it.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -135,7 +136,7 @@ func newBackupCmd() *cobra.Command {
 func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 	var addr string
 	var labels []string
-	var full bool
+	var full, keepSnapshots bool
 	chunk, rate := sizeFlag{bytes: backup.DefaultChunkBytes}, sizeFlag{}
 	c := &cobra.Command{Use: "create", Short: "Back up the volume of a running engine", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -143,7 +144,9 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 			if chunk.bytes%backup.BlockSize != 0 || chunk.bytes == 0 || chunk.bytes > 64<<20 {
 				return fmt.Errorf("--chunk-size %d: want a multiple of 4KiB up to 64MiB", chunk.bytes)
 			}
-			opt.ChunkBytes = uint32(chunk.bytes)
+			if cmd.Flags().Changed("chunk-size") {
+				opt.ChunkBytes = uint32(chunk.bytes) // else: the parent's, or the default for a full backup
+			}
 			for _, l := range labels {
 				k, v, ok := strings.Cut(l, "=")
 				if !ok || k == "" {
@@ -175,11 +178,24 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "backup %s/%s (%s): %d chunks of %s; read %d (%s, %.1f MB/s), stored %d new (%s compressed), %d already stored, %d zero\n",
 				m.Volume, m.ID, kind, st.Chunks, formatSize(uint64(m.ChunkBytes)), st.ChunksRead, humanBytes(st.BytesRead),
 				float64(st.BytesRead)/1e6/secs, st.ChunksStored, humanBytes(st.BytesStored), st.ChunksDeduped, st.ChunksZero)
+			if keepSnapshots {
+				return nil
+			}
+			// The new snapshot is the next backup's base; older backup
+			// snapshots go (a merge into the next layer: it may take a while).
+			dropped, err := backuprun.DropOldSnapshots(ctx, backuprun.Control{C: cc}, m)
+			if len(dropped) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "deleted older backup snapshots %s\n", strings.Join(dropped, ", "))
+			}
+			if err != nil {
+				return fmt.Errorf("the backup is complete, but deleting older backup snapshots failed (the next backup retries): %w", err)
+			}
 			return nil
 		}}
 	c.Flags().StringVar(&addr, "control", defaultControlAddr, "control API of the engine serving the volume")
 	c.Flags().StringArrayVar(&labels, "label", nil, "KEY=VALUE kept in the backup (repeatable)")
 	c.Flags().BoolVar(&full, "full", false, "read the whole volume even if an earlier backup exists")
+	c.Flags().BoolVar(&keepSnapshots, "keep-snapshots", false, "keep older backup snapshots (by default only the newest stays, as the next backup's base)")
 	c.Flags().Var(&chunk, "chunk-size", "chunk size of a full backup (incremental ones keep their parent's)")
 	c.Flags().Var(&rate, "rate-limit", "upload at most this many bytes per second (e.g. 50MiB; default: no limit)")
 	return c
@@ -286,12 +302,16 @@ func newBackupGCCmd(tf *targetFlags) *cobra.Command {
 }
 
 func newBackupRestoreCmd(tf *targetFlags) *cobra.Command {
-	var addr, file string
-	c := &cobra.Command{Use: "restore VOLUME/ID", Short: "Restore a backup to a volume (a new, empty one) or an image file",
+	var addr, file, devDir string
+	var replicaDirs []string
+	c := &cobra.Command{Use: "restore VOLUME/ID", Short: "Restore a backup to a volume, new replica directories, or an image file",
 		Long: `Restore a backup into the volume of a running engine (--control: it should be a new,
-empty volume; it is grown to the backup's size if smaller) or into a raw image
-file (--to-file). Every chunk is checked against its SHA-256 before it is
-written: a damaged or missing chunk stops the restore with an error naming it.`,
+empty volume; it is grown to the backup's size if smaller), straight into new
+replica directories without an engine (--to-dev-dir D makes D/dev-1..3 for
+"drover dev --data-dir D"; --to-replica-dirs D1,D2,... makes replicas named
+after each directory for "drover replica --dir Di"), or into a raw image file
+(--to-file). Every chunk is checked against its SHA-256 before it is written:
+a damaged or missing chunk stops the restore with an error naming it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel, r, err := tf.open(cmd)
@@ -305,7 +325,21 @@ written: a damaged or missing chunk stops the restore with an error naming it.`,
 			}
 			var target backuprun.Target
 			where := file
-			if file != "" {
+			if devDir != "" || len(replicaDirs) > 0 {
+				dirs, ids := devReplicaDirs(devDir)
+				if len(replicaDirs) > 0 {
+					dirs, ids = replicaDirs, nil
+					for _, d := range replicaDirs {
+						ids = append(ids, filepath.Base(filepath.Clean(d)))
+					}
+				}
+				rs, err := openReplicaSet(dirs, ids, m.SizeBytes)
+				if err != nil {
+					return err
+				}
+				defer rs.Close()
+				target, where = rs, "replicas "+strings.Join(dirs, ", ")
+			} else if file != "" {
 				f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o644)
 				if err != nil {
 					return err
@@ -330,6 +364,8 @@ written: a damaged or missing chunk stops the restore with an error naming it.`,
 		}}
 	c.Flags().StringVar(&addr, "control", defaultControlAddr, "control API of the engine serving the volume to restore into")
 	c.Flags().StringVar(&file, "to-file", "", "restore into this image file instead of a volume")
+	c.Flags().StringVar(&devDir, "to-dev-dir", "", "restore into new replicas DIR/dev-1..3 for drover dev --data-dir DIR")
+	c.Flags().StringSliceVar(&replicaDirs, "to-replica-dirs", nil, "restore into new replica directories (comma-separated) for drover replica --dir")
 	return c
 }
 

@@ -167,11 +167,28 @@ func TestProcessBackupS3(t *testing.T) {
 		}
 		r.p.stop()
 	}
+	// Straight into a new replica set, then served by drover dev.
+	devDir := filepath.Join(t.TempDir(), "fromdir")
+	droverEnv(t, env, "backup", "restore", second, "--to-dev-dir", devDir, "--target", target, "--quiet")
+	out := droverFails(t, env, "backup", "restore", second, "--to-dev-dir", devDir, "--target", target, "--quiet")
+	if !strings.Contains(out, "not empty") {
+		t.Fatalf("restore over existing replicas:\n%s", out)
+	}
+	ctl := freeAddr(t)
+	rd := start(t, "dev fromdir", nil, "dev", "--data-dir", devDir, "--volume", "fromdir", "--control", ctl, "--frontend", "none")
+	eventually(t, "restored replicas serving", func() (bool, string) {
+		b, err := exec.Command(droverBin, "volume", "info", "--control", ctl).CombinedOutput()
+		return err == nil && strings.Contains(string(b), "serving"), string(b)
+	})
+	if got := strings.TrimSpace(runDrover(t, "volume", "read", "--control", ctl, "--offset", "0", "--length", strconv.Itoa(size), "--sha256")); got != sum2 {
+		t.Fatalf("replicas restored directly: sha256 %s, the volume had %s", got, sum2)
+	}
+	rd.stop()
 	// Shared data: a second volume with alpha's first 24 MiB.
 	b := startDevVolume(t, "beta", 32<<20)
 	b.write(0, 24<<20, 1)
 	b.write(8<<20, 3<<20, 2)
-	out := droverEnv(t, env, "backup", "create", "--control", b.ctl, "--target", target)
+	out = droverEnv(t, env, "backup", "create", "--control", b.ctl, "--target", target)
 	if !strings.Contains(out, "stored 0 new") || !strings.Contains(out, "12 already stored") {
 		t.Fatalf("beta's backup stored shared chunks again:\n%s", out)
 	}

@@ -36,6 +36,9 @@ func mustCreate(t *testing.T, r *Repo, v *fakeVolume, opt CreateOptions) (*backu
 	if err != nil {
 		t.Fatalf("backup of %s: %v", v.name, err)
 	}
+	if _, err := DropOldSnapshots(context.Background(), v, m); err != nil {
+		t.Fatalf("drop old snapshots of %s: %v", v.name, err)
+	}
 	return m, st
 }
 

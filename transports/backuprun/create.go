@@ -50,7 +50,9 @@ type Stats struct {
 // Create backs up a volume: snapshot it, read the chunks that changed
 // since the last backup (all of them for the first), store those not
 // stored yet, and write the manifest last. A rerun after a failure or a
-// kill reads again but uploads only the chunks still missing.
+// kill reads again but uploads only the chunks still missing. The
+// snapshot stays as the base of the next backup; DropOldSnapshots then
+// removes the older ones.
 func (r *Repo) Create(ctx context.Context, src Source, opt CreateOptions) (*backup.Manifest, Stats, error) {
 	var st Stats
 	volume, _, chain, err := src.Info(ctx)
@@ -95,7 +97,6 @@ func (r *Repo) Create(ctx context.Context, src Source, opt CreateOptions) (*back
 		return nil, st, err
 	}
 	st.Chunks = len(m.Chunks)
-	r.dropOldSnapshots(ctx, src, snap)
 	return m, st, nil
 }
 
@@ -324,17 +325,24 @@ func (r *Repo) commit(ctx context.Context, l *lease, m *backup.Manifest) error {
 	return nil
 }
 
-// dropOldSnapshots deletes the backup snapshots older than keep (earlier
-// backups', and those of backups that failed); failures are left for the
-// next backup.
-func (r *Repo) dropOldSnapshots(ctx context.Context, src Source, keep string) {
+// DropOldSnapshots deletes the backup snapshots other than m's (earlier
+// backups', and those of backups that failed), which the volume no longer
+// needs once m is written. Run it after Create: a delete merges a layer
+// into its child, which copies what the child lacks (for the first
+// backup's snapshot, most of the volume).
+func DropOldSnapshots(ctx context.Context, src Source, m *backup.Manifest) ([]string, error) {
 	_, _, chain, err := src.Info(ctx)
 	if err != nil {
-		return
+		return nil, err
 	}
+	var dropped []string
 	for _, s := range chain {
-		if strings.HasPrefix(s, snapshotPrefix) && s != keep {
-			_ = src.DeleteSnapshot(ctx, s)
+		if strings.HasPrefix(s, snapshotPrefix) && s != m.Snapshot {
+			if err := src.DeleteSnapshot(ctx, s); err != nil {
+				return dropped, err
+			}
+			dropped = append(dropped, s)
 		}
 	}
+	return dropped, nil
 }
