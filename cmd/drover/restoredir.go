@@ -104,8 +104,6 @@ func (t *replicaSetTarget) Flush(context.Context) error {
 	return t.do(proto.Request{Op: proto.OpFlush, Seq: t.seq})
 }
 
-
-
 // Close closes every replica.
 func (t *replicaSetTarget) Close() error {
 	var first error
