@@ -32,7 +32,8 @@ import (
 // StaleAfter, a sweep deletes only while its own marker is fresh
 // (SweepMayDelete), and a backup whose marker may have gone stale
 // re-checks that every chunk it references exists before it writes its
-// manifest (MustRecheck). TestProtocolKeepsReferencedChunks interleaves
+// manifest (MustRecheck). Gaps count from the last check: a later refresh
+// does not undo one. TestProtocolKeepsReferencedChunks interleaves
 // backups, deletes, sweeps, crashes and stalls at random and checks that
 // every manifest's chunks exist after every step.
 
@@ -83,18 +84,24 @@ func SweepMayProceed(markers []Marker, nowUnix, staleAfterSec int64) error {
 	return nil
 }
 
-// SweepMayDelete reports whether a sweep whose marker was last refreshed
-// at refreshedUnix may still delete: only while a backup would see that
-// marker as live with a margin of half of staleAfter.
-func SweepMayDelete(refreshedUnix, nowUnix, staleAfterSec int64) bool {
-	return nowUnix-refreshedUnix < staleAfterSec/2
+// SweepMayDelete reports whether a sweep whose marker once went maxGapSec
+// without a refresh (the longest gap since it checked the markers, up to
+// now) may still delete: only while a backup could never have taken that
+// marker for stale, with a margin of half of staleAfter. A refresh does
+// not undo a gap: a backup may have started during it (rapid found a
+// sweep that refreshed its marker after such a gap and deleted a chunk
+// that backup had just uploaded).
+func SweepMayDelete(maxGapSec, staleAfterSec int64) bool {
+	return maxGapSec < staleAfterSec/2
 }
 
 // MustRecheck reports whether a backup whose marker once went maxGapSec
-// without a refresh (the longest gap, up to now) must check that its chunks
-// still exist before writing its manifest: a sweep may have taken its
-// marker for stale meanwhile. It refreshes its marker and lists markers
-// again first (BackupMayProceed), so no sweep deletes during the check.
+// without a refresh (the longest gap since its last check, up to now)
+// must check that its chunks still exist before writing its manifest: a
+// sweep may have taken its marker for stale meanwhile. It refreshes its
+// marker and lists markers again first (BackupMayProceed), so no sweep
+// deletes during the check, and asks again right before the manifest
+// write, redoing the check if it stalled since.
 func MustRecheck(maxGapSec, staleAfterSec int64) bool {
 	return maxGapSec >= staleAfterSec/2
 }

@@ -143,6 +143,12 @@ func (s *protocolSim) stepBackup(p *proc) {
 			s.chunks[h] = true
 		}
 	case 6:
+		p.maxGap = max(p.maxGap, s.now-p.refreshed)
+		if MustRecheck(p.maxGap, staleAfter) && s.broken != "no-recheck" {
+			p.pc = 4 // stalled since the check: check again
+			s.stepBackup(p)
+			return
+		}
 		s.manifests["m"+p.id] = p.refs
 	case 7:
 		s.end(p)
@@ -181,7 +187,8 @@ func (s *protocolSim) stepSweep(p *proc) {
 		}
 	case 3:
 		if p.deleteIndex < len(p.candidates) {
-			if !SweepMayDelete(p.refreshed, s.now, staleAfter) && s.broken != "no-fresh-delete" {
+			p.maxGap = max(p.maxGap, s.now-p.refreshed)
+			if !SweepMayDelete(p.maxGap, staleAfter) && s.broken != "no-fresh-delete" {
 				s.end(p)
 				return
 			}

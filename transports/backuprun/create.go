@@ -295,8 +295,16 @@ func (r *Repo) storeChunk(ctx context.Context, src Source, snap string, off uint
 // gone stale) that no chunk it names was swept meanwhile.
 func (r *Repo) commit(ctx context.Context, l *lease, m *backup.Manifest) error {
 	stale := int64(r.StaleAfter.Seconds())
-	if backup.MustRecheck(int64(l.gap().Seconds()), stale) {
-		l.touch(ctx)
+	b, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	// Gaps count from the last check, so a stall anywhere (even in this
+	// loop) means checking again before the manifest goes out.
+	for backup.MustRecheck(int64(l.gap().Seconds()), stale) {
+		if err := r.putMarker(ctx, l.m); err != nil {
+			return fmt.Errorf("refresh the backup marker: %w", err)
+		}
 		l.resetGap()
 		ms, err := r.markers(ctx)
 		if err != nil {
@@ -314,10 +322,6 @@ func (r *Repo) commit(ctx context.Context, l *lease, m *backup.Manifest) error {
 				return fmt.Errorf("%w: chunk %s was swept while this backup stalled; rerun it", ErrBusy, h)
 			}
 		}
-	}
-	b, err := m.Encode()
-	if err != nil {
-		return err
 	}
 	if err := r.Store.Put(ctx, manifestKey(m.Volume, m.ID), b); err != nil {
 		return fmt.Errorf("write manifest: %w", err)

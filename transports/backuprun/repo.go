@@ -305,13 +305,6 @@ func (l *lease) gap() time.Duration {
 	return max(l.maxGap, l.r.Now().Sub(l.last))
 }
 
-// lastTouch returns when the marker was last refreshed.
-func (l *lease) lastTouch() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.last
-}
-
 // resetGap starts counting gaps afresh (after a recheck).
 func (l *lease) resetGap() {
 	l.mu.Lock()

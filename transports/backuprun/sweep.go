@@ -78,9 +78,9 @@ func (r *Repo) Sweep(ctx context.Context) (SweepStats, error) {
 	st.Chunks = len(all)
 	dead := backup.Unreferenced(all, manifests)
 	for i, h := range dead {
-		if last := l.lastTouch(); !backup.SweepMayDelete(last.Unix(), r.Now().Unix(), stale) {
+		if gap := l.gap(); !backup.SweepMayDelete(int64(gap.Seconds()), stale) {
 			st.Remaining = len(dead) - i
-			return st, fmt.Errorf("sweep stopped after %d chunks: its marker was last refreshed %s ago", i, r.Now().Sub(last).Round(time.Second))
+			return st, fmt.Errorf("sweep stopped after %d chunks: its marker once went %s unrefreshed (a backup may have started meanwhile); run it again", i, gap.Round(time.Second))
 		}
 		if err := r.Store.Delete(ctx, chunkKey(h)); err != nil {
 			st.Remaining = len(dead) - i
