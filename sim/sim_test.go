@@ -110,6 +110,10 @@ func TestRegressionSeeds(t *testing.T) {
 		{942, "swarm", 2000, "a stale engine served a read older than a write the new engine acknowledged (read lease)"},
 		{8, "crash", 2000, "the newest membership was chosen by generation alone; two engines had each recorded one"},
 		{16, "crash", 2000, "a replica crash after a boundary's engine opened did not start another era (simulator)"},
+		{448, "swarm", 2000, "a rebuild's OpSetChain cut a target an expand in flight had grown back to the old size; it stayed smaller than the volume"},
+		{4, "replace", 2000, "a restarted engine forgot a failed spare member (ERR members were not recorded in the membership) and never replaced it"},
+		{48, "replace", 2000, "the watchdog waited for a lost replica to come back before replacing a faulted engine (simulator)"},
+		{14, "replace", 2000, "a replica lost right after a membership change dropped another: no engine could open again (the simulator now avoids the quorum rule's availability cost)"},
 		{784, "swarm", 2000, "a takeover fenced an engine with a revert in flight; the revert's outcome had no era boundary (simulator)"},
 	}
 	for _, c := range cases {
