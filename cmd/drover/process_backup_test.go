@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/objstore/s3test"
@@ -330,5 +332,59 @@ func TestProcessBackupKillResumeDeleteDR(t *testing.T) {
 	}
 	if got := d.sha256(size); got != want {
 		t.Fatalf("activated DR volume sha256 %s, the last backup's volume %s", got, want)
+	}
+}
+
+// TestProcessBackupFio: fio (nbd engine, crc32c verification) writes a
+// volume, a full backup is taken, fio writes another region, an
+// incremental backup is taken; each backup restored into a new volume
+// passes fio's --verify_only of exactly the regions written before it.
+func TestProcessBackupFio(t *testing.T) {
+	needTools(t, "fio")
+	if out, _ := exec.Command("fio", "--enghelp=nbd").CombinedOutput(); !bytes.Contains(out, []byte("uri")) {
+		t.Skip("this fio has no nbd engine; skipping")
+	}
+	target := t.TempDir()
+	devNBD := func(volume string, size uint64) (*devVolume, string) {
+		sock := filepath.Join(t.TempDir(), volume+".sock")
+		ctl := freeAddr(t)
+		p := start(t, "dev "+volume, nil, "dev", "--data-dir", filepath.Join(t.TempDir(), volume), "--volume", volume,
+			"--size", strconv.FormatUint(size, 10), "--control", ctl, "--frontend", "nbd", "--nbd-listen", "unix:"+sock)
+		eventually(t, volume+" serving over NBD", func() (bool, string) {
+			b, err := exec.Command(droverBin, "volume", "info", "--control", ctl).CombinedOutput()
+			_, serr := os.Stat(sock)
+			return err == nil && serr == nil && strings.Contains(string(b), "serving"), string(b)
+		})
+		return &devVolume{t: t, p: p, ctl: ctl, size: size}, nbd.UnixURI(sock, volume)
+	}
+	fio := func(uri, offset string, verifyOnly bool) {
+		t.Helper()
+		args := []string{"--name=region" + offset, "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bsrange=4k-64k",
+			"--iodepth=8", "--size=16M", "--offset=" + offset, "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+			"--verify_state_save=0"}
+		if verifyOnly {
+			args = append(args, "--verify_only")
+		}
+		cmd := exec.Command("fio", args...)
+		cmd.Dir = t.TempDir()
+		if out, err := cmd.CombinedOutput(); err != nil || bytes.Contains(out, []byte("verify: bad")) {
+			t.Fatalf("fio at %s (verify only %v): %v\n%s", offset, verifyOnly, err, out)
+		}
+	}
+	src, uri := devNBD("fiosrc", 64<<20)
+	fio(uri, "0", false)
+	first := backupID(t, runDrover(t, "backup", "create", "--control", src.ctl, "--target", target, "--quiet"))
+	fio(uri, "32M", false)
+	second := backupID(t, runDrover(t, "backup", "create", "--control", src.ctl, "--target", target, "--quiet"))
+	for _, tc := range []struct {
+		ref     string
+		regions []string
+	}{{first, []string{"0"}}, {second, []string{"0", "32M"}}} {
+		dst, duri := devNBD("fiodst", 4<<20)
+		runDrover(t, "backup", "restore", tc.ref, "--control", dst.ctl, "--target", target, "--quiet")
+		for _, r := range tc.regions {
+			fio(duri, r, true)
+		}
+		dst.p.stop()
 	}
 }
