@@ -407,3 +407,52 @@ func TestHugeDeviceIsSparse(t *testing.T) {
 		t.Errorf("Read at max uint64: got %v, want ErrOutOfRange", err)
 	}
 }
+
+func TestShrink(t *testing.T) {
+	d := NewDevice(8 * BlockSize)
+	blk := make([]byte, BlockSize)
+	blk[0] = 1
+	if err := d.Write(5, blk); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Snapshot("s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Trim(5, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteZeroes(7, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The snapshot still holds block 5: nothing at or below it can go.
+	for _, size := range []uint64{3, 5} {
+		if err := d.Shrink(size * BlockSize); !errors.Is(err, ErrInUse) {
+			t.Fatalf("shrink to %d blocks: %v, want ErrInUse", size, err)
+		}
+	}
+	if err := d.Shrink(6*BlockSize + 1); !errors.Is(err, ErrBadLength) {
+		t.Fatalf("unaligned shrink: %v", err)
+	}
+	if err := d.Shrink(9 * BlockSize); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("shrink to a larger size: %v", err)
+	}
+	if err := d.Shrink(7 * BlockSize); err != nil { // block 7 holds zeros only
+		t.Fatal(err)
+	}
+	if err := d.DeleteSnapshot("s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Shrink(5 * BlockSize); err != nil { // the trim hid the snapshot's block 5
+		t.Fatal(err)
+	}
+	if err := d.Expand(8 * BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := d.Read(0, 8)
+	if !isZero(got) {
+		t.Fatal("space regained by an expand after a shrink is not zeros")
+	}
+	if bs, _ := d.ChangedBlocks("", ""); len(bs) != 0 {
+		t.Fatalf("touched after shrink and expand: %v", bs)
+	}
+}

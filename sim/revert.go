@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/drover-io/drover/core/engine"
+	"github.com/drover-io/drover/core/proto"
 )
 
 // revertTask exercises revert under faults: pause the clients, take a
@@ -87,9 +88,26 @@ func (t *revertTask) snapshot() {
 	})
 }
 
+// revert detaches the volume, often shrinks it first (to no less than the
+// hot blocks clients use, so the shrink is allowed unless faults get in
+// the way; it changes no block they read), reverts, and attaches again.
 func (t *revertTask) revert() {
 	s := t.s
 	t.en.e.SetAttached(false)
+	size := t.en.e.SizeBytes() / proto.BlockSize
+	if s.rng.IntN(2) == 0 || size <= s.knobs.HotBlocks {
+		t.revertDetached()
+		return
+	}
+	target := s.knobs.HotBlocks + uint64(s.rng.Uint64N(size-s.knobs.HotBlocks))
+	t.en.admin(engine.AdminRequest{Op: engine.AdminShrink, SizeBytes: target * proto.BlockSize}, func(r engine.AdminReply) {
+		s.countResult("shrink", r.Err)
+		t.revertDetached()
+	})
+}
+
+func (t *revertTask) revertDetached() {
+	s := t.s
 	t.en.admin(engine.AdminRequest{Op: engine.AdminRevert, Name: t.name}, func(r engine.AdminReply) {
 		t.en.e.SetAttached(true)
 		t.s.note("revert-done "+t.name+" "+fmt.Sprint(r.Err), uint64(len(t.en.e.Info().Chain)))

@@ -32,7 +32,6 @@ func seedCount(t *testing.T) uint64 {
 // says so when one starts passing. Anything else that fails is new.
 var knownFailing = map[string]string{
 	"swarm/989": "activity-log limitation: bit rot plus power loss where every copy of the block was settled; garbage after recovery",
-	"swarm/648": "activity-log limitation, as 989 (bit rot of a head block, then power losses; every replica holds the rotted block with a matching checksum after recovery); reached since snapshot deletes run in windows",
 	"swarm/151": "NOT UNDERSTOOD YET: durability check fails at the era boundary after the volume faulted (no healthy replica left) and healed; first thing to investigate next session",
 	"all/2":     "activity-log limitation, as swarm/989: bit rot struck block 4 on r1, a crash left r1 the only current replica at the next open, so its settled rotted copy was kept (seen once rebuilds copy 8 runs at a time)",
 }

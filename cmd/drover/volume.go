@@ -85,17 +85,43 @@ func printReplicas(w io.Writer, rs []*controlpb.ReplicaStatus) {
 	}
 }
 
+const volumeExpandLong = `Grow the volume to --size on every replica, online: IO goes on. NBD clients
+see the new size when they connect again (NBD has no way to tell a connected
+client); iSCSI initiators get a CAPACITY DATA HAS CHANGED unit attention on
+their next command and read the new size with READ CAPACITY.
+
+A smaller --size is refused unless --allow-shrink is given. A shrink needs the
+volume detached (a frontend would see its device shrink under it: stop or
+unmount its users first; --detach detaches the volume for the shrink and
+attaches it again after), and is refused, changing nothing, when any layer
+(the head or a snapshot) holds data at or beyond the new end: only space
+nothing uses can go. Blocks beyond the end that hold only zeros are dropped.`
+
 func newVolumeExpandCmd(cf *clientFlags) *cobra.Command {
 	var size sizeFlag
-	cmd := &cobra.Command{Use: "expand --size SIZE", Short: "Grow the volume online (never shrinks)", Args: cobra.NoArgs,
-		Example: "  drover volume expand --size 20GiB",
+	var allowShrink, detach bool
+	cmd := &cobra.Command{Use: "expand --size SIZE", Short: "Grow the volume online (shrink only detached, with --allow-shrink)", Args: cobra.NoArgs,
+		Long:    volumeExpandLong,
+		Example: "  drover volume expand --size 20GiB\n  drover volume expand --size 1GiB --allow-shrink --detach",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
-				_, err := c.Expand(ctx, &controlpb.ExpandRequest{SizeBytes: size.bytes})
+				if !detach {
+					_, err := c.Expand(ctx, &controlpb.ExpandRequest{SizeBytes: size.bytes, AllowShrink: allowShrink})
+					return err
+				}
+				if _, err := c.Detach(ctx, &controlpb.Empty{}); err != nil {
+					return fmt.Errorf("detach: %w", err)
+				}
+				_, err := c.Expand(ctx, &controlpb.ExpandRequest{SizeBytes: size.bytes, AllowShrink: allowShrink})
+				if _, aerr := c.Attach(ctx, &controlpb.Empty{}); err == nil && aerr != nil {
+					err = fmt.Errorf("attach after resize: %w", aerr)
+				}
 				return err
 			})
 		}}
 	cmd.Flags().Var(&size, "size", "new volume size (e.g. 2GiB; a multiple of 4096)")
+	cmd.Flags().BoolVar(&allowShrink, "allow-shrink", false, "allow a smaller size (the volume must be detached; refused if data lies beyond the new end)")
+	cmd.Flags().BoolVar(&detach, "detach", false, "detach the volume for the resize and attach it again after")
 	_ = cmd.MarkFlagRequired("size")
 	return cmd
 }

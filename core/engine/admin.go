@@ -41,6 +41,9 @@ const (
 	// (Snapshots; the head last, unnamed). Answered without waiting behind
 	// other admin requests (see snapshots.go).
 	AdminListSnapshots
+	// AdminShrink cuts the volume to SizeBytes: only while detached, and
+	// only when no layer holds data at or beyond the new end (shrink.go).
+	AdminShrink
 )
 
 // AdminRequest is a control-plane request.
@@ -152,7 +155,7 @@ func (e *Engine) Admin(req AdminRequest) {
 		return
 	}
 	t := &adminTask{req: req}
-	t.barrier = req.Op == AdminSnapshot || req.Op == AdminRevert || req.Op == AdminExpand
+	t.barrier = req.Op == AdminSnapshot || req.Op == AdminRevert || req.Op == AdminExpand || req.Op == AdminShrink
 	e.admin = append(e.admin, t)
 	e.schedule()
 }
@@ -235,6 +238,8 @@ func (e *Engine) runAdmin() {
 		e.adminRevert(t)
 	case AdminExpand:
 		e.adminExpand(t)
+	case AdminShrink:
+		e.adminShrink(t)
 	case AdminChangedExtents:
 		e.adminChangedExtents(t)
 	case AdminAddReplica:
@@ -301,7 +306,7 @@ func (e *Engine) adminExpand(t *adminTask) {
 	case size%proto.BlockSize != 0:
 		e.finishAdmin(t, nil, fmt.Errorf("%w: size %d is not a multiple of %d", ErrInvalid, size, proto.BlockSize))
 	case size < e.sizeBytes:
-		e.finishAdmin(t, nil, fmt.Errorf("%w: shrinking from %d to %d bytes is not supported", ErrInvalid, e.sizeBytes, size))
+		e.finishAdmin(t, nil, fmt.Errorf("%w: %d bytes is below the volume's %d: expand never shrinks (a shrink needs the volume detached and nothing stored beyond the new end)", ErrInvalid, size, e.sizeBytes))
 	default:
 		e.adminEverywhere(t, proto.Request{Op: proto.OpExpand, SizeBytes: size})
 	}

@@ -194,7 +194,7 @@ func (h *mh) admin(req engine.AdminRequest) engine.AdminReply {
 // genAdmin runs one admin request alone and applies it to the model.
 func (h *mh) genAdmin() {
 	snaps := h.m.Snapshots()
-	switch k := rapid.IntRange(0, 5).Draw(h.t, "admin"); {
+	switch k := rapid.IntRange(0, 6).Draw(h.t, "admin"); {
 	case k == 0 || len(snaps) == 0:
 		h.snaps++
 		name := fmt.Sprintf("s%d", h.snaps)
@@ -228,6 +228,8 @@ func (h *mh) genAdmin() {
 		if !errors.Is(r.Err, engine.ErrNotFound) {
 			h.t.Fatalf("delete of a missing snapshot: %v, want ErrNotFound", r.Err)
 		}
+	case k == 5:
+		h.shrink()
 	default:
 		names := append([]string{""}, snaps...)
 		i := rapid.IntRange(0, len(names)-1).Draw(h.t, "from")
@@ -353,5 +355,25 @@ func (h *mh) checkChanged(from, to string, extents []proto.Extent, want []uint64
 		if !touched[b] {
 			h.t.Fatalf("changed extents %q..%q: block %d reported, model never touched it (%v)", from, to, b, want)
 		}
+	}
+}
+
+// shrink cuts the volume by 0..8 blocks: refused while attached, then,
+// detached, allowed exactly when the model allows it.
+func (h *mh) shrink() {
+	cut := rapid.Uint64Range(0, min(8, h.sizeBlocks()-1)).Draw(h.t, "shrink")
+	size := h.m.SizeBytes() - cut*proto.BlockSize
+	if r := h.admin(engine.AdminRequest{Op: engine.AdminShrink, SizeBytes: size}); cut > 0 && !errors.Is(r.Err, engine.ErrBusy) {
+		h.t.Fatalf("shrink while attached: %v, want ErrBusy", r.Err)
+	}
+	h.c.Engine().SetAttached(false)
+	r := h.admin(engine.AdminRequest{Op: engine.AdminShrink, SizeBytes: size})
+	h.c.Engine().SetAttached(true)
+	want := h.m.Shrink(size)
+	switch {
+	case want == nil && r.Err != nil:
+		h.t.Fatalf("shrink to %d: %v, the model allows it", size, r.Err)
+	case want != nil && !errors.Is(r.Err, engine.ErrInvalid):
+		h.t.Fatalf("shrink to %d: %v, the model refuses it (%v)", size, r.Err, want)
 	}
 }

@@ -86,12 +86,16 @@ const (
 	// OpListSnapshots returns Snapshots: every layer oldest first, the head
 	// last (empty name), with its attributes and sizes.
 	OpListSnapshots
+	// OpShrink cuts the volume to SizeBytes when no layer holds data (not
+	// zeros) at or beyond it; otherwise StatusInvalid and nothing changes.
+	// The engine sends it only while the volume is detached.
+	OpShrink
 )
 
 var opNames = [...]string{"?", "read", "write", "trim", "write-zeroes", "flush",
 	"open", "info", "set-membership", "snapshot", "delete-snapshot", "revert",
 	"expand", "changed-extents", "layer-blocks", "layer-read", "layer-write",
-	"set-chain", "settle", "snap-read", "merge-snapshot", "list-snapshots"}
+	"set-chain", "settle", "snap-read", "merge-snapshot", "list-snapshots", "shrink"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {

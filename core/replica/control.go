@@ -32,6 +32,8 @@ func (r *Replica) controlRunner(op proto.Op) func(o *op) {
 		return r.runSetChain
 	case proto.OpSettle:
 		return r.runSettle
+	case proto.OpShrink:
+		return r.runShrink
 	}
 	return nil
 }

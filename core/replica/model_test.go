@@ -115,7 +115,7 @@ var names = []string{"s0", "s1", "s2", "s3"}
 // when it succeeds.
 func control(t *rapid.T, h *harness) {
 	name := rapid.SampledFrom(names).Draw(t, "name")
-	switch rapid.IntRange(0, 5).Draw(t, "control") {
+	switch rapid.IntRange(0, 6).Draw(t, "control") {
 	case 0, 1:
 		rep := h.do(proto.Request{Op: proto.OpSnapshot, Name: name})
 		expectStatus(t, "snapshot", rep, h.m.Snapshot(name))
@@ -129,6 +129,11 @@ func control(t *rapid.T, h *harness) {
 		size := h.m.SizeBytes() + proto.BlockSize*rapid.Uint64Range(0, 40).Draw(t, "grow")
 		rep := h.do(proto.Request{Op: proto.OpExpand, SizeBytes: size})
 		expectStatus(t, "expand", rep, h.m.Expand(size))
+	case 5:
+		cut := rapid.Uint64Range(0, min(40, h.sizeBlocks()-1)).Draw(t, "shrink")
+		size := h.m.SizeBytes() - proto.BlockSize*cut
+		rep := h.do(proto.Request{Op: proto.OpShrink, SizeBytes: size})
+		expectStatus(t, "shrink", rep, h.m.Shrink(size))
 	default:
 		chain := append([]string{""}, h.m.Snapshots()...)
 		from := rapid.SampledFrom(chain).Draw(t, "from")

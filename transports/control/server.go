@@ -159,12 +159,6 @@ func (s *Server) ChangedExtents(ctx context.Context, req *controlpb.ChangedExten
 	return out, nil
 }
 
-// Expand grows the volume.
-func (s *Server) Expand(ctx context.Context, req *controlpb.ExpandRequest) (*controlpb.Empty, error) {
-	_, err := s.admin(ctx, engine.AdminRequest{Op: engine.AdminExpand, SizeBytes: req.GetSizeBytes()})
-	return &controlpb.Empty{}, err
-}
-
 // ReplicaList lists replicas.
 func (s *Server) ReplicaList(ctx context.Context, _ *controlpb.Empty) (*controlpb.ReplicaListResponse, error) {
 	info, err := s.d.Info(ctx)
