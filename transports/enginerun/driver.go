@@ -93,6 +93,10 @@ type Config struct {
 	MinEpoch uint64
 	// Logger receives link and phase changes (default slog.Default()).
 	Logger *slog.Logger
+	// IOGoroutines run other replicas' staged in-process IO beside the
+	// goroutine driving the engine (iopool.go): 0 means one per spare CPU
+	// (GOMAXPROCS-1), negative none.
+	IOGoroutines int
 	// Spares are replicas the engine may rebuild in place of a member that
 	// stays ERR for ReplaceAfter: fresh replicas on other disks or hosts,
 	// each with an ID of its own. They are dialed like the replicas.
@@ -267,7 +271,11 @@ func New(cfg Config) (*Driver, error) {
 	}
 	waitTimeout(&wg, cfg.DialWait)
 	d.eng = engine.New(cfg.engineConfig())
-	d.pool = newIOPool(d)
+	n := -1 // one per spare CPU
+	if cfg.IOGoroutines != 0 {
+		n = max(cfg.IOGoroutines, 0)
+	}
+	d.pool = newIOPool(d, n)
 	go d.loop()
 	return d, nil
 }

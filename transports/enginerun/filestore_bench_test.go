@@ -54,9 +54,12 @@ func openFileReplicas(b *testing.B, n int, sizeBytes uint64) map[string]*replica
 // newFileVolume runs a volume on n filestore replicas, reached through
 // in-process links (as drover dev does) or, with overTCP, through
 // loopback TCP (as drover engine does).
-func newFileVolume(b *testing.B, n int, sizeBytes uint64, overTCP bool) *Volume {
+func newFileVolume(b *testing.B, n int, sizeBytes uint64, overTCP bool, tweak ...func(*Config)) *Volume {
 	runners := openFileReplicas(b, n, sizeBytes)
 	cfg := Config{Volume: "bench", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, f := range tweak {
+		f(&cfg)
+	}
 	addrs := map[string]string{}
 	for id, r := range runners {
 		addr := id
@@ -135,53 +138,65 @@ func BenchmarkFileVolume(b *testing.B) {
 // BenchmarkFileVolumeAsync measures 4 KiB random writes and reads at
 // queue depth 32 through Volume's async path (Start a batch, Run, wait),
 // as the NBD and iSCSI frontends drive it, to 1 or 3 filestore replicas
-// over in-process links.
+// over in-process links; with 3, with and without the IO pool that runs
+// other replicas' IO beside the driving goroutine.
 func BenchmarkFileVolumeAsync(b *testing.B) {
 	const blocks, depth = 4096, 32
 	for _, n := range []int{1, 3} {
 		for _, op := range []string{"write", "read"} {
-			b.Run(fmt.Sprintf("%s-4KiB-qd%d-replicas=%d", op, depth, n), func(b *testing.B) {
-				v := newFileVolume(b, n, 64<<20, false)
-				ctx := context.Background()
-				for i := 0; i < blocks; i += 256 {
-					if err := v.WriteAt(ctx, make([]byte, 256*4096), uint64(i)*4096, false); err != nil {
-						b.Fatal(err)
-					}
+			for _, pool := range []int{0, -1} {
+				if n == 1 && pool != 0 {
+					continue
 				}
-				var wg sync.WaitGroup
-				var failed atomic.Value
-				done := func(r *device.Request, err error) {
-					if err != nil {
-						failed.Store(err)
-					}
-					wg.Done()
+				name := fmt.Sprintf("%s-4KiB-qd%d-replicas=%d", op, depth, n)
+				if n > 1 {
+					name += map[int]string{0: "-pool", -1: "-nopool"}[pool]
 				}
-				reqs := make([]device.Request, depth)
-				for i := range reqs {
-					reqs[i].Data = make([]byte, 4096)
-				}
-				kind := device.OpRead
-				if op == "write" {
-					kind = device.OpWrite
-				}
-				b.ReportAllocs()
-				b.SetBytes(4096)
-				b.ResetTimer()
-				for i := 0; i < b.N; i += depth {
-					k := min(depth, b.N-i)
-					wg.Add(k)
-					for j := 0; j < k; j++ {
-						r := &reqs[j]
-						r.Op, r.Offset, r.Done = kind, uint64((i+j)*7919%blocks)*4096, done
-						v.Start(r)
-					}
-					v.Run()
-					wg.Wait()
-				}
-				if err, _ := failed.Load().(error); err != nil {
-					b.Fatal(err)
-				}
-			})
+				b.Run(name, func(b *testing.B) { benchAsync(b, n, op, blocks, depth, pool) })
+			}
 		}
+	}
+}
+
+func benchAsync(b *testing.B, n int, op string, blocks, depth, ioGoroutines int) {
+	v := newFileVolume(b, n, 64<<20, false, func(c *Config) { c.IOGoroutines = ioGoroutines })
+	ctx := context.Background()
+	for i := 0; i < blocks; i += 256 {
+		if err := v.WriteAt(ctx, make([]byte, 256*4096), uint64(i)*4096, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	done := func(r *device.Request, err error) {
+		if err != nil {
+			failed.Store(err)
+		}
+		wg.Done()
+	}
+	reqs := make([]device.Request, depth)
+	for i := range reqs {
+		reqs[i].Data = make([]byte, 4096)
+	}
+	kind := device.OpRead
+	if op == "write" {
+		kind = device.OpWrite
+	}
+	b.ReportAllocs()
+	b.SetBytes(4096)
+	b.ResetTimer()
+	for i := 0; i < b.N; i += depth {
+		k := min(depth, b.N-i)
+		wg.Add(k)
+		for j := 0; j < k; j++ {
+			r := &reqs[j]
+			r.Op, r.Offset, r.Done = kind, uint64((i+j)*7919%blocks)*4096, done
+			v.Start(r)
+		}
+		v.Run()
+		wg.Wait()
+	}
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
 	}
 }

@@ -23,9 +23,11 @@ type ioPool struct {
 	closed bool
 }
 
-// newIOPool starts one goroutine per spare CPU (none on one CPU).
-func newIOPool(d *Driver) *ioPool {
-	n := runtime.GOMAXPROCS(0) - 1
+// newIOPool starts n goroutines (n < 0: one per spare CPU); none for 0.
+func newIOPool(d *Driver, n int) *ioPool {
+	if n < 0 {
+		n = runtime.GOMAXPROCS(0) - 1
+	}
 	if n <= 0 {
 		return nil
 	}
