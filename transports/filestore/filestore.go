@@ -541,7 +541,7 @@ func (l *layer) readData(io store.IO, c *store.Completion) error {
 		return fmt.Errorf("read data: %w", err)
 	}
 	var small [32 * entryBytes]byte // most reads are a few blocks
-	raw := small[:0]
+	var raw []byte
 	if n := io.BlockCount * entryBytes; n <= uint64(len(small)) {
 		raw = small[:n]
 	} else {
