@@ -303,6 +303,7 @@ func newBackupGCCmd(tf *targetFlags) *cobra.Command {
 
 func newBackupRestoreCmd(tf *targetFlags) *cobra.Command {
 	var addr, file, devDir string
+	var overwrite bool
 	var replicaDirs []string
 	c := &cobra.Command{Use: "restore VOLUME/ID", Short: "Restore a backup to a volume, new replica directories, or an image file",
 		Long: `Restore a backup into the volume of a running engine (--control: it should be a new,
@@ -355,7 +356,7 @@ a damaged or missing chunk stops the restore with an error naming it.`,
 				target, where = backuprun.Control{C: cc}, "the volume at "+addr
 			}
 			start := time.Now()
-			opt := backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "restore")}
+			opt := backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "restore"), All: overwrite}
 			if err := r.Restore(ctx, m, target, opt); err != nil {
 				return fmt.Errorf("restore %s/%s to %s: %w", m.Volume, m.ID, where, err)
 			}
@@ -364,6 +365,7 @@ a damaged or missing chunk stops the restore with an error naming it.`,
 		}}
 	c.Flags().StringVar(&addr, "control", defaultControlAddr, "control API of the engine serving the volume to restore into")
 	c.Flags().StringVar(&file, "to-file", "", "restore into this image file instead of a volume")
+	c.Flags().BoolVar(&overwrite, "overwrite", false, "the target holds data: write the backup's zero chunks as zeros too (by default they are skipped, as on a new volume)")
 	c.Flags().StringVar(&devDir, "to-dev-dir", "", "restore into new replicas DIR/dev-1..3 for drover dev --data-dir DIR")
 	c.Flags().StringSliceVar(&replicaDirs, "to-replica-dirs", nil, "restore into new replica directories (comma-separated) for drover replica --dir")
 	return c

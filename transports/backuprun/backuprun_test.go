@@ -109,6 +109,15 @@ func TestFullIncrementalRestore(t *testing.T) {
 	if err := r.Verify(context.Background(), m2, 4, nil); err != nil {
 		t.Fatal(err)
 	}
+	// Over a volume holding other data: All writes the zero chunks too.
+	dirty := newFake("dirty", 9<<20)
+	dirty.write(0, 2304, 0x55)
+	if err := r.Restore(context.Background(), m1, dirty, RestoreOptions{All: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirty.content(); !bytes.Equal(got[:len(want1)], want1) {
+		t.Fatal("restore with All over other data differs")
+	}
 	if n := countChunks(t, dir); n != 96+st2.ChunksStored {
 		t.Errorf("%d chunk objects, want %d", n, 96+st2.ChunksStored)
 	}
