@@ -50,8 +50,10 @@ func FuzzNBDParseRequest(f *testing.F) {
 // well formed up to the point the session enters transmission.
 func FuzzNBDSession(f *testing.F) {
 	dev := &memDevice{data: make([]byte, 1<<20)}
+	adev := &asyncMemDevice{memDevice: memDevice{data: make([]byte, 1<<20)}}
 	srv, err := nbd.NewServer(nbd.Config{
-		Exports:          []nbd.Export{{Name: "vol", Device: dev}, {Name: "ro", Device: dev, ReadOnly: true}},
+		Exports: []nbd.Export{{Name: "vol", Device: dev}, {Name: "ro", Device: dev, ReadOnly: true},
+			{Name: "avol", Device: adev}},
 		Logger:           slog.New(slog.DiscardHandler),
 		MaxBytesInFlight: 1 << 20,
 		MaxBlockBytes:    1 << 20,
@@ -118,6 +120,7 @@ func seedSessions() [][]byte {
 	b = opt(b, 7, goData("vol"))
 	seeds = append(seeds, requests(b))
 	seeds = append(seeds, requests(opt(append([]byte(nil), flags...), 1, []byte("vol"))))
+	seeds = append(seeds, requests(opt(append([]byte(nil), flags...), 1, []byte("avol"))))
 	seeds = append(seeds, opt(append([]byte(nil), flags...), 2, nil))
 	seeds = append(seeds, opt(append([]byte(nil), flags...), 7, goData("missing")))
 	seeds = append(seeds, []byte{0, 0, 0, 0})
@@ -228,4 +231,37 @@ func (d *memDevice) WriteZeroes(_ context.Context, off, length uint64, _ bool) e
 	}
 	clear(d.data[off : off+length])
 	return nil
+}
+
+// asyncMemDevice is memDevice with device.Async: Start completes every
+// third request at once and queues the rest for Run, so the session
+// fuzzer drives the NBD server's asynchronous transmission too.
+type asyncMemDevice struct {
+	memDevice
+	qmu    sync.Mutex
+	queue  []*device.Request
+	starts int
+}
+
+func (d *asyncMemDevice) Start(r *device.Request) {
+	d.qmu.Lock()
+	d.starts++
+	now := d.starts%3 == 0
+	if !now {
+		d.queue = append(d.queue, r)
+	}
+	d.qmu.Unlock()
+	if now {
+		r.Done(r, device.Do(context.Background(), &d.memDevice, r))
+	}
+}
+
+func (d *asyncMemDevice) Run() {
+	d.qmu.Lock()
+	q := d.queue
+	d.queue = nil
+	d.qmu.Unlock()
+	for _, r := range q {
+		r.Done(r, device.Do(context.Background(), &d.memDevice, r))
+	}
 }
