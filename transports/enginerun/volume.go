@@ -47,6 +47,13 @@ func (v *Volume) SizeBytes() uint64 { return v.d.SizeBytes() }
 // MinBlockBytes returns 512: finer than 4 KiB costs a read-modify-write.
 func (v *Volume) MinBlockBytes() uint32 { return minBlockBytes }
 
+// TrimZeroes reports that a trimmed range reads back as zeros: the
+// engine records a zero entry for every trimmed block (so no older layer
+// shows through) and partial blocks are zeroed by read-modify-write. NBD
+// then serves WRITE_ZEROES that allow a hole as a trim, and iSCSI
+// advertises LBPRZ.
+func (v *Volume) TrimZeroes() bool { return true }
+
 // PreferredBlockBytes returns 4096, the engine's block size.
 func (v *Volume) PreferredBlockBytes() uint32 { return proto.BlockSize }
 
