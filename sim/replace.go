@@ -54,7 +54,16 @@ func (s *Sim) lose() {
 		}
 		rw = append(rw, proto.Member{ID: r.ID, Mode: proto.ModeRW})
 	}
-	victim := rw[s.rng.IntN(len(rw))].ID
+	// With three RW members or fewer, only the highest-named may go: had
+	// the engine dropped another member that was only down for a while
+	// before noticing the loss (a dropped message, a slow reply), the
+	// lost one would otherwise be the lowest-named of a two-member
+	// membership, which no quorum can do without (sim swarm seed 178).
+	// With more, any but the lowest-named.
+	victim := rw[len(rw)-1].ID
+	if len(rw) > 3 {
+		victim = rw[1+s.rng.IntN(len(rw)-1)].ID
+	}
 	if !s.survivable(victim) {
 		return
 	}

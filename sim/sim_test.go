@@ -113,6 +113,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{4, "replace", 2000, "a restarted engine forgot a failed spare member (ERR members were not recorded in the membership) and never replaced it"},
 		{48, "replace", 2000, "the watchdog waited for a lost replica to come back before replacing a faulted engine (simulator)"},
 		{14, "replace", 2000, "a replica lost right after a membership change dropped another: no engine could open again (the simulator now avoids the quorum rule's availability cost)"},
+		{178, "swarm", 2000, "the lost replica became the lowest-named of a two-member membership after the engine dropped another first: no engine could open (the simulator now loses the highest-named)"},
 		{784, "swarm", 2000, "a takeover fenced an engine with a revert in flight; the revert's outcome had no era boundary (simulator)"},
 	}
 	for _, c := range cases {
