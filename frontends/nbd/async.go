@@ -168,16 +168,9 @@ func asyncDone(r *device.Request, err error) {
 func (c *conn) replyAsync(req Request, errno uint32, buf []byte) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	if c.writeErr == nil {
-		c.wbuf = appendReply(c.wbuf[:0], errno, req.Cookie)
-		_, err := c.w.Write(c.wbuf)
-		if err == nil && req.Type == cmdRead && errno == 0 {
-			_, err = c.w.Write(buf)
-		}
-		if err == nil && !c.batching {
-			err = c.w.Flush()
-		}
-		c.writeErr = err
+	c.writeReplyLocked(req, errno, buf)
+	if c.writeErr == nil && !c.batching {
+		c.writeErr = c.w.Flush()
 	}
 	if c.writeErr != nil {
 		c.nc.Close()

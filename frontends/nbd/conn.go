@@ -304,14 +304,7 @@ func (c *conn) reply(req Request, errno uint32, buf []byte) {
 	c.replying.Add(1)
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	if c.writeErr == nil {
-		c.wbuf = appendReply(c.wbuf[:0], errno, req.Cookie)
-		_, err := c.w.Write(c.wbuf)
-		if err == nil && req.Type == cmdRead && errno == 0 {
-			_, err = c.w.Write(buf)
-		}
-		c.writeErr = err
-	}
+	c.writeReplyLocked(req, errno, buf)
 	if c.replying.Add(-1) == 0 && c.writeErr == nil {
 		c.writeErr = c.w.Flush()
 	}
@@ -319,6 +312,20 @@ func (c *conn) reply(req Request, errno uint32, buf []byte) {
 		// The client can no longer hear us; stop reading from it too.
 		c.nc.Close()
 	}
+}
+
+// writeReplyLocked puts a simple reply (and a successful READ's data) into
+// the buffered writer, unless writing already failed. Under writeMu.
+func (c *conn) writeReplyLocked(req Request, errno uint32, buf []byte) {
+	if c.writeErr != nil {
+		return
+	}
+	c.wbuf = appendReply(c.wbuf[:0], errno, req.Cookie)
+	_, err := c.w.Write(c.wbuf)
+	if err == nil && req.Type == cmdRead && errno == 0 {
+		_, err = c.w.Write(buf)
+	}
+	c.writeErr = err
 }
 
 // acquire takes a buffer of n bytes within the connection's byte budget,
