@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,8 +299,9 @@ func TestMarkers(t *testing.T) {
 	ctx := context.Background()
 	v := newFake("vol", 1<<20)
 	v.write(0, 8, 1)
-	now := time.Now()
-	r.Now = func() time.Time { return now }
+	var clock atomic.Int64 // the lease refresher reads it too
+	clock.Store(time.Now().UnixNano())
+	r.Now = func() time.Time { return time.Unix(0, clock.Load()) }
 	if err := r.putMarker(ctx, marker{Kind: backup.MarkerSweep, ID: "dead"}); err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +321,7 @@ func TestMarkers(t *testing.T) {
 	if err := r.putMarker(ctx, marker{Kind: backup.MarkerSweep, ID: "dead"}); err != nil {
 		t.Fatal(err)
 	}
-	now = now.Add(DefaultStaleAfter)
+	clock.Add(int64(DefaultStaleAfter))
 	if _, _, err := r.Create(ctx, v, CreateOptions{}); err != nil {
 		t.Fatalf("backup beside a stale sweep marker: %v", err)
 	}
@@ -336,7 +338,7 @@ func TestMarkers(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
-	b, _ := json.Marshal(marker{Kind: backup.MarkerBackup, ID: "other", Volume: "vol", RefreshedUnix: now.Unix(), Host: host, PID: gone.Process.Pid})
+	b, _ := json.Marshal(marker{Kind: backup.MarkerBackup, ID: "other", Volume: "vol", RefreshedUnix: r.Now().Unix(), Host: host, PID: gone.Process.Pid})
 	if err := r.Store.Put(ctx, "locks/backup-other", b); err != nil {
 		t.Fatal(err)
 	}
