@@ -214,6 +214,7 @@ func (c *Cluster) collect(h *Host) {
 	for _, r := range rd.AdminReplies {
 		h.AdminReplies[r.ID] = r
 	}
+	h.Engine.Release(rd) // every value was copied out
 }
 
 // collectNode takes a replica's effects: IOs join its pool, replies go

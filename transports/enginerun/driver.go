@@ -421,7 +421,9 @@ func (d *Driver) round() bool {
 			d.observe()
 			return true
 		}
-		d.execute(d.eng.Ready())
+		rd := d.eng.Ready()
+		d.execute(rd)
+		d.eng.Release(rd)
 	}
 }
 
