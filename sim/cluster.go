@@ -23,6 +23,9 @@ type replicaNode struct {
 	failed bool // stopped by a fatal disk error; the sim restarts it
 	spare  bool // offered to engines as a spare (not an initial member)
 	lost   bool // its disk is gone for good: never restarts
+	// backing: created on the run's backing image (initial replicas of
+	// some seeds, see backing.go).
+	backing *replica.Backing
 }
 
 // link is the connection between one engine incarnation and one replica.
@@ -59,6 +62,9 @@ func (s *Sim) setup() {
 	for i := 0; i < k.Replicas; i++ {
 		n := &replicaNode{s: s, idx: i, id: proto.ReplicaID(fmt.Sprintf("r%d", i+1)), st: memstore.New()}
 		s.replicas = append(s.replicas, n)
+	}
+	s.backingSetup(s.replicas)
+	for _, n := range s.replicas {
 		n.start()
 	}
 	for i := 0; i < k.Spares; i++ {
@@ -82,7 +88,7 @@ func (n *replicaNode) start() {
 	n.inc++
 	n.up, n.failed = true, false
 	n.r = replica.New(replica.Config{ID: n.id, CreateSizeBytes: n.s.knobs.SizeBlocks * proto.BlockSize,
-		Bugs: n.s.opt.Bugs.Replica})
+		Backing: n.backing, Bugs: n.s.opt.Bugs.Replica})
 	n.s.note("replica-start", uint64(n.idx), n.inc)
 	n.pump()
 }

@@ -102,6 +102,10 @@ func (t *revertTask) revert() {
 	target := s.knobs.HotBlocks + uint64(s.rng.Uint64N(size-s.knobs.HotBlocks))
 	t.en.admin(engine.AdminRequest{Op: engine.AdminShrink, SizeBytes: target * proto.BlockSize}, func(r engine.AdminReply) {
 		s.countResult("shrink", r.Err)
+		if !t.en.alive || errors.Is(r.Err, engine.ErrFenced) {
+			t.finish("aborted") // no revert was sent (sim swarm seed 867)
+			return
+		}
 		t.revertDetached()
 	})
 }

@@ -115,6 +115,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{14, "replace", 2000, "a replica lost right after a membership change dropped another: no engine could open again (the simulator now avoids the quorum rule's availability cost)"},
 		{178, "swarm", 2000, "the lost replica became the lowest-named of a two-member membership after the engine dropped another first: no engine could open (the simulator now loses the highest-named)"},
 		{784, "swarm", 2000, "a takeover fenced an engine with a revert in flight; the revert's outcome had no era boundary (simulator)"},
+		{867, "swarm", 2000, "a revert task whose engine died during its shrink waited forever for the revert it then sent to the dead engine (simulator)"},
 	}
 	for _, c := range cases {
 		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})

@@ -417,11 +417,11 @@ func (h *history) durable(e *era, w *opRecord) bool {
 // porcupineOps turns an era into per-block operations.
 func (h *history) porcupineOps(e *era, index int) []porcupine.Operation {
 	var ops []porcupine.Operation
-	if index > 0 {
-		for b, v := range e.init {
-			ops = append(ops, porcupine.Operation{ClientId: -1, Input: model.BlockInput{Block: b, Write: true, Value: v},
-				Call: e.start - 2, Output: model.BlockOutput{}, Return: e.start - 1})
-		}
+	// Each era starts from its initial values (the first era from zeros,
+	// or from a backing image's content).
+	for b, v := range e.init {
+		ops = append(ops, porcupine.Operation{ClientId: -1, Input: model.BlockInput{Block: b, Write: true, Value: v},
+			Call: e.start - 2, Output: model.BlockOutput{}, Return: e.start - 1})
 	}
 	for _, op := range e.ops {
 		if op.req.Op == proto.OpFlush {

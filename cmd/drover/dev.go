@@ -44,6 +44,7 @@ const devExample = `  drover dev
 func newDevCmd() *cobra.Command {
 	var dataDir, controlAddr, volume string
 	var ff frontendFlags
+	var bf backingFlags
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
 		Long: devLong, Example: devExample, Args: cobra.NoArgs,
@@ -59,13 +60,18 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runDev(cmd, dataDir, volume, size.bytes, controlAddr, append(frontends, devFrontends...))
+			backing, err := bf.backing()
+			if err != nil {
+				return err
+			}
+			return runDev(cmd, dataDir, volume, size.bytes, controlAddr, append(frontends, devFrontends...), backing)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
 	cmd.Flags().Var(&size, "size", "volume size when creating it")
 	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
 	cmd.Flags().StringVar(&volume, "volume", "dev", "volume name (backups are kept per volume name; the NBD export and iSCSI target take it too)")
 	ff.register(cmd.Flags(), "nbd", "unix:<data-dir>/nbd.sock,127.0.0.1:"+defaultNBDPort)
+	bf.register(cmd)
 	return cmd
 }
 
@@ -82,7 +88,7 @@ func defaultDataDir() (string, error) {
 
 const devReplicas = 3
 
-func runDev(cmd *cobra.Command, dataDir, volume string, sizeBytes uint64, controlAddr string, frontends []Frontend) error {
+func runDev(cmd *cobra.Command, dataDir, volume string, sizeBytes uint64, controlAddr string, frontends []Frontend, backing *backingRef) error {
 	out := cmd.OutOrStdout()
 	if sizeBytes == 0 || sizeBytes%proto.BlockSize != 0 {
 		return fmt.Errorf("--size %d: want a positive multiple of %d", sizeBytes, proto.BlockSize)
@@ -100,7 +106,7 @@ func runDev(cmd *cobra.Command, dataDir, volume string, sizeBytes uint64, contro
 	for i := 1; i <= devReplicas; i++ {
 		id := fmt.Sprintf("dev-%d", i)
 		dir := filepath.Join(dataDir, id)
-		rep, err := openReplicaDir(dir, proto.ReplicaID(id), sizeBytes)
+		rep, err := openReplicaDirOn(cmd.Context(), dir, proto.ReplicaID(id), sizeBytes, backing)
 		if err != nil {
 			return err
 		}

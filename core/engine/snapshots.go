@@ -39,6 +39,8 @@ func checkSnapshotName(name string, internal bool) error {
 		return fmt.Errorf("%w: a snapshot needs a name", ErrInvalid)
 	case isHeadName(name):
 		return fmt.Errorf("%w: %q names the volume head (its live data), not a snapshot; pick another name", ErrInvalid, name)
+	case strings.HasPrefix(name, proto.BackingPrefix):
+		return fmt.Errorf("%w: snapshot names starting with %q are reserved for backing images", ErrInvalid, proto.BackingPrefix)
 	case !internal && strings.HasPrefix(name, rebuildSnapshotPrefix):
 		return fmt.Errorf("%w: snapshot names starting with %q are reserved for rebuilds", ErrInvalid, rebuildSnapshotPrefix)
 	}

@@ -1,5 +1,10 @@
 package proto
 
+// BackingPrefix starts the name of the layer holding a volume's backing
+// image (a read-only base every replica holds at the bottom of its chain);
+// snapshots may not take such names.
+const BackingPrefix = "backing:"
+
 // SnapshotAttrs are what a user and the production driver attach to a
 // snapshot: its creation time (Unix nanoseconds, from the driver's clock)
 // and labels (sorted by key, keys unique). The core stores them with the

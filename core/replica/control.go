@@ -500,6 +500,9 @@ func (r *Replica) runSettle(o *op) {
 // and a later expansion must not find old blocks there.
 func (r *Replica) truncate(sizeBlocks uint64) {
 	for _, l := range r.layers {
+		if sharedLayer(l) {
+			continue // read-only; a shrink never cuts into it
+		}
 		var gone []uint64
 		l.held.Extents(sizeBlocks, r.sizeBlocks(), func(start, n uint64) bool {
 			for b := start; b < start+n; b++ {

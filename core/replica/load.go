@@ -40,6 +40,10 @@ func (r *Replica) create() {
 		r.fail(fmt.Sprintf("replica %s has no metadata and no valid size to create it with (%d bytes)", r.cfg.ID, size))
 		return
 	}
+	if r.cfg.Backing != nil {
+		r.createOnBacking(size)
+		return
+	}
 	r.meta = Meta{ID: r.cfg.ID, SizeBytes: size, NextLayerID: 2, Layers: []LayerMeta{{ID: 1}}}
 	r.layers = []*layer{{meta: r.meta.Layers[0]}}
 	r.issue(store.IO{Kind: store.CreateLayer, Layer: 1}, func(c store.Completion) {

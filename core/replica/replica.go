@@ -52,6 +52,9 @@ type Config struct {
 	CreateSizeBytes uint64
 	// MaxActiveRegions bounds the activity log (default 64 = 256 MiB).
 	MaxActiveRegions int
+	// Backing, with CreateSizeBytes, creates the replica on a backing
+	// image the store already holds as layer BackingLayerID (backing.go).
+	Backing *Backing
 	// Bugs plants deliberate faults for the simulator's canary tests.
 	Bugs Bugs
 }
@@ -88,14 +91,14 @@ type layer struct {
 
 // Replica is the state machine. Create it with New, then drive it.
 type Replica struct {
-	cfg   Config
+	cfg Config
 
 	// Bound once: a method value made per request would allocate.
 	runReadFn, runWriteFn, runTrimFn func(*op)
 	keyBuf                           []RegionKey // regionKeys' scratch
 	runBuf                           []layerRun  // runsFor's scratch
-	state state
-	why   string // reason for stateFailed
+	state                            state
+	why                              string // reason for stateFailed
 
 	meta   Meta     // last durable-or-pending metadata (Layers mirror)
 	layers []*layer // oldest first; last is head

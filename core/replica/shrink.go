@@ -25,7 +25,16 @@ func (r *Replica) runShrink(o *op) {
 	}
 	end := size / proto.BlockSize
 	for _, l := range r.layers {
-		if b, ok := firstDataFrom(l, end, r.sizeBlocks()); ok {
+		b, ok := firstDataFrom(l, end, r.sizeBlocks())
+		if sharedLayer(l) {
+			// Its entries cannot be dropped: any block it holds beyond
+			// the end is in the way, even zeros.
+			l.held.Extents(end, r.sizeBlocks(), func(start, _ uint64) bool {
+				b, ok = start, true
+				return false
+			})
+		}
+		if ok {
 			name := l.meta.Name
 			if name == "" {
 				name = "the head"

@@ -119,6 +119,9 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 			o.run = r.runLayerRead
 		}
 		if req.Op == proto.OpLayerWrite {
+			if sharedLayer(l) {
+				return nil, proto.StatusInvalid, sprintf("layer %q is a shared backing image: read-only", req.Name)
+			}
 			if msg := checkLayerWrite(req); msg != "" {
 				return nil, proto.StatusInvalid, msg
 			}
