@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -102,6 +103,27 @@ func TestProcessBackingImage(t *testing.T) {
 	if out, err := exec.Command(droverBin, "backing-image", "rm", "base", "--images-dir", images).CombinedOutput(); err == nil || !strings.Contains(string(out), "backs 6 replica(s)") {
 		t.Errorf("rm of an image in use: %v %s", err, out)
 	}
+	// Separate processes: two drover replica on the image and an engine.
+	var reps []string
+	var repDirs []string
+	for i := 1; i <= 2; i++ {
+		rd, addr := filepath.Join(dir, fmt.Sprintf("tcp-r%d", i)), freeAddr(t)
+		repDirs = append(repDirs, rd)
+		start(t, fmt.Sprintf("replica %d", i), nil, "replica", "--dir", rd, "--listen", addr, "--size", "8MiB",
+			"--backing-image", "base", "--images-dir", images)
+		reps = append(reps, fmt.Sprintf("r%d=%s", i, addr))
+	}
+	ctl := freeAddr(t)
+	eng := start(t, "engine", nil, "engine", "--volume", "tcp", "--replicas", strings.Join(reps, ","), "--control", ctl)
+	client, conn, err := control.Dial(ctl)
+	mustNil(t, err)
+	defer conn.Close()
+	tv := &snapVolume{volumeClient: &volumeClient{t: t, ctlAddr: ctl, size: volBytes, client: client}}
+	tv.waitModes("an engine on replica processes created on the image", "RW", "RW")
+	if !bytes.Equal(tv.content(""), want) {
+		t.Fatal("a volume of replica processes on the image does not read it")
+	}
+	eng.stop()
 	snaps := a.list()
 	if len(snaps) != 2 || snaps[0].GetName() != "backing:base" {
 		t.Errorf("chain of a volume on an image: %v", snaps)
@@ -117,6 +139,12 @@ func TestProcessBackingImage(t *testing.T) {
 	}
 	mustNil(t, os.RemoveAll(a.dataDir))
 	mustNil(t, os.RemoveAll(b.dataDir))
+	if out, err := exec.Command(droverBin, "backing-image", "rm", "base", "--images-dir", images).CombinedOutput(); err == nil || !strings.Contains(string(out), "backs 2 replica(s)") {
+		t.Errorf("rm while replica processes' directories use it: %v %s", err, out)
+	}
+	for _, rd := range repDirs {
+		mustNil(t, os.RemoveAll(rd))
+	}
 	runDrover(t, "backing-image", "rm", "base", "--images-dir", images)
 	if out := runDrover(t, "backing-image", "ls", "--images-dir", images); strings.Contains(out, "base ") {
 		t.Errorf("ls after rm:\n%s", out)

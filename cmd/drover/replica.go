@@ -46,6 +46,7 @@ const replicaExample = `  drover replica --dir /var/lib/drover/r1 --listen 0.0.0
 func newReplicaCmd() *cobra.Command {
 	var dir, listen, id string
 	var size sizeFlag
+	var bf backingFlags
 	cmd := &cobra.Command{Use: "replica --dir D --listen ADDR", Short: "Serve a replica over TCP, or list/add/remove an engine's replicas",
 		Long: replicaLong, Example: replicaExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,8 +56,13 @@ func newReplicaCmd() *cobra.Command {
 			if id == "" {
 				id = filepath.Base(filepath.Clean(dir))
 			}
-			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes)
+			backing, err := bf.backing()
+			if err != nil {
+				return err
+			}
+			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes, backing)
 		}}
+	bf.register(cmd)
 	cmd.Flags().StringVar(&dir, "dir", "", "directory holding the replica")
 	cmd.Flags().StringVar(&listen, "listen", "", "TCP address to serve engines on (host:port)")
 	cmd.Flags().StringVar(&id, "id", "", "replica name recorded when creating it (default: the directory's name)")
@@ -120,7 +126,7 @@ size. Replicas of one volume that are in sync print the same checksum.`,
 }
 
 // serveReplica runs one replica over TCP until SIGINT or SIGTERM.
-func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64) error {
+func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("replica dir: %w", err)
 	}
@@ -129,7 +135,7 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 		return err
 	}
 	defer unlock()
-	r, err := openReplicaDir(dir, id, createBytes)
+	r, err := openReplicaDirOn(cmd.Context(), dir, id, createBytes, backing)
 	if err != nil {
 		return err
 	}

@@ -380,6 +380,9 @@ func (s Store) Link(ctx context.Context, name, replicaDir string) (*Image, error
 			return nil, err
 		}
 		link := filepath.Join(abs, fmt.Sprintf("layer-%d.%s", replica.BackingLayerID, suffix))
+		if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			os.Remove(link) // left by an attempt that stopped before the replica existed
+		}
 		if err := os.Symlink(target, link); err != nil {
 			return nil, fmt.Errorf("link backing image %q into %s: %w", name, abs, err)
 		}
