@@ -22,6 +22,7 @@
 package filestore
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,7 +30,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -433,7 +434,7 @@ func getEntry(b []byte, blockIndex uint64) proto.BlockState {
 // per run of consecutive blocks.
 func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error {
 	sorted := append([]proto.BlockState(nil), entries...)
-	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].BlockIndex < sorted[j].BlockIndex })
+	slices.SortStableFunc(sorted, func(a, b proto.BlockState) int { return cmp.Compare(a.BlockIndex, b.BlockIndex) })
 	buf := make([]byte, 0, min(len(sorted), readIndexChunkBytes/entryBytes)*entryBytes)
 	var start uint64
 	flushRun := func() error {
