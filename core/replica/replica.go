@@ -91,14 +91,15 @@ type layer struct {
 
 // Replica is the state machine. Create it with New, then drive it.
 type Replica struct {
-	cfg Config
+	cfg   Config
+	state state
+	why   string // reason for stateFailed
 
 	// Bound once: a method value made per request would allocate.
 	runReadFn, runWriteFn, runTrimFn func(*op)
 	keyBuf                           []RegionKey // regionKeys' scratch
 	runBuf                           []layerRun  // runsFor's scratch
-	state                            state
-	why                              string // reason for stateFailed
+	spare                            Ready       // released slices for the next effects
 
 	meta   Meta     // last durable-or-pending metadata (Layers mirror)
 	layers []*layer // oldest first; last is head
@@ -152,10 +153,21 @@ func New(cfg Config) *Replica {
 }
 
 // Ready returns and clears the effects produced since the last call.
+// The slices are the caller's, unless it hands them back with Release.
 func (r *Replica) Ready() Ready {
 	rd := r.ready
-	r.ready = Ready{}
+	r.ready, r.spare = r.spare, Ready{}
 	return rd
+}
+
+// Release hands back the slices of a Ready whose elements the caller has
+// all taken (copied out; the values inside, such as an IO's Data, stay
+// the caller's): the replica gathers later effects in them instead of
+// allocating. Optional.
+func (r *Replica) Release(rd Ready) {
+	clear(rd.IOs)
+	clear(rd.Replies)
+	r.spare = Ready{IOs: rd.IOs[:0], Replies: rd.Replies[:0]}
 }
 
 // HasReady reports whether Ready would return anything.

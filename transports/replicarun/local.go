@@ -66,7 +66,7 @@ func (l *localLink) Send(reqs ...proto.Request) {
 // holding what OnReply needs, so that the IOs of one batch run while the
 // next batch is being stepped, and batches' IOs run concurrently.
 func (l *localLink) SendStaged(reqs ...proto.Request) link.Work {
-	var w *stagedIOs
+	w := stagedPool.Get().(*stagedIOs)
 	for _, req := range reqs {
 		l.mu.Lock()
 		closed := l.closed
@@ -74,19 +74,13 @@ func (l *localLink) SendStaged(reqs ...proto.Request) link.Work {
 		if closed {
 			break
 		}
-		ios := l.r.step(req, l.pushFn)
-		if len(ios) == 0 {
-			continue
-		}
-		if w == nil {
-			w = stagedPool.Get().(*stagedIOs)
-			w.r = l.r
-		}
-		w.ios = append(w.ios, ios...)
+		w.ios = l.r.step(req, l.pushFn, w.ios)
 	}
-	if w == nil {
+	if len(w.ios) == 0 {
+		stagedPool.Put(w)
 		return nil
 	}
+	w.r = l.r
 	return w
 }
 

@@ -124,24 +124,25 @@ func (r *Runner) ID() proto.ReplicaID { return r.id }
 // replica drops as a duplicate of one in flight moves the reply of the
 // original to this reply; a duplicate of one already answered gets none.
 func (r *Runner) Handle(req proto.Request, reply func(proto.Reply)) {
-	r.run(r.step(req, reply))
+	var buf [4]store.IO
+	r.run(r.step(req, reply, buf[:0]))
 }
 
 // step steps req into the replica, delivers the replies that follow at
-// once, and returns the IOs to run (with r.run, on any goroutine): the
-// ordered half of Handle.
-func (r *Runner) step(req proto.Request, reply func(proto.Reply)) []store.IO {
+// once, and appends the IOs to run (with r.run, on any goroutine) to ios:
+// the ordered half of Handle.
+func (r *Runner) step(req proto.Request, reply func(proto.Reply), ios []store.IO) []store.IO {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		reply(proto.Reply{ID: req.ID, Status: proto.StatusNotReady, Err: ErrClosed.Error()})
-		return nil
+		return ios
 	}
 	if r.nWaiting >= maxWaiting {
 		r.mu.Unlock()
 		reply(proto.Reply{ID: req.ID, Status: proto.StatusNotReady,
 			Err: fmt.Sprintf("replica %s is busy: %d requests waiting", r.id, maxWaiting)})
-		return nil
+		return ios
 	}
 	r.rep.Step(req)
 	rd := r.rep.Ready()
@@ -157,9 +158,11 @@ func (r *Runner) step(req proto.Request, reply func(proto.Reply)) []store.IO {
 	}
 	deliveries = r.route(deliveries, rd.Replies)
 	r.ios.Add(len(rd.IOs))
+	ios = append(ios, rd.IOs...)
+	r.rep.Release(rd)
 	r.mu.Unlock()
 	deliver(deliveries)
-	return rd.IOs
+	return ios
 }
 
 // Do steps req and waits for its reply. It suits control-plane callers
@@ -306,7 +309,7 @@ func (r *Runner) run(ios []store.IO) []store.IO {
 			go r.runFirst(io)
 			continue
 		}
-		ios = append(ios, r.complete(r.exec.Execute(io))...)
+		ios = r.complete(r.exec.Execute(io), ios)
 	}
 	return ios
 }
@@ -314,21 +317,23 @@ func (r *Runner) run(ios []store.IO) []store.IO {
 // runFirst executes io on this goroutine, whatever its kind, then what
 // follows from it as run does.
 func (r *Runner) runFirst(io store.IO) {
-	r.run(r.complete(r.exec.Execute(io)))
+	r.run(r.complete(r.exec.Execute(io), nil))
 }
 
 // complete feeds c to the replica, delivers the replies that follow, and
-// returns the IOs to run next.
-func (r *Runner) complete(c store.Completion) []store.IO {
+// appends the IOs to run next to ios.
+func (r *Runner) complete(c store.Completion, ios []store.IO) []store.IO {
 	r.mu.Lock()
 	r.rep.Complete(c)
 	rd := r.rep.Ready()
 	var buf [4]delivery // on the stack: a completion answers a few at most
 	deliveries := r.route(buf[:0], rd.Replies)
 	r.ios.Add(len(rd.IOs) - 1)
+	ios = append(ios, rd.IOs...)
+	r.rep.Release(rd)
 	r.mu.Unlock()
 	deliver(deliveries)
-	return rd.IOs
+	return ios
 }
 
 // blocking reports whether an IO of kind k may block for long (it waits
