@@ -66,11 +66,13 @@ func (t *revertTask) whenIdle(tries int, fn func()) {
 }
 
 func (t *revertTask) snapshot() {
-	t.en.admin(engine.AdminRequest{Op: engine.AdminSnapshot, Name: t.name}, func(r engine.AdminReply) {
+	attrs := &proto.SnapshotAttrs{CreatedUnixNano: t.s.now, Labels: []proto.Label{{Key: "task", Value: t.name}}}
+	t.en.admin(engine.AdminRequest{Op: engine.AdminSnapshot, Name: t.name, Attrs: attrs}, func(r engine.AdminReply) {
 		if r.Err != nil {
 			t.finish("snapshot-failed")
 			return
 		}
+		t.checkListed(attrs)
 		t.s.note("revert-snapshot " + t.name)
 		t.readAll(func(values map[uint64]uint64) {
 			t.values = values
@@ -189,4 +191,21 @@ func (h *history) startEra(init map[uint64]uint64, under map[uint64]map[uint64]b
 	h.eras = append(h.eras, &era{start: h.s.now, init: init, under: under, writes: map[uint64][]*opRecord{}})
 	h.s.count("era")
 	h.s.note("era", uint64(len(h.eras)))
+}
+
+// checkListed lists the snapshots (which also restores attributes that
+// rebuilt replicas lost) and requires the task's snapshot, wherever it is
+// listed with attributes, to carry exactly the ones it was taken with.
+func (t *revertTask) checkListed(want *proto.SnapshotAttrs) {
+	t.en.admin(engine.AdminRequest{Op: engine.AdminListSnapshots}, func(r engine.AdminReply) {
+		t.s.countResult("snapshot-list", r.Err)
+		for _, l := range r.Snapshots {
+			if l.Name != t.name || l.Attrs.CreatedUnixNano == 0 {
+				continue
+			}
+			if l.Attrs.CreatedUnixNano != want.CreatedUnixNano || len(l.Attrs.Labels) != 1 || l.Attrs.Labels[0] != want.Labels[0] {
+				t.s.fail("snapshots: %s listed with attributes %+v, taken with %+v", t.name, l.Attrs, *want)
+			}
+		}
+	})
 }

@@ -167,12 +167,13 @@ func (e *Engine) adminListSnapshots(req AdminRequest) {
 	}
 	left := len(rs)
 	var lists [][]proto.SnapshotInfo
+	var from []proto.ReplicaID
 	var errs []error
 	for _, id := range rs {
 		e.send(id, proto.Request{Op: proto.OpListSnapshots}, func(rep proto.Reply) {
 			left--
 			if rep.Status == proto.StatusOK {
-				lists = append(lists, rep.Snapshots)
+				lists, from = append(lists, rep.Snapshots), append(from, id)
 			} else {
 				errs = append(errs, fmt.Errorf("%s: %v %s", id, rep.Status, rep.Err))
 			}
@@ -184,7 +185,9 @@ func (e *Engine) adminListSnapshots(req AdminRequest) {
 					Err: fmt.Errorf("%w: list snapshots: %w", ErrIO, errors.Join(errs...))})
 				return
 			}
-			e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Snapshots: mergeLists(lists)})
+			merged := mergeLists(lists)
+			e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Snapshots: merged})
+			e.restoreAttrs(from, lists, merged)
 		})
 	}
 }
@@ -205,4 +208,24 @@ func mergeLists(lists [][]proto.SnapshotInfo) []proto.SnapshotInfo {
 		}
 	}
 	return out
+}
+
+// restoreAttrs gives back the attributes a replica's layers lost (a
+// rebuild creates layers by name only) from what the others hold, so
+// they survive once the replicas that had them are gone. Replies are not
+// awaited: the next listing tries again.
+func (e *Engine) restoreAttrs(from []proto.ReplicaID, lists [][]proto.SnapshotInfo, merged []proto.SnapshotInfo) {
+	want := map[string]proto.SnapshotAttrs{}
+	for _, s := range merged {
+		if s.Name != "" && s.Attrs.CreatedUnixNano != 0 {
+			want[s.Name] = s.Attrs
+		}
+	}
+	for i, l := range lists {
+		for _, s := range l {
+			if a, ok := want[s.Name]; ok && s.Attrs.CreatedUnixNano == 0 {
+				e.send(from[i], proto.Request{Op: proto.OpSetSnapshotAttrs, Name: s.Name, Attrs: a.Clone()}, func(proto.Reply) {})
+			}
+		}
+	}
 }

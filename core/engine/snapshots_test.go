@@ -113,3 +113,34 @@ func TestEngineDeleteOnlineInWindows(t *testing.T) {
 	}
 	t.Logf("%d writes acknowledged while the delete ran", writesDuring)
 }
+
+// TestEngineRestoresSnapshotAttrs: a replica whose snapshot layer lost its
+// attributes (as a rebuild leaves it) gets them back from the others when
+// the snapshots are listed.
+func TestEngineRestoresSnapshotAttrs(t *testing.T) {
+	c := newCluster(t, 3, 64*proto.BlockSize, engine.Config{Volume: "v"})
+	attrs := &proto.SnapshotAttrs{CreatedUnixNano: 42, Labels: []proto.Label{{Key: "k", Value: "v"}}}
+	if r := c.adminDo(engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s", Attrs: attrs}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if rep := c.Direct("r2", proto.Request{Op: proto.OpSetSnapshotAttrs, Name: "s", Attrs: &proto.SnapshotAttrs{}}); rep.Status != proto.StatusOK {
+		t.Fatalf("clear r2's attributes: %v %s", rep.Status, rep.Err)
+	}
+	if got := c.Direct("r2", proto.Request{Op: proto.OpListSnapshots}).Snapshots[0].Attrs; got.CreatedUnixNano != 0 {
+		t.Fatalf("r2 still has %+v", got)
+	}
+	r := c.adminDo(engine.AdminRequest{Op: engine.AdminListSnapshots})
+	if r.Err != nil || r.Snapshots[0].Attrs.CreatedUnixNano != 42 {
+		t.Fatalf("list: %v %+v", r.Err, r.Snapshots)
+	}
+	c.settle()
+	for _, id := range []proto.ReplicaID{"r1", "r2", "r3"} {
+		got := c.Direct(id, proto.Request{Op: proto.OpListSnapshots}).Snapshots[0].Attrs
+		if got.CreatedUnixNano != 42 || len(got.Labels) != 1 || got.Labels[0] != attrs.Labels[0] {
+			t.Fatalf("%s holds %+v after the listing", id, got)
+		}
+	}
+	if rep := c.Direct("r1", proto.Request{Op: proto.OpSetSnapshotAttrs, Name: "nope", Attrs: attrs}); rep.Status != proto.StatusNotFound {
+		t.Fatalf("attributes of a missing snapshot: %v", rep.Status)
+	}
+}

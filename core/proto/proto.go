@@ -90,12 +90,16 @@ const (
 	// zeros) at or beyond it; otherwise StatusInvalid and nothing changes.
 	// The engine sends it only while the volume is detached.
 	OpShrink
+	// OpSetSnapshotAttrs sets snapshot Name's Attrs: an engine restores
+	// them on a replica whose layer lost them (a rebuild creates layers
+	// by name only).
+	OpSetSnapshotAttrs
 )
 
 var opNames = [...]string{"?", "read", "write", "trim", "write-zeroes", "flush",
 	"open", "info", "set-membership", "snapshot", "delete-snapshot", "revert",
 	"expand", "changed-extents", "layer-blocks", "layer-read", "layer-write",
-	"set-chain", "settle", "snap-read", "merge-snapshot", "list-snapshots", "shrink"}
+	"set-chain", "settle", "snap-read", "merge-snapshot", "list-snapshots", "shrink", "set-snapshot-attrs"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {

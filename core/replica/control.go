@@ -34,6 +34,8 @@ func (r *Replica) controlRunner(op proto.Op) func(o *op) {
 		return r.runSettle
 	case proto.OpShrink:
 		return r.runShrink
+	case proto.OpSetSnapshotAttrs:
+		return r.runSetSnapshotAttrs
 	}
 	return nil
 }

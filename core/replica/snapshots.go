@@ -112,3 +112,23 @@ func intersectLen(a, b *blockset.Set, sizeBlocks uint64) uint64 {
 	}
 	return n
 }
+
+// runSetSnapshotAttrs replaces snapshot Name's attributes (one metadata
+// write).
+func (r *Replica) runSetSnapshotAttrs(o *op) {
+	l, i := r.layerByName(o.req.Name)
+	switch {
+	case l == nil || o.req.Name == "" || i == len(r.layers)-1:
+		r.fails(o, proto.StatusNotFound, "set snapshot attributes: no snapshot %q", o.req.Name)
+		return
+	case o.req.Attrs == nil:
+		r.fails(o, proto.StatusInvalid, "set snapshot attributes: none given")
+		return
+	}
+	if msg := checkAttrs(o.req.Attrs); msg != "" {
+		r.fails(o, proto.StatusInvalid, "set snapshot attributes: %s", msg)
+		return
+	}
+	l.meta.Attrs = *o.req.Attrs.Clone()
+	r.writeMeta(func(ok bool) { r.done(o, ok) })
+}
