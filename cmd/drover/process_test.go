@@ -109,16 +109,39 @@ func (p *proc) stop() {
 	}
 }
 
-// freeAddr returns a loopback address with a port free right now.
+// freeAddr returns a loopback address with a port free right now, for a
+// process started next to listen on. The port comes from below Linux's
+// ephemeral range (32768 and up), where every ":0" listener (an engine's
+// control API, another test's server) takes its port, so none of those
+// can grab it before its process binds it; and no port is handed out
+// twice in one test binary (CI once saw a replica's port taken by the
+// engine's control API: "bind: address already in use").
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOutMu.Lock()
+	defer handedOutMu.Unlock()
+	for range 10000 {
+		port := 20000 + rand.IntN(12000)
+		if handedOut[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		handedOut[port] = true
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free loopback port between 20000 and 32000")
+	return ""
 }
+
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[int]bool{}
+)
 
 // runDrover runs a drover subcommand to completion and returns its output.
 func runDrover(t *testing.T, args ...string) string {
