@@ -60,9 +60,9 @@ const (
 	rebuildWindow    = 1 << 16
 	rebuildRunBlocks = 256
 	// rebuildRunsInFlight bounds the copies (read then write of one run)
-	// a rebuild has outstanding: 8 MiB, enough to keep both disks and the
-	// link busy.
-	rebuildRunsInFlight = 8
+	// a rebuild has outstanding: 32 MiB. On the bench disk 32 in flight
+	// rebuilt about twice as fast as 8 (4 MiB runs were slower still).
+	rebuildRunsInFlight = 32
 	// rebuildFlushBytes: a rebuild flushes its target after every this
 	// many bytes copied, so a target killed midway keeps what it got.
 	rebuildFlushBytes  = 32 << 20
