@@ -14,7 +14,7 @@ import (
 )
 
 // rebuildSizeBytes holds more than rebuildFlushBytes (32 MiB) several times, so a
-// target killed after 80 MiB copied has had at least one flush.
+// target killed after 100 MiB copied has had at least two flushes.
 const rebuildSizeBytes = 160 << 20
 
 // volumeInfo fetches the engine's volume info.
@@ -106,7 +106,7 @@ func (l *load) fillAll() {
 
 // TestProcessRebuildResumeAndReplace, on real processes and files:
 //   - a replica whose disk was replaced (same ID, empty directory) is
-//     rebuilt; killed with SIGKILL after 80 MiB copied and restarted, the
+//     rebuilt; killed with SIGKILL after 100 MiB copied and restarted, the
 //     next attempt copies only what the first had not flushed;
 //   - a replica killed for good is replaced by the engine's spare s1 (a
 //     new ID); the engine is killed midway through s1's rebuild and
@@ -147,7 +147,7 @@ func TestProcessRebuildResumeAndReplace(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.startReplica(1)
-	at := c.waitCopied("r2", 80<<20)
+	at := c.waitCopied("r2", 100<<20)
 	c.replicas[1].kill()
 	c.startReplica(1)
 	c.waitModes("r2 rebuilt after the second kill", "RW", "RW", "RW")
