@@ -144,13 +144,13 @@ func BenchmarkFileVolumeAsync(b *testing.B) {
 	const blocks, depth = 4096, 32
 	for _, n := range []int{1, 3} {
 		for _, op := range []string{"write", "read"} {
-			for _, pool := range []int{0, -1} {
+			for _, pool := range []int{-1, 0} {
 				if n == 1 && pool != 0 {
 					continue
 				}
 				name := fmt.Sprintf("%s-4KiB-qd%d-replicas=%d", op, depth, n)
 				if n > 1 {
-					name += map[int]string{0: "-pool", -1: "-nopool"}[pool]
+					name += map[int]string{-1: "-pool", 0: "-nopool"}[pool]
 				}
 				b.Run(name, func(b *testing.B) { benchAsync(b, n, op, blocks, depth, pool) })
 			}

@@ -24,6 +24,7 @@ type ioPool struct {
 }
 
 // newIOPool starts n goroutines (n < 0: one per spare CPU); none for 0.
+// The pool is off by default (Config.IOGoroutines).
 func newIOPool(d *Driver, n int) *ioPool {
 	if n < 0 {
 		n = runtime.GOMAXPROCS(0) - 1
