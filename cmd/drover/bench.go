@@ -28,7 +28,7 @@ over TCP loopback. The cpu column is the CPU time (user+system) the serving
 processes spent per IO: unlike IOPS it stays meaningful on a busy machine.
 
 Workloads: 4 KiB random read and write at queue depth 1 and 32, 1 MiB
-sequential write. The table shows IOPS, MB/s, p50/p99 completion latency and
+sequential write. The table shows IOPS, MB/s, p50/p99 latency (submission to completion) and
 each one's ratio to nbdkit-file, then the performance goals and whether they
 are met. Needs fio; targets whose server (nbdkit, qemu-nbd) is missing are
 skipped.
