@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -145,7 +145,7 @@ func benchRebuild(ctx context.Context, progress io.Writer, exe, dir string, size
 	}
 	vol := enginerun.NewVolume(d)
 	fmt.Fprintf(progress, "filling %s through the engine\n", formatSize(sizeBytes))
-	if err := benchFill(ctx, vol, sizeBytes); err != nil {
+	if err := benchFill(ctx, vol); err != nil {
 		return nil, err
 	}
 	if err := dropCache(src.dir); err != nil {
@@ -327,45 +327,8 @@ func dropCache(path string) error {
 }
 
 // benchFill writes the whole volume (1 MiB writes, 8 at a time) and flushes.
-func benchFill(ctx context.Context, vol *enginerun.Volume, sizeBytes uint64) error {
-	const chunk, writers = 1 << 20, 8
-	var mu sync.Mutex
-	next := uint64(0)
-	errc := make(chan error, writers)
-	for w := range writers {
-		go func() {
-			buf := make([]byte, chunk)
-			rng := rand.New(rand.NewPCG(uint64(w), 1))
-			for {
-				mu.Lock()
-				off := next
-				next += chunk
-				mu.Unlock()
-				if off >= sizeBytes {
-					errc <- nil
-					return
-				}
-				for i := 0; i < len(buf); i += 8 {
-					v := rng.Uint64()
-					for j := 0; j < 8; j++ {
-						buf[i+j] = byte(v >> (8 * j))
-					}
-				}
-				if err := vol.WriteAt(ctx, buf[:min(chunk, sizeBytes-off)], off, false); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-	}
-	var err error
-	for range writers {
-		err = errors.Join(err, <-errc)
-	}
-	if err != nil {
-		return err
-	}
-	return vol.Flush(ctx)
+func benchFill(ctx context.Context, vol *enginerun.Volume) error {
+	return device.Fill(ctx, vol, 1<<20, 8, device.Noise)
 }
 
 // rewriteBlocks writes n distinct random 4 KiB blocks (16 at a time) and

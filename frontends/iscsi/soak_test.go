@@ -2,7 +2,6 @@ package iscsi_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -83,41 +82,7 @@ func droverVolume(t *testing.T, n int, sizeBytes uint64) device.Device {
 // fillDevice writes every block of dev once (1 MiB writes, 4 at a time)
 // and flushes.
 func fillDevice(ctx context.Context, dev device.Device) error {
-	const chunk, writers = 1 << 20, 4
-	size := dev.SizeBytes()
-	var mu sync.Mutex
-	var next uint64
-	errc := make(chan error, writers)
-	for w := range writers {
-		go func() {
-			buf := make([]byte, chunk)
-			for i := range buf {
-				buf[i] = byte(i*131 + w)
-			}
-			for {
-				mu.Lock()
-				off := next
-				next += chunk
-				mu.Unlock()
-				if off >= size {
-					errc <- nil
-					return
-				}
-				if err := dev.WriteAt(ctx, buf[:min(chunk, size-off)], off, false); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-	}
-	var err error
-	for range writers {
-		err = errors.Join(err, <-errc)
-	}
-	if err != nil {
-		return err
-	}
-	return dev.Flush(ctx)
+	return device.Fill(ctx, dev, 1<<20, 4, device.Pattern)
 }
 
 // perfResult is what one iscsi-perf run printed.

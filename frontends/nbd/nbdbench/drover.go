@@ -3,7 +3,6 @@ package nbdbench
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
@@ -147,41 +145,7 @@ func openReplica(dir string, id proto.ReplicaID, sizeBytes uint64) (*replicarun.
 // time) and flushes, so reads hit data on every replica, as they do the
 // other targets' backing file, rather than unwritten blocks.
 func fill(ctx context.Context, vol device.Device) error {
-	const chunkBytes, writers = 1 << 20, 8
-	size := vol.SizeBytes()
-	var next uint64
-	var mu sync.Mutex
-	errc := make(chan error, writers)
-	for w := range writers {
-		go func() {
-			buf := make([]byte, chunkBytes)
-			for i := range buf {
-				buf[i] = byte(i*131 + w)
-			}
-			for {
-				mu.Lock()
-				off := next
-				next += chunkBytes
-				mu.Unlock()
-				if off >= size {
-					errc <- nil
-					return
-				}
-				if err := vol.WriteAt(ctx, buf[:min(chunkBytes, size-off)], off, false); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-	}
-	var err error
-	for range writers {
-		err = errors.Join(err, <-errc)
-	}
-	if err != nil {
-		return err
-	}
-	return vol.Flush(ctx)
+	return device.Fill(ctx, vol, 1<<20, 8, device.Pattern)
 }
 
 // startDroverTCP runs n replica processes (Config.ReplicaCommand)
