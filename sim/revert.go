@@ -21,6 +21,8 @@ type revertTask struct {
 	name   string
 	values map[uint64]uint64 // the snapshot's content per hot block
 	done   bool
+	// partial: the revert failed and its outcome is being read.
+	partial bool
 }
 
 func (s *Sim) revert() {
@@ -38,6 +40,9 @@ func (t *revertTask) finish(why string) {
 		return
 	}
 	t.done = true
+	if t.partial {
+		t.s.hist.lastCrashAt = t.s.now // see revertDetached
+	}
 	t.s.reverting, t.s.revertTask = nil, nil
 	t.en.e.SetAttached(true)
 	t.s.count("revert-" + why)
@@ -142,8 +147,15 @@ func (t *revertTask) revertDetached() {
 			t.finish("unknown")
 			return
 		}
-		// Refused or partly done: what the volume holds now decides.
+		// Refused or partly done: what the volume holds now decides. If
+		// the engine dies before that read (a faulted engine the watchdog
+		// restarts), some replicas may have reverted and the next engine
+		// may open from them: the next boundary allows the snapshot's
+		// values, as when the engine died with the revert in flight (sim
+		// snap seed 324).
+		s.hist.pendingRevert, t.partial = t.values, true
 		t.readAll(func(values map[uint64]uint64) {
+			s.hist.pendingRevert, t.partial = nil, false
 			s.hist.unknownRevertEra(values, t.values)
 			t.finish("failed")
 		})

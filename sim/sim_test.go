@@ -116,6 +116,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{178, "swarm", 2000, "the lost replica became the lowest-named of a two-member membership after the engine dropped another first: no engine could open (the simulator now loses the highest-named)"},
 		{784, "swarm", 2000, "a takeover fenced an engine with a revert in flight; the revert's outcome had no era boundary (simulator)"},
 		{867, "swarm", 2000, "a revert task whose engine died during its shrink waited forever for the revert it then sent to the dead engine (simulator)"},
+		{324, "snap", 2000, "a revert that failed (volume faulted) after one replica took it: the engine died before the read deciding the outcome, and the next boundary did not allow the snapshot's values (simulator)"},
 	}
 	for _, c := range cases {
 		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})

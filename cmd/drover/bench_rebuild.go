@@ -23,6 +23,7 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/frontends/nbd/nbdbench"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -117,7 +118,7 @@ func metWord(ok bool) string {
 }
 
 func benchRebuild(ctx context.Context, progress io.Writer, exe, dir string, sizeBytes uint64) (*rebuildBenchReport, error) {
-	rep := &rebuildBenchReport{Dir: dir, FS: fsName(dir), SizeBytes: sizeBytes}
+	rep := &rebuildBenchReport{Dir: dir, FS: nbdbench.FSType(dir), SizeBytes: sizeBytes}
 	if err := fioReference(ctx, progress, dir, sizeBytes, rep); err != nil {
 		return nil, err
 	}
@@ -382,22 +383,6 @@ func waitNoRebuildSnapshots(ctx context.Context, d *enginerun.Driver) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-func fsName(dir string) string {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return "unknown"
-	}
-	switch st.Type {
-	case 0x01021994:
-		return "tmpfs"
-	case 0xef53:
-		return "ext4"
-	case 0x58465342:
-		return "xfs"
-	}
-	return fmt.Sprintf("0x%x", st.Type)
 }
 
 // netListenLoopback returns a free loopback TCP address.

@@ -98,8 +98,9 @@ func rawFioArgs(path, engine string) []string {
 	return []string{"--filename=" + path, "--ioengine=psync"}
 }
 
-// fsType names the filesystem holding dir, for the report.
-func fsType(dir string) string {
+// FSType names the file system dir is on (tmpfs, ext4, xfs, btrfs,
+// overlayfs, or its magic number).
+func FSType(dir string) string {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return "unknown"

@@ -178,7 +178,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := fillRandom(path, cfg.SizeBytes); err != nil {
 		return nil, fmt.Errorf("nbdbench: fill backing file: %w", err)
 	}
-	rep := &Report{Dir: filepath.Dir(dir), FSType: fsType(dir), RawEngine: rawEngine(path), CPUs: runtime.NumCPU(),
+	rep := &Report{Dir: filepath.Dir(dir), FSType: FSType(dir), RawEngine: rawEngine(path), CPUs: runtime.NumCPU(),
 		SizeBytes: cfg.SizeBytes, Runtime: cfg.Runtime.String(), Reference: Reference, Workloads: cfg.Workloads}
 	env := &benchEnv{cfg: &cfg, dir: dir, path: path, sock: filepath.Join(dir, "nbd.sock"), rawEngine: rep.RawEngine}
 	targets := env.targets()
