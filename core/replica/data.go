@@ -68,25 +68,15 @@ func (r *Replica) verify(l *layer, c store.Completion, start uint64) (uint64, st
 	return 0, ""
 }
 
-func (r *Replica) runRead(o *op) {
+func (r *Replica) runRead(o *op) { r.readRuns(o, r.runsFor(o.lo, o.hi)) }
+
+// readRuns reads o's blocks from runs (blocks in no run read as zeros),
+// checks them and replies: with the store's buffer when one run holds
+// every block, else with a buffer gathered from all of them.
+func (r *Replica) readRuns(o *op, runs []layerRun) {
 	req := o.req
-	runs := r.runsFor(o.lo, o.hi)
 	if len(runs) == 1 && runs[0].start == o.lo && runs[0].n == o.hi-o.lo {
-		// One layer holds every block: reply with the store's buffer.
-		run := runs[0]
-		r.issue(store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}, func(c store.Completion) {
-			switch {
-			case c.Err != store.OK:
-				r.reply(proto.Reply{ID: req.ID, Status: proto.StatusIOError, Err: sprintf("read layer %d: %v %s", run.l.meta.ID, c.Err, c.Detail)})
-			default:
-				if b, why := r.verify(run.l, c, run.start); why != "" {
-					r.reply(proto.Reply{ID: req.ID, Status: proto.StatusCorrupt, Err: why, BlockIndex: b})
-				} else {
-					r.reply(proto.Reply{ID: req.ID, Data: c.Data})
-				}
-			}
-			r.finish(o)
-		})
+		r.readWhole(o, runs[0])
 		return
 	}
 	out := make([]byte, uint64(req.BlockCount)*proto.BlockSize)
@@ -126,6 +116,23 @@ func (r *Replica) runRead(o *op) {
 			}
 		})
 	}
+}
+
+// readWhole serves a read that one layer holds whole: the store's buffer
+// is the reply, no second buffer and no copy.
+func (r *Replica) readWhole(o *op, run layerRun) {
+	r.issue(store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}, func(c store.Completion) {
+		defer r.finish(o)
+		if c.Err != store.OK {
+			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", run.l.meta.ID, c.Err, c.Detail)
+			return
+		}
+		if b, why := r.verify(run.l, c, run.start); why != "" {
+			r.reply(proto.Reply{ID: o.req.ID, Status: proto.StatusCorrupt, Err: why, BlockIndex: b})
+			return
+		}
+		r.reply(proto.Reply{ID: o.req.ID, Data: c.Data})
+	})
 }
 
 func (r *Replica) runWrite(o *op) {

@@ -2,7 +2,6 @@ package replica
 
 import (
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/store"
 )
 
 // newSnapRead validates an OpSnapRead. It reads like OpRead, but through
@@ -58,62 +57,5 @@ func (r *Replica) runSnapRead(o *op) {
 		r.fails(o, proto.StatusNotFound, "snap-read: no snapshot %q", req.Name)
 		return
 	}
-	runs := r.snapRuns(top, o.lo, o.hi)
-	if len(runs) == 1 && runs[0].start == o.lo && runs[0].n == o.hi-o.lo {
-		r.snapReadWhole(o, runs[0])
-		return
-	}
-	out := make([]byte, uint64(req.BlockCount)*proto.BlockSize)
-	left := len(runs)
-	status, detail, bad := proto.StatusOK, "", uint64(0)
-	done := func() {
-		if status == proto.StatusOK {
-			r.reply(proto.Reply{ID: req.ID, Data: out})
-		} else {
-			r.reply(proto.Reply{ID: req.ID, Status: status, Err: detail, BlockIndex: bad})
-		}
-		r.finish(o)
-	}
-	if left == 0 {
-		done()
-		return
-	}
-	for _, run := range runs {
-		r.issue(store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}, func(c store.Completion) {
-			left--
-			switch {
-			case c.Err != store.OK:
-				if status == proto.StatusOK || status == proto.StatusCorrupt {
-					status, detail = proto.StatusIOError, sprintf("read layer %d: %v %s", run.l.meta.ID, c.Err, c.Detail)
-				}
-			default:
-				if b, why := r.verify(run.l, c, run.start); why != "" {
-					if status == proto.StatusOK || (status == proto.StatusCorrupt && b < bad) {
-						status, detail, bad = proto.StatusCorrupt, why, b
-					}
-				}
-				copy(out[(run.start-o.lo)*proto.BlockSize:], c.Data)
-			}
-			if left == 0 {
-				done()
-			}
-		})
-	}
-}
-
-// snapReadWhole serves a snap-read held whole by one layer: the read's
-// buffer is the reply (as OpLayerRead's is), no copy.
-func (r *Replica) snapReadWhole(o *op, run layerRun) {
-	r.issue(store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}, func(c store.Completion) {
-		defer r.finish(o)
-		if c.Err != store.OK {
-			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", run.l.meta.ID, c.Err, c.Detail)
-			return
-		}
-		if b, why := r.verify(run.l, c, run.start); why != "" {
-			r.reply(proto.Reply{ID: o.req.ID, Status: proto.StatusCorrupt, Err: why, BlockIndex: b})
-			return
-		}
-		r.reply(proto.Reply{ID: o.req.ID, Data: c.Data})
-	})
+	r.readRuns(o, r.snapRuns(top, o.lo, o.hi))
 }
