@@ -139,9 +139,18 @@ func (r *Replica) settleRegions(keys []RegionKey) {
 			if e.Kind != proto.BlockData {
 				continue
 			}
-			sum := crcOf(c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])
+			block := c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize]
+			sum := crcOf(block)
 			if sum != e.CRC {
-				fixes = append(fixes, proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockData, CRC: sum})
+				fix := proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockData, CRC: sum}
+				if allZero(block) {
+					// A block that settles to zeros is recorded as zeros,
+					// as the model records it: it reads the same, and it
+					// is not data a shrink would cut off.
+					fix = proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockZero}
+					l.zero.Add(e.BlockIndex)
+				}
+				fixes = append(fixes, fix)
 				if l == r.head() {
 					r.meta.Suspect = mergeExtent(r.meta.Suspect, proto.Extent{BlockIndex: e.BlockIndex, BlockCount: 1})
 				}
@@ -255,4 +264,14 @@ func (r *Replica) activeKeys() []RegionKey {
 		return keys[i].Region < keys[j].Region
 	})
 	return keys
+}
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
