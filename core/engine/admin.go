@@ -321,46 +321,24 @@ func (e *Engine) adminEverywhere(t *adminTask, req proto.Request) {
 		e.finishAdmin(t, nil, fmt.Errorf("%w: a rebuild is in progress", ErrBusy))
 		return
 	}
-	targets := e.writeTargets()
-	left, okCount := len(targets), 0
-	var refusal error
-	var refusers []proto.ReplicaID
-	for _, id := range targets {
-		e.send(id, req, func(rep proto.Reply) {
-			left--
-			switch rep.Status {
-			case proto.StatusOK:
-				okCount++
-			case proto.StatusNotFound:
-				refusal, refusers = fmt.Errorf("%w: %s", ErrNotFound, rep.Err), append(refusers, id)
-			case proto.StatusExists:
-				refusal, refusers = fmt.Errorf("%w: %s", ErrExists, rep.Err), append(refusers, id)
-			case proto.StatusInvalid:
-				refusal, refusers = fmt.Errorf("%w: %s", ErrInvalid, rep.Err), append(refusers, id)
-			default:
-				e.replicaFailed(id, fmt.Sprintf("%v: %v %s", req.Op, rep.Status, rep.Err))
+	e.sendAll(req, func(okCount int, refusal error, refusers []proto.ReplicaID) {
+		if okCount > 0 {
+			e.applyAdmin(req)
+		}
+		err := refusal
+		if err == nil && okCount == 0 {
+			err = fmt.Errorf("%w: %v failed on every replica", ErrIO, req.Op)
+		}
+		if refusal != nil && okCount > 0 {
+			// Some replicas did it, some refused: they disagree now.
+			// The refusing ones leave the set and are rebuilt.
+			for _, id := range refusers {
+				e.replicaFailed(id, fmt.Sprintf("refused %v that other replicas did", req.Op))
 			}
-			if left > 0 {
-				return
-			}
-			if okCount > 0 {
-				e.applyAdmin(req)
-			}
-			err := refusal
-			if err == nil && okCount == 0 {
-				err = fmt.Errorf("%w: %v failed on every replica", ErrIO, req.Op)
-			}
-			if refusal != nil && okCount > 0 {
-				// Some replicas did it, some refused: they disagree now.
-				// The refusing ones leave the set and are rebuilt.
-				for _, id := range refusers {
-					e.replicaFailed(id, fmt.Sprintf("refused %v that other replicas did", req.Op))
-				}
-				err = errors.Join(refusal, fmt.Errorf("replicas disagreed; the refusing ones will be rebuilt"))
-			}
-			e.finishAdmin(t, nil, err)
-		})
-	}
+			err = errors.Join(refusal, fmt.Errorf("replicas disagreed; the refusing ones will be rebuilt"))
+		}
+		e.finishAdmin(t, nil, err)
+	})
 }
 
 // applyAdmin updates the engine's view after a control request succeeded.

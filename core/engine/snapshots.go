@@ -123,8 +123,9 @@ func (e *Engine) mergeWindow(t *adminTask, from uint64) {
 }
 
 // sendAll sends req to every replica in the write set and calls then once
-// all answered: how many succeeded, the last refusal (not found, exists,
-// invalid) and who refused. Replicas that failed otherwise went ERR.
+// all answered (at once when there is none): how many succeeded, the
+// last refusal (not found, exists, invalid) and who refused. Replicas
+// that failed otherwise went ERR.
 func (e *Engine) sendAll(req proto.Request, then func(okCount int, refusal error, refusers []proto.ReplicaID)) {
 	targets := e.writeTargets()
 	left, okCount := len(targets), 0
@@ -142,6 +143,8 @@ func (e *Engine) sendAll(req proto.Request, then func(okCount int, refusal error
 				okCount++
 			case proto.StatusNotFound:
 				refusal, refusers = fmt.Errorf("%w: %s", ErrNotFound, rep.Err), append(refusers, id)
+			case proto.StatusExists:
+				refusal, refusers = fmt.Errorf("%w: %s", ErrExists, rep.Err), append(refusers, id)
 			case proto.StatusInvalid:
 				refusal, refusers = fmt.Errorf("%w: %s", ErrInvalid, rep.Err), append(refusers, id)
 			default:
