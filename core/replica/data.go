@@ -11,8 +11,12 @@ import (
 func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
 
 // resolve returns the newest layer holding block b, or nil.
-func (r *Replica) resolve(b uint64) *layer {
-	for i := len(r.layers) - 1; i >= 0; i-- {
+func (r *Replica) resolve(b uint64) *layer { return r.resolveAt(len(r.layers)-1, b) }
+
+// resolveAt returns the newest layer at or below index top holding block
+// b, or nil.
+func (r *Replica) resolveAt(top int, b uint64) *layer {
+	for i := top; i >= 0; i-- {
 		if r.layers[i].held.Contains(b) {
 			return r.layers[i]
 		}
@@ -29,10 +33,14 @@ type layerRun struct {
 // runsFor groups [lo, hi) into runs of blocks whose data lives in one layer;
 // blocks that read as zeros are skipped. The slice is scratch, valid until
 // the next call.
-func (r *Replica) runsFor(lo, hi uint64) []layerRun {
+func (r *Replica) runsFor(lo, hi uint64) []layerRun { return r.runsAt(len(r.layers)-1, lo, hi) }
+
+// runsAt is runsFor for the chain cut at layer index top (a snapshot's
+// view).
+func (r *Replica) runsAt(top int, lo, hi uint64) []layerRun {
 	runs := r.runBuf[:0]
 	for b := lo; b < hi; b++ {
-		l := r.resolve(b)
+		l := r.resolveAt(top, b)
 		if l == nil || l.zero.Contains(b) {
 			continue
 		}

@@ -20,34 +20,6 @@ func (r *Replica) newSnapRead(o *op) (*op, proto.Status, string) {
 	return o, proto.StatusOK, ""
 }
 
-// resolveAt returns the newest layer at or below index top holding block b.
-func (r *Replica) resolveAt(top int, b uint64) *layer {
-	for i := top; i >= 0; i-- {
-		if r.layers[i].held.Contains(b) {
-			return r.layers[i]
-		}
-	}
-	return nil
-}
-
-// snapRuns groups [lo, hi) into runs of blocks whose data lives in one
-// layer at or below top; blocks that read as zeros are skipped.
-func (r *Replica) snapRuns(top int, lo, hi uint64) []layerRun {
-	var runs []layerRun
-	for b := lo; b < hi; b++ {
-		l := r.resolveAt(top, b)
-		if l == nil || l.zero.Contains(b) {
-			continue
-		}
-		if n := len(runs); n > 0 && runs[n-1].l == l && runs[n-1].start+runs[n-1].n == b {
-			runs[n-1].n++
-			continue
-		}
-		runs = append(runs, layerRun{l: l, start: b, n: 1})
-	}
-	return runs
-}
-
 func (r *Replica) runSnapRead(o *op) {
 	req := o.req
 	// A delete or revert queued before this op (both barriers) may have
@@ -57,5 +29,5 @@ func (r *Replica) runSnapRead(o *op) {
 		r.fails(o, proto.StatusNotFound, "snap-read: no snapshot %q", req.Name)
 		return
 	}
-	r.readRuns(o, r.snapRuns(top, o.lo, o.hi))
+	r.readRuns(o, r.runsAt(top, o.lo, o.hi))
 }
