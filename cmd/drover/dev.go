@@ -12,7 +12,6 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -115,13 +114,7 @@ func runDev(cmd *cobra.Command, dataDir, volume string, sizeBytes uint64, contro
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 		fmt.Fprintf(out, "replica %s in %s\n", id, dir)
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
-		r := runners[addr]
-		if r == nil {
-			return nil, fmt.Errorf("dev: no in-process replica %q", addr)
-		}
-		return replicarun.NewLocalLink(r, h), nil
-	}
+	cfg.Dial = replicarun.LocalDialer(runners)
 	return runEngine(cmd.Context(), out, cfg, controlAddr, frontends)
 }
 

@@ -22,7 +22,6 @@ import (
 	"github.com/drover-io/drover/frontends/iscsi"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/filestore"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -54,13 +53,7 @@ func droverVolume(t *testing.T, n int, sizeBytes uint64) device.Device {
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
-		r := runners[addr]
-		if r == nil {
-			return nil, fmt.Errorf("no in-process replica %q", addr)
-		}
-		return replicarun.NewLocalLink(r, h), nil
-	}
+	cfg.Dial = replicarun.LocalDialer(runners)
 	d, err := enginerun.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -26,9 +25,7 @@ func engineVolume(t *testing.T, sizeBytes uint64) *enginerun.Volume {
 	cfg := enginerun.Config{
 		Volume: "nbd-test",
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Dial: func(addr string, h link.Handler) (link.Link, error) {
-			return replicarun.NewLocalLink(runners[addr], h), nil
-		},
+		Dial:   replicarun.LocalDialer(runners),
 	}
 	for _, id := range []string{"r1", "r2", "r3"} {
 		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: sizeBytes},

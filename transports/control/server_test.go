@@ -18,7 +18,6 @@ import (
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -39,9 +38,7 @@ func newTestServer(t *testing.T) controlpb.ControlClient {
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
-		return replicarun.NewLocalLink(runners[addr], h), nil
-	}
+	cfg.Dial = replicarun.LocalDialer(runners)
 	d, err := enginerun.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/filestore"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -76,9 +75,7 @@ func newFileVolume(b *testing.B, n int, sizeBytes uint64, overTCP bool, tweak ..
 		addrs[addr] = id
 		cfg.Replicas = append(cfg.Replicas, Replica{ID: proto.ReplicaID(id), Addr: addr})
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
-		return replicarun.NewLocalLink(runners[addr], h), nil
-	}
+	cfg.Dial = replicarun.LocalDialer(runners)
 	if overTCP {
 		cfg.Dial = tcp.Dial
 	}

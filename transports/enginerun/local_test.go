@@ -11,7 +11,6 @@ import (
 	"github.com/drover-io/drover/core/memstore"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -32,9 +31,7 @@ func newLocalVolume(tb testing.TB, n int, sizeBytes uint64) *Volume {
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
-		return replicarun.NewLocalLink(runners[addr], h), nil
-	}
+	cfg.Dial = replicarun.LocalDialer(runners)
 	d, err := New(cfg)
 	if err != nil {
 		tb.Fatalf("new driver: %v", err)

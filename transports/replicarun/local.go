@@ -1,6 +1,7 @@
 package replicarun
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/drover-io/drover/core/proto"
@@ -44,6 +45,20 @@ func NewLocalLink(r *Runner, h link.Handler) link.Link {
 		l.onDown(ErrClosed)
 	}
 	return l
+}
+
+// LocalDialer dials the Runners of this process by name: the link.Dialer
+// of an engine whose replicas run beside it (drover dev, benches, tests).
+// An address that names no Runner is an error. Runners added to the map
+// later are found too; the map must not change while the engine dials.
+func LocalDialer(runners map[string]*Runner) link.Dialer {
+	return func(addr string, h link.Handler) (link.Link, error) {
+		r := runners[addr]
+		if r == nil {
+			return nil, fmt.Errorf("no in-process replica %q", addr)
+		}
+		return NewLocalLink(r, h), nil
+	}
 }
 
 // Send implements link.Link.

@@ -20,7 +20,6 @@ import (
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/filestore"
-	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -89,13 +88,7 @@ func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(),
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
-	cfg.Dial = func(addr string, h link.Handler) (link.Link, error) {
-		r := runners[addr]
-		if r == nil {
-			return nil, fmt.Errorf("no in-process replica %q", addr)
-		}
-		return replicarun.NewLocalLink(r, h), nil
-	}
+	cfg.Dial = replicarun.LocalDialer(runners)
 	return e.startEngine(ctx, cfg, closers, closeAll)
 }
 
