@@ -44,23 +44,29 @@ const benchRebuildLong = `Measure rebuilds on one disk, against fio on the same 
     catch-up copied, as a share of the volume (goal <= 15%).`
 
 type rebuildBenchReport struct {
-	Dir                 string  `json:"dir"`
-	FS                  string  `json:"fs"`
-	SizeBytes           uint64  `json:"size_bytes"`
-	FioEngine           string  `json:"fio_engine"`
-	FioReadMBps         float64 `json:"fio_read_mbps"`
-	FioWriteMBps        float64 `json:"fio_write_mbps"`
-	FioCopyMBps         float64 `json:"fio_copy_mbps"`
-	RebuildSeconds      float64 `json:"rebuild_seconds"`
-	RebuildMBps         float64 `json:"rebuild_mbps"`
-	RebuildCopiedBytes  uint64  `json:"rebuild_copied_bytes"`
-	RebuildRatio        float64 `json:"rebuild_ratio"`
-	ChangedBlocks       uint64  `json:"changed_blocks"`
-	CatchUpCopiedBytes  uint64  `json:"catchup_copied_bytes"`
-	CatchUpFraction     float64 `json:"catchup_fraction"`
-	CatchUpSeconds      float64 `json:"catchup_seconds"`
-	RebuildRatioGoalMet bool    `json:"rebuild_ratio_goal_met"`
-	CatchUpGoalMet      bool    `json:"catchup_goal_met"`
+	Dir                string  `json:"dir"`
+	FS                 string  `json:"fs"`
+	SizeBytes          uint64  `json:"size_bytes"`
+	FioEngine          string  `json:"fio_engine"`
+	FioReadMBps        float64 `json:"fio_read_mbps"`
+	FioWriteMBps       float64 `json:"fio_write_mbps"`
+	FioCopyMBps        float64 `json:"fio_copy_mbps"`
+	RebuildSeconds     float64 `json:"rebuild_seconds"`
+	RebuildMBps        float64 `json:"rebuild_mbps"`
+	RebuildCopiedBytes uint64  `json:"rebuild_copied_bytes"`
+	RebuildRatio       float64 `json:"rebuild_ratio"`
+	// RebuildCPU is the CPU time (user+system) each process spent during
+	// the full rebuild, in ns per byte of the volume: the source and target
+	// replica processes, and this one (the engine).
+	RebuildCPUSourceNsPerByte float64 `json:"rebuild_cpu_source_ns_per_byte"`
+	RebuildCPUTargetNsPerByte float64 `json:"rebuild_cpu_target_ns_per_byte"`
+	RebuildCPUEngineNsPerByte float64 `json:"rebuild_cpu_engine_ns_per_byte"`
+	ChangedBlocks             uint64  `json:"changed_blocks"`
+	CatchUpCopiedBytes        uint64  `json:"catchup_copied_bytes"`
+	CatchUpFraction           float64 `json:"catchup_fraction"`
+	CatchUpSeconds            float64 `json:"catchup_seconds"`
+	RebuildRatioGoalMet       bool    `json:"rebuild_ratio_goal_met"`
+	CatchUpGoalMet            bool    `json:"catchup_goal_met"`
 }
 
 func newBenchRebuildCmd() *cobra.Command {
@@ -105,6 +111,9 @@ func (r *rebuildBenchReport) table() string {
 		r.FioEngine, r.FioReadMBps, r.FioWriteMBps, r.FioCopyMBps)
 	fmt.Fprintf(&b, "  full rebuild over loopback TCP: %.1f s, %.0f MB/s, copied %s: %.2fx the reference (goal >= 0.8: %s)\n",
 		r.RebuildSeconds, r.RebuildMBps, formatSize(r.RebuildCopiedBytes), r.RebuildRatio, metWord(r.RebuildRatioGoalMet))
+	fmt.Fprintf(&b, "  full rebuild CPU per byte: source %.2f ns, engine %.2f ns, target %.2f ns (total %.2f ns)\n",
+		r.RebuildCPUSourceNsPerByte, r.RebuildCPUEngineNsPerByte, r.RebuildCPUTargetNsPerByte,
+		r.RebuildCPUSourceNsPerByte+r.RebuildCPUEngineNsPerByte+r.RebuildCPUTargetNsPerByte)
 	fmt.Fprintf(&b, "  catch-up after %d of %d blocks (10%%) changed: copied %d bytes = %.2f%% of the volume in %.1f s (goal <= 15%%: %s)\n",
 		r.ChangedBlocks, r.SizeBytes/proto.BlockSize, r.CatchUpCopiedBytes, 100*r.CatchUpFraction, r.CatchUpSeconds, metWord(r.CatchUpGoalMet))
 	return b.String()
@@ -154,11 +163,16 @@ func benchRebuild(ctx context.Context, progress io.Writer, exe, dir string, size
 	}
 
 	fmt.Fprintln(progress, "full rebuild of r2")
+	pids := []int{src.cmd.Process.Pid, os.Getpid(), dst.cmd.Process.Pid}
+	cpu0 := processesCPU(pids)
 	t0 := time.Now()
 	if err := d.AddReplica(ctx, enginerun.Replica{ID: "r2", Addr: dst.addr}); err != nil {
 		return nil, fmt.Errorf("full rebuild: %w", err)
 	}
 	took := time.Since(t0)
+	cpu1 := processesCPU(pids)
+	perByte := func(i int) float64 { return float64(cpu1[i]-cpu0[i]) / float64(sizeBytes) }
+	rep.RebuildCPUSourceNsPerByte, rep.RebuildCPUEngineNsPerByte, rep.RebuildCPUTargetNsPerByte = perByte(0), perByte(1), perByte(2)
 	info, err := d.Info(ctx)
 	if err != nil {
 		return nil, err
@@ -197,6 +211,15 @@ func benchRebuild(ctx context.Context, progress io.Writer, exe, dir string, size
 	rep.CatchUpFraction = float64(rep.CatchUpCopiedBytes) / float64(sizeBytes)
 	rep.CatchUpGoalMet = rep.CatchUpFraction <= 0.15
 	return rep, nil
+}
+
+// processesCPU returns each pid's CPU time so far (0 for one that is gone).
+func processesCPU(pids []int) []time.Duration {
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		out[i], _ = nbdbench.ProcessCPU(pid)
+	}
+	return out
 }
 
 // benchReplica is one `drover replica` process on a fixed port.

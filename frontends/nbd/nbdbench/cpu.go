@@ -12,8 +12,9 @@ import (
 // times (100 on every Linux architecture Go supports).
 const clockTicks = 100
 
-// processCPU returns the user+system CPU time pid has used so far.
-func processCPU(pid int) (time.Duration, error) {
+// ProcessCPU returns the user+system CPU time pid has used so far (the
+// rebuild bench sums it over its processes too).
+func ProcessCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -42,7 +43,7 @@ func processCPU(pid int) (time.Duration, error) {
 func serversCPU(pids []int) time.Duration {
 	var total time.Duration
 	for _, pid := range pids {
-		if d, err := processCPU(pid); err == nil {
+		if d, err := ProcessCPU(pid); err == nil {
 			total += d
 		}
 	}
