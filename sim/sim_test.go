@@ -31,9 +31,8 @@ func seedCount(t *testing.T) uint64 {
 // written down (issue notes); TestSeeds reports them without failing, and
 // says so when one starts passing. Anything else that fails is new.
 var knownFailing = map[string]string{
-	"swarm/989": "activity-log limitation: bit rot plus power loss where every copy of the block was settled; garbage after recovery",
-	"swarm/151": "NOT UNDERSTOOD YET: durability check fails at the era boundary after the volume faulted (no healthy replica left) and healed; first thing to investigate next session",
-	"all/2":     "activity-log limitation, as swarm/989: bit rot struck block 4 on r1, a crash left r1 the only current replica at the next open, so its settled rotted copy was kept (seen once rebuilds copy 8 runs at a time)",
+	// swarm/989 and all/2 (the activity-log limitation) pass since the
+	// open corroborates settled copies; swarm/151 passes since session 2.
 }
 
 // TestSeeds runs many swarm seeds (every fault knob drawn from the seed)
@@ -116,6 +115,8 @@ func TestRegressionSeeds(t *testing.T) {
 		{178, "swarm", 2000, "the lost replica became the lowest-named of a two-member membership after the engine dropped another first: no engine could open (the simulator now loses the highest-named)"},
 		{784, "swarm", 2000, "a takeover fenced an engine with a revert in flight; the revert's outcome had no era boundary (simulator)"},
 		{867, "swarm", 2000, "a revert task whose engine died during its shrink waited forever for the revert it then sent to the dead engine (simulator)"},
+		{989, "swarm", 2000, "bit rot in an active region and a crash: every current replica settled block 1, and the source's rotted copy was kept; a copy another replica holds byte for byte is now preferred"},
+		{110, "all", 2000, "as 989: the source's rotted block 7 was copied over a current replica's good one, which a stale replica held too"},
 		{324, "snap", 2000, "a revert that failed (volume faulted) after one replica took it: the engine died before the read deciding the outcome, and the next boundary did not allow the snapshot's values (simulator)"},
 	}
 	for _, c := range cases {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"fmt"
 	"sort"
 	"strings"
@@ -215,12 +216,15 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 	run := sync.run
 	if !e.cfg.Bugs.SkipResyncOnReopen {
 		run = func(done func(string)) {
-			e.repairSuspects(t, current, suspectDonors(t, current), func(err string) {
-				if err != "" {
-					done(err)
-					return
-				}
-				sync.run(done)
+			donors, unsure := suspectDonors(t, current)
+			e.corroborate(t, current, unsure, donors, func(donors []donor) {
+				e.repairSuspects(t, current, donors, func(err string) {
+					if err != "" {
+						done(err)
+						return
+					}
+					sync.run(done)
+				})
 			})
 		}
 	}
@@ -304,22 +308,84 @@ type donor struct {
 // suspectDonors finds, for every block the source (current[0]) settled by
 // recomputing its checksum, a current replica that did not have to: its
 // copy is whole and verified, while the source's may be bit rot the settle
-// could not tell from an unsynced overwrite. Blocks settled everywhere
-// keep the source's copy (each is some whole write).
-func suspectDonors(t *openTask, current []proto.ReplicaID) []donor {
+// could not tell from an unsynced overwrite. Blocks every current replica
+// settled are returned as unsure, for corroborate.
+func suspectDonors(t *openTask, current []proto.ReplicaID) (donors []donor, unsure []uint64) {
 	src := t.fenced[current[0]]
-	var out []donor
 	for _, x := range src.Suspect {
 		for b := x.BlockIndex; b < x.BlockIndex+x.BlockCount; b++ {
+			found := false
 			for _, id := range current[1:] {
 				if !inExtents(t.fenced[id].Suspect, b) {
-					out = append(out, donor{block: b, from: id})
+					donors = append(donors, donor{block: b, from: id})
+					found = true
 					break
 				}
 			}
+			if !found {
+				unsure = append(unsure, b)
+			}
 		}
 	}
-	return out
+	return donors, unsure
+}
+
+// corroborate picks a copy for each block every current replica had to
+// settle. Each settled copy is some whole write or bit rot, and the
+// settle cannot tell which; but rot never makes the same bytes twice, so
+// a current copy that another fenced replica (current or not) holds byte
+// for byte is a write. The first current replica (in order) whose copy is
+// corroborated is the donor; the source keeps its own when it is, or when
+// none is (then the block stays the known activity-log limitation). Sim
+// seed all/110: the source's rotted copy was copied over a current
+// replica's good one, which a stale replica held too.
+func (e *Engine) corroborate(t *openTask, current []proto.ReplicaID, blocks []uint64, donors []donor, done func([]donor)) {
+	if e.opening != t {
+		return
+	}
+	if len(blocks) == 0 {
+		done(donors)
+		return
+	}
+	b := blocks[0]
+	var ids []proto.ReplicaID
+	for id := range t.fenced {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	copies := map[proto.ReplicaID][]byte{}
+	left := len(ids)
+	decide := func() {
+		for _, c := range current {
+			mine, ok := copies[c]
+			if !ok {
+				continue
+			}
+			for _, o := range ids {
+				if theirs, ok := copies[o]; ok && o != c && bytes.Equal(mine, theirs) {
+					if c != current[0] {
+						donors = append(donors, donor{block: b, from: c})
+					}
+					e.corroborate(t, current, blocks[1:], donors, done)
+					return
+				}
+			}
+		}
+		e.corroborate(t, current, blocks[1:], donors, done)
+	}
+	for _, id := range ids {
+		e.send(id, proto.Request{Op: proto.OpRead, BlockIndex: b, BlockCount: 1}, func(rep proto.Reply) {
+			if e.opening != t {
+				return
+			}
+			if rep.Status == proto.StatusOK && len(rep.Data) == proto.BlockSize {
+				copies[id] = append([]byte(nil), rep.Data...)
+			}
+			if left--; left == 0 {
+				decide()
+			}
+		})
+	}
 }
 
 func inExtents(list []proto.Extent, b uint64) bool {
