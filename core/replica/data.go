@@ -315,9 +315,13 @@ func (r *Replica) runLayerBlocks(o *op) {
 	})
 }
 
+// runLayerRead serves a rebuild's (or resync's) read of one layer. It is
+// read once, in large runs, mostly from disk: Uncached lets the store
+// read it around the page cache.
 func (r *Replica) runLayerRead(o *op) {
 	l, _ := r.layerByName(o.req.Name)
-	r.issue(store.IO{Kind: store.ReadData, Layer: l.meta.ID, BlockIndex: o.lo, BlockCount: o.hi - o.lo}, func(c store.Completion) {
+	io := store.IO{Kind: store.ReadData, Layer: l.meta.ID, BlockIndex: o.lo, BlockCount: o.hi - o.lo, Uncached: true}
+	r.issue(io, func(c store.Completion) {
 		defer r.finish(o)
 		if c.Err != store.OK {
 			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", l.meta.ID, c.Err, c.Detail)

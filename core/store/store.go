@@ -84,6 +84,10 @@ type IO struct {
 	Entries    []proto.BlockState
 	FlushedSeq uint64
 	Meta       []byte
+	// Uncached marks a ReadData as a one-off read of much data that no
+	// one is likely to read again soon (a rebuild source's): the store may
+	// read it around its cache. The result is the same either way.
+	Uncached bool
 }
 
 // Err classifies a failed IO.

@@ -75,7 +75,10 @@ func TestMatchesMemstore(t *testing.T) {
 			case 7:
 				io = store.IO{Kind: rapid.SampledFrom([]store.Kind{store.SyncData, store.SyncIndex}).Draw(rt, "sync"), Layer: id}
 			case 8:
-				io = store.IO{Kind: store.ReadData, Layer: id, BlockIndex: b, BlockCount: n}
+				// Up to 64 blocks: uncached reads of 16 or more go around
+				// the page cache.
+				n = rapid.Uint64Range(1, min(64, blocks-b)).Draw(rt, "read count")
+				io = store.IO{Kind: store.ReadData, Layer: id, BlockIndex: b, BlockCount: n, Uncached: rapid.Bool().Draw(rt, "uncached")}
 			case 9:
 				io = store.IO{Kind: store.ReadIndex, Layer: id, BlockIndex: rapid.Uint64Range(0, b).Draw(rt, "lo"), BlockCount: blocks}
 			case 10:
@@ -300,5 +303,41 @@ func TestNoSpace(t *testing.T) {
 	d := s.Execute(store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: 3000, BlockCount: 64})
 	if !bytes.Equal(d.Data, fill(0, 64)) {
 		t.Fatal("a failed write left data behind")
+	}
+}
+
+// TestUncachedReadsMatch: reads around the page cache (O_DIRECT) return
+// what cached reads do — written blocks, holes, blocks past the end of the
+// file, and writes not yet synced — on the test's disk.
+func TestUncachedReadsMatch(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	exec := func(io store.IO) store.Completion {
+		t.Helper()
+		c := s.Execute(io)
+		if c.Err != store.OK {
+			t.Fatalf("%v: %v %s", io.Kind, c.Err, c.Detail)
+		}
+		return c
+	}
+	exec(store.IO{Kind: store.CreateLayer, Layer: 1})
+	exec(store.IO{Kind: store.WriteData, Layer: 1, BlockIndex: 0, Data: fill(1, 40)})
+	exec(store.IO{Kind: store.SyncData, Layer: 1})
+	exec(store.IO{Kind: store.WriteData, Layer: 1, BlockIndex: 8, Data: fill(2, 4)}) // not synced
+	exec(store.IO{Kind: store.PunchHole, Layer: 1, BlockIndex: 20, BlockCount: 3})
+	for _, r := range []struct{ at, n uint64 }{{0, 64}, {8, 16}, {30, 100}, {1, 16}} {
+		read := store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: r.at, BlockCount: r.n}
+		want := exec(read)
+		read.Uncached = true
+		if got := exec(read); !reflect.DeepEqual(got, want) {
+			t.Fatalf("uncached read of [%d,+%d) differs:\n got %+v\nwant %+v", r.at, r.n, summarize(got), summarize(want))
+		}
+	}
+	l, err := s.layer(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.direct == nil || l.noDirect {
+		t.Logf("O_DIRECT not used on %s (%s): reads fell back to the page cache", s.Dir(), "this file system")
 	}
 }
