@@ -51,11 +51,14 @@ type Knobs struct {
 	// disk is gone) while a spare is free, so it must be replaced.
 	Spares      int
 	LoseEveryUs int64
+	// IdleEveryUs: mean gap between idle windows, in which clients stop
+	// and a member dies with no IO flowing (idle.go).
+	IdleEveryUs int64
 	FaultsUs    int64 // faults stop (heal) at this virtual time at the latest
 }
 
 // Profiles lists the fault profiles by name.
-var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "all", "swarm"}
+var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "idle", "all", "swarm"}
 
 func baseKnobs() Knobs {
 	return Knobs{Replicas: 3, MinHealthy: 1, SizeBlocks: 256, HotBlocks: 32, Clients: 4, MaxBlocks: 4, ThinkUs: 2000,
@@ -91,6 +94,8 @@ func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
 	case "replace":
 		k.Spares, k.LoseEveryUs, k.ReplicaCrashEveryUs, k.DropPerMillion = 2, 100_000, 400_000, 200
 		k.SnapshotEveryUs, k.EngineCrashEveryUs = 200_000, 600_000
+	case "idle":
+		k.Spares, k.IdleEveryUs = 1, 300_000
 	case "swarm":
 		k = swarm(rng)
 	default:
@@ -175,6 +180,16 @@ func swarmReplace(k *Knobs, seed uint64) {
 	k.LoseEveryUs = int64(150_000 + rng.IntN(600_000))
 }
 
+// swarmIdle turns idle windows on for some swarm runs, drawn from their
+// own PRNG for the same reason as swarmReplace.
+func swarmIdle(k *Knobs, seed uint64) {
+	rng := newRNG(seed ^ 0x69646c65)
+	if k.Replicas < 2 || rng.IntN(100) >= 25 {
+		return
+	}
+	k.IdleEveryUs = int64(300_000 + rng.IntN(900_000))
+}
+
 // String lists the knobs that are on, for failure reports.
 func (k Knobs) String() string {
 	parts := []string{fmt.Sprintf("replicas=%d clients=%d hot=%d maxblocks=%d net=%d±%dus disk=%dus",
@@ -204,6 +219,7 @@ func (k Knobs) String() string {
 	add("revert-every-us", k.RevertEveryUs)
 	add("spares", int64(k.Spares))
 	add("lose-every-us", k.LoseEveryUs)
+	add("idle-every-us", k.IdleEveryUs)
 	sort.Strings(parts[1:])
 	return strings.Join(parts, " ")
 }

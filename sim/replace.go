@@ -40,7 +40,7 @@ func isMember(info engine.VolumeInfo, id proto.ReplicaID) bool {
 // quorum rule), so a good copy of every block always remains.
 func (s *Sim) lose() {
 	en := s.current()
-	if !en.alive || !en.e.Serving() || s.hist.pausing {
+	if !en.alive || !en.e.Serving() || s.hist.pausing || s.idling != nil {
 		return
 	}
 	info := en.e.Info()

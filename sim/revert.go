@@ -27,7 +27,7 @@ type revertTask struct {
 
 func (s *Sim) revert() {
 	h := s.hist
-	if h.pausing || s.revertTask != nil || !s.current().alive || !s.current().e.Serving() {
+	if h.pausing || s.revertTask != nil || s.idling != nil || !s.current().alive || !s.current().e.Serving() {
 		return
 	}
 	t := &revertTask{s: s, en: s.current(), name: fmt.Sprintf("rv%d", s.steps)}

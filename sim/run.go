@@ -54,6 +54,7 @@ func (s *Sim) scheduleFaults() {
 	s.every(k.ExpandEveryUs, s.expand)
 	s.every(k.RevertEveryUs, s.revert)
 	s.every(k.LoseEveryUs, s.lose)
+	s.every(k.IdleEveryUs, s.idle)
 	s.watchdog()
 }
 

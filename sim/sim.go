@@ -110,6 +110,7 @@ type Sim struct {
 	removing       bool
 	reverting      *revertTask // clients wait while set
 	revertTask     *revertTask // the revert in progress, paused or not
+	idling         *idleWindow // clients wait while set
 	healed         bool
 	healAt         int64
 	stopped        bool
@@ -132,6 +133,7 @@ func Run(opt Options) *Result {
 	}
 	if opt.Profile == "swarm" {
 		swarmReplace(&knobs, opt.Seed)
+		swarmIdle(&knobs, opt.Seed)
 	}
 	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{}}
 	s.hist = newHistory(s)

@@ -76,7 +76,7 @@ func (c *client) next() {
 		s.clientDone()
 		return
 	}
-	if h.pausing || s.reverting != nil {
+	if h.pausing || s.reverting != nil || s.idling != nil {
 		s.after(2000, c.next)
 		return
 	}

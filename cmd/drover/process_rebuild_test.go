@@ -141,7 +141,7 @@ func TestProcessRebuildResumeAndReplace(t *testing.T) {
 
 	// 1. r2's disk is replaced: a full rebuild, killed midway, resumes.
 	c.replicas[1].kill()
-	l.write() // an idle engine does not notice a dead replica (heartbeat failures are ignored)
+	l.write() // noticed at once (heartbeats would take the replica timeout)
 	c.waitModes("r2 ERR after kill -9", "RW", "ERR", "RW")
 	if err := os.RemoveAll(c.dirs[1]); err != nil {
 		t.Fatal(err)
@@ -218,4 +218,44 @@ func TestProcessRebuildResumeAndReplace(t *testing.T) {
 		}
 	}
 	c.replicas[1].stop()
+}
+
+// TestProcessIdleReplicaReplaced: an engine with no IO at all notices a
+// replica killed with SIGKILL through its heartbeats (ERR after the
+// replica timeout), and replaces it with the spare s1 (--spares,
+// --replace-after), rebuilt in while still nothing is written or read.
+func TestProcessIdleReplicaReplaced(t *testing.T) {
+	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	c := newCluster(t, 16<<20, addrs, make([][]string, 3))
+	s1Addr, s1Dir := freeAddr(t), filepath.Join(t.TempDir(), "s1")
+	s1 := start(t, "s1", nil, "replica", "--dir", s1Dir, "--listen", s1Addr, "--id", "s1", "--size", fmt.Sprint(c.size))
+	c.startEngine("--spares", "s1="+s1Addr, "--replace-after", "1s")
+	l := newLoad(c.volumeClient, 11)
+	for i := 0; i < 40; i++ {
+		l.write()
+	}
+	l.flush()
+
+	c.replicas[2].kill() // no IO from here until s1 is RW
+	c.waitMembers("s1 in r3's place with no IO", map[string]string{"r1": "RW", "r2": "RW", "s1": "RW"})
+	info, err := c.volumeInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(info.GetRemoved(), "r3") {
+		t.Errorf("r3 not recorded as removed: %v", info.GetRemoved())
+	}
+	l.verify("after s1 replaced r3 on an idle volume")
+
+	c.engine.stop()
+	want := sha(l.want)
+	for _, r := range []struct {
+		p   *proc
+		dir string
+	}{{c.replicas[0], c.dirs[0]}, {c.replicas[1], c.dirs[1]}, {s1, s1Dir}} {
+		r.p.stop()
+		if sum := strings.Fields(runDrover(t, "replica", "checksum", "--dir", r.dir))[0]; sum != want {
+			t.Errorf("replica in %s: checksum %s, want %s (the written content)", r.dir, sum, want)
+		}
+	}
 }

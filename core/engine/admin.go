@@ -206,8 +206,18 @@ func (e *Engine) adminReply(t *adminTask, rep *AdminReply, err error) {
 }
 
 // finishAdmin replies to the running admin task and lets the next run.
+// A success waits while a membership change is pending, as a write's
+// acknowledgement does: a replica that failed the task is leaving the set,
+// and until that is recorded an engine opening from it could undo what
+// was acknowledged (sim swarm seed 923: a revert acknowledged while the
+// replica that missed it was still RW in the committed membership; the
+// change then failed, and the next engine opened from that replica).
 func (e *Engine) finishAdmin(t *adminTask, rep *AdminReply, err error) {
 	if len(e.admin) == 0 || e.admin[0] != t {
+		return
+	}
+	if err == nil && e.change != nil {
+		e.parkedAdmin = append(e.parkedAdmin, func() { e.finishAdmin(t, rep, nil) })
 		return
 	}
 	e.admin = e.admin[1:]

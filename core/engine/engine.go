@@ -132,6 +132,7 @@ type Bugs struct {
 	NoQuorumOpen       bool // serve after fencing any single replica
 	ReadStaleReplicas  bool // serve reads from WO replicas too
 	SkipResyncOnReopen bool // ignore replicas' recovered regions
+	IgnoreHeartbeats   bool // heartbeat failures leave a replica RW
 }
 
 // Request is a frontend IO.
@@ -207,6 +208,10 @@ type member struct {
 	downSince int64
 	// unreachable: the last attempt to rebuild it found it not answering.
 	unreachable bool
+	// silent: its heartbeats have failed (timed out or found no
+	// connection) since silentSince, with no answer at our epoch since.
+	silent      bool
+	silentSince int64
 	info        *proto.Info
 }
 
@@ -270,6 +275,8 @@ type Engine struct {
 	waiting []*fop
 	running []*fop
 	parked  []*fop // writes whose acknowledgement waits for a membership commit
+	// parkedAdmin: admin successes waiting for a membership commit.
+	parkedAdmin []func()
 
 	change  *memberChange
 	admin   []*adminTask
@@ -463,7 +470,7 @@ func (e *Engine) failAll(err error) {
 			e.replyFrontend(f.req.ID, err, nil)
 		}
 	}
-	e.running, e.waiting, e.parked = nil, nil, nil
+	e.running, e.waiting, e.parked, e.parkedAdmin = nil, nil, nil, nil
 	for _, a := range e.admin {
 		e.adminReply(a, nil, err)
 	}
@@ -575,6 +582,7 @@ func (e *Engine) noteContact(from proto.ReplicaID, c *call, rep proto.Reply) {
 		return
 	}
 	m.lastOK = max(m.lastOK, c.sent)
+	m.silent = false
 }
 
 // leaseValid reports whether reads may be served: a quorum of the
@@ -591,8 +599,9 @@ func (e *Engine) leaseValid() bool {
 }
 
 // heartbeat keeps the read lease fresh while IO is idle: an Info to every
-// RW replica a few times per lease (its reply also tells whether a newer
-// engine fenced it).
+// RW replica a few times per lease. Its reply also tells whether a newer
+// engine fenced the replica (Step fences this engine then) and whether the
+// replica is still the one this engine opened (onHeartbeat).
 func (e *Engine) heartbeat() {
 	if e.now-e.lastBeat < max(e.cfg.LeaseTicks/4, 1) {
 		return
@@ -600,7 +609,60 @@ func (e *Engine) heartbeat() {
 	e.lastBeat = e.now
 	for _, m := range e.sortedMembers() {
 		if m.mode == ModeRW {
-			e.send(m.id, proto.Request{Op: proto.OpInfo}, func(proto.Reply) {})
+			id, sent := m.id, e.now
+			e.send(id, proto.Request{Op: proto.OpInfo}, func(rep proto.Reply) { e.onHeartbeat(id, sent, rep) })
 		}
 	}
+}
+
+// onHeartbeat takes an RW replica out of the set when its heartbeat shows
+// it failed, as a failed write would, so that an idle volume starts its
+// rebuild or replacement too. A replica that answers but has failed,
+// restarted (it may have lost unsynced writes), or is at another epoch is
+// out at once; one that does not answer (timeouts, a lost connection) is
+// out once it has answered nothing for TimeoutTicks, the bound a write
+// has, so a connection that drops and comes straight back costs nothing.
+func (e *Engine) onHeartbeat(id proto.ReplicaID, sent int64, rep proto.Reply) {
+	m := e.members[id]
+	if m == nil || m.mode != ModeRW || e.phase != phaseServing || e.cfg.Bugs.IgnoreHeartbeats {
+		return
+	}
+	var why string
+	switch {
+	case rep.Status == proto.StatusUnreachable:
+		if !m.silent {
+			m.silent, m.silentSince = true, sent
+		}
+		if e.now-m.silentSince < e.cfg.TimeoutTicks {
+			return
+		}
+		why = fmt.Sprintf("heartbeat: no answer for %d ticks (%s)", e.now-m.silentSince, rep.Err)
+	case rep.Status != proto.StatusOK || rep.Info == nil:
+		why = fmt.Sprintf("heartbeat: %v %s", rep.Status, rep.Err)
+	case rep.Info.Epoch != e.epoch || !rep.Info.Opened:
+		why = fmt.Sprintf("heartbeat: restarted since it was opened (epoch %d, opened %v)", rep.Info.Epoch, rep.Info.Opened)
+	default:
+		return
+	}
+	if !e.canDrop(id) {
+		return
+	}
+	e.replicaFailed(id, why)
+}
+
+// canDrop reports whether an RW replica can leave the set without
+// faulting the volume: the rest still meet MinHealthy and are a quorum of
+// the committed membership (and of its predecessor, while that counts).
+// A heartbeat drops a replica only then: no write is at stake, so
+// faulting the volume would gain nothing — a write finds the replica's
+// failure itself, and reads already need the lease.
+func (e *Engine) canDrop(id proto.ReplicaID) bool {
+	if e.rwCount()-1 < e.cfg.MinHealthy {
+		return false
+	}
+	rest := func(x proto.ReplicaID) bool {
+		m := e.members[x]
+		return x != id && m != nil && m.mode == ModeRW
+	}
+	return quorumWhere(e.committed, rest) && (e.committedPrev == nil || quorumWhere(e.committedPrev, rest))
 }

@@ -119,7 +119,7 @@ func (m *member) setDown(now int64) {
 
 // setRW makes a member RW.
 func (m *member) setRW() {
-	m.mode, m.why, m.down, m.unreachable = ModeRW, "", false, false
+	m.mode, m.why, m.down, m.unreachable, m.silent = ModeRW, "", false, false, false
 }
 
 // tombstone records that id was removed or replaced: no engine may
@@ -280,5 +280,10 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 	e.parked = nil
 	for _, f := range parked {
 		e.finishWrite(f)
+	}
+	parkedAdmin := e.parkedAdmin
+	e.parkedAdmin = nil
+	for _, fn := range parkedAdmin {
+		fn()
 	}
 }

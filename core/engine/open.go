@@ -140,7 +140,7 @@ func (e *Engine) decide(t *openTask) {
 	// serve nothing until it has run out.
 	e.quietUntil = e.now + e.cfg.LeaseTicks + 1
 	for _, m := range e.members {
-		m.lastOK = 0
+		m.lastOK, m.silent = 0, false
 	}
 	for _, m := range e.sortedMembers() {
 		m.mode, m.info = ModeWO, t.fenced[m.id]

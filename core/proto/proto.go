@@ -295,6 +295,10 @@ type Info struct {
 	Membership    *Membership
 	ActiveRegions uint32 // regions that may hold torn unflushed writes
 	Dirty         bool   // it crashed with unsettled regions (needs OpSettle)
+	// Opened: an engine opened it in this incarnation (at Epoch). A
+	// replica restarted since may have lost unsynced writes, and serves
+	// nothing until it is opened again; heartbeats read this to notice.
+	Opened bool
 	// Recovered lists the head extents settled after a crash, which the
 	// engine must resync across replicas before sending OpSettle.
 	Recovered []Extent

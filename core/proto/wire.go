@@ -25,7 +25,9 @@ import (
 const (
 	// WireVersion is the protocol version this build speaks. A peer with
 	// another version is refused with a *VersionError.
-	WireVersion uint16 = 1
+	// Version 2: Info carries Opened (an engine whose heartbeats read it
+	// must not take a version-1 replica's silence on it for a restart).
+	WireVersion uint16 = 2
 	// FrameHeaderBytes is the size of a frame header (length and CRC).
 	FrameHeaderBytes = 8
 	// MaxFrameBytes bounds a frame body: the largest data request (4 MiB)
@@ -162,6 +164,7 @@ const (
 	flagSnapshots  = 1 << 3 // reply: Snapshots follow the info
 	flagInfo       = 1 << 2
 	flagDirty      = 1 << 3
+	flagOpened     = 1 << 4 // info: opened in this incarnation
 )
 
 // AppendRequestFrame appends a whole frame (header and body) holding req.
@@ -243,6 +246,9 @@ func appendInfo(b []byte, in *Info) []byte {
 	}
 	if in.Dirty {
 		flags |= flagDirty
+	}
+	if in.Opened {
+		flags |= flagOpened
 	}
 	b = append(b, flags)
 	b = appendString(b, string(in.ID))
@@ -524,9 +530,10 @@ func (d *decoder) info() *Info {
 		in.Membership = d.membership()
 	}
 	in.Dirty = flags&flagDirty != 0
+	in.Opened = flags&flagOpened != 0
 	in.Recovered = d.extents("recovered")
 	in.Suspect = d.extents("suspect")
-	if d.err == nil && flags&^(flagMembership|flagDirty) != 0 {
+	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened) != 0 {
 		d.fail("unknown info flags %#x", flags)
 	}
 	return in

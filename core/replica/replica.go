@@ -267,7 +267,7 @@ func (r *Replica) Info() proto.Info {
 	info := proto.Info{
 		ID: r.meta.ID, SizeBytes: r.meta.SizeBytes, Epoch: r.meta.Epoch,
 		FlushedSeq: r.flushedSeq, Membership: r.meta.Membership.Clone(),
-		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0,
+		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0, Opened: r.opened,
 		Recovered: r.Recovered(),
 		Suspect:   append([]proto.Extent(nil), r.meta.Suspect...),
 	}
