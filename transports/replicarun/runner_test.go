@@ -237,3 +237,55 @@ func TestStaleEpochReusingID(t *testing.T) {
 }
 
 func storeWriteMeta(b []byte) store.IO { return store.IO{Kind: store.WriteMeta, Meta: b} }
+
+// meetingExecutor holds each uncached read until another one is executing
+// too (or a second has passed, counted as a miss).
+type meetingExecutor struct {
+	Executor
+	arrived chan struct{}
+	misses  atomic.Int32
+}
+
+func (m *meetingExecutor) Execute(io store.IO) store.Completion {
+	if io.Kind == store.ReadData && io.Uncached {
+		select {
+		case m.arrived <- struct{}{}:
+		case <-m.arrived:
+		case <-time.After(time.Second):
+			m.misses.Add(1)
+		}
+	}
+	return m.Executor.Execute(io)
+}
+
+// TestUncachedReadsRunInParallel: two layer reads (a rebuild source's)
+// handed in one after another on one goroutine are executed at the same
+// time, not one after the other on that goroutine.
+func TestUncachedReadsRunInParallel(t *testing.T) {
+	ex := &meetingExecutor{Executor: NewLockedExecutor(memstore.New()), arrived: make(chan struct{})}
+	r, err := Open(replica.Config{ID: "r1", CreateSizeBytes: testSize}, ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if rep := r.Do(proto.Request{ID: 1, Epoch: 1, Op: proto.OpOpen}); rep.Status != proto.StatusOK {
+		t.Fatalf("open: %v %s", rep.Status, rep.Err)
+	}
+	if rep := r.Do(proto.Request{ID: 2, Epoch: 1, Op: proto.OpWrite, BlockIndex: 0, BlockCount: 1, Data: block(9)}); rep.Status != proto.StatusOK {
+		t.Fatalf("write: %v %s", rep.Status, rep.Err)
+	}
+	var wg sync.WaitGroup
+	for i, at := range []uint64{0, 8} {
+		wg.Add(1)
+		r.Handle(proto.Request{ID: uint64(3 + i), Epoch: 1, Op: proto.OpLayerRead, BlockIndex: at, BlockCount: 4}, func(rep proto.Reply) {
+			defer wg.Done()
+			if rep.Status != proto.StatusOK {
+				t.Errorf("layer read at %d: %v %s", at, rep.Status, rep.Err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := ex.misses.Load(); n > 0 {
+		t.Fatalf("%d layer reads ran alone: uncached reads are not executed in parallel", n)
+	}
+}
