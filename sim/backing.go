@@ -7,6 +7,11 @@ import (
 	"github.com/drover-io/drover/core/store"
 )
 
+// simImageSHA256 stands for the image's checksum: recorded on the
+// replicas created on it and given to every engine, so the checks of
+// engine.Config.BackingImage and BackingSHA256 run under every fault.
+const simImageSHA256 = "51a1"
+
 // backingBaseID is added to a block index to make the write id its
 // backing image holds: far above any id a client stamps.
 const backingBaseID = 1 << 50
@@ -49,7 +54,7 @@ func (s *Sim) backingSetup(nodes []*replicaNode) {
 	}
 	for _, n := range nodes {
 		s.populateBacking(n.st)
-		n.backing = &replica.Backing{Image: "sim"}
+		n.backing = &replica.Backing{Image: "sim", SHA256: simImageSHA256}
 	}
 	init := s.hist.eras[0].init
 	for b := uint64(0); b < s.knobs.HotBlocks; b++ {

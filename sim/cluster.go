@@ -187,6 +187,9 @@ func (s *Sim) startEngine() *engineNode {
 	if len(cfg.Spares) > 0 {
 		cfg.ReplaceAfterTicks = replaceAfterTicks
 	}
+	if s.onBacking() {
+		cfg.BackingImage, cfg.BackingSHA256 = "sim", simImageSHA256
+	}
 	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true, openedAt: -1, faultedSince: -1,
 		waits: map[uint64]func(engine.Reply){}, admins: map[uint64]func(engine.AdminReply){}}
 	for range s.replicas {

@@ -95,7 +95,7 @@ func openReplicaDirOn(ctx context.Context, dir string, id proto.ReplicaID, creat
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", dir, err)
 	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: size, Backing: &replica.Backing{Image: b.image}}, st)
+	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: size, Backing: &replica.Backing{Image: b.image, SHA256: img.SHA256}}, st)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("replica %s on backing image %q: %w", dir, b.image, err)

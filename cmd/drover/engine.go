@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/backingimage"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/tcp"
@@ -33,6 +35,13 @@ replacement in the recorded membership, as long as --replicas or --spares
 still tell it the spare's address. --rebuild-rate caps every rebuild's
 copying (drover replica add --rate sets one rebuild's).
 
+--backing-image NAME declares that the volume is on that backing image (the
+replicas are created on it with drover replica --backing-image): the engine
+does not serve if the replicas' chain starts on another image, or, for a new
+volume, on none, and prints why. When --images-dir on this node holds the
+image, its checksum is checked too: a replica created on another image of the
+same name stays ERR (its why names both checksums) and a spare replaces it.
+
 --size is checked against the replicas' size when they open: a larger --size
 expands the volume; a smaller one is reported on stderr (volumes never shrink).
 
@@ -55,6 +64,7 @@ func newEngineCmd() *cobra.Command {
 	var spares string
 	var replaceAfter time.Duration
 	var rebuildRate sizeFlag
+	var bf backingFlags
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -73,6 +83,12 @@ func newEngineCmd() *cobra.Command {
 					return fmt.Errorf("--spares: %w", err)
 				}
 			}
+			if bf.image != "" {
+				if cfg.BackingImage, cfg.BackingSHA256, err = engineBacking(&bf); err != nil {
+					return err
+				}
+				go reportOpenFailure(cmd, controlAddr)
+			}
 			if size.bytes != 0 {
 				go ensureSize(cmd, controlAddr, size.bytes)
 			}
@@ -87,6 +103,8 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&spares, "spares", "", "comma-separated spare replicas (ID=host:port) to replace failed members with")
 	cmd.Flags().DurationVar(&replaceAfter, "replace-after", time.Minute, "a member ERR this long is replaced by a spare (negative: never)")
 	cmd.Flags().Var(&rebuildRate, "rebuild-rate", "cap on each rebuild's copying, bytes per second (e.g. 100MiB; default none)")
+	cmd.Flags().StringVar(&bf.image, "backing-image", "", "the volume is on this backing image: replicas on another (by name, or by checksum when --images-dir holds it) are refused")
+	cmd.Flags().StringVar(&bf.dir, "images-dir", "", "backing images directory to read the image's checksum from (default $XDG_DATA_HOME/drover/images; optional)")
 	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
@@ -143,4 +161,47 @@ func ensureSize(cmd *cobra.Command, controlAddr string, sizeBytes uint64) {
 	if err != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "drover engine: %v\n", err)
 	}
+}
+
+// engineBacking returns the image name and, when this node's images
+// directory holds it, its SHA-256: the engine then refuses replicas
+// created on another image of that name. Without the image here the
+// current replicas' checksum is the volume's.
+func engineBacking(bf *backingFlags) (name, sha256 string, err error) {
+	st, err := bf.store()
+	if err != nil {
+		return "", "", err
+	}
+	img, err := st.Get(bf.image)
+	switch {
+	case err == nil:
+		return bf.image, img.SHA256, nil
+	case errors.Is(err, backingimage.ErrNotFound):
+		return bf.image, "", nil
+	}
+	return "", "", fmt.Errorf("--backing-image %s: %w", bf.image, err)
+}
+
+// reportOpenFailure prints why the engine does not serve (for example a
+// backing image mismatch), once per distinct reason, until it serves.
+func reportOpenFailure(cmd *cobra.Command, controlAddr string) {
+	cf := clientFlags{addr: controlAddr, timeout: 24 * time.Hour}
+	_ = cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
+		last := ""
+		for {
+			info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
+			if err == nil && info.GetPhase() == "serving" {
+				return nil
+			}
+			if err == nil && info.GetWhy() != "" && info.GetWhy() != last {
+				last = info.GetWhy()
+				fmt.Fprintf(cmd.ErrOrStderr(), "drover engine: not serving: %s\n", last)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	})
 }

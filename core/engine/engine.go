@@ -120,6 +120,18 @@ type Config struct {
 	// AdminAddReplica may set its own. The driver converts a rate in
 	// bytes per second with its tick length.
 	RebuildBytesPerTick uint64
+	// BackingImage, when set, declares the volume to be on that backing
+	// image: an open fails (and retries) while the replicas' chain starts
+	// on another image, or, for a volume no engine opened before, on
+	// none. A chain without one is accepted afterwards: deleting the
+	// backing snapshot merges the image into the volume.
+	BackingImage string
+	// BackingSHA256 (hex), when set, is the image's checksum: a replica
+	// whose shared backing layer records another is never current, and
+	// never rebuilt (its image layer is read-only): it stays ERR, and a
+	// spare replaces it. Unset, the current replicas' checksum is the
+	// volume's.
+	BackingSHA256 string
 	// Bugs plants deliberate faults for the simulator's canary tests.
 	Bugs Bugs
 }
@@ -296,6 +308,9 @@ type Engine struct {
 	opening    *openTask
 	// snapReads counts AdminReadSnapshot requests in flight (backup.go).
 	snapReads int
+	// backingSHA256: the checksum of the backing image the volume is on,
+	// from the config or the current replicas at open ("" unknown).
+	backingSHA256 string
 
 	ready Ready
 }

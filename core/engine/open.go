@@ -17,6 +17,9 @@ type openTask struct {
 	infos  map[proto.ReplicaID]*proto.Info
 	left   int
 	fenced map[proto.ReplicaID]*proto.Info
+	// badBacking: replicas on another image than Config.BackingSHA256,
+	// and why (never current).
+	badBacking map[proto.ReplicaID]string
 }
 
 func (e *Engine) startOpen() {
@@ -103,7 +106,7 @@ func (e *Engine) decide(t *openTask) {
 	for id := range t.fenced {
 		acks[id] = true
 	}
-	joined := false
+	joined, isNew := false, best == nil
 	if best == nil {
 		// A new volume: every configured replica starts as RW; a quorum
 		// of them must be here.
@@ -132,8 +135,21 @@ func (e *Engine) decide(t *openTask) {
 	}
 	current := e.pickCurrent(t, best)
 	if len(current) == 0 {
-		e.retryOpen("no current replica")
+		why := "no current replica"
+		for _, id := range sortedIDs(t.badBacking) {
+			why += ": " + t.badBacking[id]
+			break
+		}
+		e.retryOpen(why)
 		return
+	}
+	if why := e.checkBackingChain(t.fenced[current[0]].Chain, isNew); why != "" {
+		e.retryOpen(why)
+		return
+	}
+	e.backingSHA256 = e.cfg.BackingSHA256
+	if e.backingSHA256 == "" {
+		e.backingSHA256 = t.fenced[current[0]].BackingSHA256
 	}
 	e.committed, e.committedPrev = best, prev
 	// A stale engine may hold a read lease granted before our fence:
@@ -149,6 +165,11 @@ func (e *Engine) decide(t *openTask) {
 		}
 		m.setDown(e.now)
 	}
+	for id, why := range t.badBacking {
+		if m := e.members[id]; m != nil {
+			m.mode, m.why, m.errSince = ModeERR, why, e.now
+		}
+	}
 	for _, id := range current {
 		e.members[id].setRW()
 	}
@@ -159,7 +180,7 @@ func (e *Engine) decide(t *openTask) {
 
 // pickCurrent returns the RW members of best that were fenced and agree
 // on the chain most of them hold (an interrupted snapshot operation can
-// leave them apart; the others are rebuilt).
+// leave them apart; the others are rebuilt), and on their backing image.
 func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.ReplicaID {
 	votes := map[string][]proto.ReplicaID{}
 	for _, id := range sortedIDs(t.fenced) {
@@ -167,7 +188,15 @@ func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.Replic
 			continue
 		}
 		info := t.fenced[id]
-		key := fmt.Sprintf("%d|%s", info.SizeBytes, strings.Join(info.Chain, "\x00"))
+		if why := e.backingMismatch(id, info, e.cfg.BackingSHA256); why != "" {
+			if t.badBacking == nil {
+				t.badBacking = map[proto.ReplicaID]string{}
+			}
+			t.badBacking[id] = why
+			continue
+		}
+		// Replicas on different images of one name never count as one.
+		key := fmt.Sprintf("%d|%s|%s", info.SizeBytes, info.BackingSHA256, strings.Join(info.Chain, "\x00"))
 		votes[key] = append(votes[key], id)
 	}
 	var pick []proto.ReplicaID
@@ -443,4 +472,38 @@ const epochNonceBits = 16
 func NextEpoch(seen, nonce uint64) uint64 {
 	round := seen>>epochNonceBits + 1
 	return round<<epochNonceBits | nonce&(1<<epochNonceBits-1)
+}
+
+// backingMismatch says why a replica cannot be part of a volume on the
+// backing image whose checksum is want: its shared bottom layer is another
+// image (it never writes that layer, so no rebuild can fix it). "" when it
+// matches, or either checksum is unknown.
+func (e *Engine) backingMismatch(id proto.ReplicaID, info *proto.Info, want string) string {
+	if want == "" || info == nil || info.BackingSHA256 == "" || info.BackingSHA256 == want {
+		return ""
+	}
+	image := "?"
+	if len(info.Chain) > 0 {
+		image = strings.TrimPrefix(info.Chain[0], proto.BackingPrefix)
+	}
+	return fmt.Sprintf("replica %s is on backing image %q with sha256 %s, but the volume's image has sha256 %s (recreate the replica on the right image, or without one)",
+		id, image, info.BackingSHA256, want)
+}
+
+// checkBackingChain says why the volume cannot open as declared on
+// Config.BackingImage, given the current replicas' chain. A new volume
+// must start on it; an older one may have merged it away (deleting the
+// backing snapshot), but never be on another.
+func (e *Engine) checkBackingChain(chain []string, isNew bool) string {
+	name := e.cfg.BackingImage
+	if name == "" || len(chain) > 0 && chain[0] == proto.BackingPrefix+name {
+		return ""
+	}
+	if len(chain) > 0 && strings.HasPrefix(chain[0], proto.BackingPrefix) {
+		return fmt.Sprintf("the volume is on backing image %q, not %q", strings.TrimPrefix(chain[0], proto.BackingPrefix), name)
+	}
+	if isNew {
+		return fmt.Sprintf("the replicas were not created on backing image %q (create them with drover replica --backing-image %s)", name, name)
+	}
+	return ""
 }

@@ -246,6 +246,13 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask, rateBytesPer
 			rb.abort(fmt.Sprintf("open: %v %s", rep.Status, rep.Err))
 			return
 		}
+		if why := e.backingMismatch(id, rep.Info, e.backingSHA256); why != "" {
+			rb.abort(why) // left unreachable: a spare replaces it
+			if m := e.members[id]; m != nil {
+				m.why = why
+			}
+			return
+		}
 		if m := e.members[id]; m != nil {
 			m.unreachable = false
 		}

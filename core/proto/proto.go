@@ -299,6 +299,10 @@ type Info struct {
 	// replica restarted since may have lost unsynced writes, and serves
 	// nothing until it is opened again; heartbeats read this to notice.
 	Opened bool
+	// BackingSHA256 is the SHA-256 (hex) of the backing image shared as
+	// the bottom layer (the one the replica was created on), as recorded
+	// then; empty without one, or for a replica created before it was.
+	BackingSHA256 string
 	// Recovered lists the head extents settled after a crash, which the
 	// engine must resync across replicas before sending OpSettle.
 	Recovered []Extent

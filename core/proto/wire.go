@@ -27,7 +27,8 @@ const (
 	// another version is refused with a *VersionError.
 	// Version 2: Info carries Opened (an engine whose heartbeats read it
 	// must not take a version-1 replica's silence on it for a restart).
-	WireVersion uint16 = 2
+	// Version 3: Info carries BackingSHA256.
+	WireVersion uint16 = 3
 	// FrameHeaderBytes is the size of a frame header (length and CRC).
 	FrameHeaderBytes = 8
 	// MaxFrameBytes bounds a frame body: the largest data request (4 MiB)
@@ -165,6 +166,7 @@ const (
 	flagInfo       = 1 << 2
 	flagDirty      = 1 << 3
 	flagOpened     = 1 << 4 // info: opened in this incarnation
+	flagBacking    = 1 << 5 // info: BackingSHA256 follows the suspect extents
 )
 
 // AppendRequestFrame appends a whole frame (header and body) holding req.
@@ -250,6 +252,9 @@ func appendInfo(b []byte, in *Info) []byte {
 	if in.Opened {
 		flags |= flagOpened
 	}
+	if in.BackingSHA256 != "" {
+		flags |= flagBacking
+	}
 	b = append(b, flags)
 	b = appendString(b, string(in.ID))
 	b = appendU64s(b, in.SizeBytes, in.Epoch, in.FlushedSeq)
@@ -259,7 +264,11 @@ func appendInfo(b []byte, in *Info) []byte {
 		b = appendMembership(b, in.Membership)
 	}
 	b = appendExtents(b, in.Recovered)
-	return appendExtents(b, in.Suspect)
+	b = appendExtents(b, in.Suspect)
+	if in.BackingSHA256 != "" {
+		b = appendString(b, in.BackingSHA256)
+	}
+	return b
 }
 
 func appendMembership(b []byte, m *Membership) []byte {
@@ -533,7 +542,10 @@ func (d *decoder) info() *Info {
 	in.Opened = flags&flagOpened != 0
 	in.Recovered = d.extents("recovered")
 	in.Suspect = d.extents("suspect")
-	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened) != 0 {
+	if flags&flagBacking != 0 {
+		in.BackingSHA256 = d.string("backing sha256")
+	}
+	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened|flagBacking) != 0 {
 		d.fail("unknown info flags %#x", flags)
 	}
 	return in

@@ -27,7 +27,7 @@ func wireSamples() ([]Request, []Reply) {
 	}
 	reps := []Reply{
 		{ID: 1, Info: &Info{ID: "r1", SizeBytes: 1 << 30, Epoch: 7, FlushedSeq: 9, Chain: []string{"s"},
-			Membership: mem, ActiveRegions: 2, Dirty: true, Opened: true, Recovered: []Extent{{BlockIndex: 0, BlockCount: 1024}}}},
+			Membership: mem, ActiveRegions: 2, Dirty: true, Opened: true, BackingSHA256: "ab12", Recovered: []Extent{{BlockIndex: 0, BlockCount: 1024}}}},
 		{ID: 2, Data: data},
 		{ID: 3, Status: StatusCorrupt, Err: "block 5: checksum", BlockIndex: 5},
 		{ID: 4, Extents: []Extent{{1, 2}, {10, 20}}, Blocks: []BlockState{{BlockIndex: 1, Kind: BlockData, CRC: 3}}},

@@ -18,6 +18,28 @@ const BackingLayerID store.LayerID = 1
 type Backing struct {
 	// Image is the image's name; the layer is called proto.BackingPrefix+Image.
 	Image string
+	// SHA256 (hex, optional) is the image content's checksum: recorded as
+	// the layer's label "sha256" and reported in Info.BackingSHA256, so an
+	// engine can tell replicas created on different images of one name.
+	SHA256 string
+}
+
+// backingSHA256Label is the label of a shared backing layer that holds its
+// image's SHA-256.
+const backingSHA256Label = "sha256"
+
+// backingSHA256 returns the checksum recorded on the shared backing layer,
+// or "".
+func (r *Replica) backingSHA256() string {
+	if len(r.layers) == 0 || !sharedLayer(r.layers[0]) {
+		return ""
+	}
+	for _, l := range r.layers[0].meta.Attrs.Labels {
+		if l.Key == backingSHA256Label {
+			return l.Value
+		}
+	}
+	return ""
 }
 
 // sharedLayer reports whether l is a backing image the store shares with
@@ -39,6 +61,9 @@ func (r *Replica) createOnBacking(size uint64) {
 	}
 	r.meta = Meta{ID: r.cfg.ID, SizeBytes: size, NextLayerID: BackingLayerID + 2,
 		Layers: []LayerMeta{{ID: BackingLayerID, Name: proto.BackingPrefix + b.Image}, {ID: BackingLayerID + 1}}}
+	if b.SHA256 != "" {
+		r.meta.Layers[0].Attrs.Labels = []proto.Label{{Key: backingSHA256Label, Value: b.SHA256}}
+	}
 	r.layers = nil
 	for _, lm := range r.meta.Layers {
 		r.layers = append(r.layers, &layer{meta: lm})

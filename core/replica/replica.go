@@ -268,8 +268,9 @@ func (r *Replica) Info() proto.Info {
 		ID: r.meta.ID, SizeBytes: r.meta.SizeBytes, Epoch: r.meta.Epoch,
 		FlushedSeq: r.flushedSeq, Membership: r.meta.Membership.Clone(),
 		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0, Opened: r.opened,
-		Recovered: r.Recovered(),
-		Suspect:   append([]proto.Extent(nil), r.meta.Suspect...),
+		Recovered:     r.Recovered(),
+		Suspect:       append([]proto.Extent(nil), r.meta.Suspect...),
+		BackingSHA256: r.backingSHA256(),
 	}
 	for _, l := range r.layers[:len(r.layers)-1] {
 		info.Chain = append(info.Chain, l.meta.Name)

@@ -110,6 +110,9 @@ type Config struct {
 	// RebuildRate caps every rebuild's copying, in bytes per second (0: no
 	// cap); AddReplicaWith may set its own.
 	RebuildRate uint64
+	// BackingImage and BackingSHA256 declare the backing image the volume
+	// is on (engine.Config has what they check).
+	BackingImage, BackingSHA256 string
 }
 
 func (c *Config) setDefaults() {
@@ -147,7 +150,7 @@ func (c *Config) ticks(d time.Duration) int64 {
 func (c *Config) engineConfig() engine.Config {
 	ec := engine.Config{Volume: c.Volume, MinHealthy: c.MinHealthy, MinEpoch: c.MinEpoch,
 		TimeoutTicks: c.ticks(c.Timeout), RetryTicks: c.ticks(c.Retry), RebuildAfterTicks: -1,
-		Nonce: randomNonce()}
+		Nonce: randomNonce(), BackingImage: c.BackingImage, BackingSHA256: c.BackingSHA256}
 	if c.RebuildAfter > 0 {
 		ec.RebuildAfterTicks = c.ticks(c.RebuildAfter)
 	}
