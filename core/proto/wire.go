@@ -13,6 +13,17 @@ package proto
 // (replica → engine). Integers are little endian. Decoders never panic on
 // bad bytes and allocate no more than the frame they are given holds;
 // decoded Data aliases the frame body (no copy).
+//
+// Data always ends the body. A body whose block states checksum every
+// block of its data (an OpLayerWrite request, the reply to an
+// OpLayerRead: len(Data) == len(Blocks) × BlockSize) has the flag
+// flagUnsummedData and, right after its flags byte, the length of that
+// data, which the frame's CRC32C leaves out: the rebuild target checks
+// each data block against its state (replica.checkLayerWrite), so a byte
+// damaged on either hop is refused there, and the engine, which only
+// forwards it, does not checksum it twice more (version 4; before it
+// every byte of a rebuild was checksummed six times between the source's
+// disk and the target's).
 
 import (
 	"encoding/binary"
@@ -28,7 +39,9 @@ const (
 	// Version 2: Info carries Opened (an engine whose heartbeats read it
 	// must not take a version-1 replica's silence on it for a restart).
 	// Version 3: Info carries BackingSHA256.
-	WireVersion uint16 = 3
+	// Version 4: block-checked data is left out of the frame CRC (see the
+	// top of the file).
+	WireVersion uint16 = 4
 	// FrameHeaderBytes is the size of a frame header (length and CRC).
 	FrameHeaderBytes = 8
 	// MaxFrameBytes bounds a frame body: the largest data request (4 MiB)
@@ -149,11 +162,43 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("wire: read %d-byte frame body: %w", n, err)
 	}
-	if got, want := crc32.Checksum(body, castagnoli), binary.LittleEndian.Uint32(hdr[4:]); got != want {
+	summed, err := summedPart(body)
+	if err != nil {
+		return nil, err
+	}
+	if got, want := crc32.Checksum(summed, castagnoli), binary.LittleEndian.Uint32(hdr[4:]); got != want {
 		return nil, fmt.Errorf("%w: body %08x, header %08x", ErrChecksum, got, want)
 	}
 	return body, nil
 }
+
+// unsummedHeaderBytes is where the length of a body's unsummed data ends:
+// kind, op or status, flags, then the u32 length.
+const unsummedHeaderBytes = 7
+
+// summedPart returns the part of body the frame CRC covers: all of it, or
+// all but its trailing data when flagUnsummedData says so (the decoder
+// then checks that the body's block states cover that data).
+func summedPart(body []byte) ([]byte, error) {
+	if len(body) < unsummedHeaderBytes || body[2]&flagUnsummedData == 0 {
+		return body, nil
+	}
+	n := binary.LittleEndian.Uint32(body[3:unsummedHeaderBytes])
+	if uint64(n) > uint64(len(body)-unsummedHeaderBytes) {
+		return nil, fmt.Errorf("%w: %d unsummed data bytes in a %d-byte body", ErrMalformed, n, len(body))
+	}
+	return body[:len(body)-int(n)], nil
+}
+
+// blockChecked reports whether states checksum every block of data, so
+// that data is left out of the frame CRC.
+func blockChecked(data []byte, states []BlockState) bool {
+	return len(data) > 0 && uint64(len(data)) == uint64(len(states))*BlockSize
+}
+
+func (q *Request) unsummed() bool { return q.Op == OpLayerWrite && blockChecked(q.Data, q.Blocks) }
+
+func (p *Reply) unsummed() bool { return blockChecked(p.Data, p.Blocks) }
 
 const (
 	bodyRequest = 'Q'
@@ -167,6 +212,9 @@ const (
 	flagDirty      = 1 << 3
 	flagOpened     = 1 << 4 // info: opened in this incarnation
 	flagBacking    = 1 << 5 // info: BackingSHA256 follows the suspect extents
+	// flagUnsummedData (requests and replies): the frame CRC leaves out
+	// the data, which the block states checksum (see the top of the file).
+	flagUnsummedData = 1 << 7
 )
 
 // AppendRequestFrame appends a whole frame (header and body) holding req.
@@ -174,7 +222,7 @@ func AppendRequestFrame(b []byte, req *Request) []byte {
 	start := len(b)
 	b = append(b, make([]byte, FrameHeaderBytes)...)
 	b = appendRequest(b, req)
-	return sealFrame(b, start)
+	return sealFrame(b, start, req.unsummed(), len(req.Data))
 }
 
 // AppendReplyFrame appends a whole frame (header and body) holding rep.
@@ -182,13 +230,19 @@ func AppendReplyFrame(b []byte, rep *Reply) []byte {
 	start := len(b)
 	b = append(b, make([]byte, FrameHeaderBytes)...)
 	b = appendReply(b, rep)
-	return sealFrame(b, start)
+	return sealFrame(b, start, rep.unsummed(), len(rep.Data))
 }
 
-func sealFrame(b []byte, start int) []byte {
+// sealFrame fills in the header of the frame at b[start:]; when unsummed,
+// the CRC leaves out the body's last dataBytes.
+func sealFrame(b []byte, start int, unsummed bool, dataBytes int) []byte {
 	body := b[start+FrameHeaderBytes:]
+	summed := body
+	if unsummed {
+		summed = body[:len(body)-dataBytes]
+	}
 	binary.LittleEndian.PutUint32(b[start:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(body, castagnoli))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(summed, castagnoli))
 	return b
 }
 
@@ -203,7 +257,13 @@ func appendRequest(b []byte, q *Request) []byte {
 	if q.Attrs != nil {
 		flags |= flagAttrs
 	}
+	if q.unsummed() {
+		flags |= flagUnsummedData
+	}
 	b = append(b, bodyRequest, byte(q.Op), flags)
+	if q.unsummed() {
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(q.Data)))
+	}
 	b = appendU64s(b, q.ID, q.Epoch, q.BlockIndex, q.Seq, q.SizeBytes)
 	b = binary.LittleEndian.AppendUint32(b, q.BlockCount)
 	b = appendString(b, q.Name)
@@ -227,7 +287,13 @@ func appendReply(b []byte, p *Reply) []byte {
 	if p.Snapshots != nil {
 		flags |= flagSnapshots
 	}
+	if p.unsummed() {
+		flags |= flagUnsummedData
+	}
 	b = append(b, bodyReply, byte(p.Status), flags)
+	if p.unsummed() {
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Data)))
+	}
 	b = appendU64s(b, p.ID, p.BlockIndex)
 	b = appendString(b, p.Err)
 	b = appendBlocks(b, p.Blocks)
@@ -448,6 +514,32 @@ func (d *decoder) membership() *Membership {
 	return m
 }
 
+// unsummedBytes reads the length of the data the frame CRC left out, if
+// the flags say it did.
+func (d *decoder) unsummedBytes(flags byte) uint32 {
+	if flags&flagUnsummedData == 0 {
+		return 0
+	}
+	return d.u32("unsummed data bytes")
+}
+
+// checkUnsummed requires the data to be left out of the frame CRC exactly
+// when block states checksum it: data no block state covers must have
+// been summed (a frame claiming otherwise is refused, whatever its CRC),
+// and the encoding stays canonical.
+func (d *decoder) checkUnsummed(flags byte, unsummedBytes uint32, covered bool, dataBytes int) {
+	flagged := flags&flagUnsummedData != 0
+	switch {
+	case d.err != nil:
+	case flagged && !covered:
+		d.fail("data left out of the frame checksum is not covered by block states")
+	case !flagged && covered:
+		d.fail("block-checked data not marked as left out of the frame checksum")
+	case flagged && int(unsummedBytes) != dataBytes:
+		d.fail("%d unsummed data bytes announced, %d present", unsummedBytes, dataBytes)
+	}
+}
+
 func (d *decoder) end() {
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("%d trailing bytes", len(d.b))
@@ -466,6 +558,7 @@ func DecodeRequest(body []byte) (Request, error) {
 	var q Request
 	q.Op = Op(d.u8("op"))
 	flags := d.u8("flags")
+	unsummedBytes := d.unsummedBytes(flags)
 	q.FUA = flags&flagFUA != 0
 	q.ID, q.Epoch, q.BlockIndex = d.u64("id"), d.u64("epoch"), d.u64("block index")
 	q.Seq, q.SizeBytes = d.u64("seq"), d.u64("size")
@@ -484,9 +577,10 @@ func DecodeRequest(body []byte) (Request, error) {
 		q.Data = nil
 	}
 	d.end()
-	if d.err == nil && flags&^(flagFUA|flagMembership|flagAttrs) != 0 {
+	if d.err == nil && flags&^(flagFUA|flagMembership|flagAttrs|flagUnsummedData) != 0 {
 		d.fail("unknown request flags %#x", flags)
 	}
+	d.checkUnsummed(flags, unsummedBytes, q.unsummed(), len(q.Data))
 	if d.err != nil {
 		return Request{}, d.err
 	}
@@ -505,6 +599,7 @@ func DecodeReply(body []byte) (Reply, error) {
 	var p Reply
 	p.Status = Status(d.u8("status"))
 	flags := d.u8("flags")
+	unsummedBytes := d.unsummedBytes(flags)
 	p.ID, p.BlockIndex = d.u64("id"), d.u64("block index")
 	p.Err = d.string("error")
 	p.Blocks = d.blocks()
@@ -520,9 +615,10 @@ func DecodeReply(body []byte) (Reply, error) {
 		p.Data = nil
 	}
 	d.end()
-	if d.err == nil && flags&^(flagInfo|flagSnapshots) != 0 {
+	if d.err == nil && flags&^(flagInfo|flagSnapshots|flagUnsummedData) != 0 {
 		d.fail("unknown reply flags %#x", flags)
 	}
+	d.checkUnsummed(flags, unsummedBytes, p.unsummed(), len(p.Data))
 	if d.err != nil {
 		return Reply{}, d.err
 	}

@@ -129,3 +129,47 @@ func TestFrameErrors(t *testing.T) {
 		t.Fatalf("request decoded as a reply: %v", err)
 	}
 }
+
+// TestUnsummedData: a layer write's data and a layer read reply's, which
+// their block states checksum, are left out of the frame CRC (a damaged
+// data byte passes the frame, for the target to refuse); everything else
+// in those frames, and any other data, stays covered; a frame claiming
+// unsummed data its block states do not cover is refused.
+func TestUnsummedData(t *testing.T) {
+	data := bytes.Repeat([]byte{7}, 2*BlockSize)
+	states := []BlockState{{BlockIndex: 4, Kind: BlockData, CRC: 1}, {BlockIndex: 5, Kind: BlockZero}}
+	frames := map[string][]byte{
+		"layer write":      AppendRequestFrame(nil, &Request{ID: 1, Epoch: 2, Op: OpLayerWrite, BlockIndex: 4, BlockCount: 2, Data: data, Blocks: states}),
+		"layer read reply": AppendReplyFrame(nil, &Reply{ID: 1, Data: data, Blocks: states}),
+	}
+	for name, frame := range frames {
+		bad := append([]byte(nil), frame...)
+		bad[len(bad)-1] ^= 1
+		if _, err := ReadFrame(bytes.NewReader(bad), nil); err != nil {
+			t.Fatalf("%s: a data byte is checked by the frame CRC: %v", name, err)
+		}
+		bad = append([]byte(nil), frame...)
+		bad[len(bad)-len(data)-1] ^= 1 // the last byte before the data
+		if _, err := ReadFrame(bytes.NewReader(bad), nil); !errors.Is(err, ErrChecksum) {
+			t.Fatalf("%s: a byte before the data is not checked: %v", name, err)
+		}
+	}
+	// The same data without block states (a plain write) stays summed.
+	plain := AppendRequestFrame(nil, &Request{ID: 1, Epoch: 2, Op: OpWrite, BlockIndex: 4, BlockCount: 2, Data: data})
+	plain[len(plain)-1] ^= 1
+	if _, err := ReadFrame(bytes.NewReader(plain), nil); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("plain write data is not checked: %v", err)
+	}
+	// A layer write turned into a plain write keeps its flag: refused.
+	forged := append([]byte(nil), frames["layer write"]...)
+	forged[FrameHeaderBytes+1] = byte(OpWrite)
+	if _, err := DecodeRequest(forged[FrameHeaderBytes:]); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("unsummed data on a plain write: %v", err)
+	}
+	// An announced length beyond the body is refused by ReadFrame.
+	long := append([]byte(nil), frames["layer write"]...)
+	binary.LittleEndian.PutUint32(long[FrameHeaderBytes+3:], uint32(len(long)))
+	if _, err := ReadFrame(bytes.NewReader(long), nil); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("unsummed length beyond the body: %v", err)
+	}
+}

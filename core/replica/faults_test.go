@@ -234,3 +234,30 @@ func TestSyncErrorFailsStop(t *testing.T) {
 		}
 	}
 }
+
+// TestLayerWriteRefusesDamagedData: a layer write whose data block does
+// not match its state's CRC (damaged on the way: the wire leaves a layer
+// write's data out of the frame checksum and relies on this check) is
+// refused and changes nothing.
+func TestLayerWriteRefusesDamagedData(t *testing.T) {
+	d := newDriver(8)
+	mustOK(t, "open", d.Do(proto.Request{ID: 1, Epoch: 1, Op: proto.OpOpen}))
+	good := append(block(3), block(4)...)
+	states := []proto.BlockState{{BlockIndex: 2, Kind: proto.BlockData, CRC: replica.CRC(block(3))},
+		{BlockIndex: 3, Kind: proto.BlockData, CRC: replica.CRC(block(4))}}
+	damaged := append([]byte(nil), good...)
+	damaged[proto.BlockSize+100] ^= 0x10
+	rep := d.Do(proto.Request{ID: 2, Epoch: 1, Op: proto.OpLayerWrite, BlockIndex: 2, BlockCount: 2, Data: damaged, Blocks: states})
+	if rep.Status != proto.StatusInvalid {
+		t.Fatalf("damaged layer write: %v %s", rep.Status, rep.Err)
+	}
+	got := mustOK(t, "read", d.Do(proto.Request{ID: 3, Epoch: 1, Op: proto.OpRead, BlockIndex: 2, BlockCount: 2}))
+	if !bytes.Equal(got.Data, make([]byte, 2*proto.BlockSize)) {
+		t.Fatal("a refused layer write changed the blocks")
+	}
+	mustOK(t, "good layer write", d.Do(proto.Request{ID: 4, Epoch: 1, Op: proto.OpLayerWrite, BlockIndex: 2, BlockCount: 2, Data: good, Blocks: states}))
+	got = mustOK(t, "read", d.Do(proto.Request{ID: 5, Epoch: 1, Op: proto.OpRead, BlockIndex: 2, BlockCount: 2}))
+	if !bytes.Equal(got.Data, good) {
+		t.Fatal("layer write not applied")
+	}
+}
