@@ -48,6 +48,9 @@ type engineNode struct {
 	waits  map[uint64]func(engine.Reply)
 	admins map[uint64]func(engine.AdminReply)
 	nextID uint64
+	// writeData holds each write's Data until its reply, on seeds that
+	// recycle buffers (Sim.recycle).
+	writeData map[uint64][]byte
 
 	served       bool   // it has served once (era boundaries start then)
 	openedAt     int64  // when it finished opening (-1: not yet)
@@ -139,6 +142,9 @@ func (n *replicaNode) pump() {
 		for _, rep := range rd.Replies {
 			n.s.replyToEngine(n, rep)
 		}
+		if n.s.recycle {
+			n.r.Release(rd) // every value was copied out
+		}
 	}
 }
 
@@ -191,7 +197,8 @@ func (s *Sim) startEngine() *engineNode {
 		cfg.BackingImage, cfg.BackingSHA256 = "sim", simImageSHA256
 	}
 	en := &engineNode{s: s, inc: inc, e: engine.New(cfg), alive: true, openedAt: -1, faultedSince: -1,
-		waits: map[uint64]func(engine.Reply){}, admins: map[uint64]func(engine.AdminReply){}}
+		waits: map[uint64]func(engine.Reply){}, admins: map[uint64]func(engine.AdminReply){},
+		writeData: map[uint64][]byte{}}
 	for range s.replicas {
 		en.links = append(en.links, &link{})
 	}
@@ -255,12 +262,16 @@ func (en *engineNode) pump() {
 				delete(en.waits, r.ID)
 				w(r)
 			}
+			en.recycle(r)
 		}
 		for _, r := range rd.AdminReplies {
 			if w := en.admins[r.ID]; w != nil {
 				delete(en.admins, r.ID)
 				w(r)
 			}
+		}
+		if en.s.recycle {
+			en.e.Release(rd)
 		}
 	}
 	en.s.hist.enginePumped(en)
@@ -272,10 +283,36 @@ func (en *engineNode) pump() {
 	}
 }
 
+// recycle plays a production frontend that reuses its buffers, on seeds
+// that do (Sim.recycle): once a reply was consumed, a read's Data, and a
+// write's Data if no replica may still read it (not DataHeld), are
+// overwritten with garbage. A buffer the core still used would then show
+// as corruption to the checkers.
+func (en *engineNode) recycle(r engine.Reply) {
+	if !en.s.recycle {
+		return
+	}
+	scribble := func(b []byte) {
+		for i := range b {
+			b[i] = 0xdb
+		}
+	}
+	if d, ok := en.writeData[r.ID]; ok {
+		delete(en.writeData, r.ID)
+		if r.Err == nil && !r.DataHeld {
+			scribble(d)
+		}
+	}
+	scribble(r.Data)
+}
+
 func (en *engineNode) submit(req engine.Request, then func(engine.Reply)) {
 	en.nextID++
 	req.ID = en.nextID
 	en.waits[req.ID] = then
+	if en.s.recycle && req.Op == proto.OpWrite {
+		en.writeData[req.ID] = req.Data
+	}
 	en.e.Submit(req)
 	en.pump()
 }

@@ -116,6 +116,11 @@ type Sim struct {
 	stopped        bool
 	failures       []string
 	stats          map[string]int
+	// recycle (odd seeds) plays a production driver: Ready slices are
+	// released back to the engine and replicas, and consumed frontend
+	// buffers are overwritten (engineNode.recycle). No PRNG draw: a seed
+	// replays the same either way unless the core misuses a buffer.
+	recycle bool
 }
 
 // Run executes one seed and checks it.
@@ -135,7 +140,8 @@ func Run(opt Options) *Result {
 		swarmReplace(&knobs, opt.Seed)
 		swarmIdle(&knobs, opt.Seed)
 	}
-	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{}}
+	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{},
+		recycle: opt.Seed%2 == 1}
 	s.hist = newHistory(s)
 	s.setup()
 	s.loop()

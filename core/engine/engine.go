@@ -145,6 +145,7 @@ type Bugs struct {
 	ReadStaleReplicas  bool // serve reads from WO replicas too
 	SkipResyncOnReopen bool // ignore replicas' recovered regions
 	IgnoreHeartbeats   bool // heartbeat failures leave a replica RW
+	RepairWritesReply  bool // read repair writes the reply's Data, not a copy
 }
 
 // Request is a frontend IO.
@@ -160,9 +161,19 @@ type Request struct {
 // Reply answers a Request. Err is nil on success. A failed write's effect
 // is unknown: it may or may not have reached some replicas.
 type Reply struct {
-	ID   uint64
-	Err  error
+	ID  uint64
+	Err error
+	// Data is a read's data. It is the caller's alone: the engine keeps
+	// no reference (a read repair writes a copy), so the caller may
+	// recycle it once read, if the links that brought it say so
+	// (transports/link.Handler).
 	Data []byte
+	// DataHeld, on a write's reply, says that a replica may still be
+	// reading the request's Data: a replica that left the set had not
+	// answered it when it was acknowledged, or a call to one ended
+	// without an answer (timed out, link lost). Without it every replica
+	// the write went to has answered it, so the caller may reuse Data.
+	DataHeld bool
 }
 
 // Message is a request for one replica. Messages to the same replica must
@@ -242,21 +253,36 @@ type call struct {
 type callKind uint8
 
 const (
-	callThen  callKind = iota // c.then
-	callWrite                 // e.onWriteReply(c.f, ...)
-	callRead                  // e.onReadReply(c.f, ...)
+	callThen   callKind = iota // c.then
+	callWrite                  // e.onWriteReply(c.f, ...)
+	callRead                   // e.onReadReply(c.f, ...)
+	callRepair                 // e.onRepairReply(c.f, ...)
 )
 
-// answer hands a call's reply to whoever waits for it.
+// answer hands a call's reply to whoever waits for it. The call has left
+// e.calls: a frontend request it names counts one call fewer, and goes
+// back to the free list once finished with none left (reuse).
 func (e *Engine) answer(c *call, rep proto.Reply) {
+	if c.kind == callThen {
+		c.then(rep)
+		return
+	}
+	f := c.f
+	f.calls--
+	if rep.Status == proto.StatusUnreachable {
+		// Synthesized (timeout, lost link): the replica may still hold
+		// the request's data.
+		f.dataHeld = true
+	}
 	switch c.kind {
 	case callWrite:
-		e.onWriteReply(c.f, c.to, rep)
+		e.onWriteReply(f, c.to, rep)
 	case callRead:
-		e.onReadReply(c.f, c.to, rep)
-	default:
-		c.then(rep)
+		e.onReadReply(f, c.to, rep)
+	case callRepair:
+		e.onRepairReply(f, c.to, rep)
 	}
+	e.reuse(f)
 }
 
 // Engine is the state machine.
@@ -289,6 +315,9 @@ type Engine struct {
 	parked  []*fop // writes whose acknowledgement waits for a membership commit
 	// parkedAdmin: admin successes waiting for a membership commit.
 	parkedAdmin []func()
+	// freeFops are finished frontend requests no call names any more,
+	// reused by Submit (io.go: newFop) so a request allocates nothing.
+	freeFops []*fop
 
 	change  *memberChange
 	admin   []*adminTask
@@ -443,6 +472,7 @@ func (e *Engine) send(to proto.ReplicaID, req proto.Request, then func(proto.Rep
 // sendFop emits a frontend request's message; its reply goes to the
 // read or write handler (kind) with f.
 func (e *Engine) sendFop(to proto.ReplicaID, req proto.Request, kind callKind, f *fop) {
+	f.calls++
 	e.sendCall(req, call{to: to, kind: kind, f: f})
 }
 
@@ -478,7 +508,9 @@ func (e *Engine) fault(why string) {
 }
 
 // failAll fails every frontend and admin request in progress. Replies
-// from replicas to calls still outstanding are then ignored.
+// from replicas to calls still outstanding are then ignored. The requests
+// are abandoned to the garbage collector, never reused: their calls are
+// forgotten without being counted down.
 func (e *Engine) failAll(err error) {
 	for _, f := range append(e.running, e.waiting...) {
 		if !f.replied {

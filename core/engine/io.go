@@ -6,7 +6,11 @@ import (
 	"github.com/drover-io/drover/core/proto"
 )
 
-// fop is a frontend request in the engine.
+// fop is a frontend request in the engine. Fops are reused (newFop,
+// reuse): one goes back to the engine's free list only once it is
+// finished (out of running) and no call in e.calls names it (calls), so
+// a late reply to a replica marked ERR, say, never reaches a reused fop.
+// A fop dropped by failAll is never reused.
 type fop struct {
 	req      Request
 	lo, hi   uint64
@@ -20,6 +24,43 @@ type fop struct {
 	tried    replicaSet        // reads: replicas tried
 	repair   []proto.ReplicaID // reads: replicas that returned corrupt data
 	inRepair int               // reads: repair writes outstanding
+	calls    int               // calls in e.calls naming this fop
+	dataHeld bool              // a call ended unanswered (Reply.DataHeld)
+	done     bool              // finished: out of running
+	free     bool              // on the free list
+}
+
+// newFop returns a fop for req, reused when one is free.
+func (e *Engine) newFop(req Request) *fop {
+	var f *fop
+	if n := len(e.freeFops); n > 0 {
+		f = e.freeFops[n-1]
+		e.freeFops[n-1] = nil
+		e.freeFops = e.freeFops[:n-1]
+		refused, repair := f.refused[:0], f.repair[:0]
+		*f = fop{refused: refused, repair: repair}
+	} else {
+		f = &fop{}
+	}
+	f.req, f.lo, f.hi = req, req.BlockIndex, req.BlockIndex+uint64(req.BlockCount)
+	return f
+}
+
+// reuse puts f on the free list if it is finished and no call names it.
+func (e *Engine) reuse(f *fop) {
+	if !f.done || f.calls > 0 || f.free {
+		return
+	}
+	if f.calls < 0 {
+		panic(fmt.Sprintf("engine: request %d has %d calls", f.req.ID, f.calls))
+	}
+	f.free = true
+	f.req = Request{} // drop the frontend's data
+	clear(f.refused)
+	clear(f.repair)
+	if len(e.freeFops) < maxWaiting {
+		e.freeFops = append(e.freeFops, f)
+	}
 }
 
 // replicaSet is a small set of replica ids: a volume has a handful of
@@ -80,7 +121,7 @@ func (e *Engine) Submit(req Request) {
 		e.replyFrontend(req.ID, err, nil)
 		return
 	}
-	f := &fop{req: req, lo: req.BlockIndex, hi: req.BlockIndex + uint64(req.BlockCount)}
+	f := e.newFop(req)
 	f.write = req.Op == proto.OpWrite || req.Op == proto.OpTrim || req.Op == proto.OpWriteZeroes
 	if req.Op == proto.OpFlush {
 		f.lo, f.hi = 0, 0
@@ -272,14 +313,18 @@ func (e *Engine) finishWrite(f *fop) {
 	if err == nil && e.rwCount() < e.cfg.MinHealthy {
 		err = fmt.Errorf("%w: %d healthy replicas, %d needed", ErrFaulted, e.rwCount(), e.cfg.MinHealthy)
 	}
-	e.replyFrontend(f.req.ID, err, nil)
+	e.ready.Replies = append(e.ready.Replies, Reply{ID: f.req.ID, Err: err, DataHeld: f.dataHeld || f.calls > 0})
 	e.finishFop(f)
 }
 
+// finishFop takes f out of running; it is reused once no call names it.
+// A fop failAll dropped is not in running, and is never reused.
 func (e *Engine) finishFop(f *fop) {
 	for i, x := range e.running {
 		if x == f {
 			e.running = append(e.running[:i], e.running[i+1:]...)
+			f.done = true
+			e.reuse(f)
 			return
 		}
 	}
@@ -335,7 +380,9 @@ func (e *Engine) onReadReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 
 // repairFrom writes good data over the replicas that returned a corrupt
 // block. The read keeps its range until the repairs finish, so no client
-// write can slip between the good read and the repair.
+// write can slip between the good read and the repair. The repairs write
+// a copy of data: the reply's Data is the frontend's once replied (a
+// driver may recycle it as soon as it has read it).
 func (e *Engine) repairFrom(f *fop, data []byte) {
 	var targets []proto.ReplicaID
 	for _, id := range f.repair {
@@ -348,16 +395,22 @@ func (e *Engine) repairFrom(f *fop, data []byte) {
 		return
 	}
 	f.inRepair = len(targets)
-	req := proto.Request{Op: proto.OpWrite, BlockIndex: f.req.BlockIndex, BlockCount: f.req.BlockCount, Data: data, Seq: e.writeSeq}
+	if !e.cfg.Bugs.RepairWritesReply {
+		data = append([]byte(nil), data...)
+	}
+	req := proto.Request{Op: proto.OpWrite, BlockIndex: f.req.BlockIndex, BlockCount: f.req.BlockCount,
+		Data: data, Seq: e.writeSeq}
 	for _, id := range targets {
-		e.send(id, req, func(rep proto.Reply) {
-			if rep.Status != proto.StatusOK {
-				e.replicaFailed(id, fmt.Sprintf("read repair: %v %s", rep.Status, rep.Err))
-			}
-			f.inRepair--
-			if f.inRepair == 0 {
-				e.finishFop(f)
-			}
-		})
+		e.sendFop(id, req, callRepair, f)
+	}
+}
+
+func (e *Engine) onRepairReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
+	if rep.Status != proto.StatusOK {
+		e.replicaFailed(id, fmt.Sprintf("read repair: %v %s", rep.Status, rep.Err))
+	}
+	f.inRepair--
+	if f.inRepair == 0 {
+		e.finishFop(f)
 	}
 }

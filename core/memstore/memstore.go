@@ -106,7 +106,11 @@ func (l *layer) execute(io store.IO, c *store.Completion) {
 		l.durFlushedSeq, l.dirtySeq = l.flushedSeq, false
 	case store.ReadData:
 		c.Data = make([]byte, io.BlockCount*proto.BlockSize)
-		c.Entries = make([]proto.BlockState, io.BlockCount)
+		if uint64(cap(io.Entries)) >= io.BlockCount {
+			c.Entries = io.Entries[:io.BlockCount] // as filestore does: the replica's buffer
+		} else {
+			c.Entries = make([]proto.BlockState, io.BlockCount)
+		}
 		for i := uint64(0); i < io.BlockCount; i++ {
 			b := io.BlockIndex + i
 			copy(c.Data[i*proto.BlockSize:], l.data[b])

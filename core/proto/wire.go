@@ -142,13 +142,17 @@ func ReadHello(r io.Reader) (Hello, error) {
 }
 
 // ReadFrame reads one frame from r and returns its checked body, in buf
-// when it fits (else in a new slice).
+// when it fits (else in a new slice). The header is read into buf too: a
+// header array of its own would escape to the heap through r.
 func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
-	var hdr [FrameHeaderBytes]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	if cap(buf) < FrameHeaderBytes {
+		buf = make([]byte, FrameHeaderBytes)
+	}
+	hdr := buf[:FrameHeaderBytes]
+	if _, err := io.ReadFull(r, hdr); err != nil {
 		return nil, err
 	}
-	n := binary.LittleEndian.Uint32(hdr[:])
+	n, want := binary.LittleEndian.Uint32(hdr), binary.LittleEndian.Uint32(hdr[4:])
 	if n > MaxFrameBytes {
 		return nil, fmt.Errorf("%w: %d bytes (max %d)", ErrFrameTooLarge, n, MaxFrameBytes)
 	}
@@ -166,7 +170,7 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if got, want := crc32.Checksum(summed, castagnoli), binary.LittleEndian.Uint32(hdr[4:]); got != want {
+	if got := crc32.Checksum(summed, castagnoli); got != want {
 		return nil, fmt.Errorf("%w: body %08x, header %08x", ErrChecksum, got, want)
 	}
 	return body, nil

@@ -82,11 +82,16 @@ func (r *Replica) runRead(o *op) { r.readRuns(o, r.runsFor(o.lo, o.hi)) }
 // checks them and replies: with the store's buffer when one run holds
 // every block, else with a buffer gathered from all of them.
 func (r *Replica) readRuns(o *op, runs []layerRun) {
-	req := o.req
 	if len(runs) == 1 && runs[0].start == o.lo && runs[0].n == o.hi-o.lo {
 		r.readWhole(o, runs[0])
 		return
 	}
+	r.readGather(o, runs)
+}
+
+// readGather serves a read from several runs (or none) into one buffer.
+func (r *Replica) readGather(o *op, runs []layerRun) {
+	req := o.req
 	out := make([]byte, uint64(req.BlockCount)*proto.BlockSize)
 	left := len(runs)
 	status, detail, bad := proto.StatusOK, "", uint64(0)
@@ -127,39 +132,74 @@ func (r *Replica) readRuns(o *op, runs []layerRun) {
 }
 
 // readWhole serves a read that one layer holds whole: the store's buffer
-// is the reply, no second buffer and no copy.
+// is the reply, no second buffer and no copy. The store may return the
+// entries in the op's own buffer (store.ReadData).
 func (r *Replica) readWhole(o *op, run layerRun) {
-	r.issue(store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}, func(c store.Completion) {
-		defer r.finish(o)
+	io := store.IO{Kind: store.ReadData, Layer: run.l.meta.ID, BlockIndex: run.start, BlockCount: run.n}
+	if run.n <= inlineEntries {
+		io.Entries = o.entryBuf[:0]
+	}
+	r.issueFor(io, pendingIO{kind: ioReadWhole, o: o, l: run.l})
+}
+
+// completeData takes the completion of a data-path IO (ioKind): the op
+// is reused once its last IO completed and it was answered.
+func (r *Replica) completeData(p pendingIO, c store.Completion) {
+	o, l := p.o, p.l
+	switch p.kind {
+	case ioReadWhole:
 		if c.Err != store.OK {
-			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", run.l.meta.ID, c.Err, c.Detail)
-			return
-		}
-		if b, why := r.verify(run.l, c, run.start); why != "" {
+			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", l.meta.ID, c.Err, c.Detail)
+		} else if b, why := r.verify(l, c, o.lo); why != "" {
 			r.reply(proto.Reply{ID: o.req.ID, Status: proto.StatusCorrupt, Err: why, BlockIndex: b})
-			return
+		} else {
+			r.reply(proto.Reply{ID: o.req.ID, Data: c.Data})
 		}
-		r.reply(proto.Reply{ID: o.req.ID, Data: c.Data})
-	})
+		r.finish(o)
+	case ioWrite:
+		if !r.ioOK(o, c, "write") {
+			break
+		}
+		r.dirtyData[l.meta.ID] = true
+		for _, e := range o.entries {
+			r.setEntry(l, e)
+		}
+		if r.finishWrite(o, l, true) {
+			return // FUA: the op goes on
+		}
+	case ioFUASync:
+		if !r.syncOK(o, c, "fua sync") {
+			break
+		}
+		r.issueFor(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: o.entries}, pendingIO{kind: ioFUAIndex, o: o, l: l})
+		return
+	case ioFUAIndex:
+		if !r.syncOK(o, c, "fua index") {
+			break
+		}
+		r.issueFor(store.IO{Kind: store.SyncIndex, Layer: l.meta.ID}, pendingIO{kind: ioFUAIndexSync, o: o, l: l})
+		return
+	case ioFUAIndexSync:
+		if !r.syncOK(o, c, "fua index sync") {
+			break
+		}
+		r.reply(proto.Reply{ID: o.req.ID})
+		r.finish(o)
+	}
+	r.reuseOp(o)
 }
 
 func (r *Replica) runWrite(o *op) {
 	req, h := o.req, r.head()
-	entries := make([]proto.BlockState, req.BlockCount)
-	for i := range entries {
-		entries[i] = proto.BlockState{BlockIndex: o.lo + uint64(i), Kind: proto.BlockData,
-			CRC: crcOf(req.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])}
+	o.entries = o.entryBuf[:0]
+	if req.BlockCount > inlineEntries {
+		o.entries = make([]proto.BlockState, 0, req.BlockCount)
 	}
-	r.issue(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, func(c store.Completion) {
-		if !r.ioOK(o, c, "write") {
-			return
-		}
-		r.dirtyData[h.meta.ID] = true
-		for _, e := range entries {
-			r.setEntry(h, e)
-		}
-		r.finishWrite(o, h, entries, true)
-	})
+	for i := range req.BlockCount {
+		o.entries = append(o.entries, proto.BlockState{BlockIndex: o.lo + uint64(i), Kind: proto.BlockData,
+			CRC: crcOf(req.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])})
+	}
+	r.issueFor(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, pendingIO{kind: ioWrite, o: o, l: h})
 }
 
 // ioOK handles a failed write-path IO: ENOSPC changes nothing and fails
@@ -179,38 +219,23 @@ func (r *Replica) ioOK(o *op, c store.Completion, what string) bool {
 	return false
 }
 
-// finishWrite replies to a write-like op, first making its blocks durable
-// when the request asked for FUA: sync the layer's data, then write and
-// sync just these entries.
-func (r *Replica) finishWrite(o *op, l *layer, entries []proto.BlockState, dataWritten bool) {
+// finishWrite replies to a write-like op whose entries (o.entries) are
+// set in l, first making its blocks durable when the request asked for
+// FUA: sync the layer's data (if any was written), then write and sync
+// just these entries (completeData runs those steps). It reports whether
+// the op goes on (FUA) rather than being answered now.
+func (r *Replica) finishWrite(o *op, l *layer, dataWritten bool) bool {
 	if !o.req.FUA || r.cfg.Bugs.SkipFlushSync {
 		r.reply(proto.Reply{ID: o.req.ID})
 		r.finish(o)
-		return
+		return false
 	}
-	writeIndex := func() {
-		r.issue(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: entries}, func(c store.Completion) {
-			if !r.syncOK(o, c, "fua index") {
-				return
-			}
-			r.issue(store.IO{Kind: store.SyncIndex, Layer: l.meta.ID}, func(c store.Completion) {
-				if !r.syncOK(o, c, "fua index sync") {
-					return
-				}
-				r.reply(proto.Reply{ID: o.req.ID})
-				r.finish(o)
-			})
-		})
+	if dataWritten {
+		r.issueFor(store.IO{Kind: store.SyncData, Layer: l.meta.ID}, pendingIO{kind: ioFUASync, o: o, l: l})
+	} else {
+		r.issueFor(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: o.entries}, pendingIO{kind: ioFUAIndex, o: o, l: l})
 	}
-	if !dataWritten {
-		writeIndex()
-		return
-	}
-	r.issue(store.IO{Kind: store.SyncData, Layer: l.meta.ID}, func(c store.Completion) {
-		if r.syncOK(o, c, "fua sync") {
-			writeIndex()
-		}
-	})
+	return true
 }
 
 // syncOK fails the replica on any error of a sync-path IO.
@@ -247,7 +272,8 @@ func (r *Replica) runTrim(o *op) {
 		if len(punches) > 0 {
 			r.dirtyData[h.meta.ID] = true
 		}
-		r.finishWrite(o, h, entries, len(punches) > 0)
+		o.entries = entries
+		r.finishWrite(o, h, len(punches) > 0)
 	}
 	r.afterAll(o, punchIOs(h, punches), "punch", apply)
 }

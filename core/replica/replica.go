@@ -122,11 +122,33 @@ type Replica struct {
 
 	queue    []*op
 	inflight []*op
+	freeOps  []*op // finished data ops no pending IO names, for newOp
 
 	nextIO  uint64
-	pending map[uint64]func(store.Completion)
+	pending map[uint64]pendingIO
 	ready   Ready
 }
+
+// pendingIO is what an IO's completion goes to: the data path's IOs by
+// kind, with their op and layer (no closure per IO), the rest to fn.
+type pendingIO struct {
+	kind ioKind
+	o    *op
+	l    *layer
+	fn   func(store.Completion)
+}
+
+// ioKind names the handler of a data-path IO's completion (data.go).
+type ioKind uint8
+
+const (
+	ioFunc         ioKind = iota // fn
+	ioReadWhole                  // readWhole's ReadData
+	ioWrite                      // runWrite's WriteData
+	ioFUASync                    // finishWrite's SyncData
+	ioFUAIndex                   // finishWrite's WriteIndex
+	ioFUAIndexSync               // finishWrite's SyncIndex
+)
 
 type region struct {
 	durable bool   // recorded in a completed meta write
@@ -145,7 +167,7 @@ func New(cfg Config) *Replica {
 		dirty:     map[store.LayerID]map[uint64]proto.BlockState{},
 		dirtyData: map[store.LayerID]bool{},
 		active:    map[RegionKey]*region{},
-		pending:   map[uint64]func(store.Completion){},
+		pending:   map[uint64]pendingIO{},
 	}
 	r.runReadFn, r.runWriteFn, r.runTrimFn = r.runRead, r.runWrite, r.runTrim
 	r.load()
@@ -175,12 +197,16 @@ func (r *Replica) HasReady() bool { return len(r.ready.IOs)+len(r.ready.Replies)
 
 // Complete feeds the completion of an IO previously emitted.
 func (r *Replica) Complete(c store.Completion) {
-	fn, ok := r.pending[c.ID]
+	p, ok := r.pending[c.ID]
 	if !ok {
 		return // a completion from before a restart, or duplicated: ignore
 	}
 	delete(r.pending, c.ID)
-	fn(c)
+	if p.kind == ioFunc {
+		p.fn(c)
+	} else {
+		r.completeData(p, c)
+	}
 	r.schedule()
 }
 
@@ -191,9 +217,14 @@ func (r *Replica) Loaded() bool { return r.state != stateLoading }
 func (r *Replica) Err() string { return r.why }
 
 func (r *Replica) issue(io store.IO, then func(store.Completion)) {
+	r.issueFor(io, pendingIO{fn: then})
+}
+
+// issueFor emits io; its completion goes to p.
+func (r *Replica) issueFor(io store.IO, p pendingIO) {
 	r.nextIO++
 	io.ID = r.nextIO
-	r.pending[io.ID] = then
+	r.pending[io.ID] = p
 	r.ready.IOs = append(r.ready.IOs, io)
 }
 

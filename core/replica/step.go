@@ -17,6 +17,41 @@ type op struct {
 	inplace  *layer // layer written in place (needs active regions)
 	run      func(o *op)
 	internal bool
+	// entries are a write's index entries, in entryBuf when they fit;
+	// entryBuf also takes a whole-layer read's entries from the store.
+	entries  []proto.BlockState
+	entryBuf [inlineEntries]proto.BlockState
+}
+
+// inlineEntries is how many index entries an op holds without a slice of
+// its own (32 KiB of blocks: most requests).
+const inlineEntries = 8
+
+// getOp returns an empty op, reused when one is free.
+func (r *Replica) getOp() *op {
+	n := len(r.freeOps)
+	if n == 0 {
+		return &op{}
+	}
+	o := r.freeOps[n-1]
+	r.freeOps[n-1] = nil
+	r.freeOps = r.freeOps[:n-1]
+	return o
+}
+
+// reuseOp puts o on the free list. Only the data path's completion
+// handlers call it (data.go), for an op that is finished and that no
+// pending IO or closure names any more: its last IO just completed.
+func (r *Replica) reuseOp(o *op) {
+	for _, x := range r.inflight {
+		if x == o {
+			panic("replica: reusing an op still in flight")
+		}
+	}
+	*o = op{}
+	if len(r.freeOps) < maxQueued {
+		r.freeOps = append(r.freeOps, o)
+	}
 }
 
 // Step feeds one request from the engine.
@@ -88,7 +123,8 @@ func (r *Replica) checkEpoch(req proto.Request) (proto.Status, string) {
 
 // newOp validates req and wraps it in an op.
 func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
-	o := &op{req: req, lo: req.BlockIndex, hi: req.BlockIndex + uint64(req.BlockCount)}
+	o := r.getOp()
+	o.req, o.lo, o.hi = req, req.BlockIndex, req.BlockIndex+uint64(req.BlockCount)
 	if req.Op.IsData() && req.Op != proto.OpFlush || req.Op == proto.OpLayerRead ||
 		req.Op == proto.OpLayerWrite || req.Op == proto.OpLayerBlocks {
 		if msg := r.checkRange(req); msg != "" {

@@ -51,7 +51,10 @@ const (
 	// those blocks (absent ones included), so the replica can verify them.
 	// The completion's Data and Entries are the replica's from then on
 	// (it may hand Data to the engine as a read's reply): a store never
-	// reuses them.
+	// reuses them. When the IO's Entries has room for BlockCount entries
+	// (its capacity), the store may return them in its backing array
+	// rather than a new slice; the replica then must not touch that
+	// array until the completion is in.
 	ReadData
 	// WriteData stores Data at BlockIndex in Layer.
 	WriteData
