@@ -7,6 +7,7 @@ import (
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/bufpool"
 )
 
 var _ device.Async = (*Volume)(nil)
@@ -60,15 +61,13 @@ func (v *Volume) Start(r *device.Request) {
 		device.StartSync(context.Background(), v, r)
 		return
 	}
-	var buf *[]byte
 	if req.Op == proto.OpWrite {
 		// A copy the volume owns, as the synchronous path makes: after a
 		// failed write a slow replica may still be reading it.
-		buf = getBuf(int(length))
-		copy(*buf, r.Data)
-		req.Data = *buf
+		req.Data = bufpool.Get(int(length))
+		copy(req.Data, r.Data)
 	}
-	v.startEngine(r, req, buf, lo, hi)
+	v.startEngine(r, req, req.Data, lo, hi)
 }
 
 // Run drives the engine for the requests Start queued (device.Async).
@@ -77,7 +76,7 @@ func (v *Volume) Run() { v.d.Run() }
 // startEngine hands req to the driver; the reply completes r. buf is the
 // volume's copy of a write's data; [lo, hi) the blocks it holds locked
 // (none when hi == lo).
-func (v *Volume) startEngine(r *device.Request, req engine.Request, buf *[]byte, lo, hi uint64) {
+func (v *Volume) startEngine(r *device.Request, req engine.Request, buf []byte, lo, hi uint64) {
 	a := asyncPool.Get().(*asyncOp)
 	a.v, a.r, a.buf, a.lo, a.hi = v, r, buf, lo, hi
 	v.d.Start(req, a)
@@ -88,7 +87,7 @@ func (v *Volume) startEngine(r *device.Request, req engine.Request, buf *[]byte,
 type asyncOp struct {
 	v      *Volume
 	r      *device.Request
-	buf    *[]byte
+	buf    []byte
 	lo, hi uint64
 }
 
@@ -102,14 +101,16 @@ func (a *asyncOp) Complete(rep engine.Reply) {
 	asyncPool.Put(a)
 	err := rep.Err
 	if err == nil && r.Op == device.OpRead {
-		// rep.Data holds the whole blocks covering r.
+		// rep.Data holds the whole blocks covering r, and is ours alone
+		// (see readInto).
 		copy(r.Data, rep.Data[r.Offset%proto.BlockSize:])
+		bufpool.Put(rep.Data)
 	}
 	if hi > lo {
 		v.locks.unlock(lo, hi)
 	}
-	if err == nil && buf != nil {
-		putBuf(buf)
+	if err == nil && !rep.DataHeld {
+		bufpool.Put(buf) // as submitOwned
 	}
 	if err != nil {
 		length := r.Length

@@ -22,7 +22,7 @@ import (
 
 // benchStoreDir is a directory on tmpfs when there is one (the software's
 // ceiling, as DESIGN.md asks benchmarks to report), else a temp dir.
-func benchStoreDir(b *testing.B) string {
+func benchStoreDir(b testing.TB) string {
 	dir, err := os.MkdirTemp("/dev/shm", "drover-enginerun-bench-")
 	if err != nil {
 		return b.TempDir()
@@ -32,7 +32,7 @@ func benchStoreDir(b *testing.B) string {
 }
 
 // openFileReplicas opens n replicas r1..rn on filestore directories.
-func openFileReplicas(b *testing.B, n int, sizeBytes uint64) map[string]*replicarun.Runner {
+func openFileReplicas(b testing.TB, n int, sizeBytes uint64) map[string]*replicarun.Runner {
 	runners := map[string]*replicarun.Runner{}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("r%d", i)
@@ -53,7 +53,7 @@ func openFileReplicas(b *testing.B, n int, sizeBytes uint64) map[string]*replica
 // newFileVolume runs a volume on n filestore replicas, reached through
 // in-process links (as drover dev does) or, with overTCP, through
 // loopback TCP (as drover engine does).
-func newFileVolume(b *testing.B, n int, sizeBytes uint64, overTCP bool, tweak ...func(*Config)) *Volume {
+func newFileVolume(b testing.TB, n int, sizeBytes uint64, overTCP bool, tweak ...func(*Config)) *Volume {
 	runners := openFileReplicas(b, n, sizeBytes)
 	cfg := Config{Volume: "bench", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, f := range tweak {

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/bufpool"
 )
 
 const (
@@ -120,6 +120,9 @@ func (v *Volume) readInto(ctx context.Context, p []byte, off uint64) error {
 		from := max(off, chunkOff)
 		to := min(off+uint64(len(p)), chunkOff+count*proto.BlockSize)
 		copy(p[from-off:to-off], rep.Data[from-chunkOff:to-chunkOff])
+		// The reply's data is ours alone (a store's or a link's buffer
+		// handed over with the reply; the engine keeps none of it).
+		bufpool.Put(rep.Data)
 	}
 	return nil
 }
@@ -188,14 +191,12 @@ func (v *Volume) mutate(ctx context.Context, op proto.Op, off, length uint64, da
 	for b := lo; b < hi; b += maxChunkBlocks {
 		count := min(hi-b, maxChunkBlocks)
 		req := engine.Request{Op: op, BlockIndex: b, BlockCount: uint32(count), FUA: fua}
-		var buf *[]byte
 		if op == proto.OpWrite {
 			start := b*proto.BlockSize - off
-			buf = getBuf(int(count * proto.BlockSize))
-			copy(*buf, data[start:start+count*proto.BlockSize])
-			req.Data = *buf
+			req.Data = bufpool.Get(int(count * proto.BlockSize))
+			copy(req.Data, data[start:start+count*proto.BlockSize])
 		}
-		if err := v.submitOwned(ctx, req, buf); err != nil {
+		if err := v.submitOwned(ctx, req); err != nil {
 			return err
 		}
 	}
@@ -214,10 +215,9 @@ func dataAt(data []byte, base, from, to uint64) []byte {
 // patch read-modify-writes one block: bytes [from, to) of the volume,
 // inside block b, become data (zeros when data is nil).
 func (v *Volume) patch(ctx context.Context, b, from, to uint64, data []byte, fua bool) error {
-	bp := getBuf(proto.BlockSize)
-	buf := *bp
+	buf := bufpool.Get(proto.BlockSize)
 	if err := v.readInto(ctx, buf, b*proto.BlockSize); err != nil {
-		putBuf(bp)
+		bufpool.Put(buf)
 		return err
 	}
 	dst := buf[from-b*proto.BlockSize : to-b*proto.BlockSize]
@@ -226,59 +226,21 @@ func (v *Volume) patch(ctx context.Context, b, from, to uint64, data []byte, fua
 	} else {
 		copy(dst, data)
 	}
-	return v.submitOwned(ctx, engine.Request{Op: proto.OpWrite, BlockIndex: b, BlockCount: 1, Data: buf, FUA: fua}, bp)
+	return v.submitOwned(ctx, engine.Request{Op: proto.OpWrite, BlockIndex: b, BlockCount: 1, Data: buf, FUA: fua})
 }
 
-// submitOwned submits a request whose Data buffer (buf, may be nil) the
-// volume owns: it returns to the pool only after a successful reply. On a
-// failure or cancellation a replica may still hold it, so it is left to
-// the garbage collector.
-func (v *Volume) submitOwned(ctx context.Context, req engine.Request, buf *[]byte) error {
+// submitOwned submits a request whose Data (may be nil) the volume owns,
+// from bufpool: it returns to the pool only after a successful reply from
+// every replica the write went to (not DataHeld). On a failure or
+// cancellation, or when a replica that left the set may still hold it,
+// it is left to the garbage collector.
+func (v *Volume) submitOwned(ctx context.Context, req engine.Request) error {
 	rep, err := v.d.Submit(ctx, req)
 	if err == nil {
 		err = rep.Err
 	}
-	if err == nil && buf != nil {
-		putBuf(buf)
+	if err == nil && !rep.DataHeld {
+		bufpool.Put(req.Data)
 	}
 	return err
-}
-
-// Buffer pools by power-of-two size class, 4 KiB to 4 MiB, so the data
-// path allocates nothing in steady state.
-var bufPools [11]sync.Pool
-
-func sizeClass(n int) int {
-	c := 0
-	for (proto.BlockSize << c) < n {
-		c++
-	}
-	return c
-}
-
-// getBuf returns a buffer of n bytes, as a pointer (the pool holds
-// pointers, so that putting one back allocates nothing). Its content is
-// whatever it last held.
-func getBuf(n int) *[]byte {
-	c := sizeClass(n)
-	if c >= len(bufPools) {
-		b := make([]byte, n)
-		return &b
-	}
-	if b, ok := bufPools[c].Get().(*[]byte); ok {
-		*b = (*b)[:n]
-		return b
-	}
-	b := make([]byte, n, proto.BlockSize<<c)
-	return &b
-}
-
-// putBuf returns a buffer from getBuf to its pool.
-func putBuf(b *[]byte) {
-	c := sizeClass(cap(*b))
-	if c >= len(bufPools) || cap(*b) != proto.BlockSize<<c {
-		return
-	}
-	*b = (*b)[:cap(*b)]
-	bufPools[c].Put(b)
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/drover-io/drover/core/blockset"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/store"
+	"github.com/drover-io/drover/transports/bufpool"
 )
 
 const (
@@ -546,7 +547,9 @@ func (l *layer) readData(io store.IO, c *store.Completion) error {
 	if io.BlockCount > maxIOBlocks {
 		return fmt.Errorf("read of %d blocks exceeds %d", io.BlockCount, maxIOBlocks)
 	}
-	c.Data = make([]byte, io.BlockCount*proto.BlockSize)
+	// From the pool: whoever ends up holding a read's data alone (the
+	// volume, once it copied the data out) may put it back.
+	c.Data = bufpool.Get(int(io.BlockCount * proto.BlockSize))
 	if err := l.readBlocks(c.Data, io); err != nil {
 		return fmt.Errorf("read data: %w", err)
 	}
@@ -562,7 +565,11 @@ func (l *layer) readData(io store.IO, c *store.Completion) error {
 			return fmt.Errorf("read index entries: %w", err)
 		}
 	}
-	c.Entries = make([]proto.BlockState, io.BlockCount)
+	if uint64(cap(io.Entries)) >= io.BlockCount {
+		c.Entries = io.Entries[:io.BlockCount] // the replica's buffer (store.ReadData)
+	} else {
+		c.Entries = make([]proto.BlockState, io.BlockCount)
+	}
 	for i := range c.Entries {
 		c.Entries[i] = getEntry(raw[i*entryBytes:(i+1)*entryBytes], io.BlockIndex+uint64(i))
 	}

@@ -11,6 +11,11 @@ import "github.com/drover-io/drover/core/proto"
 // any goroutine, but never concurrently with itself for one link. OnDown
 // is called once when the link breaks; every request sent and not yet
 // answered is then lost (the engine treats it as unreachable).
+//
+// A reply's Data is handed over with it: the link keeps no reference to
+// it, and nothing writes to it any more (a replica's store buffer, or the
+// TCP client's copy), so whoever ends up holding it alone may recycle it
+// (transports/bufpool; enginerun's Volume does once it copied a read out).
 type Handler struct {
 	OnReply func(proto.Reply)
 	OnDown  func(err error)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/bufpool"
 	"github.com/drover-io/drover/transports/link"
 )
 
@@ -146,10 +147,10 @@ func (l *clientLink) readLoop(br *bufio.Reader) {
 func (l *clientLink) read(br *bufio.Reader) error {
 	var buf []byte
 	for {
-		// Reply data goes to the engine, which may keep it, and aliases
-		// the body: a body holding data is given away with it (the next
-		// frame gets a new buffer); others are read into the same buffer
-		// again, so replies without data cost no allocation.
+		// Every frame is read into the same buffer. Reply data aliases
+		// it, so the data is copied into a pooled buffer that goes to the
+		// engine with the reply (the engine's caller owns it then, and may
+		// put it back: enginerun's Volume does once it copied it out).
 		body, err := proto.ReadFrame(br, buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -162,10 +163,11 @@ func (l *clientLink) read(br *bufio.Reader) error {
 			return err
 		}
 		if rep.Data != nil {
-			buf = nil
-		} else {
-			buf = body[:0]
+			data := bufpool.Get(len(rep.Data))
+			copy(data, rep.Data)
+			rep.Data = data
 		}
+		buf = body[:0]
 		if l.h.OnReply != nil {
 			l.h.OnReply(rep)
 		}

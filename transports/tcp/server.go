@@ -20,6 +20,7 @@ import (
 	"sync"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/bufpool"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -212,6 +213,9 @@ func init() {
 
 func (p *pending) done(rep proto.Reply) {
 	p.c.reply(&rep)
+	// A reply's data (a read's) is the replica's store buffer, handed
+	// over with the reply and now encoded: nothing else holds it.
+	bufpool.Put(rep.Data)
 	if p.bp != nil {
 		bodyPool.Put(p.bp)
 	}

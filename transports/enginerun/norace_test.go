@@ -1,0 +1,5 @@
+//go:build !race
+
+package enginerun
+
+const raceEnabled = false
