@@ -115,3 +115,40 @@ func TestBackingImage(t *testing.T) {
 	}
 	readAll("after merging the image into the volume")
 }
+
+// TestBackingSHA256: a replica created on an image with its checksum
+// reports it in Info (also after a restart), says whether it was opened in
+// this incarnation, and reports none once the image is merged away.
+func TestBackingSHA256(t *testing.T) {
+	const blocks = 16
+	st, _ := backingStore(t, blocks)
+	d := drive.New(replica.Config{ID: "r1", CreateSizeBytes: blocks * proto.BlockSize,
+		Backing: &replica.Backing{Image: "base", SHA256: "5ha"}}, st, func(int) int { return 0 })
+	id := uint64(0)
+	do := func(r proto.Request) proto.Reply {
+		id++
+		r.ID, r.Epoch = id, 1
+		return d.Do(r)
+	}
+	info := func(what string, wantSHA string, wantOpened bool) {
+		t.Helper()
+		rep := do(proto.Request{Op: proto.OpInfo})
+		if rep.Info == nil || rep.Info.BackingSHA256 != wantSHA || rep.Info.Opened != wantOpened {
+			t.Fatalf("%s: info %+v, want sha %q opened %v", what, rep.Info, wantSHA, wantOpened)
+		}
+	}
+	info("before open", "5ha", false)
+	if rep := do(proto.Request{Op: proto.OpOpen}); rep.Status != proto.StatusOK {
+		t.Fatalf("open: %v %s", rep.Status, rep.Err)
+	}
+	info("opened", "5ha", true)
+	d.Crash(func(store.LayerID, uint64, bool) bool { return false })
+	info("restarted", "5ha", false)
+	if rep := do(proto.Request{Op: proto.OpOpen}); rep.Status != proto.StatusOK {
+		t.Fatalf("reopen: %v %s", rep.Status, rep.Err)
+	}
+	if rep := do(proto.Request{Op: proto.OpDeleteSnapshot, Name: "backing:base"}); rep.Status != proto.StatusOK {
+		t.Fatalf("delete the backing layer: %v %s", rep.Status, rep.Err)
+	}
+	info("image merged away", "", true)
+}
