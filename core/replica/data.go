@@ -80,19 +80,35 @@ func (r *Replica) runRead(o *op) { r.readRuns(o, r.runsFor(o.lo, o.hi)) }
 
 // readRuns reads o's blocks from runs (blocks in no run read as zeros),
 // checks them and replies: with the store's buffer when one run holds
-// every block, else with a buffer gathered from all of them.
+// every block, zeros when none holds any, else with a buffer gathered
+// from all of them.
 func (r *Replica) readRuns(o *op, runs []layerRun) {
-	if len(runs) == 1 && runs[0].start == o.lo && runs[0].n == o.hi-o.lo {
+	switch {
+	case len(runs) == 1 && runs[0].start == o.lo && runs[0].n == o.hi-o.lo:
 		r.readWhole(o, runs[0])
-		return
+	case len(runs) == 0:
+		r.readZeros(o)
+	default:
+		r.readGather(o, runs)
 	}
-	r.readGather(o, runs)
 }
 
-// readGather serves a read from several runs (or none) into one buffer.
+// readZeros answers a read of blocks no layer holds: no IO, so the op is
+// reused at once.
+func (r *Replica) readZeros(o *op) {
+	out := r.cfg.NewBuffer(int(uint64(o.req.BlockCount) * proto.BlockSize))
+	clear(out)
+	r.reply(proto.Reply{ID: o.req.ID, Data: out})
+	r.finish(o)
+	r.reuseOp(o)
+}
+
+// readGather serves a read from several runs into one buffer: blocks in
+// no run read as zeros.
 func (r *Replica) readGather(o *op, runs []layerRun) {
 	req := o.req
-	out := make([]byte, uint64(req.BlockCount)*proto.BlockSize)
+	out := r.cfg.NewBuffer(int(uint64(req.BlockCount) * proto.BlockSize))
+	clear(out)
 	left := len(runs)
 	status, detail, bad := proto.StatusOK, "", uint64(0)
 	done := func() {

@@ -52,6 +52,11 @@ type Config struct {
 	CreateSizeBytes uint64
 	// MaxActiveRegions bounds the activity log (default 64 = 256 MiB).
 	MaxActiveRegions int
+	// NewBuffer, if set, returns a buffer of sizeBytes (content
+	// undefined) for a read the replica assembles itself (zeros, or data
+	// from several layers); it goes out with the reply, whose receiver
+	// owns it, so a driver may hand out recycled buffers. Default: make.
+	NewBuffer func(sizeBytes int) []byte
 	// Backing, with CreateSizeBytes, creates the replica on a backing
 	// image the store already holds as layer BackingLayerID (backing.go).
 	Backing *Backing
@@ -161,6 +166,9 @@ type region struct {
 func New(cfg Config) *Replica {
 	if cfg.MaxActiveRegions <= 0 {
 		cfg.MaxActiveRegions = 64
+	}
+	if cfg.NewBuffer == nil {
+		cfg.NewBuffer = func(n int) []byte { return make([]byte, n) }
 	}
 	r := &Replica{
 		cfg:       cfg,

@@ -13,7 +13,8 @@ import (
 // write through Volume allocates (issue 5: no per-IO heap allocation on
 // the data path). It covers one and three filestore replicas over
 // in-process links, one over loopback TCP, and the async path at queue
-// depth 32 as the NBD and iSCSI frontends drive it.
+// depth 32 as the NBD and iSCSI frontends drive it; reads of written and
+// of never-written blocks.
 //
 // Tolerance: testing.AllocsPerRun floors the average, so fewer than one
 // allocation per IO passes. That absorbs what is not per IO: the loop's
@@ -54,15 +55,25 @@ func TestDataPathAllocatesNothing(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			readHole := func() { // blocks never written: the replica makes the zeros
+				i++
+				if err := v.ReadAt(ctx, p, uint64(blocks+i*7919%blocks)*4096); err != nil {
+					t.Fatal(err)
+				}
+			}
 			for range runs {
 				write()
 				read()
+				readHole()
 			}
 			if n := testing.AllocsPerRun(runs, write); n > 0 {
 				t.Errorf("4 KiB write: %v allocations per IO", n)
 			}
 			if n := testing.AllocsPerRun(runs, read); n > 0 {
 				t.Errorf("4 KiB read: %v allocations per IO", n)
+			}
+			if n := testing.AllocsPerRun(runs, readHole); n > 0 {
+				t.Errorf("4 KiB read of unwritten blocks: %v allocations per IO", n)
 			}
 		})
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/core/store"
+	"github.com/drover-io/drover/transports/bufpool"
 )
 
 // Executor runs one store IO to completion. Implementations must be safe
@@ -92,6 +93,9 @@ func Open(cfg replica.Config, exec Executor) (*Runner, error) {
 	if exec == nil {
 		return nil, fmt.Errorf("open replica %s: nil executor", cfg.ID)
 	}
+	if cfg.NewBuffer == nil {
+		cfg.NewBuffer = bufpool.Get // replies hand them on (link.Handler)
+	}
 	r := &Runner{
 		id: cfg.ID, exec: exec, rep: replica.New(cfg),
 		waiters: map[uint64]waiterList{}, downs: map[*localLink]struct{}{},
@@ -151,12 +155,15 @@ func (r *Runner) step(req proto.Request, reply func(proto.Reply), ios []store.IO
 	if i := replyIndex(rd.Replies, req.ID); i >= 0 {
 		// Answered at once (refused, or served without IO): it is ours,
 		// even if an older request with the same id is still waiting.
+		// The others are routed around it, so that rd keeps its slice
+		// for Release (cutting it out would leave a slice of no capacity,
+		// and the replica's next reply would allocate).
 		deliveries = append(deliveries, delivery{reply, rd.Replies[i]})
-		rd.Replies = append(rd.Replies[:i:i], rd.Replies[i+1:]...)
+		deliveries = r.routeSkip(deliveries, rd.Replies, i)
 	} else {
 		r.addWaiter(req, reply)
+		deliveries = r.route(deliveries, rd.Replies)
 	}
-	deliveries = r.route(deliveries, rd.Replies)
 	r.ios.Add(len(rd.IOs))
 	ios = append(ios, rd.IOs...)
 	r.rep.Release(rd)
@@ -256,8 +263,16 @@ func (wl *waiterList) pop() (waiter, bool) {
 // of answered requests, which would otherwise wait forever and could take
 // the reply of a newer engine's request reusing their id) are dropped.
 func (r *Runner) route(out []delivery, reps []proto.Reply) []delivery {
+	return r.routeSkip(out, reps, -1)
+}
+
+// routeSkip is route for every reply but reps[skip].
+func (r *Runner) routeSkip(out []delivery, reps []proto.Reply, skip int) []delivery {
 	var opened uint64
-	for _, rep := range reps {
+	for i, rep := range reps {
+		if i == skip {
+			continue
+		}
 		wl, ok := r.waiters[rep.ID]
 		if !ok {
 			continue // the caller of a duplicate of an answered request
