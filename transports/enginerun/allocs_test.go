@@ -75,6 +75,23 @@ func TestDataPathAllocatesNothing(t *testing.T) {
 			if n := testing.AllocsPerRun(runs, readHole); n > 0 {
 				t.Errorf("4 KiB read of unwritten blocks: %v allocations per IO", n)
 			}
+			if tc.replicas == 1 && !tc.tcp {
+				// A FUA write syncs twice (data, then index), each on a
+				// goroutine of the Runner's: a go statement with an
+				// argument allocates its closure. Nothing else may.
+				fua := func() {
+					i++
+					if err := v.WriteAt(ctx, p, uint64(i*7919%blocks)*4096, true); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for range 100 {
+					fua()
+				}
+				if n := testing.AllocsPerRun(200, fua); n > 2 {
+					t.Errorf("4 KiB FUA write: %v allocations per IO, want at most 2", n)
+				}
+			}
 		})
 	}
 	t.Run("async-qd32-local-replicas=1", func(t *testing.T) {

@@ -443,30 +443,30 @@ func getEntry(b []byte, blockIndex uint64) proto.BlockState {
 // writeIndex stores entries (a later entry for a block wins), one pwrite
 // per run of consecutive blocks.
 func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error {
-	sorted := append([]proto.BlockState(nil), entries...)
-	slices.SortStableFunc(sorted, func(a, b proto.BlockState) int { return cmp.Compare(a.BlockIndex, b.BlockIndex) })
-	buf := make([]byte, 0, min(len(sorted), readIndexChunkBytes/entryBytes)*entryBytes)
-	var start uint64
-	flushRun := func() error {
-		if len(buf) == 0 {
-			return nil
-		}
-		_, err := l.index.WriteAt(buf, entryOffset(start))
-		if err != nil {
-			return fmt.Errorf("write index entries at block %d: %w", start, err)
-		}
-		l.imap.grew(entryOffset(start) + int64(len(buf)))
-		buf = buf[:0]
-		return nil
+	// Entries are the replica's (an op's own, for a FUA write): sorted
+	// in a copy only when they are not sorted already.
+	sorted := entries
+	if !slices.IsSortedFunc(entries, byBlockIndex) {
+		sorted = append([]proto.BlockState(nil), entries...)
+		slices.SortStableFunc(sorted, byBlockIndex)
 	}
+	var small [16 * entryBytes]byte // a FUA write's few entries: no allocation
+	var buf []byte
+	if n := min(len(sorted), readIndexChunkBytes/entryBytes) * entryBytes; n <= len(small) {
+		buf = small[:0:n]
+	} else {
+		buf = make([]byte, 0, n)
+	}
+	var start uint64
 	for i, e := range sorted {
 		if i+1 < len(sorted) && sorted[i+1].BlockIndex == e.BlockIndex {
 			continue // a later entry for the same block follows
 		}
 		if len(buf) > 0 && (e.BlockIndex != start+uint64(len(buf)/entryBytes) || len(buf) == cap(buf)) {
-			if err := flushRun(); err != nil {
+			if err := l.writeEntryRun(buf, start); err != nil {
 				return err
 			}
+			buf = buf[:0]
 		}
 		if len(buf) == 0 {
 			start = e.BlockIndex
@@ -474,12 +474,26 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 		buf = buf[:len(buf)+entryBytes]
 		putEntry(buf[len(buf)-entryBytes:], e)
 	}
-	if err := flushRun(); err != nil {
+	if err := l.writeEntryRun(buf, start); err != nil {
 		return err
 	}
 	if flushedSeq != 0 {
 		return l.writeHeader(flushedSeq)
 	}
+	return nil
+}
+
+func byBlockIndex(a, b proto.BlockState) int { return cmp.Compare(a.BlockIndex, b.BlockIndex) }
+
+// writeEntryRun writes encoded entries for blocks from start on.
+func (l *layer) writeEntryRun(buf []byte, start uint64) error {
+	if len(buf) == 0 {
+		return nil
+	}
+	if _, err := l.index.WriteAt(buf, entryOffset(start)); err != nil {
+		return fmt.Errorf("write index entries at block %d: %w", start, err)
+	}
+	l.imap.grew(entryOffset(start) + int64(len(buf)))
 	return nil
 }
 

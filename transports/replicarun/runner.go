@@ -84,6 +84,10 @@ type Runner struct {
 	downs    map[*localLink]struct{}
 
 	ios sync.WaitGroup // IOs being executed, for Close
+	// runFirstFn is runFirst, called through a func value so that run and
+	// runFirst are not mutually recursive to escape analysis, which would
+	// then move runFirst's stack array to the heap.
+	runFirstFn func(store.IO)
 }
 
 // Open starts a replica on exec and runs its loading (reading metadata and
@@ -100,6 +104,7 @@ func Open(cfg replica.Config, exec Executor) (*Runner, error) {
 		id: cfg.ID, exec: exec, rep: replica.New(cfg),
 		waiters: map[uint64]waiterList{}, downs: map[*localLink]struct{}{},
 	}
+	r.runFirstFn = r.runFirst
 	// Loading is sequential: each IO follows from the last completion.
 	pending := r.rep.Ready().IOs
 	for len(pending) > 0 {
@@ -321,7 +326,7 @@ func (r *Runner) run(ios []store.IO) []store.IO {
 		ios[len(ios)-1] = store.IO{}
 		ios = ios[:len(ios)-1]
 		if blocking(io) {
-			go r.runFirst(io)
+			go r.runFirstFn(io)
 			continue
 		}
 		ios = r.complete(r.exec.Execute(io), ios)
@@ -332,7 +337,8 @@ func (r *Runner) run(ios []store.IO) []store.IO {
 // runFirst executes io on this goroutine, whatever its kind, then what
 // follows from it as run does.
 func (r *Runner) runFirst(io store.IO) {
-	r.run(r.complete(r.exec.Execute(io), nil))
+	var buf [4]store.IO // on the stack, as in Handle
+	r.run(r.complete(r.exec.Execute(io), buf[:0]))
 }
 
 // complete feeds c to the replica, delivers the replies that follow, and
