@@ -241,9 +241,21 @@ func (c *runCopier) maybeFlush() {
 	})
 }
 
+// otherSource returns an RW replica that is neither target nor tried, or
+// "".
+func (s *layerSync) otherSource(target proto.ReplicaID, tried map[proto.ReplicaID]bool) proto.ReplicaID {
+	for _, id := range s.e.readable() {
+		if id != target && !tried[id] {
+			return id
+		}
+	}
+	return ""
+}
+
 // copyRunFrom copies run from src to target. When src holds a corrupt
-// block in that run, another RW replica that is neither the target nor
-// tried yet serves it instead (its copy is checked the same way).
+// block in that run (the target refuses it: its checksum does not match),
+// another RW replica that is neither the target nor tried yet serves it
+// instead (its copy is checked the same way).
 func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src proto.ReplicaID, tried map[proto.ReplicaID]bool, done func(string)) {
 	tried[src] = true
 	req := proto.Request{Op: proto.OpLayerRead, Name: s.layer, BlockIndex: run.BlockIndex, BlockCount: uint32(run.BlockCount)}
@@ -251,13 +263,9 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 		if s.aborted {
 			return
 		}
-		if rep.Status == proto.StatusCorrupt {
-			for _, id := range s.e.readable() {
-				if id != target && !tried[id] {
-					s.copyRunFrom(target, run, id, tried, done)
-					return
-				}
-			}
+		if next := s.otherSource(target, tried); rep.Status == proto.StatusCorrupt && next != "" {
+			s.copyRunFrom(target, run, next, tried, done)
+			return
 		}
 		if rep.Status != proto.StatusOK {
 			done(fmt.Sprintf("read layer %q of %s: %v %s", s.layer, src, rep.Status, rep.Err))
@@ -267,6 +275,13 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 			BlockCount: uint32(run.BlockCount), Data: rep.Data, Blocks: rep.Blocks}
 		s.e.send(target, w, func(rep proto.Reply) {
 			if s.aborted {
+				return
+			}
+			// The target refuses a block that does not match the checksum
+			// the source's index gave (the source's layer reads do not
+			// checksum): read the run from another replica.
+			if next := s.otherSource(target, tried); rep.Status == proto.StatusCorrupt && next != "" {
+				s.copyRunFrom(target, run, next, tried, done)
 				return
 			}
 			if rep.Status != proto.StatusOK {

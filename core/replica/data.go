@@ -57,6 +57,12 @@ func (r *Replica) runsAt(top int, lo, hi uint64) []layerRun {
 // verify checks blocks read from l against their index entries (the
 // unflushed entry when there is one). It returns the first bad block.
 func (r *Replica) verify(l *layer, c store.Completion, start uint64) (uint64, string) {
+	return r.check(l, c, start, true)
+}
+
+// check is verify, with the checksums computed only when sums is set (the
+// index entries' kinds are always checked).
+func (r *Replica) check(l *layer, c store.Completion, start uint64, sums bool) (uint64, string) {
 	for i := range c.Entries {
 		b := start + uint64(i)
 		e := c.Entries[i]
@@ -68,6 +74,9 @@ func (r *Replica) verify(l *layer, c store.Completion, start uint64) (uint64, st
 		}
 		if e.Kind != proto.BlockData {
 			return b, sprintf("block %d of layer %d: index holds %d, not data", b, l.meta.ID, e.Kind)
+		}
+		if !sums {
+			continue
 		}
 		if got := crcOf(c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize]); got != e.CRC {
 			return b, sprintf("block %d of layer %d: checksum %08x, index says %08x", b, l.meta.ID, got, e.CRC)
@@ -359,7 +368,11 @@ func (r *Replica) runLayerBlocks(o *op) {
 
 // runLayerRead serves a rebuild's (or resync's) read of one layer. It is
 // read once, in large runs, mostly from disk: Uncached lets the store
-// read it around the page cache.
+// read it around the page cache. Its data blocks are not checksummed
+// here: the reply carries each block's checksum from the index, and the
+// only use of it, a layer write, checks every block against it on the
+// receiving replica (StatusCorrupt there sends the engine to another
+// source), so checksumming here too would only cost a pass over the data.
 func (r *Replica) runLayerRead(o *op) {
 	l, _ := r.layerByName(o.req.Name)
 	io := store.IO{Kind: store.ReadData, Layer: l.meta.ID, BlockIndex: o.lo, BlockCount: o.hi - o.lo, Uncached: true}
@@ -369,7 +382,7 @@ func (r *Replica) runLayerRead(o *op) {
 			r.replyErr(o.req.ID, proto.StatusIOError, "read layer %d: %v %s", l.meta.ID, c.Err, c.Detail)
 			return
 		}
-		if b, why := r.verify(l, c, o.lo); why != "" {
+		if b, why := r.check(l, c, o.lo, false); why != "" {
 			r.reply(proto.Reply{ID: o.req.ID, Status: proto.StatusCorrupt, Err: why, BlockIndex: b})
 			return
 		}

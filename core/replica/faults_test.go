@@ -236,9 +236,10 @@ func TestSyncErrorFailsStop(t *testing.T) {
 }
 
 // TestLayerWriteRefusesDamagedData: a layer write whose data block does
-// not match its state's CRC (damaged on the way: the wire leaves a layer
-// write's data out of the frame checksum and relies on this check) is
-// refused and changes nothing.
+// not match its state's CRC (rotted on the source, whose layer reads do
+// not checksum, or damaged on the way: the wire leaves a layer write's
+// data out of the frame checksum) is refused as corrupt and changes
+// nothing.
 func TestLayerWriteRefusesDamagedData(t *testing.T) {
 	d := newDriver(8)
 	mustOK(t, "open", d.Do(proto.Request{ID: 1, Epoch: 1, Op: proto.OpOpen}))
@@ -248,7 +249,7 @@ func TestLayerWriteRefusesDamagedData(t *testing.T) {
 	damaged := append([]byte(nil), good...)
 	damaged[proto.BlockSize+100] ^= 0x10
 	rep := d.Do(proto.Request{ID: 2, Epoch: 1, Op: proto.OpLayerWrite, BlockIndex: 2, BlockCount: 2, Data: damaged, Blocks: states})
-	if rep.Status != proto.StatusInvalid {
+	if rep.Status != proto.StatusCorrupt {
 		t.Fatalf("damaged layer write: %v %s", rep.Status, rep.Err)
 	}
 	got := mustOK(t, "read", d.Do(proto.Request{ID: 3, Epoch: 1, Op: proto.OpRead, BlockIndex: 2, BlockCount: 2}))

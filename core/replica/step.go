@@ -158,8 +158,8 @@ func (r *Replica) newOp(req proto.Request) (*op, proto.Status, string) {
 			if sharedLayer(l) {
 				return nil, proto.StatusInvalid, sprintf("layer %q is a shared backing image: read-only", req.Name)
 			}
-			if msg := checkLayerWrite(req); msg != "" {
-				return nil, proto.StatusInvalid, msg
+			if st, msg := checkLayerWrite(req); msg != "" {
+				return nil, st, msg
 			}
 			o.write, o.inplace, o.run = true, l, r.runLayerWrite
 		}
@@ -187,19 +187,22 @@ func (r *Replica) checkRange(req proto.Request) string {
 	return ""
 }
 
-func checkLayerWrite(req proto.Request) string {
+// checkLayerWrite checks a layer write's shape (StatusInvalid) and every
+// data block against its checksum (StatusCorrupt: the source's copy rotted
+// — layer reads do not checksum — or it was damaged on the way).
+func checkLayerWrite(req proto.Request) (proto.Status, string) {
 	if len(req.Blocks) != int(req.BlockCount) || uint64(len(req.Data)) != uint64(req.BlockCount)*proto.BlockSize {
-		return sprintf("%d block states and %d bytes for %d blocks", len(req.Blocks), len(req.Data), req.BlockCount)
+		return proto.StatusInvalid, sprintf("%d block states and %d bytes for %d blocks", len(req.Blocks), len(req.Data), req.BlockCount)
 	}
 	for i, b := range req.Blocks {
 		if b.BlockIndex != req.BlockIndex+uint64(i) || b.Kind > proto.BlockZero {
-			return sprintf("block state %d is for block %d kind %d", i, b.BlockIndex, b.Kind)
+			return proto.StatusInvalid, sprintf("block state %d is for block %d kind %d", i, b.BlockIndex, b.Kind)
 		}
 		if b.Kind == proto.BlockData && crcOf(req.Data[i*proto.BlockSize:(i+1)*proto.BlockSize]) != b.CRC {
-			return sprintf("block %d does not match its checksum", b.BlockIndex)
+			return proto.StatusCorrupt, sprintf("block %d does not match its checksum", b.BlockIndex)
 		}
 	}
-	return ""
+	return proto.StatusOK, ""
 }
 
 func (o *op) conflicts(x *op) bool {
