@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-
-	"github.com/drover-io/drover/transports/control"
 )
 
 // TestProcessDevSpares: drover dev --spares 1 keeps spare-1 under the
@@ -16,13 +14,7 @@ import (
 // that finds spare-1 in the recorded membership and keeps dev-3 out.
 func TestProcessDevSpares(t *testing.T) {
 	dataDir := t.TempDir()
-	c := &volumeClient{t: t, ctlAddr: freeAddr(t), size: testSizeBytes}
-	client, conn, err := control.Dial(c.ctlAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c.client = client
+	c := newVolumeClient(t, freeAddr(t), testSizeBytes)
 	startDev := func() *proc {
 		return start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--control", c.ctlAddr,
 			"--frontend", "none", "--spares", "1", "--replace-after", "1s")

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/drover-io/drover/frontends/nbd"
-	"github.com/drover-io/drover/transports/control"
 )
 
 // needQemuISCSI skips the test when qemu has no iSCSI block driver
@@ -47,13 +46,7 @@ func TestProcessDevISCSIAndNBD(t *testing.T) {
 	const sizeBytes = 32 << 20
 	ctl, portal, dir := freeAddr(t), freeAddr(t), t.TempDir()
 	sock := filepath.Join(dir, "nbd.sock")
-	c := &volumeClient{t: t, ctlAddr: ctl, size: sizeBytes}
-	client, conn, err := control.Dial(ctl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c.client = client
+	c := newVolumeClient(t, ctl, sizeBytes)
 	p := start(t, "dev", nil, "dev", "--data-dir", filepath.Join(dir, "data"), "--size", "32MiB", "--control", ctl,
 		"--frontend", "nbd,iscsi", "--nbd-listen", "unix:"+sock, "--iscsi-listen", portal)
 	c.waitModes("drover dev serving", "", "", "")

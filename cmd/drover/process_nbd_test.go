@@ -312,13 +312,7 @@ func TestProcessDevISCSICHAP(t *testing.T) {
 	needTools(t, "iscsi-readcapacity16")
 	const user, secret = "drover-test", "a-secret-of-16-bytes"
 	ctl, portal := freeAddr(t), freeAddr(t)
-	c := &volumeClient{t: t, ctlAddr: ctl, size: testSizeBytes}
-	client, conn, err := control.Dial(ctl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c.client = client
+	c := newVolumeClient(t, ctl, testSizeBytes)
 	p := start(t, "dev", nil, "dev", "--data-dir", t.TempDir(), "--size", "4MiB", "--control", ctl,
 		"--frontend", "iscsi", "--iscsi-listen", portal, "--iscsi-chap-user", user, "--iscsi-chap-secret", secret)
 	c.waitModes("drover dev serving", "", "", "")

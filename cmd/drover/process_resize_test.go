@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 )
 
@@ -29,13 +28,7 @@ func TestProcessExpandUnderLoad(t *testing.T) {
 	dataDir := t.TempDir()
 	sock := filepath.Join(dataDir, "nbd.sock")
 	portal := freeAddr(t)
-	c := &volumeClient{t: t, ctlAddr: freeAddr(t), size: 16 * mib}
-	client, conn, err := control.Dial(c.ctlAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c.client = client
+	c := newVolumeClient(t, freeAddr(t), 16*mib)
 	dev := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "16MiB", "--control", c.ctlAddr,
 		"--frontend", "nbd,iscsi", "--nbd-listen", "unix:"+sock, "--iscsi-listen", portal)
 	c.waitModes("drover dev serving", "", "", "")

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/drover-io/drover/transports/control"
 )
 
 // cluster is a volume run as separate processes: replicas and an engine.
@@ -39,17 +37,11 @@ func (c *cluster) startEngine(extra ...string) {
 }
 
 func newCluster(t *testing.T, size uint64, addrs []string, prefix [][]string) *cluster {
-	c := &cluster{volumeClient: &volumeClient{t: t, size: size, ctlAddr: freeAddr(t)}, addrs: addrs, prefix: prefix,
+	c := &cluster{volumeClient: newVolumeClient(t, freeAddr(t), size), addrs: addrs, prefix: prefix,
 		replicas: make([]*proc, len(addrs))}
 	for i := range addrs {
 		c.dirs = append(c.dirs, filepath.Join(t.TempDir(), fmt.Sprintf("r%d", i+1)))
 	}
-	client, conn, err := control.Dial(c.ctlAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	c.client = client
 	for i := range addrs {
 		c.startReplica(i)
 	}

@@ -178,6 +178,17 @@ type volumeClient struct {
 	client  controlpb.ControlClient
 }
 
+// newVolumeClient dials the control API at ctlAddr (gRPC connects lazily,
+// so the server may start later); the connection closes with the test.
+func newVolumeClient(t *testing.T, ctlAddr string, size uint64) *volumeClient {
+	client, conn, err := control.Dial(ctlAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &volumeClient{t: t, ctlAddr: ctlAddr, size: size, client: client}
+}
+
 // modes returns the phase and each replica's mode, by replica id.
 func (c *volumeClient) modes() (string, map[string]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -316,13 +327,7 @@ const testSizeBytes = 4 << 20
 // snapshots survive.
 func TestProcessDevReopensVolume(t *testing.T) {
 	dataDir := t.TempDir()
-	c := &volumeClient{t: t, ctlAddr: freeAddr(t), size: testSizeBytes}
-	client, conn, err := control.Dial(c.ctlAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c.client = client
+	c := newVolumeClient(t, freeAddr(t), testSizeBytes)
 	startDev := func() *proc {
 		p := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--control", c.ctlAddr,
 			"--nbd-listen", "unix:"+filepath.Join(dataDir, "nbd.sock"))
