@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 )
 
@@ -42,13 +41,7 @@ func TestProcessDevSpares(t *testing.T) {
 
 	dev = startDev()
 	c.waitMembers("spare-1 adopted after a restart", map[string]string{"dev-1": "RW", "dev-2": "RW", "spare-1": "RW"})
-	info, err := c.volumeInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(info.GetRemoved(), "dev-3") {
-		t.Errorf("dev-3 not recorded as removed: %v", info.GetRemoved())
-	}
+	c.wantRemoved("dev-3")
 	l.verify("after a restart with spare-1 a member")
 	dev.stop()
 }

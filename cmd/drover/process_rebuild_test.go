@@ -24,6 +24,18 @@ func (c *volumeClient) volumeInfo() (*controlpb.VolumeInfoResponse, error) {
 	return c.client.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
 }
 
+// wantRemoved checks that the engine lists id as a removed member.
+func (c *volumeClient) wantRemoved(id string) {
+	c.t.Helper()
+	info, err := c.volumeInfo()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if !slices.Contains(info.GetRemoved(), id) {
+		c.t.Errorf("%s not recorded as removed: %v", id, info.GetRemoved())
+	}
+}
+
 // waitMembers waits until the engine serves with exactly the members in
 // want, each in its mode.
 func (c *volumeClient) waitMembers(what string, want map[string]string) {
@@ -174,13 +186,7 @@ func TestProcessRebuildResumeAndReplace(t *testing.T) {
 	if afterKill.GetBytesCopied()+32<<20 > full {
 		t.Errorf("s1's rebuild after the engine restart copied %d bytes: it restarted rather than continued", afterKill.GetBytesCopied())
 	}
-	info, err := c.volumeInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(info.GetRemoved(), "r3") {
-		t.Errorf("r3 not recorded as removed: %v", info.GetRemoved())
-	}
+	c.wantRemoved("r3")
 	l.verify("after s1 replaced r3")
 
 	// 3. By command: s2 replaces r2, with a progress bar.
@@ -238,13 +244,7 @@ func TestProcessIdleReplicaReplaced(t *testing.T) {
 
 	c.replicas[2].kill() // no IO from here until s1 is RW
 	c.waitMembers("s1 in r3's place with no IO", map[string]string{"r1": "RW", "r2": "RW", "s1": "RW"})
-	info, err := c.volumeInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(info.GetRemoved(), "r3") {
-		t.Errorf("r3 not recorded as removed: %v", info.GetRemoved())
-	}
+	c.wantRemoved("r3")
 	l.verify("after s1 replaced r3 on an idle volume")
 
 	c.engine.stop()
