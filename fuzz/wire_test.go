@@ -3,6 +3,7 @@ package fuzz
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/drover-io/drover/core/proto"
@@ -89,20 +90,51 @@ func FuzzReadFrame(f *testing.F) {
 	hello := proto.AppendHello(nil, proto.Hello{Version: proto.WireVersion, Role: proto.RoleEngine, ReplicaID: "a"})
 	f.Add(proto.AppendRequestFrame(hello, &reqs[1]))
 	f.Add([]byte("DRVW\x02\x00\x01\x00"))
+	// A layer write large enough for ReadFrameSplit to read its data apart.
+	big := &proto.Request{ID: 9, Epoch: 3, Op: proto.OpLayerWrite, BlockCount: proto.SplitDataBytes / proto.BlockSize,
+		Data: bytes.Repeat([]byte{1}, proto.SplitDataBytes), Blocks: make([]proto.BlockState, proto.SplitDataBytes/proto.BlockSize)}
+	f.Add(proto.AppendRequestFrame(append([]byte(nil), hello...), big))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		r := bytes.NewReader(stream)
 		if _, err := proto.ReadHello(r); err != nil {
 			return
 		}
+		rest := stream[len(stream)-r.Len():]
 		for {
 			body, err := proto.ReadFrame(r, nil)
 			if err != nil {
-				return
+				break
 			}
 			if len(body) > proto.MaxFrameBytes {
 				t.Fatalf("body of %d bytes", len(body))
 			}
 			_, _ = proto.DecodeRequest(body)
 		}
+		checkReadFrameSplit(t, rest)
 	})
+}
+
+// checkReadFrameSplit requires ReadFrameSplit and DecodeRequestSplit to
+// accept exactly the frames ReadFrame and DecodeRequest accept, with the
+// same result, on the frames of stream.
+func checkReadFrameSplit(t *testing.T, stream []byte) {
+	r, rs := bytes.NewReader(stream), bytes.NewReader(stream)
+	for {
+		body, err := proto.ReadFrame(r, nil)
+		head, data, errSplit := proto.ReadFrameSplit(rs, nil, func(n int) []byte { return make([]byte, n) })
+		if (err == nil) != (errSplit == nil) {
+			t.Fatalf("ReadFrame: %v, ReadFrameSplit: %v", err, errSplit)
+		}
+		if err != nil {
+			return
+		}
+		if data == nil && !bytes.Equal(head, body) || data != nil && !bytes.Equal(append(head[:len(head):len(head)], data...), body) {
+			t.Fatalf("ReadFrameSplit read other bytes")
+		}
+		req, err := proto.DecodeRequest(body)
+		reqSplit, errSplit := proto.DecodeRequestSplit(head, data)
+		if (err == nil) != (errSplit == nil) || err == nil && !reflect.DeepEqual(req, reqSplit) {
+			t.Fatalf("DecodeRequest: %v, DecodeRequestSplit: %v (or other results)", err, errSplit)
+		}
+	}
 }

@@ -12,7 +12,10 @@ package proto
 // where the body is one encoded Request (engine → replica) or Reply
 // (replica → engine). Integers are little endian. Decoders never panic on
 // bad bytes and allocate no more than the frame they are given holds;
-// decoded Data aliases the frame body (no copy).
+// decoded Data aliases the frame body (no copy), or is the data
+// ReadFrameSplit read apart from it. Large data (SplitDataBytes or more)
+// can be written apart from its frame too (AppendRequestFrameHead): the
+// bytes on the wire are the same either way.
 //
 // Data always ends the body. A body whose block states checksum every
 // block of its data (an OpLayerWrite request, the reply to an
@@ -161,10 +164,7 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 	}
 	body := buf[:n]
 	if _, err := io.ReadFull(r, body); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("wire: read %d-byte frame body: %w", n, err)
+		return nil, frameBodyError(n, err)
 	}
 	summed, err := summedPart(body)
 	if err != nil {
@@ -174,6 +174,71 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: body %08x, header %08x", ErrChecksum, got, want)
 	}
 	return body, nil
+}
+
+// ReadFrameSplit is ReadFrame for a reader that wants large data in a
+// buffer of its own rather than copied out of the frame: when the body's
+// data is left out of the frame CRC (flagUnsummedData) and is at least
+// SplitDataBytes long, it reads the body up to the data into buf (head)
+// and the data into newData(n), which must return n bytes; otherwise head
+// is the whole checked body, as from ReadFrame, and data is nil. Decode a
+// split body with DecodeRequestSplit or DecodeReplySplit.
+func ReadFrameSplit(r io.Reader, buf []byte, newData func(n int) []byte) (head, data []byte, err error) {
+	if cap(buf) < FrameHeaderBytes+unsummedHeaderBytes {
+		buf = make([]byte, FrameHeaderBytes+unsummedHeaderBytes)
+	}
+	buf = buf[:cap(buf)]
+	hdr := buf[:FrameHeaderBytes]
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return nil, nil, err
+	}
+	n, want := binary.LittleEndian.Uint32(hdr), binary.LittleEndian.Uint32(hdr[4:])
+	if n > MaxFrameBytes {
+		return nil, nil, fmt.Errorf("%w: %d bytes (max %d)", ErrFrameTooLarge, n, MaxFrameBytes)
+	}
+	// The first bytes of the body say whether its data is unsummed and
+	// how long it is.
+	first := min(int(n), unsummedHeaderBytes)
+	if _, err := io.ReadFull(r, buf[:first]); err != nil {
+		return nil, nil, frameBodyError(n, err)
+	}
+	headBytes := int(n)
+	if first == unsummedHeaderBytes && buf[2]&flagUnsummedData != 0 {
+		dataBytes := binary.LittleEndian.Uint32(buf[3:unsummedHeaderBytes])
+		if dataBytes >= SplitDataBytes && uint64(dataBytes) <= uint64(n-unsummedHeaderBytes) {
+			headBytes = int(n - dataBytes)
+		}
+	}
+	if cap(buf) < headBytes {
+		buf = append(make([]byte, 0, headBytes), buf[:first]...)
+	}
+	head = buf[:headBytes]
+	if _, err := io.ReadFull(r, head[first:]); err != nil {
+		return nil, nil, frameBodyError(n, err)
+	}
+	summed := head
+	if headBytes < int(n) {
+		data = newData(int(n) - headBytes)
+		if len(data) != int(n)-headBytes {
+			panic(fmt.Sprintf("wire: newData(%d) returned %d bytes", int(n)-headBytes, len(data)))
+		}
+		if _, err := io.ReadFull(r, data); err != nil {
+			return nil, nil, frameBodyError(n, err)
+		}
+	} else if summed, err = summedPart(head); err != nil {
+		return nil, nil, err
+	}
+	if got := crc32.Checksum(summed, castagnoli); got != want {
+		return nil, nil, fmt.Errorf("%w: body %08x, header %08x", ErrChecksum, got, want)
+	}
+	return head, data, nil
+}
+
+func frameBodyError(n uint32, err error) error {
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("wire: read %d-byte frame body: %w", n, err)
 }
 
 // unsummedHeaderBytes is where the length of a body's unsummed data ends:
@@ -225,7 +290,7 @@ const (
 func AppendRequestFrame(b []byte, req *Request) []byte {
 	start := len(b)
 	b = append(b, make([]byte, FrameHeaderBytes)...)
-	b = appendRequest(b, req)
+	b = append(appendRequestHead(b, req), req.Data...)
 	return sealFrame(b, start, req.unsummed(), len(req.Data))
 }
 
@@ -233,8 +298,56 @@ func AppendRequestFrame(b []byte, req *Request) []byte {
 func AppendReplyFrame(b []byte, rep *Reply) []byte {
 	start := len(b)
 	b = append(b, make([]byte, FrameHeaderBytes)...)
-	b = appendReply(b, rep)
+	b = append(appendReplyHead(b, rep), rep.Data...)
 	return sealFrame(b, start, rep.unsummed(), len(rep.Data))
+}
+
+// SplitDataBytes is the least data the frame-head functions
+// (AppendRequestFrameHead, AppendReplyFrameHead, ReadFrameSplit) keep out
+// of the frame buffer. Copying smaller data costs less than a second
+// slice per write (and keeps 4 KiB IO in one buffer).
+const SplitDataBytes = 64 << 10
+
+// AppendRequestFrameHead is AppendRequestFrame for a writer that sends
+// large data from where it lies (writev) instead of copying it into the
+// frame: when req carries at least SplitDataBytes of data, it appends the
+// frame without its data and returns the data, which must follow those
+// bytes on the wire unchanged; otherwise it appends the whole frame and
+// returns nil. The frame's CRC covers the data when AppendRequestFrame's
+// would (computed over both slices).
+func AppendRequestFrameHead(b []byte, req *Request) ([]byte, []byte) {
+	if len(req.Data) < SplitDataBytes {
+		return AppendRequestFrame(b, req), nil
+	}
+	start := len(b)
+	b = append(b, make([]byte, FrameHeaderBytes)...)
+	b = appendRequestHead(b, req)
+	return sealFrameHead(b, start, req.unsummed(), req.Data), req.Data
+}
+
+// AppendReplyFrameHead is AppendRequestFrameHead for a reply.
+func AppendReplyFrameHead(b []byte, rep *Reply) ([]byte, []byte) {
+	if len(rep.Data) < SplitDataBytes {
+		return AppendReplyFrame(b, rep), nil
+	}
+	start := len(b)
+	b = append(b, make([]byte, FrameHeaderBytes)...)
+	b = appendReplyHead(b, rep)
+	return sealFrameHead(b, start, rep.unsummed(), rep.Data), rep.Data
+}
+
+// sealFrameHead fills in the header of the frame whose body is b[start+
+// FrameHeaderBytes:] followed by data; the CRC covers data unless
+// unsummed.
+func sealFrameHead(b []byte, start int, unsummed bool, data []byte) []byte {
+	head := b[start+FrameHeaderBytes:]
+	crc := crc32.Checksum(head, castagnoli)
+	if !unsummed {
+		crc = crc32.Update(crc, castagnoli, data)
+	}
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(head)+len(data)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc)
+	return b
 }
 
 // sealFrame fills in the header of the frame at b[start:]; when unsummed,
@@ -250,7 +363,9 @@ func sealFrame(b []byte, start int, unsummed bool, dataBytes int) []byte {
 	return b
 }
 
-func appendRequest(b []byte, q *Request) []byte {
+// appendRequestHead appends q's body up to its data (the data's length
+// included): the data follows, in the buffer or on the wire.
+func appendRequestHead(b []byte, q *Request) []byte {
 	var flags byte
 	if q.FUA {
 		flags |= flagFUA
@@ -280,10 +395,11 @@ func appendRequest(b []byte, q *Request) []byte {
 	if q.Attrs != nil {
 		b = appendAttrs(b, q.Attrs)
 	}
-	return appendBytes(b, q.Data)
+	return binary.LittleEndian.AppendUint32(b, uint32(len(q.Data)))
 }
 
-func appendReply(b []byte, p *Reply) []byte {
+// appendReplyHead is appendRequestHead for a reply.
+func appendReplyHead(b []byte, p *Reply) []byte {
 	var flags byte
 	if p.Info != nil {
 		flags |= flagInfo
@@ -308,7 +424,7 @@ func appendReply(b []byte, p *Reply) []byte {
 	if p.Snapshots != nil {
 		b = appendSnapshots(b, p.Snapshots)
 	}
-	return appendBytes(b, p.Data)
+	return binary.LittleEndian.AppendUint32(b, uint32(len(p.Data)))
 }
 
 func appendInfo(b []byte, in *Info) []byte {
@@ -368,11 +484,6 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-func appendBytes(b, s []byte) []byte {
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
-}
-
 func appendStrings(b []byte, ss []string) []byte {
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(ss)))
 	for _, s := range ss {
@@ -404,6 +515,9 @@ func appendExtents(b []byte, es []Extent) []byte {
 type decoder struct {
 	b   []byte
 	err error
+	// split: the body's data is not in b but in splitData (ReadFrameSplit).
+	split     bool
+	splitData []byte
 }
 
 func (d *decoder) fail(format string, args ...any) {
@@ -460,6 +574,19 @@ func (d *decoder) count(elemBytes uint64, what string) int {
 func (d *decoder) bytes(what string) []byte {
 	n := d.u32(what)
 	return d.take(uint64(n), what)
+}
+
+// data reads the body's data: its length, then the bytes that follow in
+// b, or splitData when the body was split.
+func (d *decoder) data() []byte {
+	if !d.split {
+		return d.bytes("data")
+	}
+	if n := d.u32("data"); d.err == nil && uint64(n) != uint64(len(d.splitData)) {
+		d.fail("data of %d bytes announced, %d read apart", n, len(d.splitData))
+		return nil
+	}
+	return d.splitData
 }
 
 func (d *decoder) string(what string) string { return string(d.bytes(what)) }
@@ -552,10 +679,19 @@ func (d *decoder) end() {
 
 // DecodeRequest decodes a frame body holding a Request. Data aliases body.
 func DecodeRequest(body []byte) (Request, error) {
-	if len(body) > MaxFrameBytes {
-		return Request{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(body))
+	return decodeRequest(&decoder{b: body})
+}
+
+// DecodeRequestSplit decodes a body ReadFrameSplit returned: Data is data
+// when that is not nil, else it aliases head.
+func DecodeRequestSplit(head, data []byte) (Request, error) {
+	return decodeRequest(&decoder{b: head, split: data != nil, splitData: data})
+}
+
+func decodeRequest(d *decoder) (Request, error) {
+	if n := len(d.b) + len(d.splitData); n > MaxFrameBytes {
+		return Request{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
 	}
-	d := &decoder{b: body}
 	if d.u8("body kind") != bodyRequest && d.err == nil {
 		d.fail("not a request")
 	}
@@ -576,7 +712,7 @@ func DecodeRequest(body []byte) (Request, error) {
 	if flags&flagAttrs != 0 {
 		q.Attrs = d.attrs()
 	}
-	q.Data = d.bytes("data")
+	q.Data = d.data()
 	if len(q.Data) == 0 {
 		q.Data = nil
 	}
@@ -593,10 +729,18 @@ func DecodeRequest(body []byte) (Request, error) {
 
 // DecodeReply decodes a frame body holding a Reply. Data aliases body.
 func DecodeReply(body []byte) (Reply, error) {
-	if len(body) > MaxFrameBytes {
-		return Reply{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(body))
+	return decodeReply(&decoder{b: body})
+}
+
+// DecodeReplySplit is DecodeRequestSplit for a reply.
+func DecodeReplySplit(head, data []byte) (Reply, error) {
+	return decodeReply(&decoder{b: head, split: data != nil, splitData: data})
+}
+
+func decodeReply(d *decoder) (Reply, error) {
+	if n := len(d.b) + len(d.splitData); n > MaxFrameBytes {
+		return Reply{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
 	}
-	d := &decoder{b: body}
 	if d.u8("body kind") != bodyReply && d.err == nil {
 		d.fail("not a reply")
 	}
@@ -614,7 +758,7 @@ func DecodeReply(body []byte) (Reply, error) {
 	if flags&flagSnapshots != 0 {
 		p.Snapshots = d.snapshots()
 	}
-	p.Data = d.bytes("data")
+	p.Data = d.data()
 	if len(p.Data) == 0 {
 		p.Data = nil
 	}

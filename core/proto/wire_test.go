@@ -173,3 +173,61 @@ func TestUnsummedData(t *testing.T) {
 		t.Fatalf("unsummed length beyond the body: %v", err)
 	}
 }
+
+// TestFrameSplit: frames whose large data is written apart
+// (Append*FrameHead) read back the same through ReadFrame and through
+// ReadFrameSplit, which reads block-checked data apart; summed data stays
+// under the CRC across the two slices.
+func TestFrameSplit(t *testing.T) {
+	big := bytes.Repeat([]byte{0x5a}, SplitDataBytes)
+	states := make([]BlockState, len(big)/BlockSize)
+	for i := range states {
+		states[i] = BlockState{BlockIndex: uint64(i), Kind: BlockData, CRC: uint32(i)}
+	}
+	reqs := []Request{
+		{ID: 1, Epoch: 2, Op: OpLayerWrite, Name: "l", BlockCount: uint32(len(states)), Data: big, Blocks: states},
+		{ID: 2, Epoch: 2, Op: OpWrite, BlockCount: uint32(len(states)), Data: big},
+		{ID: 3, Epoch: 2, Op: OpWrite, BlockCount: 1, Data: big[:BlockSize]},
+	}
+	for i := range reqs {
+		frame, data := AppendRequestFrameHead([]byte("x"), &reqs[i])
+		if split := len(reqs[i].Data) >= SplitDataBytes; (data != nil) != split {
+			t.Fatalf("request %d: data apart %v, want %v", i, data != nil, split)
+		}
+		whole := append(frame[1:], data...)
+		if want := AppendRequestFrame(nil, &reqs[i]); !bytes.Equal(whole, want) {
+			t.Fatalf("request %d: head and data differ from the whole frame", i)
+		}
+		head, apart, err := ReadFrameSplit(bytes.NewReader(whole), nil, func(n int) []byte { return make([]byte, n) })
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if unsummed := reqs[i].unsummed(); (apart != nil) != unsummed {
+			t.Fatalf("request %d: read apart %v, want %v", i, apart != nil, unsummed)
+		}
+		got, err := DecodeRequestSplit(head, apart)
+		if err != nil || !reflect.DeepEqual(got, reqs[i]) {
+			t.Fatalf("request %d: decoded %+v, %v", i, got.ID, err)
+		}
+		if !reqs[i].unsummed() {
+			bad := append([]byte(nil), whole...)
+			bad[len(bad)-1] ^= 1
+			if _, _, err := ReadFrameSplit(bytes.NewReader(bad), nil, nil); !errors.Is(err, ErrChecksum) {
+				t.Fatalf("request %d: summed data written apart is not checked: %v", i, err)
+			}
+		}
+	}
+	rep := Reply{ID: 4, Data: big, Blocks: states}
+	frame, data := AppendReplyFrameHead(nil, &rep)
+	head, apart, err := ReadFrameSplit(bytes.NewReader(append(frame, data...)), make([]byte, 0, 16), func(n int) []byte { return make([]byte, n) })
+	if err != nil || apart == nil {
+		t.Fatalf("reply: %v, apart %v", err, apart != nil)
+	}
+	if got, err := DecodeReplySplit(head, apart); err != nil || !reflect.DeepEqual(got, rep) {
+		t.Fatalf("reply: decoded %v", err)
+	}
+	// Data read apart must be the length the body announces.
+	if _, err := DecodeReplySplit(head, apart[1:]); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("reply with short data apart: %v", err)
+	}
+}

@@ -41,8 +41,8 @@ type clientLink struct {
 	h    link.Handler
 
 	mu       sync.Mutex
-	out      []byte // request frames not yet written
-	spare    []byte
+	out      frameQueue // request frames not yet written
+	spare    frameQueue
 	writing  bool // a Send is writing: others only queue
 	closed   bool // Close was called: no OnDown
 	down     bool
@@ -89,7 +89,12 @@ func clientHandshake(conn net.Conn, br *bufio.Reader, cfg DialConfig) error {
 
 // Send implements link.Link. Frames are appended to a buffer; the first
 // sender finding no write in progress writes the buffer, again and again
-// until it is empty, so concurrent senders share syscalls.
+// until it is empty, so concurrent senders share syscalls. Data of
+// proto.SplitDataBytes or more (a rebuild's layer writes) is not copied
+// into the buffer but written from the request's own slice (writev): the
+// caller keeps it unchanged until the request is answered, or for good
+// once its call ended unanswered (DataHeld), which is what the engine's
+// owners do anyway (docs/ARCHITECTURE.md, "Who owns a data buffer").
 func (l *clientLink) Send(reqs ...proto.Request) {
 	l.mu.Lock()
 	if l.down || l.closed {
@@ -97,20 +102,20 @@ func (l *clientLink) Send(reqs ...proto.Request) {
 		return
 	}
 	for i := range reqs {
-		l.out = proto.AppendRequestFrame(l.out, &reqs[i])
+		l.out.appendRequest(&reqs[i])
 	}
 	if l.writing {
 		l.mu.Unlock()
 		return
 	}
 	l.writing = true
-	for len(l.out) > 0 && !l.down && !l.closed {
-		buf := l.out
-		l.out = l.spare[:0]
+	for !l.out.empty() && !l.down && !l.closed {
+		q := l.out
+		l.out = l.spare.reset()
 		l.mu.Unlock()
-		_, err := l.conn.Write(buf)
+		err := q.writeTo(l.conn)
 		l.mu.Lock()
-		l.spare = buf[:0]
+		l.spare = q
 		if err != nil {
 			// The read loop sees the broken connection and reports it.
 			l.conn.Close()
@@ -147,27 +152,30 @@ func (l *clientLink) readLoop(br *bufio.Reader) {
 func (l *clientLink) read(br *bufio.Reader) error {
 	var buf []byte
 	for {
-		// Every frame is read into the same buffer. Reply data aliases
-		// it, so the data is copied into a pooled buffer that goes to the
-		// engine with the reply (the engine's caller owns it then, and may
-		// put it back: enginerun's Volume does once it copied it out).
-		body, err := proto.ReadFrame(br, buf)
+		// Every frame is read into the same buffer, except large
+		// block-checked data (a layer read's), which ReadFrameSplit reads
+		// straight into a pooled buffer. Other reply data aliases the
+		// frame buffer, so it is copied into a pooled buffer. Either goes
+		// to the engine with the reply (the engine's caller owns it then,
+		// and may put it back: enginerun's Volume does once it copied it
+		// out).
+		head, data, err := proto.ReadFrameSplit(br, buf, bufpool.Get)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("connection closed: %w", err)
 			}
 			return err
 		}
-		rep, err := proto.DecodeReply(body)
+		rep, err := proto.DecodeReplySplit(head, data)
 		if err != nil {
 			return err
 		}
-		if rep.Data != nil {
+		if rep.Data != nil && data == nil {
 			data := bufpool.Get(len(rep.Data))
 			copy(data, rep.Data)
 			rep.Data = data
 		}
-		buf = body[:0]
+		buf = head[:0]
 		if l.h.OnReply != nil {
 			l.h.OnReply(rep)
 		}

@@ -123,9 +123,12 @@ type serverConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 
-	mu       sync.Mutex
-	out      []byte // reply frames not yet written
-	batching bool   // the reader has more requests queued: it flushes
+	mu  sync.Mutex
+	out frameQueue // reply frames not yet written
+	// written are the pooled data slices out sends from in place (large
+	// reads): they go back to bufpool once written.
+	written  [][]byte
+	batching bool // the reader has more requests queued: it flushes
 	dead     bool
 }
 
@@ -156,27 +159,31 @@ func (c *serverConn) serve() error {
 	}
 	for {
 		bp := bodyPool.Get().(*[]byte)
-		body, err := proto.ReadFrame(c.br, *bp)
+		// Large block-checked data (a rebuild's layer write) is read into
+		// a pooled buffer of its own, returned once the replica answered.
+		head, data, err := proto.ReadFrameSplit(c.br, *bp, bufpool.Get)
 		if err != nil {
 			bodyPool.Put(bp)
 			return err
 		}
-		req, err := proto.DecodeRequest(body)
+		req, err := proto.DecodeRequestSplit(head, data)
 		if err != nil {
 			bodyPool.Put(bp)
+			bufpool.Put(data)
 			return err
 		}
 		more := c.moreQueued()
 		c.mu.Lock()
 		c.batching = more
 		c.mu.Unlock()
-		// ReadFrame used the pooled buffer unless the frame was larger.
-		pooled := len(body) <= pooledBodyBytes
+		// ReadFrameSplit used the pooled buffer unless the head was larger.
+		pooled := len(head) <= pooledBodyBytes
 		if !pooled {
 			bodyPool.Put(bp)
 		}
 		pr := pendingPool.Get().(*pending)
 		pr.c = c
+		pr.data = data
 		if pooled {
 			pr.bp = bp
 		}
@@ -196,9 +203,10 @@ func (c *serverConn) serve() error {
 // pending whose callback is never called (the caller of a duplicate the
 // replica drops) is left to the garbage collector.
 type pending struct {
-	c  *serverConn
-	bp *[]byte // returned to bodyPool once the replica is done with req.Data
-	fn func(proto.Reply)
+	c    *serverConn
+	bp   *[]byte // returned to bodyPool once the replica is done with req.Data
+	data []byte  // req.Data when read apart from bp (bufpool), likewise
+	fn   func(proto.Reply)
 }
 
 var pendingPool sync.Pool
@@ -212,14 +220,15 @@ func init() {
 }
 
 func (p *pending) done(rep proto.Reply) {
-	p.c.reply(&rep)
 	// A reply's data (a read's) is the replica's store buffer, handed
-	// over with the reply and now encoded: nothing else holds it.
-	bufpool.Put(rep.Data)
+	// over with the reply: reply puts it back once it is encoded or
+	// written.
+	p.c.reply(&rep)
 	if p.bp != nil {
 		bodyPool.Put(p.bp)
 	}
-	p.c, p.bp = nil, nil
+	bufpool.Put(p.data)
+	p.c, p.bp, p.data = nil, nil, nil
 	pendingPool.Put(p)
 }
 
@@ -261,29 +270,42 @@ func (c *serverConn) moreQueued() bool {
 }
 
 // reply queues rep; it is written now unless the reader is in a burst of
-// queued requests and will flush at its end.
+// queued requests and will flush at its end. It takes rep.Data (a store
+// buffer from bufpool) and puts it back once encoded or, when large
+// enough to be written in place, written.
 func (c *serverConn) reply(rep *proto.Reply) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.dead {
+		bufpool.Put(rep.Data)
 		return
 	}
-	c.out = proto.AppendReplyFrame(c.out, rep)
-	if !c.batching || len(c.out) >= flushBytes {
+	n := len(c.out.splits)
+	c.out.appendReply(rep)
+	if len(c.out.splits) > n {
+		c.written = append(c.written, rep.Data)
+	} else {
+		bufpool.Put(rep.Data)
+	}
+	if !c.batching || c.out.bytes() >= flushBytes {
 		c.flushLocked()
 	}
 }
 
 func (c *serverConn) flushLocked() {
-	if len(c.out) == 0 || c.dead {
+	if c.out.empty() || c.dead {
 		return
 	}
-	_, err := c.conn.Write(c.out)
-	if cap(c.out) > 4*flushBytes {
-		c.out = nil // do not keep a huge buffer after a burst of big reads
-	} else {
-		c.out = c.out[:0]
+	err := c.out.writeTo(c.conn)
+	c.out = c.out.reset()
+	if cap(c.out.buf) > 4*flushBytes {
+		c.out.buf = nil // do not keep a huge buffer after a burst of big reads
 	}
+	for i, b := range c.written {
+		bufpool.Put(b)
+		c.written[i] = nil
+	}
+	c.written = c.written[:0]
 	if err != nil {
 		// The reader sees the broken connection and logs it.
 		c.dead = true

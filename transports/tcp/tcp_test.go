@@ -259,3 +259,40 @@ func TestServerCloseCallsOnDown(t *testing.T) {
 	}
 	l.Send(proto.Request{ID: 2, Epoch: 1, Op: proto.OpInfo}) // dropped silently
 }
+
+// TestLargeDataWrittenInPlace pipelines writes of proto.SplitDataBytes and
+// more (written from their own slices with writev, their data under the
+// frame CRC) between small ones, sent in batches while earlier ones are
+// being written, and reads every block back.
+func TestLargeDataWrittenInPlace(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	const n = 24
+	blocks := func(i int) int { return []int{1, proto.SplitDataBytes / proto.BlockSize, 256}[i%3] }
+	col := newCollector(2*n + 1)
+	l, err := NewDialer(DialConfig{ReplicaID: "r1"})(ts.addr, col.handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	reqs := []proto.Request{{ID: 1, Epoch: 1, Op: proto.OpOpen}}
+	for i := range n {
+		reqs = append(reqs, proto.Request{ID: uint64(2 + i), Epoch: 1, Op: proto.OpWrite, BlockIndex: uint64(i * 256),
+			BlockCount: uint32(blocks(i)), Data: fill(byte(i+1), blocks(i)), Seq: uint64(i + 1)})
+	}
+	for i := range n {
+		reqs = append(reqs, proto.Request{ID: uint64(n + 2 + i), Epoch: 1, Op: proto.OpRead, BlockIndex: uint64(i * 256), BlockCount: uint32(blocks(i))})
+	}
+	for i := 0; i < len(reqs); i += 5 {
+		l.Send(reqs[i:min(i+5, len(reqs))]...)
+	}
+	got := col.wait(t)
+	for i, req := range reqs {
+		rep := got[req.ID]
+		if rep.Status != proto.StatusOK {
+			t.Fatalf("%v %d: %v %s", req.Op, req.ID, rep.Status, rep.Err)
+		}
+		if j := i - n - 1; req.Op == proto.OpRead && !bytes.Equal(rep.Data, fill(byte(j+1), blocks(j))) {
+			t.Fatalf("read of block %d: wrong data", req.BlockIndex)
+		}
+	}
+}
