@@ -787,7 +787,11 @@ func (d *decoder) info() *Info {
 	in.Recovered = d.extents("recovered")
 	in.Suspect = d.extents("suspect")
 	if flags&flagBacking != 0 {
-		in.BackingSHA256 = d.string("backing sha256")
+		// Never empty: an empty checksum is sent as no flag, and each
+		// body has one encoding (FuzzDecodeReply found the other).
+		if in.BackingSHA256 = d.string("backing sha256"); in.BackingSHA256 == "" && d.err == nil {
+			d.fail("backing flag with an empty sha256")
+		}
 	}
 	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened|flagBacking) != 0 {
 		d.fail("unknown info flags %#x", flags)
