@@ -116,10 +116,7 @@ func newBackingImageCmd() *cobra.Command {
 				return err
 			}
 			p := newByteProgress(cmd.OutOrStdout(), "import "+args[0], 0)
-			img, err := st.Create(cmd.Context(), args[0], from, func(done, total uint64) {
-				p.total = total
-				p.add(done - p.doneBytes)
-			})
+			img, err := st.Create(cmd.Context(), args[0], from, p.report)
 			if err != nil {
 				return err
 			}
@@ -153,7 +150,7 @@ func newBackingImageCmd() *cobra.Command {
 				return err
 			}
 			p := newByteProgress(cmd.OutOrStdout(), "verify "+args[0], 0)
-			if err := st.Verify(cmd.Context(), args[0], func(done, total uint64) { p.total = total; p.add(done - p.doneBytes) }); err != nil {
+			if err := st.Verify(cmd.Context(), args[0], p.report); err != nil {
 				return err
 			}
 			p.done()

@@ -228,6 +228,12 @@ func (p *byteProgress) add(n uint64) {
 	}
 }
 
+// report takes a callback's absolute progress: done of total bytes.
+func (p *byteProgress) report(done, total uint64) {
+	p.total = total
+	p.add(done - p.doneBytes)
+}
+
 func (p *byteProgress) done() {
 	if !p.ended {
 		p.ended = true
