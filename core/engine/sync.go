@@ -263,9 +263,11 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 		if s.aborted {
 			return
 		}
-		if next := s.otherSource(target, tried); rep.Status == proto.StatusCorrupt && next != "" {
-			s.copyRunFrom(target, run, next, tried, done)
-			return
+		if rep.Status == proto.StatusCorrupt {
+			if next := s.otherSource(target, tried); next != "" {
+				s.copyRunFrom(target, run, next, tried, done)
+				return
+			}
 		}
 		if rep.Status != proto.StatusOK {
 			done(fmt.Sprintf("read layer %q of %s: %v %s", s.layer, src, rep.Status, rep.Err))
@@ -280,9 +282,11 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 			// The target refuses a block that does not match the checksum
 			// the source's index gave (the source's layer reads do not
 			// checksum): read the run from another replica.
-			if next := s.otherSource(target, tried); rep.Status == proto.StatusCorrupt && next != "" {
-				s.copyRunFrom(target, run, next, tried, done)
-				return
+			if rep.Status == proto.StatusCorrupt {
+				if next := s.otherSource(target, tried); next != "" {
+					s.copyRunFrom(target, run, next, tried, done)
+					return
+				}
 			}
 			if rep.Status != proto.StatusOK {
 				done(fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err))
