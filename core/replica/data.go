@@ -408,7 +408,9 @@ func (r *Replica) runLayerRead(o *op) {
 }
 
 // runLayerWrite makes blocks of one layer exactly as given (rebuild and
-// resync): data is written, zero and absent blocks punched out.
+// resync): data is written, zero and absent blocks punched out. The data
+// is written once and not read back soon: Uncached lets the store write
+// it around its cache.
 func (r *Replica) runLayerWrite(o *op) {
 	l, _ := r.layerByName(o.req.Name)
 	var ios []store.IO
@@ -422,7 +424,7 @@ func (r *Replica) runLayerWrite(o *op) {
 				continue
 			}
 			ios = append(ios, store.IO{Kind: store.WriteData, Layer: l.meta.ID, BlockIndex: b.BlockIndex,
-				Data: o.req.Data[start*proto.BlockSize : (i+1)*proto.BlockSize]})
+				Data: o.req.Data[start*proto.BlockSize : (i+1)*proto.BlockSize], Uncached: true})
 		case l.held.Contains(b.BlockIndex) && !l.zero.Contains(b.BlockIndex):
 			punches = appendExtent(punches, proto.Extent{BlockIndex: b.BlockIndex, BlockCount: 1})
 		}

@@ -87,9 +87,11 @@ type IO struct {
 	Entries    []proto.BlockState
 	FlushedSeq uint64
 	Meta       []byte
-	// Uncached marks a ReadData as a one-off read of much data that no
-	// one is likely to read again soon (a rebuild source's): the store may
-	// read it around its cache. The result is the same either way.
+	// Uncached marks a ReadData or WriteData as a one-off transfer of
+	// much data that no one is likely to read again soon (a rebuild
+	// source's reads, its target's writes): the store may move it around
+	// its cache. The result is the same either way, and an uncached write
+	// is no more durable than another until the layer's SyncData.
 	Uncached bool
 }
 

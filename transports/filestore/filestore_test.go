@@ -62,7 +62,11 @@ func TestMatchesMemstore(t *testing.T) {
 			case 1:
 				io = store.IO{Kind: store.RemoveLayer, Layer: id}
 			case 2, 3:
-				io = store.IO{Kind: store.WriteData, Layer: id, BlockIndex: b, Data: fill(rapid.ByteRange(1, 255).Draw(rt, "v"), int(n))}
+				// Up to 64 blocks: uncached writes of 16 or more go
+				// around the page cache.
+				n = rapid.Uint64Range(1, min(64, blocks-b)).Draw(rt, "write count")
+				io = store.IO{Kind: store.WriteData, Layer: id, BlockIndex: b, Data: fill(rapid.ByteRange(1, 255).Draw(rt, "v"), int(n)),
+					Uncached: rapid.Bool().Draw(rt, "uncached write")}
 			case 4:
 				io = store.IO{Kind: store.PunchHole, Layer: id, BlockIndex: b, BlockCount: n}
 			case 5, 6:
@@ -308,7 +312,7 @@ func TestNoSpace(t *testing.T) {
 
 // TestUncachedReadsMatch: reads around the page cache (O_DIRECT) return
 // what cached reads do — written blocks, holes, blocks past the end of the
-// file, and writes not yet synced — on the test's disk.
+// file, and writes not yet synced, cached or not — on the test's disk.
 func TestUncachedReadsMatch(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	defer s.Close()
@@ -325,6 +329,16 @@ func TestUncachedReadsMatch(t *testing.T) {
 	exec(store.IO{Kind: store.SyncData, Layer: 1})
 	exec(store.IO{Kind: store.WriteData, Layer: 1, BlockIndex: 8, Data: fill(2, 4)}) // not synced
 	exec(store.IO{Kind: store.PunchHole, Layer: 1, BlockIndex: 20, BlockCount: 3})
+	// Around the cache, over blocks the cache holds (read above them
+	// first) and past the end of the file; then a cached overwrite of part
+	// of it.
+	exec(store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: 32, BlockCount: 8})
+	exec(store.IO{Kind: store.WriteData, Layer: 1, BlockIndex: 32, Data: fill(3, 32), Uncached: true})
+	exec(store.IO{Kind: store.WriteData, Layer: 1, BlockIndex: 60, Data: fill(4, 2)})
+	want := append(append(fill(3, 28), fill(4, 2)...), fill(3, 2)...)
+	if got := exec(store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: 32, BlockCount: 32}); !bytes.Equal(got.Data, want) {
+		t.Fatal("a cached read after an uncached write does not return its data")
+	}
 	for _, r := range []struct{ at, n uint64 }{{0, 64}, {8, 16}, {30, 100}, {1, 16}} {
 		read := store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: r.at, BlockCount: r.n}
 		want := exec(read)

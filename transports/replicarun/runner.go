@@ -359,15 +359,17 @@ func (r *Runner) complete(c store.Completion, ios []store.IO) []store.IO {
 
 // blocking reports whether io may block for long, and so should not hold
 // up the calling goroutine: it waits for stable storage, or it is an
-// uncached read (a rebuild source's, up to a megabyte from the device
-// with no readahead), which then run in parallel rather than one after
-// another on the connection's goroutine (a 2 GiB rebuild from a cold
-// cache: 13.1 -> 9.0 s, see docs/ARCHITECTURE.md).
+// uncached read or write (a rebuild source's or target's, up to a
+// megabyte to or from the device with no readahead or write-behind),
+// which then run in parallel rather than one after another on the
+// connection's goroutine (a 2 GiB rebuild from a cold cache: 13.1 -> 9.0
+// s with parallel reads, see docs/ARCHITECTURE.md). The replica never
+// has two IOs that overlap a written block in flight at once.
 func blocking(io store.IO) bool {
 	switch io.Kind {
 	case store.SyncData, store.SyncIndex, store.WriteMeta, store.CreateLayer, store.RemoveLayer:
 		return true
-	case store.ReadData:
+	case store.ReadData, store.WriteData:
 		return io.Uncached
 	}
 	return false
