@@ -182,7 +182,7 @@ func (s *Sim) current() *engineNode { return s.engines[len(s.engines)-1] }
 func (s *Sim) startEngine() *engineNode {
 	inc := uint64(len(s.engines) + 1)
 	cfg := engine.Config{Volume: "sim", MinHealthy: s.knobs.MinHealthy, TimeoutTicks: s.knobs.TimeoutTicks,
-		RetryTicks: 20, RebuildAfterTicks: 30, FirstRequestID: inc * idSpace, Nonce: inc, Bugs: s.opt.Bugs.Engine}
+		RetryTicks: 20, RebuildAfterTicks: 30, FirstRequestID: inc * idSpace, Nonce: inc, CopyShape: s.knobs.Copy, Bugs: s.opt.Bugs.Engine}
 	for _, n := range s.replicas {
 		if n.spare {
 			cfg.Spares = append(cfg.Spares, n.id)

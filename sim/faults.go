@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+
+	"github.com/drover-io/drover/core/engine"
 )
 
 // Knobs are the parameters of one run: cluster shape, workload and the
@@ -54,7 +56,12 @@ type Knobs struct {
 	// IdleEveryUs: mean gap between idle windows, in which clients stop
 	// and a member dies with no IO flowing (idle.go).
 	IdleEveryUs int64
-	FaultsUs    int64 // faults stop (heal) at this virtual time at the latest
+	// Copy shapes the engine's rebuild and resync copying (zero fields:
+	// production's, under which a simulated volume is one window and
+	// one run): small windows, runs and in-flight bounds make a rebuild
+	// list window after window while copying, many runs at a time.
+	Copy     engine.CopyShape
+	FaultsUs int64 // faults stop (heal) at this virtual time at the latest
 }
 
 // Profiles lists the fault profiles by name.
@@ -190,6 +197,17 @@ func swarmIdle(k *Knobs, seed uint64) {
 	k.IdleEveryUs = int64(300_000 + rng.IntN(900_000))
 }
 
+// swarmCopyShape shrinks the copy shape of some swarm runs, drawn from
+// its own PRNG for the same reason as swarmReplace.
+func swarmCopyShape(k *Knobs, seed uint64) {
+	rng := newRNG(seed ^ 0x636f7079)
+	if rng.IntN(100) >= 40 {
+		return
+	}
+	k.Copy = engine.CopyShape{WindowBlocks: uint64(4 << rng.IntN(5)), RunBlocks: uint64(1 + rng.IntN(8)),
+		RunsInFlight: 1 + rng.IntN(8)}
+}
+
 // String lists the knobs that are on, for failure reports.
 func (k Knobs) String() string {
 	parts := []string{fmt.Sprintf("replicas=%d clients=%d hot=%d maxblocks=%d net=%d±%dus disk=%dus",
@@ -220,6 +238,9 @@ func (k Knobs) String() string {
 	add("spares", int64(k.Spares))
 	add("lose-every-us", k.LoseEveryUs)
 	add("idle-every-us", k.IdleEveryUs)
+	add("copy-window-blocks", int64(k.Copy.WindowBlocks))
+	add("copy-run-blocks", int64(k.Copy.RunBlocks))
+	add("copy-runs-in-flight", int64(k.Copy.RunsInFlight))
 	sort.Strings(parts[1:])
 	return strings.Join(parts, " ")
 }

@@ -139,6 +139,7 @@ func Run(opt Options) *Result {
 	if opt.Profile == "swarm" {
 		swarmReplace(&knobs, opt.Seed)
 		swarmIdle(&knobs, opt.Seed)
+		swarmCopyShape(&knobs, opt.Seed)
 	}
 	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{},
 		recycle: opt.Seed%2 == 1}

@@ -132,8 +132,23 @@ type Config struct {
 	// spare replaces it. Unset, the current replicas' checksum is the
 	// volume's.
 	BackingSHA256 string
+	// CopyShape sizes a rebuild's (and an open's resync) copying; zero
+	// fields take the production defaults. The simulator's small volumes
+	// shrink them so that its rebuilds span many windows and runs.
+	CopyShape CopyShape
 	// Bugs plants deliberate faults for the simulator's canary tests.
 	Bugs Bugs
+}
+
+// CopyShape sizes the copying of a layer sync.
+type CopyShape struct {
+	// WindowBlocks: blocks listed (and compared) per listing; the next
+	// window is listed while one is copied (default 65,536).
+	WindowBlocks uint64
+	// RunBlocks: blocks per copy, at most (default 256: 1 MiB).
+	RunBlocks uint64
+	// RunsInFlight: copies outstanding, at most (default 32).
+	RunsInFlight int
 }
 
 // Bugs are deliberate faults, for proving the simulator's checkers catch
@@ -364,6 +379,15 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.ReplaceAfterTicks == 0 {
 		cfg.ReplaceAfterTicks = 10 * max(cfg.RebuildAfterTicks, defaultRebuildWait)
+	}
+	if cfg.CopyShape.WindowBlocks == 0 {
+		cfg.CopyShape.WindowBlocks = rebuildWindow
+	}
+	if cfg.CopyShape.RunBlocks == 0 {
+		cfg.CopyShape.RunBlocks = rebuildRunBlocks
+	}
+	if cfg.CopyShape.RunsInFlight <= 0 {
+		cfg.CopyShape.RunsInFlight = rebuildRunsInFlight
 	}
 	e := &Engine{cfg: cfg, members: map[proto.ReplicaID]*member{}, calls: map[uint64]call{}, attached: true,
 		nextID: cfg.FirstRequestID}

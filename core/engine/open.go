@@ -241,7 +241,7 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 		extents = nil
 	}
 	e.phase = phaseOpening
-	sync := &layerSync{e: e, layer: "", source: current[0], targets: current[1:], extents: splitExtents(extents, e.sizeBytes/proto.BlockSize)}
+	sync := &layerSync{e: e, layer: "", source: current[0], targets: current[1:], extents: splitExtents(extents, e.sizeBytes/proto.BlockSize, e.cfg.CopyShape.WindowBlocks)}
 	run := sync.run
 	if !e.cfg.Bugs.SkipResyncOnReopen {
 		run = func(done func(string)) {
@@ -299,8 +299,8 @@ func (e *Engine) settle(t *openTask, dirty []proto.ReplicaID) {
 }
 
 // splitExtents clips extents to the volume and cuts them into pieces of
-// at most rebuildWindow blocks, sorted and merged.
-func splitExtents(in []proto.Extent, sizeBlocks uint64) []proto.Extent {
+// at most windowBlocks blocks, sorted and merged.
+func splitExtents(in []proto.Extent, sizeBlocks, windowBlocks uint64) []proto.Extent {
 	sort.Slice(in, func(i, j int) bool { return in[i].BlockIndex < in[j].BlockIndex })
 	var merged []proto.Extent
 	for _, x := range in {
@@ -318,7 +318,7 @@ func splitExtents(in []proto.Extent, sizeBlocks uint64) []proto.Extent {
 	var out []proto.Extent
 	for _, x := range merged {
 		for x.BlockCount > 0 {
-			n := min(x.BlockCount, rebuildWindow)
+			n := min(x.BlockCount, windowBlocks)
 			out = append(out, proto.Extent{BlockIndex: x.BlockIndex, BlockCount: n})
 			x.BlockIndex += n
 			x.BlockCount -= n

@@ -48,11 +48,11 @@ type rateBudget struct {
 	waiting      func() // the copier to resume when budget arrives
 }
 
-func newRateBudget(perTickBytes uint64) *rateBudget {
+func newRateBudget(perTickBytes, runBlocks uint64) *rateBudget {
 	if perTickBytes == 0 {
 		return nil
 	}
-	burst := max(perTickBytes, rebuildRunBlocks*proto.BlockSize)
+	burst := max(perTickBytes, runBlocks*proto.BlockSize)
 	return &rateBudget{perTickBytes: perTickBytes, burstBytes: burst, availBytes: burst}
 }
 
@@ -236,7 +236,7 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask, rateBytesPer
 		rateBytesPerTick = e.cfg.RebuildBytesPerTick
 	}
 	rb := &rebuildTask{e: e, target: id, source: src[0], admin: admin, stage: "open", startTick: e.now,
-		budget: newRateBudget(rateBytesPerTick)}
+		budget: newRateBudget(rateBytesPerTick, e.cfg.CopyShape.RunBlocks)}
 	e.rebuild = rb
 	e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {
 		if rb.aborted {
@@ -402,7 +402,7 @@ func (rb *rebuildTask) syncLayer() {
 	rb.layer++
 	whole := []proto.Extent{{BlockIndex: 0, BlockCount: e.sizeBytes / proto.BlockSize}}
 	rb.sync = &layerSync{e: e, layer: name, source: rb.source, targets: []proto.ReplicaID{rb.target},
-		extents: splitExtents(whole, e.sizeBytes/proto.BlockSize), skipLast: e.cfg.Bugs.RebuildSkipLast && rb.layer == len(rb.chain),
+		extents: splitExtents(whole, e.sizeBytes/proto.BlockSize, e.cfg.CopyShape.WindowBlocks), skipLast: e.cfg.Bugs.RebuildSkipLast && rb.layer == len(rb.chain),
 		budget: rb.budget, flushEveryBytes: rebuildFlushBytes}
 	rb.sync.run(func(err string) {
 		if rb.aborted {

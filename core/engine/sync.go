@@ -17,9 +17,10 @@ type layerSync struct {
 	layer    string // "" is the head
 	source   proto.ReplicaID
 	targets  []proto.ReplicaID
-	extents  []proto.Extent // each at most rebuildWindow blocks
+	extents  []proto.Extent // each at most CopyShape.WindowBlocks
 	skipLast bool           // planted bug: drop the final run
 	aborted  bool
+	next     *listing // the next window's, listed while this one is copied
 	// budget paces copies (nil: unpaced); flushEveryBytes > 0 flushes
 	// the targets after that many bytes copied, so that a target that
 	// restarts keeps what it was given (a rebuild resumes, not restarts).
@@ -47,93 +48,148 @@ func (s *layerSync) blocksDone() uint64 {
 	return done
 }
 
-func (s *layerSync) run(done func(err string)) {
-	if s.aborted {
-		return
-	}
-	s.windowBlocks, s.windowDiffBytes, s.windowCopiedBytes = 0, 0, 0
-	if len(s.extents) == 0 || len(s.targets) == 0 {
-		done("")
-		return
-	}
-	x := s.extents[0]
-	s.extents = s.extents[1:]
-	states := map[proto.ReplicaID]map[uint64]proto.BlockState{}
-	left := 1 + len(s.targets)
-	failed := ""
+// listing is one window's block states, listed on the source and every
+// target (each sorted by block, at most one state per block).
+type listing struct {
+	x      proto.Extent
+	states map[proto.ReplicaID][]proto.BlockState
+	left   int    // replies still to come
+	failed string // the first listing that failed
+	then   func() // runs once every reply is in, if set by then
+}
+
+// list asks the source and every target for their states in x.
+func (s *layerSync) list(x proto.Extent) *listing {
+	ls := &listing{x: x, states: map[proto.ReplicaID][]proto.BlockState{}, left: 1 + len(s.targets)}
 	for _, id := range append([]proto.ReplicaID{s.source}, s.targets...) {
 		req := proto.Request{Op: proto.OpLayerBlocks, Name: s.layer, BlockIndex: x.BlockIndex, BlockCount: uint32(x.BlockCount)}
 		s.e.send(id, req, func(rep proto.Reply) {
 			if s.aborted {
 				return
 			}
-			left--
+			ls.left--
 			if rep.Status != proto.StatusOK {
-				failed = fmt.Sprintf("list blocks of %s layer %q: %v %s", id, s.layer, rep.Status, rep.Err)
+				ls.failed = fmt.Sprintf("list blocks of %s layer %q: %v %s", id, s.layer, rep.Status, rep.Err)
 			} else {
-				m := map[uint64]proto.BlockState{}
-				for _, b := range rep.Blocks {
-					m[b.BlockIndex] = b
-				}
-				states[id] = m
+				ls.states[id] = sortedStates(rep.Blocks)
 			}
-			if left > 0 {
-				return
+			if ls.left == 0 && ls.then != nil {
+				then := ls.then
+				ls.then = nil
+				then()
 			}
-			if failed != "" {
-				done(failed)
-				return
-			}
-			s.blocksScanned += x.BlockCount
-			s.windowBlocks = x.BlockCount
-			s.copyDiffs(x, states, 0, done)
 		})
 	}
+	return ls
 }
 
-// diffRuns returns the runs of blocks in x where target differs from src.
-func diffRuns(x proto.Extent, src, dst map[uint64]proto.BlockState) []proto.Extent {
-	var runs []proto.Extent
-	check := func(b uint64) {
-		if src[b] == dst[b] {
+// run syncs the remaining windows one after another. While a window's
+// runs are copied, the next window is listed already, so the copies do
+// not stall at each window for a listing (the layers synced do not change
+// meanwhile but for the sync's own writes, which stay in their window: a
+// rebuild's are frozen snapshots, an open's resync runs before any IO).
+func (s *layerSync) run(done func(err string)) {
+	if s.aborted {
+		return
+	}
+	s.windowBlocks, s.windowDiffBytes, s.windowCopiedBytes = 0, 0, 0
+	ls := s.next
+	s.next = nil
+	if ls == nil {
+		if len(s.extents) == 0 || len(s.targets) == 0 {
+			done("")
 			return
 		}
-		if n := len(runs); n > 0 && runs[n-1].BlockIndex+runs[n-1].BlockCount == b && runs[n-1].BlockCount < rebuildRunBlocks {
-			runs[n-1].BlockCount++
+		ls = s.list(s.extents[0])
+		s.extents = s.extents[1:]
+	}
+	proceed := func() {
+		if ls.failed != "" {
+			done(ls.failed)
 			return
+		}
+		if len(s.extents) > 0 {
+			s.next = s.list(s.extents[0])
+			s.extents = s.extents[1:]
+		}
+		s.blocksScanned += ls.x.BlockCount
+		s.windowBlocks = ls.x.BlockCount
+		s.copyDiffs(ls.x, ls.states, 0, done)
+	}
+	if ls.left > 0 {
+		ls.then = proceed
+		return
+	}
+	proceed()
+}
+
+// sortedStates returns bs sorted by block with one state per block (the
+// last one listed): as it is when a replica lists them.
+func sortedStates(bs []proto.BlockState) []proto.BlockState {
+	sorted := true
+	for i := 1; i < len(bs); i++ {
+		if bs[i].BlockIndex <= bs[i-1].BlockIndex {
+			sorted = false
+			break
+		}
+	}
+	if sorted {
+		return bs
+	}
+	out := append([]proto.BlockState(nil), bs...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].BlockIndex < out[j].BlockIndex })
+	n := 0
+	for i := range out {
+		if n > 0 && out[n-1].BlockIndex == out[i].BlockIndex {
+			n--
+		}
+		out[n] = out[i]
+		n++
+	}
+	return out[:n]
+}
+
+// diffRuns returns the runs of blocks in x where dst differs from src
+// (both sorted, one state per block; a block listed on one side only
+// differs), each at most runBlocks long.
+func diffRuns(x proto.Extent, src, dst []proto.BlockState, runBlocks uint64) []proto.Extent {
+	var runs []proto.Extent
+	i, j := 0, 0
+	for i < len(src) || j < len(dst) {
+		var b uint64
+		same := false
+		switch {
+		case j == len(dst) || (i < len(src) && src[i].BlockIndex < dst[j].BlockIndex):
+			b = src[i].BlockIndex
+			i++
+		case i == len(src) || dst[j].BlockIndex < src[i].BlockIndex:
+			b = dst[j].BlockIndex
+			j++
+		default:
+			b, same = src[i].BlockIndex, src[i] == dst[j]
+			i++
+			j++
+		}
+		if same || b < x.BlockIndex || b >= x.BlockIndex+x.BlockCount {
+			continue
+		}
+		if n := len(runs); n > 0 && runs[n-1].BlockIndex+runs[n-1].BlockCount == b && runs[n-1].BlockCount < runBlocks {
+			runs[n-1].BlockCount++
+			continue
 		}
 		runs = append(runs, proto.Extent{BlockIndex: b, BlockCount: 1})
-	}
-	seen := map[uint64]bool{}
-	var blocks []uint64
-	for b := range src {
-		seen[b] = true
-		blocks = append(blocks, b)
-	}
-	for b := range dst {
-		if !seen[b] {
-			blocks = append(blocks, b)
-		}
-	}
-	sortU64(blocks)
-	for _, b := range blocks {
-		if b >= x.BlockIndex && b < x.BlockIndex+x.BlockCount {
-			check(b)
-		}
 	}
 	return runs
 }
 
-func sortU64(a []uint64) { sort.Slice(a, func(i, j int) bool { return a[i] < a[j] }) }
-
 // copyDiffs copies the differing runs to target i, then to the next.
-func (s *layerSync) copyDiffs(x proto.Extent, states map[proto.ReplicaID]map[uint64]proto.BlockState, i int, done func(string)) {
+func (s *layerSync) copyDiffs(x proto.Extent, states map[proto.ReplicaID][]proto.BlockState, i int, done func(string)) {
 	if i == len(s.targets) {
 		s.run(done)
 		return
 	}
 	id := s.targets[i]
-	runs := diffRuns(x, states[s.source], states[id])
+	runs := diffRuns(x, states[s.source], states[id], s.e.cfg.CopyShape.RunBlocks)
 	if s.skipLast && len(s.extents) == 0 && len(runs) > 0 {
 		runs = runs[:len(runs)-1]
 	}
@@ -160,7 +216,7 @@ func (s *layerSync) copyRuns(target proto.ReplicaID, runs []proto.Extent, done f
 }
 
 // runCopier copies a window's runs to one target with up to
-// rebuildRunsInFlight copies outstanding, as the budget allows, flushing
+// CopyShape.RunsInFlight copies outstanding, as the budget allows, flushing
 // the target every flushEveryBytes. done is called once: with the first
 // error, or when every copy (and flush) has completed.
 type runCopier struct {
@@ -178,7 +234,7 @@ func (c *runCopier) pump() {
 	if s.aborted || c.finished {
 		return
 	}
-	for c.next < len(c.runs) && c.inflight < rebuildRunsInFlight {
+	for c.next < len(c.runs) && c.inflight < c.s.e.cfg.CopyShape.RunsInFlight {
 		run := c.runs[c.next]
 		if !s.budget.take(run.BlockCount * proto.BlockSize) {
 			s.budget.waiting = c.pump
@@ -217,7 +273,7 @@ func (c *runCopier) complete(err string) {
 		c.done("")
 		return
 	}
-	if c.next < len(c.runs) && c.inflight < rebuildRunsInFlight && (c.s.budget == nil || c.s.budget.waiting == nil) {
+	if c.next < len(c.runs) && c.inflight < c.s.e.cfg.CopyShape.RunsInFlight && (c.s.budget == nil || c.s.budget.waiting == nil) {
 		c.pump()
 	}
 }

@@ -345,25 +345,54 @@ func (r *Replica) runLayerBlocks(o *op) {
 			r.finish(o)
 			return
 		}
-		byBlock := map[uint64]proto.BlockState{}
-		for _, e := range c.Entries {
-			byBlock[e.BlockIndex] = e
+		r.reply(proto.Reply{ID: o.req.ID, Blocks: listedStates(c.Entries, r.dirty[l.meta.ID], o.lo, o.hi)})
+		r.finish(o)
+	})
+}
+
+// listedStates returns the states of [lo, hi) that are not absent, sorted
+// by block: the index's entries with the unflushed ones (dirty) over them.
+// A rebuild lists whole frozen layers, 65,536 blocks at a time, with
+// nothing dirty: that case takes one pass over the index's entries.
+func listedStates(entries []proto.BlockState, dirty map[uint64]proto.BlockState, lo, hi uint64) []proto.BlockState {
+	inOrder := true
+	for i := 1; i < len(entries) && inOrder; i++ {
+		inOrder = entries[i].BlockIndex > entries[i-1].BlockIndex
+	}
+	for b := range dirty {
+		if b >= lo && b < hi {
+			inOrder = false
+			break
 		}
-		for b, e := range r.dirty[l.meta.ID] {
-			if b >= o.lo && b < o.hi {
-				byBlock[b] = e
-			}
-		}
-		out := make([]proto.BlockState, 0, len(byBlock))
-		for _, e := range byBlock {
-			if e.Kind != proto.BlockAbsent {
+	}
+	if inOrder {
+		out := make([]proto.BlockState, 0, len(entries))
+		for _, e := range entries {
+			if e.Kind != proto.BlockAbsent && e.BlockIndex >= lo && e.BlockIndex < hi {
 				out = append(out, e)
 			}
 		}
-		sort.Slice(out, func(i, j int) bool { return out[i].BlockIndex < out[j].BlockIndex })
-		r.reply(proto.Reply{ID: o.req.ID, Blocks: out})
-		r.finish(o)
-	})
+		return out
+	}
+	byBlock := map[uint64]proto.BlockState{}
+	for _, e := range entries {
+		if e.BlockIndex >= lo && e.BlockIndex < hi {
+			byBlock[e.BlockIndex] = e
+		}
+	}
+	for b, e := range dirty {
+		if b >= lo && b < hi {
+			byBlock[b] = e
+		}
+	}
+	out := make([]proto.BlockState, 0, len(byBlock))
+	for _, e := range byBlock {
+		if e.Kind != proto.BlockAbsent {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].BlockIndex < out[j].BlockIndex })
+	return out
 }
 
 // runLayerRead serves a rebuild's (or resync's) read of one layer. It is
