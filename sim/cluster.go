@@ -271,6 +271,9 @@ func (en *engineNode) pump() {
 			}
 		}
 		if en.s.recycle {
+			for _, b := range rd.Free {
+				scribble(b) // as if reused for another run
+			}
 			en.e.Release(rd)
 		}
 	}
@@ -292,11 +295,6 @@ func (en *engineNode) recycle(r engine.Reply) {
 	if !en.s.recycle {
 		return
 	}
-	scribble := func(b []byte) {
-		for i := range b {
-			b[i] = 0xdb
-		}
-	}
 	if d, ok := en.writeData[r.ID]; ok {
 		delete(en.writeData, r.ID)
 		if r.Err == nil && !r.DataHeld {
@@ -304,6 +302,13 @@ func (en *engineNode) recycle(r engine.Reply) {
 		}
 	}
 	scribble(r.Data)
+}
+
+// scribble overwrites a buffer a production driver would reuse.
+func scribble(b []byte) {
+	for i := range b {
+		b[i] = 0xdb
+	}
 }
 
 func (en *engineNode) submit(req engine.Request, then func(engine.Reply)) {

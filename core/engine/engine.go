@@ -204,6 +204,12 @@ type Ready struct {
 	Messages     []Message
 	Replies      []Reply
 	AdminReplies []AdminReply
+	// Free lists data the engine is done with: a layer read reply's Data
+	// (a rebuild's run) that it passed on in a layer write the target has
+	// acknowledged. Nothing the engine holds or will send refers to it,
+	// and the target received all of it, so the driver may reuse it (a
+	// pooled buffer) once it handled the rest of this Ready.
+	Free [][]byte
 }
 
 type phase uint8
@@ -415,12 +421,13 @@ func (e *Engine) Release(rd Ready) {
 	clear(rd.Messages)
 	clear(rd.Replies)
 	clear(rd.AdminReplies)
-	e.spare = Ready{Messages: rd.Messages[:0], Replies: rd.Replies[:0], AdminReplies: rd.AdminReplies[:0]}
+	clear(rd.Free)
+	e.spare = Ready{Messages: rd.Messages[:0], Replies: rd.Replies[:0], AdminReplies: rd.AdminReplies[:0], Free: rd.Free[:0]}
 }
 
 // HasReady reports whether Ready would return anything.
 func (e *Engine) HasReady() bool {
-	return len(e.ready.Messages)+len(e.ready.Replies)+len(e.ready.AdminReplies) > 0
+	return len(e.ready.Messages)+len(e.ready.Replies)+len(e.ready.AdminReplies)+len(e.ready.Free) > 0
 }
 
 // Step feeds a reply from replica from.

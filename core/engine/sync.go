@@ -348,6 +348,12 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 				done(fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err))
 				return
 			}
+			// Acknowledged: the target received all of the data and the
+			// engine holds it nowhere else. (On any other outcome the
+			// transport may still be sending it: it is left to the GC.)
+			if w.Data != nil {
+				s.e.ready.Free = append(s.e.ready.Free, w.Data)
+			}
 			done("")
 		})
 	})

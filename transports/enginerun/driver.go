@@ -33,6 +33,7 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/bufpool"
 	"github.com/drover-io/drover/transports/link"
 )
 
@@ -425,6 +426,9 @@ func (d *Driver) round() bool {
 		}
 		rd := d.eng.Ready()
 		d.execute(rd)
+		for _, b := range rd.Free {
+			bufpool.Put(b) // a rebuild's run, from the TCP link's pool
+		}
 		d.eng.Release(rd)
 	}
 }
