@@ -121,6 +121,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{923, "swarm", 2000, "a revert was acknowledged while the replica that failed it was still RW in the committed membership; the change failed and the next engine opened from that replica (admin successes now wait for the commit)"},
 		{1, "idle", 2000, "an idle volume never noticed a dead replica (heartbeat failures ignored)"},
 		{324, "snap", 2000, "a revert that failed (volume faulted) after one replica took it: the engine died before the read deciding the outcome, and the next boundary did not allow the snapshot's values (simulator)"},
+		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {
 		r := Run(Options{Seed: c.seed, Profile: c.profile, Ops: c.ops})

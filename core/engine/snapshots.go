@@ -107,7 +107,7 @@ func (e *Engine) mergeWindow(t *adminTask, from uint64) {
 	}
 	n := min(mergeWindow(sizeBlocks), sizeBlocks-from)
 	req := proto.Request{Op: proto.OpMergeSnapshot, Name: t.req.Name, BlockIndex: from, BlockCount: uint32(n)}
-	e.sendAll(req, func(okCount int, refusal error, refusers []proto.ReplicaID) {
+	e.sendAllVia(req, e.sendMerge, func(okCount int, refusal error, refusers []proto.ReplicaID) {
 		switch {
 		case okCount == 0 && refusal == nil:
 			e.finishAdmin(t, nil, fmt.Errorf("%w: merge of snapshot %q failed on every replica", ErrIO, t.req.Name))
@@ -127,6 +127,12 @@ func (e *Engine) mergeWindow(t *adminTask, from uint64) {
 // last refusal (not found, exists, invalid) and who refused. Replicas
 // that failed otherwise went ERR.
 func (e *Engine) sendAll(req proto.Request, then func(okCount int, refusal error, refusers []proto.ReplicaID)) {
+	e.sendAllVia(req, e.send, then)
+}
+
+// sendAllVia is sendAll with each replica's request sent by send.
+func (e *Engine) sendAllVia(req proto.Request, send func(proto.ReplicaID, proto.Request, func(proto.Reply)),
+	then func(okCount int, refusal error, refusers []proto.ReplicaID)) {
 	targets := e.writeTargets()
 	left, okCount := len(targets), 0
 	var refusal error
@@ -136,7 +142,7 @@ func (e *Engine) sendAll(req proto.Request, then func(okCount int, refusal error
 		return
 	}
 	for _, id := range targets {
-		e.send(id, req, func(rep proto.Reply) {
+		send(id, req, func(rep proto.Reply) {
 			left--
 			switch rep.Status {
 			case proto.StatusOK:
@@ -155,6 +161,103 @@ func (e *Engine) sendAll(req proto.Request, then func(okCount int, refusal error
 			}
 		})
 	}
+}
+
+// maxMergeRepairs bounds the corrupt blocks one merge window may repair
+// on one replica; a replica with more is failed (and rebuilt) instead.
+const maxMergeRepairs = 64
+
+// sendMerge sends a merge window to one replica. When the replica finds a
+// corrupt block of the snapshot (bit rot in a frozen layer: reads repair
+// only the head's view, so such rot stays until something reads the
+// layer), the block is repaired from another replica and the window is
+// sent again: failing the replica instead would turn rot that every other
+// replica can make good into the loss of a replica, and rot on two
+// replicas into a volume served by one (sim swarm seed 3413: two
+// replicas failed one delete, the third then held the only copy of a
+// block that rotted there too, and no rebuild could complete). then
+// gets the last reply.
+func (e *Engine) sendMerge(id proto.ReplicaID, req proto.Request, then func(proto.Reply)) {
+	repaired := map[uint64]bool{}
+	var try func()
+	try = func() {
+		e.send(id, req, func(rep proto.Reply) {
+			b := rep.BlockIndex
+			inWindow := b >= req.BlockIndex && b < req.BlockIndex+uint64(req.BlockCount)
+			m := e.members[id]
+			if rep.Status != proto.StatusCorrupt || !inWindow || repaired[b] || len(repaired) >= maxMergeRepairs ||
+				m == nil || m.mode != ModeRW {
+				then(rep)
+				return
+			}
+			repaired[b] = true
+			e.repairLayerBlock(id, req.Name, b, func(ok bool) {
+				if !ok {
+					then(rep)
+					return
+				}
+				try()
+			})
+		})
+	}
+	try()
+}
+
+// repairLayerBlock rewrites block b of snapshot layer name on replica
+// bad from another RW replica's view of that snapshot, and reports
+// whether it did. The block must come back exactly as bad's own index
+// records it: the layer write carries bad's checksum, which the replica
+// checks the data against (StatusCorrupt: that copy differs, try the
+// next), so a repair never changes what the snapshot holds, only makes
+// rotted bytes good again.
+func (e *Engine) repairLayerBlock(bad proto.ReplicaID, name string, b uint64, done func(ok bool)) {
+	list := proto.Request{Op: proto.OpLayerBlocks, Name: name, BlockIndex: b, BlockCount: 1}
+	e.send(bad, list, func(rep proto.Reply) {
+		var want *proto.BlockState
+		for i := range rep.Blocks {
+			if rep.Blocks[i].BlockIndex == b && rep.Blocks[i].Kind == proto.BlockData {
+				want = &rep.Blocks[i]
+			}
+		}
+		if rep.Status != proto.StatusOK || want == nil {
+			done(false)
+			return
+		}
+		var sources []proto.ReplicaID
+		for _, id := range e.readable() {
+			if id != bad {
+				sources = append(sources, id)
+			}
+		}
+		e.repairLayerBlockFrom(bad, name, *want, sources, done)
+	})
+}
+
+func (e *Engine) repairLayerBlockFrom(bad proto.ReplicaID, name string, want proto.BlockState, sources []proto.ReplicaID, done func(ok bool)) {
+	if len(sources) == 0 {
+		done(false)
+		return
+	}
+	next := func() { e.repairLayerBlockFrom(bad, name, want, sources[1:], done) }
+	read := proto.Request{Op: proto.OpSnapRead, Name: name, BlockIndex: want.BlockIndex, BlockCount: 1}
+	e.send(sources[0], read, func(rep proto.Reply) {
+		if rep.Status != proto.StatusOK || uint64(len(rep.Data)) != proto.BlockSize {
+			next()
+			return
+		}
+		w := proto.Request{Op: proto.OpLayerWrite, Name: name, BlockIndex: want.BlockIndex, BlockCount: 1,
+			Data: rep.Data, Blocks: []proto.BlockState{want}}
+		e.send(bad, w, func(rep proto.Reply) {
+			switch rep.Status {
+			case proto.StatusOK:
+				done(true)
+			case proto.StatusCorrupt:
+				next() // that replica's view differs from bad's index
+			default:
+				done(false)
+			}
+		})
+	})
 }
 
 // adminListSnapshots answers AdminListSnapshots at once (it does not wait

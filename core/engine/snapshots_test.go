@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 
@@ -142,5 +143,45 @@ func TestEngineRestoresSnapshotAttrs(t *testing.T) {
 	}
 	if rep := c.Direct("r1", proto.Request{Op: proto.OpSetSnapshotAttrs, Name: "nope", Attrs: attrs}); rep.Status != proto.StatusNotFound {
 		t.Fatalf("attributes of a missing snapshot: %v", rep.Status)
+	}
+}
+
+// TestEngineDeleteRepairsRottedSnapshot rots a block of the snapshot
+// being deleted on two of three replicas (a different block on each):
+// the merge finds them, repairs each from a replica whose copy matches
+// the rotted replica's own checksum, and every replica stays RW (sim
+// swarm seed 3413: both went ERR, and the third replica's own rot then
+// had no other copy a rebuild could use).
+func TestEngineDeleteRepairsRottedSnapshot(t *testing.T) {
+	c := newCluster(t, 3, 64*proto.BlockSize, engine.Config{Volume: "v", RebuildAfterTicks: -1})
+	c.write(5, 5)
+	c.write(6, 6)
+	if r := c.adminDo(engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s1"}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	c.write(7, 7)
+	if r := c.adminDo(engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s2"}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	// Blocks 5 and 6 live only in s1's layer: the merge into s2 reads them.
+	if !c.CorruptBlock("r1", 5, 77) || !c.CorruptBlock("r2", 6, 1234) {
+		t.Fatal("no block to rot")
+	}
+	if r := c.adminDo(engine.AdminRequest{Op: engine.AdminDeleteSnapshot, Name: "s1"}); r.Err != nil {
+		t.Fatalf("delete s1: %v", r.Err)
+	}
+	c.settle()
+	for _, r := range c.adminDo(engine.AdminRequest{Op: engine.AdminInfo}).Info.Replicas {
+		if r.Mode != engine.ModeRW {
+			t.Fatalf("%s is %v (%s) after the delete, want RW", r.ID, r.Mode, r.Why)
+		}
+	}
+	for _, id := range []proto.ReplicaID{"r1", "r2", "r3"} {
+		for _, b := range []uint64{5, 6, 7} {
+			rep := c.Direct(id, proto.Request{Op: proto.OpSnapRead, Name: "s2", BlockIndex: b, BlockCount: 1})
+			if rep.Status != proto.StatusOK || !bytes.Equal(rep.Data, block(b)) {
+				t.Fatalf("%s block %d of s2: %v %s", id, b, rep.Status, rep.Err)
+			}
+		}
 	}
 }
