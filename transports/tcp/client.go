@@ -63,7 +63,7 @@ func dial(addr string, h link.Handler, cfg DialConfig) (link.Link, error) {
 		return nil, fmt.Errorf("replica at %s: %w", addr, err)
 	}
 	l := &clientLink{conn: conn, h: h, readDone: make(chan struct{})}
-	go l.readLoop(br)
+	go l.readLoop(&frameReader{br: br, conn: conn})
 	return l, nil
 }
 
@@ -136,7 +136,7 @@ func (l *clientLink) Close() error {
 	return err
 }
 
-func (l *clientLink) readLoop(br *bufio.Reader) {
+func (l *clientLink) readLoop(br *frameReader) {
 	defer close(l.readDone)
 	err := l.read(br)
 	l.mu.Lock()
@@ -149,7 +149,7 @@ func (l *clientLink) readLoop(br *bufio.Reader) {
 	}
 }
 
-func (l *clientLink) read(br *bufio.Reader) error {
+func (l *clientLink) read(br *frameReader) error {
 	var buf []byte
 	for {
 		// Every frame is read into the same buffer, except large
@@ -179,7 +179,7 @@ func (l *clientLink) read(br *bufio.Reader) error {
 		if l.h.OnReply != nil {
 			l.h.OnReply(rep)
 		}
-		if l.h.OnBatch != nil && br.Buffered() == 0 {
+		if l.h.OnBatch != nil && br.br.Buffered() == 0 {
 			l.h.OnBatch()
 		}
 	}

@@ -157,11 +157,12 @@ func (c *serverConn) serve() error {
 	if err := c.handshake(); err != nil {
 		return err
 	}
+	fr := &frameReader{br: c.br, conn: c.conn}
 	for {
 		bp := bodyPool.Get().(*[]byte)
 		// Large block-checked data (a rebuild's layer write) is read into
 		// a pooled buffer of its own, returned once the replica answered.
-		head, data, err := proto.ReadFrameSplit(c.br, *bp, bufpool.Get)
+		head, data, err := proto.ReadFrameSplit(fr, *bp, bufpool.Get)
 		if err != nil {
 			bodyPool.Put(bp)
 			return err
