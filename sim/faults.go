@@ -205,7 +205,7 @@ func swarmCopyShape(k *Knobs, seed uint64) {
 		return
 	}
 	k.Copy = engine.CopyShape{WindowBlocks: uint64(4 << rng.IntN(5)), RunBlocks: uint64(1 + rng.IntN(8)),
-		RunsInFlight: 1 + rng.IntN(8)}
+		RunsInFlight: 1 + rng.IntN(8), FlushBytes: uint64(1+rng.IntN(16)) * 4096, FlushTicks: int64(rng.IntN(20)) - 1}
 }
 
 // String lists the knobs that are on, for failure reports.
@@ -241,6 +241,8 @@ func (k Knobs) String() string {
 	add("copy-window-blocks", int64(k.Copy.WindowBlocks))
 	add("copy-run-blocks", int64(k.Copy.RunBlocks))
 	add("copy-runs-in-flight", int64(k.Copy.RunsInFlight))
+	add("copy-flush-bytes", int64(k.Copy.FlushBytes))
+	add("copy-flush-ticks", k.Copy.FlushTicks)
 	sort.Strings(parts[1:])
 	return strings.Join(parts, " ")
 }

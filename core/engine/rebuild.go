@@ -403,7 +403,7 @@ func (rb *rebuildTask) syncLayer() {
 	whole := []proto.Extent{{BlockIndex: 0, BlockCount: e.sizeBytes / proto.BlockSize}}
 	rb.sync = &layerSync{e: e, layer: name, source: rb.source, targets: []proto.ReplicaID{rb.target},
 		extents: splitExtents(whole, e.sizeBytes/proto.BlockSize, e.cfg.CopyShape.WindowBlocks), skipLast: e.cfg.Bugs.RebuildSkipLast && rb.layer == len(rb.chain),
-		budget: rb.budget, flushEveryBytes: rebuildFlushBytes}
+		budget: rb.budget, flushEveryBytes: e.cfg.CopyShape.FlushBytes, flushEveryTicks: e.cfg.CopyShape.FlushTicks, lastFlush: e.now}
 	rb.sync.run(func(err string) {
 		if rb.aborted {
 			return

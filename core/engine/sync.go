@@ -22,10 +22,13 @@ type layerSync struct {
 	aborted  bool
 	next     *listing // the next window's, listed while this one is copied
 	// budget paces copies (nil: unpaced); flushEveryBytes > 0 flushes
-	// the targets after that many bytes copied, so that a target that
-	// restarts keeps what it was given (a rebuild resumes, not restarts).
+	// the targets once that many bytes were copied and flushEveryTicks
+	// passed since lastFlush, so that a target that restarts keeps what
+	// it was given (a rebuild resumes, not restarts).
 	budget          *rateBudget
 	flushEveryBytes uint64
+	flushEveryTicks int64
+	lastFlush       int64 // tick
 	unflushedBytes  uint64
 
 	// Progress, for reporting: blocks listed, bytes copied, and the
@@ -278,14 +281,15 @@ func (c *runCopier) complete(err string) {
 	}
 }
 
-// maybeFlush flushes the target once flushEveryBytes were copied since
-// the last flush: the replica orders the flush after the writes before it.
+// maybeFlush flushes the target once flushEveryBytes were copied and
+// flushEveryTicks passed since the last flush: the replica orders the
+// flush after the writes before it.
 func (c *runCopier) maybeFlush() {
 	s := c.s
-	if s.flushEveryBytes == 0 || s.unflushedBytes < s.flushEveryBytes {
+	if s.flushEveryBytes == 0 || s.unflushedBytes < s.flushEveryBytes || s.e.now-s.lastFlush < s.flushEveryTicks {
 		return
 	}
-	s.unflushedBytes = 0
+	s.unflushedBytes, s.lastFlush = 0, s.e.now
 	c.inflight++
 	s.e.send(c.target, proto.Request{Op: proto.OpFlush, Seq: s.e.writeSeq}, func(rep proto.Reply) {
 		c.inflight--
