@@ -47,23 +47,23 @@ const benchRebuildLong = `Measure rebuilds on one disk, against fio on the same 
     catch-up copied, as a share of the volume (goal <= 15%).`
 
 type rebuildBenchReport struct {
-	Dir                string  `json:"dir"`
-	FS                 string  `json:"fs"`
-	SizeBytes          uint64  `json:"size_bytes"`
-	FioEngine          string  `json:"fio_engine"`
-	FioReadMBps        float64 `json:"fio_read_mbps"`
-	FioWriteMBps       float64 `json:"fio_write_mbps"`
-	FioCopyMBps        float64 `json:"fio_copy_mbps"`
+	Dir          string  `json:"dir"`
+	FS           string  `json:"fs"`
+	SizeBytes    uint64  `json:"size_bytes"`
+	FioEngine    string  `json:"fio_engine"`
+	FioReadMBps  float64 `json:"fio_read_mbps"`
+	FioWriteMBps float64 `json:"fio_write_mbps"`
+	FioCopyMBps  float64 `json:"fio_copy_mbps"`
 	// FioConcurrentCopyMBps: fio reading the written file while writing
 	// another of the same size, at once (each job as above): the size over
 	// the slower job's run time. What a copy that reads and writes at the
 	// same time, as a rebuild does, can reach on this disk; informative,
 	// the goal stays against FioCopyMBps.
 	FioConcurrentCopyMBps float64 `json:"fio_concurrent_copy_mbps"`
-	RebuildSeconds     float64 `json:"rebuild_seconds"`
-	RebuildMBps        float64 `json:"rebuild_mbps"`
-	RebuildCopiedBytes uint64  `json:"rebuild_copied_bytes"`
-	RebuildRatio       float64 `json:"rebuild_ratio"`
+	RebuildSeconds        float64 `json:"rebuild_seconds"`
+	RebuildMBps           float64 `json:"rebuild_mbps"`
+	RebuildCopiedBytes    uint64  `json:"rebuild_copied_bytes"`
+	RebuildRatio          float64 `json:"rebuild_ratio"`
 	// RebuildCPU is the CPU time (user+system) each process spent during
 	// the full rebuild, in ns per byte of the volume: the source and target
 	// replica processes, and this one (the engine).
