@@ -670,7 +670,6 @@ func readFull(f *os.File, b []byte, off int64) error {
 // makes it durable like any other write. Measured on a 2 GiB rebuild:
 // the target's buffered pwrite copied every byte into the page cache
 // (13% of the machine's samples) and left it to writeback.
-
 func (l *layer) writeData(blockIndex uint64, data []byte, uncached bool) error {
 	if len(data)%proto.BlockSize != 0 {
 		return fmt.Errorf("%d bytes is not a whole number of blocks", len(data))
