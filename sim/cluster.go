@@ -26,6 +26,19 @@ type replicaNode struct {
 	// backing: created on the run's backing image (initial replicas of
 	// some seeds, see backing.go).
 	backing *replica.Backing
+	// metaID, when set, is the name a replica created on a new disk
+	// records (the address, n.id, stays): an operator who replaced a
+	// drive under another name.
+	metaID proto.ReplicaID
+	// damaged: the simulator damaged its metadata or index (disk.go).
+	// Once the replica finds it and stops, the watchdog gives it a new
+	// disk, as an operator would; production never wipes by itself.
+	damaged bool
+	// amnesiaGen: it lost what it knew (wipe, damage, stale restore) when
+	// the membership was at this generation; 0 once it is rebuilt.
+	amnesiaGen uint64
+	// oldCopy is a copy of its disk taken earlier, for restoreStale.
+	oldCopy *memstore.Store
 }
 
 // link is the connection between one engine incarnation and one replica.
@@ -90,7 +103,11 @@ func (n *replicaNode) start() {
 	}
 	n.inc++
 	n.up, n.failed = true, false
-	n.r = replica.New(replica.Config{ID: n.id, CreateSizeBytes: n.s.knobs.SizeBlocks * proto.BlockSize,
+	id := n.id
+	if n.metaID != "" {
+		id = n.metaID
+	}
+	n.r = replica.New(replica.Config{ID: id, CreateSizeBytes: n.s.knobs.SizeBlocks * proto.BlockSize,
 		Backing: n.backing, Bugs: n.s.opt.Bugs.Replica})
 	n.s.note("replica-start", uint64(n.idx), n.inc)
 	n.pump()
@@ -171,6 +188,9 @@ func (n *replicaNode) execute(io store.IO) store.Completion {
 				return store.Completion{ID: io.ID, Err: store.ErrIO, Detail: "simulated write EIO"}
 			}
 		}
+	}
+	if s.loseWrite(n, io) {
+		return store.Completion{ID: io.ID}
 	}
 	s.note("io", uint64(n.idx), uint64(io.Kind), io.BlockIndex)
 	return n.st.Execute(io)

@@ -56,6 +56,13 @@ type Knobs struct {
 	// IdleEveryUs: mean gap between idle windows, in which clients stop
 	// and a member dies with no IO flowing (idle.go).
 	IdleEveryUs int64
+	// Disk and operator faults (disk.go): a member's disk comes back
+	// empty, its metadata or index is damaged, it is restored from an
+	// old copy; a data write the disk acknowledged is lost.
+	WipeEveryUs         int64
+	DamageEveryUs       int64
+	StaleEveryUs        int64
+	LostWritePerMillion int
 	// Copy shapes the engine's rebuild and resync copying (zero fields:
 	// production's, under which a simulated volume is one window and
 	// one run): small windows, runs and in-flight bounds make a rebuild
@@ -65,7 +72,7 @@ type Knobs struct {
 }
 
 // Profiles lists the fault profiles by name.
-var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "idle", "all", "swarm"}
+var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "idle", "wipe", "damage", "stale", "lostwrite", "all", "swarm"}
 
 func baseKnobs() Knobs {
 	return Knobs{Replicas: 3, MinHealthy: 1, SizeBlocks: 256, HotBlocks: 32, Clients: 4, MaxBlocks: 4, ThinkUs: 2000,
@@ -103,6 +110,16 @@ func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
 		k.SnapshotEveryUs, k.EngineCrashEveryUs = 200_000, 600_000
 	case "idle":
 		k.Spares, k.IdleEveryUs = 1, 300_000
+	case "wipe":
+		// No snapshots: a wiped replica's empty chain would lose the
+		// chain vote at open, hiding whether the open trusts it.
+		k.WipeEveryUs, k.EngineCrashEveryUs = 150_000, 500_000
+	case "damage":
+		k.DamageEveryUs, k.SnapshotEveryUs, k.ReplicaCrashEveryUs = 150_000, 150_000, 400_000
+	case "stale":
+		k.StaleEveryUs, k.ReplicaCrashEveryUs = 150_000, 400_000
+	case "lostwrite":
+		k.LostWritePerMillion, k.ReplicaCrashEveryUs, k.CrashAllEveryUs, k.SnapshotEveryUs = 3000, 300_000, 600_000, 200_000
 	case "swarm":
 		k = swarm(rng)
 	default:
@@ -197,6 +214,25 @@ func swarmIdle(k *Knobs, seed uint64) {
 	k.IdleEveryUs = int64(300_000 + rng.IntN(900_000))
 }
 
+// swarmDisk turns the disk and operator faults on for some swarm runs,
+// drawn from their own PRNG for the same reason as swarmReplace.
+func swarmDisk(k *Knobs, seed uint64) {
+	rng := newRNG(seed ^ 0x6469736b)
+	on := func(pct int) bool { return rng.IntN(100) < pct }
+	if k.Replicas >= 2 && on(15) {
+		k.WipeEveryUs = int64(150_000 + rng.IntN(900_000))
+	}
+	if k.Replicas >= 2 && on(15) {
+		k.DamageEveryUs = int64(150_000 + rng.IntN(900_000))
+	}
+	if k.Replicas >= 2 && on(15) {
+		k.StaleEveryUs = int64(150_000 + rng.IntN(900_000))
+	}
+	if on(15) {
+		k.LostWritePerMillion = rng.IntN(5000)
+	}
+}
+
 // swarmCopyShape shrinks the copy shape of some swarm runs, drawn from
 // its own PRNG for the same reason as swarmReplace.
 func swarmCopyShape(k *Knobs, seed uint64) {
@@ -238,6 +274,10 @@ func (k Knobs) String() string {
 	add("spares", int64(k.Spares))
 	add("lose-every-us", k.LoseEveryUs)
 	add("idle-every-us", k.IdleEveryUs)
+	add("wipe-every-us", k.WipeEveryUs)
+	add("damage-every-us", k.DamageEveryUs)
+	add("stale-every-us", k.StaleEveryUs)
+	add("lost-write/M", int64(k.LostWritePerMillion))
 	add("copy-window-blocks", int64(k.Copy.WindowBlocks))
 	add("copy-run-blocks", int64(k.Copy.RunBlocks))
 	add("copy-runs-in-flight", int64(k.Copy.RunsInFlight))

@@ -89,7 +89,7 @@ func (s *Sim) idleKill(w *idleWindow) {
 		}
 		rw = append(rw, n)
 	}
-	if len(rw) < 2 || s.lostMemberPending() {
+	if len(rw) < 2 || s.faultsHeld() {
 		s.idling = nil
 		return
 	}

@@ -40,7 +40,7 @@ func isMember(info engine.VolumeInfo, id proto.ReplicaID) bool {
 // quorum rule), so a good copy of every block always remains.
 func (s *Sim) lose() {
 	en := s.current()
-	if !en.alive || !en.e.Serving() || s.hist.pausing || s.idling != nil {
+	if !en.alive || !en.e.Serving() || s.hist.pausing || s.idling != nil || s.amnesiaPending() {
 		return
 	}
 	info := en.e.Info()
@@ -103,6 +103,13 @@ func (s *Sim) survivable(victim proto.ReplicaID) bool {
 		}
 	}
 	return true
+}
+
+// faultsHeld reports whether crashes and partitions of other replicas
+// must wait: a lost replica is still a member, or a replica that lost
+// what it knew is not yet rebuilt (disk.go).
+func (s *Sim) faultsHeld() bool {
+	return s.lostMemberPending() || s.amnesiaPending()
 }
 
 // lostMemberPending reports whether a lost replica is still a member of

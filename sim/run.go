@@ -33,7 +33,7 @@ func (s *Sim) scheduleFaults() {
 	s.every(k.PartitionEveryUs, s.partition)
 	s.every(k.ReplicaCrashEveryUs, func() {
 		n := s.replicas[s.rng.IntN(len(s.replicas))]
-		if s.lostMemberPending() {
+		if s.faultsHeld() {
 			return
 		}
 		n.crash()
@@ -55,6 +55,10 @@ func (s *Sim) scheduleFaults() {
 	s.every(k.RevertEveryUs, s.revert)
 	s.every(k.LoseEveryUs, s.lose)
 	s.every(k.IdleEveryUs, s.idle)
+	s.every(k.WipeEveryUs, s.wipe)
+	s.every(k.DamageEveryUs, s.damage)
+	s.every(k.StaleEveryUs/3, s.keepCopy)
+	s.every(k.StaleEveryUs, s.restoreStale)
 	s.watchdog()
 }
 
@@ -62,7 +66,7 @@ func (s *Sim) partition() {
 	en := s.current()
 	n := s.replicas[s.rng.IntN(len(s.replicas))]
 	l := en.links[n.idx]
-	if l.partitioned || s.lostMemberPending() {
+	if l.partitioned || s.faultsHeld() {
 		return
 	}
 	l.partitioned = true
@@ -80,7 +84,7 @@ func (s *Sim) partition() {
 // (unflushed data may be gone), the old engine is killed first instead.
 func (s *Sim) takeover() {
 	old := s.current()
-	if s.hist.pausing {
+	if s.hist.pausing || s.amnesiaPending() {
 		return
 	}
 	if s.hist.lastCrashAt >= s.hist.boundaryOpenedAt {
@@ -101,6 +105,9 @@ func (s *Sim) takeover() {
 }
 
 func (s *Sim) crashAll() {
+	if s.amnesiaPending() {
+		return
+	}
 	for _, en := range s.engines {
 		en.kill()
 	}
@@ -201,6 +208,10 @@ func (s *Sim) watchdog() {
 		for _, n := range s.replicas {
 			if n.up && (n.failed || n.r.Err() != "") {
 				n.crash()
+				if n.damaged {
+					s.count("disk-damage-found")
+					s.newDisk(n)
+				}
 				n.start()
 			}
 		}

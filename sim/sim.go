@@ -140,6 +140,7 @@ func Run(opt Options) *Result {
 		swarmReplace(&knobs, opt.Seed)
 		swarmIdle(&knobs, opt.Seed)
 		swarmCopyShape(&knobs, opt.Seed)
+		swarmDisk(&knobs, opt.Seed)
 	}
 	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{},
 		recycle: opt.Seed%2 == 1}

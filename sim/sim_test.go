@@ -154,6 +154,12 @@ func TestCanaries(t *testing.T) {
 		// a repair still writing the reply's buffer then spreads garbage
 		// (65 of 200 disk seeds caught it).
 		{"read repair writes the reply's buffer", "disk", Bugs{Engine: engine.Bugs{RepairWritesReply: true}}, 30},
+		// The disk and operator faults (disk.go): each must be caught
+		// when the defence against it is taken away.
+		{"open trusts a wiped replica", "wipe", Bugs{Engine: engine.Bugs{TrustEmptyReplicas: true, IgnoreDurableMark: true}}, 60},
+		{"open trusts a replica restored from an old copy", "stale", Bugs{Engine: engine.Bugs{IgnoreDurableMark: true}}, 60},
+		{"damaged index read as never written", "damage", Bugs{Replica: replica.Bugs{IgnoreIndexDamage: true}}, 60},
+		{"reads skip checksums (lost writes served)", "lostwrite", Bugs{Replica: replica.Bugs{SkipReadChecksums: true}}, 60},
 	}
 	for _, c := range cases {
 		caught := uint64(0)

@@ -173,6 +173,8 @@ type Bugs struct {
 	SkipResyncOnReopen bool // ignore replicas' recovered regions
 	IgnoreHeartbeats   bool // heartbeat failures leave a replica RW
 	RepairWritesReply  bool // read repair writes the reply's Data, not a copy
+	TrustEmptyReplicas bool // open counts and trusts replicas with no membership record
+	IgnoreDurableMark  bool // open trusts members whatever durable writes they hold
 }
 
 // Request is a frontend IO.

@@ -286,4 +286,42 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 	for _, fn := range parkedAdmin {
 		fn()
 	}
+	e.settleMembership()
+}
+
+// settleMembership records the committed membership once more when its
+// RW replicas differ from its predecessor's, so that the newest recorded
+// membership soon has a predecessor with the same RW replicas. An open
+// needs a quorum of the newest and of its predecessor (the newest may be
+// uncommitted); without this, a replica just rebuilt (WO in the
+// predecessor) could not stand in for one lost next: wiping dev-2 right
+// after dev-1 was rebuilt left no engine able to open
+// (TestProcessDevWipedReplica). The cost is one more metadata write per
+// membership change.
+func (e *Engine) settleMembership() {
+	if e.change != nil || e.phase != phaseServing || e.committed == nil || sameRW(e.committed.Members, e.committed.Prev) {
+		return
+	}
+	e.proposeMembership(nil)
+}
+
+// sameRW reports whether a and b name the same RW replicas.
+func sameRW(a, b []proto.Member) bool {
+	rw := map[proto.ReplicaID]int{}
+	for _, m := range a {
+		if m.Mode == proto.ModeRW {
+			rw[m.ID]++
+		}
+	}
+	for _, m := range b {
+		if m.Mode == proto.ModeRW {
+			rw[m.ID]--
+		}
+	}
+	for _, n := range rw {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -20,6 +20,16 @@ type openTask struct {
 	// badBacking: replicas on another image than Config.BackingSHA256,
 	// and why (never current).
 	badBacking map[proto.ReplicaID]string
+	// stale: RW members that could not prove they hold the newest data,
+	// and why (rebuilt, never a source).
+	stale map[proto.ReplicaID]string
+}
+
+func (t *openTask) noteStale(id proto.ReplicaID, why string) {
+	if t.stale == nil {
+		t.stale = map[proto.ReplicaID]string{}
+	}
+	t.stale[id] = why
 }
 
 func (e *Engine) startOpen() {
@@ -102,17 +112,38 @@ func (e *Engine) decide(t *openTask) {
 			best = m
 		}
 	}
+	// A replica with no membership record while another has one lost
+	// its disk (or was never set up): it cannot vote, since it forgot
+	// every membership it recorded, and a quorum counted with it might
+	// miss the newest.
 	acks := map[proto.ReplicaID]bool{}
-	for id := range t.fenced {
-		acks[id] = true
+	for id, info := range t.fenced {
+		if best == nil || info.Membership != nil || e.cfg.Bugs.TrustEmptyReplicas {
+			acks[id] = true
+		}
+	}
+	// Writes sent from now on must carry sequences above any a replica
+	// recorded, so that the durable sequences keep ordering replicas
+	// across engines.
+	for _, info := range t.infos {
+		e.writeSeq = max(e.writeSeq, info.FlushedSeq, info.FUASeq)
+	}
+	for _, info := range t.fenced {
+		e.writeSeq = max(e.writeSeq, info.FlushedSeq, info.FUASeq)
 	}
 	joined, isNew := false, best == nil
 	if best == nil {
-		// A new volume: every configured replica starts as RW; a quorum
-		// of them must be here.
+		// A new volume: every configured replica starts as RW, and every
+		// one must be here. With none holding a membership, a replica
+		// missing may be the only one that does (the others wiped):
+		// opening without it would serve an empty volume.
 		best = &proto.Membership{}
 		for _, id := range e.cfg.Replicas {
 			best.Members = append(best.Members, proto.Member{ID: id, Mode: proto.ModeRW})
+		}
+		if missing := e.missingConfigured(t); missing != "" && !e.cfg.Bugs.NoQuorumOpen {
+			e.retryOpen(fmt.Sprintf("no replica holds a membership record and %s did not answer: waiting for every replica of a new volume (one that is down may hold the data)", missing))
+			return
 		}
 	} else {
 		joined = e.adoptMembers(best)
@@ -139,6 +170,9 @@ func (e *Engine) decide(t *openTask) {
 		for _, id := range sortedIDs(t.badBacking) {
 			why += ": " + t.badBacking[id]
 			break
+		}
+		for _, id := range sortedIDs(t.stale) {
+			why += fmt.Sprintf("; replica %s %s", id, t.stale[id])
 		}
 		e.retryOpen(why)
 		return
@@ -170,6 +204,11 @@ func (e *Engine) decide(t *openTask) {
 			m.mode, m.why, m.errSince = ModeERR, why, e.now
 		}
 	}
+	for id, why := range t.stale {
+		if m := e.members[id]; m != nil && m.mode == ModeWO {
+			m.why = "rebuilt at open: it " + why
+		}
+	}
 	for _, id := range current {
 		e.members[id].setRW()
 	}
@@ -178,16 +217,65 @@ func (e *Engine) decide(t *openTask) {
 	e.resync(t, current)
 }
 
-// pickCurrent returns the RW members of best that were fenced and agree
-// on the chain most of them hold (an interrupted snapshot operation can
-// leave them apart; the others are rebuilt), and on their backing image.
+// missingConfigured names a configured replica that was not fenced ("" when
+// every one was).
+func (e *Engine) missingConfigured(t *openTask) string {
+	for _, id := range e.cfg.Replicas {
+		if t.fenced[id] == nil {
+			return fmt.Sprintf("replica %s", id)
+		}
+	}
+	return ""
+}
+
+// durableMark orders replicas by the writes they hold durably: first the
+// flushed sequence (every write up to it), then the highest FUA write
+// above it. A replica below another's mark may lack a write that was
+// acknowledged as durable; one restored from an old copy, or whose disk
+// came back empty, is below the replicas that went on.
+type durableMark struct{ flushed, fua uint64 }
+
+func markOf(info *proto.Info) durableMark {
+	return durableMark{info.FlushedSeq, max(info.FUASeq, info.FlushedSeq)}
+}
+
+func (a durableMark) less(b durableMark) bool {
+	return a.flushed < b.flushed || a.flushed == b.flushed && a.fua < b.fua
+}
+
+// pickCurrent returns the RW members of best that were fenced, can prove
+// they hold the newest data, and agree on the chain most of them hold (an
+// interrupted snapshot operation can leave them apart; the others are
+// rebuilt), and on their backing image.
+//
+// Proof of the newest data: a membership record (one without lost its
+// disk) and the highest durable mark among those members. Every
+// acknowledged flush or FUA write reached every RW member, so a member
+// below the highest mark either missed only unacknowledged ones or lost
+// acknowledged data (a stale copy, a wiped disk); it is rebuilt either
+// way, never trusted.
 func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.ReplicaID {
+	var top durableMark
+	for _, id := range sortedIDs(t.fenced) {
+		info := t.fenced[id]
+		if best.Mode(id) == proto.ModeRW && (info.Membership != nil || best.Gen == 0 || e.cfg.Bugs.TrustEmptyReplicas) && top.less(markOf(info)) {
+			top = markOf(info)
+		}
+	}
 	votes := map[string][]proto.ReplicaID{}
 	for _, id := range sortedIDs(t.fenced) {
 		if best.Mode(id) != proto.ModeRW {
 			continue
 		}
 		info := t.fenced[id]
+		if !e.cfg.Bugs.TrustEmptyReplicas && info.Membership == nil && best.Gen != 0 {
+			t.noteStale(id, "holds no membership record (its disk was wiped or replaced?)")
+			continue
+		}
+		if m := markOf(info); m.less(top) && !e.cfg.Bugs.IgnoreDurableMark {
+			t.noteStale(id, fmt.Sprintf("holds durable writes up to seq %d/%d, others up to %d/%d (restored from an old copy, or missed the last flush)", m.flushed, m.fua, top.flushed, top.fua))
+			continue
+		}
 		if why := e.backingMismatch(id, info, e.cfg.BackingSHA256); why != "" {
 			if t.badBacking == nil {
 				t.badBacking = map[proto.ReplicaID]string{}

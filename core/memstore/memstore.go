@@ -16,10 +16,18 @@ type layer struct {
 	data       map[uint64][]byte // current contents (nil entry never stored)
 	index      map[uint64]proto.BlockState
 	flushedSeq uint64
+	fuaSeq     uint64
 
 	durData       map[uint64][]byte
 	durIndex      map[uint64]proto.BlockState
 	durFlushedSeq uint64
+	durFUASeq     uint64
+
+	// damaged are index pages (IndexPageEntries entries each) whose
+	// bytes were changed behind the store's back (DamageIndex): their
+	// checksum no longer matches, so every IO that reads or rewrites
+	// them fails, as filestore's checked pages do.
+	damaged map[uint64]bool
 
 	dirtyData  map[uint64]bool // blocks whose data changed since SyncData
 	dirtyIndex map[uint64]bool // blocks whose entry changed since SyncIndex
@@ -30,8 +38,27 @@ func newLayer() *layer {
 	return &layer{
 		data: map[uint64][]byte{}, index: map[uint64]proto.BlockState{},
 		durData: map[uint64][]byte{}, durIndex: map[uint64]proto.BlockState{},
-		dirtyData: map[uint64]bool{}, dirtyIndex: map[uint64]bool{},
+		dirtyData: map[uint64]bool{}, dirtyIndex: map[uint64]bool{}, damaged: map[uint64]bool{},
 	}
+}
+
+// IndexPageEntries is how many index entries share one checksummed page
+// (as in filestore: a 4 KiB page of 8-byte entries, one slot holding the
+// page's checksum).
+const IndexPageEntries = 511
+
+// checkPages fails c when [lo, lo+n) touches a damaged index page.
+func (l *layer) checkPages(id store.LayerID, lo, n uint64, c *store.Completion) bool {
+	if len(l.damaged) == 0 || n == 0 {
+		return true
+	}
+	for _, p := range sortedKeys(l.damaged) {
+		if p*IndexPageEntries < lo+n && lo < (p+1)*IndexPageEntries {
+			c.Err, c.Detail = store.ErrDamaged, fmt.Sprintf("index page %d of layer %d is damaged (checksum mismatch)", p, id)
+			return false
+		}
+	}
+	return true
 }
 
 // Store is one replica's in-memory store.
@@ -72,8 +99,26 @@ func (s *Store) Execute(io store.IO) store.Completion {
 		c.Err, c.Detail = store.ErrMissing, fmt.Sprintf("layer %d does not exist", io.Layer)
 		return c
 	}
+	if !l.checkIO(io, &c) {
+		return c
+	}
 	l.execute(io, &c)
 	return c
+}
+
+// checkIO fails an IO that reads or rewrites a damaged index page.
+func (l *layer) checkIO(io store.IO, c *store.Completion) bool {
+	switch io.Kind {
+	case store.ReadIndex, store.ReadData:
+		return l.checkPages(io.Layer, io.BlockIndex, io.BlockCount, c)
+	case store.WriteIndex:
+		for _, e := range io.Entries {
+			if !l.checkPages(io.Layer, e.BlockIndex, 1, c) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (l *layer) execute(io store.IO, c *store.Completion) {
@@ -85,7 +130,7 @@ func (l *layer) execute(io store.IO, c *store.Completion) {
 			}
 		}
 		sort.Slice(c.Entries, func(i, j int) bool { return c.Entries[i].BlockIndex < c.Entries[j].BlockIndex })
-		c.FlushedSeq = l.flushedSeq
+		c.FlushedSeq, c.FUASeq = l.flushedSeq, l.fuaSeq
 	case store.WriteIndex:
 		for _, e := range io.Entries {
 			if e.Kind == proto.BlockAbsent {
@@ -98,12 +143,15 @@ func (l *layer) execute(io store.IO, c *store.Completion) {
 		if io.FlushedSeq != 0 {
 			l.flushedSeq, l.dirtySeq = io.FlushedSeq, true
 		}
+		if io.FUASeq > l.fuaSeq {
+			l.fuaSeq, l.dirtySeq = io.FUASeq, true
+		}
 	case store.SyncIndex:
 		for b := range l.dirtyIndex {
 			persist(l.index, l.durIndex, b)
 		}
 		clear(l.dirtyIndex)
-		l.durFlushedSeq, l.dirtySeq = l.flushedSeq, false
+		l.durFlushedSeq, l.durFUASeq, l.dirtySeq = l.flushedSeq, l.fuaSeq, false
 	case store.ReadData:
 		c.Data = make([]byte, io.BlockCount*proto.BlockSize)
 		if uint64(cap(io.Entries)) >= io.BlockCount {
@@ -163,9 +211,9 @@ func (s *Store) Crash(keep func(layer store.LayerID, blockIndex uint64, isIndex 
 			}
 		}
 		if l.dirtySeq && keep(id, ^uint64(0), true) {
-			l.durFlushedSeq = l.flushedSeq
+			l.durFlushedSeq, l.durFUASeq = l.flushedSeq, l.fuaSeq
 		}
-		l.data, l.index, l.flushedSeq = cloneMap(l.durData), cloneMap(l.durIndex), l.durFlushedSeq
+		l.data, l.index, l.flushedSeq, l.fuaSeq = cloneMap(l.durData), cloneMap(l.durIndex), l.durFlushedSeq, l.durFUASeq
 		clear(l.dirtyData)
 		clear(l.dirtyIndex)
 		l.dirtySeq = false
@@ -233,4 +281,96 @@ func (s *Store) Block(id store.LayerID, blockIndex uint64) []byte {
 		return l.data[blockIndex]
 	}
 	return nil
+}
+
+// Clone returns a copy of the store as its disk holds it durably: what a
+// copy of the disk image restores (the simulator brings replicas back
+// from old copies with it). The copy shares no mutable state with s.
+func (s *Store) Clone() *Store {
+	c := New()
+	if s.meta != nil {
+		c.meta = append([]byte{}, s.meta...)
+	}
+	for id, l := range s.layers {
+		n := newLayer()
+		n.durData, n.durIndex = cloneMap(l.durData), cloneMap(l.durIndex)
+		n.data, n.index = cloneMap(l.durData), cloneMap(l.durIndex)
+		n.durFlushedSeq, n.flushedSeq = l.durFlushedSeq, l.durFlushedSeq
+		n.durFUASeq, n.fuaSeq = l.durFUASeq, l.durFUASeq
+		for p := range l.damaged {
+			n.damaged[p] = true
+		}
+		c.layers[id] = n
+	}
+	return c
+}
+
+// MetaDamage is a way the metadata blob can be damaged.
+type MetaDamage int
+
+const (
+	MetaZeroed    MetaDamage = iota // every byte zero, the length kept
+	MetaTruncated                   // cut short
+	MetaByteFlip                    // one byte changed
+)
+
+// DamageMeta damages the metadata blob behind the replica's back (a
+// misdirected write, a torn sector, a stray dd), durably. at picks the
+// cut or the byte. It reports whether there was a blob to damage.
+func (s *Store) DamageMeta(how MetaDamage, at int) bool {
+	if len(s.meta) == 0 {
+		return false
+	}
+	m := append([]byte{}, s.meta...)
+	switch how {
+	case MetaZeroed:
+		clear(m)
+	case MetaTruncated:
+		m = m[:at%len(m)]
+	case MetaByteFlip:
+		m[at%len(m)] ^= 0x5a
+	}
+	s.meta = m
+	return true
+}
+
+// IndexDamage is a way a layer's index can be damaged.
+type IndexDamage int
+
+const (
+	IndexEntryCleared IndexDamage = iota // one entry zeroed (read as never written, unchecked)
+	IndexPageZeroed                      // the whole page holding it zeroed
+	IndexTruncated                       // the index cut off from that page on
+)
+
+// DamageIndex damages the index of a layer around blockIndex, durably and
+// in the current state alike: the entries are gone, and the pages that
+// held them fail their checksum (every later IO touching them fails, as
+// filestore's checked pages do). It reports whether any entry was lost.
+func (s *Store) DamageIndex(id store.LayerID, blockIndex uint64, how IndexDamage) bool {
+	l := s.layers[id]
+	if l == nil {
+		return false
+	}
+	page := blockIndex / IndexPageEntries
+	hit := func(b uint64) bool {
+		switch how {
+		case IndexEntryCleared:
+			return b == blockIndex
+		case IndexPageZeroed:
+			return b/IndexPageEntries == page
+		}
+		return b/IndexPageEntries >= page
+	}
+	lost := false
+	for _, m := range []map[uint64]proto.BlockState{l.index, l.durIndex} {
+		for _, b := range sortedKeys(m) {
+			if hit(b) {
+				delete(m, b)
+				l.damaged[b/IndexPageEntries] = true
+				lost = true
+			}
+		}
+	}
+	return lost
 }

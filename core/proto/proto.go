@@ -287,10 +287,15 @@ func (m *Membership) Mode(id ReplicaID) MemberMode {
 
 // Info is what a replica reports about itself.
 type Info struct {
-	ID            ReplicaID
-	SizeBytes     uint64
-	Epoch         uint64   // the epoch it is fenced at
-	FlushedSeq    uint64   // highest write sequence known durable
+	ID         ReplicaID
+	SizeBytes  uint64
+	Epoch      uint64 // the epoch it is fenced at
+	FlushedSeq uint64 // every write up to this sequence is durable
+	// FUASeq is the highest sequence of a FUA write made durable (its
+	// blocks only). With FlushedSeq it orders replicas by what they hold
+	// durably: see engine's open (a copy restored from an old backup has
+	// a lower pair than the replicas that went on).
+	FUASeq        uint64
 	Chain         []string // snapshot names, oldest first (the head excluded)
 	Membership    *Membership
 	ActiveRegions uint32 // regions that may hold torn unflushed writes

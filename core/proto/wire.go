@@ -44,7 +44,8 @@ const (
 	// Version 3: Info carries BackingSHA256.
 	// Version 4: block-checked data is left out of the frame CRC (see the
 	// top of the file).
-	WireVersion uint16 = 4
+	// Version 5: Info carries FUASeq.
+	WireVersion uint16 = 5
 	// FrameHeaderBytes is the size of a frame header (length and CRC).
 	FrameHeaderBytes = 8
 	// MaxFrameBytes bounds a frame body: the largest data request (4 MiB)
@@ -281,6 +282,7 @@ const (
 	flagDirty      = 1 << 3
 	flagOpened     = 1 << 4 // info: opened in this incarnation
 	flagBacking    = 1 << 5 // info: BackingSHA256 follows the suspect extents
+	flagFUASeq     = 1 << 6 // info: FUASeq follows BackingSHA256 (or the suspect extents)
 	// flagUnsummedData (requests and replies): the frame CRC leaves out
 	// the data, which the block states checksum (see the top of the file).
 	flagUnsummedData = 1 << 7
@@ -441,6 +443,9 @@ func appendInfo(b []byte, in *Info) []byte {
 	if in.BackingSHA256 != "" {
 		flags |= flagBacking
 	}
+	if in.FUASeq != 0 {
+		flags |= flagFUASeq
+	}
 	b = append(b, flags)
 	b = appendString(b, string(in.ID))
 	b = appendU64s(b, in.SizeBytes, in.Epoch, in.FlushedSeq)
@@ -453,6 +458,9 @@ func appendInfo(b []byte, in *Info) []byte {
 	b = appendExtents(b, in.Suspect)
 	if in.BackingSHA256 != "" {
 		b = appendString(b, in.BackingSHA256)
+	}
+	if in.FUASeq != 0 {
+		b = appendU64s(b, in.FUASeq)
 	}
 	return b
 }
@@ -793,7 +801,13 @@ func (d *decoder) info() *Info {
 			d.fail("backing flag with an empty sha256")
 		}
 	}
-	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened|flagBacking) != 0 {
+	if flags&flagFUASeq != 0 {
+		// Never zero: a zero is sent as no flag (one encoding per body).
+		if in.FUASeq = d.u64("fua seq"); in.FUASeq == 0 && d.err == nil {
+			d.fail("fua seq flag with a zero seq")
+		}
+	}
+	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened|flagBacking|flagFUASeq) != 0 {
 		d.fail("unknown info flags %#x", flags)
 	}
 	return in

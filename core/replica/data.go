@@ -75,7 +75,7 @@ func (r *Replica) check(l *layer, c store.Completion, start uint64, sums bool) (
 		if e.Kind != proto.BlockData {
 			return b, sprintf("block %d of layer %d: index holds %d, not data", b, l.meta.ID, e.Kind)
 		}
-		if !sums {
+		if !sums || r.cfg.Bugs.SkipReadChecksums {
 			continue
 		}
 		if got := crcOf(c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize]); got != e.CRC {
@@ -196,7 +196,7 @@ func (r *Replica) completeData(p pendingIO, c store.Completion) {
 		if !r.syncOK(o, c, "fua sync") {
 			break
 		}
-		r.issueFor(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: o.entries}, pendingIO{kind: ioFUAIndex, o: o, l: l})
+		r.issueFor(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: o.entries, FUASeq: o.req.Seq}, pendingIO{kind: ioFUAIndex, o: o, l: l})
 		return
 	case ioFUAIndex:
 		if !r.syncOK(o, c, "fua index") {
@@ -208,6 +208,7 @@ func (r *Replica) completeData(p pendingIO, c store.Completion) {
 		if !r.syncOK(o, c, "fua index sync") {
 			break
 		}
+		r.fuaSeq = max(r.fuaSeq, o.req.Seq)
 		r.reply(proto.Reply{ID: o.req.ID})
 		r.finish(o)
 	}
@@ -258,7 +259,7 @@ func (r *Replica) finishWrite(o *op, l *layer, dataWritten bool) bool {
 	if dataWritten {
 		r.issueFor(store.IO{Kind: store.SyncData, Layer: l.meta.ID}, pendingIO{kind: ioFUASync, o: o, l: l})
 	} else {
-		r.issueFor(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: o.entries}, pendingIO{kind: ioFUAIndex, o: o, l: l})
+		r.issueFor(store.IO{Kind: store.WriteIndex, Layer: l.meta.ID, Entries: o.entries, FUASeq: o.req.Seq}, pendingIO{kind: ioFUAIndex, o: o, l: l})
 	}
 	return true
 }

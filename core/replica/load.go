@@ -26,6 +26,7 @@ func (r *Replica) load() {
 			return
 		}
 		r.meta = *m
+		r.flushedSeq, r.fuaSeq = m.FlushedSeq, m.FUASeq
 		r.layers = nil
 		for _, lm := range m.Layers {
 			r.layers = append(r.layers, &layer{meta: lm})
@@ -66,6 +67,9 @@ func (r *Replica) loadIndexes(i int) {
 	}
 	l := r.layers[i]
 	r.issue(store.IO{Kind: store.ReadIndex, Layer: l.meta.ID, BlockCount: r.sizeBlocks()}, func(c store.Completion) {
+		if c.Err != store.OK && r.cfg.Bugs.IgnoreIndexDamage {
+			c = store.Completion{}
+		}
 		if c.Err != store.OK {
 			r.fail(fmt.Sprintf("read index of layer %d: %v %s", l.meta.ID, c.Err, c.Detail))
 			return
@@ -82,6 +86,7 @@ func (r *Replica) loadIndexes(i int) {
 		// Take the highest: a snapshot's flush records the sequence in the
 		// layer it freezes, and the new head has none until its own flush.
 		r.flushedSeq = max(r.flushedSeq, c.FlushedSeq)
+		r.fuaSeq = max(r.fuaSeq, c.FUASeq)
 		r.loadIndexes(i + 1)
 	})
 }
@@ -220,6 +225,10 @@ func (r *Replica) writeMeta(then func(ok bool)) {
 	for _, l := range r.layers {
 		r.meta.Layers = append(r.meta.Layers, l.meta)
 	}
+	// Only durable sequences are in memory (they are set once the flush
+	// or FUA write completed), so recording them here promises nothing
+	// the disk does not hold.
+	r.meta.FlushedSeq, r.meta.FUASeq = r.flushedSeq, r.fuaSeq
 	if r.state != stateLoading {
 		r.meta.Active = r.activeKeys()
 	}

@@ -13,9 +13,9 @@ import (
 // metaMagic starts every encoded metadata blob ("DRVM").
 const metaMagic = 0x4d565244
 
-// metaVersion is the encoding version this package writes. Version 1
-// (no snapshot attributes) is still read.
-const metaVersion = 2
+// metaVersion is the encoding version this package writes. Versions 1
+// (no snapshot attributes) and 2 (no durable sequences) are still read.
+const metaVersion = 3
 
 // maxMetaBytes bounds a blob we are willing to decode.
 const maxMetaBytes = 16 << 20
@@ -41,6 +41,13 @@ type Meta struct {
 	Recovered []proto.Extent
 	// Suspect are head blocks whose checksum the settle recomputed.
 	Suspect []proto.Extent
+	// FlushedSeq and FUASeq (version 3) are the replica's durable write
+	// sequences as of this metadata write. Layers' index headers carry
+	// them too, but a chain change (a snapshot deleted or reverted away,
+	// a layer reshaped by a rebuild) can drop the layer that held the
+	// highest, and an engine's open must never see them go down.
+	FlushedSeq uint64
+	FUASeq     uint64
 }
 
 // LayerMeta names one layer.
@@ -114,6 +121,8 @@ func (m *Meta) Encode() []byte {
 		e.u64(x.BlockIndex)
 		e.u64(x.BlockCount)
 	}
+	e.u64(m.FlushedSeq)
+	e.u64(m.FUASeq)
 	out := make([]byte, 0, 16+len(e.b)+4)
 	out = binary.LittleEndian.AppendUint32(out, metaMagic)
 	out = binary.LittleEndian.AppendUint32(out, metaVersion)
@@ -190,7 +199,7 @@ func DecodeMeta(b []byte) (*Meta, error) {
 		return nil, fmt.Errorf("%w: bad magic", ErrBadMeta)
 	}
 	version := binary.LittleEndian.Uint32(b[4:])
-	if version != 1 && version != metaVersion {
+	if version < 1 || version > metaVersion {
 		return nil, fmt.Errorf("%w: version %d, want 1..%d", ErrBadMeta, version, metaVersion)
 	}
 	body := binary.LittleEndian.Uint64(b[8:])
@@ -231,6 +240,9 @@ func DecodeMeta(b []byte) (*Meta, error) {
 	}
 	for i, n := 0, d.count(16); i < n; i++ {
 		m.Suspect = append(m.Suspect, proto.Extent{BlockIndex: d.u64(), BlockCount: d.u64()})
+	}
+	if version >= 3 {
+		m.FlushedSeq, m.FUASeq = d.u64(), d.u64()
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("trailing bytes")

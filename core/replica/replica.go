@@ -69,6 +69,8 @@ type Config struct {
 type Bugs struct {
 	SkipFlushSync     bool // flush replies without syncing anything
 	AcceptStaleEpochs bool // requests from lower epochs are served
+	SkipReadChecksums bool // reads return data whatever its checksum
+	IgnoreIndexDamage bool // a layer whose index fails to read loads as empty
 }
 
 // Ready is a batch of effects. IOs may run concurrently and complete in
@@ -109,7 +111,8 @@ type Replica struct {
 	meta   Meta     // last durable-or-pending metadata (Layers mirror)
 	layers []*layer // oldest first; last is head
 
-	flushedSeq uint64
+	flushedSeq uint64 // every write up to it is durable
+	fuaSeq     uint64 // the highest FUA write made durable
 	opened     bool   // an engine sent OpOpen since this incarnation loaded
 	lastEpoch  uint64 // (lastEpoch, lastID) of the newest request seen
 	lastID     uint64
@@ -210,6 +213,10 @@ func (r *Replica) Complete(c store.Completion) {
 		return // a completion from before a restart, or duplicated: ignore
 	}
 	delete(r.pending, c.ID)
+	if c.Err == store.ErrDamaged && !r.cfg.Bugs.IgnoreIndexDamage {
+		// Its own bookkeeping is damaged: what else is, it cannot tell.
+		r.fail(fmt.Sprintf("replica %s: store damaged: %s", r.meta.ID, c.Detail))
+	}
 	if p.kind == ioFunc {
 		p.fn(c)
 	} else {
@@ -305,7 +312,7 @@ func (r *Replica) setEntry(l *layer, e proto.BlockState) {
 func (r *Replica) Info() proto.Info {
 	info := proto.Info{
 		ID: r.meta.ID, SizeBytes: r.meta.SizeBytes, Epoch: r.meta.Epoch,
-		FlushedSeq: r.flushedSeq, Membership: r.meta.Membership.Clone(),
+		FlushedSeq: r.flushedSeq, FUASeq: r.fuaSeq, Membership: r.meta.Membership.Clone(),
 		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0, Opened: r.opened,
 		Recovered:     r.Recovered(),
 		Suspect:       append([]proto.Extent(nil), r.meta.Suspect...),

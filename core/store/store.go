@@ -3,7 +3,7 @@
 //
 // A replica's store holds one metadata blob and a set of layers. Each layer
 // has a data area (BlockSize blocks, sparse) and an index area holding one
-// entry per block (kind + CRC32C) plus a small header (FlushedSeq). Drivers
+// entry per block (kind + CRC32C) plus a small header (FlushedSeq, FUASeq). Drivers
 // (core/memstore for tests and the simulator, transports/filestore for real
 // disks) execute IOs concurrently and in any order; the replica only issues
 // an IO once everything it must follow has completed.
@@ -39,10 +39,15 @@ const (
 	// RemoveLayer deletes a layer and its data (durable on completion).
 	RemoveLayer
 	// ReadIndex returns the non-absent entries of Layer in
-	// [BlockIndex, BlockIndex+BlockCount), and the layer's FlushedSeq.
+	// [BlockIndex, BlockIndex+BlockCount), and the layer's FlushedSeq and
+	// FUASeq. Damage the store can detect in the index (a page whose
+	// checksum fails, a truncated file) is ErrDamaged naming it, never
+	// entries read as absent; ReadData and WriteIndex check the pages
+	// they use the same way.
 	ReadIndex
-	// WriteIndex stores Entries (absent entries clear) and FlushedSeq (if
-	// nonzero) in Layer's index.
+	// WriteIndex stores Entries (absent entries clear), FlushedSeq (if
+	// nonzero) and FUASeq (if above the stored one: concurrent FUA
+	// writes may complete in any order) in Layer's index.
 	WriteIndex
 	// SyncIndex makes completed WriteIndex IOs of Layer durable.
 	SyncIndex
@@ -86,6 +91,7 @@ type IO struct {
 	Data       []byte
 	Entries    []proto.BlockState
 	FlushedSeq uint64
+	FUASeq     uint64
 	Meta       []byte
 	// Uncached marks a ReadData or WriteData as a one-off transfer of
 	// much data that no one is likely to read again soon (a rebuild
@@ -107,6 +113,10 @@ const (
 	ErrNoSpace
 	// ErrMissing: the layer or blob does not exist.
 	ErrMissing
+	// ErrDamaged: the store found its own bookkeeping damaged (an index
+	// page or header whose checksum fails, an index cut short). Nothing
+	// the replica holds can be trusted after it: the replica stops.
+	ErrDamaged
 )
 
 func (e Err) String() string {
@@ -119,6 +129,8 @@ func (e Err) String() string {
 		return "no space left on device"
 	case ErrMissing:
 		return "missing"
+	case ErrDamaged:
+		return "damaged"
 	}
 	return fmt.Sprintf("err(%d)", uint8(e))
 }
@@ -131,5 +143,6 @@ type Completion struct {
 	Data       []byte
 	Entries    []proto.BlockState
 	FlushedSeq uint64
+	FUASeq     uint64
 	Meta       []byte
 }
