@@ -310,6 +310,12 @@ func describeInfo(info engine.VolumeInfo) string {
 func (s *Sim) scrub(en *engineNode, b uint64, pass int) {
 	size := en.e.SizeBytes() / proto.BlockSize
 	if pass == len(s.memberNodes()) {
+		if !en.alive || !s.membersRW(en.e.Info()) {
+			// The scrub found damage a replica did not know of (sim
+			// damage seed 177): wait for its rebuild, then scrub again.
+			s.awaitConverged()
+			return
+		}
 		s.checkConvergence()
 		s.stopped = true
 		return
