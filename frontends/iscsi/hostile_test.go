@@ -155,15 +155,30 @@ func hostileRun(t *testing.T, lun device.Device, totalBytes int64, clients int) 
 // response.
 func dialHostile(t *testing.T, addr, target string, id, reads int) net.Conn {
 	t.Helper()
+	nc, _ := loginRaw(t, addr, target, id)
+	var cmds []byte
+	for i := range reads {
+		cmds = append(cmds, read16(uint32(i+1), uint32(i), 0, hostileReadBytes/512, hostileReadBytes)...)
+	}
+	// The server stops reading once it holds what it may: the write may
+	// block, so it runs on its own goroutine and ends with the conn.
+	go nc.Write(cmds)
+	return nc
+}
+
+// loginRaw logs in to target over TCP as a raw initiator with a session
+// of its own (ISID from id); its first CmdSN is 0.
+func loginRaw(t *testing.T, addr, target string, id int) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
-		t.Fatalf("hostile initiator: %v", err)
+		t.Fatalf("raw initiator: %v", err)
 	}
 	// A small receive buffer, so the kernel holds little of what the
 	// server sends and the server's own buffers are what is measured.
 	nc.(*net.TCPConn).SetReadBuffer(64 << 10)
 	nc.SetDeadline(time.Now().Add(time.Minute))
-	text := "InitiatorName=iqn.2026-12.io.drover:hostile\x00SessionType=Normal\x00TargetName=" + target +
+	text := "InitiatorName=iqn.2026-12.io.drover:raw\x00SessionType=Normal\x00TargetName=" + target +
 		"\x00MaxRecvDataSegmentLength=262144\x00"
 	login := bhs(0x43, 0x87) // immediate login, transit from operational to full feature
 	binary.BigEndian.PutUint32(login[4:], uint32(len(text)))
@@ -172,35 +187,86 @@ func dialHostile(t *testing.T, addr, target string, id, reads int) net.Conn {
 	pdu := append(login, text...)
 	pdu = append(pdu, make([]byte, (4-len(text)%4)%4)...)
 	if _, err := nc.Write(pdu); err != nil {
-		t.Fatalf("hostile initiator: login: %v", err)
+		t.Fatalf("raw initiator: login: %v", err)
 	}
 	r := bufio.NewReader(nc)
-	var resp [48]byte
-	if _, err := io.ReadFull(r, resp[:]); err != nil {
-		t.Fatalf("hostile initiator: login response: %v", err)
-	}
+	resp := readPDU(t, r)
 	if resp[0]&0x3f != 0x23 || resp[36] != 0 || resp[1]&0x83 != 0x83 {
-		t.Fatalf("hostile initiator: login response %x", resp[:])
-	}
-	n := int(resp[5])<<16 | int(resp[6])<<8 | int(resp[7])
-	if _, err := r.Discard(n + (4-n%4)%4); err != nil {
-		t.Fatalf("hostile initiator: login response data: %v", err)
+		t.Fatalf("raw initiator: login response %x", resp)
 	}
 	nc.SetDeadline(time.Time{})
-	var cmds []byte
-	for i := range reads {
-		cmd := bhs(0x01, 0xc1) // final, read, simple
-		binary.BigEndian.PutUint32(cmd[16:], uint32(i+1))
-		binary.BigEndian.PutUint32(cmd[20:], hostileReadBytes)
-		binary.BigEndian.PutUint32(cmd[24:], uint32(i)) // CmdSN from 0, as the login set
-		cmd[32] = 0x88                                  // READ(16) at LBA 0
-		binary.BigEndian.PutUint32(cmd[42:], hostileReadBytes/512)
-		cmds = append(cmds, cmd...)
+	return nc, r
+}
+
+// read16 is a READ(16) command PDU of blocks 512-byte blocks at lba.
+func read16(itt, cmdSN uint32, lba uint64, blocks, edtl uint32) []byte {
+	cmd := bhs(0x01, 0xc1) // final, read, simple
+	binary.BigEndian.PutUint32(cmd[16:], itt)
+	binary.BigEndian.PutUint32(cmd[20:], edtl)
+	binary.BigEndian.PutUint32(cmd[24:], cmdSN)
+	cmd[32] = 0x88
+	binary.BigEndian.PutUint64(cmd[34:], lba)
+	binary.BigEndian.PutUint32(cmd[42:], blocks)
+	return cmd
+}
+
+// readPDU reads one PDU and returns its header; its data is skipped.
+func readPDU(t *testing.T, r *bufio.Reader) []byte {
+	t.Helper()
+	h := make([]byte, 48)
+	if _, err := io.ReadFull(r, h); err != nil {
+		t.Fatalf("raw initiator: read PDU: %v", err)
 	}
-	// The server stops reading once it holds what it may: the write may
-	// block, so it runs on its own goroutine and ends with the conn.
-	go nc.Write(cmds)
-	return nc
+	n := int(h[5])<<16 | int(h[6])<<8 | int(h[7])
+	if _, err := r.Discard(int(h[4])*4 + n + (4-n%4)%4); err != nil {
+		t.Fatalf("raw initiator: read PDU data: %v", err)
+	}
+	return h
+}
+
+// TestOversizeCommandsRefused sends commands asking for more than a
+// command may move: each completes with CHECK CONDITION and no buffer of
+// that size, and the session goes on serving.
+func TestOversizeCommandsRefused(t *testing.T) {
+	addr := startServer(t, iscsi.TargetConfig{Volume: "vol", LUNs: []device.Device{fileLUN(t)}})
+	nc, r := loginRaw(t, addr, iscsi.IQN("vol"), 1)
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(time.Minute))
+	write := bhs(0x01, 0xa1) // final, write, simple; no data follows
+	binary.BigEndian.PutUint32(write[16:], 1)
+	binary.BigEndian.PutUint32(write[20:], 8<<20+4096)
+	binary.BigEndian.PutUint32(write[24:], 0)
+	write[32] = 0x8a // WRITE(16)
+	binary.BigEndian.PutUint32(write[42:], (8<<20+4096)/512)
+	cmds := [][]byte{
+		write,
+		read16(2, 1, 0, 1<<32-1, 1<<32-1),        // 2 TiB
+		read16(3, 2, 0, (8<<20+4096)/512, 8<<20), // just over the largest transfer
+	}
+	for i, cmd := range cmds {
+		if _, err := nc.Write(cmd); err != nil {
+			t.Fatal(err)
+		}
+		h := readPDU(t, r)
+		if h[0]&0x3f != 0x21 || h[3] != 0x02 || binary.BigEndian.Uint32(h[16:]) != uint32(i+1) {
+			t.Fatalf("command %d: response %x, want SCSI Response with CHECK CONDITION", i+1, h)
+		}
+	}
+	if _, err := nc.Write(read16(4, 3, 0, 8, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		h := readPDU(t, r)
+		if h[0]&0x3f == 0x25 && h[1]&0x01 != 0 { // Data-In carrying status
+			if h[3] != 0 {
+				t.Fatalf("read after the refused commands: status %#x", h[3])
+			}
+			return
+		}
+		if h[0]&0x3f != 0x25 {
+			t.Fatalf("read after the refused commands: response %x", h)
+		}
+	}
 }
 
 // bhs is a 48-byte basic header segment with opcode and flags set.
