@@ -19,6 +19,13 @@ import (
 // batch (batching, under sendMu) nothing flushes but the reader's idle;
 // outside one every send flushes at once. Since the flag is cleared and
 // the buffer flushed under one lock, no response is left behind.
+//
+// A completion never writes to the socket: it runs where the device does
+// its work (inside a volume's engine driver), and an initiator that reads
+// no responses would stall it, and with it every connection of the
+// volume. Completions queue their responses; the reader writes the queue
+// in its idle, after running the devices, and a goroutine started for
+// them writes what completes outside a batch.
 
 // startRW starts a READ or WRITE (10/12/16) on an Async device and calls
 // done with its result; it reports false, having done nothing, for any
@@ -124,18 +131,73 @@ func containsDev(devs []device.Async, d device.Async) bool {
 	return false
 }
 
-// finishAsync responds to a command started by startAsync.
+// queuedResp is a completed async command whose response is not yet
+// written.
+type queuedResp struct {
+	t   *task
+	res Result
+}
+
+// finishAsync queues the response of a command started by startAsync. It
+// never blocks.
 func (c *conn) finishAsync(t *task, res Result) {
+	if res.DataIn == nil {
+		c.release(t) // a write's data is written: only a status is left
+	}
 	if !c.finish(t) {
+		c.release(t)
 		return // aborted: no response
 	}
-	if err := c.respond(t, res); err != nil {
-		c.log.Debug("response not sent", "err", err)
+	c.qMu.Lock()
+	c.queue = append(c.queue, queuedResp{t: t, res: res})
+	start := !c.inBatch && !c.writing
+	if start {
+		c.writing = true
+		c.writers.Add(1)
+	}
+	c.qMu.Unlock()
+	if start {
+		go func() {
+			defer c.writers.Done()
+			c.writeQueue()
+		}()
+	}
+}
+
+// writeQueue writes queued responses until the queue stays empty. Its
+// caller set c.writing; one goroutine writes at a time.
+func (c *conn) writeQueue() {
+	for {
+		c.qMu.Lock()
+		batch := c.queue
+		c.queue, c.spareQueue = c.spareQueue[:0], nil
+		if len(batch) == 0 {
+			c.writing = false
+			c.spareQueue = batch
+			c.qMu.Unlock()
+			return
+		}
+		c.qMu.Unlock()
+		for i := range batch {
+			if err := c.respond(batch[i].t, batch[i].res); err != nil {
+				c.log.Debug("response not sent", "err", err)
+			}
+			c.release(batch[i].t)
+			batch[i] = queuedResp{}
+		}
+		c.qMu.Lock()
+		if c.spareQueue == nil {
+			c.spareQueue = batch[:0]
+		}
+		c.qMu.Unlock()
 	}
 }
 
 // startBatch marks the reader as in a batch: responses wait for idle.
 func (c *conn) startBatch() {
+	c.qMu.Lock()
+	c.inBatch = true
+	c.qMu.Unlock()
 	c.sendMu.Lock()
 	c.batching = true
 	c.sendMu.Unlock()
@@ -149,6 +211,16 @@ func (c *conn) idle() {
 		c.asyncDevs[i] = nil
 	}
 	c.asyncDevs = c.asyncDevs[:0]
+	c.qMu.Lock()
+	c.inBatch = false
+	write := !c.writing && len(c.queue) > 0
+	if write {
+		c.writing = true
+	}
+	c.qMu.Unlock()
+	if write {
+		c.writeQueue()
+	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	c.batching = false

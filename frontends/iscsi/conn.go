@@ -22,8 +22,10 @@ const (
 	// maxTasks bounds all tasks of a connection, immediate ones included;
 	// commands beyond it complete with BUSY.
 	maxTasks = 2 * cmdWindow
-	// maxDataOutBytes bounds the data-out buffer of one command.
-	maxDataOutBytes = 32 << 20
+	// maxDataOutBytes bounds the data-out buffer of one command: the
+	// largest transfer the logical units advertise (Block Limits VPD);
+	// no command needs more.
+	maxDataOutBytes = maxTransferBytes
 	// loginTimeout bounds the login phase, so idle sockets cannot hold a
 	// connection slot.
 	loginTimeout = 30 * time.Second
@@ -57,6 +59,18 @@ type conn struct {
 	tasks    map[uint32]*task
 	nextTTT  uint32
 
+	// share is the connection's part of the server's buffer budget.
+	share *device.Share
+	// Responses of async commands (async.go), under qMu: queued by
+	// completions, which never write to the socket; written by the
+	// reader after a batch, or by a goroutine started for them.
+	qMu        sync.Mutex
+	queue      []queuedResp
+	spareQueue []queuedResp
+	inBatch    bool
+	writing    bool
+	writers    sync.WaitGroup
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the task workers
@@ -71,6 +85,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		log:   s.log.With("remote", nc.RemoteAddr().String()),
 		tasks: make(map[uint32]*task),
 		work:  make(chan *task),
+		share: s.budget.NewShare(s.cfg.MaxBytesInFlight),
 	}
 }
 
@@ -85,6 +100,7 @@ func (c *conn) serve(ctx context.Context) {
 		c.cancel()
 		c.nc.Close()
 		c.wg.Wait()
+		c.writers.Wait()
 		c.endSession()
 	}()
 	_ = c.nc.SetDeadline(time.Now().Add(loginTimeout))

@@ -18,6 +18,7 @@ const (
 	statusGood                = 0x00
 	statusCheckCondition      = 0x02
 	statusBusy                = 0x08
+	statusTaskSetFull         = 0x28
 	statusReservationConflict = 0x18
 )
 

@@ -58,7 +58,33 @@ type Config struct {
 	// MaxConnections bounds concurrent connections; further ones are
 	// closed on accept. Default 64.
 	MaxConnections int
+	// MaxBytesInFlight bounds the data buffer bytes one connection's
+	// commands hold, from the command's arrival until its response is
+	// written (a write's, until it is executed). A command that would
+	// exceed it completes at once with TASK SET FULL, which initiators
+	// retry. Default DefaultMaxBytesInFlight: eight commands of the
+	// largest transfer (8 MiB).
+	MaxBytesInFlight int64
+	// MaxBytesInFlightTotal bounds those bytes across all connections; a
+	// negative value removes the bound. Default
+	// DefaultMaxBytesInFlightTotal, the ceiling on what initiators that
+	// never read responses can pin.
+	MaxBytesInFlightTotal int64
+	// FloorBytesInFlight is what every connection may hold even when the
+	// total is spent, so that an initiator whose commands fit in it is
+	// served while others pin the total. Default
+	// DefaultFloorBytesInFlight. With these limits a server's buffers
+	// stay within MaxBytesInFlightTotal + MaxConnections ×
+	// (FloorBytesInFlight + about 600 KiB of PDU and socket buffering).
+	FloorBytesInFlight int64
 }
+
+// Defaults for Config's buffer limits.
+const (
+	DefaultMaxBytesInFlight      = 64 << 20
+	DefaultMaxBytesInFlightTotal = 256 << 20
+	DefaultFloorBytesInFlight    = 2 << 20
+)
 
 type target struct {
 	name string
@@ -74,6 +100,7 @@ type Server struct {
 	ln      net.Listener
 	targets map[string]*target
 	order   []*target
+	budget  *device.Budget
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -108,7 +135,17 @@ func Listen(cfg Config) (*Server, error) {
 }
 
 func newServer(cfg Config) (*Server, error) {
+	if cfg.MaxBytesInFlight <= 0 {
+		cfg.MaxBytesInFlight = DefaultMaxBytesInFlight
+	}
+	if cfg.MaxBytesInFlightTotal == 0 {
+		cfg.MaxBytesInFlightTotal = DefaultMaxBytesInFlightTotal
+	}
+	if cfg.FloorBytesInFlight <= 0 {
+		cfg.FloorBytesInFlight = DefaultFloorBytesInFlight
+	}
 	s := &Server{
+		budget:   device.NewBudget(cfg.MaxBytesInFlightTotal, cfg.FloorBytesInFlight),
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "iscsi"),
 		targets:  make(map[string]*target),
@@ -148,6 +185,17 @@ func newServer(cfg Config) (*Server, error) {
 		s.order = append(s.order, t)
 	}
 	return s, nil
+}
+
+// BufferedBytes is what the server's connections hold in command data
+// buffers now (Config.MaxBytesInFlightTotal bounds it).
+func (s *Server) BufferedBytes() int64 { return s.budget.HeldBytes() }
+
+// Connections is how many connections the server serves now.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // Addr is the address the portal listens on.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 )
 
 // task is one SCSI command in flight.
@@ -30,6 +31,10 @@ type task struct {
 	r2tSN  uint32
 	failed bool   // a Data-Out sequence error: the command ends with sense
 	dataSN uint32 // Data-In PDUs sent
+
+	// chargeBytes is what the task holds of the connection's budget,
+	// given back by release.
+	chargeBytes atomic.Int64
 }
 
 // dataSeq is the Data-Out sequence a task expects next: unsolicited data
@@ -84,9 +89,16 @@ func (c *conn) scsiCommand(p *PDU) error {
 	if dup {
 		return errProtocol("initiator task tag %#x already in use", t.itt)
 	}
-	if busy || (t.write && t.edtl > maxDataOutBytes) {
+	charge := c.taskBytes(t)
+	full := !busy && !(t.write && t.edtl > maxDataOutBytes) && !c.share.TryAcquire(charge)
+	if busy || full || (t.write && t.edtl > maxDataOutBytes) {
 		st, sense := byte(statusBusy), []byte(nil)
-		if !busy {
+		switch {
+		case full:
+			// The budget is spent: the initiator retries, and one that
+			// reads no responses soon stops being answered at all.
+			st = statusTaskSetFull
+		case !busy:
 			st, sense = statusCheckCondition, senseInvalidFieldInCDB
 		}
 		c.mu.Lock()
@@ -96,7 +108,11 @@ func (c *conn) scsiCommand(p *PDU) error {
 		c.mu.Unlock()
 		return c.sendResponse(t, st, sense, 0, false)
 	}
-	if t.write {
+	t.chargeBytes.Store(charge)
+	if t.write && p.Final() && uint32(len(p.Data)) >= t.edtl {
+		t.buf = p.Data[:t.edtl] // all of it came as immediate data
+		t.got = t.edtl
+	} else if t.write {
 		t.buf = make([]byte, t.edtl)
 		t.got = uint32(copy(t.buf, p.Data))
 		if !p.Final() {
@@ -227,6 +243,7 @@ func (c *conn) runTask(t *task) {
 			c.nc.Close()
 			c.finish(t)
 		}
+		c.release(t)
 	}()
 	if t.write {
 		if err := c.collect(t); err != nil && !errors.Is(err, errSequence) {
@@ -242,6 +259,9 @@ func (c *conn) runTask(t *task) {
 		res = checkCondition(senseDataPhaseError)
 	} else {
 		res = c.execute(t)
+	}
+	if res.DataIn == nil {
+		c.release(t) // a write's data is written: only a status is left
 	}
 	if !c.finish(t) {
 		return // aborted: no response
@@ -319,6 +339,36 @@ func (c *conn) newTTT() uint32 {
 		c.nextTTT = 1
 	}
 	return c.nextTTT
+}
+
+// taskBytes is what t's data buffers may take: its expected transfer
+// length, or for the read and verify commands the blocks the CDB names
+// (within the largest transfer; larger ones are refused before any
+// buffer is made).
+func (c *conn) taskBytes(t *task) int64 {
+	n := int64(min(t.edtl, maxDataOutBytes))
+	idx, ok := decodeLUN(t.lunField)
+	if !ok || idx >= len(c.sess.target.luns) || len(t.cdb) == 0 {
+		return n
+	}
+	switch t.cdb[0] {
+	case opRead6, opRead10, opRead12, opRead16, opVerify10, opVerify12, opVerify16:
+	default:
+		return n
+	}
+	if cmd := lookupCommand(t.cdb); cmd == nil || len(t.cdb) < cmd.cdbLen {
+		return n
+	}
+	rw := decodeRW(t.cdb)
+	if rw.count > maxTransferBytes {
+		return n
+	}
+	return max(n, int64(min(rw.count<<c.sess.target.luns[idx].blockShift, maxTransferBytes)))
+}
+
+// release gives back t's budget bytes, once.
+func (c *conn) release(t *task) {
+	c.share.Release(t.chargeBytes.Swap(0))
 }
 
 // finish removes t from the task set and reports whether its response

@@ -12,15 +12,21 @@ import (
 // connection reads every request the client has queued, starts each on
 // the device, then calls Run once, which does the whole batch's work on
 // this goroutine — engine, in-process replicas, their IOs — and completes
-// the requests, whose replies go into the buffered writer. The writer is
-// flushed once per batch, when the reader has nothing more to read.
-// Replies completed while the reader is not busy with a batch (a remote
-// replica answered later, another goroutine drove the engine) flush
-// themselves.
+// the requests. A completion never touches the socket: it runs where the
+// device does its work (inside the engine's driver, for a volume), and a
+// client that reads no replies would stall it, and with it every other
+// connection of the volume. So completions queue their replies, and the
+// reader writes the queue after Run and flushes once per batch, when it
+// has nothing more to read. Replies completed while the reader is not in
+// a batch (a remote replica answered later, another goroutine drove the
+// engine) are written by a goroutine started for them, which lives while
+// the queue is not empty.
 //
 // The reader never blocks (on the socket, on the byte budget, on the
 // request window) while it holds started requests it has not Run, or
-// unflushed replies: before any wait it runs and flushes (idle).
+// queued replies: before any wait it runs and writes them (idle). A read's
+// buffer and window slot are released once its reply is written, so a
+// client that reads no replies soon stops being read.
 
 // asyncReq is one NBD request started on an Async device.
 type asyncReq struct {
@@ -31,6 +37,14 @@ type asyncReq struct {
 }
 
 var asyncReqPool = sync.Pool{New: func() any { return new(asyncReq) }}
+
+// queuedReply is a completed request whose reply is not yet written.
+type queuedReply struct {
+	req   Request
+	errno uint32
+	buf   []byte // a read's data, or nil
+	slot  bool   // holds a window slot and a pending count
+}
 
 // serveAsync runs transmission on dev until the client disconnects or
 // reading fails, then waits for every started request to complete.
@@ -81,37 +95,103 @@ func (c *conn) nextBuffered() bool {
 
 // busy reports whether the reader holds a batch it has not yet run.
 func (c *conn) busy() bool {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	c.qMu.Lock()
+	defer c.qMu.Unlock()
 	return c.batching
 }
 
 func (c *conn) setBusy() {
-	c.writeMu.Lock()
+	c.qMu.Lock()
 	c.batching = true
-	c.writeMu.Unlock()
+	c.qMu.Unlock()
 }
 
-// idle runs the started requests and flushes the replies written so far;
-// from then on completions flush their own replies until the next batch.
+// idle runs the started requests and writes and flushes the replies
+// queued so far; from then on completions have their replies written by
+// a goroutine of their own until the next batch.
 func (c *conn) idle(dev device.Async) {
 	dev.Run()
-	c.writeMu.Lock()
+	c.qMu.Lock()
 	c.batching = false
-	if c.writeErr == nil && c.w.Buffered() > 0 {
-		c.writeErr = c.w.Flush()
-		if c.writeErr != nil {
-			c.nc.Close()
-		}
+	if c.writing || len(c.queue) == 0 {
+		c.qMu.Unlock()
+		return
 	}
-	c.writeMu.Unlock()
+	c.writing = true
+	c.qMu.Unlock()
+	c.writeQueue()
+}
+
+// queueReply queues a reply; it starts a goroutine to write it when the
+// reader will not (not in a batch) and no other is writing.
+func (c *conn) queueReply(q queuedReply) {
+	c.qMu.Lock()
+	c.queue = append(c.queue, q)
+	start := !c.batching && !c.writing
+	if start {
+		c.writing = true
+	}
+	c.qMu.Unlock()
+	if start {
+		go c.writeQueue()
+	}
+}
+
+// writeQueue writes queued replies, flushing whenever the queue runs
+// dry, until it stays empty. Its caller set c.writing; only one goroutine
+// writes at a time, so replies never interleave.
+func (c *conn) writeQueue() {
+	for {
+		c.qMu.Lock()
+		batch := c.queue
+		c.queue, c.spareQueue = c.spareQueue[:0], nil
+		if len(batch) == 0 {
+			c.writing = false
+			c.spareQueue = batch
+			c.qMu.Unlock()
+			return
+		}
+		c.qMu.Unlock()
+		c.writeMu.Lock()
+		for i := range batch {
+			c.writeReplyLocked(batch[i].req, batch[i].errno, batch[i].buf)
+		}
+		c.qMu.Lock()
+		more := len(c.queue) > 0
+		c.qMu.Unlock()
+		if !more && c.writeErr == nil {
+			c.writeErr = c.w.Flush()
+		}
+		if c.writeErr != nil {
+			c.nc.Close() // the client can no longer hear us; stop reading too
+		}
+		c.writeMu.Unlock()
+		for i := range batch {
+			c.finishReply(&batch[i])
+		}
+		c.qMu.Lock()
+		if c.spareQueue == nil {
+			c.spareQueue = batch[:0]
+		}
+		c.qMu.Unlock()
+	}
+}
+
+// finishReply releases what a written (or unwritable) reply held.
+func (c *conn) finishReply(q *queuedReply) {
+	c.release(q.buf)
+	if q.slot {
+		<-c.sem
+		c.pending.Done()
+	}
+	*q = queuedReply{}
 }
 
 // startAsync starts req on dev, or answers it at once when it is refused.
 func (c *conn) startAsync(dev device.Async, req Request, buf []byte) {
 	if errno := c.precheck(req); errno != 0 {
-		c.replyAsync(req, errno, buf)
 		c.release(buf)
+		c.queueReply(queuedReply{req: req, errno: errno})
 		return
 	}
 	a := asyncReqPool.Get().(*asyncReq)
@@ -143,8 +223,9 @@ func (c *conn) startAsync(dev device.Async, req Request, buf []byte) {
 	dev.Start(&a.dev)
 }
 
-// asyncDone completes a started request: its reply goes out, its buffer
-// and window slot are released.
+// asyncDone completes a started request: its reply is queued, a write's
+// buffer released at once (a read's goes with its reply). It never
+// blocks: it may run inside the device's driver.
 func asyncDone(r *device.Request, err error) {
 	a := r.Owner.(*asyncReq)
 	c, req, buf := a.c, a.req, a.buf
@@ -156,23 +237,9 @@ func asyncDone(r *device.Request, err error) {
 		c.log.Warn("nbd: request failed", "cmd", req.Type, "offset", req.Offset,
 			"length", req.Length, "errno", errno, "err", err)
 	}
-	c.replyAsync(req, errno, buf)
-	c.release(buf)
-	<-c.sem
-	c.pending.Done()
-}
-
-// replyAsync writes a reply (and a successful READ's data) into the
-// buffered writer; the reader's idle flushes it, or this call does when
-// the reader is not in a batch.
-func (c *conn) replyAsync(req Request, errno uint32, buf []byte) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	c.writeReplyLocked(req, errno, buf)
-	if c.writeErr == nil && !c.batching {
-		c.writeErr = c.w.Flush()
+	if req.Type != cmdRead || errno != 0 {
+		c.release(buf)
+		buf = nil
 	}
-	if c.writeErr != nil {
-		c.nc.Close()
-	}
+	c.queueReply(queuedReply{req: req, errno: errno, buf: buf, slot: true})
 }

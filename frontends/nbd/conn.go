@@ -45,7 +45,15 @@ type conn struct {
 	wbuf     []byte
 	writeErr error // first reply write error; under writeMu
 	replying atomic.Int32
-	batching bool // the async reader holds a batch it has not run; under writeMu
+
+	// Async replies (async.go), under qMu: the queue of completed
+	// requests' replies, whether the reader holds a batch it has not run,
+	// and whether a goroutine is writing the queue.
+	qMu        sync.Mutex
+	queue      []queuedReply
+	spareQueue []queuedReply
+	batching   bool
+	writing    bool
 
 	// Async transmission (async.go): the request window, the requests
 	// started and not completed, and what to do before any wait.
@@ -53,10 +61,8 @@ type conn struct {
 	pending    sync.WaitGroup
 	beforeWait func()
 
-	// Byte budget for request buffers.
-	budgetMu     sync.Mutex
-	budgetCond   *sync.Cond
-	bytesHeld    int
+	// share is the connection's part of the server's buffer budget.
+	share        *device.Share
 	transmitting bool // under s.mu
 	done         sync.WaitGroup
 }
@@ -68,8 +74,9 @@ func newConn(s *Server, nc net.Conn, id uint64) *conn {
 		log: s.log.With("conn", id, "remote", nc.RemoteAddr().String()),
 		r:   bufio.NewReaderSize(nc, ioBufferBytes),
 		w:   bufio.NewWriterSize(nc, ioBufferBytes),
+
+		share: s.budget.NewShare(int64(s.cfg.MaxBytesInFlight)),
 	}
-	c.budgetCond = sync.NewCond(&c.budgetMu)
 	return c
 }
 
@@ -174,14 +181,21 @@ func (c *conn) readRequest() (Request, []byte, error) {
 		return req, nil, fmt.Errorf("write of %d bytes exceeds the maximum %d: %w",
 			req.Length, c.s.cfg.MaxBlockBytes, ErrMalformed)
 	case req.Type == cmdWrite:
-		buf := c.acquire(req.Length)
+		buf, ok := c.acquire(req.Length)
+		if !ok {
+			return req, nil, errStopReading
+		}
 		if _, err := io.ReadFull(c.r, buf); err != nil {
 			c.release(buf)
 			return req, nil, c.readFailure("read write payload", err)
 		}
 		return req, buf, nil
-	case req.Type == cmdRead && req.Length <= c.s.cfg.MaxBlockBytes:
-		return req, c.acquire(req.Length), nil
+	case req.Type == cmdRead && c.precheck(req) == 0:
+		buf, ok := c.acquire(req.Length)
+		if !ok {
+			return req, nil, errStopReading
+		}
+		return req, buf, nil
 	}
 	return req, nil, nil
 }
@@ -328,31 +342,23 @@ func (c *conn) writeReplyLocked(req Request, errno uint32, buf []byte) {
 	c.writeErr = err
 }
 
-// acquire takes a buffer of n bytes within the connection's byte budget,
-// waiting for earlier requests to release theirs if needed.
-func (c *conn) acquire(n uint32) []byte {
-	c.budgetMu.Lock()
-	if c.beforeWait != nil && c.bytesHeld > 0 && c.bytesHeld+int(n) > c.s.cfg.MaxBytesInFlight {
-		c.budgetMu.Unlock()
-		c.beforeWait() // never wait holding work only this goroutine would do
-		c.budgetMu.Lock()
+// acquire takes a buffer of n bytes within the connection's and the
+// server's byte budget, waiting for earlier requests (of this connection
+// or others) to release theirs if needed; meanwhile the connection reads
+// nothing more. It reports false when the connection is closing.
+func (c *conn) acquire(n uint32) ([]byte, bool) {
+	// Never wait holding work only this goroutine would do.
+	if !c.share.Acquire(int64(n), c.beforeWait) {
+		return nil, false
 	}
-	for c.bytesHeld > 0 && c.bytesHeld+int(n) > c.s.cfg.MaxBytesInFlight {
-		c.budgetCond.Wait()
-	}
-	c.bytesHeld += int(n)
-	c.budgetMu.Unlock()
-	return c.s.bufs.get(n)
+	return c.s.bufs.get(n), true
 }
 
 func (c *conn) release(buf []byte) {
 	if buf == nil {
 		return
 	}
-	c.budgetMu.Lock()
-	c.bytesHeld -= len(buf)
-	c.budgetMu.Unlock()
-	c.budgetCond.Broadcast()
+	c.share.Release(int64(len(buf)))
 	c.s.bufs.put(buf)
 }
 

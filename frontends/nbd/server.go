@@ -28,14 +28,21 @@ import (
 
 // Defaults for Config's zero values.
 const (
-	DefaultMaxRequestsInFlight = 128
-	DefaultMaxBytesInFlight    = 64 << 20
-	DefaultMaxBlockBytes       = 32 << 20
-	DefaultHandshakeTimeout    = 30 * time.Second
+	DefaultMaxRequestsInFlight   = 128
+	DefaultMaxBytesInFlight      = 64 << 20
+	DefaultMaxBytesInFlightTotal = 256 << 20
+	DefaultFloorBytesInFlight    = 2 << 20
+	DefaultMaxConnections        = 256
+	DefaultMaxBlockBytes         = 32 << 20
+	DefaultHandshakeTimeout      = 30 * time.Second
 )
 
 // ErrServerClosed is what Serve returns after Shutdown or Close.
 var ErrServerClosed = errors.New("nbd: server closed")
+
+// ErrTooManyConnections is what ServeConn returns for a connection over
+// Config.MaxConnections, which it closes at once.
+var ErrTooManyConnections = errors.New("too many connections")
 
 // Export is one named device the server offers.
 type Export struct {
@@ -68,9 +75,29 @@ type Config struct {
 	// once (and so its goroutines); default DefaultMaxRequestsInFlight.
 	MaxRequestsInFlight int
 	// MaxBytesInFlight bounds the READ and WRITE buffer bytes one
-	// connection holds; a request larger than what is left waits for
-	// earlier ones. Default DefaultMaxBytesInFlight.
+	// connection holds, from reading a request until its reply is
+	// written; a request larger than what is left waits for earlier ones,
+	// and the connection reads nothing meanwhile. Default
+	// DefaultMaxBytesInFlight: two requests of the largest size.
 	MaxBytesInFlight int
+	// MaxBytesInFlightTotal bounds those bytes across all connections; a
+	// negative value removes the bound. Default
+	// DefaultMaxBytesInFlightTotal (256 MiB): four connections at their
+	// maximum, and a ceiling on what clients that never read replies can
+	// pin.
+	MaxBytesInFlightTotal int64
+	// FloorBytesInFlight is what every connection may hold even when the
+	// total is spent, so that a client whose requests fit in it is
+	// served while others pin the total. Default
+	// DefaultFloorBytesInFlight (2 MiB): above the largest request
+	// Linux's block layer sends by default (1280 KiB).
+	FloorBytesInFlight int64
+	// MaxConnections bounds the connections served at once; further
+	// ones are closed on accept. Default DefaultMaxConnections. With
+	// the limits above a server's buffers stay within
+	// MaxBytesInFlightTotal + MaxConnections × (FloorBytesInFlight +
+	// 512 KiB of socket buffering).
+	MaxConnections int
 	// MaxBlockBytes is the largest READ or WRITE accepted and advertised
 	// in NBD_INFO_BLOCK_SIZE; default (and upper limit) 32 MiB.
 	MaxBlockBytes uint32
@@ -85,6 +112,7 @@ type Server struct {
 	exports map[string]*Export
 	order   []*Export
 	bufs    bufferPool
+	budget  *device.Budget
 
 	// ctx is handed to device calls; cancel aborts them on Close.
 	ctx    context.Context
@@ -110,6 +138,15 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.MaxBytesInFlight <= 0 {
 		cfg.MaxBytesInFlight = DefaultMaxBytesInFlight
 	}
+	if cfg.MaxBytesInFlightTotal == 0 {
+		cfg.MaxBytesInFlightTotal = DefaultMaxBytesInFlightTotal
+	}
+	if cfg.FloorBytesInFlight <= 0 {
+		cfg.FloorBytesInFlight = DefaultFloorBytesInFlight
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
 	if cfg.MaxBlockBytes == 0 || cfg.MaxBlockBytes > DefaultMaxBlockBytes {
 		cfg.MaxBlockBytes = DefaultMaxBlockBytes
 	}
@@ -122,6 +159,7 @@ func NewServer(cfg Config) (*Server, error) {
 		exports:   make(map[string]*Export),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		budget:    device.NewBudget(cfg.MaxBytesInFlightTotal, cfg.FloorBytesInFlight),
 	}
 	for i := range cfg.Exports {
 		e := &cfg.Exports[i]
@@ -201,6 +239,9 @@ func (s *Server) ServeConn(nc net.Conn) error {
 	c, err := s.track(nc)
 	if err != nil {
 		nc.Close()
+		if errors.Is(err, ErrTooManyConnections) {
+			s.log.Warn("nbd: connection refused", "remote", nc.RemoteAddr().String(), "err", err)
+		}
 		return err
 	}
 	defer s.untrack(c)
@@ -219,6 +260,9 @@ func (s *Server) track(nc net.Conn) (*conn, error) {
 	defer s.mu.Unlock()
 	if s.draining {
 		return nil, ErrServerClosed
+	}
+	if len(s.conns) >= s.cfg.MaxConnections {
+		return nil, fmt.Errorf("nbd: %d connections already served: %w", len(s.conns), ErrTooManyConnections)
 	}
 	s.nextID++
 	c := newConn(s, nc, s.nextID)
@@ -262,9 +306,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	past := time.Unix(1, 0)
 	for c := range s.conns {
-		// Unblocks the goroutine reading requests; the ones executing
-		// requests carry on and reply.
+		// Unblocks the goroutine reading requests, also when it waits
+		// for buffer bytes; the ones executing requests carry on and
+		// reply.
 		c.nc.SetReadDeadline(past)
+		c.share.Cancel()
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})
@@ -293,6 +339,7 @@ func (s *Server) Close() error {
 	}
 	for c := range s.conns {
 		c.nc.Close()
+		c.share.Cancel()
 	}
 	s.mu.Unlock()
 	s.cancel()
@@ -303,6 +350,17 @@ func (s *Server) isDraining() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.draining
+}
+
+// BufferedBytes is what the server's connections hold in request and
+// reply buffers now (Config.MaxBytesInFlightTotal bounds it).
+func (s *Server) BufferedBytes() int64 { return s.budget.HeldBytes() }
+
+// Connections is how many connections the server serves now.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // TCPURI is the NBD URI of export name on a TCP address host:port.

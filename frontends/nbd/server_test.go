@@ -285,6 +285,7 @@ func TestErrorReplies(t *testing.T) {
 		{name: "trim past end", typ: cmdTrim, off: 1 << 30, length: 512, errno: 22},
 		{name: "misaligned read", typ: cmdRead, off: 100, length: 512, errno: 22},
 		{name: "oversize read", typ: cmdRead, length: 64 << 20, errno: 22},
+		{name: "read of 4 GiB less one byte", typ: cmdRead, length: 1<<32 - 1, errno: 22},
 		{name: "block status", typ: cmdBlockStatus, length: 4096, errno: 95},
 		{name: "unknown command", typ: 42, errno: 22},
 		{name: "fast zero", typ: cmdWriteZeroes, flags: flagFastZero, length: 4096, errno: 95},
