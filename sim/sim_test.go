@@ -122,6 +122,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{1, "idle", 2000, "an idle volume never noticed a dead replica (heartbeat failures ignored)"},
 		{324, "snap", 2000, "a revert that failed (volume faulted) after one replica took it: the engine died before the read deciding the outcome, and the next boundary did not allow the snapshot's values (simulator)"},
 		{264, "swarm", 2000, "r1 wiped while r2 was partitioned; the engine then dropped r2, and its membership needed r1's vote, which a wiped replica no longer has: no engine could open (the simulator now strikes only the highest-named where the network may drop a member)"},
+		{362, "swarm", 2000, "a replica crash struck an idle window's victim while it was down, and its restart came before the window's end (simulator)"},
 		{177, "damage", 2000, "the final scrub found an index page damaged while the replica ran; convergence was checked while it was being rebuilt (simulator)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
