@@ -35,6 +35,11 @@ VERSITYGW_STAMP     := $(BIN)/.versitygw-$(VERSITYGW_VERSION)
 
 export RAPID_CHECKS
 
+# SIM_SEED_WINDOW moves a window of 200 extra swarm seeds with every
+# commit (sim's TestSeeds derives them from it), so CI keeps exploring.
+SIM_SEED_WINDOW     ?= $(shell git rev-parse HEAD 2>/dev/null)
+export SIM_SEED_WINDOW
+
 # fuzz_targets prints "dir FuzzName" for every fuzz target in the tree.
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
