@@ -55,10 +55,30 @@ var ErrClosed = errors.New("replica runner closed")
 type LoadError struct {
 	ID     proto.ReplicaID
 	Reason string // the replica's own account, e.g. "read metadata: missing"
+	// Last is the store IO loading had executed last when it stopped: the
+	// part of the store that is damaged or unreadable (its Kind and Layer;
+	// a metadata read whose bytes do not decode is a ReadMeta).
+	Last store.IO
 }
 
 func (e *LoadError) Error() string {
 	return fmt.Sprintf("load replica %s: %s", e.ID, e.Reason)
+}
+
+// Part names the part of the store loading stopped at, e.g. "metadata"
+// or "index of layer 3".
+func (e *LoadError) Part() string {
+	switch e.Last.Kind {
+	case store.ReadMeta, store.WriteMeta:
+		return "metadata"
+	case store.ReadIndex, store.WriteIndex, store.SyncIndex:
+		return fmt.Sprintf("index of layer %d", e.Last.Layer)
+	case store.ReadData, store.WriteData, store.SyncData, store.PunchHole:
+		return fmt.Sprintf("data of layer %d", e.Last.Layer)
+	case store.CreateLayer, store.RemoveLayer:
+		return fmt.Sprintf("layer %d", e.Last.Layer)
+	}
+	return "store"
 }
 
 // waiter is a caller waiting for the reply to one request.
@@ -74,8 +94,13 @@ type Runner struct {
 	exec Executor
 
 	mu     sync.Mutex
-	rep    *replica.Replica
+	rep    *replica.Replica // nil in a failed Runner (NewFailed)
 	closed bool
+	// failed is why a Runner made by NewFailed serves nothing.
+	failed string
+	// checkSize, when set, vets every expand before the replica sees it
+	// (SetSizeCheck).
+	checkSize func(sizeBytes uint64) error
 	// waiters maps a request id to the callers waiting for a reply with
 	// that id, oldest first. Ids are chosen by engines, so two engines (of
 	// different epochs) may reuse one; the replica answers them in order.
@@ -107,20 +132,44 @@ func Open(cfg replica.Config, exec Executor) (*Runner, error) {
 	r.runFirstFn = r.runFirst
 	// Loading is sequential: each IO follows from the last completion.
 	pending := r.rep.Ready().IOs
+	var last store.IO
 	for len(pending) > 0 {
-		io := pending[0]
+		last = pending[0]
 		pending = pending[1:]
-		r.rep.Complete(exec.Execute(io))
+		r.rep.Complete(exec.Execute(last))
 		pending = append(pending, r.rep.Ready().IOs...)
 	}
+	last.Data, last.Entries, last.Meta = nil, nil, nil // only its kind and layer are kept
 	if !r.rep.Loaded() {
-		return nil, &LoadError{ID: cfg.ID, Reason: "loading stopped with no IO pending"}
+		return nil, &LoadError{ID: cfg.ID, Reason: "loading stopped with no IO pending", Last: last}
 	}
 	if why := r.rep.Err(); why != "" {
-		return nil, &LoadError{ID: cfg.ID, Reason: why}
+		return nil, &LoadError{ID: cfg.ID, Reason: why, Last: last}
 	}
 	return r, nil
 }
+
+// NewFailed returns a Runner for a replica that could not be loaded: it
+// answers every request with StatusIOError and why, so that an engine
+// reaching it (over TCP or in process) marks it ERR and says why, instead
+// of finding nothing at the address. It touches no store: damaged data is
+// left as it is for an operator to inspect, repair or replace.
+func NewFailed(id proto.ReplicaID, why string) *Runner {
+	if why == "" {
+		why = "failed to load"
+	}
+	return &Runner{id: id, failed: why, waiters: map[uint64]waiterList{}, downs: map[*localLink]struct{}{}}
+}
+
+// Failed returns why the Runner serves nothing ("" for a loaded one).
+func (r *Runner) Failed() string { return r.failed }
+
+// SetSizeCheck installs check, which vets every expand that would grow
+// the replica before the replica sees it: an error refuses the expand with
+// StatusInvalid and its text, and nothing is written (for example a size
+// the file system cannot address, or over the disk's over-provisioning
+// limit). Call it before the Runner serves requests.
+func (r *Runner) SetSizeCheck(check func(sizeBytes uint64) error) { r.checkSize = check }
 
 // ID returns the replica's id.
 func (r *Runner) ID() proto.ReplicaID { return r.id }
@@ -141,6 +190,17 @@ func (r *Runner) Handle(req proto.Request, reply func(proto.Reply)) {
 // once, and appends the IOs to run (with r.run, on any goroutine) to ios:
 // the ordered half of Handle.
 func (r *Runner) step(req proto.Request, reply func(proto.Reply), ios []store.IO) []store.IO {
+	if r.failed != "" {
+		reply(proto.Reply{ID: req.ID, Status: proto.StatusIOError,
+			Err: fmt.Sprintf("replica %s serves nothing: %s", r.id, r.failed)})
+		return ios
+	}
+	if req.Op == proto.OpExpand && r.checkSize != nil {
+		if err := r.vetExpand(req.SizeBytes); err != nil {
+			reply(proto.Reply{ID: req.ID, Status: proto.StatusInvalid, Err: fmt.Sprintf("replica %s: expand refused: %v", r.id, err)})
+			return ios
+		}
+	}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -177,6 +237,22 @@ func (r *Runner) step(req proto.Request, reply func(proto.Reply), ios []store.IO
 	return ios
 }
 
+// vetExpand runs the size check on an expand that would grow the
+// replica (one to its size or below changes nothing and passes). The
+// check may do IO, so it runs outside r.mu.
+func (r *Runner) vetExpand(sizeBytes uint64) error {
+	r.mu.Lock()
+	cur := uint64(0)
+	if !r.closed {
+		cur = r.rep.Info().SizeBytes
+	}
+	r.mu.Unlock()
+	if sizeBytes <= cur {
+		return nil
+	}
+	return r.checkSize(sizeBytes)
+}
+
 // Do steps req and waits for its reply. It suits control-plane callers
 // and tests; the data path uses Handle.
 func (r *Runner) Do(req proto.Request) proto.Reply {
@@ -187,6 +263,9 @@ func (r *Runner) Do(req proto.Request) proto.Reply {
 
 // Info returns what the replica reports about itself (as OpInfo does).
 func (r *Runner) Info() proto.Info {
+	if r.failed != "" {
+		return proto.Info{ID: r.id}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.rep.Info()

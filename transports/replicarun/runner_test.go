@@ -3,6 +3,7 @@ package replicarun
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -49,7 +50,62 @@ func TestOpenBadMetadataIsLoadError(t *testing.T) {
 	if !errors.As(err, &le) {
 		t.Fatalf("want a LoadError, got %v", err)
 	}
+	if le.Last.Kind != store.ReadMeta || le.Part() != "metadata" {
+		t.Fatalf("load stopped at %v (%s), want the metadata read", le.Last.Kind, le.Part())
+	}
 	t.Log(err)
+}
+
+// TestFailedRunnerAnswersWhy: a failed Runner answers every request, in
+// process and as a handler, with StatusIOError and why.
+func TestFailedRunnerAnswersWhy(t *testing.T) {
+	r := NewFailed("r1", "bad metadata in /d/meta")
+	for _, op := range []proto.Op{proto.OpInfo, proto.OpOpen, proto.OpWrite} {
+		rep := r.Do(proto.Request{ID: 7, Epoch: 1, Op: op, BlockCount: 1, Data: block(1)})
+		if rep.ID != 7 || rep.Status != proto.StatusIOError || !strings.Contains(rep.Err, "bad metadata in /d/meta") {
+			t.Fatalf("%v: %+v, want StatusIOError with the reason", op, rep)
+		}
+	}
+	if r.Failed() == "" || r.Info().ID != "r1" {
+		t.Fatalf("Failed %q, Info %+v", r.Failed(), r.Info())
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSizeCheckRefusesExpand: an expand the size check refuses gets
+// StatusInvalid with its reason and leaves the size; one to the current
+// size is not checked; one the check takes goes through.
+func TestSizeCheckRefusesExpand(t *testing.T) {
+	r, _ := openMem(t)
+	var checked []uint64
+	r.SetSizeCheck(func(n uint64) error {
+		checked = append(checked, n)
+		if n > 4*testSize {
+			return errors.New("too big for this disk")
+		}
+		return nil
+	})
+	rep := r.Do(proto.Request{ID: 2, Epoch: 1, Op: proto.OpExpand, SizeBytes: 8 * testSize})
+	if rep.Status != proto.StatusInvalid || !strings.Contains(rep.Err, "too big for this disk") {
+		t.Fatalf("expand over the limit: %+v", rep)
+	}
+	if got := r.Info().SizeBytes; got != testSize {
+		t.Fatalf("size after a refused expand = %d, want %d", got, testSize)
+	}
+	if rep := r.Do(proto.Request{ID: 3, Epoch: 1, Op: proto.OpExpand, SizeBytes: testSize}); rep.Status != proto.StatusOK {
+		t.Fatalf("expand to the same size: %+v", rep)
+	}
+	if rep := r.Do(proto.Request{ID: 4, Epoch: 1, Op: proto.OpExpand, SizeBytes: 2 * testSize}); rep.Status != proto.StatusOK {
+		t.Fatalf("expand within the limit: %+v", rep)
+	}
+	if got := r.Info().SizeBytes; got != 2*testSize {
+		t.Fatalf("size = %d, want %d", got, 2*testSize)
+	}
+	if len(checked) != 2 || checked[0] != 8*testSize || checked[1] != 2*testSize {
+		t.Fatalf("checked %v, want the two growing expands", checked)
+	}
 }
 
 func TestWriteReadFlushReopen(t *testing.T) {
