@@ -155,7 +155,7 @@ DATA_DIR            ?= $(CURDIR)/.drover
 RUN_ARGS            ?=
 
 run: build
-	exec $(BIN)/drover dev --data-dir "$(DATA_DIR)" --size 1GiB $(RUN_ARGS)
+	exec $(BIN)/drover dev --data-dir "$(DATA_DIR)" $(RUN_ARGS)
 
 # proto regenerates transports/control/controlpb from control.proto. The
 # generated code is committed, so only changing the .proto needs protoc

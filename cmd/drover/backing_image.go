@@ -79,12 +79,19 @@ func (f *backingFlags) backing() (*backingRef, error) {
 
 // openReplicaDirOn opens the replica in dir; a new one is created on the
 // backing image when b is set (its size is at least the image's).
-func openReplicaDirOn(ctx context.Context, dir string, id proto.ReplicaID, createBytes uint64, b *backingRef) (*replicaDir, error) {
+// overProvisioningPercent limits its size (openReplicaDirLimited).
+func openReplicaDirOn(ctx context.Context, dir string, id proto.ReplicaID, createBytes uint64, b *backingRef, overProvisioningPercent int) (*replicaDir, error) {
 	if b == nil {
-		return openReplicaDir(dir, id, createBytes)
+		return openReplicaDirLimited(dir, id, createBytes, overProvisioningPercent)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "meta")); err == nil {
-		return openReplicaDir(dir, id, createBytes) // created before: its chain says what it holds
+		return openReplicaDirLimited(dir, id, createBytes, overProvisioningPercent) // created before: its chain says what it holds
+	}
+	if img, err := b.store.Get(b.image); err == nil {
+		// Checked before Link puts anything in dir.
+		if err := checkSizeAt(dir, max(createBytes, img.SizeBytes), overProvisioningPercent); err != nil {
+			return nil, err
+		}
 	}
 	img, err := b.store.Link(ctx, b.image, dir)
 	if err != nil {
@@ -100,6 +107,7 @@ func openReplicaDirOn(ctx context.Context, dir string, id proto.ReplicaID, creat
 		st.Close()
 		return nil, fmt.Errorf("replica %s on backing image %q: %w", dir, b.image, err)
 	}
+	r.SetSizeCheck(func(n uint64) error { return st.CheckSize(n, overProvisioningPercent) })
 	return &replicaDir{runner: r, store: st}, nil
 }
 

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -22,10 +25,17 @@ const devLong = `Run a complete Drover volume in this one process: three replica
 directories under the data dir, reached through in-process links (no sockets,
 no extra goroutine hop), one engine, and the control API on localhost.
 
-The first run creates the volume with --size. Later runs on the same data dir
-reopen it: every write flushed before a crash or stop is there (a clean stop
-with Ctrl-C flushes everything acknowledged). --size is then ignored; grow the
-volume with drover volume expand.
+The first run creates the volume with --size, after checking that every listen
+address is free and that the data dir's file system can hold a volume that
+large (at most --over-provisioning-percent of its disk, 100 by default).
+Later runs on the same data dir reopen it: every write flushed before a crash
+or stop is there (a clean stop with Ctrl-C flushes everything acknowledged).
+A later --size or --volume that differs from what the data dir holds is
+refused with the fix to run; grow the volume with drover volume expand.
+
+A replica whose files are damaged (metadata or index that does not load)
+goes ERR with the reason (drover replica ls shows it, the log names the file)
+and the volume serves on the others; nothing is wiped.
 
 Hosts reach the volume over NBD (--frontend nbd, the default): the export is
 named "dev" and served on a unix socket in the data dir and on
@@ -54,7 +64,7 @@ func newDevCmd() *cobra.Command {
 	var dataDir, controlAddr, volume string
 	var ff frontendFlags
 	var bf backingFlags
-	var spares int
+	var spares, overProvisioning int
 	var replaceAfter time.Duration
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
@@ -67,10 +77,6 @@ func newDevCmd() *cobra.Command {
 				}
 				dataDir = d
 			}
-			frontends, err := ff.frontends(volume, []string{"unix:" + filepath.Join(dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort})
-			if err != nil {
-				return err
-			}
 			backing, err := bf.backing()
 			if err != nil {
 				return err
@@ -78,17 +84,20 @@ func newDevCmd() *cobra.Command {
 			if spares < 0 {
 				return fmt.Errorf("--spares %d: want 0 or more", spares)
 			}
-			o := devOptions{dataDir: dataDir, volume: volume, sizeBytes: size.bytes, controlAddr: controlAddr,
-				frontends: append(frontends, devFrontends...), backing: backing, spares: spares, replaceAfter: replaceAfter}
+			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
+				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), controlAddr: controlAddr,
+				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
-	cmd.Flags().Var(&size, "size", "volume size when creating it")
+	cmd.Flags().Var(&size, "size", "volume size when creating it (on a later run: must match, if given)")
 	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
 	cmd.Flags().StringVar(&volume, "volume", "dev", "volume name (backups are kept per volume name; the NBD export and iSCSI target take it too)")
 	ff.register(cmd.Flags(), "nbd", "unix:<data-dir>/nbd.sock,127.0.0.1:"+defaultNBDPort)
 	cmd.Flags().IntVar(&spares, "spares", 0, "spare replicas kept under the data dir (spare-1..N) to replace a failed replica with")
 	cmd.Flags().DurationVar(&replaceAfter, "replace-after", time.Minute, "with --spares: a replica failed this long is replaced by a spare (negative: never)")
+	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
+		"largest volume size (at create and expand), in percent of the data dir's disk size")
 	bf.register(cmd)
 	return cmd
 }
@@ -109,18 +118,26 @@ const devReplicas = 3
 // devOptions are drover dev's settings.
 type devOptions struct {
 	dataDir, volume, controlAddr string
+	volumeGiven, sizeGiven       bool // given on the command line, not defaults
 	sizeBytes                    uint64
-	frontends                    []Frontend
+	ff                           *frontendFlags
 	backing                      *backingRef
 	spares                       int
 	replaceAfter                 time.Duration
+	overProvisioningPercent      int
 }
 
-func runDev(cmd *cobra.Command, o devOptions) error {
+// devVolumeFile records, in the data dir, the name of the volume its
+// replicas hold (replicas do not record it; NBD exports, iSCSI targets
+// and backups are named after it).
+const devVolumeFile = "volume"
+
+func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	out := cmd.OutOrStdout()
 	if o.sizeBytes == 0 || o.sizeBytes%proto.BlockSize != 0 {
 		return fmt.Errorf("--size %d: want a positive multiple of %d", o.sizeBytes, proto.BlockSize)
 	}
+	_, statErr := os.Stat(o.dataDir)
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -129,25 +146,103 @@ func runDev(cmd *cobra.Command, o devOptions) error {
 		return err
 	}
 	defer unlock()
-	runners := map[string]*replicarun.Runner{}
-	var closers []*replicaDir
-	cfg := enginerun.Config{Volume: o.volume, ReplaceAfter: o.replaceAfter}
-	open := func(id string) error {
-		dir := filepath.Join(o.dataDir, id)
-		rep, err := openReplicaDirOn(cmd.Context(), dir, proto.ReplicaID(id), o.sizeBytes, o.backing)
-		if err != nil {
+	if errors.Is(statErr, fs.ErrNotExist) {
+		// A refused first run leaves no data dir behind.
+		defer func() {
+			if err != nil {
+				os.Remove(filepath.Join(o.dataDir, "lock"))
+				os.Remove(o.dataDir) // only if empty
+			}
+		}()
+	}
+	isNew := !devHoldsVolume(o.dataDir, o.spares)
+	if err := o.resolveVolume(isNew); err != nil {
+		return err
+	}
+	frontends, err := o.ff.frontends(o.volume, []string{"unix:" + filepath.Join(o.dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort})
+	if err != nil {
+		return err
+	}
+	// Every address is checked before a volume is created: one in use
+	// must not leave a half-made data dir behind.
+	lis, err := listenControl(o.controlAddr)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	if err := o.ff.checkListen(o.volume, []string{"unix:" + filepath.Join(o.dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort}); err != nil {
+		return err
+	}
+	if isNew {
+		if err := checkSizeAt(o.dataDir, o.sizeBytes, o.overProvisioningPercent); err != nil {
 			return err
 		}
-		runners[id] = rep.runner
-		closers = append(closers, rep)
-		fmt.Fprintf(out, "replica %s in %s\n", id, dir)
-		return nil
 	}
+	cfg := enginerun.Config{Volume: o.volume, ReplaceAfter: o.replaceAfter}
+	runners, closers, err := o.openReplicas(cmd, &cfg)
 	defer func() {
 		for _, r := range closers {
 			r.Close()
 		}
 	}()
+	if err != nil {
+		return err
+	}
+	if err := o.checkSize(closers); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(o.dataDir, devVolumeFile)); isNew || errors.Is(err, fs.ErrNotExist) {
+		// New, or made before the name was recorded: --volume names it.
+		if err := os.WriteFile(filepath.Join(o.dataDir, devVolumeFile), []byte(o.volume+"\n"), 0o644); err != nil {
+			return fmt.Errorf("data dir: record the volume name: %w", err)
+		}
+	}
+	cfg.Dial = replicarun.LocalDialer(runners)
+	return runEngine(cmd.Context(), out, cfg, lis, frontends)
+}
+
+// devHoldsVolume reports whether the data dir holds a volume already:
+// whether any of its replica directories has metadata.
+func devHoldsVolume(dataDir string, spares int) bool {
+	for i := 1; i <= devReplicas+spares; i++ {
+		for _, id := range []string{fmt.Sprintf("dev-%d", i), fmt.Sprintf("spare-%d", i)} {
+			if _, err := os.Lstat(filepath.Join(dataDir, id, "meta")); err == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// resolveVolume settles the volume's name: the data dir's recorded name
+// wins over the default, and a different --volume is refused (it would
+// rename the NBD export, the iSCSI target and the backups' volume).
+func (o *devOptions) resolveVolume(isNew bool) error {
+	b, err := os.ReadFile(filepath.Join(o.dataDir, devVolumeFile))
+	if err != nil || isNew {
+		return nil // new, or made before the name was recorded: --volume names it
+	}
+	held := strings.TrimSpace(string(b))
+	switch {
+	case held == "" || held == o.volume:
+	case o.volumeGiven:
+		return fmt.Errorf("data dir %s holds volume %s, not %s: run with --volume %s (or leave --volume out), or use another --data-dir for a new volume %s",
+			o.dataDir, held, o.volume, held, o.volume)
+	default:
+		o.volume = held
+	}
+	return nil
+}
+
+// openReplicas opens the replicas and spares under the data dir and adds
+// them to cfg. A replica whose store is damaged goes ERR (an engine
+// reaching it is told why) and the volume serves on the others; one that
+// cannot be opened at all is an error, unless spares can replace it.
+func (o *devOptions) openReplicas(cmd *cobra.Command, cfg *enginerun.Config) (map[string]*replicarun.Runner, []*replicaDir, error) {
+	out := cmd.OutOrStdout()
+	runners := map[string]*replicarun.Runner{}
+	var opened []*replicaDir
+	var damaged []string
 	for i := 1; i <= devReplicas+o.spares; i++ {
 		id := fmt.Sprintf("dev-%d", i)
 		if i > devReplicas {
@@ -156,18 +251,52 @@ func runDev(cmd *cobra.Command, o devOptions) error {
 		} else {
 			cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 		}
-		if err := open(id); err != nil {
-			if o.spares == 0 {
-				return err
-			}
-			// With spares, a replica (or spare) whose directory cannot
-			// be opened is a failed one: the engine serves from the
-			// others and replaces it after --replace-after.
-			fmt.Fprintf(out, "replica %s failed to open (the volume goes on without it; a spare replaces it): %v\n", id, err)
+		dir := filepath.Join(o.dataDir, id)
+		rep, err := openReplicaDirOn(cmd.Context(), dir, proto.ReplicaID(id), o.sizeBytes, o.backing, o.overProvisioningPercent)
+		if err == nil {
+			runners[id] = rep.runner
+			opened = append(opened, rep)
+			fmt.Fprintf(out, "replica %s in %s\n", id, dir)
+			continue
 		}
+		if failed := failedReplica(proto.ReplicaID(id), dir, err); failed != nil {
+			runners[id] = failed
+			opened = append(opened, &replicaDir{runner: failed})
+			damaged = append(damaged, err.Error())
+			fmt.Fprintf(out, "replica %s in %s is DAMAGED (ERR; see drover replica ls): %s\n", id, dir, failed.Failed())
+			continue
+		}
+		if o.spares == 0 {
+			return nil, opened, err
+		}
+		// With spares, a replica (or spare) whose directory cannot
+		// be opened is a failed one: the engine serves from the
+		// others and replaces it after --replace-after.
+		fmt.Fprintf(out, "replica %s failed to open (the volume goes on without it; a spare replaces it): %v\n", id, err)
 	}
-	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, o.controlAddr, o.frontends)
+	if len(damaged) >= devReplicas {
+		return nil, opened, fmt.Errorf("every replica is damaged, nothing to serve from:\n  %s", strings.Join(damaged, "\n  "))
+	}
+	return runners, opened, nil
+}
+
+// checkSize refuses a --size that differs from the size of the volume the
+// data dir holds (dev never resizes on its own: that is drover volume
+// expand's job, online).
+func (o *devOptions) checkSize(reps []*replicaDir) error {
+	var held uint64
+	for _, r := range reps {
+		held = max(held, r.runner.Info().SizeBytes)
+	}
+	if !o.sizeGiven || held == 0 || held == o.sizeBytes {
+		return nil
+	}
+	fix := fmt.Sprintf("use drover volume expand --size %s --control %s while it runs to grow it", formatSize(o.sizeBytes), o.controlAddr)
+	if o.sizeBytes < held {
+		fix = "volumes shrink only detached: drover volume expand --allow-shrink --detach"
+	}
+	return fmt.Errorf("data dir %s holds volume %s of %s, not --size %s: run with --size %s (or leave --size out); %s",
+		o.dataDir, o.volume, formatSize(held), formatSize(o.sizeBytes), formatSize(held), fix)
 }
 
 // lockDir takes an exclusive lock on dir (a lock file in it), so that two

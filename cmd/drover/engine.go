@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -92,7 +93,14 @@ func newEngineCmd() *cobra.Command {
 			if size.bytes != 0 {
 				go ensureSize(cmd, controlAddr, size.bytes)
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, controlAddr, frontends)
+			if err := checkDistinctAddrs(append(append([]enginerun.Replica{}, cfg.Replicas...), cfg.Spares...)); err != nil {
+				return err
+			}
+			lis, err := listenControl(controlAddr)
+			if err != nil {
+				return err
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
@@ -132,6 +140,25 @@ func parseReplicas(s string) ([]enginerun.Replica, error) {
 		return nil, fmt.Errorf("--replicas: no replica given")
 	}
 	return out, nil
+}
+
+// checkDistinctAddrs refuses two replicas at one address, also when the
+// addresses differ only in spelling (localhost:7400 and 127.0.0.1:7400):
+// one replica under two IDs would fence itself and take every write
+// twice, and the volume would fault at its first flush.
+func checkDistinctAddrs(reps []enginerun.Replica) error {
+	seen := map[string]proto.ReplicaID{}
+	for _, r := range reps {
+		key := r.Addr
+		if a, err := net.ResolveTCPAddr("tcp", r.Addr); err == nil {
+			key = a.String()
+		}
+		if other, ok := seen[key]; ok {
+			return fmt.Errorf("--replicas: %s and %s are the same replica (address %s): list each replica once", other, r.ID, r.Addr)
+		}
+		seen[key] = r.ID
+	}
+	return nil
 }
 
 // ensureSize expands the volume to sizeBytes once it serves, through the

@@ -203,3 +203,51 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 		return func() error { return srv.Serve(ctx) }, nil
 	}, nil
 }
+
+// checkListen checks that every address the chosen frontends will listen
+// on is free now (nbdDefault as in frontends), so that a command refuses
+// one in use before it creates anything. Each is bound and released at
+// once; a unix socket is in use if something answers on it.
+func (f *frontendFlags) checkListen(volume string, nbdDefault []string) error {
+	for _, kind := range strings.Split(f.kinds, ",") {
+		switch strings.TrimSpace(kind) {
+		case "nbd":
+			addrs := f.nbdListen
+			if len(addrs) == 0 {
+				addrs = nbdDefault
+			}
+			for _, a := range addrs {
+				if err := checkNBDAddr(a); err != nil {
+					return fmt.Errorf("%w (pick another with --nbd-listen)", err)
+				}
+			}
+		case "iscsi":
+			ln, err := net.Listen("tcp", f.iscsiListen)
+			if err != nil {
+				return fmt.Errorf("iSCSI portal on %s: %w (pick another with --iscsi-listen)", f.iscsiListen, err)
+			}
+			ln.Close()
+		}
+	}
+	return nil
+}
+
+// checkNBDAddr checks one --nbd-listen address (see checkListen).
+func checkNBDAddr(addr string) error {
+	path, isUnix := strings.CutPrefix(addr, "unix:")
+	if !isUnix && strings.Contains(addr, "/") {
+		path, isUnix = addr, true
+	}
+	if isUnix {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return fmt.Errorf("NBD: socket %s is in use by another process", path)
+		}
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("NBD on %s: %w", addr, err)
+	}
+	return ln.Close()
+}

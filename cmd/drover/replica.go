@@ -17,6 +17,7 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/control/controlpb"
+	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/tcp"
 )
 
@@ -27,7 +28,12 @@ const replicaLong = `Serve one replica over TCP, or manage the replicas of a run
 drover replica --dir D --listen ADDR serves the replica stored in directory D
 to engines on ADDR (the binary data protocol, one TCP connection per engine).
 If D holds no replica and --size is given, an empty one of that size is
-created; an existing replica keeps its size (engines grow it on expand).
+created; an existing replica keeps its size (engines grow it on expand). A
+size D's file system cannot address, or over --over-provisioning-percent of
+its disk (100 by default), is refused at create and at expand, before
+anything is written. A replica whose files are damaged (metadata or index
+that does not load) stays up and answers engines with the damage, so the
+engine shows it ERR with the reason; nothing is wiped.
 
 The subcommands talk to a running engine's control API instead:
   ls   lists the volume's replicas with their modes (RW, WO = rebuilding, ERR)
@@ -47,6 +53,7 @@ func newReplicaCmd() *cobra.Command {
 	var dir, listen, id string
 	var size sizeFlag
 	var bf backingFlags
+	var overProvisioning int
 	cmd := &cobra.Command{Use: "replica --dir D --listen ADDR", Short: "Serve a replica over TCP, or list/add/remove an engine's replicas",
 		Long: replicaLong, Example: replicaExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -60,9 +67,11 @@ func newReplicaCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes, backing)
+			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes, backing, overProvisioning)
 		}}
 	bf.register(cmd)
+	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
+		"largest volume size this replica takes (at create and expand), in percent of its disk's size")
 	cmd.Flags().StringVar(&dir, "dir", "", "directory holding the replica")
 	cmd.Flags().StringVar(&listen, "listen", "", "TCP address to serve engines on (host:port)")
 	cmd.Flags().StringVar(&id, "id", "", "replica name recorded when creating it (default: the directory's name)")
@@ -126,7 +135,7 @@ size. Replicas of one volume that are in sync print the same checksum.`,
 }
 
 // serveReplica runs one replica over TCP until SIGINT or SIGTERM.
-func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef) error {
+func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef, overProvisioningPercent int) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("replica dir: %w", err)
 	}
@@ -135,20 +144,33 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 		return err
 	}
 	defer unlock()
-	r, err := openReplicaDirOn(cmd.Context(), dir, id, createBytes, backing)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
 	lis, err := net.Listen("tcp", listen)
 	if err != nil {
-		return fmt.Errorf("replica %s: %w", id, err)
+		return fmt.Errorf("replica %s: listen on %s: %w", id, listen, err)
 	}
+	defer lis.Close()
+	r, err := openReplicaDirOn(cmd.Context(), dir, id, createBytes, backing, overProvisioningPercent)
+	if err != nil {
+		// A damaged replica stays up and tells engines why it serves
+		// nothing (they mark it ERR with that reason, replica ls shows
+		// it, a spare replaces it): exiting would leave the engine only
+		// "connection refused", and a supervisor restarting it forever.
+		failed := failedReplica(id, dir, err)
+		if failed == nil {
+			return err
+		}
+		r = &replicaDir{runner: failed}
+	}
+	defer r.Close()
 	srv := tcp.NewServer(r.runner, func(format string, args ...any) { slog.Info(fmt.Sprintf(format, args...)) })
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	info := r.runner.Info()
-	fmt.Fprintf(cmd.OutOrStdout(), "replica %s (%s) in %s serving on %s\n", info.ID, formatSize(info.SizeBytes), dir, lis.Addr())
+	if why := r.runner.Failed(); why != "" {
+		fmt.Fprintf(cmd.OutOrStdout(), "replica %s in %s DAMAGED, answering engines on %s with: %s\n", id, dir, lis.Addr(), why)
+	} else {
+		info := r.runner.Info()
+		fmt.Fprintf(cmd.OutOrStdout(), "replica %s (%s) in %s serving on %s\n", info.ID, formatSize(info.SizeBytes), dir, lis.Addr())
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -52,6 +53,9 @@ func newReplicaAddCmd(cf *clientFlags) *cobra.Command {
 				Replaces: replaces, Background: !wait}
 			if req.Id == "" {
 				req.Id = args[0]
+			}
+			if err := checkNotMember(ctx, c, req.Id, args[0]); err != nil {
+				return err
 			}
 			if !wait {
 				if _, err := c.ReplicaAdd(ctx, req); err != nil {
@@ -149,4 +153,28 @@ func printRebuild(w io.Writer, info *controlpb.VolumeInfoResponse) {
 	if len(info.GetRemoved()) > 0 {
 		fmt.Fprintf(w, "removed: %s\n", strings.Join(info.GetRemoved(), ", "))
 	}
+}
+
+// checkNotMember refuses an address that names, in another spelling
+// (localhost:7400 for 127.0.0.1:7400), a replica already in the volume
+// under another ID; the engine itself refuses the same spelling.
+func checkNotMember(ctx context.Context, c controlpb.ControlClient, id, addr string) error {
+	want, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil // not a TCP address (or not resolvable): the engine decides
+	}
+	info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
+	if err != nil {
+		return nil // the add itself reports an engine that does not answer
+	}
+	for _, r := range info.GetReplicas() {
+		if r.GetId() == id {
+			continue
+		}
+		if a, err := net.ResolveTCPAddr("tcp", r.GetAddress()); err == nil && a.String() == want.String() {
+			return fmt.Errorf("add replica %s: %s is replica %s's address already (one replica cannot be two members; remove %s first to add it under another ID)",
+				id, addr, r.GetId(), r.GetId())
+		}
+	}
+	return nil
 }

@@ -1,11 +1,17 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/replica"
+	"github.com/drover-io/drover/core/store"
 	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/replicarun"
 )
@@ -17,9 +23,22 @@ type replicaDir struct {
 }
 
 // openReplicaDir opens the replica in dir, creating it with createBytes
-// when the directory holds none and createBytes is not zero.
+// when the directory holds none and createBytes is not zero, under the
+// default over-provisioning limit.
 func openReplicaDir(dir string, id proto.ReplicaID, createBytes uint64) (*replicaDir, error) {
+	return openReplicaDirLimited(dir, id, createBytes, 0)
+}
+
+// openReplicaDirLimited is openReplicaDir with an over-provisioning limit
+// (percent of the disk's size; 0: filestore's default). A size the store
+// cannot hold is refused before the replica is created, and the Runner
+// refuses an expand beyond it the same way.
+func openReplicaDirLimited(dir string, id proto.ReplicaID, createBytes uint64, overProvisioningPercent int) (*replicaDir, error) {
+	made := false
 	if createBytes != 0 {
+		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+			made = true
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("replica %s: %w", dir, err)
 		}
@@ -28,20 +47,110 @@ func openReplicaDir(dir string, id proto.ReplicaID, createBytes uint64) (*replic
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", dir, err)
 	}
+	if createBytes != 0 && holdsNoReplica(st) {
+		if err := st.CheckSize(createBytes, overProvisioningPercent); err != nil {
+			st.Close()
+			if made {
+				os.Remove(dir) // empty: leave nothing behind
+			}
+			return nil, sizeRefusal(err, "create")
+		}
+	}
 	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: createBytes,
 		MaxActiveRegions: replicarun.ActiveRegions}, st)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("replica %s: %w", dir, err)
 	}
+	r.SetSizeCheck(func(n uint64) error { return st.CheckSize(n, overProvisioningPercent) })
 	return &replicaDir{runner: r, store: st}, nil
+}
+
+// holdsNoReplica reports whether st has no metadata yet: opening it
+// creates a replica.
+func holdsNoReplica(st *filestore.Store) bool {
+	c := st.Execute(store.IO{Kind: store.ReadMeta})
+	return c.Err == store.OK && c.Meta == nil
+}
+
+// sizeRefusal words a *filestore.SizeError for the command line: what
+// was refused and the largest size that would be taken.
+func sizeRefusal(err error, what string) error {
+	var se *filestore.SizeError
+	if !errors.As(err, &se) {
+		return err
+	}
+	hint := ""
+	if se.OverProvisioning {
+		hint = "; --over-provisioning-percent raises the limit"
+	}
+	return fmt.Errorf("refusing to %s the volume: %w; nothing was written%s", what, err, hint)
+}
+
+// damagedFile names the file of dir that a failed load stopped at, by
+// filestore's layout (see its package doc), for the operator to inspect.
+func damagedFile(dir string, le *replicarun.LoadError) string {
+	switch le.Last.Kind {
+	case store.ReadMeta, store.WriteMeta:
+		return filepath.Join(dir, "meta")
+	case store.ReadIndex, store.WriteIndex, store.SyncIndex:
+		return filepath.Join(dir, fmt.Sprintf("layer-%d.index", le.Last.Layer))
+	case store.ReadData, store.WriteData, store.SyncData, store.PunchHole:
+		return filepath.Join(dir, fmt.Sprintf("layer-%d.data", le.Last.Layer))
+	}
+	return dir
+}
+
+// failedReplica returns a Runner that tells engines why the replica in
+// dir could not be loaded, when err says it could not (the store is
+// damaged), after logging that loudly. Other errors give nil.
+func failedReplica(id proto.ReplicaID, dir string, err error) *replicarun.Runner {
+	var le *replicarun.LoadError
+	if !errors.As(err, &le) {
+		return nil
+	}
+	file := damagedFile(dir, le)
+	damage := strings.TrimPrefix(le.Reason, fmt.Sprintf("replica %s: ", id))
+	why := fmt.Sprintf("cannot load its %s (%s): %s; its files are left untouched: inspect or restore them, or replace the replica",
+		le.Part(), file, damage)
+	logDamaged(id, file, le)
+	return replicarun.NewFailed(id, why)
 }
 
 // Close stops the replica and closes its files.
 func (r *replicaDir) Close() error {
 	err := r.runner.Close()
+	if r.store == nil {
+		return err
+	}
 	if cerr := r.store.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// logDamaged is the loud line a damaged replica leaves in the log: which
+// replica, which file, what is wrong with it, and what happens now.
+func logDamaged(id proto.ReplicaID, file string, le *replicarun.LoadError) {
+	slog.Error("REPLICA DAMAGED: it goes ERR and serves nothing; the volume serves on the other replicas",
+		"replica", id, "file", file, "part", le.Part(), "damage", le.Reason)
+}
+
+// checkSizeAt checks that a volume of sizeBytes fits a replica in dir (or,
+// if dir does not exist yet, in the directory that will hold it), before
+// anything is created.
+func checkSizeAt(dir string, sizeBytes uint64, overProvisioningPercent int) error {
+	for at := dir; ; at = filepath.Dir(at) {
+		if fi, err := os.Stat(at); err == nil && fi.IsDir() {
+			st, err := filestore.Open(at)
+			if err != nil {
+				return fmt.Errorf("check size in %s: %w", at, err)
+			}
+			defer st.Close()
+			return sizeRefusal(st.CheckSize(sizeBytes, overProvisioningPercent), "create")
+		}
+		if filepath.Dir(at) == at {
+			return nil
+		}
+	}
 }

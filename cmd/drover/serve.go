@@ -26,16 +26,23 @@ import (
 //	func init() { devFrontends = append(devFrontends, serveDevThing) }
 var devFrontends []Frontend
 
-// runEngine starts an engine driver, its control API on controlAddr and
-// the given frontends, prints what it serves, and runs until SIGINT or
-// SIGTERM (or ctx ends). On the way out it flushes the volume.
-func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, controlAddr string, frontends []Frontend) error {
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
+// listenControl binds the control API's address: callers do it before
+// anything else, so that an address in use is an error before a volume
+// is created or a replica dialed.
+func listenControl(controlAddr string) (net.Listener, error) {
 	lis, err := net.Listen("tcp", controlAddr)
 	if err != nil {
-		return fmt.Errorf("control API: %w", err)
+		return nil, fmt.Errorf("control API on %s: %w (pick another with --control)", controlAddr, err)
 	}
+	return lis, nil
+}
+
+// runEngine starts an engine driver, its control API on lis (which it
+// closes) and the given frontends, prints what it serves, and runs until
+// SIGINT or SIGTERM (or ctx ends). On the way out it flushes the volume.
+func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, lis net.Listener, frontends []Frontend) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	d, err := enginerun.New(cfg)
 	if err != nil {
 		lis.Close()

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -75,8 +76,10 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, engine.ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, engine.ErrExists):
+	case errors.Is(err, engine.ErrExists), errors.Is(err, enginerun.ErrSameAddress):
 		code = codes.AlreadyExists
+	case errors.Is(err, enginerun.ErrUnreachable):
+		code = codes.Unavailable
 	case errors.Is(err, engine.ErrBusy), errors.Is(err, engine.ErrDetached):
 		code = codes.FailedPrecondition
 	case errors.Is(err, engine.ErrNotOpen), errors.Is(err, engine.ErrFaulted), errors.Is(err, enginerun.ErrClosed):
@@ -124,9 +127,23 @@ func replicaStatuses(info enginerun.Info) []*controlpb.ReplicaStatus {
 	var out []*controlpb.ReplicaStatus
 	for _, r := range info.Replicas {
 		out = append(out, &controlpb.ReplicaStatus{Id: string(r.ID), Address: info.Addrs[r.ID], Mode: r.Mode.String(),
-			Why: r.Why, Connected: info.Connected[r.ID]})
+			Why: replicaWhy(r.Mode, r.Why, info.LinkErr[r.ID]), Connected: info.Connected[r.ID]})
 	}
 	return out
+}
+
+// replicaWhy is the engine's reason for a replica's mode, completed, when
+// the replica is ERR, by what its link last saw: the engine records only
+// that a replica "did not answer at open", while the replica's own answer
+// (a damaged metadata file, say) or the dial error says what to fix.
+func replicaWhy(mode engine.Mode, why, linkErr string) string {
+	if mode != engine.ModeERR || linkErr == "" || strings.Contains(why, linkErr) {
+		return why // (the engine may have quoted the replica's answer itself)
+	}
+	if why == "" {
+		return linkErr
+	}
+	return why + ": " + linkErr
 }
 
 func (s *Server) admin(ctx context.Context, req engine.AdminRequest) (engine.AdminReply, error) {

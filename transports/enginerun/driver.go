@@ -40,6 +40,10 @@ import (
 // ErrClosed is returned for requests made after, or outstanding at, Close.
 var ErrClosed = errors.New("engine driver is closed")
 
+// ErrSameAddress refuses a replica whose address another member of the
+// volume already has.
+var ErrSameAddress = errors.New("replica address already in the volume")
+
 const (
 	defaultTick         = 10 * time.Millisecond
 	defaultTimeout      = 5 * time.Second
@@ -256,11 +260,19 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("enginerun: volume %q: no replicas", cfg.Volume)
 	}
 	seen := map[proto.ReplicaID]bool{}
+	byAddr := map[string]proto.ReplicaID{}
 	for _, r := range cfg.allReplicas() {
 		if r.ID == "" || seen[r.ID] {
 			return nil, fmt.Errorf("enginerun: volume %q: replica ID %q empty or repeated", cfg.Volume, r.ID)
 		}
 		seen[r.ID] = true
+		// One replica under two ids would take every write twice, and
+		// its epoch fence and membership record would fight themselves.
+		if other, ok := byAddr[r.Addr]; ok {
+			return nil, fmt.Errorf("enginerun: volume %q: %w: replicas %s and %s have the same address %s (one replica cannot be two members)",
+				cfg.Volume, ErrSameAddress, other, r.ID, r.Addr)
+		}
+		byAddr[r.Addr] = r.ID
 	}
 	cfg.setDefaults()
 	d := &Driver{cfg: cfg, log: cfg.Logger.With("volume", cfg.Volume),
@@ -440,6 +452,9 @@ func (d *Driver) feed(in *input) {
 		d.eng.Submit(in.req)
 	case inReply:
 		if p := d.peers[in.from]; p != nil && p.gen == in.gen {
+			if st := in.rep.Status; st != proto.StatusOK && st != proto.StatusStaleEpoch && in.rep.Err != "" {
+				p.lastErr = in.rep.Err // kept for Info: the engine's own why may be vaguer
+			}
 			d.eng.Step(in.from, in.rep)
 		}
 	case inDown:
@@ -697,10 +712,14 @@ func (d *Driver) Admin(ctx context.Context, req engine.AdminRequest) (engine.Adm
 func (d *Driver) Info(ctx context.Context) (Info, error) {
 	ch := make(chan Info, 1)
 	if !d.post(input{kind: inFunc, fn: func(e *engine.Engine) {
-		info := Info{VolumeInfo: e.Info(), Addrs: map[proto.ReplicaID]string{}, Connected: map[proto.ReplicaID]bool{}, Tick: d.cfg.Tick}
+		info := Info{VolumeInfo: e.Info(), Addrs: map[proto.ReplicaID]string{}, Connected: map[proto.ReplicaID]bool{},
+			LinkErr: map[proto.ReplicaID]string{}, Tick: d.cfg.Tick}
 		for id, p := range d.peers {
 			info.Addrs[id] = p.addr
 			info.Connected[id] = p.lnk != nil
+			if why := p.trouble(); why != "" {
+				info.LinkErr[id] = why
+			}
 		}
 		ch <- info
 	}}) {
@@ -719,6 +738,11 @@ type Info struct {
 	engine.VolumeInfo
 	Addrs     map[proto.ReplicaID]string
 	Connected map[proto.ReplicaID]bool
+	// LinkErr is what the driver last saw go wrong with a replica: the
+	// last dial error while it is not connected, else the last error it
+	// answered a request with on its current link (such as "replica r1
+	// serves nothing: ... bad replica metadata"). Absent when none.
+	LinkErr map[proto.ReplicaID]string
 	// Tick is the length of an engine tick (for RebuildStats).
 	Tick time.Duration
 }

@@ -2,6 +2,7 @@ package enginerun
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,22 @@ type peer struct {
 	dialing bool
 	removed atomic.Bool     // set when removed, to stop its dial loop
 	out     []proto.Request // this round's messages
+	// dialErr is the last failed dial's error, set by the dial loop and
+	// cleared when a dial succeeds; lastErr (the loop's) the last error
+	// the replica answered with on the current link.
+	dialErr atomic.Pointer[string]
+	lastErr string
+}
+
+// trouble says what last went wrong with p (see Info.LinkErr).
+func (p *peer) trouble() string {
+	if p.lnk == nil {
+		if e := p.dialErr.Load(); e != nil {
+			return "dial: " + *e
+		}
+		return ""
+	}
+	return p.lastErr
 }
 
 // addPeer registers a replica; the caller starts its dialLoop.
@@ -74,11 +91,14 @@ func (d *Driver) dialLoop(p *peer, gen uint64, delay time.Duration) {
 		}
 		lnk, err := d.cfg.Dial(p.addr, d.handler(p.id, gen))
 		if err == nil {
+			p.dialErr.Store(nil)
 			if !d.post(input{kind: inLinkUp, from: p.id, gen: gen, lnk: lnk}) {
 				_ = lnk.Close()
 			}
 			return
 		}
+		msg := err.Error()
+		p.dialErr.Store(&msg)
 		if attempt == 0 || attempt%20 == 0 {
 			d.log.Warn("dial replica", "replica", p.id, "addr", p.addr, "attempt", attempt+1, "err", err)
 		}
@@ -93,7 +113,7 @@ func (d *Driver) linkUp(id proto.ReplicaID, gen uint64, lnk link.Link) {
 		_ = lnk.Close()
 		return
 	}
-	p.lnk, p.dialing = lnk, false
+	p.lnk, p.dialing, p.lastErr = lnk, false, ""
 	d.log.Info("replica link up", "replica", id, "addr", p.addr)
 }
 
@@ -131,23 +151,35 @@ func (d *Driver) addReplica(ctx context.Context, r Replica, rateBytesPerTick uin
 		return fmt.Errorf("add replica: %w: ID and address are required", engine.ErrInvalid)
 	}
 	errc := make(chan error, 1)
+	known := false
 	if !d.post(input{kind: inFunc, fn: func(*engine.Engine) {
 		if p := d.peers[r.ID]; p != nil {
 			if p.addr != r.Addr {
 				errc <- fmt.Errorf("add replica %s: %w at address %s", r.ID, engine.ErrExists, p.addr)
 				return
 			}
+			known = true
 			errc <- nil // re-adding a known replica: the engine decides
 			return
 		}
-		p := d.addPeer(r)
-		go d.dialLoop(p, p.gen, 0)
+		for _, p := range d.peers {
+			if p.addr == r.Addr {
+				errc <- fmt.Errorf("add replica %s at %s: %w: it is replica %s (one replica cannot be two members; remove %s first to add it under another ID)",
+					r.ID, r.Addr, ErrSameAddress, p.id, p.id)
+				return
+			}
+		}
 		errc <- nil
 	}}) {
 		return ErrClosed
 	}
 	if err := <-errc; err != nil {
 		return err
+	}
+	if !known {
+		if err := d.registerNew(r); err != nil {
+			return err
+		}
 	}
 	if err := d.waitLinked(ctx, r.ID); err != nil {
 		return fmt.Errorf("add replica %s at %s: %w", r.ID, r.Addr, err)
@@ -157,6 +189,42 @@ func (d *Driver) addReplica(ctx context.Context, r Replica, rateBytesPerTick uin
 	}
 	return nil
 }
+
+// registerNew dials a replica not yet known once, so that an address
+// nothing answers on is an error now (ErrUnreachable) rather than a dial
+// loop retrying unseen forever; then registers it and hands the link to
+// the loop. A replica that goes away later is redialed like any other.
+func (d *Driver) registerNew(r Replica) error {
+	// The probe link is closed at once: the peer's own incarnation,
+	// which needs the generation the loop assigns, dials again.
+	lnk, err := d.cfg.Dial(r.Addr, link.Handler{})
+	if err != nil {
+		return fmt.Errorf("add replica %s at %s: %w: %v (nothing was added)", r.ID, r.Addr, ErrUnreachable, err)
+	}
+	_ = lnk.Close()
+	errc := make(chan error, 1)
+	if !d.post(input{kind: inFunc, fn: func(*engine.Engine) {
+		if d.peers[r.ID] != nil {
+			errc <- nil // added meanwhile by a concurrent call
+			return
+		}
+		for _, p := range d.peers {
+			if p.addr == r.Addr { // taken by a concurrent call meanwhile
+				errc <- fmt.Errorf("add replica %s at %s: %w: it is replica %s", r.ID, r.Addr, ErrSameAddress, p.id)
+				return
+			}
+		}
+		p := d.addPeer(r)
+		go d.dialLoop(p, p.gen, 0)
+		errc <- nil
+	}}) {
+		return ErrClosed
+	}
+	return <-errc
+}
+
+// ErrUnreachable refuses to add a replica that cannot be dialed.
+var ErrUnreachable = errors.New("replica unreachable")
 
 // waitLinked waits for a replica's link to come up, polling at the tick.
 func (d *Driver) waitLinked(ctx context.Context, id proto.ReplicaID) error {
