@@ -34,6 +34,11 @@ func (c *cluster) startEngine(extra ...string) {
 		"--control", c.ctlAddr, "--replica-timeout", "3s"}, extra...)
 	c.engine = start(c.t, "engine", nil, args...)
 	c.waitModes("the engine serving with every replica RW", "RW", "RW", "RW")
+	// The control API says serving before the frontends have bound
+	// their listeners; the stop line comes after they have.
+	eventually(c.t, "the engine's frontends listening", func() (bool, string) {
+		return strings.Contains(c.engine.output(), "stop with Ctrl-C"), "no stop line yet"
+	})
 }
 
 func newCluster(t *testing.T, size uint64, addrs []string, prefix [][]string) *cluster {
