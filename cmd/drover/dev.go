@@ -262,7 +262,9 @@ func (o *devOptions) openReplicas(cmd *cobra.Command, cfg *enginerun.Config) (ma
 		if failed := failedReplica(proto.ReplicaID(id), dir, err); failed != nil {
 			runners[id] = failed
 			opened = append(opened, &replicaDir{runner: failed})
-			damaged = append(damaged, err.Error())
+			if i <= devReplicas {
+				damaged = append(damaged, err.Error())
+			}
 			fmt.Fprintf(out, "replica %s in %s is DAMAGED (ERR; see drover replica ls): %s\n", id, dir, failed.Failed())
 			continue
 		}
@@ -274,7 +276,7 @@ func (o *devOptions) openReplicas(cmd *cobra.Command, cfg *enginerun.Config) (ma
 		// others and replaces it after --replace-after.
 		fmt.Fprintf(out, "replica %s failed to open (the volume goes on without it; a spare replaces it): %v\n", id, err)
 	}
-	if len(damaged) >= devReplicas {
+	if len(damaged) == devReplicas {
 		return nil, opened, fmt.Errorf("every replica is damaged, nothing to serve from:\n  %s", strings.Join(damaged, "\n  "))
 	}
 	return runners, opened, nil

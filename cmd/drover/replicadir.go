@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,7 +48,8 @@ func openReplicaDirLimited(dir string, id proto.ReplicaID, createBytes uint64, o
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", dir, err)
 	}
-	if createBytes != 0 && holdsNoReplica(st) {
+	isNew := holdsNoReplica(st)
+	if createBytes != 0 && isNew {
 		if err := st.CheckSize(createBytes, overProvisioningPercent); err != nil {
 			st.Close()
 			if made {
@@ -63,6 +65,15 @@ func openReplicaDirLimited(dir string, id proto.ReplicaID, createBytes uint64, o
 		return nil, fmt.Errorf("replica %s: %w", dir, err)
 	}
 	r.SetSizeCheck(func(n uint64) error { return st.CheckSize(n, overProvisioningPercent) })
+	if !isNew {
+		// A replica made before sizes were checked (or moved to another
+		// file system) may be larger than its files can grow: say so
+		// now rather than at the first write past the limit. Only the
+		// file system's limit counts here, not over-provisioning.
+		if err := st.CheckSize(r.Info().SizeBytes, math.MaxInt32); err != nil {
+			slog.Warn("replica larger than its file system can hold: writes past the limit will fail", "replica", id, "err", err)
+		}
+	}
 	return &replicaDir{runner: r, store: st}, nil
 }
 
