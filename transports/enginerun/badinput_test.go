@@ -35,44 +35,52 @@ func TestNewRefusesOneAddressTwice(t *testing.T) {
 	}
 }
 
-// localDriver runs a driver on in-memory replicas, some of them failed
-// (replicarun.NewFailed with the given reason).
-func localDriver(t *testing.T, ids []string, failed map[string]string) (*Driver, map[string]*replicarun.Runner) {
+// localDriver runs a driver on in-memory replicas. The volume is first
+// opened with every replica healthy (a new volume needs them all); then
+// the replicas in failed are swapped for replicarun.NewFailed ones
+// answering with the given reason, and a second driver opens it.
+func localDriver(t *testing.T, ids []string, failed map[string]string) *Driver {
 	t.Helper()
 	runners := map[string]*replicarun.Runner{}
 	cfg := Config{Volume: "v", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildAfter: -1}
 	for _, id := range ids {
-		r := replicarun.NewFailed(proto.ReplicaID(id), failed[id])
-		if _, bad := failed[id]; !bad {
-			var err error
-			r, err = replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: 1 << 20},
-				replicarun.NewLockedExecutor(memstore.New()))
-			if err != nil {
-				t.Fatal(err)
-			}
+		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: 1 << 20},
+			replicarun.NewLockedExecutor(memstore.New()))
+		if err != nil {
+			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = r.Close() })
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	d, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
+	serve := func() *Driver {
+		d, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := d.WaitServing(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return d
 	}
-	t.Cleanup(func() { _ = d.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitServing(ctx); err != nil {
-		t.Fatal(err)
+	if len(failed) == 0 {
+		return serve()
 	}
-	return d, runners
+	_ = serve().Close()
+	for id, why := range failed {
+		runners[id] = replicarun.NewFailed(proto.ReplicaID(id), why)
+	}
+	return serve()
 }
 
 // TestFailedReplicaReason: a replica that answers with why it cannot
 // serve is ERR, and Info carries its answer for the operator.
 func TestFailedReplicaReason(t *testing.T) {
-	d, _ := localDriver(t, []string{"a", "b", "c"}, map[string]string{"a": "bad metadata in /x/meta"})
+	d := localDriver(t, []string{"a", "b", "c"}, map[string]string{"a": "bad metadata in /x/meta"})
 	info, err := d.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +102,7 @@ func TestFailedReplicaReason(t *testing.T) {
 // once and registers nothing; adding a member's address under another ID
 // is refused.
 func TestAddReplicaRefusals(t *testing.T) {
-	d, _ := localDriver(t, []string{"a", "b", "c"}, nil)
+	d := localDriver(t, []string{"a", "b", "c"}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := d.AddReplica(ctx, Replica{ID: "n", Addr: "nowhere"})
