@@ -68,11 +68,20 @@ const (
 	PunchHole
 	// SyncData makes completed WriteData and PunchHole IOs of Layer durable.
 	SyncData
+	// WriteIntents durably records, before it completes, the checksums
+	// (Entries) that blocks of Layer may hold after a crash because a
+	// write to them is about to be issued, tagged with FlushedSeq (the
+	// replica's durable flushed sequence when it wrote them). Records of
+	// other tags may be discarded: the replica only asks for its own.
+	WriteIntents
+	// ReadIntents returns, in Entries, every intent recorded for Layer
+	// with the tag FlushedSeq (a block may appear more than once).
+	ReadIntents
 )
 
 var kindNames = [...]string{"?", "read-meta", "write-meta", "create-layer",
 	"remove-layer", "read-index", "write-index", "sync-index", "read-data",
-	"write-data", "punch-hole", "sync-data"}
+	"write-data", "punch-hole", "sync-data", "write-intents", "read-intents"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -83,8 +92,16 @@ func (k Kind) String() string {
 
 // IO is one effect on the store.
 type IO struct {
-	ID         uint64 // unique within the replica's life; echoed in Completion
-	Kind       Kind
+	ID   uint64 // unique within the replica's life; echoed in Completion
+	Kind Kind
+	// Uncached marks a ReadData or WriteData as a one-off transfer of
+	// much data that no one is likely to read again soon (a rebuild
+	// source's reads, its target's writes): the store may move it around
+	// its cache. The result is the same either way, and an uncached write
+	// is no more durable than another until the layer's SyncData. (Next
+	// to Kind, so that an IO stays 128 bytes: a production driver copies
+	// it into a goroutine's closure for every sync.)
+	Uncached   bool
 	Layer      LayerID
 	BlockIndex uint64
 	BlockCount uint64
@@ -93,12 +110,6 @@ type IO struct {
 	FlushedSeq uint64
 	FUASeq     uint64
 	Meta       []byte
-	// Uncached marks a ReadData or WriteData as a one-off transfer of
-	// much data that no one is likely to read again soon (a rebuild
-	// source's reads, its target's writes): the store may move it around
-	// its cache. The result is the same either way, and an uncached write
-	// is no more durable than another until the layer's SyncData.
-	Uncached bool
 }
 
 // Err classifies a failed IO.
