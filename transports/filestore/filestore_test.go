@@ -31,7 +31,9 @@ func fill(v byte, blocks int) []byte { return bytes.Repeat([]byte{v}, blocks*pro
 
 // fastDir returns a fresh directory on /dev/shm when there is one (the
 // property test makes thousands of fsyncs), else under t.TempDir.
-func fastDir(t *testing.T) string {
+func fastDir(t *testing.T) string { return fastDirTB(t) }
+
+func fastDirTB(t testing.TB) string {
 	dir, err := os.MkdirTemp("/dev/shm", "filestore-test-")
 	if err != nil {
 		return t.TempDir()

@@ -1,0 +1,119 @@
+package filestore
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
+	"github.com/drover-io/drover/transports/bufpool"
+)
+
+// benchLayer returns a store on tmpfs (when there is one) holding layer 1
+// with blocks [0, blocks) written, indexed and synced.
+func benchLayer(b *testing.B, blocks uint64) *Store {
+	s := openStore(b, benchDir(b))
+	b.Cleanup(func() { s.Close() })
+	must := func(io store.IO) {
+		if c := s.Execute(io); c.Err != store.OK {
+			b.Fatalf("%v: %s", io.Kind, c.Detail)
+		}
+	}
+	must(store.IO{Kind: store.CreateLayer, Layer: 1})
+	es := make([]proto.BlockState, blocks)
+	for i := range es {
+		es[i] = proto.BlockState{BlockIndex: uint64(i), Kind: proto.BlockData, CRC: uint32(i) + 1}
+	}
+	must(store.IO{Kind: store.WriteData, Layer: 1, Data: fill(1, int(blocks))})
+	must(store.IO{Kind: store.SyncData, Layer: 1})
+	must(store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: 1})
+	must(store.IO{Kind: store.SyncIndex, Layer: 1})
+	return s
+}
+
+// BenchmarkStore measures the store's 4 KiB paths on tmpfs (the software's
+// cost, not the disk's): a FUA write as the replica issues it (WriteData,
+// SyncData, WriteIndex of its one entry, SyncIndex), the index write
+// alone, and cached reads of 1 and 64 blocks with their entries; the
+// parallel cases run the FUA write from every CPU at once.
+func BenchmarkStore(b *testing.B) {
+	const blocks = 4096
+	p := fill(7, 1)
+	fua := func(s *Store, i int) {
+		blk := uint64(i*7919) % blocks
+		for _, io := range []store.IO{
+			{Kind: store.WriteData, Layer: 1, BlockIndex: blk, Data: p},
+			{Kind: store.SyncData, Layer: 1},
+			{Kind: store.WriteIndex, Layer: 1, Entries: []proto.BlockState{{BlockIndex: blk, Kind: proto.BlockData, CRC: uint32(i)}}},
+			{Kind: store.SyncIndex, Layer: 1},
+		} {
+			if c := s.Execute(io); c.Err != store.OK {
+				b.Fatalf("%v: %s", io.Kind, c.Detail)
+			}
+		}
+	}
+	b.Run("fua-write-4KiB", func(b *testing.B) {
+		s := benchLayer(b, blocks)
+		b.SetBytes(proto.BlockSize)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			fua(s, i)
+		}
+	})
+	b.Run("fua-write-4KiB-parallel", func(b *testing.B) {
+		s := benchLayer(b, blocks)
+		b.SetBytes(proto.BlockSize)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for i := 0; pb.Next(); i++ {
+				fua(s, i)
+			}
+		})
+	})
+	b.Run("write-index-1", func(b *testing.B) {
+		s := benchLayer(b, blocks)
+		es := []proto.BlockState{{Kind: proto.BlockData}}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			es[0].BlockIndex, es[0].CRC = uint64(i*7919)%blocks, uint32(i)
+			if c := s.Execute(store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es}); c.Err != store.OK {
+				b.Fatal(c.Detail)
+			}
+		}
+	})
+	for _, n := range []uint64{1, 64} {
+		b.Run(fmt.Sprintf("read-%dKiB", n*4), func(b *testing.B) {
+			s := benchLayer(b, blocks)
+			entries := make([]proto.BlockState, n)
+			b.SetBytes(int64(n * proto.BlockSize))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				blk := uint64(i*7919) % (blocks - n)
+				c := s.Execute(store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: blk, BlockCount: n, Entries: entries})
+				if c.Err != store.OK || c.Entries[0].CRC != uint32(blk)+1 {
+					b.Fatalf("read %d: %v %s", blk, c.Err, c.Detail)
+				}
+				bufpool.Put(c.Data)
+			}
+		})
+	}
+	b.Run("read-index-16MiB", func(b *testing.B) {
+		s := benchLayer(b, blocks)
+		b.SetBytes(blocks * proto.BlockSize)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			c := s.Execute(store.IO{Kind: store.ReadIndex, Layer: 1, BlockCount: 1 << 20})
+			if c.Err != store.OK || len(c.Entries) != blocks {
+				b.Fatalf("read index: %v %s (%d entries)", c.Err, c.Detail, len(c.Entries))
+			}
+		}
+	})
+}
+
+// benchDir is a fresh directory on tmpfs when there is one.
+func benchDir(b *testing.B) string {
+	b.Helper()
+	return fastDirTB(b)
+}
