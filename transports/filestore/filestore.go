@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -50,9 +51,12 @@ const (
 	indexHeaderBytes = 4096
 	entryBytes       = 8
 	indexMagic       = "DRVI"
-	indexVersion     = 1
-	// indexPageEntries is how many entries share one 4 KiB page of the
-	// index file: the unit of index space allocation.
+	// indexVersion is the index format this build writes; it reads
+	// indexVersion1 too.
+	indexVersion  = 2
+	indexVersion1 = 1
+	// indexPageEntries is how many entries share one 4 KiB page of a
+	// version 1 index file: the unit of its space allocation.
 	indexPageEntries = 4096 / entryBytes
 	// readIndexChunkBytes bounds one read of index entries (1 MiB).
 	readIndexChunkBytes = 1 << 20
@@ -75,8 +79,23 @@ type layer struct {
 	data  *os.File
 	index *os.File
 
-	// allocated records index pages known to be allocated, so WriteData
-	// reserves index space once per page (see reserveIndex); dataHeld the
+	// version is the index file's format: indexVersion1 or indexVersion.
+	// It is set when the layer is opened or created, before any IO.
+	version uint32
+	// Version 2 state (indexv2.go): the layer's identity, the header's
+	// FlushedSeq and extent, the directory pages written (dense from 0),
+	// and the entry pages initialized but not yet recorded in their
+	// directory (done at the next SyncIndex). extent is read without mu.
+	codec      slotCodec
+	nonce      uint64
+	flushedSeq uint64
+	extent     atomic.Uint64
+	dirs       uint64
+	pending    []uint64
+
+	// allocated records index pages known to be allocated (version 1) or
+	// initialized (version 2), so WriteData reserves index space once per
+	// page (see reserveIndex); dataHeld the
 	// data blocks this open layer has reserved or written (and not
 	// punched since), whose overwrite needs no new space, so it skips the
 	// fallocate. (On file systems that write in place — ext4, xfs, tmpfs;
@@ -347,7 +366,12 @@ func (l *layer) close() error {
 }
 
 func (l *layer) create() error {
-	if err := l.writeHeader(0); err != nil {
+	l.mu.Lock()
+	l.version, l.nonce = indexVersion, newNonce()
+	l.codec = newSlotCodec(l.nonce, l.id)
+	err := l.writeHeaderV2()
+	l.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if err := l.data.Sync(); err != nil {
@@ -359,36 +383,71 @@ func (l *layer) create() error {
 	return nil
 }
 
+// writeHeader records flushedSeq in the index header.
 func (l *layer) writeHeader(flushedSeq uint64) error {
-	var h [16]byte
-	copy(h[:4], indexMagic)
-	binary.LittleEndian.PutUint32(h[4:], indexVersion)
-	binary.LittleEndian.PutUint64(h[8:], flushedSeq)
-	if _, err := l.index.WriteAt(h[:], 0); err != nil {
-		return fmt.Errorf("write index header: %w", err)
+	if l.version == indexVersion1 {
+		var h [16]byte
+		copy(h[:4], indexMagic)
+		binary.LittleEndian.PutUint32(h[4:], indexVersion1)
+		binary.LittleEndian.PutUint64(h[8:], flushedSeq)
+		if _, err := l.index.WriteAt(h[:], 0); err != nil {
+			return fmt.Errorf("write index header: %w", err)
+		}
+		return nil
 	}
-	l.imap.grew(int64(len(h)))
-	return nil
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushedSeq = flushedSeq
+	return l.writeHeaderV2()
 }
 
-// readHeader returns the FlushedSeq in the index header.
-func (l *layer) readHeader() (uint64, error) {
-	var h [16]byte
-	if _, err := l.index.ReadAt(h[:], 0); err != nil {
-		return 0, fmt.Errorf("read index header of layer %d: %w", l.id, err)
+// readHeader reads and checks the index header: its version, and for
+// version 2 the rest of it.
+func (l *layer) readHeader() (uint32, headerV2, error) {
+	var h [headerV2Bytes]byte
+	n, err := l.index.ReadAt(h[:], 0)
+	if err != nil && !errors.Is(err, iofs.EOF) {
+		return 0, headerV2{}, fmt.Errorf("read index header of layer %d: %w", l.id, err)
+	}
+	if n < 16 {
+		return 0, headerV2{}, l.headerDamage("the file is %d bytes, too short for a header: truncated", n)
 	}
 	if string(h[:4]) != indexMagic {
-		return 0, fmt.Errorf("index file of layer %d is damaged: bad magic %q", l.id, h[:4])
+		return 0, headerV2{}, l.headerDamage("bad magic %q", h[:4])
 	}
-	if v := binary.LittleEndian.Uint32(h[4:]); v != indexVersion {
-		return 0, fmt.Errorf("index file of layer %d has version %d, this build reads %d", l.id, v, indexVersion)
+	switch v := binary.LittleEndian.Uint32(h[4:]); v {
+	case indexVersion1:
+		return v, headerV2{flushedSeq: binary.LittleEndian.Uint64(h[8:])}, nil
+	case indexVersion:
+		if n < headerV2Bytes {
+			return 0, headerV2{}, l.headerDamage("the file is %d bytes, too short for a header: truncated", n)
+		}
+		hv, ok := decodeHeaderV2(h[:])
+		if !ok {
+			return 0, headerV2{}, l.headerDamage("its checksum does not match")
+		}
+		return v, hv, nil
+	default:
+		return 0, headerV2{}, fmt.Errorf("index file of layer %d has version %d, this build reads %d and %d", l.id, v, indexVersion1, indexVersion)
 	}
-	return binary.LittleEndian.Uint64(h[8:]), nil
 }
 
+// checkHeader reads the header of a layer being opened and takes in its
+// version (and, for version 2, its state).
 func (l *layer) checkHeader() error {
-	_, err := l.readHeader()
-	return err
+	v, h, err := l.readHeader()
+	if err != nil {
+		return err
+	}
+	l.version = v
+	if v == indexVersion1 {
+		return nil
+	}
+	st, err := l.index.Stat()
+	if err != nil {
+		return fmt.Errorf("stat index: %w", err)
+	}
+	return l.loadV2(h, st.Size())
 }
 
 func (l *layer) execute(io store.IO, c *store.Completion) error {
@@ -398,7 +457,10 @@ func (l *layer) execute(io store.IO, c *store.Completion) error {
 	case store.WriteIndex:
 		return l.writeIndex(io.Entries, io.FlushedSeq)
 	case store.SyncIndex:
-		return l.sync(l.index)
+		if l.version == indexVersion1 {
+			return l.sync(l.index)
+		}
+		return l.syncIndexV2()
 	case store.ReadData:
 		return l.readData(io, c)
 	case store.WriteData:
@@ -418,11 +480,11 @@ func (l *layer) sync(f *os.File) error {
 	return nil
 }
 
-func entryOffset(blockIndex uint64) int64 {
+func entryOffsetV1(blockIndex uint64) int64 {
 	return indexHeaderBytes + int64(blockIndex)*entryBytes
 }
 
-func putEntry(b []byte, e proto.BlockState) {
+func putEntryV1(b []byte, e proto.BlockState) {
 	if e.Kind == proto.BlockAbsent {
 		e.CRC = 0 // absent is all zeros, whatever the caller's CRC
 	}
@@ -431,7 +493,7 @@ func putEntry(b []byte, e proto.BlockState) {
 	binary.LittleEndian.PutUint32(b[4:], e.CRC)
 }
 
-func getEntry(b []byte, blockIndex uint64) proto.BlockState {
+func getEntryV1(b []byte, blockIndex uint64) proto.BlockState {
 	e := proto.BlockState{BlockIndex: blockIndex, Kind: proto.BlockKind(b[0]), CRC: binary.LittleEndian.Uint32(b[4:])}
 	if e.Kind > proto.BlockZero {
 		// Not a kind this store writes: report data with an impossible
@@ -444,6 +506,11 @@ func getEntry(b []byte, blockIndex uint64) proto.BlockState {
 // writeIndex stores entries (a later entry for a block wins), one pwrite
 // per run of consecutive blocks.
 func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error {
+	for _, e := range entries {
+		if e.Kind > proto.BlockZero {
+			return fmt.Errorf("index entry of block %d has unknown kind %d", e.BlockIndex, e.Kind)
+		}
+	}
 	// Entries are the replica's (an op's own, for a FUA write): sorted
 	// in a copy only when they are not sorted already.
 	sorted := entries
@@ -463,7 +530,8 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 		if i+1 < len(sorted) && sorted[i+1].BlockIndex == e.BlockIndex {
 			continue // a later entry for the same block follows
 		}
-		if len(buf) > 0 && (e.BlockIndex != start+uint64(len(buf)/entryBytes) || len(buf) == cap(buf)) {
+		if len(buf) > 0 && (e.BlockIndex != start+uint64(len(buf)/entryBytes) || len(buf) == cap(buf) ||
+			l.version != indexVersion1 && e.BlockIndex%groupBlocks == 0) { // a directory page comes between groups
 			if err := l.writeEntryRun(buf, start); err != nil {
 				return err
 			}
@@ -473,7 +541,11 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 			start = e.BlockIndex
 		}
 		buf = buf[:len(buf)+entryBytes]
-		putEntry(buf[len(buf)-entryBytes:], e)
+		if l.version == indexVersion1 {
+			putEntryV1(buf[len(buf)-entryBytes:], e)
+		} else {
+			l.codec.putEntry(buf[len(buf)-entryBytes:], e)
+		}
 	}
 	if err := l.writeEntryRun(buf, start); err != nil {
 		return err
@@ -491,10 +563,18 @@ func (l *layer) writeEntryRun(buf []byte, start uint64) error {
 	if len(buf) == 0 {
 		return nil
 	}
-	if _, err := l.index.WriteAt(buf, entryOffset(start)); err != nil {
+	off := entryOffsetV1(start)
+	if l.version != indexVersion1 {
+		end := start + uint64(len(buf)/entryBytes)
+		if err := l.initPages(start/pageEntries, (end-1)/pageEntries); err != nil {
+			return err
+		}
+		off = entryOffsetV2(start)
+	}
+	if _, err := l.index.WriteAt(buf, off); err != nil {
 		return fmt.Errorf("write index entries at block %d: %w", start, err)
 	}
-	l.imap.grew(entryOffset(start) + int64(len(buf)))
+	l.imap.grew(off + int64(len(buf)))
 	return nil
 }
 
@@ -503,15 +583,18 @@ func (l *layer) writeEntryRun(buf []byte, start uint64) error {
 // in 1 MiB chunks and skips all-zero (absent) entries, so a large sparse
 // layer costs what it holds.
 func (l *layer) readIndex(io store.IO, c *store.Completion) error {
-	seq, err := l.readHeader()
+	_, h, err := l.readHeader()
 	if err != nil {
 		return err
 	}
-	c.FlushedSeq = seq
+	c.FlushedSeq = h.flushedSeq
+	if l.version != indexVersion1 {
+		return l.readIndexV2(io, c)
+	}
 	if io.BlockCount == 0 {
 		return nil
 	}
-	lo, hi := entryOffset(io.BlockIndex), entryOffset(io.BlockIndex+io.BlockCount)
+	lo, hi := entryOffsetV1(io.BlockIndex), entryOffsetV1(io.BlockIndex+io.BlockCount)
 	fd := int(l.index.Fd())
 	buf := make([]byte, readIndexChunkBytes)
 	for off := lo; off < hi; {
@@ -552,7 +635,7 @@ func appendEntries(c *store.Completion, b []byte, firstBlock uint64) {
 		if binary.LittleEndian.Uint64(b[i:]) == 0 {
 			continue
 		}
-		c.Entries = append(c.Entries, getEntry(b[i:i+entryBytes], firstBlock+uint64(i/entryBytes)))
+		c.Entries = append(c.Entries, getEntryV1(b[i:i+entryBytes], firstBlock+uint64(i/entryBytes)))
 	}
 }
 
@@ -575,18 +658,21 @@ func (l *layer) readData(io store.IO, c *store.Completion) error {
 	} else {
 		raw = make([]byte, n)
 	}
-	if !l.imap.read(raw, entryOffset(io.BlockIndex)) {
-		if err := readFull(l.index, raw, entryOffset(io.BlockIndex)); err != nil {
-			return fmt.Errorf("read index entries: %w", err)
-		}
-	}
 	if uint64(cap(io.Entries)) >= io.BlockCount {
 		c.Entries = io.Entries[:io.BlockCount] // the replica's buffer (store.ReadData)
 	} else {
 		c.Entries = make([]proto.BlockState, io.BlockCount)
 	}
+	if l.version != indexVersion1 {
+		return l.readEntriesV2(io, raw, c.Entries)
+	}
+	if !l.imap.read(raw, entryOffsetV1(io.BlockIndex)) {
+		if err := readFull(l.index, raw, entryOffsetV1(io.BlockIndex)); err != nil {
+			return fmt.Errorf("read index entries: %w", err)
+		}
+	}
 	for i := range c.Entries {
-		c.Entries[i] = getEntry(raw[i*entryBytes:(i+1)*entryBytes], io.BlockIndex+uint64(i))
+		c.Entries[i] = getEntryV1(raw[i*entryBytes:(i+1)*entryBytes], io.BlockIndex+uint64(i))
 	}
 	return nil
 }
@@ -724,6 +810,9 @@ func (l *layer) held(blockIndex, count uint64) bool {
 // reserveIndex allocates the index pages holding the entries of blocks
 // [blockIndex, +blockCount), once per page for the life of the open layer.
 func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
+	if l.version != indexVersion1 {
+		return l.initPages(blockIndex/pageEntries, (blockIndex+blockCount-1)/pageEntries)
+	}
 	first, last := blockIndex/indexPageEntries, (blockIndex+blockCount-1)/indexPageEntries
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -731,7 +820,7 @@ func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
 		if _, ok := l.allocated[p]; ok {
 			continue
 		}
-		off, n := entryOffset(p*indexPageEntries), int64(indexPageEntries*entryBytes)
+		off, n := entryOffsetV1(p*indexPageEntries), int64(indexPageEntries*entryBytes)
 		switch err := unix.Fallocate(int(l.index.Fd()), 0, off, n); {
 		case err == nil:
 			l.imap.grew(off + n) // the file now holds these bytes

@@ -49,6 +49,9 @@ func (m *indexMap) grew(end int64) {
 	}
 }
 
+// known returns how many bytes the file is known to hold.
+func (m *indexMap) known() int64 { return m.size.Load() }
+
 // read copies [off, off+len(b)) of the file into b and reports whether it
 // could (the range is mapped and known to exist).
 func (m *indexMap) read(b []byte, off int64) bool {
