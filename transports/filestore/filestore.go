@@ -417,6 +417,11 @@ func (l *layer) readHeader() (uint32, headerV2, error) {
 	}
 	switch v := binary.LittleEndian.Uint32(h[4:]); v {
 	case indexVersion1:
+		// Version 1 wrote 16 bytes; the rest of its header page is zeros.
+		// A version 2 header with its version damaged to 1 is not.
+		if n > 16 && !allZero(h[16:n]) {
+			return 0, headerV2{}, l.headerDamage("a version 1 header with bytes past its end: a damaged version 2 header")
+		}
 		return v, headerV2{flushedSeq: binary.LittleEndian.Uint64(h[8:])}, nil
 	case indexVersion:
 		if n < headerV2Bytes {
@@ -430,6 +435,15 @@ func (l *layer) readHeader() (uint32, headerV2, error) {
 	default:
 		return 0, headerV2{}, fmt.Errorf("index file of layer %d has version %d, this build reads %d and %d", l.id, v, indexVersion1, indexVersion)
 	}
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // checkHeader reads the header of a layer being opened and takes in its

@@ -320,10 +320,8 @@ func (l *layer) initPages(first, last uint64) error {
 // half initialized (a torn initialization leaves zeros only in a page not
 // yet recorded, which read as absent).
 func (l *layer) initPage(p uint64) error {
-	for g := p / groupPages; l.dirs <= g; l.dirs++ {
-		if err := l.initDir(l.dirs); err != nil {
-			return err
-		}
+	if err := l.initDirs(p / groupPages); err != nil {
+		return err
 	}
 	var slot [entryBytes]byte
 	if err := readFull(l.index, slot[:], slotOffset(p)); err != nil {
@@ -356,6 +354,17 @@ func (l *layer) initPage(p uint64) error {
 	l.imap.grew(pageOffset(p) + pageBytes)
 	if s != slotOK {
 		l.pending = append(l.pending, p)
+	}
+	return nil
+}
+
+// initDirs makes sure the directory pages of groups [0, g] are written;
+// l.mu held.
+func (l *layer) initDirs(g uint64) error {
+	for ; l.dirs <= g; l.dirs++ {
+		if err := l.initDir(l.dirs); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -522,7 +531,9 @@ func (l *layer) readGroup(first, last uint64, recorded *[groupPages]bool, buf []
 					return err
 				}
 				if whole && !recorded[p%groupPages] {
-					l.adopt(p)
+					if err := l.adopt(p); err != nil {
+						return err
+					}
 				}
 			}
 			start += n
@@ -535,14 +546,20 @@ func (l *layer) readGroup(first, last uint64, recorded *[groupPages]bool, buf []
 // adopt takes entry page p, found initialized whole but not recorded (a
 // crash came between its initialization and the SyncIndex that would
 // have recorded it), as initialized, to be recorded at the next
-// SyncIndex.
-func (l *layer) adopt(p uint64) {
+// SyncIndex (its directory page initialized first, if the crash took
+// that).
+func (l *layer) adopt(p uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.allocated[p]; !ok {
-		l.allocated[p] = struct{}{}
-		l.pending = append(l.pending, p)
+	if _, ok := l.allocated[p]; ok {
+		return nil
 	}
+	if err := l.initDirs(p / groupPages); err != nil {
+		return err
+	}
+	l.allocated[p] = struct{}{}
+	l.pending = append(l.pending, p)
+	return nil
 }
 
 // readEntriesV2 fills entries with the index entries of io's blocks,
