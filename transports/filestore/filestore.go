@@ -7,15 +7,91 @@
 //	meta                 the metadata blob, replaced atomically (write
 //	                     meta.tmp, fsync, rename, fsync the directory)
 //	layer-<id>.data      a sparse file, block i at offset i*BlockSize
-//	layer-<id>.index     a 4 KiB header (magic, version, FlushedSeq), then
-//	                     8 bytes per block: kind, 3 zero bytes, CRC32C
-//	                     (little endian); all zeros means absent
+//	layer-<id>.index     the layer's index: a header page, then groups of
+//	                     one directory page and 511 entry pages
+//	                     (format version 2, below)
+//
+// # Index format version 2
+//
+// Every 8-byte slot of the index file checks itself: a tag byte (top bit
+// set, so no written slot is zeros), a 24-bit check and a 32-bit word.
+// The check is CRC32C, seeded with the layer's identity (a random nonce
+// drawn at CreateLayer, and the layer id), of the slot's place (block
+// index, page or group number), tag and word.
+//
+//   - The header (the first 64 bytes of page 0, inside one sector): magic,
+//     version, FlushedSeq, nonce, layer id, extent (how many directory
+//     pages the file holds), and a CRC32C of the rest.
+//   - Entry page p holds the slots of blocks [512p, +512): tag 0x80|kind,
+//     word the block's CRC32C. A page is initialized whole before its
+//     first entry is written: absent blocks get a slot too (tag 0x80).
+//   - Group g is a directory page followed by entry pages [511g, +511).
+//     Directory slot 0 is the page's marker; slot 1+i records that entry
+//     page 511g+i was initialized and synced. Directory pages are written
+//     dense from 0, a group at a time (4 KiB of directory per 1 GiB of
+//     layer address space up to the highest block written).
+//
+// What is detected, as a *DamageError naming the file and the page, from
+// ReadIndex and from ReadData of an affected block, never as absent: an
+// entry changed (every single-byte change fails the 24-bit check, CRC32C
+// being linear; other damage escapes with odds of 2^-24 per slot), an
+// entry zeroed or a page zeroed, punched or cut off by truncation in a
+// page its directory records, a slot or page copied to another place or
+// from another layer's file (the check binds place and identity), a
+// directory page zeroed or damaged below the header's extent, a file
+// shorter than the extent, a header zeroed or changed (its CRC; version 1
+// headers must have nothing past their 16 bytes, so a flipped version
+// byte is caught too). Not detected: a slot or page that is stale but
+// valid (a lost write: the replica's data checksum then disagrees with
+// the entry and reports the block corrupt), and a recorded page zeroed
+// together with its directory slot (two pages damaged in concert). A
+// ReadData checks the entries it returns, and the directory slot and
+// marker of a page only when an entry it needs is zeros; ReadIndex
+// checks every page it reads.
+//
+// Why a check per slot and not a checksum per page. A page checksum
+// needs a read-modify-write of the page for every entry written (a FUA
+// write writes one), under a lock, since the store runs one layer's
+// WriteIndex IOs concurrently; and a page torn by a crash fails its
+// checksum: a 4 KiB write is atomic on the page cache's side, but a disk
+// promises only its atomic write unit, often one 512-byte sector, so
+// every power loss during a flush could turn into a damaged replica.
+// With a check per slot an entry write is a pwrite of its own 8 bytes
+// with no lock, and a page torn at sector boundaries holds old and new
+// slots, each whole: what the store contract allows (a crash keeps any
+// subset of unsynced writes, block by block). The assumption is only
+// that a sector is written whole or not at all; a slot torn inside a
+// sector fails its check and is damage, never accepted.
+//
+// Crash safety of the directory. A page is initialized at its first use
+// in an open layer (the index reservation of a data write, or an index
+// write), under the layer's mutex, so IOs of that page wait for it; its
+// directory slot is set only by the next SyncIndex, after an fdatasync
+// made the page durable, and followed by a second fdatasync (raising the
+// header's extent to the directory pages written). So after any crash a
+// recorded page is whole and a zero in it is damage, while a page not
+// yet recorded may be half initialized and its zeros read as absent
+// (they were). ReadIndex finds unrecorded pages that are whole (a crash
+// between the two fdatasyncs) and records them at the next SyncIndex.
+// Only a SyncIndex after the first use of a 2 MiB region pays the second
+// fdatasync; overwrites cost what they did.
+//
+// Version 1 (a 16-byte header, then 8 bytes per block: kind, 3 zero
+// bytes, CRC32C; all zeros absent; no checks) is still read, and a
+// version 1 layer takes writes in version 1: a layer keeps the format it
+// was created in. Upgrading at open would rewrite every index of an
+// existing data dir (its size in IO and space, crash-safely through a
+// copy and a rename) and would write into backing image indexes, which
+// replicas share read-only through symlinks; instead layers become
+// version 2 as they are created: the next snapshot starts a version 2
+// head, and a rebuild writes version 2 layers.
 //
 // WriteData, PunchHole and WriteIndex are pwrite/fallocate calls, made
 // durable by SyncData/SyncIndex (fdatasync). CreateLayer and RemoveLayer
 // sync the files and the directory before completing. A write that finds
-// the disk full (ENOSPC) changes nothing: its blocks, and the index pages
-// that will describe them, are allocated with fallocate before any byte is
+// the disk full (ENOSPC) changes nothing: its blocks are allocated with
+// fallocate, and the index pages that will describe them initialized
+// (version 1: allocated with fallocate), before any byte of data is
 // written (once per block: an open layer remembers the blocks it has
 // reserved or written, whose overwrite needs no new space on file systems
 // that write in place, such as ext4, xfs and tmpfs).
@@ -822,7 +898,8 @@ func (l *layer) held(blockIndex, count uint64) bool {
 }
 
 // reserveIndex allocates the index pages holding the entries of blocks
-// [blockIndex, +blockCount), once per page for the life of the open layer.
+// [blockIndex, +blockCount), once per page for the life of the open layer:
+// version 2 initializes them (initPages), version 1 fallocates them.
 func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
 	if l.version != indexVersion1 {
 		return l.initPages(blockIndex/pageEntries, (blockIndex+blockCount-1)/pageEntries)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -307,6 +308,13 @@ func TestSlotCheckCatchesEveryByteChange(t *testing.T) {
 		default:
 			c.put(slot[:], index, tagDir, 0)
 			isTag = isDirTag
+		}
+		var b [13]byte
+		binary.LittleEndian.PutUint64(b[:], index)
+		b[8] = slot[0]
+		copy(b[9:], slot[4:])
+		if want := crc32.Update(c.seed, castagnoli, b[:]) & 0xFFFFFF; c.check(index, slot[0], binary.LittleEndian.Uint32(slot[4:])) != want {
+			t.Fatal("the slot check is not CRC32C of its bytes")
 		}
 		if _, _, s := c.get(slot[:], index, isTag); s != slotOK {
 			t.Fatalf("a written slot %x does not pass its check", slot)

@@ -73,13 +73,35 @@ func newSlotCodec(nonce uint64, id store.LayerID) slotCodec {
 	return slotCodec{seed: crc32.Checksum(b[:], castagnoli)}
 }
 
+// check is crc32.Update(seed, castagnoli, index as 8 little-endian
+// bytes, tag, word as 4) cut to 24 bits, computed here by slicing-by-8
+// tables: crc32.Update reaches its assembly through a function value, so
+// the bytes it is given escape (a heap allocation per slot on the read
+// and write paths), and for 13 bytes its call costs more than these 13
+// independent table lookups.
 func (c slotCodec) check(index uint64, tag byte, word uint32) uint32 {
-	var b [13]byte
-	binary.LittleEndian.PutUint64(b[:], index)
-	b[8] = tag
-	binary.LittleEndian.PutUint32(b[9:], word)
-	return crc32.Update(c.seed, castagnoli, b[:]) & 0xFFFFFF
+	t := &slicing8
+	crc := ^c.seed ^ uint32(index)
+	hi := uint32(index >> 32)
+	crc = t[0][hi>>24] ^ t[1][byte(hi>>16)] ^ t[2][byte(hi>>8)] ^ t[3][byte(hi)] ^
+		t[4][crc>>24] ^ t[5][byte(crc>>16)] ^ t[6][byte(crc>>8)] ^ t[7][byte(crc)]
+	crc = t[0][byte(crc)^tag] ^ crc>>8
+	crc ^= word
+	crc = t[0][crc>>24] ^ t[1][byte(crc>>16)] ^ t[2][byte(crc>>8)] ^ t[3][byte(crc)]
+	return ^crc & 0xFFFFFF
 }
+
+// slicing8 holds CRC32C tables for 1 to 8 bytes at a step: slicing8[k][b]
+// is the CRC of byte b followed by k zero bytes.
+var slicing8 = func() (t [8][256]uint32) {
+	t[0] = *castagnoli
+	for k := 1; k < 8; k++ {
+		for i := range 256 {
+			t[k][i] = t[k-1][i]>>8 ^ t[0][byte(t[k-1][i])]
+		}
+	}
+	return t
+}()
 
 func (c slotCodec) put(b []byte, index uint64, tag byte, word uint32) {
 	ck := c.check(index, tag, word)
@@ -398,10 +420,18 @@ func (l *layer) initDir(g uint64) error {
 // (every overwrite of a written region) costs one fdatasync, as before.
 func (l *layer) syncIndexV2() error {
 	l.mu.Lock()
+	var err error
+	for _, p := range l.pending { // adopted pages' directories (see adopt)
+		if err = l.initDirs(p / groupPages); err != nil {
+			break
+		}
+	}
 	pending, dirs := l.pending, l.dirs
 	l.pending = nil
 	l.mu.Unlock()
-	err := l.sync(l.index)
+	if err == nil {
+		err = l.sync(l.index)
+	}
 	if err == nil && (len(pending) > 0 || dirs > l.extent.Load()) {
 		if err = l.recordPages(pending, dirs); err == nil {
 			err = l.sync(l.index)
@@ -531,9 +561,7 @@ func (l *layer) readGroup(first, last uint64, recorded *[groupPages]bool, buf []
 					return err
 				}
 				if whole && !recorded[p%groupPages] {
-					if err := l.adopt(p); err != nil {
-						return err
-					}
+					l.adopt(p)
 				}
 			}
 			start += n
@@ -546,20 +574,16 @@ func (l *layer) readGroup(first, last uint64, recorded *[groupPages]bool, buf []
 // adopt takes entry page p, found initialized whole but not recorded (a
 // crash came between its initialization and the SyncIndex that would
 // have recorded it), as initialized, to be recorded at the next
-// SyncIndex (its directory page initialized first, if the crash took
-// that).
-func (l *layer) adopt(p uint64) error {
+// SyncIndex. It writes nothing (a layer only read, such as a backing
+// image shared by replicas, is never written): SyncIndex writes the
+// page's directory marker if the crash took it.
+func (l *layer) adopt(p uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.allocated[p]; ok {
-		return nil
+	if _, ok := l.allocated[p]; !ok {
+		l.allocated[p] = struct{}{}
+		l.pending = append(l.pending, p)
 	}
-	if err := l.initDirs(p / groupPages); err != nil {
-		return err
-	}
-	l.allocated[p] = struct{}{}
-	l.pending = append(l.pending, p)
-	return nil
 }
 
 // readEntriesV2 fills entries with the index entries of io's blocks,
