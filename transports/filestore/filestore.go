@@ -29,7 +29,9 @@
 //     Directory slot 0 is the page's marker; slot 1+i records that entry
 //     page 511g+i was initialized and synced. Directory pages are written
 //     dense from 0, a group at a time (4 KiB of directory per 1 GiB of
-//     layer address space up to the highest block written).
+//     layer address space up to the highest block written; a first write
+//     far past the last one checks the disk has room for them, and fails
+//     with ENOSPC, changing nothing, if not).
 //
 // What is detected, as a *DamageError naming the file and the page, from
 // ReadIndex and from ReadData of an affected block, never as absent: an

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -734,5 +735,36 @@ func TestCrashLostDirectoryThenRecover(t *testing.T) {
 	s = openStore(t, dir)
 	if _, c := readState(s, 1); c.Err != store.ErrIO || !strings.Contains(c.Detail, "is damaged") {
 		t.Fatalf("zeroed recorded page: %v %s", c.Err, c.Detail)
+	}
+}
+
+// TestFarWriteNeedsRoomForDirectories: the first index write far into a
+// huge layer needs the directory pages before it (4 KiB per 1 GiB of
+// layer); on a 2 MiB tmpfs it fails with ErrNoSpace at once, and the
+// layer keeps working near its start.
+func TestFarWriteNeedsRoomForDirectories(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a small tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	s := openStore(t, dir)
+	defer s.Close()
+	execOK(t, s, store.IO{Kind: store.CreateLayer, Layer: 1})
+	far := uint64(10000) * groupBlocks // 10 TiB in: 40 MiB of directory pages
+	for _, io := range []store.IO{
+		{Kind: store.WriteData, Layer: 1, BlockIndex: far, Data: fill(1, 1)},
+		{Kind: store.WriteIndex, Layer: 1, Entries: []proto.BlockState{{BlockIndex: far, Kind: proto.BlockZero}}},
+	} {
+		c := s.Execute(io)
+		if c.Err != store.ErrNoSpace {
+			t.Fatalf("%v at block %d on a 2 MiB disk: %v %s", io.Kind, far, c.Err, c.Detail)
+		}
+		t.Log(c.Detail)
+	}
+	execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: []proto.BlockState{{BlockIndex: 3, Kind: proto.BlockZero}}})
+	execOK(t, s, store.IO{Kind: store.SyncIndex, Layer: 1})
+	if got, c := readState(s, 1); c.Err != store.OK || len(got.entries) != 1 {
+		t.Fatalf("after the refused write: %v %s %+v", c.Err, c.Detail, got)
 	}
 }

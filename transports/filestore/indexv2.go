@@ -380,9 +380,25 @@ func (l *layer) initPage(p uint64) error {
 	return nil
 }
 
+// dirsCheckedForSpace is how many directory pages one IO may add before
+// initDirs checks the free space for them (1 MiB of them, for 256 GiB of
+// layer).
+const dirsCheckedForSpace = 256
+
 // initDirs makes sure the directory pages of groups [0, g] are written;
-// l.mu held.
+// l.mu held. Far past the last one (a first write near the end of a huge
+// layer) it first checks the file system has room for them, so such a
+// write fails at once with ENOSPC instead of writing pages until the
+// disk is full.
 func (l *layer) initDirs(g uint64) error {
+	if n := g + 1 - min(g+1, l.dirs); n > dirsCheckedForSpace {
+		var st unix.Statfs_t
+		if err := unix.Fstatfs(int(l.index.Fd()), &st); err == nil && st.Blocks > 0 &&
+			st.Bavail*uint64(st.Bsize)/pageBytes < n {
+			return fmt.Errorf("index directory pages for blocks up to %d need %d MiB: %w",
+				(g+1)*groupBlocks, n*pageBytes>>20, unix.ENOSPC)
+		}
+	}
 	for ; l.dirs <= g; l.dirs++ {
 		if err := l.initDir(l.dirs); err != nil {
 			return err
