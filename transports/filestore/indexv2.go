@@ -266,11 +266,11 @@ func (l *layer) loadV2(h headerV2, sizeBytes int64) error {
 // checkDir verifies group g's directory page in b and returns which of
 // its entry pages are recorded as written.
 func (l *layer) checkDir(b []byte, g uint64, recorded *[groupPages]bool) error {
-	_, _, s := l.codec.get(b, g, isDirTag)
+	_, _, ms := l.codec.get(b, g, isDirTag)
 	switch {
-	case s == slotBad:
+	case ms == slotBad:
 		return l.dirDamage(g, "its marker fails its check")
-	case s == slotZero && g < l.extent.Load():
+	case ms == slotZero && g < l.extent.Load():
 		return l.dirDamage(g, "its marker is zeroed, but the header records the page as written")
 	}
 	for i := range groupPages {
@@ -279,7 +279,7 @@ func (l *layer) checkDir(b []byte, g uint64, recorded *[groupPages]bool) error {
 		if s == slotBad {
 			return l.dirDamage(g, "the slot of entry page %d fails its check", p)
 		}
-		if s == slotOK && b[0] == 0 {
+		if s == slotOK && ms == slotZero {
 			return l.dirDamage(g, "it records entry page %d, but its marker is zeroed", p)
 		}
 		recorded[i] = s == slotOK
