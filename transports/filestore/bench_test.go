@@ -5,6 +5,8 @@ import (
 	"hash/crc32"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/store"
 	"github.com/drover-io/drover/transports/bufpool"
@@ -56,7 +58,8 @@ func BenchmarkStore(b *testing.B) {
 	b.Run("fua-write-4KiB", func(b *testing.B) {
 		s := benchLayer(b, blocks)
 		b.SetBytes(proto.BlockSize)
-		b.ResetTimer()
+		cpu := startCPU(b)
+		defer cpu.report(b)
 		for i := 0; i < b.N; i++ {
 			fua(s, i)
 		}
@@ -64,7 +67,8 @@ func BenchmarkStore(b *testing.B) {
 	b.Run("fua-write-4KiB-parallel", func(b *testing.B) {
 		s := benchLayer(b, blocks)
 		b.SetBytes(proto.BlockSize)
-		b.ResetTimer()
+		cpu := startCPU(b)
+		defer cpu.report(b)
 		b.RunParallel(func(pb *testing.PB) {
 			for i := 0; pb.Next(); i++ {
 				fua(s, i)
@@ -75,7 +79,8 @@ func BenchmarkStore(b *testing.B) {
 		s := benchLayer(b, blocks)
 		es := []proto.BlockState{{Kind: proto.BlockData}}
 		b.ReportAllocs()
-		b.ResetTimer()
+		cpu := startCPU(b)
+		defer cpu.report(b)
 		for i := 0; i < b.N; i++ {
 			es[0].BlockIndex, es[0].CRC = uint64(i*7919)%blocks, uint32(i)
 			if c := s.Execute(store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es}); c.Err != store.OK {
@@ -89,7 +94,8 @@ func BenchmarkStore(b *testing.B) {
 			entries := make([]proto.BlockState, n)
 			b.SetBytes(int64(n * proto.BlockSize))
 			b.ReportAllocs()
-			b.ResetTimer()
+			cpu := startCPU(b)
+			defer cpu.report(b)
 			for i := 0; i < b.N; i++ {
 				blk := uint64(i*7919) % (blocks - n)
 				c := s.Execute(store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: blk, BlockCount: n, Entries: entries})
@@ -103,7 +109,8 @@ func BenchmarkStore(b *testing.B) {
 	b.Run("read-index-16MiB", func(b *testing.B) {
 		s := benchLayer(b, blocks)
 		b.SetBytes(blocks * proto.BlockSize)
-		b.ResetTimer()
+		cpu := startCPU(b)
+		defer cpu.report(b)
 		for i := 0; i < b.N; i++ {
 			c := s.Execute(store.IO{Kind: store.ReadIndex, Layer: 1, BlockCount: 1 << 20})
 			if c.Err != store.OK || len(c.Entries) != blocks {
@@ -111,6 +118,26 @@ func BenchmarkStore(b *testing.B) {
 			}
 		}
 	})
+}
+
+// cpuTimer reports the process's CPU time (user and system) per op as
+// cpu-ns/op beside the wall time: on a machine shared with other work the
+// wall time swings with the load, the CPU an IO costs much less.
+type cpuTimer struct{ start int64 }
+
+func cpuNow() int64 {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+func startCPU(b *testing.B) cpuTimer {
+	b.ResetTimer()
+	return cpuTimer{start: cpuNow()}
+}
+
+func (c cpuTimer) report(b *testing.B) {
+	b.ReportMetric(float64(cpuNow()-c.start)/float64(b.N), "cpu-ns/op")
 }
 
 // benchDir is a fresh directory on tmpfs when there is one.

@@ -144,10 +144,19 @@ func (c slotCodec) putEntry(b []byte, e proto.BlockState) {
 	c.put(b, e.BlockIndex, tagEntry|byte(e.Kind), e.CRC)
 }
 
-// entry decodes block blockIndex's entry in b.
+// entry decodes block blockIndex's entry in b: get, without the call
+// through a function value (ReadIndex decodes every entry of a layer).
 func (c slotCodec) entry(b []byte, blockIndex uint64) (proto.BlockState, slotState) {
-	tag, word, s := c.get(b, blockIndex, isEntryTag)
-	return proto.BlockState{BlockIndex: blockIndex, Kind: proto.BlockKind(tag & 3), CRC: word}, s
+	v := binary.LittleEndian.Uint64(b)
+	tag, word := byte(v), uint32(v>>32)
+	e := proto.BlockState{BlockIndex: blockIndex, Kind: proto.BlockKind(tag & 3), CRC: word}
+	switch {
+	case v == 0:
+		return e, slotZero
+	case !isEntryTag(tag) || uint32(v>>8)&0xFFFFFF != c.check(blockIndex, tag, word):
+		return e, slotBad
+	}
+	return e, slotOK
 }
 
 // DamageError reports bytes of a layer's index file that fail their
