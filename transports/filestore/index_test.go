@@ -768,3 +768,21 @@ func TestFarWriteNeedsRoomForDirectories(t *testing.T) {
 		t.Fatalf("after the refused write: %v %s %+v", c.Err, c.Detail, got)
 	}
 }
+
+// TestIndexCutWhileOpen: the index file truncated while the layer is open
+// (and its index mapped) makes reads of its blocks fail with the damage,
+// not fault the process.
+func TestIndexCutWhileOpen(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	defer s.Close()
+	writeDamageLayer(t, s, 1)
+	execOK(t, s, store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: 100, BlockCount: 1})
+	if err := os.Truncate(filepath.Join(dir, indexName(1)), pageBytes); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []uint64{100, 5 * pageEntries} { // an entry; a directory slot
+		c := s.Execute(store.IO{Kind: store.ReadData, Layer: 1, BlockIndex: b, BlockCount: 1})
+		requireDamage(t, c, "layer-1.index is damaged")
+	}
+}
