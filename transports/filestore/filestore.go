@@ -21,7 +21,7 @@
 //
 //   - The header (the first 64 bytes of page 0, inside one sector): magic,
 //     version, FlushedSeq, nonce, layer id, extent (how many directory
-//     pages the file holds), and a CRC32C of the rest.
+//     pages the file holds), FUASeq, and a CRC32C of the rest.
 //   - Entry page p holds the slots of blocks [512p, +512): tag 0x80|kind,
 //     word the block's CRC32C. A page is initialized whole before its
 //     first entry is written: absent blocks get a slot too (tag 0x80).
@@ -78,8 +78,10 @@
 // Only a SyncIndex after the first use of a 2 MiB region pays the second
 // fdatasync; overwrites cost what they did.
 //
-// Version 1 (a 16-byte header, then 8 bytes per block: kind, 3 zero
-// bytes, CRC32C; all zeros absent; no checks) is still read, and a
+// Version 1 (a 16-byte header — magic, version, FlushedSeq — then 8
+// bytes per block from offset 4096: kind, 3 zero bytes, CRC32C; all zeros
+// absent; no checks; builds since FUASeq keep it in header bytes 16-24,
+// which older builds leave zero and ignore) is still read, and a
 // version 1 layer takes writes in version 1: a layer keeps the format it
 // was created in. Upgrading at open would rewrite every index of an
 // existing data dir (its size in IO and space, crash-safely through a
@@ -164,9 +166,11 @@ type layer struct {
 	// FlushedSeq and extent, the directory pages written (dense from 0),
 	// and the entry pages initialized but not yet recorded in their
 	// directory (done at the next SyncIndex). extent is read without mu.
+	// flushedSeq and fuaSeq (both versions) are the header's, under mu.
+	flushedSeq uint64
+	fuaSeq     uint64
 	codec      slotCodec
 	nonce      uint64
-	flushedSeq uint64
 	extent     atomic.Uint64
 	dirs       uint64
 	pending    []uint64
@@ -263,6 +267,8 @@ func classify(err error) store.Err {
 		return store.ErrNoSpace
 	case errors.Is(err, errMissing):
 		return store.ErrMissing
+	case errors.As(err, new(*DamageError)):
+		return store.ErrDamaged
 	}
 	return store.ErrIO
 }
@@ -461,22 +467,31 @@ func (l *layer) create() error {
 	return nil
 }
 
-// writeHeader records flushedSeq in the index header.
-func (l *layer) writeHeader(flushedSeq uint64) error {
-	if l.version == indexVersion1 {
-		var h [16]byte
-		copy(h[:4], indexMagic)
-		binary.LittleEndian.PutUint32(h[4:], indexVersion1)
-		binary.LittleEndian.PutUint64(h[8:], flushedSeq)
-		if _, err := l.index.WriteAt(h[:], 0); err != nil {
-			return fmt.Errorf("write index header: %w", err)
-		}
-		return nil
-	}
+// writeHeader records flushedSeq (if nonzero) and fuaSeq (if above the
+// recorded one: concurrent FUA writes complete in any order) in the
+// index header, if either changes it.
+func (l *layer) writeHeader(flushedSeq, fuaSeq uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.flushedSeq = flushedSeq
-	return l.writeHeaderV2()
+	if (flushedSeq == 0 || flushedSeq == l.flushedSeq) && fuaSeq <= l.fuaSeq {
+		return nil
+	}
+	if flushedSeq != 0 {
+		l.flushedSeq = flushedSeq
+	}
+	l.fuaSeq = max(l.fuaSeq, fuaSeq)
+	if l.version != indexVersion1 {
+		return l.writeHeaderV2()
+	}
+	var h [24]byte
+	copy(h[:4], indexMagic)
+	binary.LittleEndian.PutUint32(h[4:], indexVersion1)
+	binary.LittleEndian.PutUint64(h[8:], l.flushedSeq)
+	binary.LittleEndian.PutUint64(h[16:], l.fuaSeq)
+	if _, err := l.index.WriteAt(h[:], 0); err != nil {
+		return fmt.Errorf("write index header: %w", err)
+	}
+	return nil
 }
 
 // readHeader reads and checks the index header: its version, and for
@@ -495,12 +510,17 @@ func (l *layer) readHeader() (uint32, headerV2, error) {
 	}
 	switch v := binary.LittleEndian.Uint32(h[4:]); v {
 	case indexVersion1:
-		// Version 1 wrote 16 bytes; the rest of its header page is zeros.
-		// A version 2 header with its version damaged to 1 is not.
-		if n > 16 && !allZero(h[16:n]) {
+		// Version 1 wrote 16 bytes, and FUASeq 8 more; the rest of its
+		// header page is zeros. A version 2 header with its version
+		// damaged to 1 is not.
+		if n > 24 && !allZero(h[24:n]) {
 			return 0, headerV2{}, l.headerDamage("a version 1 header with bytes past its end: a damaged version 2 header")
 		}
-		return v, headerV2{flushedSeq: binary.LittleEndian.Uint64(h[8:])}, nil
+		var fuaSeq uint64
+		if n >= 24 {
+			fuaSeq = binary.LittleEndian.Uint64(h[16:])
+		}
+		return v, headerV2{flushedSeq: binary.LittleEndian.Uint64(h[8:]), fuaSeq: fuaSeq}, nil
 	case indexVersion:
 		if n < headerV2Bytes {
 			return 0, headerV2{}, l.headerDamage("the file is %d bytes, too short for a header: truncated", n)
@@ -531,7 +551,7 @@ func (l *layer) checkHeader() error {
 	if err != nil {
 		return err
 	}
-	l.version = v
+	l.version, l.flushedSeq, l.fuaSeq = v, h.flushedSeq, h.fuaSeq
 	if v == indexVersion1 {
 		return nil
 	}
@@ -547,7 +567,7 @@ func (l *layer) execute(io store.IO, c *store.Completion) error {
 	case store.ReadIndex:
 		return l.readIndex(io, c)
 	case store.WriteIndex:
-		return l.writeIndex(io.Entries, io.FlushedSeq)
+		return l.writeIndex(io.Entries, io.FlushedSeq, io.FUASeq)
 	case store.SyncIndex:
 		if l.version == indexVersion1 {
 			return l.sync(l.index)
@@ -597,7 +617,7 @@ func getEntryV1(b []byte, blockIndex uint64) proto.BlockState {
 
 // writeIndex stores entries (a later entry for a block wins), one pwrite
 // per run of consecutive blocks.
-func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error {
+func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq, fuaSeq uint64) error {
 	for _, e := range entries {
 		if e.Kind > proto.BlockZero {
 			return fmt.Errorf("index entry of block %d has unknown kind %d", e.BlockIndex, e.Kind)
@@ -642,10 +662,7 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 	if err := l.writeEntryRun(buf, start); err != nil {
 		return err
 	}
-	if flushedSeq != 0 {
-		return l.writeHeader(flushedSeq)
-	}
-	return nil
+	return l.writeHeader(flushedSeq, fuaSeq)
 }
 
 func byBlockIndex(a, b proto.BlockState) int { return cmp.Compare(a.BlockIndex, b.BlockIndex) }
@@ -679,7 +696,7 @@ func (l *layer) readIndex(io store.IO, c *store.Completion) error {
 	if err != nil {
 		return err
 	}
-	c.FlushedSeq = h.flushedSeq
+	c.FlushedSeq, c.FUASeq = h.flushedSeq, h.fuaSeq
 	if l.version != indexVersion1 {
 		return l.readIndexV2(io, c)
 	}

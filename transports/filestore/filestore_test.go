@@ -77,7 +77,8 @@ func TestMatchesMemstore(t *testing.T) {
 					es[i] = proto.BlockState{BlockIndex: rapid.Uint64Range(0, blocks-1).Draw(rt, "eb"),
 						Kind: proto.BlockKind(rapid.IntRange(0, 2).Draw(rt, "kind")), CRC: rapid.Uint32().Draw(rt, "crc")}
 				}
-				io = store.IO{Kind: store.WriteIndex, Layer: id, Entries: es, FlushedSeq: rapid.Uint64Range(0, 3).Draw(rt, "seq")}
+				io = store.IO{Kind: store.WriteIndex, Layer: id, Entries: es, FlushedSeq: rapid.Uint64Range(0, 3).Draw(rt, "seq"),
+					FUASeq: rapid.Uint64Range(0, 5).Draw(rt, "fua seq")}
 			case 7:
 				io = store.IO{Kind: rapid.SampledFrom([]store.Kind{store.SyncData, store.SyncIndex}).Draw(rt, "sync"), Layer: id}
 			case 8:

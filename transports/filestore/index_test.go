@@ -180,7 +180,7 @@ func entryOf(b uint64) proto.BlockState {
 
 func requireDamage(t *testing.T, c store.Completion, want string) {
 	t.Helper()
-	if c.Err != store.ErrIO || !strings.Contains(c.Detail, "layer-1.index is damaged") || !strings.Contains(c.Detail, want) {
+	if c.Err != store.ErrDamaged || !strings.Contains(c.Detail, "layer-1.index is damaged") || !strings.Contains(c.Detail, want) {
 		t.Fatalf("want an error naming the damage (%q), got %v %q (%d entries)", want, c.Err, c.Detail, len(c.Entries))
 	}
 	t.Log(c.Detail)
@@ -344,12 +344,13 @@ func TestSlotCheckCatchesEveryByteChange(t *testing.T) {
 // non-absent entries.
 type indexState struct {
 	seq     uint64
+	fuaSeq  uint64
 	entries map[uint64]proto.BlockState
 }
 
 func readState(s *Store, id store.LayerID) (indexState, store.Completion) {
 	c := s.Execute(store.IO{Kind: store.ReadIndex, Layer: id, BlockCount: 4 * groupBlocks})
-	st := indexState{seq: c.FlushedSeq, entries: map[uint64]proto.BlockState{}}
+	st := indexState{seq: c.FlushedSeq, fuaSeq: c.FUASeq, entries: map[uint64]proto.BlockState{}}
 	for _, e := range c.Entries {
 		st.entries[e.BlockIndex] = e
 	}
@@ -370,7 +371,7 @@ func drawEntries(t *rapid.T, label string) []proto.BlockState {
 }
 
 func applyEntries(st indexState, es []proto.BlockState, seq uint64) indexState {
-	out := indexState{seq: st.seq, entries: map[uint64]proto.BlockState{}}
+	out := indexState{seq: st.seq, fuaSeq: max(st.fuaSeq, seq*10), entries: map[uint64]proto.BlockState{}}
 	for b, e := range st.entries {
 		out.entries[b] = e
 	}
@@ -400,7 +401,7 @@ func TestIndexDamageNeverReadsAsAnotherIndex(t *testing.T) {
 		want := indexState{entries: map[uint64]proto.BlockState{}}
 		for i := range rapid.IntRange(1, 3).Draw(rt, "batches") {
 			es := drawEntries(rt, "batch")
-			execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: uint64(i + 1)})
+			execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: uint64(i + 1), FUASeq: uint64(i+1) * 10})
 			execOK(t, s, store.IO{Kind: store.SyncIndex, Layer: 1})
 			want = applyEntries(want, es, uint64(i+1))
 		}
@@ -490,14 +491,14 @@ func TestIndexCrashNeverLooksDamaged(t *testing.T) {
 		stateA := indexState{entries: map[uint64]proto.BlockState{}}
 		if rapid.Bool().Draw(rt, "written before") {
 			es := drawEntries(rt, "A")
-			execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: 1})
+			execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: 1, FUASeq: 10})
 			execOK(t, s, store.IO{Kind: store.SyncIndex, Layer: 1})
 			stateA = applyEntries(stateA, es, 1)
 		}
 		path := filepath.Join(dir, indexName(1))
 		fileA := readWhole(t, path)
 		es := drawEntries(rt, "M")
-		execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: 2})
+		execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: es, FlushedSeq: 2, FUASeq: 20})
 		stateM := applyEntries(stateA, es, 2)
 		fileM := readWhole(t, path)
 		execOK(t, s, store.IO{Kind: store.SyncIndex, Layer: 1})
@@ -518,8 +519,8 @@ func TestIndexCrashNeverLooksDamaged(t *testing.T) {
 		if c.Err != store.OK {
 			rt.Fatalf("a crash during a flush left an index read as damaged: %s", c.Detail)
 		}
-		if got.seq != stateA.seq && got.seq != stateM.seq {
-			rt.Fatalf("flushed seq %d, want %d or %d", got.seq, stateA.seq, stateM.seq)
+		if got.seq != stateA.seq && got.seq != stateM.seq || got.fuaSeq != stateA.fuaSeq && got.fuaSeq != stateM.fuaSeq {
+			rt.Fatalf("flushed seq %d FUA seq %d, want %d/%d or %d/%d", got.seq, got.fuaSeq, stateA.seq, stateA.fuaSeq, stateM.seq, stateM.fuaSeq)
 		}
 		for _, b := range unionBlocks(stateA, stateM, got) {
 			g, a, m := got.entries[b], stateA.entries[b], stateM.entries[b]
@@ -537,7 +538,7 @@ func TestIndexCrashNeverLooksDamaged(t *testing.T) {
 		// The layer goes on: a write and a flush after the crash, and the
 		// file reads back whole.
 		more := drawEntries(rt, "after")
-		execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: more, FlushedSeq: 3})
+		execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: more, FlushedSeq: 3, FUASeq: 30})
 		execOK(t, s, store.IO{Kind: store.SyncIndex, Layer: 1})
 		want := applyEntries(got, more, 3)
 		s.Close()
@@ -680,7 +681,8 @@ func TestVersion1IndexStillWorks(t *testing.T) {
 	}
 	added := []proto.BlockState{{BlockIndex: 2, Kind: proto.BlockData, CRC: 22}, {BlockIndex: 600}}
 	execOK(t, s, store.IO{Kind: store.WriteData, Layer: 1, BlockIndex: 2, Data: fill(6, 1)})
-	execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: added, FlushedSeq: 5})
+	execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, Entries: added, FlushedSeq: 5, FUASeq: 9})
+	execOK(t, s, store.IO{Kind: store.WriteIndex, Layer: 1, FUASeq: 8}) // completes late: kept 9
 	execOK(t, s, store.IO{Kind: store.SyncIndex, Layer: 1})
 	execOK(t, s, store.IO{Kind: store.CreateLayer, Layer: 2})
 	s.Close()
@@ -695,7 +697,7 @@ func TestVersion1IndexStillWorks(t *testing.T) {
 	defer s.Close()
 	got, c = readState(s, 1)
 	want := map[uint64]proto.BlockState{1: old[0], 2: added[0]}
-	if c.Err != store.OK || got.seq != 5 || !reflect.DeepEqual(got.entries, want) {
+	if c.Err != store.OK || got.seq != 5 || got.fuaSeq != 9 || !reflect.DeepEqual(got.entries, want) {
 		t.Fatalf("version 1 layer after writes: %v %s %+v", c.Err, c.Detail, got)
 	}
 }
@@ -733,7 +735,7 @@ func TestCrashLostDirectoryThenRecover(t *testing.T) {
 	s.Close()
 	writeAt(t, path, make([]byte, pageBytes), pageOffset(b/pageEntries))
 	s = openStore(t, dir)
-	if _, c := readState(s, 1); c.Err != store.ErrIO || !strings.Contains(c.Detail, "is damaged") {
+	if _, c := readState(s, 1); c.Err != store.ErrDamaged || !strings.Contains(c.Detail, "is damaged") {
 		t.Fatalf("zeroed recorded page: %v %s", c.Err, c.Detail)
 	}
 }

@@ -194,6 +194,7 @@ func (l *layer) pageDamage(p uint64, format string, args ...any) error {
 // headerV2 is the part of a version 2 index header past magic and version.
 type headerV2 struct {
 	flushedSeq uint64
+	fuaSeq     uint64
 	nonce      uint64
 	id         store.LayerID
 	// extent is how many directory pages (groups, dense from 0) the file
@@ -210,6 +211,7 @@ func (h headerV2) encode() [headerV2Bytes]byte {
 	binary.LittleEndian.PutUint64(b[16:], h.nonce)
 	binary.LittleEndian.PutUint64(b[24:], uint64(h.id))
 	binary.LittleEndian.PutUint64(b[32:], h.extent)
+	binary.LittleEndian.PutUint64(b[40:], h.fuaSeq)
 	binary.LittleEndian.PutUint32(b[60:], crc32.Checksum(b[:60], castagnoli))
 	return b
 }
@@ -223,6 +225,7 @@ func decodeHeaderV2(b []byte) (headerV2, bool) {
 		nonce:      binary.LittleEndian.Uint64(b[16:]),
 		id:         store.LayerID(binary.LittleEndian.Uint64(b[24:])),
 		extent:     binary.LittleEndian.Uint64(b[32:]),
+		fuaSeq:     binary.LittleEndian.Uint64(b[40:]),
 	}, true
 }
 
@@ -235,7 +238,7 @@ func newNonce() uint64 {
 
 // writeHeaderV2 rewrites the header from the layer's state; l.mu held.
 func (l *layer) writeHeaderV2() error {
-	b := headerV2{flushedSeq: l.flushedSeq, nonce: l.nonce, id: l.id, extent: l.extent.Load()}.encode()
+	b := headerV2{flushedSeq: l.flushedSeq, fuaSeq: l.fuaSeq, nonce: l.nonce, id: l.id, extent: l.extent.Load()}.encode()
 	if _, err := l.index.WriteAt(b[:], 0); err != nil {
 		return fmt.Errorf("write index header: %w", err)
 	}
@@ -252,7 +255,7 @@ func (l *layer) loadV2(h headerV2, sizeBytes int64) error {
 	if h.id != l.id {
 		return l.headerDamage("it belongs to layer %d", h.id)
 	}
-	l.nonce, l.flushedSeq, l.codec = h.nonce, h.flushedSeq, newSlotCodec(h.nonce, l.id)
+	l.nonce, l.codec = h.nonce, newSlotCodec(h.nonce, l.id)
 	l.extent.Store(h.extent)
 	if h.extent > 0 && sizeBytes < dirOffset(h.extent-1)+pageBytes {
 		return l.headerDamage("the file is %d bytes, but its header records %d directory pages (%d bytes): truncated",
