@@ -132,12 +132,13 @@ func (c cpuTimer) report(b *testing.B) {
 	b.ReportMetric(float64(cpuNow()-c.start)/float64(b.N), "cpu-ns/op")
 }
 
-// fuaAt does a FUA write of p at blk as the replica issues it.
+// fuaAt does a FUA write of p at blk as the replica issues it (its index
+// write carries the write's sequence, crc+1).
 func fuaAt(s *Store, blk uint64, crc uint32, p []byte) error {
 	for _, io := range []store.IO{
 		{Kind: store.WriteData, Layer: 1, BlockIndex: blk, Data: p},
 		{Kind: store.SyncData, Layer: 1},
-		{Kind: store.WriteIndex, Layer: 1, Entries: []proto.BlockState{{BlockIndex: blk, Kind: proto.BlockData, CRC: crc}}},
+		{Kind: store.WriteIndex, Layer: 1, Entries: []proto.BlockState{{BlockIndex: blk, Kind: proto.BlockData, CRC: crc}}, FUASeq: uint64(crc) + 1},
 		{Kind: store.SyncIndex, Layer: 1},
 	} {
 		if c := s.Execute(io); c.Err != store.OK {
