@@ -1,8 +1,11 @@
 package filestore
 
 import (
+	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -13,16 +16,30 @@ import (
 )
 
 // benchLayer returns a store on tmpfs (when there is one) holding layer 1
-// with blocks [0, blocks) written, indexed and synced.
-func benchLayer(b *testing.B, blocks uint64) *Store {
-	s := openStore(b, benchDir(b))
+// with blocks [0, blocks) written, indexed and synced; with format1, in
+// index format version 1 (as an existing data dir holds it).
+func benchLayer(b *testing.B, blocks uint64, format1 bool) *Store {
+	dir := benchDir(b)
+	s := openStore(b, dir)
 	b.Cleanup(func() { s.Close() })
 	must := func(io store.IO) {
 		if c := s.Execute(io); c.Err != store.OK {
 			b.Fatalf("%v: %s", io.Kind, c.Detail)
 		}
 	}
-	must(store.IO{Kind: store.CreateLayer, Layer: 1})
+	if format1 {
+		var h [16]byte
+		copy(h[:], indexMagic)
+		binary.LittleEndian.PutUint32(h[4:], indexVersion1)
+		if err := os.WriteFile(filepath.Join(dir, indexName(1)), h[:], 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dataName(1)), nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		must(store.IO{Kind: store.CreateLayer, Layer: 1})
+	}
 	es := make([]proto.BlockState, blocks)
 	for i := range es {
 		es[i] = proto.BlockState{BlockIndex: uint64(i), Kind: proto.BlockData, CRC: uint32(i) + 1}
@@ -39,7 +56,13 @@ func benchLayer(b *testing.B, blocks uint64) *Store {
 // SyncData, WriteIndex of its one entry, SyncIndex), the index write
 // alone, and cached reads of 1 and 64 blocks with their entries; the
 // parallel cases run the FUA write from every CPU at once.
-func BenchmarkStore(b *testing.B) {
+func BenchmarkStore(b *testing.B) { benchStore(b, false) }
+
+// BenchmarkStoreFormat1 is BenchmarkStore on a layer in index format
+// version 1: the same build's cost without the slot checks.
+func BenchmarkStoreFormat1(b *testing.B) { benchStore(b, true) }
+
+func benchStore(b *testing.B, format1 bool) {
 	const blocks = 4096
 	p := fill(7, 1)
 	fua := func(b *testing.B, s *Store, i int) {
@@ -48,7 +71,7 @@ func BenchmarkStore(b *testing.B) {
 		}
 	}
 	b.Run("fua-write-4KiB", func(b *testing.B) {
-		s := benchLayer(b, blocks)
+		s := benchLayer(b, blocks, format1)
 		b.SetBytes(proto.BlockSize)
 		cpu := startCPU(b)
 		defer cpu.report(b)
@@ -57,7 +80,7 @@ func BenchmarkStore(b *testing.B) {
 		}
 	})
 	b.Run("fua-write-4KiB-parallel", func(b *testing.B) {
-		s := benchLayer(b, blocks)
+		s := benchLayer(b, blocks, format1)
 		b.SetBytes(proto.BlockSize)
 		cpu := startCPU(b)
 		defer cpu.report(b)
@@ -68,7 +91,7 @@ func BenchmarkStore(b *testing.B) {
 		})
 	})
 	b.Run("write-index-1", func(b *testing.B) {
-		s := benchLayer(b, blocks)
+		s := benchLayer(b, blocks, format1)
 		es := []proto.BlockState{{Kind: proto.BlockData}}
 		b.ReportAllocs()
 		cpu := startCPU(b)
@@ -82,7 +105,7 @@ func BenchmarkStore(b *testing.B) {
 	})
 	for _, n := range []uint64{1, 64} {
 		b.Run(fmt.Sprintf("read-%dKiB", n*4), func(b *testing.B) {
-			s := benchLayer(b, blocks)
+			s := benchLayer(b, blocks, format1)
 			entries := make([]proto.BlockState, n)
 			b.SetBytes(int64(n * proto.BlockSize))
 			b.ReportAllocs()
@@ -99,7 +122,7 @@ func BenchmarkStore(b *testing.B) {
 		})
 	}
 	b.Run("read-index-16MiB", func(b *testing.B) {
-		s := benchLayer(b, blocks)
+		s := benchLayer(b, blocks, format1)
 		b.SetBytes(blocks * proto.BlockSize)
 		cpu := startCPU(b)
 		defer cpu.report(b)

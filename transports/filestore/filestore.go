@@ -471,6 +471,9 @@ func (l *layer) create() error {
 // recorded one: concurrent FUA writes complete in any order) in the
 // index header, if either changes it.
 func (l *layer) writeHeader(flushedSeq, fuaSeq uint64) error {
+	if flushedSeq == 0 && fuaSeq == 0 {
+		return nil // most index writes: no lock taken
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if (flushedSeq == 0 || flushedSeq == l.flushedSeq) && fuaSeq <= l.fuaSeq {
