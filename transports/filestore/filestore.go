@@ -179,6 +179,7 @@ type layer struct {
 	// flushedSeq and fuaSeq (both versions) are the header's, under mu.
 	flushedSeq uint64
 	fuaSeq     uint64
+	header     [headerV2Bytes]byte // the header being written, under mu
 	codec      slotCodec
 	nonce      uint64
 	extent     atomic.Uint64
@@ -496,12 +497,12 @@ func (l *layer) writeHeader(flushedSeq, fuaSeq uint64) error {
 	if l.version != indexVersion1 {
 		return l.writeHeaderV2()
 	}
-	var h [24]byte
+	h := l.header[:24]
 	copy(h[:4], indexMagic)
 	binary.LittleEndian.PutUint32(h[4:], indexVersion1)
 	binary.LittleEndian.PutUint64(h[8:], l.flushedSeq)
 	binary.LittleEndian.PutUint64(h[16:], l.fuaSeq)
-	if _, err := l.index.WriteAt(h[:], 0); err != nil {
+	if _, err := l.index.WriteAt(h, 0); err != nil {
 		return fmt.Errorf("write index header: %w", err)
 	}
 	return nil

@@ -203,8 +203,8 @@ type headerV2 struct {
 	extent uint64
 }
 
-func (h headerV2) encode() [headerV2Bytes]byte {
-	var b [headerV2Bytes]byte
+func (h headerV2) encode(b *[headerV2Bytes]byte) {
+	clear(b[:])
 	copy(b[:4], indexMagic)
 	binary.LittleEndian.PutUint32(b[4:], indexVersion)
 	binary.LittleEndian.PutUint64(b[8:], h.flushedSeq)
@@ -213,7 +213,6 @@ func (h headerV2) encode() [headerV2Bytes]byte {
 	binary.LittleEndian.PutUint64(b[32:], h.extent)
 	binary.LittleEndian.PutUint64(b[40:], h.fuaSeq)
 	binary.LittleEndian.PutUint32(b[60:], crc32.Checksum(b[:60], castagnoli))
-	return b
 }
 
 func decodeHeaderV2(b []byte) (headerV2, bool) {
@@ -238,7 +237,8 @@ func newNonce() uint64 {
 
 // writeHeaderV2 rewrites the header from the layer's state; l.mu held.
 func (l *layer) writeHeaderV2() error {
-	b := headerV2{flushedSeq: l.flushedSeq, fuaSeq: l.fuaSeq, nonce: l.nonce, id: l.id, extent: l.extent.Load()}.encode()
+	b := &l.header // the layer's: a local array would escape, an allocation per FUA write
+	headerV2{flushedSeq: l.flushedSeq, fuaSeq: l.fuaSeq, nonce: l.nonce, id: l.id, extent: l.extent.Load()}.encode(b)
 	if _, err := l.index.WriteAt(b[:], 0); err != nil {
 		return fmt.Errorf("write index header: %w", err)
 	}
