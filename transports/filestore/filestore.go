@@ -7,15 +7,105 @@
 //	meta                 the metadata blob, replaced atomically (write
 //	                     meta.tmp, fsync, rename, fsync the directory)
 //	layer-<id>.data      a sparse file, block i at offset i*BlockSize
-//	layer-<id>.index     a 4 KiB header (magic, version, FlushedSeq), then
-//	                     8 bytes per block: kind, 3 zero bytes, CRC32C
-//	                     (little endian); all zeros means absent
+//	layer-<id>.index     the layer's index: a header page, then groups of
+//	                     one directory page and 511 entry pages
+//	                     (format version 2, below)
+//
+// # Index format version 2
+//
+// Every 8-byte slot of the index file checks itself: a tag byte (top bit
+// set, so no written slot is zeros), a 24-bit check and a 32-bit word.
+// The check is CRC32C, seeded with the layer's identity (a random nonce
+// drawn at CreateLayer, and the layer id), of the slot's place (block
+// index, page or group number), tag and word.
+//
+//   - The header (the first 64 bytes of page 0, inside one sector): magic,
+//     version, FlushedSeq, nonce, layer id, extent (how many directory
+//     pages the file holds), FUASeq, and a CRC32C of the rest.
+//   - Entry page p holds the slots of blocks [512p, +512): tag 0x80|kind,
+//     word the block's CRC32C. A page is initialized whole before its
+//     first entry is written: absent blocks get a slot too (tag 0x80).
+//   - Group g is a directory page followed by entry pages [511g, +511).
+//     Directory slot 0 is the page's marker; slot 1+i records that entry
+//     page 511g+i was initialized and synced. Directory pages are written
+//     dense from 0, a group at a time (4 KiB of directory per 1 GiB of
+//     layer address space up to the highest block written; a first write
+//     far past the last one checks the disk has room for them, and fails
+//     with ENOSPC, changing nothing, if not).
+//
+// What is detected, as a *DamageError naming the file and the page, from
+// ReadIndex and from ReadData of an affected block, never as absent: an
+// entry changed (every single-byte change fails the 24-bit check, CRC32C
+// being linear; other damage escapes with odds of 2^-24 per slot), an
+// entry zeroed or a page zeroed, punched or cut off by truncation in a
+// page its directory records, a slot or page copied to another place or
+// from another layer's file (the check binds place and identity), a
+// directory page zeroed or damaged below the header's extent, a file
+// shorter than the extent, a header zeroed or changed (its CRC; version 1
+// headers must have nothing past their 16 bytes, so a flipped version
+// byte is caught too). Not detected: a slot or page that is stale but
+// valid (a lost write: the replica's data checksum then disagrees with
+// the entry and reports the block corrupt), and a recorded page zeroed
+// together with its directory slot (two pages damaged in concert). A
+// ReadData checks the entries it returns, and the directory slot and
+// marker of a page only when an entry it needs is zeros; ReadIndex
+// checks every page it reads.
+//
+// Why a check per slot and not a checksum per page. A page checksum
+// needs a read-modify-write of the page for every entry written (a FUA
+// write writes one), under a lock, since the store runs one layer's
+// WriteIndex IOs concurrently; and a page torn by a crash fails its
+// checksum: a 4 KiB write is atomic on the page cache's side, but a disk
+// promises only its atomic write unit, often one 512-byte sector, so
+// every power loss during a flush could turn into a damaged replica.
+// With a check per slot an entry write is a pwrite of its own 8 bytes
+// with no lock, and a page torn at sector boundaries holds old and new
+// slots, each whole: what the store contract allows (a crash keeps any
+// subset of unsynced writes, block by block). The assumption is only
+// that a sector is written whole or not at all; a slot torn inside a
+// sector fails its check and is damage, never accepted.
+//
+// Crash safety of the directory. A page is initialized at its first use
+// in an open layer (the index reservation of a data write, or an index
+// write), under the layer's mutex, so IOs of that page wait for it; its
+// directory slot is set only by the next SyncIndex, after an fdatasync
+// made the page durable, and followed by a second fdatasync (raising the
+// header's extent to the directory pages written). So after any crash a
+// recorded page is whole and a zero in it is damage, while a page not
+// yet recorded may be half initialized and its zeros read as absent
+// (they were). ReadIndex finds unrecorded pages that are whole (a crash
+// between the two fdatasyncs) and records them at the next SyncIndex.
+// Only a SyncIndex after the first use of a 2 MiB region pays the second
+// fdatasync; overwrites cost what they did.
+//
+// Cost (BenchmarkStore against BenchmarkStoreFormat1 and BenchmarkSlotCheck
+// in one run): checking a slot is 13 table lookups, about a twentieth of
+// a 4 KiB CRC32C, and a ReadData checks one slot per block it returns (a
+// block never written: two directory slots more, through the mapping, so
+// no system call), so 4 KiB reads and overwriting FUA writes cost within
+// the noise of version 1; ReadIndex checks every slot it reads; the first
+// write into a 2 MiB region initializes its page (512 slots) and pays the
+// second fdatasync, about 13 us more CPU on tmpfs. The file grows by the
+// directory pages, 1/512.
+//
+// Version 1 (a 16-byte header — magic, version, FlushedSeq — then 8
+// bytes per block from offset 4096: kind, 3 zero bytes, CRC32C; all zeros
+// absent; no checks; builds since FUASeq keep it in header bytes 16-24,
+// which older builds leave zero and ignore) is still read, and a
+// version 1 layer takes writes in version 1: a layer keeps the format it
+// was created in. Upgrading at open would rewrite every index of an
+// existing data dir (its size in IO and space, crash-safely through a
+// copy and a rename) and would write into backing image indexes, which
+// replicas share read-only through symlinks; instead layers become
+// version 2 as they are created: the next snapshot starts a version 2
+// head, and a rebuild writes version 2 layers.
 //
 // WriteData, PunchHole and WriteIndex are pwrite/fallocate calls, made
 // durable by SyncData/SyncIndex (fdatasync). CreateLayer and RemoveLayer
 // sync the files and the directory before completing. A write that finds
-// the disk full (ENOSPC) changes nothing: its blocks, and the index pages
-// that will describe them, are allocated with fallocate before any byte is
+// the disk full (ENOSPC) changes nothing: its blocks are allocated with
+// fallocate, and the index pages that will describe them initialized
+// (version 1: allocated with fallocate), before any byte of data is
 // written (once per block: an open layer remembers the blocks it has
 // reserved or written, whose overwrite needs no new space on file systems
 // that write in place, such as ext4, xfs and tmpfs).
@@ -32,6 +122,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -50,9 +141,12 @@ const (
 	indexHeaderBytes = 4096
 	entryBytes       = 8
 	indexMagic       = "DRVI"
-	indexVersion     = 1
-	// indexPageEntries is how many entries share one 4 KiB page of the
-	// index file: the unit of index space allocation.
+	// indexVersion is the index format this build writes; it reads
+	// indexVersion1 too.
+	indexVersion  = 2
+	indexVersion1 = 1
+	// indexPageEntries is how many entries share one 4 KiB page of a
+	// version 1 index file: the unit of its space allocation.
 	indexPageEntries = 4096 / entryBytes
 	// readIndexChunkBytes bounds one read of index entries (1 MiB).
 	readIndexChunkBytes = 1 << 20
@@ -78,8 +172,26 @@ type layer struct {
 	data  *os.File
 	index *os.File
 
-	// allocated records index pages known to be allocated, so WriteData
-	// reserves index space once per page (see reserveIndex); dataHeld the
+	// version is the index file's format: indexVersion1 or indexVersion.
+	// It is set when the layer is opened or created, before any IO.
+	version uint32
+	// Version 2 state (indexv2.go): the layer's identity, the header's
+	// FlushedSeq and extent, the directory pages written (dense from 0),
+	// and the entry pages initialized but not yet recorded in their
+	// directory (done at the next SyncIndex). extent is read without mu.
+	// flushedSeq and fuaSeq (both versions) are the header's, under mu.
+	flushedSeq uint64
+	fuaSeq     uint64
+	header     [headerV2Bytes]byte // the header being written, under mu
+	codec      slotCodec
+	nonce      uint64
+	extent     atomic.Uint64
+	dirs       uint64
+	pending    []uint64
+
+	// allocated records index pages known to be allocated (version 1) or
+	// initialized (version 2), so WriteData reserves index space once per
+	// page (see reserveIndex); dataHeld the
 	// data blocks this open layer has reserved or written (and not
 	// punched since), whose overwrite needs no new space, so it skips the
 	// fallocate. (On file systems that write in place — ext4, xfs, tmpfs;
@@ -177,6 +289,8 @@ func classify(err error) store.Err {
 		return store.ErrNoSpace
 	case errors.Is(err, errMissing):
 		return store.ErrMissing
+	case errors.As(err, new(*DamageError)):
+		return store.ErrDamaged
 	}
 	return store.ErrIO
 }
@@ -358,7 +472,12 @@ func (l *layer) close() error {
 }
 
 func (l *layer) create() error {
-	if err := l.writeHeader(0); err != nil {
+	l.mu.Lock()
+	l.version, l.nonce = indexVersion, newNonce()
+	l.codec = newSlotCodec(l.nonce, l.id)
+	err := l.writeHeaderV2()
+	l.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if err := l.data.Sync(); err != nil {
@@ -370,36 +489,102 @@ func (l *layer) create() error {
 	return nil
 }
 
-func (l *layer) writeHeader(flushedSeq uint64) error {
-	var h [16]byte
+// writeHeader records flushedSeq (if nonzero) and fuaSeq (if above the
+// recorded one: concurrent FUA writes complete in any order) in the
+// index header, if either changes it.
+func (l *layer) writeHeader(flushedSeq, fuaSeq uint64) error {
+	if flushedSeq == 0 && fuaSeq == 0 {
+		return nil // most index writes: no lock taken
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if (flushedSeq == 0 || flushedSeq == l.flushedSeq) && fuaSeq <= l.fuaSeq {
+		return nil
+	}
+	if flushedSeq != 0 {
+		l.flushedSeq = flushedSeq
+	}
+	l.fuaSeq = max(l.fuaSeq, fuaSeq)
+	if l.version != indexVersion1 {
+		return l.writeHeaderV2()
+	}
+	h := l.header[:24]
 	copy(h[:4], indexMagic)
-	binary.LittleEndian.PutUint32(h[4:], indexVersion)
-	binary.LittleEndian.PutUint64(h[8:], flushedSeq)
-	if _, err := l.index.WriteAt(h[:], 0); err != nil {
+	binary.LittleEndian.PutUint32(h[4:], indexVersion1)
+	binary.LittleEndian.PutUint64(h[8:], l.flushedSeq)
+	binary.LittleEndian.PutUint64(h[16:], l.fuaSeq)
+	if _, err := l.index.WriteAt(h, 0); err != nil {
 		return fmt.Errorf("write index header: %w", err)
 	}
-	l.imap.grew(int64(len(h)))
 	return nil
 }
 
-// readHeader returns the FlushedSeq in the index header.
-func (l *layer) readHeader() (uint64, error) {
-	var h [16]byte
-	if _, err := l.index.ReadAt(h[:], 0); err != nil {
-		return 0, fmt.Errorf("read index header of layer %d: %w", l.id, err)
+// readHeader reads and checks the index header: its version, and for
+// version 2 the rest of it.
+func (l *layer) readHeader() (uint32, headerV2, error) {
+	var h [headerV2Bytes]byte
+	n, err := l.index.ReadAt(h[:], 0)
+	if err != nil && !errors.Is(err, iofs.EOF) {
+		return 0, headerV2{}, fmt.Errorf("read index header of layer %d: %w", l.id, err)
+	}
+	if n < 16 {
+		return 0, headerV2{}, l.headerDamage("the file is %d bytes, too short for a header: truncated", n)
 	}
 	if string(h[:4]) != indexMagic {
-		return 0, fmt.Errorf("index file of layer %d is damaged: bad magic %q", l.id, h[:4])
+		return 0, headerV2{}, l.headerDamage("bad magic %q", h[:4])
 	}
-	if v := binary.LittleEndian.Uint32(h[4:]); v != indexVersion {
-		return 0, fmt.Errorf("index file of layer %d has version %d, this build reads %d", l.id, v, indexVersion)
+	switch v := binary.LittleEndian.Uint32(h[4:]); v {
+	case indexVersion1:
+		// Version 1 wrote 16 bytes, and FUASeq 8 more; the rest of its
+		// header page is zeros. A version 2 header with its version
+		// damaged to 1 is not.
+		if n > 24 && !allZero(h[24:n]) {
+			return 0, headerV2{}, l.headerDamage("a version 1 header with bytes past its end: a damaged version 2 header")
+		}
+		var fuaSeq uint64
+		if n >= 24 {
+			fuaSeq = binary.LittleEndian.Uint64(h[16:])
+		}
+		return v, headerV2{flushedSeq: binary.LittleEndian.Uint64(h[8:]), fuaSeq: fuaSeq}, nil
+	case indexVersion:
+		if n < headerV2Bytes {
+			return 0, headerV2{}, l.headerDamage("the file is %d bytes, too short for a header: truncated", n)
+		}
+		hv, ok := decodeHeaderV2(h[:])
+		if !ok {
+			return 0, headerV2{}, l.headerDamage("its checksum does not match")
+		}
+		return v, hv, nil
+	default:
+		return 0, headerV2{}, fmt.Errorf("index file of layer %d has version %d, this build reads %d and %d", l.id, v, indexVersion1, indexVersion)
 	}
-	return binary.LittleEndian.Uint64(h[8:]), nil
 }
 
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkHeader reads the header of a layer being opened and takes in its
+// version (and, for version 2, its state).
 func (l *layer) checkHeader() error {
-	_, err := l.readHeader()
-	return err
+	v, h, err := l.readHeader()
+	if err != nil {
+		return err
+	}
+	l.version, l.flushedSeq, l.fuaSeq = v, h.flushedSeq, h.fuaSeq
+	if v == indexVersion1 {
+		return nil
+	}
+	st, err := l.index.Stat()
+	if err != nil {
+		return fmt.Errorf("stat index: %w", err)
+	}
+	return l.loadV2(h, st.Size())
 }
 
 func (l *layer) execute(io store.IO, c *store.Completion) error {
@@ -407,9 +592,12 @@ func (l *layer) execute(io store.IO, c *store.Completion) error {
 	case store.ReadIndex:
 		return l.readIndex(io, c)
 	case store.WriteIndex:
-		return l.writeIndex(io.Entries, io.FlushedSeq)
+		return l.writeIndex(io.Entries, io.FlushedSeq, io.FUASeq)
 	case store.SyncIndex:
-		return l.sync(l.index)
+		if l.version == indexVersion1 {
+			return l.sync(l.index)
+		}
+		return l.syncIndexV2()
 	case store.ReadData:
 		return l.readData(io, c)
 	case store.WriteData:
@@ -429,11 +617,11 @@ func (l *layer) sync(f *os.File) error {
 	return nil
 }
 
-func entryOffset(blockIndex uint64) int64 {
+func entryOffsetV1(blockIndex uint64) int64 {
 	return indexHeaderBytes + int64(blockIndex)*entryBytes
 }
 
-func putEntry(b []byte, e proto.BlockState) {
+func putEntryV1(b []byte, e proto.BlockState) {
 	if e.Kind == proto.BlockAbsent {
 		e.CRC = 0 // absent is all zeros, whatever the caller's CRC
 	}
@@ -442,7 +630,7 @@ func putEntry(b []byte, e proto.BlockState) {
 	binary.LittleEndian.PutUint32(b[4:], e.CRC)
 }
 
-func getEntry(b []byte, blockIndex uint64) proto.BlockState {
+func getEntryV1(b []byte, blockIndex uint64) proto.BlockState {
 	e := proto.BlockState{BlockIndex: blockIndex, Kind: proto.BlockKind(b[0]), CRC: binary.LittleEndian.Uint32(b[4:])}
 	if e.Kind > proto.BlockZero {
 		// Not a kind this store writes: report data with an impossible
@@ -454,7 +642,12 @@ func getEntry(b []byte, blockIndex uint64) proto.BlockState {
 
 // writeIndex stores entries (a later entry for a block wins), one pwrite
 // per run of consecutive blocks.
-func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error {
+func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq, fuaSeq uint64) error {
+	for _, e := range entries {
+		if e.Kind > proto.BlockZero {
+			return fmt.Errorf("index entry of block %d has unknown kind %d", e.BlockIndex, e.Kind)
+		}
+	}
 	// Entries are the replica's (an op's own, for a FUA write): sorted
 	// in a copy only when they are not sorted already.
 	sorted := entries
@@ -474,7 +667,8 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 		if i+1 < len(sorted) && sorted[i+1].BlockIndex == e.BlockIndex {
 			continue // a later entry for the same block follows
 		}
-		if len(buf) > 0 && (e.BlockIndex != start+uint64(len(buf)/entryBytes) || len(buf) == cap(buf)) {
+		if len(buf) > 0 && (e.BlockIndex != start+uint64(len(buf)/entryBytes) || len(buf) == cap(buf) ||
+			l.version != indexVersion1 && e.BlockIndex%groupBlocks == 0) { // a directory page comes between groups
 			if err := l.writeEntryRun(buf, start); err != nil {
 				return err
 			}
@@ -484,15 +678,16 @@ func (l *layer) writeIndex(entries []proto.BlockState, flushedSeq uint64) error 
 			start = e.BlockIndex
 		}
 		buf = buf[:len(buf)+entryBytes]
-		putEntry(buf[len(buf)-entryBytes:], e)
+		if l.version == indexVersion1 {
+			putEntryV1(buf[len(buf)-entryBytes:], e)
+		} else {
+			l.codec.putEntry(buf[len(buf)-entryBytes:], e)
+		}
 	}
 	if err := l.writeEntryRun(buf, start); err != nil {
 		return err
 	}
-	if flushedSeq != 0 {
-		return l.writeHeader(flushedSeq)
-	}
-	return nil
+	return l.writeHeader(flushedSeq, fuaSeq)
 }
 
 func byBlockIndex(a, b proto.BlockState) int { return cmp.Compare(a.BlockIndex, b.BlockIndex) }
@@ -502,10 +697,18 @@ func (l *layer) writeEntryRun(buf []byte, start uint64) error {
 	if len(buf) == 0 {
 		return nil
 	}
-	if _, err := l.index.WriteAt(buf, entryOffset(start)); err != nil {
+	off := entryOffsetV1(start)
+	if l.version != indexVersion1 {
+		end := start + uint64(len(buf)/entryBytes)
+		if err := l.initPages(start/pageEntries, (end-1)/pageEntries); err != nil {
+			return err
+		}
+		off = entryOffsetV2(start)
+	}
+	if _, err := l.index.WriteAt(buf, off); err != nil {
 		return fmt.Errorf("write index entries at block %d: %w", start, err)
 	}
-	l.imap.grew(entryOffset(start) + int64(len(buf)))
+	l.imap.grew(off + int64(len(buf)))
 	return nil
 }
 
@@ -514,15 +717,18 @@ func (l *layer) writeEntryRun(buf []byte, start uint64) error {
 // in 1 MiB chunks and skips all-zero (absent) entries, so a large sparse
 // layer costs what it holds.
 func (l *layer) readIndex(io store.IO, c *store.Completion) error {
-	seq, err := l.readHeader()
+	_, h, err := l.readHeader()
 	if err != nil {
 		return err
 	}
-	c.FlushedSeq = seq
+	c.FlushedSeq, c.FUASeq = h.flushedSeq, h.fuaSeq
+	if l.version != indexVersion1 {
+		return l.readIndexV2(io, c)
+	}
 	if io.BlockCount == 0 {
 		return nil
 	}
-	lo, hi := entryOffset(io.BlockIndex), entryOffset(io.BlockIndex+io.BlockCount)
+	lo, hi := entryOffsetV1(io.BlockIndex), entryOffsetV1(io.BlockIndex+io.BlockCount)
 	fd := int(l.index.Fd())
 	buf := make([]byte, readIndexChunkBytes)
 	for off := lo; off < hi; {
@@ -563,7 +769,7 @@ func appendEntries(c *store.Completion, b []byte, firstBlock uint64) {
 		if binary.LittleEndian.Uint64(b[i:]) == 0 {
 			continue
 		}
-		c.Entries = append(c.Entries, getEntry(b[i:i+entryBytes], firstBlock+uint64(i/entryBytes)))
+		c.Entries = append(c.Entries, getEntryV1(b[i:i+entryBytes], firstBlock+uint64(i/entryBytes)))
 	}
 }
 
@@ -586,18 +792,21 @@ func (l *layer) readData(io store.IO, c *store.Completion) error {
 	} else {
 		raw = make([]byte, n)
 	}
-	if !l.imap.read(raw, entryOffset(io.BlockIndex)) {
-		if err := readFull(l.index, raw, entryOffset(io.BlockIndex)); err != nil {
-			return fmt.Errorf("read index entries: %w", err)
-		}
-	}
 	if uint64(cap(io.Entries)) >= io.BlockCount {
 		c.Entries = io.Entries[:io.BlockCount] // the replica's buffer (store.ReadData)
 	} else {
 		c.Entries = make([]proto.BlockState, io.BlockCount)
 	}
+	if l.version != indexVersion1 {
+		return l.readEntriesV2(io, raw, c.Entries)
+	}
+	if !l.imap.read(raw, entryOffsetV1(io.BlockIndex)) {
+		if err := readFull(l.index, raw, entryOffsetV1(io.BlockIndex)); err != nil {
+			return fmt.Errorf("read index entries: %w", err)
+		}
+	}
 	for i := range c.Entries {
-		c.Entries[i] = getEntry(raw[i*entryBytes:(i+1)*entryBytes], io.BlockIndex+uint64(i))
+		c.Entries[i] = getEntryV1(raw[i*entryBytes:(i+1)*entryBytes], io.BlockIndex+uint64(i))
 	}
 	return nil
 }
@@ -733,8 +942,12 @@ func (l *layer) held(blockIndex, count uint64) bool {
 }
 
 // reserveIndex allocates the index pages holding the entries of blocks
-// [blockIndex, +blockCount), once per page for the life of the open layer.
+// [blockIndex, +blockCount), once per page for the life of the open layer:
+// version 2 initializes them (initPages), version 1 fallocates them.
 func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
+	if l.version != indexVersion1 {
+		return l.initPages(blockIndex/pageEntries, (blockIndex+blockCount-1)/pageEntries)
+	}
 	first, last := blockIndex/indexPageEntries, (blockIndex+blockCount-1)/indexPageEntries
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -742,7 +955,7 @@ func (l *layer) reserveIndex(blockIndex, blockCount uint64) error {
 		if _, ok := l.allocated[p]; ok {
 			continue
 		}
-		off, n := entryOffset(p*indexPageEntries), int64(indexPageEntries*entryBytes)
+		off, n := entryOffsetV1(p*indexPageEntries), int64(indexPageEntries*entryBytes)
 		switch err := unix.Fallocate(int(l.index.Fd()), 0, off, n); {
 		case err == nil:
 			l.imap.grew(off + n) // the file now holds these bytes

@@ -31,7 +31,9 @@ func fill(v byte, blocks int) []byte { return bytes.Repeat([]byte{v}, blocks*pro
 
 // fastDir returns a fresh directory on /dev/shm when there is one (the
 // property test makes thousands of fsyncs), else under t.TempDir.
-func fastDir(t *testing.T) string {
+func fastDir(t *testing.T) string { return fastDirTB(t) }
+
+func fastDirTB(t testing.TB) string {
 	dir, err := os.MkdirTemp("/dev/shm", "filestore-test-")
 	if err != nil {
 		return t.TempDir()
@@ -75,7 +77,8 @@ func TestMatchesMemstore(t *testing.T) {
 					es[i] = proto.BlockState{BlockIndex: rapid.Uint64Range(0, blocks-1).Draw(rt, "eb"),
 						Kind: proto.BlockKind(rapid.IntRange(0, 2).Draw(rt, "kind")), CRC: rapid.Uint32().Draw(rt, "crc")}
 				}
-				io = store.IO{Kind: store.WriteIndex, Layer: id, Entries: es, FlushedSeq: rapid.Uint64Range(0, 3).Draw(rt, "seq")}
+				io = store.IO{Kind: store.WriteIndex, Layer: id, Entries: es, FlushedSeq: rapid.Uint64Range(0, 3).Draw(rt, "seq"),
+					FUASeq: rapid.Uint64Range(0, 5).Draw(rt, "fua seq")}
 			case 7:
 				io = store.IO{Kind: rapid.SampledFrom([]store.Kind{store.SyncData, store.SyncIndex}).Draw(rt, "sync"), Layer: id}
 			case 8:

@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -49,9 +50,15 @@ func (m *indexMap) grew(end int64) {
 	}
 }
 
+// known returns how many bytes the file is known to hold.
+func (m *indexMap) known() int64 { return m.size.Load() }
+
 // read copies [off, off+len(b)) of the file into b and reports whether it
-// could (the range is mapped and known to exist).
-func (m *indexMap) read(b []byte, off int64) bool {
+// could (the range is mapped and known to exist). A file cut shorter
+// behind the store's back (damage while running) makes the copy fault:
+// that is recovered as a failed read, so the caller's pread sees the
+// damage and reports it, rather than the fault stopping the process.
+func (m *indexMap) read(b []byte, off int64) (ok bool) {
 	end := off + int64(len(b))
 	if end > m.size.Load() || end > indexMapBytes {
 		return false
@@ -61,6 +68,12 @@ func (m *indexMap) read(b []byte, off int64) bool {
 	if m.mem == nil {
 		return false
 	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
 	copy(b, m.mem[off:end])
 	return true
 }
