@@ -117,29 +117,8 @@ func (e *Engine) mergeWindow(t *adminTask, from uint64) {
 			for _, id := range refusers {
 				e.replicaFailed(id, fmt.Sprintf("refused to merge snapshot %q that other replicas hold", t.req.Name))
 			}
-			e.flushMerged(t, from+n)
+			e.mergeWindow(t, from+n)
 		}
-	})
-}
-
-// flushMerged makes the window just merged durable on every replica
-// before the next one starts. Unflushed, the child's new entries piled up
-// until OpDeleteSnapshot synced them all in one call: for the rebuild
-// snapshot of a 2 GiB volume on disk, 2 GiB on each replica at once,
-// which under disk load outlasted the call timeout on both replicas; the
-// engine then failed both and the snapshot was never merged away (the
-// `drover bench rebuild` hang). A window is at most 64 MiB, so no call
-// syncs more than that per replica.
-func (e *Engine) flushMerged(t *adminTask, next uint64) {
-	if len(e.admin) == 0 || e.admin[0] != t {
-		return // failed meanwhile (failAll)
-	}
-	e.sendAll(proto.Request{Op: proto.OpFlush, Seq: e.writeSeq}, func(okCount int, _ error, _ []proto.ReplicaID) {
-		if okCount == 0 {
-			e.finishAdmin(t, nil, fmt.Errorf("%w: flush after merging snapshot %q failed on every replica", ErrIO, t.req.Name))
-			return
-		}
-		e.mergeWindow(t, next)
 	})
 }
 
