@@ -72,8 +72,9 @@ build:
 # the shell with -race: iSCSI's conformance suites and cmd/drover's
 # process tests take 2-3x as long under -race (about 8 min together),
 # which would push make test past its 15-minute budget on 2 cores.
-# TestDataPathAllocatesNothing skips under -race (the detector drops
-# sync.Pool items), so make test also runs it without.
+# TestDataPathAllocatesNothing and TestHostileClientsMemoryBounded skip
+# under -race (the detector drops sync.Pool items and keeps shadow memory),
+# so make test also runs them without.
 RACE_PKGS           := ./transports/... ./frontends/device ./frontends/nbd/...
 RACE_SLOW_PKGS      := ./frontends/iscsi ./cmd/drover
 race_pkg_list        = $(shell $(GO) list $(RACE_PKGS))
@@ -83,6 +84,7 @@ test: $(VERSITYGW_STAMP)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(plain_pkg_list)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestDataPathAllocatesNothing$$' ./transports/enginerun
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestHostileClientsMemoryBounded$$' ./frontends/nbd
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 test-race: $(VERSITYGW_STAMP)
