@@ -44,11 +44,12 @@ export SIM_SEED_WINDOW
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
-	@echo "make test      unit, property and purity tests, then a fuzz smoke run of $(FUZZTIME) per target"
+	@echo "make test      unit, property, purity and process tests ($(RACE_PKGS) under -race), then a fuzz smoke run of $(FUZZTIME) per target"
+	@echo "make test-race the rest of the concurrent shell under -race ($(RACE_SLOW_PKGS)); .ci/run runs it after make test"
 	@echo "make lint      gofmt, go vet, staticcheck $(STATICCHECK_VERSION)"
 	@echo "make sim-long  $(SIM_LONG_SEEDS) swarm seeds of the simulator, then as many of the 'all' profile at 5000 ops"
 	@echo "make fuzz      run every fuzz target for FUZZTIME (default $(FUZZTIME))"
@@ -65,9 +66,29 @@ help:
 build:
 	$(GO) build -o $(BIN)/drover ./cmd/drover
 
+# The concurrent shell (transports/, frontends/, cmd/drover) runs under
+# the race detector. make test runs RACE_PKGS with -race and everything
+# else without; make test-race (which .ci/run also runs) runs the rest of
+# the shell with -race: iSCSI's conformance suites and cmd/drover's
+# process tests take 2-3x as long under -race (about 8 min together),
+# which would push make test past its 15-minute budget on 2 cores.
+# TestDataPathAllocatesNothing and TestHostileClientsMemoryBounded skip
+# under -race (the detector drops sync.Pool items and keeps shadow memory),
+# so make test also runs them without.
+RACE_PKGS           := ./transports/... ./frontends/device ./frontends/nbd/...
+RACE_SLOW_PKGS      := ./frontends/iscsi ./cmd/drover
+race_pkg_list        = $(shell $(GO) list $(RACE_PKGS))
+plain_pkg_list       = $(filter-out $(race_pkg_list),$(shell $(GO) list ./...))
+
 test: $(VERSITYGW_STAMP)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(plain_pkg_list)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestDataPathAllocatesNothing$$' ./transports/enginerun
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestHostileClientsMemoryBounded$$' ./frontends/nbd
 	@$(MAKE) --no-print-directory fuzz-smoke
+
+test-race: $(VERSITYGW_STAMP)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_SLOW_PKGS)
 
 fuzz-smoke fuzz:
 	@targets="$$($(fuzz_targets))"; \

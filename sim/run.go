@@ -280,12 +280,12 @@ func (s *Sim) clientDone() {
 func (s *Sim) awaitConverged() {
 	if s.now-s.healAt > convergeBoundUs {
 		info := s.current().e.Info()
-		s.fail("liveness: replicas did not converge within %ds of healing: %s", convergeBoundUs/1_000_000, describeInfo(info))
+		s.fail("liveness: replicas did not converge within %ds of healing: %s%s", convergeBoundUs/1_000_000, describeInfo(info), s.describeRebuildSnapshots(s.current()))
 		s.stopped = true
 		return
 	}
 	en := s.current()
-	if !en.alive || !en.e.Serving() || s.hist.pausing || !s.membersRW(en.e.Info()) {
+	if !en.alive || !en.e.Serving() || s.hist.pausing || !s.membersRW(en.e.Info()) || len(s.rebuildSnapshotsLeft(en)) > 0 {
 		s.after(10_000, s.awaitConverged)
 		return
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd/nbdbench"
@@ -202,9 +203,11 @@ func benchRebuild(ctx context.Context, progress io.Writer, exe, dir string, size
 
 	// The rebuild snapshot is merged away on both replicas before r2 goes:
 	// a replica that misses the merge no longer shares the layer.
+	t0 = time.Now()
 	if err := waitNoRebuildSnapshots(ctx, d); err != nil {
 		return nil, err
 	}
+	fmt.Fprintf(progress, "rebuild snapshot merged away in %.1f s\n", time.Since(t0).Seconds())
 	dst.stop()
 	blocks := sizeBytes / proto.BlockSize
 	rep.ChangedBlocks = blocks / 10
@@ -442,18 +445,33 @@ func rewriteBlocks(ctx context.Context, vol *enginerun.Volume, blocks, n uint64)
 	return vol.Flush(ctx)
 }
 
+// waitNoRebuildSnapshots waits until the engine's chain holds no rebuild
+// snapshot (the engine merges it away once every replica is RW). It gives
+// up with the engine's state when the engine stops serving or a replica
+// leaves RW (then nothing will merge it), or after mergeWait.
 func waitNoRebuildSnapshots(ctx context.Context, d *enginerun.Driver) error {
+	const mergeWait = 10 * time.Minute
+	deadline := time.Now().Add(mergeWait)
 	for {
 		info, err := d.Info(ctx)
 		if err != nil {
 			return err
 		}
-		left := false
+		var left []string
 		for _, n := range info.Chain {
-			left = left || strings.HasPrefix(n, "rebuild-")
+			if strings.HasPrefix(n, "rebuild-") {
+				left = append(left, n)
+			}
 		}
-		if !left {
+		if len(left) == 0 {
 			return nil
+		}
+		if why := mergeStuck(info.VolumeInfo); why != "" || time.Now().After(deadline) {
+			if why == "" {
+				why = fmt.Sprintf("still there after %v", mergeWait)
+			}
+			return fmt.Errorf("rebuild snapshot %s not merged away: %s (phase %s %s, replicas %v)",
+				strings.Join(left, ","), why, info.Phase, info.Why, info.Replicas)
 		}
 		select {
 		case <-ctx.Done():
@@ -461,6 +479,19 @@ func waitNoRebuildSnapshots(ctx context.Context, d *enginerun.Driver) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// mergeStuck says why no merge of a rebuild snapshot can come, or "".
+func mergeStuck(info engine.VolumeInfo) string {
+	if info.Phase != "serving" {
+		return "the engine is not serving"
+	}
+	for _, r := range info.Replicas {
+		if r.Mode != engine.ModeRW {
+			return fmt.Sprintf("replica %s is %v: %s", r.ID, r.Mode, r.Why)
+		}
+	}
+	return ""
 }
 
 // netListenLoopback returns a free loopback TCP address.

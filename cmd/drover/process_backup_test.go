@@ -17,6 +17,7 @@ import (
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/objstore/s3test"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // devVolume is a `drover dev` process serving one named volume.
@@ -342,7 +343,7 @@ func TestProcessBackupKillResumeDeleteDR(t *testing.T) {
 func TestProcessBackupFio(t *testing.T) {
 	needTools(t, "fio")
 	if out, _ := exec.Command("fio", "--enghelp=nbd").CombinedOutput(); !bytes.Contains(out, []byte("uri")) {
-		t.Skip("this fio has no nbd engine; skipping")
+		testenv.Unavailable(t, "this fio has no nbd engine")
 	}
 	target := t.TempDir()
 	devNBD := func(volume string, size uint64) (*devVolume, string) {

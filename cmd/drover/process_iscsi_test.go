@@ -11,15 +11,16 @@ import (
 	"testing"
 
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
-// needQemuISCSI skips the test when qemu has no iSCSI block driver
-// (Debian ships it in qemu-block-extra, which .ci/run installs).
+// needQemuISCSI stops the test (see testenv) when qemu has no iSCSI block
+// driver (Debian ships it in qemu-block-extra, which .ci/run installs).
 func needQemuISCSI(t *testing.T) {
 	t.Helper()
 	out, _ := exec.Command("qemu-io", "-f", "raw", "-c", "quit", "iscsi://127.0.0.1:1/iqn.invalid:x/0").CombinedOutput()
 	if strings.Contains(string(out), "Unknown protocol") || strings.Contains(string(out), "not found") {
-		t.Skipf("qemu has no iSCSI driver (apt-get install qemu-block-extra): %s", out)
+		testenv.Unavailable(t, "qemu has no iSCSI driver (apt-get install qemu-block-extra): %s", out)
 	}
 }
 

@@ -13,17 +13,14 @@ import (
 
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
-// needTools skips the test when a real client is missing (.ci/run installs
-// them all).
+// needTools stops the test when a real client is missing (see testenv;
+// .ci/run installs them all).
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (.ci/run installs it); skipping", tool)
-		}
-	}
+	testenv.NeedTools(t, tools...)
 }
 
 // sh runs a command to completion and fails the test with its output if
@@ -119,12 +116,8 @@ func TestProcessDevNBDKill9(t *testing.T) {
 // restarts it, and requires fsck.ext4 -f to be clean and the files intact.
 func TestProcessDevExt4Kill9(t *testing.T) {
 	needTools(t, "nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount")
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for losetup and mount; skipping")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no FUSE (%v); skipping", err)
-	}
+	testenv.NeedRoot(t, "losetup and mount")
+	testenv.NeedFUSE(t)
 	d := newDevServer(t, 128<<20, "128MiB")
 	dir := t.TempDir()
 	fsDir := filepath.Join(dir, "fs")
@@ -147,7 +140,7 @@ func TestProcessDevExt4Kill9(t *testing.T) {
 		out, err := exec.Command("losetup", "--find", "--show", image).CombinedOutput()
 		if err != nil {
 			unmount()
-			t.Skipf("no loop device available (%v: %s); skipping", err, out)
+			testenv.Unavailable(t, "no loop device available (%v: %s)", err, out)
 		}
 		loop = strings.TrimSpace(string(out))
 		detach = func() {
@@ -223,7 +216,7 @@ func nbdfuse(t *testing.T, dir, uri string) (string, func()) {
 		}
 		select {
 		case <-exited:
-			t.Skipf("nbdfuse exited before mounting (%v: %s); skipping", waitErr, stderr.String())
+			testenv.Unavailable(t, "nbdfuse exited before mounting (%v: %s)", waitErr, stderr.String())
 		case <-deadline:
 			t.Fatalf("nbdfuse did not mount within 30s: %s", stderr.String())
 		case <-time.After(20 * time.Millisecond):
@@ -240,7 +233,7 @@ func nbdfuse(t *testing.T, dir, uri string) (string, func()) {
 func TestProcessFioKillReplica(t *testing.T) {
 	needTools(t, "fio", "nbdcopy")
 	if out, _ := exec.Command("fio", "--enghelp=nbd").CombinedOutput(); !bytes.Contains(out, []byte("uri")) {
-		t.Skip("this fio has no nbd engine; skipping")
+		testenv.Unavailable(t, "this fio has no nbd engine")
 	}
 	const sizeBytes = 128 << 20
 	c := newCluster(t, sizeBytes, []string{freeAddr(t), freeAddr(t), freeAddr(t)}, make([][]string, 3))

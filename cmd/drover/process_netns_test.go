@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // netnsLab puts each replica in a network namespace of its own, joined to
@@ -22,12 +24,8 @@ type netnsLab struct {
 
 func newNetnsLab(t *testing.T, n int) *netnsLab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network namespace test needs root (ip netns, veth); skipping")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("network namespace test needs ip from iproute2 (.ci/run installs it); skipping")
-	}
+	testenv.NeedRoot(t, "network namespaces (ip netns, veth)")
+	testenv.NeedTools(t, "ip")
 	l := &netnsLab{t: t}
 	tag := os.Getpid() % 100000
 	// 198.18.0.0/15 is reserved for benchmarking networks (RFC 2544), so
@@ -37,7 +35,7 @@ func newNetnsLab(t *testing.T, n int) *netnsLab {
 		ns := fmt.Sprintf("drover-t%d-r%d", tag, i)
 		host, peer := fmt.Sprintf("dv%dh%d", tag, i), fmt.Sprintf("dv%dp%d", tag, i)
 		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			t.Skipf("cannot create network namespaces here (%v: %s); skipping", err, out)
+			testenv.Unavailable(t, "cannot create network namespaces here (%v: %s)", err, out)
 		}
 		t.Cleanup(func() {
 			exec.Command("ip", "netns", "del", ns).Run() // takes the veth pair with it

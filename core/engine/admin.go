@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/drover-io/drover/core/proto"
 )
@@ -196,6 +195,9 @@ func (e *Engine) Info() VolumeInfo {
 
 func (e *Engine) adminReply(t *adminTask, rep *AdminReply, err error) {
 	if t.internal {
+		if err != nil {
+			e.internalFailed(t)
+		}
 		return
 	}
 	r := AdminReply{ID: t.req.ID, Err: err}
@@ -258,25 +260,6 @@ func (e *Engine) runAdmin() {
 		e.adminRemoveReplica(t)
 	default:
 		e.finishAdmin(t, nil, fmt.Errorf("%w: unknown admin operation %d", ErrInvalid, t.req.Op))
-	}
-}
-
-// rebuildSnapshotPrefix names the snapshots rebuilds take; users may not.
-const rebuildSnapshotPrefix = "rebuild-"
-
-// dropRebuildSnapshots queues the merge of every rebuild snapshot into its
-// child once all replicas are RW, so chains do not grow with each rebuild.
-func (e *Engine) dropRebuildSnapshots() {
-	for _, m := range e.members {
-		if m.mode != ModeRW {
-			return // another rebuild will want them; drop after it
-		}
-	}
-	for _, n := range e.chain {
-		if strings.HasPrefix(n, rebuildSnapshotPrefix) {
-			e.admin = append(e.admin, &adminTask{internal: true,
-				req: AdminRequest{Op: AdminDeleteSnapshot, Name: n}})
-		}
 	}
 }
 

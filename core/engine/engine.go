@@ -362,6 +362,9 @@ type Engine struct {
 	rebuild *rebuildTask
 	// lastRebuild is the outcome of the last rebuild that ended.
 	lastRebuild *RebuildProgress
+	// dropRetryAt is the first tick at which rebuild snapshots may be
+	// queued for merging again after an internal delete failed.
+	dropRetryAt int64
 	// replaced counts members replaced by spares.
 	replaced int
 	// removed are tombstones of replicas removed or replaced, recorded in

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/drover-io/drover/core/proto"
 )
@@ -130,6 +131,7 @@ func (rb *rebuildTask) abort(why string) {
 }
 
 func (e *Engine) maybeAutoRebuild() {
+	e.dropRebuildSnapshots()
 	if e.rebuild != nil || e.change != nil {
 		return
 	}
@@ -142,6 +144,57 @@ func (e *Engine) maybeAutoRebuild() {
 			e.startRebuild(m.id, nil, 0)
 			return
 		}
+	}
+}
+
+// rebuildSnapshotPrefix names the snapshots rebuilds take; users may not.
+const rebuildSnapshotPrefix = "rebuild-"
+
+// dropRebuildSnapshots queues the merge of every rebuild snapshot into its
+// child once every member is RW and no rebuild runs, so chains do not grow
+// with each rebuild (a rebuild snapshot left behind holds a full copy of
+// the volume). While a member is not RW its rebuild will want them.
+//
+// It is level-triggered: the end of a rebuild calls it, and so does every
+// tick while serving, so whatever else leaves a snapshot behind is found
+// — an engine that died before the merge ran (the next one has no rebuild
+// to end), a member that left by request rather than by a rebuild, an
+// internal delete that failed. A snapshot whose delete is queued is not
+// queued twice, and after a failed one the next try waits RetryTicks.
+func (e *Engine) dropRebuildSnapshots() {
+	if e.rebuild != nil || e.now < e.dropRetryAt {
+		return
+	}
+	for _, m := range e.members {
+		if m.mode != ModeRW {
+			return
+		}
+	}
+	for _, n := range e.chain {
+		if strings.HasPrefix(n, rebuildSnapshotPrefix) && !e.deleteQueued(n) {
+			e.admin = append(e.admin, &adminTask{internal: true,
+				req: AdminRequest{Op: AdminDeleteSnapshot, Name: n}})
+		}
+	}
+}
+
+// deleteQueued reports whether an internal delete of name is queued or
+// running.
+func (e *Engine) deleteQueued(name string) bool {
+	for _, t := range e.admin {
+		if t.internal && t.req.Op == AdminDeleteSnapshot && t.req.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// internalFailed notes that a task the engine queued itself failed; for a
+// rebuild snapshot's delete, the next try waits RetryTicks (the snapshot
+// stays in the chain, so dropRebuildSnapshots finds it again).
+func (e *Engine) internalFailed(t *adminTask) {
+	if t.req.Op == AdminDeleteSnapshot {
+		e.dropRetryAt = e.now + e.cfg.RetryTicks
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // Secrets the CHAP tests use.
@@ -36,13 +37,11 @@ var expectedConformanceFailures = map[string]string{
 	"GetLBAStatus.UnmapSingle": "libiscsi asks at i+1 and expects the descriptor at i+lbppb",
 }
 
-// needTool skips the test when an initiator tool is missing; .ci/run
-// installs them (Debian libiscsi-bin).
+// needTool stops the test when an initiator tool is missing (see
+// testenv); .ci/run installs them (Debian libiscsi-bin, tgt).
 func needTool(t *testing.T, name string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (apt-get install libiscsi-bin)", name)
-	}
+	testenv.NeedTools(t, name)
 }
 
 // startServer serves targets on a fresh loopback port and returns the

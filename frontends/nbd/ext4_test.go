@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // TestExt4OverNbdfuseAndLoop puts a real filesystem on the export:
@@ -19,12 +20,8 @@ import (
 // files read back intact. It needs root, FUSE and loop devices.
 func TestExt4OverNbdfuseAndLoop(t *testing.T) {
 	need(t, "nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount")
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for losetup and mount; skipping")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no FUSE (%v); skipping", err)
-	}
+	testenv.NeedRoot(t, "losetup and mount")
+	testenv.NeedFUSE(t)
 	d, _ := fileDevice(t, 256<<20)
 	s := serve(t, nbd.Export{Name: "vol", Device: d})
 	dir := t.TempDir()
@@ -37,7 +34,7 @@ func TestExt4OverNbdfuseAndLoop(t *testing.T) {
 	image := mountNbdfuse(t, fuseDir, s.unixURI("vol"))
 	out, err := exec.Command("losetup", "--find", "--show", image).CombinedOutput()
 	if err != nil {
-		t.Skipf("no loop device available (%v: %s); skipping", err, out)
+		testenv.Unavailable(t, "no loop device available (%v: %s)", err, out)
 	}
 	loop := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
@@ -105,7 +102,7 @@ func mountNbdfuse(t *testing.T, dir, uri string) string {
 		}
 		select {
 		case err := <-exited:
-			t.Skipf("nbdfuse exited before mounting (%v: %s); skipping", err, stderr.String())
+			testenv.Unavailable(t, "nbdfuse exited before mounting (%v: %s)", err, stderr.String())
 		case <-ctx.Done():
 			t.Fatalf("nbdfuse did not mount within 30s: %s", stderr.String())
 		case <-time.After(20 * time.Millisecond):

@@ -13,6 +13,7 @@ import (
 
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // served is a Server listening on a unix socket and a loopback TCP port.
@@ -84,14 +85,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// need skips the test unless every binary is installed.
+// need stops the test unless every binary is installed (see testenv).
 func need(t testing.TB, binaries ...string) {
 	t.Helper()
-	for _, b := range binaries {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s is not installed (.ci/run installs it); skipping this interop test", b)
-		}
-	}
+	testenv.NeedTools(t, binaries...)
 }
 
 // run runs a command and fails the test with its output if it fails.

@@ -172,6 +172,9 @@ const hostileLiveBoundBytes = 400 << 20
 // reads, where a reply that cannot be written must not stall the
 // engine for everyone).
 func TestHostileClientsMemoryBounded(t *testing.T) {
+	if raceEnabled {
+		t.Skip("memory bounds mean nothing under the race detector (make test runs this test without it)")
+	}
 	need(t, "qemu-io", "nbdinfo")
 	refClients := 8
 	if n, err := strconv.Atoi(os.Getenv("DROVER_HOSTILE_REFERENCE_CLIENTS")); err == nil {

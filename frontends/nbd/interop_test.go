@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 func TestNbdinfoShowsSizeFlagsAndBlockSizes(t *testing.T) {
@@ -160,7 +161,7 @@ func TestNbdcopy256MiB(t *testing.T) {
 func TestFioVerify(t *testing.T) {
 	need(t, "fio")
 	if out, _ := exec.Command("fio", "--enghelp=nbd").CombinedOutput(); !bytes.Contains(out, []byte("uri")) {
-		t.Skip("this fio has no nbd engine; skipping")
+		testenv.Unavailable(t, "this fio has no nbd engine")
 	}
 	d, _ := fileDevice(t, 64<<20)
 	s := serve(t, nbd.Export{Name: "vol", Device: d})

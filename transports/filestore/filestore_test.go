@@ -16,6 +16,7 @@ import (
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/core/store"
 	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 func openStore(t testing.TB, dir string) *Store {
@@ -264,7 +265,7 @@ func TestReplicaSurvivesReopen(t *testing.T) {
 func TestNoSpace(t *testing.T) {
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs to fill (needs root): %v %s", err, out)
+		testenv.Unavailable(t, "cannot mount a tmpfs to fill (needs root): %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	s := openStore(t, dir)

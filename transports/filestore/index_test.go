@@ -22,6 +22,7 @@ import (
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/core/store"
 	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // execOK runs io on s and fails the test unless it succeeds.
@@ -108,7 +109,7 @@ func TestIndexDamageDetected(t *testing.T) {
 			}
 			defer f.Close()
 			if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, pageOffset(page1), pageBytes); err != nil {
-				t.Skipf("punch hole: %v", err)
+				testenv.Unavailable(t, "this file system cannot punch holes: %v", err)
 			}
 		}, pageEntries, "entry page 1 (blocks [512,+512)) (file page 3", false},
 		{"page copied over another", func(t *testing.T, path string) {
@@ -747,7 +748,7 @@ func TestCrashLostDirectoryThenRecover(t *testing.T) {
 func TestFarWriteNeedsRoomForDirectories(t *testing.T) {
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a small tmpfs (needs root): %v %s", err, out)
+		testenv.Unavailable(t, "cannot mount a small tmpfs (needs root): %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	s := openStore(t, dir)

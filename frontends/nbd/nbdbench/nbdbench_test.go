@@ -6,10 +6,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // replicaEnv, set in a child's environment, makes the test binary serve
@@ -32,11 +33,7 @@ func TestMain(m *testing.M) {
 // against the reference, both in-process Drover volumes and the TCP one,
 // a table with ratios and goals, and JSON that round-trips.
 func TestRunSmoke(t *testing.T) {
-	for _, bin := range []string{"fio", "nbdkit"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed", bin)
-		}
-	}
+	testenv.NeedTools(t, "fio", "nbdkit")
 	if testing.Short() {
 		t.Skip("short mode")
 	}

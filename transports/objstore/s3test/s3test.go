@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // Server is a running versitygw.
@@ -37,17 +39,13 @@ func Binary() string {
 }
 
 // Start starts a server with one bucket per name in buckets and stops it
-// at the end of the test. Without the binary the test is skipped, except
-// under CI (CI=true), where that is a failure: `make test` builds it.
+// at the end of the test. Without the binary the test stops (see
+// testenv: a skip, or a failure under .ci/run): `make test` builds it.
 func Start(t testing.TB, buckets ...string) *Server {
 	t.Helper()
 	bin := Binary()
 	if _, err := os.Stat(bin); err != nil {
-		msg := fmt.Sprintf("versitygw not found at %s: run `make versitygw` (make test does)", bin)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testenv.Unavailable(t, "versitygw not found at %s: run `make versitygw` (make test does)", bin)
 	}
 	root := t.TempDir()
 	for _, b := range buckets {
