@@ -338,15 +338,12 @@ type Engine struct {
 	committedPrev *proto.Membership
 	attached      bool
 	writeSeq      uint64
-	// repairedBlocks counts blocks a rebuild took from a member other
-	// than its source because the source's copy was corrupt.
-	repairedBlocks uint64
-	nextID         uint64
-	calls          map[uint64]call
-	spare          Ready             // released slices for the next effects
-	memberList     []*member         // sortedMembers' cache
-	targetBuf      []proto.ReplicaID // scratch for startFop and readFrom
-	roundRobin     int
+	nextID        uint64
+	calls         map[uint64]call
+	spare         Ready             // released slices for the next effects
+	memberList    []*member         // sortedMembers' cache
+	targetBuf     []proto.ReplicaID // scratch for startFop and readFrom
+	roundRobin    int
 
 	waiting []*fop
 	running []*fop

@@ -216,7 +216,7 @@ func (r *Replica) completeData(p pendingIO, c store.Completion) {
 }
 
 func (r *Replica) runWrite(o *op) {
-	req := o.req
+	req, h := o.req, r.head()
 	o.entries = o.entryBuf[:0]
 	if req.BlockCount > inlineEntries {
 		o.entries = make([]proto.BlockState, 0, req.BlockCount)
@@ -225,7 +225,7 @@ func (r *Replica) runWrite(o *op) {
 		o.entries = append(o.entries, proto.BlockState{BlockIndex: o.lo + uint64(i), Kind: proto.BlockData,
 			CRC: crcOf(req.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])})
 	}
-	r.queueIntents(o)
+	r.issueFor(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, pendingIO{kind: ioWrite, o: o, l: h})
 }
 
 // ioOK handles a failed write-path IO: ENOSPC changes nothing and fails
