@@ -163,6 +163,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	frontends = append(frontends, devFrontends...)
 	// Every address is checked before a volume is created: one in use
 	// must not leave a half-made data dir behind.
 	lis, err := listenControl(o.controlAddr)
