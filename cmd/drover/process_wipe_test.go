@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -27,6 +28,14 @@ func TestProcessDevWipedReplica(t *testing.T) {
 			sh(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 4M", "-c", "read -P 0x5d 40M 3M", "-c", "read -P 0 4M 36M", d.uri())
 		}
 		d.waitDevModes(fmt.Sprintf("%s rebuilt after its disk was wiped", id), "RW", "RW", "RW")
+		// The operator sees why: a structured line for the open's
+		// verdict and for the rebuild.
+		for _, want := range []string{`event="stale replica at open" replica=` + id, `event="rebuild done" replica=` + id} {
+			eventually(t, "drover dev logging "+want, func() (bool, string) {
+				out := d.proc.output()
+				return strings.Contains(out, want), out
+			})
+		}
 		for i := 0; i < 3; i++ {
 			sh(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 4M", "-c", "read -P 0x5d 40M 3M", d.uri())
 		}

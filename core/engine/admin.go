@@ -88,6 +88,8 @@ type VolumeInfo struct {
 	// LastRebuild is the last rebuild that ended; its Stage is "done" or
 	// "failed: why".
 	LastRebuild *RebuildProgress
+	// Counters count what happened since the engine started.
+	Counters Counters
 	// Spares are the configured spares not yet used; Removed the
 	// tombstoned replicas; Replaced counts replacements by spares since
 	// this engine started.
@@ -172,7 +174,7 @@ func (e *Engine) notServing() error {
 // Info describes the volume.
 func (e *Engine) Info() VolumeInfo {
 	info := VolumeInfo{Volume: e.cfg.Volume, Phase: e.phase.String(), Why: e.why, Epoch: e.epoch,
-		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...)}
+		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...), Counters: e.counters}
 	if e.committed != nil {
 		info.MembershipGen = e.committed.Gen
 	}

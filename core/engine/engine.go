@@ -224,6 +224,9 @@ type Ready struct {
 	// and the target received all of it, so the driver may reuse it (a
 	// pooled buffer) once it handled the rest of this Ready.
 	Free [][]byte
+	// Events are things an operator wants to know happened (events.go),
+	// in order, for the driver to log.
+	Events []Event
 }
 
 type phase uint8
@@ -338,6 +341,7 @@ type Engine struct {
 	committedPrev *proto.Membership
 	attached      bool
 	writeSeq      uint64
+	counters      Counters
 	nextID        uint64
 	calls         map[uint64]call
 	spare         Ready             // released slices for the next effects
@@ -445,12 +449,14 @@ func (e *Engine) Release(rd Ready) {
 	clear(rd.Replies)
 	clear(rd.AdminReplies)
 	clear(rd.Free)
-	e.spare = Ready{Messages: rd.Messages[:0], Replies: rd.Replies[:0], AdminReplies: rd.AdminReplies[:0], Free: rd.Free[:0]}
+	clear(rd.Events)
+	e.spare = Ready{Messages: rd.Messages[:0], Replies: rd.Replies[:0], AdminReplies: rd.AdminReplies[:0], Free: rd.Free[:0],
+		Events: rd.Events[:0]}
 }
 
 // HasReady reports whether Ready would return anything.
 func (e *Engine) HasReady() bool {
-	return len(e.ready.Messages)+len(e.ready.Replies)+len(e.ready.AdminReplies)+len(e.ready.Free) > 0
+	return len(e.ready.Messages)+len(e.ready.Replies)+len(e.ready.AdminReplies)+len(e.ready.Free)+len(e.ready.Events) > 0
 }
 
 // Step feeds a reply from replica from.

@@ -366,6 +366,7 @@ func (e *Engine) onReadReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 		e.replyFrontend(f.req.ID, nil, rep.Data)
 		e.repairFrom(f, rep.Data)
 	case proto.StatusCorrupt:
+		e.event(Event{Kind: EventCorrupt, Replica: id, Block: rep.BlockIndex, Why: rep.Err})
 		f.repair = append(f.repair, id)
 		e.readFrom(f)
 	case proto.StatusInvalid:
@@ -408,6 +409,8 @@ func (e *Engine) repairFrom(f *fop, data []byte) {
 func (e *Engine) onRepairReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 	if rep.Status != proto.StatusOK {
 		e.replicaFailed(id, fmt.Sprintf("read repair: %v %s", rep.Status, rep.Err))
+	} else {
+		e.event(Event{Kind: EventRepaired, Replica: id, Block: f.req.BlockIndex})
 	}
 	f.inRepair--
 	if f.inRepair == 0 {

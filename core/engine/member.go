@@ -79,6 +79,7 @@ func (e *Engine) markERR(id proto.ReplicaID, why string) ([]*fop, bool) {
 	}
 	m.mode, m.why, m.errSince = ModeERR, why, e.now
 	m.setDown(e.now)
+	e.event(Event{Kind: EventReplicaFailed, Replica: id, Why: why})
 	var touched []*fop
 	for _, f := range e.running {
 		if f.pending.remove(id) {

@@ -204,9 +204,10 @@ func (e *Engine) decide(t *openTask) {
 			m.mode, m.why, m.errSince = ModeERR, why, e.now
 		}
 	}
-	for id, why := range t.stale {
+	for _, id := range sortedIDs(t.stale) {
 		if m := e.members[id]; m != nil && m.mode == ModeWO {
-			m.why = "rebuilt at open: it " + why
+			m.why = "rebuilt at open: it " + t.stale[id]
+			e.event(Event{Kind: EventStaleAtOpen, Replica: id, Why: t.stale[id]})
 		}
 	}
 	for _, id := range current {

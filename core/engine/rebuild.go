@@ -105,6 +105,11 @@ func (rb *rebuildTask) ended(outcome string) {
 	p := rb.progress()
 	p.Stage = outcome
 	rb.e.lastRebuild = &p
+	ev := Event{Kind: EventRebuildDone, Replica: rb.target, Why: fmt.Sprintf("from %s, %d bytes copied in %d ticks", rb.source, p.BytesCopied, p.ElapsedTicks)}
+	if outcome != "done" {
+		ev.Kind, ev.Why = EventRebuildFailed, outcome
+	}
+	rb.e.event(ev)
 }
 
 func (rb *rebuildTask) abort(why string) {
@@ -291,6 +296,7 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask, rateBytesPer
 	rb := &rebuildTask{e: e, target: id, source: src[0], admin: admin, stage: "open", startTick: e.now,
 		budget: newRateBudget(rateBytesPerTick, e.cfg.CopyShape.RunBlocks)}
 	e.rebuild = rb
+	e.event(Event{Kind: EventRebuildStarted, Replica: id, Why: "from " + string(rb.source)})
 	e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {
 		if rb.aborted {
 			return

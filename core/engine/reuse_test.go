@@ -62,4 +62,8 @@ func TestEngineReadRepairOwnsItsData(t *testing.T) {
 			t.Fatalf("%s after repair: %v %s, data ok %v", id, rep.Status, rep.Err, bytes.Equal(rep.Data, block(5)))
 		}
 	}
+	// Operators see it: both corrupt copies were counted, and both repairs.
+	if got := c.Engine().Info().Counters; got.CorruptBlocks != 2 || got.RepairedBlocks != 2 || got.ReplicaFailed != 0 {
+		t.Fatalf("counters after two repaired blocks: %+v", got)
+	}
 }

@@ -438,6 +438,7 @@ func (d *Driver) round() bool {
 		}
 		rd := d.eng.Ready()
 		d.execute(rd)
+		d.logEvents(rd.Events)
 		for _, b := range rd.Free {
 			bufpool.Put(b) // a rebuild's run, from the TCP link's pool
 		}
@@ -546,6 +547,26 @@ func (d *Driver) observe() {
 	if ph != d.phase {
 		d.log.Info("engine phase", "phase", ph, "why", why, "epoch", d.eng.Epoch())
 		d.phase = ph
+	}
+}
+
+// logEvents writes what the engine reports happened as structured log
+// lines: detected corruption and failed replicas as warnings, the rest
+// as information (VolumeInfo.Counters counts them).
+func (d *Driver) logEvents(evs []engine.Event) {
+	for _, ev := range evs {
+		level := slog.LevelInfo
+		if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed {
+			level = slog.LevelWarn
+		}
+		attrs := []any{"event", ev.Kind.String(), "replica", string(ev.Replica)}
+		if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventRepaired {
+			attrs = append(attrs, "block", ev.Block)
+		}
+		if ev.Why != "" {
+			attrs = append(attrs, "why", ev.Why)
+		}
+		d.log.Log(context.Background(), level, "volume event", attrs...)
 	}
 }
 
