@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -47,17 +50,24 @@ same name stays ERR (its why names both checksums) and a spare replaces it.
 expands the volume; a smaller one is reported on stderr (volumes never shrink).
 
 The control API (drover volume/snapshot/replica subcommands) is served on
---control. With --frontend nbd the volume is also an NBD export named after
+a unix socket (mode 0600, in a directory of its own per volume under
+$XDG_RUNTIME_DIR/drover, or /run/drover for root), where clients on this host
+find it without flags; --control serves it on TCP instead (add
+--control-socket to keep the socket too). Beyond loopback TCP needs mutual TLS
+(--tls-cert, --tls-key, --tls-ca; see drover certs) or --insecure-listen.
+Every call that changes the volume or reads its data is logged with the
+caller. With --frontend nbd the volume is also an NBD export named after
 the volume (on 127.0.0.1:10809 unless --nbd-listen says otherwise); with
 --frontend iscsi an iSCSI target on --iscsi-listen. The default is none.`
 
 const engineExample = `  drover engine --volume vol1 --size 10GiB --replicas 10.0.0.5:7400,10.0.0.6:7400,10.0.0.7:7400
-  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 0.0.0.0:7370
+  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 10.0.0.4:7370 --tls-cert engine.crt --tls-key engine.key --tls-ca ca.crt
   drover engine --volume vol1 --replicas 10.0.0.5:7400,10.0.0.6:7400 --frontend nbd --nbd-listen unix:/run/drover/vol1.sock
   drover engine --volume vol1 --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400,r3=10.0.0.7:7400 --spares s1=10.0.0.8:7400 --rebuild-rate 200MiB`
 
 func newEngineCmd() *cobra.Command {
-	var volume, replicas, controlAddr string
+	var volume, replicas string
+	var cf controlServeFlags
 	var size sizeFlag
 	var timeout time.Duration
 	var minHealthy int
@@ -88,24 +98,32 @@ func newEngineCmd() *cobra.Command {
 				if cfg.BackingImage, cfg.BackingSHA256, err = engineBacking(&bf); err != nil {
 					return err
 				}
-				go reportOpenFailure(cmd, controlAddr)
-			}
-			if size.bytes != 0 {
-				go ensureSize(cmd, controlAddr, size.bytes)
 			}
 			if err := checkDistinctAddrs(append(append([]enginerun.Replica{}, cfg.Replicas...), cfg.Spares...)); err != nil {
 				return err
 			}
-			lis, err := listenControl(controlAddr)
+			var socket string
+			if cf.socket == "" && cf.addr == "" {
+				if socket, err = engineSocket(volume); err != nil {
+					return err
+				}
+			}
+			ctl, err := listenControl(&cf, socket, false)
 			if err != nil {
 				return err
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends)
+			if bf.image != "" {
+				go reportOpenFailure(cmd, ctl.self)
+			}
+			if size.bytes != 0 {
+				go ensureSize(cmd, ctl.self, size.bytes)
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
 	cmd.Flags().StringVar(&replicas, "replicas", "", "comma-separated replica addresses (host:port or ID=host:port)")
-	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
+	cf.register(cmd.Flags(), "<run-dir>/drover/VOLUME/"+controlSocketName+", unless --control gives a TCP address")
 	cmd.Flags().DurationVar(&timeout, "replica-timeout", 5*time.Second, "a replica that takes longer to answer goes ERR")
 	cmd.Flags().IntVar(&minHealthy, "min-healthy", 1, "fewest RW replicas with which writes are still acknowledged")
 	cmd.Flags().StringVar(&spares, "spares", "", "comma-separated spare replicas (ID=host:port) to replace failed members with")
@@ -117,6 +135,31 @@ func newEngineCmd() *cobra.Command {
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd
+}
+
+// engineSocket is the engine's default control socket: one directory per
+// volume under the run directory, so clients on this host find it.
+func engineSocket(volume string) (string, error) {
+	if volume == "" || volume == "." || volume == ".." || strings.ContainsAny(volume, "/\x00") {
+		return "", fmt.Errorf("--volume %q: want a name without slashes", volume)
+	}
+	dir, err := runDir()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("control socket directory: %w", err)
+	}
+	// Under a shared temporary directory another user could have made
+	// it first: use it only if it is ours and closed to others.
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return "", fmt.Errorf("control socket directory: %w", err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !st.IsDir() || !ok || int(sys.Uid) != os.Geteuid() || st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("control socket directory %s is not a directory of this user's closed to others: pass --control-socket", dir)
+	}
+	return filepath.Join(dir, volume, controlSocketName), nil
 }
 
 // parseReplicas parses "ADDR,ID=ADDR,...".
@@ -163,8 +206,8 @@ func checkDistinctAddrs(reps []enginerun.Replica) error {
 
 // ensureSize expands the volume to sizeBytes once it serves, through the
 // control API like any other client.
-func ensureSize(cmd *cobra.Command, controlAddr string, sizeBytes uint64) {
-	cf := clientFlags{addr: controlAddr, timeout: 24 * time.Hour}
+func ensureSize(cmd *cobra.Command, ct controlTarget, sizeBytes uint64) {
+	cf := clientFlags{controlTarget: ct, timeout: 24 * time.Hour}
 	err := cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
 		for {
 			info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
@@ -211,8 +254,8 @@ func engineBacking(bf *backingFlags) (name, sha256 string, err error) {
 
 // reportOpenFailure prints why the engine does not serve (for example a
 // backing image mismatch), once per distinct reason, until it serves.
-func reportOpenFailure(cmd *cobra.Command, controlAddr string) {
-	cf := clientFlags{addr: controlAddr, timeout: 24 * time.Hour}
+func reportOpenFailure(cmd *cobra.Command, ct controlTarget) {
+	cf := clientFlags{controlTarget: ct, timeout: 24 * time.Hour}
 	_ = cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
 		last := ""
 		for {

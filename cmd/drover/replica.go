@@ -136,7 +136,7 @@ size. Replicas of one volume that are in sync print the same checksum.`,
 
 // serveReplica runs one replica over TCP until SIGINT or SIGTERM.
 func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef, overProvisioningPercent int) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("replica dir: %w", err)
 	}
 	unlock, err := lockDir(dir)

@@ -205,7 +205,7 @@ them to --file (default standard output), or print only their SHA-256 with
 			if sum {
 				out = h
 			} else if file != "" && file != "-" {
-				f, err := os.Create(file)
+				f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) // the volume's data: owner only
 				if err != nil {
 					return fmt.Errorf("create output: %w", err)
 				}

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drover-io/drover/transports/testenv"
+)
+
+// nobodyUID is the uid (and gid) of the unprivileged user nobody.
+const nobodyUID = 65534
+
+// openDir is a directory anyone may enter, holding a copy of the drover
+// binary anyone may run: with the test's own (0700) temporary directories,
+// nobody would be kept out by them, not by what drover does.
+func openDir(t *testing.T) (dir, bin string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "drover-sec-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.Open(droverBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	bin = filepath.Join(dir, "drover")
+	dst, err := os.OpenFile(bin, os.O_WRONLY|os.O_CREATE, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, bin
+}
+
+// asNobody runs argv as user nobody and returns its output and whether it
+// succeeded.
+func asNobody(t *testing.T, argv ...string) (string, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobodyUID, Gid: nobodyUID}}
+	cmd.Dir = "/"
+	cmd.Env = []string{"HOME=/nonexistent", "PATH=/usr/bin:/bin"}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err == nil
+}
+
+// wantMode fails t unless path has permission bits want.
+func wantMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Mode().Perm(); got != want {
+		t.Errorf("%s: mode %o, want %o", path, got, want)
+	}
+}
+
+// TestProcessNobodyLockedOut: drover dev's control API is a unix socket
+// in its data dir that only its user (and root) may use, the data dir is
+// 0700 and replica files 0600. The user nobody can neither control the
+// volume nor read its data: not through the socket (0600), not even with
+// the data dir opened up to everyone, not with the socket itself opened
+// up (the server checks the caller's uid), and not from the files. Every
+// mutating call is logged with the caller's uid.
+func TestProcessNobodyLockedOut(t *testing.T) {
+	testenv.NeedRoot(t, "running commands as the user nobody")
+	dir, bin := openDir(t)
+	dataDir := filepath.Join(dir, "data")
+	sock := filepath.Join(dataDir, controlSocketName)
+	dev := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--frontend", "none")
+	c := newVolumeClient(t, "unix:"+sock, 4<<20)
+	c.waitServing()
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, bytes.Repeat([]byte("TOPSECRET-"), 4096/10+1)[:4096], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The owner needs no flags: drover finds the socket in the
+	// (default) data dir.
+	ownerEnv := []string{"XDG_DATA_HOME=" + filepath.Join(dir, "xdg"), "XDG_RUNTIME_DIR=" + filepath.Join(dir, "run"), controlEnv + "="}
+	if err := os.MkdirAll(filepath.Join(dir, "xdg", "drover"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dataDir, filepath.Join(dir, "xdg", "drover", "dev")); err != nil {
+		t.Fatal(err)
+	}
+	droverEnv(t, ownerEnv, "volume", "write", "--offset", "0", "--file", secret)
+	droverEnv(t, ownerEnv, "snapshot", "create", "s1")
+	runDrover(t, "volume", "flush", "--control", "unix:"+sock)
+
+	wantMode(t, dataDir, 0o700)
+	wantMode(t, filepath.Join(dataDir, "dev-1"), 0o700)
+	wantMode(t, sock, 0o600)
+	files, _ := filepath.Glob(filepath.Join(dataDir, "dev-1", "*"))
+	for _, f := range files {
+		wantMode(t, f, 0o600)
+	}
+
+	attempts := [][]string{
+		{bin, "volume", "info", "--control", "unix:" + sock},
+		{bin, "volume", "write", "--offset", "0", "--file", secret, "--control", "unix:" + sock},
+		{bin, "snapshot", "create", "evil", "--control", "unix:" + sock},
+		{bin, "replica", "rm", "dev-3", "--control", "unix:" + sock},
+		{bin, "volume", "read", "--offset", "0", "--length", "4096", "--control", "unix:" + sock},
+	}
+	reads := [][]string{{"cat", filepath.Join(dataDir, "dev-1", "layer-1.data")}, {"cat", filepath.Join(dataDir, "dev-1", "meta")}}
+	denied := func(stage string) {
+		t.Helper()
+		for _, argv := range append(append([][]string{}, attempts...), reads...) {
+			out, ok := asNobody(t, argv...)
+			if ok || strings.Contains(out, "TOPSECRET") {
+				t.Errorf("%s: nobody ran %s:\n%s", stage, strings.Join(argv[1:], " "), out)
+			}
+		}
+	}
+	denied("data dir 0700")
+	// Opened up by its owner, the data dir still keeps its files and
+	// its socket private.
+	if err := os.Chmod(dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	denied("data dir 0755")
+	if out, _ := asNobody(t, attempts[0]...); !strings.Contains(out, "permission denied") {
+		t.Errorf("nobody's refusal does not say permission denied:\n%s", out)
+	}
+	// With the socket opened up too, the server refuses nobody's uid.
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	for _, argv := range attempts {
+		if out, ok := asNobody(t, append(argv, "--timeout", "5s")...); ok {
+			t.Errorf("socket 0666: nobody ran %s:\n%s", strings.Join(argv[1:], " "), out)
+		}
+	}
+	info, err := c.volumeInfo()
+	if err != nil || len(info.GetReplicas()) != 3 {
+		t.Fatalf("after nobody's attempts: %v, %v", info, err)
+	}
+	dev.stop()
+	out := dev.output()
+	for _, want := range []string{`method=Write caller="unix uid=0(root)`, `method=SnapshotCreate caller="unix uid=0(root)`,
+		`refused a caller on the unix socket caller="uid=65534(nobody)`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dev's log lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "evil") {
+		t.Errorf("nobody's snapshot reached the engine:\n%s", out)
+	}
+}
+
+// TestProcessControlTLS: the control API on a non-loopback TCP address
+// needs mutual TLS (certificates from drover certs) or --insecure-listen,
+// which warns; with TLS a client needs a certificate from the CA, and
+// its calls are logged with the certificate's subject.
+func TestProcessControlTLS(t *testing.T) {
+	dir := t.TempDir()
+	certsDir := filepath.Join(dir, "certs")
+	runDrover(t, "certs", "init", "--dir", certsDir, "--cluster", "test")
+	runDrover(t, "certs", "issue", "engine", "--dir", certsDir, "--host", "127.0.0.1")
+	runDrover(t, "certs", "issue", "admin", "--dir", certsDir)
+	wantMode(t, filepath.Join(certsDir, "ca.key"), 0o600)
+	wantMode(t, filepath.Join(certsDir, "admin.key"), 0o600)
+	tlsArgs := func(name string) []string {
+		return []string{"--tls-cert", filepath.Join(certsDir, name+".crt"), "--tls-key", filepath.Join(certsDir, name+".key"),
+			"--tls-ca", filepath.Join(certsDir, "ca.crt")}
+	}
+	port := freeAddr(t)[len("127.0.0.1:"):]
+	wantFail(t, []string{"refusing an unauthenticated control API beyond loopback", "--insecure-listen"},
+		"dev", "--data-dir", filepath.Join(dir, "refused"), "--size", "4MiB", "--frontend", "none", "--control", "0.0.0.0:"+port)
+	if _, err := os.Stat(filepath.Join(dir, "refused")); !os.IsNotExist(err) {
+		t.Errorf("the refused run left its data dir: %v", err)
+	}
+
+	dev := start(t, "dev", nil, append([]string{"dev", "--data-dir", filepath.Join(dir, "data"), "--size", "4MiB",
+		"--frontend", "none", "--control", "0.0.0.0:" + port}, tlsArgs("engine")...)...)
+	c := newVolumeClient(t, "unix:"+filepath.Join(dir, "data", controlSocketName), 4<<20)
+	c.waitServing()
+	runDrover(t, append([]string{"snapshot", "create", "s1", "--control", "127.0.0.1:" + port}, tlsArgs("admin")...)...)
+	wantFail(t, nil, "snapshot", "create", "s2", "--control", "127.0.0.1:"+port, "--timeout", "3s")
+	dev.stop()
+	if out := dev.output(); !strings.Contains(out, `method=SnapshotCreate caller="tls CN=admin,O=test`) ||
+		strings.Contains(out, "s2") {
+		t.Errorf("dev's log: want admin's snapshot logged with its certificate and no s2:\n%s", out)
+	}
+
+	insecure := start(t, "dev insecure", nil, "dev", "--data-dir", filepath.Join(dir, "data"), "--frontend", "none",
+		"--control", "0.0.0.0:"+port, "--insecure-listen")
+	c.waitServing()
+	insecure.stop()
+	if out := insecure.output(); !strings.Contains(out, "control API listens without authentication (--insecure-listen)") {
+		t.Errorf("no warning for --insecure-listen:\n%s", out)
+	}
+}
