@@ -33,6 +33,9 @@ type frontendFlags struct {
 	nbdListen   []string
 	iscsiListen string
 	chap        iscsi.CHAP
+	// openDiscovery lets discovery sessions in without CHAP when the
+	// target requires it.
+	openDiscovery bool
 }
 
 // register adds the flags to fs. nbdDefault describes the default of
@@ -46,6 +49,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet, defaultKind, nbdDefault stri
 	fs.StringVar(&f.chap.Secret, "iscsi-chap-secret", "", "the initiator's CHAP secret, at least 12 bytes (or $DROVER_ISCSI_CHAP_SECRET)")
 	fs.StringVar(&f.chap.MutualUser, "iscsi-chap-mutual-user", "", "user the target answers mutual CHAP with")
 	fs.StringVar(&f.chap.MutualSecret, "iscsi-chap-mutual-secret", "", "the target's mutual CHAP secret (or $DROVER_ISCSI_CHAP_MUTUAL_SECRET)")
+	fs.BoolVar(&f.openDiscovery, "iscsi-open-discovery", false, "with CHAP: let discovery sessions list the target without CHAP (by default they need the same credentials)")
 }
 
 // frontends returns the frontends chosen for volume; nbdDefault is the
@@ -191,13 +195,18 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 		chapp = &chap
 	}
 	addr := f.iscsiListen
+	discovery := chapp
+	if f.openDiscovery {
+		discovery = nil
+	}
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
-		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
+		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, DiscoveryCHAP: discovery,
+			Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
 		if err != nil {
 			return nil, err
 		}
 		portal := srv.Addr().String()
-		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v)\n", iscsi.IQN(volume), portal, chapp != nil)
+		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v, on discovery too: %v)\n", iscsi.IQN(volume), portal, chapp != nil, discovery != nil)
 		fmt.Fprintf(out, "attach it with:\n  sudo iscsiadm -m discovery -t st -p %s && sudo iscsiadm -m node -T %s -p %s --login\n",
 			portal, iscsi.IQN(volume), portal)
 		return func() error { return srv.Serve(ctx) }, nil

@@ -17,6 +17,7 @@ import (
 	"net"
 	"regexp"
 	"sync"
+	"time"
 
 	"github.com/drover-io/drover/frontends/device"
 )
@@ -55,6 +56,13 @@ type Config struct {
 	DiscoveryCHAP *CHAP
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
+	// AuthFailureDelay slows CHAP guessing: after n failed CHAP logins of
+	// one initiator name from one address, its next attempt is checked
+	// only AuthFailureDelay·2^(n−1) later, at most AuthFailureDelayMax;
+	// every failure is logged with its count. Defaults
+	// DefaultAuthFailureDelay and DefaultAuthFailureDelayMax; a negative
+	// AuthFailureDelay turns the throttle off.
+	AuthFailureDelay, AuthFailureDelayMax time.Duration
 	// MaxConnections bounds concurrent connections; further ones are
 	// closed on accept. Default 64.
 	MaxConnections int
@@ -101,6 +109,7 @@ type Server struct {
 	targets map[string]*target
 	order   []*target
 	budget  *device.Budget
+	auth    *authThrottle
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -144,7 +153,14 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.FloorBytesInFlight <= 0 {
 		cfg.FloorBytesInFlight = DefaultFloorBytesInFlight
 	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = DefaultAuthFailureDelay
+	}
+	if cfg.AuthFailureDelayMax <= 0 {
+		cfg.AuthFailureDelayMax = DefaultAuthFailureDelayMax
+	}
 	s := &Server{
+		auth:     newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax),
 		budget:   device.NewBudget(cfg.MaxBytesInFlightTotal, cfg.FloorBytesInFlight),
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "iscsi"),
