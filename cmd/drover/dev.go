@@ -101,7 +101,7 @@ func newDevCmd() *cobra.Command {
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
 	cmd.Flags().Var(&size, "size", "volume size when creating it (on a later run: must match, if given)")
-	cf.register(cmd.Flags(), "<data-dir>/"+controlSocketName)
+	cf.register(cmd.Flags(), "<data-dir>/"+controlSocketName, "--control")
 	cmd.Flags().StringVar(&volume, "volume", "dev", "volume name (backups are kept per volume name; the NBD export and iSCSI target take it too)")
 	ff.register(cmd.Flags(), "nbd", "unix:<data-dir>/nbd.sock,127.0.0.1:"+defaultNBDPort)
 	cmd.Flags().IntVar(&spares, "spares", 0, "spare replicas kept under the data dir (spare-1..N) to replace a failed replica with")

@@ -15,8 +15,10 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/backingimage"
+	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/tcp"
 )
 
@@ -56,7 +58,10 @@ find it without flags; --control serves it on TCP instead (add
 --control-socket to keep the socket too). Beyond loopback TCP needs mutual TLS
 (--tls-cert, --tls-key, --tls-ca; see drover certs) or --insecure-listen.
 Every call that changes the volume or reads its data is logged with the
-caller. With --frontend nbd the volume is also an NBD export named after
+caller. With --tls-* the links to replicas are mutual TLS too (replicas
+started with the same CA's certificates; see drover replica).
+
+With --frontend nbd the volume is also an NBD export named after
 the volume (on 127.0.0.1:10809 unless --nbd-listen says otherwise); with
 --frontend iscsi an iSCSI target on --iscsi-listen. The default is none.`
 
@@ -87,7 +92,11 @@ func newEngineCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: tcp.Dial, Timeout: timeout, MinHealthy: minHealthy,
+			dial, err := replicaDialer(cf.tls.files)
+			if err != nil {
+				return err
+			}
+			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: dial, Timeout: timeout, MinHealthy: minHealthy,
 				ReplaceAfter: replaceAfter, RebuildRate: rebuildRate.bytes}
 			if spares != "" {
 				if cfg.Spares, err = parseReplicas(spares); err != nil {
@@ -123,7 +132,7 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
 	cmd.Flags().StringVar(&replicas, "replicas", "", "comma-separated replica addresses (host:port or ID=host:port)")
-	cf.register(cmd.Flags(), "<run-dir>/drover/VOLUME/"+controlSocketName+", unless --control gives a TCP address")
+	cf.register(cmd.Flags(), "<run-dir>/drover/VOLUME/"+controlSocketName+", unless --control gives a TCP address", "--control and the links to replicas")
 	cmd.Flags().DurationVar(&timeout, "replica-timeout", 5*time.Second, "a replica that takes longer to answer goes ERR")
 	cmd.Flags().IntVar(&minHealthy, "min-healthy", 1, "fewest RW replicas with which writes are still acknowledged")
 	cmd.Flags().StringVar(&spares, "spares", "", "comma-separated spare replicas (ID=host:port) to replace failed members with")
@@ -135,6 +144,19 @@ func newEngineCmd() *cobra.Command {
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd
+}
+
+// replicaDialer dials replicas over TCP, with mutual TLS when the
+// engine has certificates.
+func replicaDialer(files certs.Files) (link.Dialer, error) {
+	if files.Empty() {
+		return tcp.Dial, nil
+	}
+	cfg, err := files.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("TLS to replicas: %w", err)
+	}
+	return tcp.NewDialer(tcp.DialConfig{TLS: cfg}), nil
 }
 
 // engineSocket is the engine's default control socket: one directory per

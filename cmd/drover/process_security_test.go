@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-io/drover/transports/certs"
+	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/testenv"
 )
 
@@ -212,5 +215,78 @@ func TestProcessControlTLS(t *testing.T) {
 	insecure.stop()
 	if out := insecure.output(); !strings.Contains(out, "control API listens without authentication (--insecure-listen)") {
 		t.Errorf("no warning for --insecure-listen:\n%s", out)
+	}
+}
+
+// TestProcessReplicaTLS: replicas and engine as separate processes with
+// certificates from drover certs: the volume serves over mutual TLS and
+// writes read back; an engine without TLS, and one with a certificate
+// from another CA, are refused by every replica (logged), and the volume
+// does not serve for them. A replica refuses to listen beyond loopback
+// without TLS.
+func TestProcessReplicaTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, rogue := filepath.Join(dir, "certs"), filepath.Join(dir, "rogue")
+	runDrover(t, "certs", "init", "--dir", ca, "--cluster", "c1")
+	runDrover(t, "certs", "init", "--dir", rogue, "--cluster", "c2")
+	runDrover(t, "certs", "issue", "replica", "--dir", ca, "--host", "127.0.0.1")
+	runDrover(t, "certs", "issue", "engine", "--dir", ca, "--host", "127.0.0.1")
+	runDrover(t, "certs", "issue", "admin", "--dir", ca)
+	runDrover(t, "certs", "issue", "engine", "--dir", rogue, "--host", "127.0.0.1")
+	tlsArgs := func(dir, name string) []string {
+		return []string{"--tls-cert", filepath.Join(dir, name+".crt"), "--tls-key", filepath.Join(dir, name+".key"),
+			"--tls-ca", filepath.Join(ca, "ca.crt")} // the rogue engine trusts the replicas; they must not trust it
+	}
+	wantFail(t, []string{"refusing plain TCP beyond loopback", "--insecure-listen"},
+		"replica", "--dir", filepath.Join(dir, "open"), "--listen", "0.0.0.0:"+freeAddr(t)[len("127.0.0.1:"):], "--size", "4MiB")
+
+	c := newCluster(t, testSizeBytes, []string{freeAddr(t), freeAddr(t), freeAddr(t)}, make([][]string, 3), tlsArgs(ca, "replica")...)
+	// The engine's certificates guard its TCP control address too.
+	admin, err := certs.Files{Cert: filepath.Join(ca, "admin.crt"), Key: filepath.Join(ca, "admin.key"), CA: filepath.Join(ca, "ca.crt")}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, conn, err := control.Dial(c.ctlAddr, control.DialConfig{TLS: admin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c.client = client
+	c.startEngine(tlsArgs(ca, "engine")...)
+	l := newLoad(c.volumeClient, 5)
+	for range 20 {
+		l.write()
+	}
+	l.flush()
+	l.verify("over mutual TLS")
+	c.engine.stop()
+
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{{"plain engine", nil}, {"engine of another CA", tlsArgs(rogue, "engine")}} {
+		var reps []string
+		for i, a := range c.addrs {
+			reps = append(reps, fmt.Sprintf("r%d=%s", i+1, a))
+		}
+		eng := start(t, tc.name, nil, append([]string{"engine", "--volume", "test", "--replicas", strings.Join(reps, ","),
+			"--control", c.ctlAddr, "--replica-timeout", "3s"}, tc.args...)...)
+		eventually(t, tc.name+" refused by every replica", func() (bool, string) {
+			for _, r := range c.replicas {
+				if strings.Count(r.output(), "TLS handshake") == 0 {
+					return false, r.output()
+				}
+			}
+			return true, ""
+		})
+		if out := eng.output(); strings.Contains(out, "volume test serving") || strings.Contains(out, "replica link up") {
+			t.Errorf("%s reached the replicas:\n%s", tc.name, out)
+		}
+		eng.stop()
+		for _, r := range c.replicas {
+			r.out.mu.Lock()
+			r.out.buf.Reset()
+			r.out.mu.Unlock()
+		}
 	}
 }

@@ -39,11 +39,11 @@ type controlServeFlags struct {
 	insecure bool
 }
 
-func (f *controlServeFlags) register(fs *pflag.FlagSet, socketWhere string) {
+func (f *controlServeFlags) register(fs *pflag.FlagSet, socketWhere, tlsWhat string) {
 	fs.StringVar(&f.socket, "control-socket", "", "unix socket for the control API (mode 0600; default "+socketWhere+")")
 	fs.StringVar(&f.addr, "control", "", "also serve the control API on this TCP address (loopback, or anywhere with --tls-*)")
 	fs.BoolVar(&f.insecure, "insecure-listen", false, "allow --control beyond loopback without TLS: anyone who reaches it controls the volume")
-	f.tls.register(fs, "--control")
+	f.tls.register(fs, tlsWhat)
 }
 
 // controlListeners are the bound control API listeners and how to serve
