@@ -290,3 +290,49 @@ func TestProcessReplicaTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestProcessNBDTLS: drover dev with --nbd-tls-* serves its TCP NBD
+// address only over TLS with a client certificate from the CA (nbdinfo
+// nbds://), while its unix socket stays plain; a plain NBD address
+// beyond loopback is refused.
+func TestProcessNBDTLS(t *testing.T) {
+	needTools(t, "nbdinfo")
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "certs")
+	runDrover(t, "certs", "init", "--dir", ca)
+	runDrover(t, "certs", "issue", "server", "--dir", ca, "--host", "127.0.0.1")
+	runDrover(t, "certs", "issue", "client", "--dir", ca)
+	// libnbd reads a GnuTLS-style directory.
+	client := filepath.Join(dir, "client")
+	if err := os.Mkdir(client, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for from, to := range map[string]string{"ca.crt": "ca-cert.pem", "client.crt": "client-cert.pem", "client.key": "client-key.pem"} {
+		if err := os.Symlink(filepath.Join(ca, from), filepath.Join(client, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantFail(t, []string{"refusing plain TCP beyond loopback", "--nbd-insecure-listen"},
+		"dev", "--data-dir", filepath.Join(dir, "refused"), "--size", "4MiB", "--nbd-listen", "0.0.0.0:"+freeAddr(t)[len("127.0.0.1:"):])
+
+	sock, tcpAddr := filepath.Join(dir, "nbd.sock"), freeAddr(t)
+	p := start(t, "dev", nil, "dev", "--data-dir", filepath.Join(dir, "data"), "--size", "4MiB",
+		"--nbd-listen", "unix:"+sock+","+tcpAddr, "--nbd-tls-cert", filepath.Join(ca, "server.crt"),
+		"--nbd-tls-key", filepath.Join(ca, "server.key"), "--nbd-tls-ca", filepath.Join(ca, "ca.crt"))
+	eventually(t, "dev serving NBD", func() (bool, string) {
+		return strings.Contains(p.output(), "stop with Ctrl-C"), p.output()
+	})
+	if !strings.Contains(p.output(), "nbds://"+tcpAddr+"/dev") {
+		t.Errorf("dev does not print the nbds:// URI:\n%s", p.output())
+	}
+	if out := sh(t, "nbdinfo", "--size", "nbds://"+tcpAddr+"/dev?tls-certificates="+client); strings.TrimSpace(out) != "4194304" {
+		t.Errorf("nbdinfo over TLS: %q", out)
+	}
+	if out, err := exec.Command("nbdinfo", "--size", "nbd://"+tcpAddr+"/dev").CombinedOutput(); err == nil {
+		t.Errorf("plain NBD over TCP was served:\n%s", out)
+	}
+	if out := sh(t, "nbdinfo", "--size", "nbd+unix:///dev?socket="+sock); strings.TrimSpace(out) != "4194304" {
+		t.Errorf("nbdinfo on the unix socket: %q", out)
+	}
+	p.stop()
+}
