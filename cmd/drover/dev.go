@@ -52,6 +52,11 @@ for --replace-after it leaves the volume for good and the first free spare is
 rebuilt in its place, with or without IO flowing. Later runs find the spare in
 the recorded membership; keep passing --spares so it is opened.
 
+With --encryption-key-file (drover key new makes a key) a new volume is
+encrypted in this process before replication (AES-256-XTS per 4 KiB block):
+the replicas, snapshots and backups hold only ciphertext, and later runs
+refuse to serve without that key or with another.
+
 The data dir is created mode 0700 and replica files 0600. --control adds a
 TCP listener for the control API: on loopback it is unauthenticated (anyone on
 this host may use it); elsewhere it needs mutual TLS (--tls-cert, --tls-key,
@@ -76,6 +81,7 @@ func newDevCmd() *cobra.Command {
 	var bf backingFlags
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
+	var keyFile string
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
 		Long: devLong, Example: devExample, Args: cobra.NoArgs,
@@ -96,7 +102,8 @@ func newDevCmd() *cobra.Command {
 			}
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), control: &cf,
-				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
+				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning,
+				keyFile: keyFile}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -108,6 +115,7 @@ func newDevCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&replaceAfter, "replace-after", time.Minute, "with --spares: a replica failed this long is replaced by a spare (negative: never)")
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
 		"largest volume size (at create and expand), in percent of the data dir's disk size")
+	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt the new volume with this key (drover key new makes one); later runs need the same key")
 	bf.register(cmd)
 	return cmd
 }
@@ -136,6 +144,7 @@ type devOptions struct {
 	spares                  int
 	replaceAfter            time.Duration
 	overProvisioningPercent int
+	keyFile                 string // --encryption-key-file
 }
 
 // socket is the control socket in the data dir (or --control-socket).
@@ -180,6 +189,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		defer func() {
 			if err != nil {
 				os.Remove(filepath.Join(o.dataDir, "lock"))
+				os.Remove(filepath.Join(o.dataDir, devEncryptionFile))
 				os.Remove(o.dataDir) // only if empty
 			}
 		}()
@@ -208,6 +218,10 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 			return err
 		}
 	}
+	key, err := devCheckEncryption(o.dataDir, o.keyFile, isNew)
+	if err != nil {
+		return err
+	}
 	cfg := enginerun.Config{Volume: o.volume, ReplaceAfter: o.replaceAfter}
 	runners, closers, err := o.openReplicas(cmd, &cfg)
 	defer func() {
@@ -228,7 +242,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		}
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends)
+	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends, key)
 }
 
 // devHoldsVolume reports whether the data dir holds a volume already:

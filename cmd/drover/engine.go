@@ -127,7 +127,7 @@ func newEngineCmd() *cobra.Command {
 			if size.bytes != 0 {
 				go ensureSize(cmd, ctl.self, size.bytes)
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends)
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, nil)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
+	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/enginerun"
 )
@@ -139,9 +140,10 @@ func (c *controlListeners) describe(defaultSocket string) string {
 }
 
 // runEngine starts an engine driver, its control API on ctl's listeners
-// (which it closes; ctlHint says where they are) and the given frontends, prints what it serves, and runs until
+// (which it closes; ctlHint says where they are), with key (when not
+// nil) encrypting what the frontends write and the given frontends, prints what it serves, and runs until
 // SIGINT or SIGTERM (or ctx ends). On the way out it flushes the volume.
-func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend) error {
+func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend, key []byte) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := enginerun.New(cfg)
@@ -162,9 +164,19 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *co
 		return err
 	}
 	fmt.Fprintf(out, "volume %s serving: %s\n", cfg.Volume, formatSize(d.SizeBytes()))
+	var dev device.Device = vol
+	if key != nil {
+		enc, err := device.NewEncrypted(vol, key)
+		clear(key)
+		if err != nil {
+			return err
+		}
+		dev = enc
+		fmt.Fprintf(out, "volume %s is encrypted (AES-256-XTS): frontends see plaintext, everything below ciphertext\n", cfg.Volume)
+	}
 	var serves []func() error
 	for _, f := range frontends {
-		serve, err := f(ctx, vol, out)
+		serve, err := f(ctx, dev, out)
 		if err != nil {
 			stop()
 			return fmt.Errorf("frontend: %w", err)

@@ -3,6 +3,7 @@ package nbdbench
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
@@ -68,7 +69,16 @@ func (e *benchEnv) startDroverFile(context.Context) (string, func(), error) {
 // under the run's directory, in this process on in-process links (as
 // drover dev does), fills it, and serves it over NBD.
 func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(), error) {
+	return e.startDroverLocalCrypt(ctx, n, false)
+}
+
+// startDroverLocalCrypt is startDroverLocal, with the volume encrypted
+// (device.Encrypted, a random key) when encrypt is set.
+func (e *benchEnv) startDroverLocalCrypt(ctx context.Context, n int, encrypt bool) (string, func(), error) {
 	base := filepath.Join(e.dir, fmt.Sprintf("drover-%dr", n))
+	if encrypt {
+		base += "-crypt"
+	}
 	var closers []func()
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -90,12 +100,18 @@ func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(),
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return e.startEngine(ctx, cfg, closers, closeAll)
+	return e.startEngineCrypt(ctx, cfg, closers, closeAll, encrypt)
 }
 
 // startEngine starts an engine on cfg, fills its volume and serves it;
 // closers (already registered in closeAll) close what cfg's links reach.
 func (e *benchEnv) startEngine(ctx context.Context, cfg enginerun.Config, closers []func(), closeAll func()) (string, func(), error) {
+	return e.startEngineCrypt(ctx, cfg, closers, closeAll, false)
+}
+
+// startEngineCrypt is startEngine, serving the volume encrypted when
+// encrypt is set.
+func (e *benchEnv) startEngineCrypt(ctx context.Context, cfg enginerun.Config, closers []func(), closeAll func(), encrypt bool) (string, func(), error) {
 	e.pids = append(e.pids, os.Getpid())
 	d, err := enginerun.New(cfg)
 	if err != nil {
@@ -109,7 +125,15 @@ func (e *benchEnv) startEngine(ctx context.Context, cfg enginerun.Config, closer
 		closeEngine()
 		return "", nil, err
 	}
-	vol := enginerun.NewVolume(d)
+	var vol device.Device = enginerun.NewVolume(d)
+	if encrypt {
+		key := make([]byte, device.CryptKeyBytes)
+		rand.Read(key)
+		if vol, err = device.NewEncrypted(vol, key); err != nil {
+			closeEngine()
+			return "", nil, err
+		}
+	}
 	if err := fill(ctx, vol); err != nil {
 		closeEngine()
 		return "", nil, fmt.Errorf("fill volume: %w", err)

@@ -46,7 +46,7 @@ func TestRunSmoke(t *testing.T) {
 	cfg := Config{
 		Dir: t.TempDir(), SizeBytes: 16 << 20, Runtime: time.Second,
 		Workloads:      []Workload{{"randwrite-4k-qd32", "randwrite", 4096, 32}},
-		Targets:        []string{TargetRaw, TargetDrover1, TargetDrover3, TargetDrover3TCP, TargetDrover3TLS},
+		Targets:        []string{TargetRaw, TargetDrover1, TargetDrover3, TargetDrover3Crypt, TargetDrover3TCP, TargetDrover3TLS},
 		ReplicaCommand: []string{"env", replicaEnv + "=1", exe},
 		Progress:       &progress,
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -57,7 +57,7 @@ func TestRunSmoke(t *testing.T) {
 	}
 	table := rep.Table()
 	t.Log("\n" + table)
-	for _, name := range []string{TargetRaw, Reference, TargetDrover1, TargetDrover3, TargetDrover3TCP, TargetDrover3TLS} {
+	for _, name := range []string{TargetRaw, Reference, TargetDrover1, TargetDrover3, TargetDrover3Crypt, TargetDrover3TCP, TargetDrover3TLS} {
 		r, ok := rep.find(name, "randwrite-4k-qd32")
 		if !ok || r.IOPS <= 0 {
 			t.Errorf("%s: no result in %+v", name, rep.Results)
@@ -66,10 +66,10 @@ func TestRunSmoke(t *testing.T) {
 			t.Errorf("%s: no ratio vs the reference: %+v", name, r)
 		}
 	}
-	if got := strings.Count(progress.String(), "\n"); got != 6 {
-		t.Errorf("want 6 progress lines, got %d:\n%s", got, progress.String())
+	if got := strings.Count(progress.String(), "\n"); got != 7 {
+		t.Errorf("want 7 progress lines, got %d:\n%s", got, progress.String())
 	}
-	if len(rep.Goals) != 5 { // 1r vs reference, 3r and 3r-tcp vs 1r, 3r-tls IOPS and CPU vs 3r-tcp
+	if len(rep.Goals) != 6 { // 1r vs reference, 3r and 3r-tcp vs 1r, 3r-crypt vs 3r, 3r-tls IOPS and CPU vs 3r-tcp
 		t.Errorf("goals: %+v", rep.Goals)
 	}
 	out, err := json.Marshal(rep)
