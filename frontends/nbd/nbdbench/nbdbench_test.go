@@ -81,3 +81,22 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatalf("JSON round trip: %v", err)
 	}
 }
+
+// TestSecurityGoalsAlone: the encryption and TLS goals are checked when
+// only their targets and baselines ran (no drover-1r).
+func TestSecurityGoalsAlone(t *testing.T) {
+	w := Workload{"randwrite-4k-qd32", "randwrite", 4096, 32}
+	r := &Report{Workloads: []Workload{w}}
+	for name, iops := range map[string]float64{TargetDrover3: 100, TargetDrover3Crypt: 90, TargetDrover3TCP: 100, TargetDrover3TLS: 80} {
+		r.Results = append(r.Results, Result{Target: name, Workload: w.Name, IOPS: iops, ServerCPUus: iops / 10})
+	}
+	goals := r.checkGoals()
+	if len(goals) != 3 {
+		t.Fatalf("goals: %+v", goals)
+	}
+	for _, g := range goals {
+		if want := !strings.Contains(g.Name, TargetDrover3TLS+" randwrite-4k-qd32 IOPS"); g.Met != want {
+			t.Errorf("%s: met %v, want %v (%+v)", g.Name, g.Met, want, g)
+		}
+	}
+}
