@@ -20,6 +20,7 @@ import (
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/peercred"
 )
 
 // Frontend serves a volume to hosts (NBD, iSCSI). It binds its listeners
@@ -45,6 +46,8 @@ type frontendFlags struct {
 	// clients' certificates must come from (optional).
 	nbdTLS      certs.Files
 	nbdInsecure bool
+	// iscsiInsecure allows an iSCSI portal beyond loopback without CHAP.
+	iscsiInsecure bool
 }
 
 // register adds the flags to fs. nbdDefault describes the default of
@@ -62,6 +65,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet, defaultKind, nbdDefault stri
 	fs.StringVar(&f.nbdTLS.Key, "nbd-tls-key", "", "key of --nbd-tls-cert")
 	fs.StringVar(&f.nbdTLS.CA, "nbd-tls-ca", "", "with --nbd-tls-cert: NBD clients must present a certificate signed by this CA")
 	fs.BoolVar(&f.nbdInsecure, "nbd-insecure-listen", false, "allow --nbd-listen beyond loopback without TLS: anyone who reaches it reads and writes the volume")
+	fs.BoolVar(&f.iscsiInsecure, "iscsi-insecure-listen", false, "allow --iscsi-listen beyond loopback without CHAP: anyone who reaches it reads and writes the volume")
 	fs.BoolVar(&f.openDiscovery, "iscsi-open-discovery", false, "with CHAP: let discovery sessions list the target without CHAP (by default they need the same credentials)")
 }
 
@@ -93,6 +97,25 @@ func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Fronten
 		}
 	}
 	return out, nil
+}
+
+// localPeerOnly lets in only this user and root on unix sockets and
+// loopback TCP, which every user of the host can reach; connections from
+// beyond loopback pass (TLS, CHAP or an insecure-listen flag decided
+// about those at start).
+func localPeerOnly(c net.Conn) error {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+		return nil
+	}
+	return peercred.Check(c)
+}
+
+// unixPeerOnly is localPeerOnly for unix sockets alone.
+func unixPeerOnly(c net.Conn) error {
+	if _, ok := c.(*net.UnixConn); !ok {
+		return nil
+	}
+	return peercred.Check(c)
 }
 
 // nbdTLSConfig is the NBD server's TLS configuration (nil without
@@ -140,8 +163,12 @@ func (f *frontendFlags) nbdTLSConfig(addrs []string) (*tls.Config, error) {
 // address in addrs; with tlsCfg, TCP clients must start TLS.
 func nbdFrontend(volume string, addrs []string, tlsCfg *tls.Config) Frontend {
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
+		accept := localPeerOnly
+		if tlsCfg != nil && tlsCfg.ClientAuth == tls.RequireAndVerifyClientCert {
+			accept = unixPeerOnly // TCP clients are checked by their certificates
+		}
 		srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: volume, Description: "Drover volume " + volume, Device: dev}},
-			TLS: tlsCfg, TLSRequired: tlsCfg != nil})
+			TLS: tlsCfg, TLSRequired: tlsCfg != nil, Accept: accept})
 		if err != nil {
 			return nil, err
 		}
@@ -258,12 +285,23 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 		chapp = &chap
 	}
 	addr := f.iscsiListen
+	if host, _, err := net.SplitHostPort(addr); chapp == nil && err == nil && !isLoopbackHost(host) {
+		if !f.iscsiInsecure {
+			return nil, fmt.Errorf("iSCSI portal on %s: refusing a portal beyond loopback without CHAP: anyone who reaches it could read and write the volume; "+
+				"give it --iscsi-chap-user/--iscsi-chap-secret, listen on 127.0.0.1, or pass --iscsi-insecure-listen on a network you trust", addr)
+		}
+		slog.Warn("iSCSI portal without CHAP (--iscsi-insecure-listen): anyone who can reach it reads and writes the volume", "addr", addr)
+	}
 	discovery := chapp
 	if f.openDiscovery {
 		discovery = nil
 	}
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
-		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, DiscoveryCHAP: discovery,
+		var accept func(net.Conn) error
+		if chapp == nil {
+			accept = localPeerOnly
+		}
+		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, DiscoveryCHAP: discovery, Accept: accept,
 			Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
 		if err != nil {
 			return nil, err

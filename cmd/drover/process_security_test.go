@@ -83,17 +83,24 @@ func wantMode(t *testing.T, path string, want os.FileMode) {
 
 // TestProcessNobodyLockedOut: drover dev's control API is a unix socket
 // in its data dir that only its user (and root) may use, the data dir is
-// 0700 and replica files 0600. The user nobody can neither control the
-// volume nor read its data: not through the socket (0600), not even with
-// the data dir opened up to everyone, not with the socket itself opened
-// up (the server checks the caller's uid), and not from the files. Every
-// mutating call is logged with the caller's uid.
+// 0700 and replica files 0600, and its loopback TCP control address, NBD
+// export (TCP and unix socket) and CHAP-less iSCSI portal serve only its
+// user and root. The user nobody can neither control the volume nor read
+// its data: not through the sockets, not even with the data dir opened up
+// to everyone, not with the sockets themselves opened up (the servers
+// check the caller's uid), not over loopback TCP (the owner of the peer's
+// socket is checked), and not from the files. Every mutating call is
+// logged with the caller's uid.
 func TestProcessNobodyLockedOut(t *testing.T) {
 	testenv.NeedRoot(t, "running commands as the user nobody")
 	dir, bin := openDir(t)
 	dataDir := filepath.Join(dir, "data")
 	sock := filepath.Join(dataDir, controlSocketName)
-	dev := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--frontend", "none")
+	needTools(t, "nbdinfo", "iscsi-inq")
+	ctlTCP, nbdTCP, portal := freeAddr(t), freeAddr(t), freeAddr(t)
+	nbdSock := filepath.Join(dataDir, "nbd.sock")
+	dev := start(t, "dev", nil, "dev", "--data-dir", dataDir, "--size", "4MiB", "--control", ctlTCP,
+		"--frontend", "nbd,iscsi", "--nbd-listen", "unix:"+nbdSock+","+nbdTCP, "--iscsi-listen", portal)
 	c := newVolumeClient(t, "unix:"+sock, 4<<20)
 	c.waitServing()
 	secret := filepath.Join(dir, "secret")
@@ -121,7 +128,17 @@ func TestProcessNobodyLockedOut(t *testing.T) {
 		wantMode(t, f, 0o600)
 	}
 
+	// Root reaches every frontend and the TCP control address.
+	sh(t, "nbdinfo", "--size", "nbd://"+nbdTCP+"/dev")
+	sh(t, "nbdinfo", "--size", "nbd+unix:///dev?socket="+nbdSock)
+	sh(t, "iscsi-inq", "iscsi://"+portal+"/iqn.2026-11.io.drover:dev/0")
+	runDrover(t, "volume", "info", "--control", ctlTCP)
 	attempts := [][]string{
+		{bin, "volume", "info", "--control", ctlTCP, "--timeout", "5s"},
+		{bin, "snapshot", "create", "evil", "--control", ctlTCP, "--timeout", "5s"},
+		{"nbdinfo", "--size", "nbd://" + nbdTCP + "/dev"},
+		{"nbdinfo", "--size", "nbd+unix:///dev?socket=" + nbdSock},
+		{"iscsi-inq", "iscsi://" + portal + "/iqn.2026-11.io.drover:dev/0"},
 		{bin, "volume", "info", "--control", "unix:" + sock},
 		{bin, "volume", "write", "--offset", "0", "--file", secret, "--control", "unix:" + sock},
 		{bin, "snapshot", "create", "evil", "--control", "unix:" + sock},
@@ -145,15 +162,20 @@ func TestProcessNobodyLockedOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	denied("data dir 0755")
-	if out, _ := asNobody(t, attempts[0]...); !strings.Contains(out, "permission denied") {
+	if out, _ := asNobody(t, bin, "volume", "info", "--control", "unix:"+sock); !strings.Contains(out, "permission denied") {
 		t.Errorf("nobody's refusal does not say permission denied:\n%s", out)
 	}
-	// With the socket opened up too, the server refuses nobody's uid.
-	if err := os.Chmod(sock, 0o666); err != nil {
-		t.Fatal(err)
+	// With the sockets opened up too, the servers refuse nobody's uid.
+	for _, p := range []string{sock, nbdSock} {
+		if err := os.Chmod(p, 0o666); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, argv := range attempts {
-		if out, ok := asNobody(t, append(argv, "--timeout", "5s")...); ok {
+		if argv[0] == bin {
+			argv = append(argv, "--timeout", "5s")
+		}
+		if out, ok := asNobody(t, argv...); ok {
 			t.Errorf("socket 0666: nobody ran %s:\n%s", strings.Join(argv[1:], " "), out)
 		}
 	}
@@ -164,7 +186,8 @@ func TestProcessNobodyLockedOut(t *testing.T) {
 	dev.stop()
 	out := dev.output()
 	for _, want := range []string{`method=Write caller="unix uid=0(root)`, `method=SnapshotCreate caller="unix uid=0(root)`,
-		`refused a caller on the unix socket caller="uid=65534(nobody)`} {
+		`refused a caller on the unix socket caller="uid=65534(nobody)`, `refused a loopback caller caller="uid=65534(nobody)`,
+		`nbd: connection refused`, `connection from another user: 65534(nobody)`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dev's log lacks %q", want)
 		}

@@ -63,6 +63,10 @@ type Config struct {
 	// DefaultAuthFailureDelay and DefaultAuthFailureDelayMax; a negative
 	// AuthFailureDelay turns the throttle off.
 	AuthFailureDelay, AuthFailureDelayMax time.Duration
+	// Accept, when set, is asked about every connection before anything
+	// is read from it; an error closes it (logged). drover uses it to
+	// serve only its own user on loopback without CHAP.
+	Accept func(net.Conn) error
 	// MaxConnections bounds concurrent connections; further ones are
 	// closed on accept. Default 64.
 	MaxConnections int
@@ -276,6 +280,13 @@ func (s *Server) Close() error {
 // ServeConn serves one accepted connection until it ends and closes it.
 // Serve calls it for every connection; tests and fuzzers call it directly.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	if s.cfg.Accept != nil {
+		if err := s.cfg.Accept(nc); err != nil {
+			s.log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "err", err)
+			nc.Close()
+			return
+		}
+	}
 	c := newConn(s, nc)
 	s.mu.Lock()
 	if s.closed {

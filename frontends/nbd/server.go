@@ -115,6 +115,10 @@ type Config struct {
 	// connection). Unix socket connections need not: file permissions
 	// already decide who reaches them. Needs TLS.
 	TLSRequired bool
+	// Accept, when set, is asked about every connection before anything
+	// is sent on it; an error closes it (logged). drover uses it to serve
+	// only its own user on loopback and unix sockets without TLS.
+	Accept func(net.Conn) error
 }
 
 // Server serves Config.Exports to any number of connections.
@@ -251,6 +255,13 @@ func (s *Server) Serve(l net.Listener) error {
 // connection fails or the server shuts down, and closes it. It returns
 // nil on a clean end (NBD_CMD_DISC, NBD_OPT_ABORT, shutdown).
 func (s *Server) ServeConn(nc net.Conn) error {
+	if s.cfg.Accept != nil {
+		if err := s.cfg.Accept(nc); err != nil {
+			nc.Close()
+			s.log.Warn("nbd: connection refused", "remote", nc.RemoteAddr().String(), "err", err)
+			return fmt.Errorf("nbd: connection refused: %w", err)
+		}
+	}
 	c, err := s.track(nc)
 	if err != nil {
 		nc.Close()

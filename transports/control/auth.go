@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/drover-io/drover/transports/certs"
+	"github.com/drover-io/drover/transports/peercred"
 )
 
 // Who may call the control API, and how a call names its caller:
@@ -29,8 +30,10 @@ import (
 //     the server's own user and root are served.
 //   - Over TCP with mutual TLS every caller presents a certificate from
 //     the cluster's CA; its subject names the caller.
-//   - Over TCP without TLS nobody is authenticated: allowed on loopback
-//     when asked for, elsewhere only with an explicit insecure override
+//   - Over TCP without TLS: on loopback the owner of the peer's socket
+//     (transports/peercred, from /proc/net/tcp) must be the server's own
+//     user or root, as on the unix socket; beyond loopback nobody is
+//     authenticated, which only an explicit insecure override allows
 //     (see CheckListen).
 //
 // Every call that changes the volume or reads its data is logged with the
@@ -46,8 +49,13 @@ type PeerCred struct {
 // AuthType implements credentials.AuthInfo.
 func (PeerCred) AuthType() string { return "peercred" }
 
-// insecureTCP is the AuthInfo of a caller over plain TCP.
-type insecureTCP struct{ credentials.CommonAuthInfo }
+// insecureTCP is the AuthInfo of a caller over plain TCP; on loopback
+// its uid is known.
+type insecureTCP struct {
+	credentials.CommonAuthInfo
+	uid      uint32
+	knownUID bool
+}
 
 func (insecureTCP) AuthType() string { return "insecure" }
 
@@ -74,7 +82,20 @@ func (c *serverCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 	if c.tls != nil {
 		return c.tls.ServerHandshake(conn)
 	}
-	return conn, insecureTCP{credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
+	ai := insecureTCP{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
+	if ta, ok := conn.RemoteAddr().(*net.TCPAddr); ok && ta.IP.IsLoopback() {
+		uid, err := peercred.UID(conn)
+		if err != nil {
+			slog.Warn("control API: refused a loopback caller whose user cannot be told", "remote", conn.RemoteAddr().String(), "err", err)
+			return nil, nil, fmt.Errorf("control API: %w", err)
+		}
+		if int(uid) != c.uid && uid != 0 {
+			slog.Warn("control API: refused a loopback caller", "caller", "uid="+peercred.Describe(uid)+" from "+conn.RemoteAddr().String())
+			return nil, nil, fmt.Errorf("control API: uid %d may not call it", uid)
+		}
+		ai.uid, ai.knownUID = uid, true
+	}
+	return conn, ai, nil
 }
 
 func (c *serverCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -127,6 +148,10 @@ func Caller(ctx context.Context) string {
 		return "unix " + describePeerCred(ai)
 	case credentials.TLSInfo:
 		return "tls " + certs.Subject(ai.State) + " from " + p.Addr.String()
+	case insecureTCP:
+		if ai.knownUID {
+			return "tcp uid=" + peercred.Describe(ai.uid) + " from " + p.Addr.String()
+		}
 	}
 	return "unauthenticated tcp " + p.Addr.String()
 }
