@@ -326,7 +326,8 @@ func (c *conn) finishCHAP(ls *loginState, pairs []textPair, out *[]textPair) err
 // a failure.
 func (c *conn) verifyThrottled(ls *loginState, name, resp string) error {
 	key := newAuthKey(ls.initiatorName, c.nc.RemoteAddr())
-	wait := c.srv.auth.reserve(key, time.Now())
+	now := time.Now()
+	wait := max(c.srv.auth.reserve(key, now), c.srv.auth.reserve(key.hostKey(), now))
 	if wait > 2*c.srv.cfg.AuthFailureDelayMax {
 		c.log.Warn("CHAP login throttled", "initiator", ls.initiatorName, "wait", wait)
 		return refuse(loginAuthFailure, "too many failed CHAP logins from %s: try again later", key.host)
@@ -341,7 +342,11 @@ func (c *conn) verifyThrottled(ls *loginState, name, resp string) error {
 		}
 	}
 	if err := ls.chap.verify(ls.chapCfg, name, resp); err != nil {
-		n, delay := c.srv.auth.failed(key, time.Now())
+		now := time.Now()
+		n, delay := c.srv.auth.failed(key, now)
+		if _, hostDelay := c.srv.auth.failed(key.hostKey(), now); hostDelay > delay {
+			delay = hostDelay
+		}
 		c.log.Warn("CHAP login failed", "initiator", ls.initiatorName, "user", truncate(name, 64),
 			"discovery", ls.sessionType == "Discovery", "failures", n, "next_attempt_delay", delay)
 		return refuse(loginAuthFailure, "user %q: %v", truncate(name, 64), err)

@@ -21,10 +21,23 @@ const authForgetAfter = 10 * time.Minute
 const maxAuthRecords = 4096
 
 // authKey is what failed CHAP logins are counted by: the initiator's name
-// and the address it connects from.
+// and the address it connects from; and, so that a guesser cannot start
+// afresh under a new initiator name, the address alone (anyInitiator),
+// which slows every initiator from there only after hostGraceFailures.
 type authKey struct {
 	initiator, host string
 }
+
+// anyInitiator is the initiator of an address's own record.
+const anyInitiator = "\x00any"
+
+// hostGraceFailures failed logins from one address, under any names, cost
+// nothing more than their per-initiator delays; further ones slow every
+// initiator from that address as one initiator's would be.
+const hostGraceFailures = 8
+
+// hostKey is the record of k's address.
+func (k authKey) hostKey() authKey { return authKey{initiator: anyInitiator, host: k.host} }
 
 func newAuthKey(initiator string, remote net.Addr) authKey {
 	host := remote.String()
@@ -57,6 +70,14 @@ func newAuthThrottle(base, max time.Duration) *authThrottle {
 	return &authThrottle{base: base, max: max, records: map[authKey]*authRecord{}}
 }
 
+// delayFor is the wait after k's failures.
+func (t *authThrottle) delayFor(k authKey, failures int) time.Duration {
+	if k.initiator == anyInitiator {
+		failures -= hostGraceFailures
+	}
+	return t.delay(failures)
+}
+
 // delay is the wait after failures failed attempts.
 func (t *authThrottle) delay(failures int) time.Duration {
 	if failures <= 0 || t.base <= 0 {
@@ -86,7 +107,7 @@ func (t *authThrottle) reserve(k authKey, now time.Time) time.Duration {
 	if r.next.After(now) {
 		slot = r.next
 	}
-	r.next = slot.Add(t.delay(r.failures))
+	r.next = slot.Add(t.delayFor(k, r.failures))
 	return slot.Sub(now)
 }
 
@@ -103,7 +124,7 @@ func (t *authThrottle) failed(k authKey, now time.Time) (int, time.Duration) {
 	}
 	r.failures++
 	r.lastFailure = now
-	d := t.delay(r.failures)
+	d := t.delayFor(k, r.failures)
 	if next := now.Add(d); next.After(r.next) {
 		r.next = next
 	}

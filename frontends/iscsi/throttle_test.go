@@ -46,3 +46,27 @@ func TestAuthThrottle(t *testing.T) {
 		t.Errorf("%d records kept, bound %d", n, maxAuthRecords)
 	}
 }
+
+// TestAuthThrottleNameRotation: a guesser that takes a new initiator name
+// for every attempt is slowed by its address's record once it has failed
+// hostGraceFailures times.
+func TestAuthThrottleNameRotation(t *testing.T) {
+	th := newAuthThrottle(200*time.Millisecond, 5*time.Second)
+	now := time.Unix(1000, 0)
+	var waits []time.Duration
+	for i := range hostGraceFailures + 3 {
+		k := authKey{initiator: fmt.Sprintf("iqn.guess-%d", i), host: "10.0.0.9"}
+		w := max(th.reserve(k, now), th.reserve(k.hostKey(), now))
+		waits = append(waits, w)
+		now = now.Add(w)
+		th.failed(k, now)
+		th.failed(k.hostKey(), now)
+	}
+	if got, want := fmt.Sprint(waits), "[0s 0s 0s 0s 0s 0s 0s 0s 0s 200ms 400ms]"; got != want {
+		t.Errorf("waits %s, want %s", got, want)
+	}
+	legit := authKey{initiator: "iqn.legit", host: "10.0.0.10"}
+	if w := max(th.reserve(legit, now), th.reserve(legit.hostKey(), now)); w != 0 {
+		t.Errorf("an initiator at another address waits %v", w)
+	}
+}
