@@ -359,3 +359,30 @@ func TestProcessNBDTLS(t *testing.T) {
 	}
 	p.stop()
 }
+
+// TestProcessEngineControlSocket: drover engine without --control serves
+// its control API on a unix socket (0600) in a directory of its own
+// (0700) under the run directory, and the CLI finds it there without
+// flags.
+func TestProcessEngineControlSocket(t *testing.T) {
+	run := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", run)
+	t.Setenv("XDG_DATA_HOME", t.TempDir()) // no drover dev socket to find
+	t.Setenv(controlEnv, "")
+	c := newCluster(t, testSizeBytes, []string{freeAddr(t), freeAddr(t)}, make([][]string, 2))
+	eng := start(t, "engine", nil, "engine", "--volume", "sockvol", "--replicas", strings.Join(c.addrs, ","))
+	sock := filepath.Join(run, "drover", "sockvol", controlSocketName)
+	eventually(t, "the engine serving", func() (bool, string) {
+		out, err := exec.Command(droverBin, "volume", "info").CombinedOutput()
+		return err == nil && strings.Contains(string(out), "serving"), string(out) + eng.output()
+	})
+	wantMode(t, sock, 0o600)
+	wantMode(t, filepath.Dir(sock), 0o700)
+	if !strings.Contains(eng.output(), "control API on unix:"+sock) {
+		t.Errorf("the engine does not say where its control API is:\n%s", eng.output())
+	}
+	eng.stop()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("the socket outlived the engine: %v", err)
+	}
+}
