@@ -125,22 +125,40 @@ func TestXTSMatchesXCrypto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mine, err := newXTS(key)
+	fast, err := newXTS(key)
 	if err != nil {
 		t.Fatal(err)
 	}
+	generic := &xtsCipher{k1: fast.k1, k2: fast.k2} // without the AES-NI keys
+	if haveAESNI && fast.ek == nil {
+		t.Fatal("AES-NI present but not used")
+	}
 	src := bytes.Repeat([]byte{1, 2, 3, 250, 7}, 1000)[:CryptBlockBytes]
 	want, got := make([]byte, CryptBlockBytes), make([]byte, CryptBlockBytes)
-	for _, unit := range []uint64{0, 1, 5, 255, 1 << 20, 1<<63 + 12345} {
-		ref.Encrypt(want, src, unit)
-		mine.crypt(got, src, unit, false)
-		if !bytes.Equal(got, want) {
-			t.Fatalf("unit %d: ciphertext differs from x/crypto/xts", unit)
+	for _, c := range []*xtsCipher{fast, generic} {
+		for _, unit := range []uint64{0, 1, 5, 255, 1 << 20, 1<<63 + 12345} {
+			ref.Encrypt(want, src, unit)
+			c.crypt(got, src, unit, false)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("unit %d (AES-NI %v): ciphertext differs from x/crypto/xts", unit, c.ek != nil)
+			}
+			c.crypt(got, got, unit, true)
+			if !bytes.Equal(got, src) {
+				t.Fatalf("unit %d (AES-NI %v): decryption does not give the plaintext back", unit, c.ek != nil)
+			}
 		}
-		mine.crypt(got, got, unit, true)
-		if !bytes.Equal(got, src) {
-			t.Fatalf("unit %d: decryption does not give the plaintext back", unit)
-		}
+	}
+}
+
+// TestKeyExpansion: FIPS-197 appendix A.3's AES-256 key expansion.
+func TestKeyExpansion(t *testing.T) {
+	if sbox[0] != 0x63 || sbox[1] != 0x7c || sbox[0x53] != 0xed || sbox[0xff] != 0x16 {
+		t.Fatalf("S-box wrong: %x %x %x %x", sbox[0], sbox[1], sbox[0x53], sbox[0xff])
+	}
+	key, _ := hex.DecodeString("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+	rk := expandKey256(key)
+	if got := hex.EncodeToString(rk[224:240]); got != "fe4890d1e6188d0b046df344706c631e" {
+		t.Fatalf("last round key %s", got)
 	}
 }
 
