@@ -220,6 +220,8 @@ func serveReplica(cmd *cobra.Command, o replicaServeOptions) error {
 	srv := tcp.NewServer(r.runner, func(format string, args ...any) { slog.Info(fmt.Sprintf(format, args...)) })
 	if o.tls != nil {
 		srv.RequireTLS(o.tls)
+	} else {
+		srv.AcceptOnly(localPeerOnly) // on loopback, only this user's (and root's) engines
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -46,6 +46,7 @@ type Server struct {
 	runner *replicarun.Runner
 	logf   func(format string, args ...any)
 	tls    *tls.Config
+	accept func(net.Conn) error
 
 	mu     sync.Mutex
 	closed bool
@@ -68,6 +69,12 @@ func NewServer(r *replicarun.Runner, logf func(format string, args ...any)) *Ser
 // is required, so an engine of another cluster, or none at all, is
 // refused). Call it before Serve.
 func (s *Server) RequireTLS(cfg *tls.Config) { s.tls = cfg }
+
+// AcceptOnly makes the server ask fn about every connection before
+// anything is read from it; an error closes it (logged). drover replica
+// uses it to serve only its own user on loopback without TLS. Call it
+// before Serve.
+func (s *Server) AcceptOnly(fn func(net.Conn) error) { s.accept = fn }
 
 // tlsHandshakeTimeout bounds a connecting engine's TLS handshake.
 const tlsHandshakeTimeout = 10 * time.Second
@@ -150,7 +157,14 @@ func (s *Server) serveConn(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	conn, err := s.serverTLS(nc)
+	var conn net.Conn
+	var err error
+	if s.accept != nil {
+		err = s.accept(nc)
+	}
+	if err == nil {
+		conn, err = s.serverTLS(nc)
+	}
 	if err == nil {
 		c := &serverConn{s: s, conn: conn, br: bufio.NewReaderSize(conn, readBufferBytes)}
 		err = c.serve()

@@ -2,13 +2,21 @@ package tcp
 
 import (
 	"bytes"
+	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/certs"
+	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/peercred"
+	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/testenv"
 )
 
 // testPKI makes a CA for cluster with certificates for names (valid for
@@ -91,4 +99,45 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("the refused handshakes are not logged: %q", lines)
 		}
 	}
+}
+
+// TestAcceptOnly: a server with AcceptOnly(peercred.Check) serves this
+// user's engine on loopback and closes a connection from the user
+// nobody, logging why.
+func TestAcceptOnly(t *testing.T) {
+	testenv.NeedRoot(t, "connecting as the user nobody")
+	testenv.NeedTools(t, "bash")
+	st, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := replicarun.Open(replica.Config{ID: "r1", CreateSizeBytes: 1 << 20}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBook{}
+	srv := NewServer(r, logs.logf)
+	srv.AcceptOnly(peercred.Check)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close(); r.Close(); st.Close() })
+	col := newCollector(1)
+	l, err := Dial(ln.Addr().String(), col.handler())
+	if err != nil {
+		t.Fatalf("this user's engine: %v", err)
+	}
+	l.Send(proto.Request{ID: 1, Epoch: 1, Op: proto.OpOpen})
+	col.wait(t)
+	l.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	cmd := exec.Command("bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+port+"; cat <&3")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); len(out) != 0 {
+		t.Errorf("nobody got %d bytes (%v)", len(out), err)
+	}
+	logs.waitFor(t, "connection from another user: 65534")
 }
