@@ -81,7 +81,7 @@ func newDevCmd() *cobra.Command {
 	var bf backingFlags
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
-	var keyFile string
+	var keyFile, passFile string
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
 		Long: devLong, Example: devExample, Args: cobra.NoArgs,
@@ -103,7 +103,7 @@ func newDevCmd() *cobra.Command {
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), control: &cf,
 				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning,
-				keyFile: keyFile}
+				keyFile: keyFile, passFile: passFile}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -116,6 +116,7 @@ func newDevCmd() *cobra.Command {
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
 		"largest volume size (at create and expand), in percent of the data dir's disk size")
 	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt the new volume with this key (drover key new makes one); later runs need the same key")
+	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
 	bf.register(cmd)
 	return cmd
 }
@@ -145,6 +146,7 @@ type devOptions struct {
 	replaceAfter            time.Duration
 	overProvisioningPercent int
 	keyFile                 string // --encryption-key-file
+	passFile                string // --encryption-passphrase-file
 }
 
 // socket is the control socket in the data dir (or --control-socket).
@@ -189,7 +191,11 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		defer func() {
 			if err != nil {
 				os.Remove(filepath.Join(o.dataDir, "lock"))
-				os.Remove(filepath.Join(o.dataDir, devEncryptionFile))
+				if !devHoldsVolume(o.dataDir, o.spares) {
+					// The key check goes only with the volume it checks
+					// (a stop during the first start keeps both).
+					os.Remove(filepath.Join(o.dataDir, devEncryptionFile))
+				}
 				os.Remove(o.dataDir) // only if empty
 			}
 		}()
@@ -218,7 +224,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 			return err
 		}
 	}
-	key, err := devCheckEncryption(o.dataDir, o.keyFile, isNew)
+	key, err := devCheckEncryption(o.dataDir, o.keyFile, o.passFile, isNew)
 	if err != nil {
 		return err
 	}

@@ -97,3 +97,34 @@ func TestProcessDevEncrypted(t *testing.T) {
 	}
 	p.stop()
 }
+
+// TestProcessKeyRewrap: a key wrapped by a passphrase opens the volume
+// with it; after drover key rewrap the new passphrase opens the same
+// volume and the old one is refused as a wrong passphrase, and a wrapped
+// key without a passphrase is refused with the flag to give.
+func TestProcessKeyRewrap(t *testing.T) {
+	dir := t.TempDir()
+	key, p1, p2 := filepath.Join(dir, "vol.key"), filepath.Join(dir, "p1"), filepath.Join(dir, "p2")
+	for path, pass := range map[string]string{p1: "correct horse\n", p2: "battery staple\n"} {
+		if err := os.WriteFile(path, []byte(pass), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runDrover(t, "key", "new", key, "--passphrase-file", p1)
+	if b, err := os.ReadFile(key); err != nil || !strings.Contains(string(b), "drover-wrapped-key-v1") {
+		t.Fatalf("key file: %v\n%s", err, b)
+	}
+	dataDir := filepath.Join(dir, "data")
+	c := newVolumeClient(t, "unix:"+filepath.Join(dataDir, controlSocketName), 4<<20)
+	args := []string{"dev", "--data-dir", dataDir, "--size", "4MiB", "--frontend", "none", "--encryption-key-file", key}
+	p := start(t, "dev", nil, append(args, "--encryption-passphrase-file", p1)...)
+	c.waitServing()
+	p.stop()
+	runDrover(t, "key", "rewrap", key, "--passphrase-file", p1, "--new-passphrase-file", p2)
+	wantMode(t, key, 0o600)
+	wantFail(t, []string{"wrong passphrase"}, append(args, "--encryption-passphrase-file", p1)...)
+	wantFail(t, []string{"wrapped by a passphrase", "--encryption-passphrase-file"}, args...)
+	p = start(t, "dev", nil, append(args, "--encryption-passphrase-file", p2)...)
+	c.waitServing()
+	p.stop()
+}
