@@ -32,11 +32,13 @@ const (
 )
 
 // Bounds on the scrypt cost a file may ask for: a hostile file must not
-// make opening it take unbounded memory or time.
+// make opening it take unbounded memory or time. scrypt takes 128·N·r
+// bytes and time in proportion to N·r·p.
 const (
-	maxN = 1 << 20
-	maxR = 32
-	maxP = 16
+	maxN          = 1 << 20
+	maxR          = 32
+	maxP          = 16
+	maxScryptByte = 256 << 20
 )
 
 type file struct {
@@ -95,9 +97,10 @@ func Unwrap(b, passphrase []byte) ([]byte, error) {
 		return nil, fmt.Errorf("key file: format %q, want %q", f.Format, Format)
 	case f.KDF != "scrypt":
 		return nil, fmt.Errorf("key file: unknown kdf %q", f.KDF)
-	case f.N < 2 || f.N > maxN || f.N&(f.N-1) != 0 || f.R < 1 || f.R > maxR || f.P < 1 || f.P > maxP:
-		return nil, fmt.Errorf("key file: scrypt parameters N=%d r=%d p=%d out of bounds (N a power of two up to %d, r up to %d, p up to %d)",
-			f.N, f.R, f.P, maxN, maxR, maxP)
+	case f.N < 2 || f.N > maxN || f.N&(f.N-1) != 0 || f.R < 1 || f.R > maxR || f.P < 1 || f.P > maxP ||
+		128*f.N*f.R > maxScryptByte:
+		return nil, fmt.Errorf("key file: scrypt parameters N=%d r=%d p=%d out of bounds (N a power of two up to %d, r up to %d, p up to %d, 128·N·r bytes up to %d MiB)",
+			f.N, f.R, f.P, maxN, maxR, maxP, maxScryptByte>>20)
 	case len(f.Salt) < 16 || len(f.Nonce) != 12:
 		return nil, errors.New("key file: salt or nonce of the wrong size")
 	}

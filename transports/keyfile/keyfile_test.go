@@ -57,6 +57,7 @@ func TestHostileFile(t *testing.T) {
 		"huge N":     func() { f["scrypt_n"] = 1 << 30 },
 		"odd N":      func() { f["scrypt_n"] = 1000 },
 		"huge p":     func() { f["scrypt_p"] = 1 << 20 },
+		"4 GiB":      func() { f["scrypt_n"] = 1 << 20; f["scrypt_r"] = 32 },
 		"short salt": func() { f["salt"] = "AA==" },
 		"format":     func() { f["format"] = "other" },
 	} {
