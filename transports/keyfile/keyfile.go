@@ -63,10 +63,15 @@ func IsWrapped(b []byte) bool {
 
 // Wrap seals key under passphrase and returns the file's content.
 func Wrap(key, passphrase []byte) ([]byte, error) {
+	return wrap(key, passphrase, defaultN, defaultR, defaultP)
+}
+
+// wrap is Wrap with the scrypt cost given.
+func wrap(key, passphrase []byte, n, r, p int) ([]byte, error) {
 	if len(passphrase) == 0 {
 		return nil, errors.New("wrap key: empty passphrase")
 	}
-	f := file{Format: Format, KDF: "scrypt", N: defaultN, R: defaultR, P: defaultP,
+	f := file{Format: Format, KDF: "scrypt", N: n, R: r, P: p,
 		Salt: make([]byte, 16), Nonce: make([]byte, 12)}
 	if _, err := rand.Read(f.Salt); err != nil {
 		return nil, fmt.Errorf("wrap key: %w", err)
@@ -88,42 +93,47 @@ func Wrap(key, passphrase []byte) ([]byte, error) {
 
 // Unwrap opens a file made by Wrap with passphrase and returns the key.
 func Unwrap(b, passphrase []byte) ([]byte, error) {
+	key, _, err := unwrap(b, passphrase)
+	return key, err
+}
+
+func unwrap(b, passphrase []byte) ([]byte, *file, error) {
 	var f file
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, nil, fmt.Errorf("key file: %w", err)
 	}
 	switch {
 	case f.Format != Format:
-		return nil, fmt.Errorf("key file: format %q, want %q", f.Format, Format)
+		return nil, nil, fmt.Errorf("key file: format %q, want %q", f.Format, Format)
 	case f.KDF != "scrypt":
-		return nil, fmt.Errorf("key file: unknown kdf %q", f.KDF)
+		return nil, nil, fmt.Errorf("key file: unknown kdf %q", f.KDF)
 	case f.N < 2 || f.N > maxN || f.N&(f.N-1) != 0 || f.R < 1 || f.R > maxR || f.P < 1 || f.P > maxP ||
 		128*f.N*f.R > maxScryptByte:
-		return nil, fmt.Errorf("key file: scrypt parameters N=%d r=%d p=%d out of bounds (N a power of two up to %d, r up to %d, p up to %d, 128·N·r bytes up to %d MiB)",
+		return nil, nil, fmt.Errorf("key file: scrypt parameters N=%d r=%d p=%d out of bounds (N a power of two up to %d, r up to %d, p up to %d, 128·N·r bytes up to %d MiB)",
 			f.N, f.R, f.P, maxN, maxR, maxP, maxScryptByte>>20)
 	case len(f.Salt) < 16 || len(f.Nonce) != 12:
-		return nil, errors.New("key file: salt or nonce of the wrong size")
+		return nil, nil, errors.New("key file: salt or nonce of the wrong size")
 	}
 	aead, err := f.aead(passphrase)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key, err := aead.Open(nil, f.Nonce, f.Wrapped, []byte(Format))
 	if err != nil {
-		return nil, ErrWrongPassphrase
+		return nil, nil, ErrWrongPassphrase
 	}
-	return key, nil
+	return key, &f, nil
 }
 
 // Rewrap opens b with oldPassphrase and seals the same key under
-// newPassphrase (new salt and nonce).
+// newPassphrase (new salt and nonce, the same scrypt cost).
 func Rewrap(b, oldPassphrase, newPassphrase []byte) ([]byte, error) {
-	key, err := Unwrap(b, oldPassphrase)
+	key, f, err := unwrap(b, oldPassphrase)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(key)
-	return Wrap(key, newPassphrase)
+	return wrap(key, newPassphrase, f.N, f.R, f.P)
 }
 
 func (f *file) aead(passphrase []byte) (cipher.AEAD, error) {

@@ -10,7 +10,7 @@ import (
 
 func TestWrapUnwrapRewrap(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 64)
-	b, err := Wrap(key, []byte("first passphrase"))
+	b, err := wrap(key, []byte("first passphrase"), 1<<10, 8, 1) // cheap: the tests run under -race too
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,12 +40,15 @@ func TestWrapUnwrapRewrap(t *testing.T) {
 	if _, err := Wrap(key, nil); err == nil {
 		t.Error("empty passphrase accepted")
 	}
+	if _, err := Wrap(key, []byte("x")); err != nil { // the default cost works
+		t.Error(err)
+	}
 }
 
 // TestHostileFile: a file asking for an unbounded scrypt cost, or
 // malformed, is refused before any work.
 func TestHostileFile(t *testing.T) {
-	b, err := Wrap([]byte("k"), []byte("p"))
+	b, err := wrap([]byte("k"), []byte("p"), 1<<10, 8, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
