@@ -58,8 +58,9 @@ the replicas, snapshots and backups hold only ciphertext, and later runs
 refuse to serve without that key or with another.
 
 The data dir is created mode 0700 and replica files 0600. --control adds a
-TCP listener for the control API: on loopback it is unauthenticated (anyone on
-this host may use it); elsewhere it needs mutual TLS (--tls-cert, --tls-key,
+TCP listener for the control API: on loopback it serves this user and root
+only (the owner of the caller's socket is checked), as do the NBD export and a
+CHAP-less iSCSI portal; elsewhere it needs mutual TLS (--tls-cert, --tls-key,
 --tls-ca; see drover certs) or --insecure-listen. Every call that changes the
 volume or reads its data is logged with the caller (uid, or certificate).
 
