@@ -37,7 +37,8 @@ func newKeyCmd() *cobra.Command {
   drover dev --encryption-key-file vol.key
   drover key new vol.key --passphrase-file pass
   drover dev --encryption-key-file vol.key --encryption-passphrase-file pass
-  drover key rewrap vol.key --passphrase-file pass --new-passphrase-file pass2`}
+  drover key rewrap vol.key --passphrase-file pass --new-passphrase-file pass2
+  drover key check vol.key     # then: drover engine ... --encryption-key-file vol.key --encryption-key-check HEX`}
 	var passFile, newPassFile string
 	newCmd := &cobra.Command{Use: "new FILE", Short: "Write a new random volume key to FILE (mode 0600)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -96,8 +97,47 @@ func newKeyCmd() *cobra.Command {
 	rewrap.Flags().StringVar(&newPassFile, "new-passphrase-file", "", "the new passphrase")
 	_ = rewrap.MarkFlagRequired("passphrase-file")
 	_ = rewrap.MarkFlagRequired("new-passphrase-file")
-	cmd.AddCommand(newCmd, rewrap)
+	check := &cobra.Command{Use: "check FILE", Short: "Print the key's check value (drover engine --encryption-key-check takes it)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := loadKey(args[0], passFile)
+			if err != nil {
+				return err
+			}
+			defer clear(key)
+			fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(device.KeyCheck(key)))
+			return nil
+		}}
+	check.Flags().StringVar(&passFile, "passphrase-file", "", "passphrase that opens a wrapped key file")
+	cmd.AddCommand(newCmd, rewrap, check)
 	return cmd
+}
+
+// engineKey loads the engine's key and checks it against the check value
+// recorded when the volume was made (drover key check): the engine has
+// no directory of its own to keep it in.
+func engineKey(keyFile, passFile, check string) ([]byte, error) {
+	if keyFile == "" {
+		if check != "" || passFile != "" {
+			return nil, errors.New("--encryption-key-check and --encryption-passphrase-file need --encryption-key-file")
+		}
+		return nil, nil
+	}
+	if check == "" {
+		return nil, fmt.Errorf("--encryption-key-file needs --encryption-key-check (drover key check %s prints it; record it with the volume): without it a wrong key would serve garbage", keyFile)
+	}
+	want, err := hex.DecodeString(strings.TrimSpace(check))
+	if err != nil {
+		return nil, fmt.Errorf("--encryption-key-check: %w", err)
+	}
+	key, err := loadKey(keyFile, passFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := device.CheckKey(key, want); err != nil {
+		clear(key)
+		return nil, fmt.Errorf("--encryption-key-file %s: %w: it does not match --encryption-key-check", keyFile, err)
+	}
+	return key, nil
 }
 
 // writeNewFile writes b to a new file of mode 0600 (never over one).

@@ -61,6 +61,13 @@ Every call that changes the volume or reads its data is logged with the
 caller. With --tls-* the links to replicas are mutual TLS too (replicas
 started with the same CA's certificates; see drover replica).
 
+With --encryption-key-file the frontends' data is encrypted in this process
+(AES-256-XTS per 4 KiB block) before replication, as in drover dev; the
+engine has no directory to remember the key by, so --encryption-key-check
+(from drover key check) must say which key the volume was made with. Use a
+key from the volume's first start on: a volume written without it reads as
+garbage through it.
+
 With --frontend nbd the volume is also an NBD export named after
 the volume (on 127.0.0.1:10809 unless --nbd-listen says otherwise); with
 --frontend iscsi an iSCSI target on --iscsi-listen. The default is none.`
@@ -81,6 +88,7 @@ func newEngineCmd() *cobra.Command {
 	var replaceAfter time.Duration
 	var rebuildRate sizeFlag
 	var bf backingFlags
+	var keyFile, passFile, keyCheck string
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -111,6 +119,10 @@ func newEngineCmd() *cobra.Command {
 			if err := checkDistinctAddrs(append(append([]enginerun.Replica{}, cfg.Replicas...), cfg.Spares...)); err != nil {
 				return err
 			}
+			key, err := engineKey(keyFile, passFile, keyCheck)
+			if err != nil {
+				return err
+			}
 			var socket string
 			if cf.socket == "" && cf.addr == "" {
 				if socket, err = engineSocket(volume); err != nil {
@@ -127,7 +139,7 @@ func newEngineCmd() *cobra.Command {
 			if size.bytes != 0 {
 				go ensureSize(cmd, ctl.self, size.bytes)
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, nil)
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, key)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
@@ -141,6 +153,9 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&bf.image, "backing-image", "", "the volume is on this backing image: replicas on another (by name, or by checksum when --images-dir holds it) are refused")
 	cmd.Flags().StringVar(&bf.dir, "images-dir", "", "backing images directory to read the image's checksum from (default $XDG_DATA_HOME/drover/images; optional)")
 	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
+	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt what the frontends write with this key (drover key new); the volume must have been made with it")
+	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
+	cmd.Flags().StringVar(&keyCheck, "encryption-key-check", "", "the key's check value (drover key check), recorded when the volume was made: a wrong key is refused")
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd
