@@ -235,6 +235,11 @@ func listenNBD(addr, volume string, withTLS bool) (net.Listener, string, error) 
 	if err != nil {
 		return nil, "", fmt.Errorf("NBD: %w", err)
 	}
+	// Only this user and root open it (the server checks the peer too).
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, "", fmt.Errorf("NBD: %w", err)
+	}
 	return ln, nbd.UnixURI(path, volume), nil
 }
 

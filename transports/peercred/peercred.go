@@ -150,3 +150,36 @@ func parseAddr(s string) (*net.TCPAddr, error) {
 }
 
 func sameAddr(a, b *net.TCPAddr) bool { return a.Port == b.Port && a.IP.Equal(b.IP) }
+
+// LocalOnly wraps l so that Accept returns only connections that pass
+// Check, or come from beyond loopback (which the server must
+// authenticate itself); refused ones are closed and reported to refused
+// (which may be nil). For HTTP and other servers that take a listener.
+func LocalOnly(l net.Listener, refused func(c net.Conn, err error)) net.Listener {
+	return &localListener{Listener: l, refused: refused}
+}
+
+type localListener struct {
+	net.Listener
+	refused func(net.Conn, error)
+}
+
+func (l *localListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+			return c, nil
+		}
+		if err := Check(c); err != nil {
+			if l.refused != nil {
+				l.refused(c, err)
+			}
+			c.Close()
+			continue
+		}
+		return c, nil
+	}
+}

@@ -106,3 +106,37 @@ func TestNotLocal(t *testing.T) {
 		t.Errorf("parseAddr = %v, %v", a, err)
 	}
 }
+
+// TestLocalOnly: the wrapped listener hands over this user's connection
+// and drops nobody's, reporting it.
+func TestLocalOnly(t *testing.T) {
+	testenv.NeedRoot(t, "connecting as the user nobody")
+	testenv.NeedTools(t, "bash")
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan error, 1)
+	lis := LocalOnly(inner, func(_ net.Conn, err error) { refused <- err })
+	defer lis.Close()
+	_, port, _ := net.SplitHostPort(inner.Addr().String())
+	cmd := exec.Command("bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+port+"; cat <&3")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var own net.Conn
+	c := accepted(t, lis, func() error {
+		if err := <-refused; !errors.Is(err, ErrNotAllowed) {
+			return err
+		}
+		own, err = net.Dial("tcp", inner.Addr().String())
+		return err
+	})
+	defer own.Close()
+	if uid, err := UID(c); err != nil || int(uid) != os.Geteuid() {
+		t.Errorf("accepted uid %d, %v", uid, err)
+	}
+	_ = cmd.Wait() // nobody's connection was closed: cat ends
+}
