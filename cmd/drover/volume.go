@@ -22,7 +22,8 @@ write, read and flush move data through the engine. They are debug and test
 tools (there is no frontend in them), handy to check a deployment end to end.`
 
 const volumeExample = `  drover volume info
-  drover volume info --control 10.0.0.5:7370
+  drover volume info --control 10.0.0.5:7370 --tls-cert admin.crt --tls-key admin.key --tls-ca ca.crt
+  drover volume info --control unix:/var/tmp/drover/control.sock
   drover volume expand --size 20GiB
   drover volume write --offset 1MiB --file data.bin
   drover volume read --offset 1MiB --length 4KiB --file out.bin
