@@ -182,6 +182,10 @@ func TestCanaries(t *testing.T) {
 		{"open trusts a replica restored from an old copy", "stale", Bugs{Engine: engine.Bugs{IgnoreDurableMark: true}}, 60},
 		{"damaged index read as never written", "damage", Bugs{Replica: replica.Bugs{IgnoreIndexDamage: true}}, 60},
 		{"reads skip checksums (lost writes served)", "lostwrite", Bugs{Replica: replica.Bugs{SkipReadChecksums: true}}, 60},
+		// The activity log's limitation before intents: a settle that
+		// takes any checksum keeps rot that a crash left in an active
+		// region.
+		{"settle keeps rot (no write intents)", "rotcrash", Bugs{Replica: replica.Bugs{SettleAnyChecksum: true}}, 60},
 	}
 	for _, c := range cases {
 		caught := uint64(0)

@@ -71,6 +71,7 @@ type Bugs struct {
 	AcceptStaleEpochs bool // requests from lower epochs are served
 	SkipReadChecksums bool // reads return data whatever its checksum
 	IgnoreIndexDamage bool // a layer whose index fails to read loads as empty
+	SettleAnyChecksum bool // a crash's settle takes any checksum it finds, as before intents
 }
 
 // Ready is a batch of effects. IOs may run concurrently and complete in
@@ -135,6 +136,20 @@ type Replica struct {
 	nextIO  uint64
 	pending map[uint64]pendingIO
 	ready   Ready
+
+	// Intents (intents.go): writes waiting for their checksums to be
+	// recorded, and whether a WriteIntents IO is in flight.
+	intentQueue   []*op
+	intentBatch   []*op // the batch whose intents are in flight
+	intentEntries []proto.BlockState
+	intentBusy    bool
+	// settleIntents are the checksums the head's blocks may hold after
+	// the crash being settled (load only).
+	settleIntents map[uint64][]uint32
+	// rotFound counts blocks a settle found rotted (neither synced nor
+	// recorded as a write's intent): left corrupt, for the engine to
+	// repair.
+	rotFound uint64
 }
 
 // pendingIO is what an IO's completion goes to: the data path's IOs by
@@ -156,6 +171,7 @@ const (
 	ioFUASync                    // finishWrite's SyncData
 	ioFUAIndex                   // finishWrite's WriteIndex
 	ioFUAIndexSync               // finishWrite's SyncIndex
+	ioIntents                    // pumpIntents' WriteIntents
 )
 
 type region struct {
@@ -219,6 +235,8 @@ func (r *Replica) Complete(c store.Completion) {
 	}
 	if p.kind == ioFunc {
 		p.fn(c)
+	} else if p.kind == ioIntents {
+		r.intentsDone(p.l, c)
 	} else {
 		r.completeData(p, c)
 	}
@@ -260,6 +278,7 @@ func (r *Replica) fail(why string) {
 		r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", why)
 	}
 	r.queue = nil
+	r.failIntents()
 }
 
 func (r *Replica) head() *layer { return r.layers[len(r.layers)-1] }
@@ -340,6 +359,9 @@ func (r *Replica) IndexBytes() uint64 {
 }
 
 func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// zeroCRC is the checksum of a block of zeros: a hole's write intent.
+var zeroCRC = crcOf(make([]byte, proto.BlockSize))
 
 // CRC returns the CRC32C (Castagnoli) of b, as used for stored blocks.
 func CRC(b []byte) uint32 { return crcOf(b) }
