@@ -151,7 +151,7 @@ func (r *Replica) settleRegions(keys []RegionKey) {
 				continue
 			}
 			switch {
-			case r.intended(e.BlockIndex, sum) && allZero(block):
+			case (r.intended(e.BlockIndex, sum) || r.cfg.Bugs.SettleZerosAsTrims) && allZero(block):
 				// A trim's hole (or a write of zeros) that landed before
 				// its index entry. Recorded as zeros, as the model
 				// records it: it reads the same, and it is not data a

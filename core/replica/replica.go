@@ -67,11 +67,12 @@ type Config struct {
 // Bugs are deliberate faults, for proving the checkers catch them. All
 // false in production.
 type Bugs struct {
-	SkipFlushSync     bool // flush replies without syncing anything
-	AcceptStaleEpochs bool // requests from lower epochs are served
-	SkipReadChecksums bool // reads return data whatever its checksum
-	IgnoreIndexDamage bool // a layer whose index fails to read loads as empty
-	SettleAnyChecksum bool // a crash's settle takes any checksum it finds, as before intents
+	SkipFlushSync      bool // flush replies without syncing anything
+	AcceptStaleEpochs  bool // requests from lower epochs are served
+	SkipReadChecksums  bool // reads return data whatever its checksum
+	IgnoreIndexDamage  bool // a layer whose index fails to read loads as empty
+	SettleAnyChecksum  bool // a crash's settle takes any checksum it finds, as before intents
+	SettleZerosAsTrims bool // a settle takes zeros under a data entry for a trim, intent or not
 }
 
 // Ready is a batch of effects. IOs may run concurrently and complete in
