@@ -186,10 +186,6 @@ func TestCanaries(t *testing.T) {
 		// takes any checksum keeps rot that a crash left in an active
 		// region.
 		{"settle keeps rot (no write intents)", "rotcrash", Bugs{Replica: replica.Bugs{SettleAnyChecksum: true}}, 60},
-		// A write lost on the way to a hole leaves zeros under the data
-		// entry its flush wrote: without a trim's intent, that is not a
-		// trim.
-		{"settle takes a lost write's zeros for a trim", "lostwrite", Bugs{Replica: replica.Bugs{SettleZerosAsTrims: true}}, 60},
 	}
 	for _, c := range cases {
 		caught := uint64(0)
