@@ -186,3 +186,33 @@ func TestEngineRestartResyncsHalfDoneWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestEngineFlushesOnItsOwn: writes no client flushes are made durable
+// by the engine once FlushEveryTicks passed (every replica's flushed
+// sequence covers them), and the flush answers no frontend request; an
+// engine with it off leaves them unflushed.
+func TestEngineFlushesOnItsOwn(t *testing.T) {
+	for _, every := range []int64{20, -1} {
+		c := newCluster(t, 3, 64*proto.BlockSize, engine.Config{Volume: "v", FlushEveryTicks: every})
+		for b := uint64(0); b < 4; b++ {
+			c.write(b, b+1)
+		}
+		for i := 0; i < 40; i++ {
+			c.Tick()
+			for c.Step() {
+			}
+		}
+		if _, ok := c.Host().Replies[0]; ok {
+			t.Fatalf("FlushEveryTicks %d: a frontend reply to a request nobody sent", every)
+		}
+		for _, id := range []proto.ReplicaID{"r1", "r2", "r3"} {
+			got := c.Nodes[id].Replica.Info().FlushedSeq
+			if every > 0 && got < 4 {
+				t.Fatalf("replica %s flushed up to write %d after 40 ticks, want 4", id, got)
+			}
+			if every < 0 && got != 0 {
+				t.Fatalf("replica %s flushed up to write %d with the engine's own flushes off", id, got)
+			}
+		}
+	}
+}
