@@ -78,6 +78,13 @@ func (s *Sim) amnesiaVictim() *replicaNode {
 	// only the highest-named, with more any but the lowest-named.
 	victim := info.Replicas[s.rng.IntN(len(info.Replicas))].ID
 	if s.networkMayDrop(en) {
+		if len(info.Replicas) < 3 {
+			// Of two members, the one not struck may be dropped
+			// meanwhile, leaving no good copy (sim swarm seed 1526: r2's
+			// index damaged while r1 was partitioned; the engine dropped
+			// r1, then found r2 damaged).
+			return nil
+		}
 		victim = info.Replicas[len(info.Replicas)-1].ID
 		if len(info.Replicas) > 3 {
 			victim = info.Replicas[1+s.rng.IntN(len(info.Replicas)-1)].ID
