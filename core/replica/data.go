@@ -216,7 +216,7 @@ func (r *Replica) completeData(p pendingIO, c store.Completion) {
 }
 
 func (r *Replica) runWrite(o *op) {
-	req := o.req
+	req, h := o.req, r.head()
 	o.entries = o.entryBuf[:0]
 	if req.BlockCount > inlineEntries {
 		o.entries = make([]proto.BlockState, 0, req.BlockCount)
@@ -224,6 +224,12 @@ func (r *Replica) runWrite(o *op) {
 	for i := range req.BlockCount {
 		o.entries = append(o.entries, proto.BlockState{BlockIndex: o.lo + uint64(i), Kind: proto.BlockData,
 			CRC: crcOf(req.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])})
+	}
+	if !h.needIntents(o.lo, uint64(req.BlockCount)) {
+		// No block here has a durable entry: a crash leaves none for the
+		// new content to be settled against.
+		r.issueFor(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, pendingIO{kind: ioWrite, o: o, l: h})
+		return
 	}
 	r.queueIntents(o)
 }
@@ -301,26 +307,29 @@ func (r *Replica) runTrim(o *op) {
 		o.entries = entries
 		r.finishWrite(o, h, len(punches) > 0)
 	}
-	if len(punches) == 0 {
-		apply()
-		return
-	}
 	// A hole punched before its zero entry is flushed reads as zeros
 	// under a data entry: recorded first as an intent (the checksum of
 	// zeros), so a settle takes it for the trim it is. Zeros under a
 	// data entry without one are a lost write, not a trim.
-	r.recordIntents(o, h, zeroIntents(punches), "trim", func() {
+	intents := zeroIntents(h, punches)
+	if len(intents) == 0 {
+		r.afterAll(o, punchIOs(h, punches), "punch", apply)
+		return
+	}
+	r.recordIntents(o, h, intents, "trim", func() {
 		r.afterAll(o, punchIOs(h, punches), "punch", apply)
 	})
 }
 
 // zeroIntents lists the intents of punching runs: each block's checksum
 // becomes that of zeros.
-func zeroIntents(runs []proto.Extent) []proto.BlockState {
+func zeroIntents(l *layer, runs []proto.Extent) []proto.BlockState {
 	var out []proto.BlockState
 	for _, x := range runs {
 		for b := x.BlockIndex; b < x.BlockIndex+x.BlockCount; b++ {
-			out = append(out, proto.BlockState{BlockIndex: b, Kind: proto.BlockData, CRC: zeroCRC})
+			if l.indexed.Contains(b) {
+				out = append(out, proto.BlockState{BlockIndex: b, Kind: proto.BlockData, CRC: zeroCRC})
+			}
 		}
 	}
 	return out
@@ -502,11 +511,11 @@ func (r *Replica) runLayerWrite(o *op) {
 	// taking them for rot.
 	var intents []proto.BlockState
 	for _, b := range o.req.Blocks {
-		if b.Kind == proto.BlockData {
+		if b.Kind == proto.BlockData && l.indexed.Contains(b.BlockIndex) {
 			intents = append(intents, b)
 		}
 	}
-	intents = append(intents, zeroIntents(punches)...)
+	intents = append(intents, zeroIntents(l, punches)...)
 	if len(intents) == 0 {
 		write()
 		return

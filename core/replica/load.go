@@ -79,6 +79,7 @@ func (r *Replica) loadIndexes(i int) {
 				continue // beyond the size: left by a shrink we refuse; ignore
 			}
 			l.held.Add(e.BlockIndex)
+			l.indexed.Add(e.BlockIndex)
 			if e.Kind == proto.BlockZero {
 				l.zero.Add(e.BlockIndex)
 			}

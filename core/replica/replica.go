@@ -96,6 +96,12 @@ type layer struct {
 	meta LayerMeta
 	held blockset.Set // blocks this layer holds (data or zero)
 	zero blockset.Set // subset of held stored as zeros
+	// indexed holds every block whose entry in the layer's index may be
+	// durable (loaded, or in a WriteIndex issued since): only an in-place
+	// write over such a block needs a write intent first. Elsewhere a
+	// crash leaves no entry for the new content to be checked against,
+	// and the block reads as it did before the write.
+	indexed blockset.Set
 }
 
 // Replica is the state machine. Create it with New, then drive it.
@@ -256,10 +262,41 @@ func (r *Replica) issue(io store.IO, then func(store.Completion)) {
 
 // issueFor emits io; its completion goes to p.
 func (r *Replica) issueFor(io store.IO, p pendingIO) {
+	if io.Kind == store.WriteIndex && len(io.Entries) > 0 {
+		r.noteIndexed(io)
+	}
 	r.nextIO++
 	io.ID = r.nextIO
 	r.pending[io.ID] = p
 	r.ready.IOs = append(r.ready.IOs, io)
+}
+
+// noteIndexed records the blocks a WriteIndex may make durable (a crash
+// may keep any of its entries once it is issued).
+func (r *Replica) noteIndexed(io store.IO) {
+	for _, l := range r.layers {
+		if l.meta.ID != io.Layer {
+			continue
+		}
+		for _, e := range io.Entries {
+			l.indexed.Add(e.BlockIndex)
+		}
+		return
+	}
+}
+
+// needIntents reports whether an in-place write to [lo, lo+n) of l must
+// record write intents first: some block there may have a durable entry.
+func (l *layer) needIntents(lo, n uint64) bool {
+	if l.indexed.Len() == 0 {
+		return false
+	}
+	for b := lo; b < lo+n; b++ {
+		if l.indexed.Contains(b) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Replica) reply(rep proto.Reply) { r.ready.Replies = append(r.ready.Replies, rep) }
