@@ -32,6 +32,15 @@ import (
 // stale restore has not yet been rebuilt under a newer membership.
 func (s *Sim) amnesiaPending() bool {
 	for _, n := range s.replicas {
+		if n.damaged {
+			// Damage found only when the replica reads it: until then it
+			// serves, maybe as the only current copy, and everything
+			// that could take the others out waits (sim swarm seed 2148:
+			// r3's backing index page damaged while it ran; ENOSPC then
+			// took the other four out of the set, and a rebuild from r3
+			// found the damage with no other copy left).
+			return true
+		}
 		if n.amnesiaGen == 0 {
 			continue
 		}
