@@ -147,6 +147,9 @@ func TestRegressionSeeds(t *testing.T) {
 		{760, "swarm", 2000, "a layer write refused as corrupt named block 0, not the rotted block 3: the rebuild's splice repaired the wrong block and gave up"},
 		{2969, "swarm", 2000, "a write lost on its way to a hole, flushed, then a crash: the settle took the zeros for a trim and lost the flushed write (trims now record intents)"},
 		{1526, "swarm", 2000, "two members, r2's index damaged while r1 was partitioned: the engine dropped r1, then found r2 damaged, and no copy was left (the simulator no longer strikes two-member volumes where the network may drop one)"},
+		{297, "swarm", 2000, "a lost write on r3 that no read reached: the final scrub read each range from the same replica every pass (simulator)"},
+		{1088, "swarm", 2000, "a membership adopted at open was recorded on as Prev of the next, hiding that it was never committed: two engines opened disjoint memberships and acknowledged writes were lost"},
+		{2148, "swarm", 2000, "damage found only when read: ENOSPC took four replicas out while the fifth held undiscovered damage, and no copy was left (the simulator now holds every fault until damage is found)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {
