@@ -64,6 +64,7 @@ func newDevCmd() *cobra.Command {
 	var dataDir, controlAddr, volume string
 	var ff frontendFlags
 	var bf backingFlags
+	var mf httpFlag
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
 	size := sizeFlag{bytes: 1 << 30}
@@ -86,7 +87,7 @@ func newDevCmd() *cobra.Command {
 			}
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), controlAddr: controlAddr,
-				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
+				ff: &ff, metrics: &mf, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -99,6 +100,8 @@ func newDevCmd() *cobra.Command {
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
 		"largest volume size (at create and expand), in percent of the data dir's disk size")
 	bf.register(cmd)
+	mf.register(cmd.Flags(), "metrics-listen", defaultDevMetricsAddr, "metrics",
+		"serve Prometheus metrics at http://ADDR/metrics ('' for none; the default is skipped with a warning when busy)")
 	return cmd
 }
 
@@ -121,6 +124,7 @@ type devOptions struct {
 	volumeGiven, sizeGiven       bool // given on the command line, not defaults
 	sizeBytes                    uint64
 	ff                           *frontendFlags
+	metrics                      *httpFlag
 	backing                      *backingRef
 	spares                       int
 	replaceAfter                 time.Duration
@@ -174,6 +178,11 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	if err := o.ff.checkListen(o.volume, []string{"unix:" + filepath.Join(o.dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort}); err != nil {
 		return err
 	}
+	sidecars, closeSidecars, err := o.listenSidecars(out)
+	if err != nil {
+		return err
+	}
+	defer closeSidecars()
 	if isNew {
 		if err := checkSizeAt(o.dataDir, o.sizeBytes, o.overProvisioningPercent); err != nil {
 			return err
@@ -199,7 +208,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		}
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, lis, frontends)
+	return runEngine(cmd.Context(), out, cfg, lis, frontends, sidecars...)
 }
 
 // devHoldsVolume reports whether the data dir holds a volume already:
