@@ -64,7 +64,8 @@ func newDevCmd() *cobra.Command {
 	var dataDir, controlAddr, volume string
 	var ff frontendFlags
 	var bf backingFlags
-	var mf httpFlag
+	var mf, cf httpFlag
+	var backupTarget string
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
 	size := sizeFlag{bytes: 1 << 30}
@@ -87,7 +88,7 @@ func newDevCmd() *cobra.Command {
 			}
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), controlAddr: controlAddr,
-				ff: &ff, metrics: &mf, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
+				ff: &ff, metrics: &mf, console: &cf, backupTarget: backupTarget, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -102,6 +103,10 @@ func newDevCmd() *cobra.Command {
 	bf.register(cmd)
 	mf.register(cmd.Flags(), "metrics-listen", defaultDevMetricsAddr, "metrics",
 		"serve Prometheus metrics at http://ADDR/metrics ('' for none; the default is skipped with a warning when busy)")
+	cf.register(cmd.Flags(), "console-listen", defaultConsoleAddr, "console",
+		"serve the web console at http://ADDR/ (loopback only; '' for none; the default is skipped with a warning when busy)")
+	cmd.Flags().StringVar(&backupTarget, "backup-target", os.Getenv("DROVER_BACKUP_TARGET"),
+		"backup target the web console backs up to and restores from (as drover backup --target; default $DROVER_BACKUP_TARGET)")
 	return cmd
 }
 
@@ -124,7 +129,8 @@ type devOptions struct {
 	volumeGiven, sizeGiven       bool // given on the command line, not defaults
 	sizeBytes                    uint64
 	ff                           *frontendFlags
-	metrics                      *httpFlag
+	metrics, console             *httpFlag
+	backupTarget                 string
 	backing                      *backingRef
 	spares                       int
 	replaceAfter                 time.Duration

@@ -108,7 +108,7 @@ func newEngineCmd() *cobra.Command {
 			}
 			var sidecars []Frontend
 			if ml != nil {
-				sidecars = append(sidecars, volumeMetrics(ml, volume, &ff.conns))
+				sidecars = append(sidecars, volumeMetrics(ml, volume, &ff.conns, nil))
 			}
 			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends, sidecars...)
 		}}

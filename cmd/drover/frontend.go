@@ -85,7 +85,6 @@ func nbdFrontend(volume string, addrs []string, conns *metrics.Frontends) Fronte
 		if err != nil {
 			return nil, err
 		}
-		conns.Add("nbd", srv.Connections)
 		var lns []net.Listener
 		var uris []string
 		for _, a := range addrs {
@@ -102,6 +101,7 @@ func nbdFrontend(volume string, addrs []string, conns *metrics.Frontends) Fronte
 		for _, u := range uris {
 			fmt.Fprintf(out, "NBD export: %s\n", u)
 		}
+		conns.Add("nbd", srv.Connections, uris...)
 		printNBDHelp(out, uris[0], volume, lns[0].Addr().String())
 		return func() error {
 			errc := make(chan error, len(lns))
@@ -200,8 +200,8 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 		if err != nil {
 			return nil, err
 		}
-		conns.Add("iscsi", srv.Connections)
 		portal := srv.Addr().String()
+		conns.Add("iscsi", srv.Connections, iscsi.IQN(volume)+" on "+portal)
 		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v)\n", iscsi.IQN(volume), portal, chapp != nil)
 		fmt.Fprintf(out, "attach it with:\n  sudo iscsiadm -m discovery -t st -p %s && sudo iscsiadm -m node -T %s -p %s --login\n",
 			portal, iscsi.IQN(volume), portal)

@@ -74,13 +74,15 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 // volumeMetrics serves the volume's metrics (with its frontends'
 // connections from fe) on ln at /metrics. It is a sidecar of runEngine:
 // it starts before the volume serves, so a volume stuck opening shows.
-func volumeMetrics(ln net.Listener, volume string, fe *metrics.Frontends) Frontend {
+//
+// jobs (may be nil) are the backups and restores the process runs.
+func volumeMetrics(ln net.Listener, volume string, fe *metrics.Frontends, jobs *metrics.Jobs) Frontend {
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
 		v, ok := dev.(*enginerun.Volume)
 		if !ok {
 			return nil, fmt.Errorf("metrics: volume is a %T, not an engine's", dev)
 		}
-		reg, err := metrics.NewRegistry(metrics.NewVolume(v, volume, fe))
+		reg, err := metrics.NewRegistry(metrics.NewVolume(v, volume, fe, jobs))
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
@@ -112,6 +114,7 @@ func serveReplicaMetrics(ctx context.Context, out io.Writer, ln net.Listener, r 
 func (o *devOptions) listenSidecars(out io.Writer) ([]Frontend, func(), error) {
 	var sidecars []Frontend
 	var lns []net.Listener
+	jobs := &metrics.Jobs{} // the console's backups, in the metrics too
 	closeAll := func() {
 		for _, ln := range lns {
 			ln.Close()
@@ -123,7 +126,15 @@ func (o *devOptions) listenSidecars(out io.Writer) ([]Frontend, func(), error) {
 	}
 	if ml != nil {
 		lns = append(lns, ml)
-		sidecars = append(sidecars, volumeMetrics(ml, o.volume, &o.ff.conns))
+		sidecars = append(sidecars, volumeMetrics(ml, o.volume, &o.ff.conns, jobs))
+	}
+	cl, err := o.console.listen(out)
+	if err != nil {
+		return nil, closeAll, err
+	}
+	if cl != nil {
+		lns = append(lns, cl)
+		sidecars = append(sidecars, webConsole(cl, &o.ff.conns, jobs, o.backupTarget))
 	}
 	return sidecars, closeAll, nil
 }

@@ -185,6 +185,7 @@ type Driver struct {
 	role    sync.Mutex
 	holders atomic.Int32
 	pool    *ioPool // runs a round's other replicas' staged work beside it
+	recent  eventLog
 
 	nextID   atomic.Uint64
 	inflight chan struct{}
@@ -554,6 +555,9 @@ func (d *Driver) observe() {
 // lines: detected corruption and failed replicas as warnings, the rest
 // as information (VolumeInfo.Counters counts them).
 func (d *Driver) logEvents(evs []engine.Event) {
+	if len(evs) > 0 {
+		d.recent.add(time.Now(), evs)
+	}
 	for _, ev := range evs {
 		level := slog.LevelInfo
 		if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed {

@@ -29,7 +29,7 @@ func TestDashboardNamesExist(t *testing.T) {
 	}
 	known := map[string]bool{}
 	descs := make(chan *prometheus.Desc, 100)
-	NewVolume(nil, "", nil).Describe(descs)
+	NewVolume(nil, "", nil, &Jobs{}).Describe(descs)
 	NewReplica(nil, "", nil).Describe(descs)
 	close(descs)
 	fq := regexp.MustCompile(`fqName: "([a-z_]+)"`)

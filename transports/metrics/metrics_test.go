@@ -69,7 +69,12 @@ func TestVolumeMetrics(t *testing.T) {
 	}
 	fe := &Frontends{}
 	fe.Add("nbd", func() int { return 2 })
-	c := NewVolume(v, "vol", fe)
+	jobs := &Jobs{}
+	jobs.Start("backup", "", time.Unix(100, 0))
+	jobs.End("vol/b1", nil, time.Unix(200, 0))
+	jobs.Start("restore", "vol/b1", time.Unix(300, 0))
+	jobs.Progress(3, 8, 3<<20)
+	c := NewVolume(v, "vol", fe, jobs)
 	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %v", err, problems)
 	}
@@ -89,9 +94,16 @@ drover_volume_actual_size_bytes{volume="vol"} 20480
 # HELP drover_volume_frontend_connections Host connections the volume's frontend serves now.
 # TYPE drover_volume_frontend_connections gauge
 drover_volume_frontend_connections{frontend="nbd",volume="vol"} 2
+# HELP drover_backup_last_success_timestamp_seconds When the last job of the kind succeeded (Unix time; absent if none has since the process started).
+# TYPE drover_backup_last_success_timestamp_seconds gauge
+drover_backup_last_success_timestamp_seconds{kind="backup",volume="vol"} 200
+# HELP drover_backup_progress_chunks Chunks the running job has done.
+# TYPE drover_backup_progress_chunks gauge
+drover_backup_progress_chunks{kind="restore",volume="vol"} 3
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "drover_volume_robustness", "drover_volume_write_ops_total",
-		"drover_volume_write_bytes_total", "drover_volume_actual_size_bytes", "drover_volume_frontend_connections"); err != nil {
+		"drover_volume_write_bytes_total", "drover_volume_actual_size_bytes", "drover_volume_frontend_connections",
+		"drover_backup_last_success_timestamp_seconds", "drover_backup_progress_chunks"); err != nil {
 		t.Fatal(err)
 	}
 	if err := v.Driver().RemoveReplica(ctx, "r2"); err != nil {

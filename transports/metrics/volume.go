@@ -44,24 +44,47 @@ var Phases = []string{"opening", "serving", "faulted", "fenced"}
 // Modes are the replica modes drover_replica_mode has a series for.
 var Modes = []engine.Mode{engine.ModeRW, engine.ModeWO, engine.ModeERR}
 
-// Frontends tracks the frontends serving a volume, for their connection
-// gauges. Safe for concurrent use; the zero value is ready.
+// Frontends tracks the frontends serving a volume: their connection
+// gauges, and where hosts reach them (for the console). Safe for
+// concurrent use; the zero value is ready.
 type Frontends struct {
 	mu   sync.Mutex
 	list []frontend
 }
 
 type frontend struct {
-	kind  string
-	conns func() int
+	kind      string
+	conns     func() int
+	endpoints []string
 }
 
 // Add registers a frontend of kind ("nbd", "iscsi") whose Connections
-// is conns.
-func (f *Frontends) Add(kind string, conns func() int) {
+// is conns, reached at endpoints (URIs, or a target and portal).
+func (f *Frontends) Add(kind string, conns func() int, endpoints ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.list = append(f.list, frontend{kind, conns})
+	f.list = append(f.list, frontend{kind, conns, endpoints})
+}
+
+// Endpoint is where hosts reach a frontend.
+type Endpoint struct {
+	Kind        string `json:"kind"`
+	Address     string `json:"address"`
+	Connections int    `json:"connections"`
+}
+
+// Endpoints lists every frontend's endpoints with its connections now.
+func (f *Frontends) Endpoints() []Endpoint {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Endpoint
+	for _, fe := range f.list {
+		n := fe.conns()
+		for _, e := range fe.endpoints {
+			out = append(out, Endpoint{Kind: fe.kind, Address: e, Connections: n})
+		}
+	}
+	return out
 }
 
 // connections sums the connections per kind.
@@ -80,7 +103,9 @@ type Volume struct {
 	vol       *enginerun.Volume
 	name      string
 	frontends *Frontends
+	jobs      *Jobs
 	d         volumeDescs
+	jd        jobDescs
 }
 
 type volumeDescs struct {
@@ -94,12 +119,14 @@ type volumeDescs struct {
 }
 
 // NewVolume returns the collector of v's volume, named name. frontends
-// may be nil (no frontend connection gauges).
-func NewVolume(v *enginerun.Volume, name string, frontends *Frontends) *Volume {
+// may be nil (no frontend connection gauges), and so may jobs (no backup
+// metrics: only a process that runs backups, such as drover dev's
+// console, has them).
+func NewVolume(v *enginerun.Volume, name string, frontends *Frontends, jobs *Jobs) *Volume {
 	if frontends == nil {
 		frontends = &Frontends{}
 	}
-	c := &Volume{vol: v, name: name, frontends: frontends}
+	c := &Volume{vol: v, name: name, frontends: frontends, jobs: jobs, jd: newJobDescs()}
 	vl := []string{"volume"}
 	rl := []string{"volume", "replica"}
 	d := &c.d
@@ -143,6 +170,9 @@ func (c *Volume) Describe(ch chan<- *prometheus.Desc) {
 		d.rebuilds, d.connections, d.scrapeErrors} {
 		ch <- x
 	}
+	if c.jobs != nil {
+		c.jd.describe(ch)
+	}
 	for i := range enginerun.IOOps {
 		ch <- d.ops[i]
 		if d.bytes[i] != nil {
@@ -156,6 +186,9 @@ func (c *Volume) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Volume) Collect(ch chan<- prometheus.Metric) {
 	c.collectIO(ch)
+	if c.jobs != nil {
+		c.jd.collect(ch, c.jobs, c.name)
+	}
 	conns := c.frontends.connections()
 	for kind, n := range conns {
 		ch <- gauge(c.d.connections, float64(n), c.name, kind)
