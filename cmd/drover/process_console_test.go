@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/testenv"
@@ -122,9 +123,35 @@ func (b *browser) confirm(what, sel string) {
 
 // a11yProblems lists what a basic accessibility check finds on the page:
 // inputs without a label, buttons without an accessible name, no
-// document language, a progress bar or meter without a label.
+// document language, a progress bar or meter without a label, and text
+// whose contrast with its background is below WCAG AA (4.5:1, 3:1 for
+// large text).
 const a11yProblems = `(() => {
   const out = [];
+  const lum = (c) => {
+    const [r, g, b] = c.match(/[\d.]+/g).slice(0, 3).map((v) => {
+      v = Number(v) / 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor, m = c.match(/[\d.]+/g);
+      if (m && (m.length < 4 || Number(m[3]) > 0)) return c;
+    }
+    return "rgb(255, 255, 255)";
+  };
+  for (const e of document.querySelectorAll("body *")) {
+    if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+    const st = getComputedStyle(e);
+    if (st.display === "none" || st.visibility === "hidden" || !e.getClientRects().length) continue;
+    const a = lum(st.color), b = lum(background(e));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(st.fontSize), large = size >= 24 || (size >= 18.66 && Number(st.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) out.push(e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + " '" +
+      e.textContent.trim().slice(0, 30) + "' has contrast " + ratio.toFixed(2));
+  }
   if (!document.documentElement.lang) out.push("no lang on <html>");
   for (const e of document.querySelectorAll("input, select, textarea, progress, meter"))
     if (!(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.getAttribute("aria-labelledby"))
@@ -171,14 +198,12 @@ func TestProcessConsoleBrowser(t *testing.T) {
 	began := time.Now()
 	b.run("open the console", chromedp.Navigate("http://"+consoleAddr+"/"), chromedp.WaitVisible(chromedp.CSS("#replica-dev-3")))
 	b.waitText("#robustness", "healthy")
-	problems := eval[[]string](b, "accessibility check", a11yProblems)
-	if len(problems) > 0 {
+	if problems := eval[[]string](b, "accessibility check", a11yProblems); len(problems) > 0 {
 		t.Errorf("accessibility: %s", strings.Join(problems, "; "))
 	}
 
-	b.run("create a snapshot", chromedp.SendKeys(chromedp.CSS("#snapshot-name"), "before"),
-		chromedp.Click(chromedp.CSS(`#create-snapshot button[type="submit"]`)),
-		chromedp.WaitVisible(chromedp.CSS("#snapshot-before")))
+	b.run("create a snapshot with the keyboard", chromedp.Focus(chromedp.CSS("#snapshot-name")),
+		chromedp.KeyEvent("before"+kb.Enter), chromedp.WaitVisible(chromedp.CSS("#snapshot-before")))
 	if info, err := c.volumeInfo(); err != nil || !strings.Contains(strings.Join(info.GetChain(), ","), "before") {
 		t.Fatalf("after the page created snapshot before, the chain is %v (%v)", info.GetChain(), err)
 	}
@@ -221,6 +246,9 @@ func TestProcessConsoleBrowser(t *testing.T) {
 	rd, err = c.client.Read(context.Background(), &controlpb.ReadRequest{Offset: 0, Length: 4096})
 	if err != nil || !bytes.Equal(rd.GetData(), bytes.Repeat([]byte{0xa1}, 4096)) {
 		t.Fatalf("after the page restored the backup, block 0 is not what it held at the backup (%v)", err)
+	}
+	if problems := eval[[]string](b, "accessibility check at the end", a11yProblems); len(problems) > 0 {
+		t.Errorf("accessibility with events, backups and badges shown: %s", strings.Join(problems, "; "))
 	}
 	if os.Getenv("DROVER_CONSOLE_SCREENSHOTS") != "" {
 		b.saveArtifacts("end")
