@@ -66,7 +66,7 @@ func newEngineCmd() *cobra.Command {
 	var replaceAfter time.Duration
 	var rebuildRate sizeFlag
 	var bf backingFlags
-	var mf httpFlag
+	var mf, cf httpFlag
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -101,14 +101,10 @@ func newEngineCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ml, err := mf.listen(cmd.OutOrStdout())
+			sidecars, err := engineSidecars(cmd.OutOrStdout(), &mf, &cf, volume, &ff.conns)
 			if err != nil {
 				lis.Close()
 				return err
-			}
-			var sidecars []Frontend
-			if ml != nil {
-				sidecars = append(sidecars, volumeMetrics(ml, volume, &ff.conns, nil))
 			}
 			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends, sidecars...)
 		}}
@@ -125,6 +121,7 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&bf.dir, "images-dir", "", "backing images directory to read the image's checksum from (default $XDG_DATA_HOME/drover/images; optional)")
 	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
 	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
+	cf.register(cmd.Flags(), "console-listen", "", "console", "serve the web console at http://ADDR/ (a loopback host:port; default none)")
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd

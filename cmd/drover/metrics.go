@@ -138,3 +138,27 @@ func (o *devOptions) listenSidecars(out io.Writer) ([]Frontend, func(), error) {
 	}
 	return sidecars, closeAll, nil
 }
+
+// engineSidecars binds drover engine's HTTP endpoints (both off unless
+// given) and returns runEngine's sidecars for them.
+func engineSidecars(out io.Writer, mf, cf *httpFlag, volume string, fe *metrics.Frontends) ([]Frontend, error) {
+	var sidecars []Frontend
+	ml, err := mf.listen(out)
+	if err != nil {
+		return nil, err
+	}
+	if ml != nil {
+		sidecars = append(sidecars, volumeMetrics(ml, volume, fe, nil))
+	}
+	cl, err := cf.listen(out)
+	if err != nil {
+		if ml != nil {
+			ml.Close()
+		}
+		return nil, err
+	}
+	if cl != nil {
+		sidecars = append(sidecars, webConsole(cl, fe, nil, ""))
+	}
+	return sidecars, nil
+}

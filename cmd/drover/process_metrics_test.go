@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -231,13 +232,13 @@ func rotBlock(t *testing.T, dir string, b int64) {
 }
 
 // TestProcessEngineMetrics: drover engine over three drover replica
-// processes serves /metrics, and so does a replica. A replica killed
+// processes serves /metrics (and its console), and so does a replica. A replica killed
 // with SIGKILL shows ERR in drover_replica_mode and the volume degraded;
 // restarted, it is rebuilt: RW, healthy, and one rebuild done.
 func TestProcessEngineMetrics(t *testing.T) {
 	needTools(t, "promtool")
 	const size = 4 << 20
-	engineMetrics, replicaMetrics := freeAddr(t), freeAddr(t)
+	engineMetrics, replicaMetrics, consoleAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	c := &cluster{volumeClient: newVolumeClient(t, freeAddr(t), size), prefix: make([][]string, 3), replicas: make([]*proc, 3)}
 	for i := range 3 {
 		c.addrs = append(c.addrs, freeAddr(t))
@@ -247,7 +248,7 @@ func TestProcessEngineMetrics(t *testing.T) {
 		"--metrics-listen", replicaMetrics)
 	c.startReplica(1)
 	c.startReplica(2)
-	c.startEngine("--metrics-listen", engineMetrics, "--rebuild-rate", "0")
+	c.startEngine("--metrics-listen", engineMetrics, "--console-listen", consoleAddr)
 	l := newLoad(c.volumeClient, 7)
 	for range 10 {
 		l.write()
@@ -306,4 +307,19 @@ func TestProcessEngineMetrics(t *testing.T) {
 		t.Errorf("after r3's rebuild: drover_volume_robustness = %v, want 1", got)
 	}
 	l.verify("after r3's rebuild")
+
+	// drover engine serves the console too (off unless asked).
+	resp, err := http.Get("http://" + consoleAddr + "/api/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Phase      string
+		Robustness string
+		Replicas   []struct{ ID, Mode string }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.Phase != "serving" || st.Robustness != "healthy" || len(st.Replicas) != 3 {
+		t.Errorf("drover engine's console state: %+v (%v)", st, err)
+	}
 }

@@ -198,7 +198,19 @@ type State struct {
 	Events      []Event              `json:"events"`
 	IO          map[string]IOSummary `json:"io"`
 	// Backups is nil when the console has no backup target.
-	Backups *BackupState `json:"backups,omitempty"`
+	Backups  *BackupState `json:"backups,omitempty"`
+	Settings Settings     `json:"settings"`
+}
+
+// Settings are the engine's settings (read-only here: they are its
+// command's flags).
+type Settings struct {
+	MinHealthy          int     `json:"minHealthy"`
+	ReplicaTimeoutSec   float64 `json:"replicaTimeoutSeconds"`
+	RebuildAfterSec     float64 `json:"rebuildAfterSeconds"`    // negative: never
+	ReplaceAfterSec     float64 `json:"replaceAfterSeconds"`    // negative: never
+	RebuildRateBytesSec uint64  `json:"rebuildRateBytesPerSec"` // 0: no limit
+	BackingImage        string  `json:"backingImage,omitempty"`
 }
 
 // Replica is one member as the engine sees it.
@@ -283,6 +295,10 @@ func (s *Server) State(ctx context.Context) (*State, error) {
 		}
 	}
 	st.Backups = s.backupState()
+	cfg := d.Config()
+	st.Settings = Settings{MinHealthy: max(cfg.MinHealthy, 1), ReplicaTimeoutSec: cfg.Timeout.Seconds(),
+		RebuildAfterSec: cfg.RebuildAfter.Seconds(), ReplaceAfterSec: cfg.ReplaceAfter.Seconds(),
+		RebuildRateBytesSec: cfg.RebuildRate, BackingImage: cfg.BackingImage}
 	evs, _ := d.RecentEvents()
 	for i := len(evs) - 1; i >= 0; i-- { // newest first
 		st.Events = append(st.Events, event(evs[i]))

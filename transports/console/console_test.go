@@ -105,7 +105,8 @@ func TestConsoleAPI(t *testing.T) {
 		t.Fatalf("GET /api/state: %d %v %.300s", code, err, body)
 	}
 	if st.Phase != "serving" || st.Robustness != "healthy" || len(st.Replicas) != 2 || len(st.Snapshots) != 2 ||
-		st.Snapshots[0].Name != "s1" || st.Snapshots[0].Labels["k"] != "v" || !st.Snapshots[1].Head {
+		st.Snapshots[0].Name != "s1" || st.Snapshots[0].Labels["k"] != "v" || !st.Snapshots[1].Head ||
+		st.Settings.ReplicaTimeoutSec != 5 || st.Settings.ReplaceAfterSec != 60 || st.Settings.MinHealthy != 1 {
 		t.Fatalf("state after a snapshot: %+v", st)
 	}
 	for _, c := range []struct {

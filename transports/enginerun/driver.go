@@ -142,6 +142,9 @@ func (c *Config) setDefaults() {
 	if c.DialWait <= 0 {
 		c.DialWait = defaultDialWait
 	}
+	if c.ReplaceAfter == 0 {
+		c.ReplaceAfter = defaultReplaceAfter
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -635,6 +638,10 @@ func (d *Driver) WaitServing(ctx context.Context) error {
 		return fmt.Errorf("volume %s not serving: %w", d.cfg.Volume, ctx.Err())
 	}
 }
+
+// Config returns the driver's configuration, defaults filled in (the
+// replicas and spares it started with; Info has the membership now).
+func (d *Driver) Config() Config { return d.cfg }
 
 // Serving reports whether the engine serves IO now.
 func (d *Driver) Serving() bool { return d.serving.Load() }

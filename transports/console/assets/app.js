@@ -255,6 +255,22 @@ async function listBackups(b) {
   $("backup-rows").replaceChildren(...rows);
 }
 
+function secs(v) {
+  return v < 0 ? "never" : v + " s";
+}
+
+function renderSettings(c) {
+  const rows = [
+    ["Fewest RW replicas for writes", String(c.minHealthy)],
+    ["Replica timeout (then ERR)", secs(c.replicaTimeoutSeconds)],
+    ["Rebuild an ERR replica after", secs(c.rebuildAfterSeconds)],
+    ["Replace a failed replica by a spare after", secs(c.replaceAfterSeconds)],
+    ["Rebuild rate limit", c.rebuildRateBytesPerSec ? bytes(c.rebuildRateBytesPerSec) + "/s" : "none"],
+    ["Backing image", c.backingImage || "none"],
+  ];
+  $("settings-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+}
+
 function render(s) {
   state = s;
   part("header", [s.volume, s.phase, s.robustness, s.why], () => renderHeader(s));
@@ -264,6 +280,7 @@ function render(s) {
   part("snapshots", [s.snapshots, s.phase], () => renderSnapshots(s));
   part("events", [s.events, s.counters], () => renderEvents(s));
   part("backups", s.backups || null, () => renderBackups(s.backups));
+  part("settings", s.settings, () => renderSettings(s.settings));
   listBackups(s.backups);
 }
 
