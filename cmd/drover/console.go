@@ -30,15 +30,14 @@ func webConsole(ln net.Listener, fe *metrics.Frontends, jobs *metrics.Jobs, back
 		}
 		cfg := console.Config{Volume: v, Frontends: fe, Jobs: jobs, BackupTarget: backupTarget}
 		if backupTarget != "" {
-			creds, err := objstore.CredentialsFromEnv("")
-			if err != nil {
-				return nil, fmt.Errorf("console: --backup-target: %w", err)
+			// A target that does not open leaves the console without
+			// backups, not the volume unserved.
+			if st, err := openBackupTarget(ctx, backupTarget); err != nil {
+				fmt.Fprintf(out, "web console: backups off: %v\n", err)
+				cfg.BackupError = err.Error()
+			} else {
+				cfg.Backups = backuprun.NewRepo(st)
 			}
-			st, err := objstore.Open(ctx, backupTarget, creds)
-			if err != nil {
-				return nil, fmt.Errorf("console: --backup-target %s: %w", backupTarget, err)
-			}
-			cfg.Backups = backuprun.NewRepo(st)
 		}
 		c, err := console.New(cfg)
 		if err != nil {
@@ -50,4 +49,16 @@ func webConsole(ln net.Listener, fe *metrics.Frontends, jobs *metrics.Jobs, back
 			return serveHTTP(ctx, ln, c)
 		}, nil
 	}
+}
+
+func openBackupTarget(ctx context.Context, target string) (objstore.Store, error) {
+	creds, err := objstore.CredentialsFromEnv("")
+	if err != nil {
+		return nil, fmt.Errorf("--backup-target %s: %w", target, err)
+	}
+	st, err := objstore.Open(ctx, target, creds)
+	if err != nil {
+		return nil, fmt.Errorf("--backup-target %s: %w", target, err)
+	}
+	return st, nil
 }

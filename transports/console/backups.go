@@ -38,6 +38,7 @@ type Backup struct {
 // running and the last ones.
 type BackupState struct {
 	Target  string        `json:"target"`
+	Error   string        `json:"error,omitempty"` // why the target did not open
 	Running *metrics.Job  `json:"running,omitempty"`
 	Recent  []metrics.Job `json:"recent"`
 }
@@ -62,6 +63,9 @@ func inProcessControl(ctl *control.Server) (controlpb.ControlClient, func(), err
 
 func (s *Server) backupState() *BackupState {
 	if s.cfg.Backups == nil {
+		if s.cfg.BackupError != "" {
+			return &BackupState{Target: s.cfg.BackupTarget, Error: s.cfg.BackupError}
+		}
 		return nil
 	}
 	running, recent := s.cfg.Jobs.Snapshot()

@@ -68,6 +68,8 @@ type Config struct {
 	// volume's backups; BackupTarget names it on the page.
 	Backups      *backuprun.Repo
 	BackupTarget string
+	// BackupError says why BackupTarget did not open (Backups is nil).
+	BackupError string
 	// Jobs tracks the backups and restores the page starts (default: a
 	// tracker of its own; share one with the metrics collector).
 	Jobs *metrics.Jobs

@@ -206,7 +206,11 @@ function renderEvents(s) {
 }
 
 function renderBackups(b) {
-  $("backup-controls").hidden = !b;
+  $("backup-controls").hidden = !b || !!b.error;
+  if (b && b.error) {
+    $("backup-target").textContent = "Backups are off: " + b.error;
+    return;
+  }
   if (!b) {
     $("backup-target").textContent = "No backup target: start drover dev with --backup-target DIR (or s3://…) to back up and restore here.";
     return;
@@ -230,6 +234,7 @@ function renderBackups(b) {
 let backupsListed = null;
 
 async function listBackups(b) {
+  if (b && b.error) return;
   const key = JSON.stringify(b && (b.recent || []).map((j) => j.ended));
   if (!b || key === backupsListed) return;
   backupsListed = key;
