@@ -50,6 +50,12 @@ for --replace-after it leaves the volume for good and the first free spare is
 rebuilt in its place, with or without IO flowing. Later runs find the spare in
 the recorded membership; keep passing --spares so it is opened.
 
+A web console (volume state, replicas, rebuild progress, snapshots, backups
+with --backup-target, events) is served on http://127.0.0.1:7380/ and
+Prometheus metrics on http://127.0.0.1:9570/metrics; --console-listen and
+--metrics-listen move them ('' turns one off; a busy default is skipped with
+a warning). Both serve loopback clients only by default.
+
 The data dir defaults to $XDG_DATA_HOME/drover/dev, or ~/.local/share/drover/dev
 (make run uses ./.drover). Only one drover dev may use a data dir at a time.`
 
