@@ -30,6 +30,18 @@ type scrape struct {
 // (Prometheus' own linter: names, types, units, help), and parses it.
 func scrapeMetrics(t *testing.T, addr string) *scrape {
 	t.Helper()
+	s := fetchMetrics(t, addr)
+	cmd := exec.Command("promtool", "check", "metrics")
+	cmd.Stdin = bytes.NewReader(s.text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+	return s
+}
+
+// fetchMetrics GETs http://addr/metrics and parses it.
+func fetchMetrics(t *testing.T, addr string) *scrape {
+	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -39,11 +51,6 @@ func scrapeMetrics(t *testing.T, addr string) *scrape {
 	text, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("scrape %s: %s %v\n%s", addr, resp.Status, err, text)
-	}
-	cmd := exec.Command("promtool", "check", "metrics")
-	cmd.Stdin = bytes.NewReader(text)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("promtool check metrics: %v\n%s", err, out)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(bytes.NewReader(text))
@@ -131,6 +138,10 @@ func TestProcessDevMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := `volume=dev`
+	eventually(t, "the open NBD connection counted", func() (bool, string) { // once the server accepted it
+		n, _ := fetchMetrics(t, metricsAddr).value("drover_volume_frontend_connections", v, "frontend=nbd")
+		return n >= 1, fmt.Sprint(n)
+	})
 	scrapes := 0
 	for running := true; running; {
 		select {
