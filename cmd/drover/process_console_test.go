@@ -181,7 +181,8 @@ func writeVolume(t *testing.T, c *volumeClient, n int, v byte) {
 // during the rebuild and at the end, see artifactDir): the page passes a basic accessibility check; a snapshot is
 // created from its form; a replica is removed, the volume written
 // without it, and added back at a paced rate, and the rebuild progress
-// bar is seen moving until the replica is RW again; then the volume is
+// bar is seen moving until the replica is RW again; the volume is
+// detached (IO refused) and attached again; then the volume is
 // reverted to the snapshot (the data is the snapshot's again) and the
 // snapshot deleted; a backup taken, the volume written, and the backup
 // restored over it (the data is the backup's again), all from the page.
@@ -225,6 +226,14 @@ func TestProcessConsoleBrowser(t *testing.T) {
 	b.waitText("#replica-dev-3", "RW")
 	b.waitText("#robustness", "healthy")
 	b.waitText("#event-rows", "rebuild done")
+
+	b.confirm("detach", "#detach-btn")
+	b.waitText("#attached", "detached")
+	if _, err := c.client.Read(context.Background(), &controlpb.ReadRequest{Offset: 0, Length: 4096}); err == nil {
+		t.Error("a read succeeded while the page had detached the volume")
+	}
+	b.run("attach", chromedp.Click(chromedp.CSS("#attach-btn")))
+	b.waitText("#attached", "attached (hosts may do IO)")
 
 	b.confirm("revert to before", "#revert-before")
 	b.waitText("#message", "Revert to before: done.")
