@@ -50,6 +50,12 @@ for --replace-after it leaves the volume for good and the first free spare is
 rebuilt in its place, with or without IO flowing. Later runs find the spare in
 the recorded membership; keep passing --spares so it is opened.
 
+A web console (volume state, replicas, rebuild progress, snapshots, backups
+with --backup-target, events) is served on http://127.0.0.1:7380/ and
+Prometheus metrics on http://127.0.0.1:9570/metrics; --console-listen and
+--metrics-listen move them ('' turns one off; a busy default is skipped with
+a warning). Both serve loopback clients only by default.
+
 The data dir defaults to $XDG_DATA_HOME/drover/dev, or ~/.local/share/drover/dev
 (make run uses ./.drover). Only one drover dev may use a data dir at a time.`
 
@@ -64,6 +70,8 @@ func newDevCmd() *cobra.Command {
 	var dataDir, controlAddr, volume string
 	var ff frontendFlags
 	var bf backingFlags
+	var mf, cf httpFlag
+	var backupTarget string
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
 	size := sizeFlag{bytes: 1 << 30}
@@ -86,7 +94,7 @@ func newDevCmd() *cobra.Command {
 			}
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), controlAddr: controlAddr,
-				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
+				ff: &ff, metrics: &mf, console: &cf, backupTarget: backupTarget, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -99,6 +107,12 @@ func newDevCmd() *cobra.Command {
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
 		"largest volume size (at create and expand), in percent of the data dir's disk size")
 	bf.register(cmd)
+	mf.register(cmd.Flags(), "metrics-listen", defaultDevMetricsAddr, "metrics",
+		"serve Prometheus metrics at http://ADDR/metrics ('' for none; the default is skipped with a warning when busy)")
+	cf.register(cmd.Flags(), "console-listen", defaultConsoleAddr, "console",
+		"serve the web console at http://ADDR/ (loopback only; '' for none; the default is skipped with a warning when busy)")
+	cmd.Flags().StringVar(&backupTarget, "backup-target", os.Getenv("DROVER_BACKUP_TARGET"),
+		"backup target the web console backs up to and restores from (as drover backup --target; default $DROVER_BACKUP_TARGET)")
 	return cmd
 }
 
@@ -121,6 +135,8 @@ type devOptions struct {
 	volumeGiven, sizeGiven       bool // given on the command line, not defaults
 	sizeBytes                    uint64
 	ff                           *frontendFlags
+	metrics, console             *httpFlag
+	backupTarget                 string
 	backing                      *backingRef
 	spares                       int
 	replaceAfter                 time.Duration
@@ -174,6 +190,11 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	if err := o.ff.checkListen(o.volume, []string{"unix:" + filepath.Join(o.dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort}); err != nil {
 		return err
 	}
+	sidecars, closeSidecars, err := o.listenSidecars(out)
+	if err != nil {
+		return err
+	}
+	defer closeSidecars()
 	if isNew {
 		if err := checkSizeAt(o.dataDir, o.sizeBytes, o.overProvisioningPercent); err != nil {
 			return err
@@ -199,7 +220,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		}
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, lis, frontends)
+	return runEngine(cmd.Context(), out, cfg, lis, frontends, sidecars...)
 }
 
 // devHoldsVolume reports whether the data dir holds a volume already:

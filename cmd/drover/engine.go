@@ -66,6 +66,7 @@ func newEngineCmd() *cobra.Command {
 	var replaceAfter time.Duration
 	var rebuildRate sizeFlag
 	var bf backingFlags
+	var mf, cf httpFlag
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -100,7 +101,12 @@ func newEngineCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends)
+			sidecars, err := engineSidecars(cmd.OutOrStdout(), &mf, &cf, volume, &ff.conns)
+			if err != nil {
+				lis.Close()
+				return err
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends, sidecars...)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
@@ -114,6 +120,8 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&bf.image, "backing-image", "", "the volume is on this backing image: replicas on another (by name, or by checksum when --images-dir holds it) are refused")
 	cmd.Flags().StringVar(&bf.dir, "images-dir", "", "backing images directory to read the image's checksum from (default $XDG_DATA_HOME/drover/images; optional)")
 	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
+	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
+	cf.register(cmd.Flags(), "console-listen", "", "console", "serve the web console at http://ADDR/ (a loopback host:port; default none)")
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd

@@ -15,6 +15,7 @@ import (
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/metrics"
 )
 
 // Frontend serves a volume to hosts (NBD, iSCSI). It binds its listeners
@@ -33,6 +34,8 @@ type frontendFlags struct {
 	nbdListen   []string
 	iscsiListen string
 	chap        iscsi.CHAP
+	// conns gathers the frontends' connection counts for metrics.
+	conns metrics.Frontends
 }
 
 // register adds the flags to fs. nbdDefault describes the default of
@@ -60,7 +63,7 @@ func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Fronten
 			if len(addrs) == 0 {
 				addrs = nbdDefault
 			}
-			out = append(out, nbdFrontend(volume, addrs))
+			out = append(out, nbdFrontend(volume, addrs, &f.conns))
 		case "iscsi":
 			fe, err := f.iscsiFrontend(volume)
 			if err != nil {
@@ -76,7 +79,7 @@ func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Fronten
 
 // nbdFrontend serves the volume as the NBD export named volume on every
 // address in addrs.
-func nbdFrontend(volume string, addrs []string) Frontend {
+func nbdFrontend(volume string, addrs []string, conns *metrics.Frontends) Frontend {
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
 		srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: volume, Description: "Drover volume " + volume, Device: dev}}})
 		if err != nil {
@@ -98,6 +101,7 @@ func nbdFrontend(volume string, addrs []string) Frontend {
 		for _, u := range uris {
 			fmt.Fprintf(out, "NBD export: %s\n", u)
 		}
+		conns.Add("nbd", srv.Connections, uris...)
 		printNBDHelp(out, uris[0], volume, lns[0].Addr().String())
 		return func() error {
 			errc := make(chan error, len(lns))
@@ -190,13 +194,14 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 	if chap != (iscsi.CHAP{}) {
 		chapp = &chap
 	}
-	addr := f.iscsiListen
+	addr, conns := f.iscsiListen, &f.conns
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
 		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
 		if err != nil {
 			return nil, err
 		}
 		portal := srv.Addr().String()
+		conns.Add("iscsi", srv.Connections, iscsi.IQN(volume)+" on "+portal)
 		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v)\n", iscsi.IQN(volume), portal, chapp != nil)
 		fmt.Fprintf(out, "attach it with:\n  sudo iscsiadm -m discovery -t st -p %s && sudo iscsiadm -m node -T %s -p %s --login\n",
 			portal, iscsi.IQN(volume), portal)

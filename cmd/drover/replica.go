@@ -54,6 +54,7 @@ func newReplicaCmd() *cobra.Command {
 	var size sizeFlag
 	var bf backingFlags
 	var overProvisioning int
+	var mf httpFlag
 	cmd := &cobra.Command{Use: "replica --dir D --listen ADDR", Short: "Serve a replica over TCP, or list/add/remove an engine's replicas",
 		Long: replicaLong, Example: replicaExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -67,7 +68,7 @@ func newReplicaCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes, backing, overProvisioning)
+			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes, backing, overProvisioning, &mf)
 		}}
 	bf.register(cmd)
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
@@ -76,6 +77,7 @@ func newReplicaCmd() *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "", "TCP address to serve engines on (host:port)")
 	cmd.Flags().StringVar(&id, "id", "", "replica name recorded when creating it (default: the directory's name)")
 	cmd.Flags().Var(&size, "size", "create an empty replica of this size if the directory holds none")
+	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
 	var cf clientFlags
 	ls := &cobra.Command{Use: "ls", Short: "List the volume's replicas and their modes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -135,7 +137,7 @@ size. Replicas of one volume that are in sync print the same checksum.`,
 }
 
 // serveReplica runs one replica over TCP until SIGINT or SIGTERM.
-func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef, overProvisioningPercent int) error {
+func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef, overProvisioningPercent int, mf *httpFlag) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("replica dir: %w", err)
 	}
@@ -149,6 +151,13 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 		return fmt.Errorf("replica %s: listen on %s: %w", id, listen, err)
 	}
 	defer lis.Close()
+	ml, err := mf.listen(cmd.OutOrStdout())
+	if err != nil {
+		return err
+	}
+	if ml != nil {
+		defer ml.Close()
+	}
 	r, err := openReplicaDirOn(cmd.Context(), dir, id, createBytes, backing, overProvisioningPercent)
 	if err != nil {
 		// A damaged replica stays up and tells engines why it serves
@@ -170,6 +179,11 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 	} else {
 		info := r.runner.Info()
 		fmt.Fprintf(cmd.OutOrStdout(), "replica %s (%s) in %s serving on %s\n", info.ID, formatSize(info.SizeBytes), dir, lis.Addr())
+	}
+	if ml != nil {
+		if err := serveReplicaMetrics(ctx, cmd.OutOrStdout(), ml, r.runner, dir, srv.Connections); err != nil {
+			return err
+		}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

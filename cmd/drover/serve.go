@@ -40,7 +40,9 @@ func listenControl(controlAddr string) (net.Listener, error) {
 // runEngine starts an engine driver, its control API on lis (which it
 // closes) and the given frontends, prints what it serves, and runs until
 // SIGINT or SIGTERM (or ctx ends). On the way out it flushes the volume.
-func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, lis net.Listener, frontends []Frontend) error {
+// Sidecars (metrics, the console) start as soon as the driver exists,
+// before the volume serves, and stop with it.
+func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, lis net.Listener, frontends []Frontend, sidecars ...Frontend) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := enginerun.New(cfg)
@@ -55,6 +57,9 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, lis net
 	go func() { _ = gs.Serve(lis) }()
 	defer gs.Stop()
 	fmt.Fprintf(out, "control API on %s (try: drover volume info --control %s)\n", lis.Addr(), lis.Addr())
+	if err := startSidecars(ctx, vol, out, sidecars); err != nil {
+		return err
+	}
 	if err := waitServing(ctx, d, out); err != nil {
 		return err
 	}
@@ -108,4 +113,20 @@ func waitServing(ctx context.Context, d *enginerun.Driver, out io.Writer) error 
 		}
 		fmt.Fprintf(out, "waiting for replicas: %v\n", err)
 	}
+}
+
+// startSidecars starts runEngine's sidecars; each runs until ctx ends.
+func startSidecars(ctx context.Context, vol *enginerun.Volume, out io.Writer, sidecars []Frontend) error {
+	for _, s := range sidecars {
+		serve, err := s(ctx, vol, out)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := serve(); err != nil {
+				slog.Warn("sidecar stopped", "err", err)
+			}
+		}()
+	}
+	return nil
 }

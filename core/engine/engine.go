@@ -773,6 +773,7 @@ func (e *Engine) onHeartbeat(id proto.ReplicaID, sent int64, rep proto.Reply) {
 			m.silent, m.silentSince = true, sent
 		}
 		if e.now-m.silentSince < e.cfg.TimeoutTicks {
+			e.counters.HeartbeatFailures++
 			return
 		}
 		why = fmt.Sprintf("heartbeat: no answer for %d ticks (%s)", e.now-m.silentSince, rep.Err)
@@ -783,6 +784,7 @@ func (e *Engine) onHeartbeat(id proto.ReplicaID, sent int64, rep proto.Reply) {
 	default:
 		return
 	}
+	e.counters.HeartbeatFailures++
 	if !e.canDrop(id) {
 		return
 	}
