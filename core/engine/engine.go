@@ -277,6 +277,11 @@ type member struct {
 	downSince int64
 	// unreachable: the last attempt to rebuild it found it not answering.
 	unreachable bool
+	// rebuildFails counts its rebuilds failed in a row: each doubles the
+	// wait before the next automatic one (at most 64 times
+	// RebuildAfterTicks), since every attempt that gets as far as the
+	// snapshot leaves a rebuild snapshot behind until every member is RW.
+	rebuildFails int
 	// silent: its heartbeats have failed (timed out or found no
 	// connection) since silentSince, with no answer at our epoch since.
 	silent      bool
