@@ -35,6 +35,11 @@ VERSITYGW_STAMP     := $(BIN)/.versitygw-$(VERSITYGW_VERSION)
 
 export RAPID_CHECKS
 
+# A failed browser test (the web console's) leaves a screenshot and the
+# page's HTML under DROVER_TEST_ARTIFACTS/<test>.
+DROVER_TEST_ARTIFACTS ?= $(CURDIR)/.artifacts
+export DROVER_TEST_ARTIFACTS
+
 # SIM_SEED_WINDOW moves a window of 200 extra swarm seeds with every
 # commit (sim's TestSeeds derives them from it), so CI keeps exploring.
 SIM_SEED_WINDOW     ?= $(shell git rev-parse HEAD 2>/dev/null)

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"os"
 	"sort"
 
 	"github.com/drover-io/drover/core/engine"
@@ -168,7 +169,9 @@ func (n *replicaNode) pump() {
 // execute runs one IO on the memstore, or fails it per the fault knobs.
 func (n *replicaNode) execute(io store.IO) store.Completion {
 	s, k := n.s, n.s.knobs
-	if !s.healed {
+	// Disk errors, like crashes, wait while a struck replica is pending:
+	// each takes a replica out of the set.
+	if !s.healed && !s.amnesiaPending() {
 		switch io.Kind {
 		case store.ReadData, store.ReadIndex:
 			if s.chance(k.ReadEIOPerMillion) {
@@ -392,11 +395,16 @@ func (s *Sim) sendToReplica(en *engineNode, m engine.Message) {
 				return
 			}
 			s.note("deliver-req", uint64(n.idx), req.ID, uint64(req.Op))
+			if dbgMembership && req.Op == proto.OpSetMembership && req.Membership != nil {
+				fmt.Printf("%d DBG setmem to %s epoch %d gen %d members %v prev %v\n", s.now, n.id, req.Epoch, req.Membership.Gen, req.Membership.Members, req.Membership.Prev)
+			}
 			n.r.Step(req)
 			n.pump()
 		})
 	}
 }
+
+var dbgMembership = os.Getenv("DBG_MEM") != ""
 
 // replyToEngine carries a replica's reply back to the engine that sent
 // the request (its incarnation is in the request id).

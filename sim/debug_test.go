@@ -32,11 +32,10 @@ func TestDebugSeed(t *testing.T) {
 			}
 		}
 	}()
-	rng := newRNG(opt.Seed)
-	knobs, _ := ProfileKnobs(opt.Profile, rng)
-	s := &Sim{opt: opt, knobs: knobs, rng: rng, trace: 14695981039346656037, stats: map[string]int{}, rotted: map[uint64]bool{}}
-	s.hist = newHistory(s)
-	s.setup()
+	s, err := newSim(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.loop()
 	if bs := os.Getenv("SIM_BLOCK"); bs != "" {
 		want, _ := strconv.ParseUint(bs, 10, 64)

@@ -32,6 +32,15 @@ import (
 // stale restore has not yet been rebuilt under a newer membership.
 func (s *Sim) amnesiaPending() bool {
 	for _, n := range s.replicas {
+		if n.damaged {
+			// Damage found only when the replica reads it: until then it
+			// serves, maybe as the only current copy, and everything
+			// that could take the others out waits (sim swarm seed 2148:
+			// r3's backing index page damaged while it ran; ENOSPC then
+			// took the other four out of the set, and a rebuild from r3
+			// found the damage with no other copy left).
+			return true
+		}
 		if n.amnesiaGen == 0 {
 			continue
 		}
@@ -78,6 +87,13 @@ func (s *Sim) amnesiaVictim() *replicaNode {
 	// only the highest-named, with more any but the lowest-named.
 	victim := info.Replicas[s.rng.IntN(len(info.Replicas))].ID
 	if s.networkMayDrop(en) {
+		if len(info.Replicas) < 3 {
+			// Of two members, the one not struck may be dropped
+			// meanwhile, leaving no good copy (sim swarm seed 1526: r2's
+			// index damaged while r1 was partitioned; the engine dropped
+			// r1, then found r2 damaged).
+			return nil
+		}
 		victim = info.Replicas[len(info.Replicas)-1].ID
 		if len(info.Replicas) > 3 {
 			victim = info.Replicas[1+s.rng.IntN(len(info.Replicas)-1)].ID

@@ -72,7 +72,7 @@ type Knobs struct {
 }
 
 // Profiles lists the fault profiles by name.
-var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "idle", "wipe", "damage", "stale", "lostwrite", "all", "swarm"}
+var Profiles = []string{"none", "net", "disk", "crash", "split", "snap", "replace", "idle", "wipe", "damage", "stale", "lostwrite", "rotcrash", "all", "swarm"}
 
 func baseKnobs() Knobs {
 	return Knobs{Replicas: 3, MinHealthy: 1, SizeBlocks: 256, HotBlocks: 32, Clients: 4, MaxBlocks: 4, ThinkUs: 2000,
@@ -118,6 +118,10 @@ func ProfileKnobs(name string, rng *rand.Rand) (Knobs, error) {
 		k.DamageEveryUs, k.SnapshotEveryUs, k.ReplicaCrashEveryUs = 150_000, 150_000, 400_000
 	case "stale":
 		k.StaleEveryUs, k.ReplicaCrashEveryUs = 150_000, 400_000
+	case "rotcrash":
+		// Rot and power loss together, with one current copy often: what
+		// a settle must tell apart from writes that landed.
+		k.BitRotEveryUs, k.CrashAllEveryUs, k.ReplicaCrashEveryUs, k.IdleEveryUs, k.Spares = 40_000, 200_000, 250_000, 300_000, 1
 	case "lostwrite":
 		k.LostWritePerMillion, k.ReplicaCrashEveryUs, k.CrashAllEveryUs, k.SnapshotEveryUs = 3000, 300_000, 600_000, 200_000
 	case "swarm":

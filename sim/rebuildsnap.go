@@ -39,5 +39,10 @@ func (s *Sim) describeRebuildSnapshots(en *engineNode) string {
 	if len(left) == 0 {
 		return ""
 	}
+	if len(left) > 6 {
+		// A rebuild failing over and over leaves one per attempt.
+		return fmt.Sprintf("; %d rebuild snapshots left with every replica RW: %s ... %s", len(left),
+			strings.Join(left[:3], " "), strings.Join(left[len(left)-3:], " "))
+	}
 	return fmt.Sprintf("; rebuild snapshots left with every replica RW: %s", strings.Join(left, " "))
 }

@@ -131,10 +131,22 @@ func Run(opt Options) *Result {
 	if opt.Profile == "" {
 		opt.Profile = "swarm"
 	}
+	s, err := newSim(opt)
+	if err != nil {
+		return &Result{Seed: opt.Seed, Profile: opt.Profile, Failures: []string{err.Error()}}
+	}
+	s.loop()
+	s.check()
+	return s.result()
+}
+
+// newSim sets up the run of opt's seed, ready to loop. (Debugging tests
+// build their runs here too, so that they replay exactly what Run does.)
+func newSim(opt Options) (*Sim, error) {
 	rng := newRNG(opt.Seed)
 	knobs, err := ProfileKnobs(opt.Profile, rng)
 	if err != nil {
-		return &Result{Seed: opt.Seed, Profile: opt.Profile, Failures: []string{err.Error()}}
+		return nil, err
 	}
 	if opt.Profile == "swarm" {
 		swarmReplace(&knobs, opt.Seed)
@@ -146,9 +158,7 @@ func Run(opt Options) *Result {
 		recycle: opt.Seed%2 == 1}
 	s.hist = newHistory(s)
 	s.setup()
-	s.loop()
-	s.check()
-	return s.result()
+	return s, nil
 }
 
 func (s *Sim) result() *Result {

@@ -143,6 +143,13 @@ func TestRegressionSeeds(t *testing.T) {
 		{264, "swarm", 2000, "r1 wiped while r2 was partitioned; the engine then dropped r2, and its membership needed r1's vote, which a wiped replica no longer has: no engine could open (the simulator now strikes only the highest-named where the network may drop a member)"},
 		{362, "swarm", 2000, "a replica crash struck an idle window's victim while it was down, and its restart came before the window's end (simulator)"},
 		{177, "damage", 2000, "the final scrub found an index page damaged while the replica ran; convergence was checked while it was being rebuilt (simulator)"},
+		{643, "swarm", 2000, "a boundary's engine died after the next engine had served: nothing read the boundary and the clients paused for good (simulator)"},
+		{760, "swarm", 2000, "a layer write refused as corrupt named block 0, not the rotted block 3: the rebuild's splice repaired the wrong block and gave up"},
+		{2969, "swarm", 2000, "a write lost on its way to a hole, flushed, then a crash: the settle took the zeros for a trim and lost the flushed write (trims now record intents)"},
+		{1526, "swarm", 2000, "two members, r2's index damaged while r1 was partitioned: the engine dropped r1, then found r2 damaged, and no copy was left (the simulator no longer strikes two-member volumes where the network may drop one)"},
+		{297, "swarm", 2000, "a lost write on r3 that no read reached: the final scrub read each range from the same replica every pass (simulator)"},
+		{1088, "swarm", 2000, "a membership adopted at open was recorded on as Prev of the next, hiding that it was never committed: two engines opened disjoint memberships and acknowledged writes were lost"},
+		{2148, "swarm", 2000, "damage found only when read: ENOSPC took four replicas out while the fifth held undiscovered damage, and no copy was left (the simulator now holds every fault until damage is found)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {
@@ -182,6 +189,10 @@ func TestCanaries(t *testing.T) {
 		{"open trusts a replica restored from an old copy", "stale", Bugs{Engine: engine.Bugs{IgnoreDurableMark: true}}, 60},
 		{"damaged index read as never written", "damage", Bugs{Replica: replica.Bugs{IgnoreIndexDamage: true}}, 60},
 		{"reads skip checksums (lost writes served)", "lostwrite", Bugs{Replica: replica.Bugs{SkipReadChecksums: true}}, 60},
+		// The activity log's limitation before intents: a settle that
+		// takes any checksum keeps rot that a crash left in an active
+		// region.
+		{"settle keeps rot (no write intents)", "rotcrash", Bugs{Replica: replica.Bugs{SettleAnyChecksum: true}}, 60},
 	}
 	for _, c := range cases {
 		caught := uint64(0)

@@ -268,10 +268,7 @@ func (h *history) enginePumped(en *engineNode) {
 	}
 	if !en.served {
 		en.served = true
-		switch {
-		case h.pausing && (h.boundaryEngine == nil || !h.boundaryEngine.alive):
-			h.boundaryEngine, h.boundaryReading = en, false
-		case !h.pausing && h.lastCrashAt >= h.boundaryOpenedAt:
+		if !h.pausing && h.lastCrashAt >= h.boundaryOpenedAt {
 			// A replica restarted after the last boundary's engine
 			// opened (even during its read): this open may have taken it
 			// as a resync source, so unflushed data may be gone.
@@ -279,8 +276,13 @@ func (h *history) enginePumped(en *engineNode) {
 			h.boundaryOpenedAt = en.openedAt
 		}
 	}
-	if h.pausing && h.boundaryEngine == nil {
-		h.boundaryEngine, h.boundaryReading = en, false // forced (forceBoundary)
+	if h.pausing && (h.boundaryEngine == nil || !h.boundaryEngine.alive) {
+		// Forced (forceBoundary), or the boundary's engine died before
+		// its read finished: any engine serving now reads it. (Only an
+		// engine's first serve took it over once, so a boundary whose
+		// engine died while the next one already served paused the
+		// clients for good: sim swarm/643.)
+		h.boundaryEngine, h.boundaryReading = en, false
 	}
 	if !h.pausing || en != h.boundaryEngine || h.boundaryReading {
 		return

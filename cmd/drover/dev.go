@@ -64,6 +64,12 @@ CHAP-less iSCSI portal; elsewhere it needs mutual TLS (--tls-cert, --tls-key,
 --tls-ca; see drover certs) or --insecure-listen. Every call that changes the
 volume or reads its data is logged with the caller (uid, or certificate).
 
+A web console (volume state, replicas, rebuild progress, snapshots, backups
+with --backup-target, events) is served on http://127.0.0.1:7380/ and
+Prometheus metrics on http://127.0.0.1:9570/metrics; --console-listen and
+--metrics-listen move them ('' turns one off; a busy default is skipped with
+a warning). Both serve loopback clients only by default.
+
 The data dir defaults to $XDG_DATA_HOME/drover/dev, or ~/.local/share/drover/dev
 (make run uses ./.drover). Only one drover dev may use a data dir at a time.`
 
@@ -80,6 +86,8 @@ func newDevCmd() *cobra.Command {
 	var cf controlServeFlags
 	var ff frontendFlags
 	var bf backingFlags
+	var mf, conf httpFlag
+	var backupTarget string
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
 	var keyFile, passFile string
@@ -103,8 +111,8 @@ func newDevCmd() *cobra.Command {
 			}
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), control: &cf,
-				ff: &ff, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning,
-				keyFile: keyFile, passFile: passFile}
+				ff: &ff, metrics: &mf, console: &conf, backupTarget: backupTarget, backing: backing, spares: spares,
+				replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning, keyFile: keyFile, passFile: passFile}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -119,6 +127,12 @@ func newDevCmd() *cobra.Command {
 	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt the new volume with this key (drover key new makes one); later runs need the same key")
 	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
 	bf.register(cmd)
+	mf.register(cmd.Flags(), "metrics-listen", defaultDevMetricsAddr, "metrics",
+		"serve Prometheus metrics at http://ADDR/metrics ('' for none; the default is skipped with a warning when busy)")
+	conf.register(cmd.Flags(), "console-listen", defaultConsoleAddr, "console",
+		"serve the web console at http://ADDR/ (loopback only; '' for none; the default is skipped with a warning when busy)")
+	cmd.Flags().StringVar(&backupTarget, "backup-target", os.Getenv("DROVER_BACKUP_TARGET"),
+		"backup target the web console backs up to and restores from (as drover backup --target; default $DROVER_BACKUP_TARGET)")
 	return cmd
 }
 
@@ -142,6 +156,8 @@ type devOptions struct {
 	volumeGiven, sizeGiven  bool // given on the command line, not defaults
 	sizeBytes               uint64
 	ff                      *frontendFlags
+	metrics, console        *httpFlag
+	backupTarget            string
 	backing                 *backingRef
 	spares                  int
 	replaceAfter            time.Duration
@@ -220,6 +236,11 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	if err := o.ff.checkListen(o.volume, []string{"unix:" + filepath.Join(o.dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort}); err != nil {
 		return err
 	}
+	sidecars, closeSidecars, err := o.listenSidecars(out)
+	if err != nil {
+		return err
+	}
+	defer closeSidecars()
 	if isNew {
 		if err := checkSizeAt(o.dataDir, o.sizeBytes, o.overProvisioningPercent); err != nil {
 			return err
@@ -249,7 +270,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		}
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends, key)
+	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends, key, sidecars...)
 }
 
 // devHoldsVolume reports whether the data dir holds a volume already:

@@ -89,6 +89,7 @@ func newEngineCmd() *cobra.Command {
 	var rebuildRate sizeFlag
 	var bf backingFlags
 	var keyFile, passFile, keyCheck string
+	var mf, conf httpFlag
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -139,7 +140,12 @@ func newEngineCmd() *cobra.Command {
 			if size.bytes != 0 {
 				go ensureSize(cmd, ctl.self, size.bytes)
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, key)
+			sidecars, err := engineSidecars(cmd.OutOrStdout(), &mf, &conf, volume, &ff.conns)
+			if err != nil {
+				ctl.Close()
+				return err
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, key, sidecars...)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
@@ -156,6 +162,8 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt what the frontends write with this key (drover key new); the volume must have been made with it")
 	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
 	cmd.Flags().StringVar(&keyCheck, "encryption-key-check", "", "the key's check value (drover key check), recorded when the volume was made: a wrong key is refused")
+	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
+	conf.register(cmd.Flags(), "console-listen", "", "console", "serve the web console at http://ADDR/ (a loopback host:port; default none)")
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd

@@ -20,6 +20,7 @@ import (
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/metrics"
 	"github.com/drover-io/drover/transports/peercred"
 )
 
@@ -48,6 +49,8 @@ type frontendFlags struct {
 	nbdInsecure bool
 	// iscsiInsecure allows an iSCSI portal beyond loopback without CHAP.
 	iscsiInsecure bool
+	// conns gathers the frontends' connection counts for metrics.
+	conns metrics.Frontends
 }
 
 // register adds the flags to fs. nbdDefault describes the default of
@@ -85,7 +88,7 @@ func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Fronten
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, nbdFrontend(volume, addrs, tlsCfg))
+			out = append(out, nbdFrontend(volume, addrs, tlsCfg, &f.conns))
 		case "iscsi":
 			fe, err := f.iscsiFrontend(volume)
 			if err != nil {
@@ -161,7 +164,7 @@ func (f *frontendFlags) nbdTLSConfig(addrs []string) (*tls.Config, error) {
 
 // nbdFrontend serves the volume as the NBD export named volume on every
 // address in addrs; with tlsCfg, TCP clients must start TLS.
-func nbdFrontend(volume string, addrs []string, tlsCfg *tls.Config) Frontend {
+func nbdFrontend(volume string, addrs []string, tlsCfg *tls.Config, conns *metrics.Frontends) Frontend {
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
 		accept := localPeerOnly
 		if tlsCfg != nil && tlsCfg.ClientAuth == tls.RequireAndVerifyClientCert {
@@ -188,6 +191,7 @@ func nbdFrontend(volume string, addrs []string, tlsCfg *tls.Config) Frontend {
 		for _, u := range uris {
 			fmt.Fprintf(out, "NBD export: %s\n", u)
 		}
+		conns.Add("nbd", srv.Connections, uris...)
 		printNBDHelp(out, uris[0], volume, lns[0].Addr().String())
 		return func() error {
 			errc := make(chan error, len(lns))
@@ -289,7 +293,7 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 	if chap != (iscsi.CHAP{}) {
 		chapp = &chap
 	}
-	addr := f.iscsiListen
+	addr, conns := f.iscsiListen, &f.conns
 	if host, _, err := net.SplitHostPort(addr); chapp == nil && err == nil && !isLoopbackHost(host) {
 		if !f.iscsiInsecure {
 			return nil, fmt.Errorf("iSCSI portal on %s: refusing a portal beyond loopback without CHAP: anyone who reaches it could read and write the volume; "+
@@ -312,6 +316,7 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 			return nil, err
 		}
 		portal := srv.Addr().String()
+		conns.Add("iscsi", srv.Connections, iscsi.IQN(volume)+" on "+portal)
 		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v, on discovery too: %v)\n", iscsi.IQN(volume), portal, chapp != nil, discovery != nil)
 		fmt.Fprintf(out, "attach it with:\n  sudo iscsiadm -m discovery -t st -p %s && sudo iscsiadm -m node -T %s -p %s --login\n",
 			portal, iscsi.IQN(volume), portal)

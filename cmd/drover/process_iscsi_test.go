@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,11 +47,11 @@ func TestProcessDevISCSIAndNBD(t *testing.T) {
 	needTools(t, "iscsi-inq", "iscsi-readcapacity16", "nbdcopy", "qemu-io", "qemu-img")
 	needQemuISCSI(t)
 	const sizeBytes = 32 << 20
-	ctl, portal, dir := freeAddr(t), freeAddr(t), t.TempDir()
+	ctl, portal, dir, metricsAddr := freeAddr(t), freeAddr(t), t.TempDir(), freeAddr(t)
 	sock := filepath.Join(dir, "nbd.sock")
 	c := newVolumeClient(t, ctl, sizeBytes)
 	p := start(t, "dev", nil, "dev", "--data-dir", filepath.Join(dir, "data"), "--size", "32MiB", "--control", ctl,
-		"--frontend", "nbd,iscsi", "--nbd-listen", "unix:"+sock, "--iscsi-listen", portal)
+		"--frontend", "nbd,iscsi", "--nbd-listen", "unix:"+sock, "--iscsi-listen", portal, "--metrics-listen", metricsAddr)
 	c.waitModes("drover dev serving", "", "", "")
 	nbdURI := nbd.UnixURI(sock, "dev")
 	iscsiURL := "iscsi://" + portal + "/iqn.2026-11.io.drover:dev/0"
@@ -152,5 +154,15 @@ func TestProcessDevISCSIAndNBD(t *testing.T) {
 			t.Errorf("bytes %d..%d changed though no write covered them", r[0], r[1])
 		}
 	}
+	// The metrics count connections per frontend: one open to the portal.
+	conn, err := net.Dial("tcp", portal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "an iSCSI connection in the metrics", func() (bool, string) {
+		n, _ := fetchMetrics(t, metricsAddr).value("drover_volume_frontend_connections", "volume=dev", "frontend=iscsi")
+		return n == 1, fmt.Sprint(n)
+	})
+	conn.Close()
 	p.stop()
 }

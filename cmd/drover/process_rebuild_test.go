@@ -137,7 +137,13 @@ func TestProcessRebuildResumeAndReplace(t *testing.T) {
 	s1Addr, s2Addr := freeAddr(t), freeAddr(t)
 	s1Dir, s2Dir := spareDir("s1"), spareDir("s2")
 	startSpare := func(id, dir, addr string) *proc {
-		return start(t, id, nil, "replica", "--dir", dir, "--listen", addr, "--id", id, "--size", fmt.Sprint(c.size))
+		p := start(t, id, nil, "replica", "--dir", dir, "--listen", addr, "--id", id, "--size", fmt.Sprint(c.size))
+		// replica add dials it once at once: wait until it listens (on a
+		// loaded machine the process can take a while to get there).
+		eventually(t, id+" serving", func() (bool, string) {
+			return strings.Contains(p.output(), "serving on "+addr), p.output()
+		})
+		return p
 	}
 	s1 := startSpare("s1", s1Dir, s1Addr)
 	engineArgs := []string{"--spares", "s1=" + s1Addr, "--replace-after", "1s", "--rebuild-rate", "48MiB"}

@@ -25,6 +25,10 @@ type snapVolume struct {
 	dataDir string
 	proc    *proc
 	conn    interface{ Close() error }
+	// mergedInto: a snapshot delete was interrupted, and this child may
+	// list more than its own writes (merge windows synced before the
+	// kill hold blocks its parent still provides too: same views).
+	mergedInto string
 }
 
 // startSnapVolume runs drover dev on dataDir (a fresh volume of size bytes
@@ -149,7 +153,11 @@ func (v *snapVolume) checkModel(m *model.Device, what string) {
 			from = chain[i-1]
 		}
 		touched, _ := m.ChangedBlocks(from, name)
-		if got := list[i].GetSizeBytes(); got != uint64(len(touched))*model.BlockSize {
+		got, own := list[i].GetSizeBytes(), uint64(len(touched))*model.BlockSize
+		if name == v.mergedInto && got >= own {
+			continue
+		}
+		if got != own {
 			v.t.Fatalf("%s: snapshot %s lists %d bytes, the model's layer holds %d blocks", what, name, got, len(touched))
 		}
 	}
@@ -302,7 +310,9 @@ func TestProcessSnapshotDeleteKill9(t *testing.T) {
 	chain := v.list()
 	if len(chain) == 3 {
 		t.Logf("after restart the chain still holds s1; deleting it again")
+		v.mergedInto = "s2"
 		v.checkModel(m, "after kill -9 during the delete")
+		v.mergedInto = ""
 		v.mustDrover("snapshot", "rm", "s1")
 	}
 	mustNil(t, m.DeleteSnapshot("s1"))

@@ -65,6 +65,7 @@ func newReplicaCmd() *cobra.Command {
 	var overProvisioning int
 	var tf tlsFlags
 	var insecure bool
+	var mf httpFlag
 	cmd := &cobra.Command{Use: "replica --dir D --listen ADDR", Short: "Serve a replica over TCP, or list/add/remove an engine's replicas",
 		Long: replicaLong, Example: replicaExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -83,7 +84,7 @@ func newReplicaCmd() *cobra.Command {
 				return err
 			}
 			return serveReplica(cmd, replicaServeOptions{dir: dir, listen: listen, id: proto.ReplicaID(id), createBytes: size.bytes,
-				backing: backing, overProvisioningPercent: overProvisioning, tls: tlsCfg})
+				backing: backing, overProvisioningPercent: overProvisioning, tls: tlsCfg, metrics: &mf})
 		}}
 	bf.register(cmd)
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
@@ -94,6 +95,7 @@ func newReplicaCmd() *cobra.Command {
 	cmd.Flags().Var(&size, "size", "create an empty replica of this size if the directory holds none")
 	tf.register(cmd.Flags(), "--listen: engines must present a certificate from the same CA")
 	cmd.Flags().BoolVar(&insecure, "insecure-listen", false, "allow --listen beyond loopback without TLS: anyone who reaches it can read and overwrite the volume")
+	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
 	var cf clientFlags
 	ls := &cobra.Command{Use: "ls", Short: "List the volume's replicas and their modes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -186,6 +188,7 @@ type replicaServeOptions struct {
 	backing                 *backingRef
 	overProvisioningPercent int
 	tls                     *tls.Config // nil: plain TCP
+	metrics                 *httpFlag
 }
 
 // serveReplica runs one replica over TCP until SIGINT or SIGTERM.
@@ -204,6 +207,13 @@ func serveReplica(cmd *cobra.Command, o replicaServeOptions) error {
 		return fmt.Errorf("replica %s: listen on %s: %w", id, listen, err)
 	}
 	defer lis.Close()
+	ml, err := o.metrics.listen(cmd.OutOrStdout())
+	if err != nil {
+		return err
+	}
+	if ml != nil {
+		defer ml.Close()
+	}
 	r, err := openReplicaDirOn(cmd.Context(), dir, id, o.createBytes, o.backing, o.overProvisioningPercent)
 	if err != nil {
 		// A damaged replica stays up and tells engines why it serves
@@ -230,6 +240,11 @@ func serveReplica(cmd *cobra.Command, o replicaServeOptions) error {
 	} else {
 		info := r.runner.Info()
 		fmt.Fprintf(cmd.OutOrStdout(), "replica %s (%s) in %s serving on %s (TLS: %v)\n", info.ID, formatSize(info.SizeBytes), dir, lis.Addr(), o.tls != nil)
+	}
+	if ml != nil {
+		if err := serveReplicaMetrics(ctx, cmd.OutOrStdout(), ml, r.runner, dir, srv.Connections); err != nil {
+			return err
+		}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

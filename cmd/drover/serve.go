@@ -143,7 +143,9 @@ func (c *controlListeners) describe(defaultSocket string) string {
 // (which it closes; ctlHint says where they are), with key (when not
 // nil) encrypting what the frontends write and the given frontends, prints what it serves, and runs until
 // SIGINT or SIGTERM (or ctx ends). On the way out it flushes the volume.
-func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend, key []byte) error {
+// Sidecars (metrics, the console) start as soon as the driver exists,
+// before the volume serves, and stop with it.
+func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend, key []byte, sidecars ...Frontend) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := enginerun.New(cfg)
@@ -160,6 +162,9 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *co
 	}
 	defer gs.Stop()
 	fmt.Fprintln(out, ctlHint)
+	if err := startSidecars(ctx, vol, out, sidecars); err != nil {
+		return err
+	}
 	if err := waitServing(ctx, d, out); err != nil {
 		return err
 	}
@@ -223,4 +228,20 @@ func waitServing(ctx context.Context, d *enginerun.Driver, out io.Writer) error 
 		}
 		fmt.Fprintf(out, "waiting for replicas: %v\n", err)
 	}
+}
+
+// startSidecars starts runEngine's sidecars; each runs until ctx ends.
+func startSidecars(ctx context.Context, vol *enginerun.Volume, out io.Writer, sidecars []Frontend) error {
+	for _, s := range sidecars {
+		serve, err := s(ctx, vol, out)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := serve(); err != nil {
+				slog.Warn("sidecar stopped", "err", err)
+			}
+		}()
+	}
+	return nil
 }

@@ -84,7 +84,10 @@ type VolumeInfo struct {
 	Chain         []string
 	MembershipGen uint64
 	Replicas      []ReplicaInfo
-	Rebuild       *RebuildProgress
+	// Attached: frontend IO is accepted (SetAttached; detached, IO is
+	// refused and a revert or shrink may run).
+	Attached bool
+	Rebuild  *RebuildProgress
 	// LastRebuild is the last rebuild that ended; its Stage is "done" or
 	// "failed: why".
 	LastRebuild *RebuildProgress
@@ -174,7 +177,7 @@ func (e *Engine) notServing() error {
 // Info describes the volume.
 func (e *Engine) Info() VolumeInfo {
 	info := VolumeInfo{Volume: e.cfg.Volume, Phase: e.phase.String(), Why: e.why, Epoch: e.epoch,
-		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...), Counters: e.counters}
+		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...), Counters: e.counters, Attached: e.attached}
 	if e.committed != nil {
 		info.MembershipGen = e.committed.Gen
 	}

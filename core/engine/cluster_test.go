@@ -186,3 +186,66 @@ func TestEngineRestartResyncsHalfDoneWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestEngineFlushesOnItsOwn: writes no client flushes are made durable
+// by the engine once FlushEveryTicks passed (every replica's flushed
+// sequence covers them), and the flush answers no frontend request; an
+// engine with it off leaves them unflushed.
+func TestEngineFlushesOnItsOwn(t *testing.T) {
+	for _, every := range []int64{20, -1} {
+		c := newCluster(t, 3, 64*proto.BlockSize, engine.Config{Volume: "v", FlushEveryTicks: every})
+		for b := uint64(0); b < 4; b++ {
+			c.write(b, b+1)
+		}
+		for i := 0; i < 40; i++ {
+			c.Tick()
+			for c.Step() {
+			}
+		}
+		if _, ok := c.Host().Replies[0]; ok {
+			t.Fatalf("FlushEveryTicks %d: a frontend reply to a request nobody sent", every)
+		}
+		for _, id := range []proto.ReplicaID{"r1", "r2", "r3"} {
+			got := c.Nodes[id].Replica.Info().FlushedSeq
+			if every > 0 && got < 4 {
+				t.Fatalf("replica %s flushed up to write %d after 40 ticks, want 4", id, got)
+			}
+			if every < 0 && got != 0 {
+				t.Fatalf("replica %s flushed up to write %d with the engine's own flushes off", id, got)
+			}
+		}
+	}
+}
+
+// TestFailedRebuildsBackOff: a member whose rebuilds keep failing (its
+// node is down) is retried after RebuildAfterTicks, then twice that, and
+// so on up to 64 times, not every RebuildAfterTicks for ever — each
+// attempt that reaches its snapshot leaves one behind.
+func TestFailedRebuildsBackOff(t *testing.T) {
+	c := newCluster(t, 3, 16*proto.BlockSize, engine.Config{Volume: "v", TimeoutTicks: 10, RebuildAfterTicks: 5})
+	c.write(0, 1)
+	c.SetDown("r3", true)
+	c.write(1, 2) // r3 leaves the set
+	for i := 0; i < 3000; i++ {
+		c.Tick()
+		for c.Step() {
+		}
+	}
+	// Without backoff: one attempt per 5 ticks of waiting plus 10 of
+	// timeout, about 200. With it: 5+10, 10+10, 20+10, ... 320+10 then
+	// 330 a time: about 14.
+	n := c.Engine().Info().Counters.RebuildsFailed
+	if n < 5 || n > 20 {
+		t.Fatalf("%d failed rebuilds in 3000 ticks, want about 14 (backing off)", n)
+	}
+	c.SetDown("r3", false)
+	for i := 0; i < 1000 && c.Engine().Info().Counters.RebuildsDone == 0; i++ {
+		c.Tick()
+		for c.Step() {
+		}
+	}
+	if c.Engine().Info().Counters.RebuildsDone != 1 {
+		t.Fatalf("r3 not rebuilt within 1000 ticks of coming back")
+	}
+	c.expect(1, 2)
+}

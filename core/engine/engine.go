@@ -74,6 +74,7 @@ const (
 	rebuildFlushTicks  = 50
 	maxTombstones      = 16
 	defaultTimeout     = 100 // ticks
+	defaultFlushEvery  = 500 // ticks
 	defaultRetryTicks  = 20
 	defaultRebuildWait = 50
 )
@@ -91,6 +92,13 @@ type Config struct {
 	TimeoutTicks int64
 	// RetryTicks is how long to wait before retrying a failed open (20).
 	RetryTicks int64
+	// FlushEveryTicks: once this many ticks passed since the last flush
+	// and writes were sent since, the engine flushes on its own (default
+	// 500, 5 s at the production tick; negative: never). It bounds what
+	// the replicas keep between flushes — each head write's intent record
+	// stays until a flush moves the flushed sequence — and what a crash
+	// of every replica can lose from a client that never flushes.
+	FlushEveryTicks int64
 	// RebuildAfterTicks: an ERR replica is re-opened and rebuilt after this
 	// many ticks (default 50; negative: never automatically).
 	RebuildAfterTicks int64
@@ -269,6 +277,11 @@ type member struct {
 	downSince int64
 	// unreachable: the last attempt to rebuild it found it not answering.
 	unreachable bool
+	// rebuildFails counts its rebuilds failed in a row: each doubles the
+	// wait before the next automatic one (at most 64 times
+	// RebuildAfterTicks), since every attempt that gets as far as the
+	// snapshot leaves a rebuild snapshot behind until every member is RW.
+	rebuildFails int
 	// silent: its heartbeats have failed (timed out or found no
 	// connection) since silentSince, with no answer at our epoch since.
 	silent      bool
@@ -341,13 +354,19 @@ type Engine struct {
 	committedPrev *proto.Membership
 	attached      bool
 	writeSeq      uint64
-	counters      Counters
-	nextID        uint64
-	calls         map[uint64]call
-	spare         Ready             // released slices for the next effects
-	memberList    []*member         // sortedMembers' cache
-	targetBuf     []proto.ReplicaID // scratch for startFop and readFrom
-	roundRobin    int
+	// The last flush started (a client's or the engine's own): the write
+	// sequence it covers and when. flushOwn: the engine's own flush is
+	// waiting or running.
+	flushedUpTo uint64
+	flushedAt   int64
+	flushOwn    bool
+	counters    Counters
+	nextID      uint64
+	calls       map[uint64]call
+	spare       Ready             // released slices for the next effects
+	memberList  []*member         // sortedMembers' cache
+	targetBuf   []proto.ReplicaID // scratch for startFop and readFrom
+	roundRobin  int
 
 	waiting []*fop
 	running []*fop
@@ -403,6 +422,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.RebuildAfterTicks == 0 {
 		cfg.RebuildAfterTicks = defaultRebuildWait
+	}
+	if cfg.FlushEveryTicks == 0 {
+		cfg.FlushEveryTicks = defaultFlushEvery
 	}
 	if cfg.ReplaceAfterTicks == 0 {
 		cfg.ReplaceAfterTicks = 10 * max(cfg.RebuildAfterTicks, defaultRebuildWait)
@@ -510,8 +532,22 @@ func (e *Engine) Tick() {
 	if e.phase == phaseServing {
 		e.maybeAutoRebuild()
 		e.heartbeat()
+		e.maybeFlush()
 	}
 	e.schedule()
+}
+
+// maybeFlush queues a flush of the engine's own when writes went
+// unflushed for FlushEveryTicks (Config.FlushEveryTicks). It is ordered
+// with frontend requests as a client's flush is, and answers no one.
+func (e *Engine) maybeFlush() {
+	if e.cfg.FlushEveryTicks < 0 || e.flushOwn || e.writeSeq <= e.flushedUpTo ||
+		e.now-e.flushedAt < e.cfg.FlushEveryTicks || len(e.waiting) >= maxWaiting {
+		return
+	}
+	f := e.newFop(Request{Op: proto.OpFlush})
+	f.own, e.flushOwn = true, true
+	e.waiting = append(e.waiting, f)
 }
 
 func (e *Engine) sortedCalls() []uint64 {
@@ -573,10 +609,11 @@ func (e *Engine) fault(why string) {
 // forgotten without being counted down.
 func (e *Engine) failAll(err error) {
 	for _, f := range append(e.running, e.waiting...) {
-		if !f.replied {
+		if !f.replied && !f.own {
 			e.replyFrontend(f.req.ID, err, nil)
 		}
 	}
+	e.flushOwn = false
 	e.running, e.waiting, e.parked, e.parkedAdmin = nil, nil, nil, nil
 	for _, a := range e.admin {
 		e.adminReply(a, nil, err)
@@ -741,6 +778,7 @@ func (e *Engine) onHeartbeat(id proto.ReplicaID, sent int64, rep proto.Reply) {
 			m.silent, m.silentSince = true, sent
 		}
 		if e.now-m.silentSince < e.cfg.TimeoutTicks {
+			e.counters.HeartbeatFailures++
 			return
 		}
 		why = fmt.Sprintf("heartbeat: no answer for %d ticks (%s)", e.now-m.silentSince, rep.Err)
@@ -751,6 +789,7 @@ func (e *Engine) onHeartbeat(id proto.ReplicaID, sent int64, rep proto.Reply) {
 	default:
 		return
 	}
+	e.counters.HeartbeatFailures++
 	if !e.canDrop(id) {
 		return
 	}

@@ -57,6 +57,10 @@ type Counters struct {
 	StaleAtOpen    uint64 // members an open found could not prove they are current
 	RebuildsDone   uint64
 	RebuildsFailed uint64
+	// HeartbeatFailures counts lease heartbeats an RW replica did not
+	// answer, answered with an error, or answered as restarted (each one
+	// counts, whether or not it took the replica out of the set).
+	HeartbeatFailures uint64
 }
 
 // event records ev in the next Ready and counts it.

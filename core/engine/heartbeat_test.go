@@ -43,6 +43,9 @@ func TestHeartbeatFindsRestartedReplica(t *testing.T) {
 	if !c.RunUntil(func() bool { return modes(c.Engine().Info())["r2"] != engine.ModeRW }, 100) {
 		t.Fatalf("restarted r2 still RW long after a heartbeat (the timeout is 1000 ticks): %+v", c.Engine().Info().Replicas)
 	}
+	if n := c.Engine().Info().Counters.HeartbeatFailures; n != 1 {
+		t.Errorf("HeartbeatFailures = %d after one restarted replica's heartbeat, want 1", n)
+	}
 	if !c.RunUntil(func() bool { return modes(c.Engine().Info())["r2"] == engine.ModeRW }, 2000) {
 		t.Fatalf("r2 not rebuilt: %+v", c.Engine().Info().Replicas)
 	}

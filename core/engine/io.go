@@ -28,6 +28,7 @@ type fop struct {
 	dataHeld bool              // a call ended unanswered (Reply.DataHeld)
 	done     bool              // finished: out of running
 	free     bool              // on the free list
+	own      bool              // the engine's own flush (maybeFlush): no reply
 }
 
 // newFop returns a fop for req, reused when one is free.
@@ -236,6 +237,9 @@ func (e *Engine) startFop(f *fop) {
 		e.writeSeq++
 	}
 	req.Seq = e.writeSeq
+	if f.req.Op == proto.OpFlush {
+		e.flushedUpTo, e.flushedAt = e.writeSeq, e.now
+	}
 	f.pending.clear()
 	targets := e.appendWriteTargets(e.targetBuf[:0])
 	e.targetBuf = targets
@@ -313,7 +317,11 @@ func (e *Engine) finishWrite(f *fop) {
 	if err == nil && e.rwCount() < e.cfg.MinHealthy {
 		err = fmt.Errorf("%w: %d healthy replicas, %d needed", ErrFaulted, e.rwCount(), e.cfg.MinHealthy)
 	}
-	e.ready.Replies = append(e.ready.Replies, Reply{ID: f.req.ID, Err: err, DataHeld: f.dataHeld || f.calls > 0})
+	if f.own {
+		e.flushOwn = false
+	} else {
+		e.ready.Replies = append(e.ready.Replies, Reply{ID: f.req.ID, Err: err, DataHeld: f.dataHeld || f.calls > 0})
+	}
 	e.finishFop(f)
 }
 

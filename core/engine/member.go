@@ -93,8 +93,23 @@ func (e *Engine) markERR(id proto.ReplicaID, why string) ([]*fop, bool) {
 }
 
 // desiredMembership is the membership the engine's view implies.
+//
+// Its Prev is the newest membership known to be committed: the one this
+// replaces, or, while that one was adopted at open and may never have
+// reached a quorum of its own predecessor (committedPrev), that
+// predecessor. An engine that later finds the new one must then fence a
+// quorum of the committed one too. (With the adopted one as Prev, sim
+// swarm seed 1088: gen 26 dropped r1 but reached only r2; an engine
+// adopted it, fencing r1 and r2, and recorded gen 27 on r2 alone with
+// Prev gen 26; the next engine opened gen 27 from r2 alone, then another
+// opened gen 25 from r1 alone — the lowest-named half of {r1, r2} — and
+// acknowledged writes the first then lost.)
 func (e *Engine) desiredMembership() *proto.Membership {
-	next := &proto.Membership{Gen: e.committed.Gen + 1, Epoch: e.epoch, Prev: append([]proto.Member(nil), e.committed.Members...)}
+	prev := e.committed.Members
+	if e.committedPrev != nil {
+		prev = e.committedPrev.Members
+	}
+	next := &proto.Membership{Gen: e.committed.Gen + 1, Epoch: e.epoch, Prev: append([]proto.Member(nil), prev...)}
 	for _, m := range e.sortedMembers() {
 		switch m.mode {
 		case ModeRW:

@@ -23,6 +23,8 @@ type openTask struct {
 	// stale: RW members that could not prove they hold the newest data,
 	// and why (rebuilt, never a source).
 	stale map[proto.ReplicaID]string
+	// best is the membership the open adopted.
+	best *proto.Membership
 }
 
 func (t *openTask) noteStale(id proto.ReplicaID, why string) {
@@ -164,6 +166,7 @@ func (e *Engine) decide(t *openTask) {
 		}
 		return
 	}
+	t.best = best
 	current := e.pickCurrent(t, best)
 	if len(current) == 0 {
 		why := "no current replica"
@@ -341,7 +344,13 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 						done(err)
 						return
 					}
-					sync.run(done)
+					sync.run(func(err string) {
+						if err != "" {
+							done(err)
+							return
+						}
+						e.repairOthers(t, current, othersSuspects(t, current), done)
+					})
 				})
 			})
 		}
@@ -489,6 +498,22 @@ func (e *Engine) corroborate(t *openTask, current []proto.ReplicaID, blocks []ui
 				}
 			}
 		}
+		if _, ok := copies[current[0]]; !ok {
+			// The source cannot read its copy at all (a settle found it
+			// rotted) and no current replica's copy is corroborated:
+			// take the verified copy of an RW member of the adopted
+			// membership that could not prove it is current. It holds
+			// every acknowledged flush (they reached every RW member),
+			// so its copy is some write the volume held; the source's is
+			// none (sim all/297: rot on the only current replica
+			// stopped every rebuild at it).
+			for _, o := range ids {
+				if _, ok := copies[o]; ok && t.best != nil && t.best.Mode(o) == proto.ModeRW && t.fenced[o].Membership != nil {
+					donors = append(donors, donor{block: b, from: o})
+					break
+				}
+			}
+		}
 		e.corroborate(t, current, blocks[1:], donors, done)
 	}
 	for _, id := range ids {
@@ -595,4 +620,58 @@ func (e *Engine) checkBackingChain(chain []string, isNew bool) string {
 		return fmt.Sprintf("the replicas were not created on backing image %q (create them with drover replica --backing-image %s)", name, name)
 	}
 	return ""
+}
+
+// suspectCopy is a block to copy from the resync source over another
+// current replica's suspect copy.
+type suspectCopy struct {
+	block uint64
+	to    proto.ReplicaID
+}
+
+// othersSuspects lists the suspect blocks of the current replicas but
+// the source. The checksum comparison of the resync cannot see them: a
+// block a settle found rotted keeps its index checksum (the right one)
+// over wrong data (a lost data write, sim swarm/297).
+func othersSuspects(t *openTask, current []proto.ReplicaID) []suspectCopy {
+	var out []suspectCopy
+	for _, id := range current[1:] {
+		for _, x := range t.fenced[id].Suspect {
+			for b := x.BlockIndex; b < x.BlockIndex+x.BlockCount; b++ {
+				out = append(out, suspectCopy{block: b, to: id})
+			}
+		}
+	}
+	return out
+}
+
+// repairOthers copies the source's head block over each listed copy, one
+// at a time. Best effort: a copy that fails stays corrupt, for read
+// repair to find.
+func (e *Engine) repairOthers(t *openTask, current []proto.ReplicaID, list []suspectCopy, done func(string)) {
+	if e.opening != t {
+		return
+	}
+	if len(list) == 0 {
+		done("")
+		return
+	}
+	c := list[0]
+	next := func() { e.repairOthers(t, current, list[1:], done) }
+	e.send(current[0], proto.Request{Op: proto.OpLayerRead, BlockIndex: c.block, BlockCount: 1}, func(rep proto.Reply) {
+		if e.opening != t {
+			return
+		}
+		if rep.Status != proto.StatusOK {
+			next()
+			return
+		}
+		w := proto.Request{Op: proto.OpLayerWrite, BlockIndex: c.block, BlockCount: 1, Data: rep.Data, Blocks: rep.Blocks}
+		e.send(c.to, w, func(proto.Reply) {
+			if e.opening != t {
+				return
+			}
+			next()
+		})
+	})
 }

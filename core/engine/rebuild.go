@@ -129,6 +129,7 @@ func (rb *rebuildTask) abort(why string) {
 		e.replicaFailed(rb.target, "rebuild: "+why) // no-op if already ERR
 		m.errSince = e.now
 		m.unreachable = rb.stage == "open"
+		m.rebuildFails++
 	}
 	if rb.admin != nil {
 		e.finishAdmin(rb.admin, nil, fmt.Errorf("%w: rebuild of %s: %s", ErrIO, rb.target, why))
@@ -144,13 +145,19 @@ func (e *Engine) maybeAutoRebuild() {
 		return
 	}
 	for _, m := range e.sortedMembers() {
-		due := m.mode == ModeWO || (m.mode == ModeERR && e.now-m.errSince >= e.cfg.RebuildAfterTicks)
+		wait := e.cfg.RebuildAfterTicks << min(m.rebuildFails, maxRebuildBackoffShift)
+		due := m.mode == ModeWO || (m.mode == ModeERR && e.now-m.errSince >= wait)
 		if due {
 			e.startRebuild(m.id, nil, 0)
 			return
 		}
 	}
 }
+
+// maxRebuildBackoffShift caps the doubling of the wait between failed
+// automatic rebuilds of one member (member.rebuildFails): 64 times
+// RebuildAfterTicks.
+const maxRebuildBackoffShift = 6
 
 // rebuildSnapshotPrefix names the snapshots rebuilds take; users may not.
 const rebuildSnapshotPrefix = "rebuild-"
@@ -500,6 +507,9 @@ func (rb *rebuildTask) finish() {
 				return
 			}
 			rb.ended("done")
+			if m := e.members[rb.target]; m != nil {
+				m.rebuildFails = 0
+			}
 			if rb.admin != nil {
 				e.finishAdmin(rb.admin, nil, nil)
 			}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
 )
 
 // rebuildSnapshots lists the rebuild snapshots the engine's chain and
@@ -98,4 +99,51 @@ func TestRebuildSnapshotMergedAfterLastNonRWMemberRemoved(t *testing.T) {
 	}
 	c.requireNoRebuildSnapshot()
 	c.expect(3, 3)
+}
+
+// A snapshot delete syncs each merge window before it merges the next,
+// so the final OpDeleteSnapshot has at most one window to sync. Before,
+// the merged entries stayed unsynced until that one call synced them all:
+// for the rebuild snapshot of a 2 GiB volume on disk, 2 GiB on every
+// replica at once, which under disk load outlasted the call timeout on
+// both replicas; the engine failed both, and the snapshot stayed. Seen
+// here: a replica that loses power after three windows were merged comes
+// back with at least the first two merged (each synced before the next).
+func TestDeleteSyncsEachMergeWindow(t *testing.T) {
+	const sizeBlocks = 256 // merge windows of 32 blocks (an eighth)
+	c := newCluster(t, 2, sizeBlocks*proto.BlockSize, engine.Config{Volume: "v", RebuildAfterTicks: -1})
+	for b := uint64(0); b < sizeBlocks; b++ {
+		c.write(b, b+1)
+	}
+	if r := c.adminDo(engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s"}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	r2 := c.Nodes["r2"]              // not r1: losing the lowest of two replicas faults the volume
+	snap, _ := r2.Replica.Resolve(0) // the head is empty: every block is the snapshot's
+	merged := func() (n uint64) {
+		for b := uint64(0); b < sizeBlocks; b++ {
+			if l, _ := r2.Replica.Resolve(b); l != snap {
+				n++
+			}
+		}
+		return n
+	}
+	c.SubmitAdmin(engine.AdminRequest{Op: engine.AdminDeleteSnapshot, Name: "s"})
+	for merged() < 3*32 {
+		if !c.Step() {
+			c.Tick()
+		}
+		if c.Ticks > 1000 {
+			t.Fatalf("three merge windows did not complete on r2 (%d blocks merged)", merged())
+		}
+	}
+	c.Crash("r2", func(store.LayerID, uint64, bool) bool { return false }) // unsynced changes are lost
+	for c.Step() {                                                         // r2 reloads (no tick: nothing times out)
+	}
+	if got := merged(); got < 2*32 {
+		t.Fatalf("after a power loss r2 holds %d merged blocks of the 96 merged: windows were not synced one by one", got)
+	}
+	for b := uint64(0); b < sizeBlocks; b += 37 {
+		c.expect(b, b+1)
+	}
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"hash/crc32"
 	"sort"
 
 	"github.com/drover-io/drover/core/proto"
@@ -347,6 +348,9 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 					s.copyRunFrom(target, run, next, tried, done)
 					return
 				}
+				why := fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err)
+				s.spliceFromAny(target, w, rep.BlockIndex, s.spliceCandidates(src), why, done)
+				return
 			}
 			if rep.Status != proto.StatusOK {
 				done(fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err))
@@ -359,6 +363,101 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 				s.e.ready.Free = append(s.e.ready.Free, w.Data)
 			}
 			done("")
+		})
+	})
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// spliceCandidates lists the members other than src, the one whose copy
+// is corrupt: any of them may still serve the block's right content.
+func (s *layerSync) spliceCandidates(src proto.ReplicaID) []spliceSource {
+	var out []spliceSource
+	for _, how := range []spliceHow{viaSnapshot, viaHead} {
+		for _, m := range s.e.sortedMembers() {
+			if m.id != src {
+				out = append(out, spliceSource{m.id, how})
+			}
+		}
+	}
+	return out
+}
+
+// spliceSource is one place spliceFromAny may find a block.
+type spliceSource struct {
+	id  proto.ReplicaID
+	how spliceHow
+}
+
+type spliceHow uint8
+
+const (
+	viaSnapshot spliceHow = iota // OpSnapRead of the layer being synced
+	viaHead                      // OpRead: the member's head
+)
+
+// spliceFromAny is the last resort when no RW replica but the source
+// holds a good copy of block bad of write w's run: the block's right
+// content is the one matching the checksum the source's index gave (rot
+// changes the data, not the index), so any member serving a copy that
+// matches it (a stale or rebuilding one, the target itself) has it. Each
+// candidate's copy is read as it serves it and checked here; the target
+// checks it again. Without this, a block rotted on the only RW replica
+// stopped every rebuild at it for good, though the others held it (sim
+// all/297, once write intents kept such rot from being settled as data).
+func (s *layerSync) spliceFromAny(target proto.ReplicaID, w proto.Request, bad uint64, cands []spliceSource, why string, done func(string)) {
+	if bad < w.BlockIndex || bad >= w.BlockIndex+uint64(w.BlockCount) || len(w.Blocks) != int(w.BlockCount) {
+		done(why)
+		return
+	}
+	want := w.Blocks[bad-w.BlockIndex]
+	if want.Kind != proto.BlockData || len(cands) == 0 {
+		done(why)
+		return
+	}
+	// Each candidate is asked twice: for the block as the layer's
+	// snapshot shows it there (a stale copy of the chain may hold it),
+	// then as its head shows it. A candidate is listed once per way.
+	from, how := cands[0].id, cands[0].how
+	req := proto.Request{Op: proto.OpRead, BlockIndex: bad, BlockCount: 1}
+	if how == viaSnapshot {
+		if s.layer == "" {
+			s.spliceFromAny(target, w, bad, cands[1:], why, done)
+			return
+		}
+		req.Op, req.Name = proto.OpSnapRead, s.layer
+	}
+	s.e.send(from, req, func(rep proto.Reply) {
+		if s.aborted {
+			return
+		}
+		if rep.Status != proto.StatusOK || len(rep.Data) != proto.BlockSize || crc32.Checksum(rep.Data, castagnoli) != want.CRC {
+			s.spliceFromAny(target, w, bad, cands[1:], why, done)
+			return
+		}
+		off := (bad - w.BlockIndex) * proto.BlockSize
+		copy(w.Data[off:off+proto.BlockSize], rep.Data)
+		s.e.counters.RepairedBlocks++
+		s.e.send(target, w, func(rep proto.Reply) {
+			if s.aborted {
+				return
+			}
+			switch rep.Status {
+			case proto.StatusOK:
+				if w.Data != nil {
+					s.e.ready.Free = append(s.e.ready.Free, w.Data)
+				}
+				done("")
+			case proto.StatusCorrupt:
+				if rep.BlockIndex <= bad {
+					done(why) // blocks are checked in order: no progress
+					return
+				}
+				// Another rotted block further in the same run.
+				s.spliceFromAny(target, w, rep.BlockIndex, s.spliceCandidates(""), why, done)
+			default:
+				done(fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err))
+			}
 		})
 	})
 }

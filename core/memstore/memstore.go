@@ -67,10 +67,35 @@ func (l *layer) checkPages(id store.LayerID, lo, n uint64, c *store.Completion) 
 type Store struct {
 	meta   []byte
 	layers map[store.LayerID]*layer
+	// intents are WriteIntents records (durable at once): per layer and
+	// tag. Like filestore, only the newest tag of a layer is kept.
+	intents map[store.LayerID]intentLog
+}
+
+type intentLog struct {
+	tag     uint64
+	entries []proto.BlockState
 }
 
 // New returns an empty store.
-func New() *Store { return &Store{layers: map[store.LayerID]*layer{}} }
+func New() *Store {
+	return &Store{layers: map[store.LayerID]*layer{}, intents: map[store.LayerID]intentLog{}}
+}
+
+func (s *Store) executeIntents(io store.IO, c *store.Completion) {
+	log := s.intents[io.Layer]
+	if io.Kind == store.ReadIntents {
+		if log.tag == io.FlushedSeq {
+			c.Entries = append([]proto.BlockState(nil), log.entries...)
+		}
+		return
+	}
+	if log.tag != io.FlushedSeq {
+		log = intentLog{tag: io.FlushedSeq}
+	}
+	log.entries = append(log.entries, io.Entries...)
+	s.intents[io.Layer] = log
+}
 
 // Execute performs io at once and returns its completion.
 func (s *Store) Execute(io store.IO) store.Completion {
@@ -90,10 +115,16 @@ func (s *Store) Execute(io store.IO) store.Completion {
 		// A layer left behind by a crash before the metadata named it is
 		// emptied: its id is reused.
 		s.layers[io.Layer] = newLayer()
+		delete(s.intents, io.Layer)
 		return c
 	}
 	if io.Kind == store.RemoveLayer {
 		delete(s.layers, io.Layer)
+		delete(s.intents, io.Layer)
+		return c
+	}
+	if io.Kind == store.WriteIntents || io.Kind == store.ReadIntents {
+		s.executeIntents(io, &c)
 		return c
 	}
 	l := s.layers[io.Layer]
@@ -303,6 +334,9 @@ func (s *Store) Clone() *Store {
 			n.damaged[p] = true
 		}
 		c.layers[id] = n
+	}
+	for id, log := range s.intents {
+		c.intents[id] = intentLog{tag: log.tag, entries: append([]proto.BlockState(nil), log.entries...)}
 	}
 	return c
 }

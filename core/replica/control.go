@@ -74,18 +74,21 @@ func (r *Replica) flushAll(seq uint64, then func(ok bool)) {
 	}
 	h := r.head().meta.ID
 	newSeq := max(r.flushedSeq, seq)
-	if newSeq != r.flushedSeq {
-		indexLayers[h] = true
-	}
 	for _, id := range sortedLayerIDs(indexLayers) {
-		w := store.IO{Kind: store.WriteIndex, Layer: id, Entries: sortedEntries(r.dirty[id])}
-		if id == h {
-			w.FlushedSeq = newSeq
-		}
-		writes = append(writes, w)
+		writes = append(writes, store.IO{Kind: store.WriteIndex, Layer: id, Entries: sortedEntries(r.dirty[id])})
 		isyncs = append(isyncs, store.IO{Kind: store.SyncIndex, Layer: id})
 	}
-	r.inStages([][]store.IO{syncs, writes, isyncs}, func(ok bool) {
+	// The head's flushed sequence is written only once every entry it
+	// vouches for is durable: a crash in between must not leave the new
+	// sequence over old entries, or a settle would read the write intents
+	// of the wrong cycle (write intents are tagged with it) and take a
+	// write that landed for rot (sim swarm/242).
+	var seqWrite, seqSync []store.IO
+	if newSeq != r.flushedSeq {
+		seqWrite = []store.IO{{Kind: store.WriteIndex, Layer: h, FlushedSeq: newSeq}}
+		seqSync = []store.IO{{Kind: store.SyncIndex, Layer: h}}
+	}
+	r.inStages([][]store.IO{syncs, writes, isyncs, seqWrite, seqSync}, func(ok bool) {
 		if ok {
 			clear(r.dirty)
 			clear(r.dirtyData)

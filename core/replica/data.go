@@ -225,7 +225,13 @@ func (r *Replica) runWrite(o *op) {
 		o.entries = append(o.entries, proto.BlockState{BlockIndex: o.lo + uint64(i), Kind: proto.BlockData,
 			CRC: crcOf(req.Data[i*proto.BlockSize : (i+1)*proto.BlockSize])})
 	}
-	r.issueFor(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, pendingIO{kind: ioWrite, o: o, l: h})
+	if !h.needIntents(o.lo, uint64(req.BlockCount)) {
+		// No block here has a durable entry: a crash leaves none for the
+		// new content to be settled against.
+		r.issueFor(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, pendingIO{kind: ioWrite, o: o, l: h})
+		return
+	}
+	r.queueIntents(o)
 }
 
 // ioOK handles a failed write-path IO: ENOSPC changes nothing and fails
@@ -301,7 +307,32 @@ func (r *Replica) runTrim(o *op) {
 		o.entries = entries
 		r.finishWrite(o, h, len(punches) > 0)
 	}
-	r.afterAll(o, punchIOs(h, punches), "punch", apply)
+	// A hole punched before its zero entry is flushed reads as zeros
+	// under a data entry: recorded first as an intent (the checksum of
+	// zeros), so a settle takes it for the trim it is. Zeros under a
+	// data entry without one are a lost write, not a trim.
+	intents := zeroIntents(h, punches)
+	if len(intents) == 0 {
+		r.afterAll(o, punchIOs(h, punches), "punch", apply)
+		return
+	}
+	r.recordIntents(o, h, intents, "trim", func() {
+		r.afterAll(o, punchIOs(h, punches), "punch", apply)
+	})
+}
+
+// zeroIntents lists the intents of punching runs: each block's checksum
+// becomes that of zeros.
+func zeroIntents(l *layer, runs []proto.Extent) []proto.BlockState {
+	var out []proto.BlockState
+	for _, x := range runs {
+		for b := x.BlockIndex; b < x.BlockIndex+x.BlockCount; b++ {
+			if l.indexed.Contains(b) {
+				out = append(out, proto.BlockState{BlockIndex: b, Kind: proto.BlockData, CRC: zeroCRC})
+			}
+		}
+	}
+	return out
 }
 
 func punchIOs(l *layer, punches []proto.Extent) []store.IO {
@@ -460,12 +491,47 @@ func (r *Replica) runLayerWrite(o *op) {
 		}
 	}
 	ios = append(ios, punchIOs(l, punches)...)
-	r.afterAll(o, ios, "layer write", func() {
-		for _, b := range o.req.Blocks {
-			r.setEntry(l, b)
+	write := func() {
+		r.afterAll(o, ios, "layer write", func() {
+			for _, b := range o.req.Blocks {
+				r.setEntry(l, b)
+			}
+			r.dirtyData[l.meta.ID] = true
+			r.reply(proto.Reply{ID: o.req.ID})
+			r.finish(o)
+		})
+	}
+	if l != r.head() {
+		write()
+		return
+	}
+	// In place in the head (a resync, a repair): like a write, its new
+	// checksums (zeros' for the holes it punches) are recorded before its
+	// data, so a crash before the next flush settles them rather than
+	// taking them for rot.
+	var intents []proto.BlockState
+	for _, b := range o.req.Blocks {
+		if b.Kind == proto.BlockData && l.indexed.Contains(b.BlockIndex) {
+			intents = append(intents, b)
 		}
-		r.dirtyData[l.meta.ID] = true
-		r.reply(proto.Reply{ID: o.req.ID})
-		r.finish(o)
+	}
+	intents = append(intents, zeroIntents(l, punches)...)
+	if len(intents) == 0 {
+		write()
+		return
+	}
+	r.recordIntents(o, l, intents, "layer write", write)
+}
+
+// recordIntents durably records intents for layer l before then runs
+// (not group-committed: the data path's writes are, in pumpIntents).
+func (r *Replica) recordIntents(o *op, l *layer, intents []proto.BlockState, what string, then func()) {
+	r.issue(store.IO{Kind: store.WriteIntents, Layer: l.meta.ID, Entries: intents, FlushedSeq: r.flushedSeq}, func(c store.Completion) {
+		if c.Err != store.OK {
+			r.fail(sprintf("record %s intents: %v %s", what, c.Err, c.Detail))
+			r.fails(o, proto.StatusIOError, "record %s intents: %v %s", what, c.Err, c.Detail)
+			return
+		}
+		then()
 	})
 }

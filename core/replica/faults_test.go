@@ -262,3 +262,59 @@ func TestLayerWriteRefusesDamagedData(t *testing.T) {
 		t.Fatal("layer write not applied")
 	}
 }
+
+// lostWrites acknowledges the data writes lose picks without executing
+// them: a write the disk said it did that never reached the medium.
+type lostWrites struct {
+	st   *memstore.Store
+	lose func(io store.IO) bool
+}
+
+func (l *lostWrites) Execute(io store.IO) store.Completion {
+	if io.Kind == store.WriteData && l.lose(io) {
+		return store.Completion{ID: io.ID}
+	}
+	return l.st.Execute(io)
+}
+
+// TestLostWriteToHoleIsNotATrim: a write to a never-written block is lost
+// on its way to the disk, and its flush records the data's checksum over
+// the hole. After a crash the settle finds zeros under a data entry; no
+// trim recorded an intent for them, so they are a lost write: the block
+// reads as corrupt (for the engine to repair from another replica), never
+// as zeros. A trim that punched the hole before its entry was flushed is
+// settled as zeros.
+func TestLostWriteToHoleIsNotATrim(t *testing.T) {
+	for _, bug := range []bool{false, true} {
+		d := drive.New(replica.Config{ID: "r", CreateSizeBytes: 16 * proto.BlockSize,
+			Bugs: replica.Bugs{SettleZerosAsTrims: bug}}, memstore.New(), nil)
+		lose := true
+		d.Exec = &lostWrites{st: d.Store, lose: func(io store.IO) bool { return lose && io.BlockIndex == 5 }}
+		do := func(id uint64, r proto.Request) proto.Reply {
+			r.ID, r.Epoch = id, 1
+			return d.Do(r)
+		}
+		mustOK(t, "open", do(1, proto.Request{Op: proto.OpOpen}))
+		mustOK(t, "write", do(2, proto.Request{Op: proto.OpWrite, BlockIndex: 5, BlockCount: 1, Data: block(7)}))
+		mustOK(t, "flush", do(3, proto.Request{Op: proto.OpFlush, Seq: 1}))
+		lose = false
+		// Block 9: written and flushed, then trimmed; the punch lands but
+		// the trim's zero entry does not (no flush before the crash).
+		mustOK(t, "write 9", do(4, proto.Request{Op: proto.OpWrite, BlockIndex: 9, BlockCount: 1, Data: block(8)}))
+		mustOK(t, "flush 9", do(5, proto.Request{Op: proto.OpFlush, Seq: 2}))
+		mustOK(t, "trim 9", do(6, proto.Request{Op: proto.OpTrim, BlockIndex: 9, BlockCount: 1}))
+		d.Crash(func(_ store.LayerID, _ uint64, isIndex bool) bool { return !isIndex })
+		mustOK(t, "open after crash", do(7, proto.Request{Op: proto.OpOpen}))
+		rep := do(8, proto.Request{Op: proto.OpRead, BlockIndex: 5, BlockCount: 1})
+		if !bug && (rep.Status != proto.StatusCorrupt || rep.BlockIndex != 5) {
+			t.Fatalf("read of the block whose write was lost: %v %s (block %d), want corrupt block 5", rep.Status, rep.Err, rep.BlockIndex)
+		}
+		if bug && rep.Status != proto.StatusOK {
+			t.Fatalf("with the bug planted the lost write's zeros should read as a trim: %v %s", rep.Status, rep.Err)
+		}
+		rep = mustOK(t, "read trimmed block", do(9, proto.Request{Op: proto.OpRead, BlockIndex: 9, BlockCount: 1}))
+		if !bytes.Equal(rep.Data, make([]byte, proto.BlockSize)) {
+			t.Fatal("the trimmed block does not read as zeros")
+		}
+	}
+}

@@ -62,7 +62,7 @@ func (r *Replica) create() {
 
 func (r *Replica) loadIndexes(i int) {
 	if i == len(r.layers) {
-		r.settleActive()
+		r.loadIntents()
 		return
 	}
 	l := r.layers[i]
@@ -79,6 +79,7 @@ func (r *Replica) loadIndexes(i int) {
 				continue // beyond the size: left by a shrink we refuse; ignore
 			}
 			l.held.Add(e.BlockIndex)
+			l.indexed.Add(e.BlockIndex)
 			if e.Kind == proto.BlockZero {
 				l.zero.Add(e.BlockIndex)
 			}
@@ -108,6 +109,7 @@ func (r *Replica) settleActive() {
 
 func (r *Replica) settleRegions(keys []RegionKey) {
 	if len(keys) == 0 {
+		r.settleIntents = nil
 		r.meta.Active = nil
 		r.writeMeta(func(ok bool) {
 			if ok {
@@ -146,19 +148,28 @@ func (r *Replica) settleRegions(keys []RegionKey) {
 			}
 			block := c.Data[i*proto.BlockSize : (i+1)*proto.BlockSize]
 			sum := crcOf(block)
-			if sum != e.CRC {
-				fix := proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockData, CRC: sum}
-				if allZero(block) {
-					// A block that settles to zeros is recorded as zeros,
-					// as the model records it: it reads the same, and it
-					// is not data a shrink would cut off.
-					fix = proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockZero}
-					l.zero.Add(e.BlockIndex)
-				}
-				fixes = append(fixes, fix)
-				if l == r.head() {
-					r.meta.Suspect = mergeExtent(r.meta.Suspect, proto.Extent{BlockIndex: e.BlockIndex, BlockCount: 1})
-				}
+			if sum == e.CRC {
+				continue
+			}
+			switch {
+			case (r.intended(e.BlockIndex, sum) || r.cfg.Bugs.SettleZerosAsTrims) && allZero(block):
+				// A trim's hole (or a write of zeros) that landed before
+				// its index entry. Recorded as zeros, as the model
+				// records it: it reads the same, and it is not data a
+				// shrink would cut off.
+				fixes = append(fixes, proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockZero})
+				l.zero.Add(e.BlockIndex)
+			case r.intended(e.BlockIndex, sum):
+				// A write that landed before its index entry: new
+				// content, whole (its intent was recorded first).
+				fixes = append(fixes, proto.BlockState{BlockIndex: e.BlockIndex, Kind: proto.BlockData, CRC: sum})
+			default:
+				// Neither the synced content nor a recorded write: rot.
+				// The entry stays, so the block reads as corrupt and is
+				// repaired from another replica; suspect, so that the
+				// engine's open looks for that copy at once.
+				r.rotFound++
+				r.meta.Suspect = mergeExtent(r.meta.Suspect, proto.Extent{BlockIndex: e.BlockIndex, BlockCount: 1})
 			}
 		}
 		if l == r.head() {

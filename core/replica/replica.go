@@ -67,10 +67,12 @@ type Config struct {
 // Bugs are deliberate faults, for proving the checkers catch them. All
 // false in production.
 type Bugs struct {
-	SkipFlushSync     bool // flush replies without syncing anything
-	AcceptStaleEpochs bool // requests from lower epochs are served
-	SkipReadChecksums bool // reads return data whatever its checksum
-	IgnoreIndexDamage bool // a layer whose index fails to read loads as empty
+	SkipFlushSync      bool // flush replies without syncing anything
+	AcceptStaleEpochs  bool // requests from lower epochs are served
+	SkipReadChecksums  bool // reads return data whatever its checksum
+	IgnoreIndexDamage  bool // a layer whose index fails to read loads as empty
+	SettleAnyChecksum  bool // a crash's settle takes any checksum it finds, as before intents
+	SettleZerosAsTrims bool // a settle takes zeros under a data entry for a trim, intent or not
 }
 
 // Ready is a batch of effects. IOs may run concurrently and complete in
@@ -94,6 +96,12 @@ type layer struct {
 	meta LayerMeta
 	held blockset.Set // blocks this layer holds (data or zero)
 	zero blockset.Set // subset of held stored as zeros
+	// indexed holds every block whose entry in the layer's index may be
+	// durable (loaded, or in a WriteIndex issued since): only an in-place
+	// write over such a block needs a write intent first. Elsewhere a
+	// crash leaves no entry for the new content to be checked against,
+	// and the block reads as it did before the write.
+	indexed blockset.Set
 }
 
 // Replica is the state machine. Create it with New, then drive it.
@@ -135,6 +143,20 @@ type Replica struct {
 	nextIO  uint64
 	pending map[uint64]pendingIO
 	ready   Ready
+
+	// Intents (intents.go): writes waiting for their checksums to be
+	// recorded, and whether a WriteIntents IO is in flight.
+	intentQueue   []*op
+	intentBatch   []*op // the batch whose intents are in flight
+	intentEntries []proto.BlockState
+	intentBusy    bool
+	// settleIntents are the checksums the head's blocks may hold after
+	// the crash being settled (load only).
+	settleIntents map[uint64][]uint32
+	// rotFound counts blocks a settle found rotted (neither synced nor
+	// recorded as a write's intent): left corrupt, for the engine to
+	// repair.
+	rotFound uint64
 }
 
 // pendingIO is what an IO's completion goes to: the data path's IOs by
@@ -156,6 +178,7 @@ const (
 	ioFUASync                    // finishWrite's SyncData
 	ioFUAIndex                   // finishWrite's WriteIndex
 	ioFUAIndexSync               // finishWrite's SyncIndex
+	ioIntents                    // pumpIntents' WriteIntents
 )
 
 type region struct {
@@ -219,6 +242,8 @@ func (r *Replica) Complete(c store.Completion) {
 	}
 	if p.kind == ioFunc {
 		p.fn(c)
+	} else if p.kind == ioIntents {
+		r.intentsDone(p.l, c)
 	} else {
 		r.completeData(p, c)
 	}
@@ -237,10 +262,41 @@ func (r *Replica) issue(io store.IO, then func(store.Completion)) {
 
 // issueFor emits io; its completion goes to p.
 func (r *Replica) issueFor(io store.IO, p pendingIO) {
+	if io.Kind == store.WriteIndex && len(io.Entries) > 0 {
+		r.noteIndexed(io)
+	}
 	r.nextIO++
 	io.ID = r.nextIO
 	r.pending[io.ID] = p
 	r.ready.IOs = append(r.ready.IOs, io)
+}
+
+// noteIndexed records the blocks a WriteIndex may make durable (a crash
+// may keep any of its entries once it is issued).
+func (r *Replica) noteIndexed(io store.IO) {
+	for _, l := range r.layers {
+		if l.meta.ID != io.Layer {
+			continue
+		}
+		for _, e := range io.Entries {
+			l.indexed.Add(e.BlockIndex)
+		}
+		return
+	}
+}
+
+// needIntents reports whether an in-place write to [lo, lo+n) of l must
+// record write intents first: some block there may have a durable entry.
+func (l *layer) needIntents(lo, n uint64) bool {
+	if l.indexed.Len() == 0 {
+		return false
+	}
+	for b := lo; b < lo+n; b++ {
+		if l.indexed.Contains(b) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Replica) reply(rep proto.Reply) { r.ready.Replies = append(r.ready.Replies, rep) }
@@ -260,6 +316,7 @@ func (r *Replica) fail(why string) {
 		r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", why)
 	}
 	r.queue = nil
+	r.failIntents()
 }
 
 func (r *Replica) head() *layer { return r.layers[len(r.layers)-1] }
@@ -340,6 +397,9 @@ func (r *Replica) IndexBytes() uint64 {
 }
 
 func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// zeroCRC is the checksum of a block of zeros: a hole's write intent.
+var zeroCRC = crcOf(make([]byte, proto.BlockSize))
 
 // CRC returns the CRC32C (Castagnoli) of b, as used for stored blocks.
 func CRC(b []byte) uint32 { return crcOf(b) }

@@ -1,8 +1,11 @@
 package replica
 
 import (
+	"sort"
+
 	"github.com/drover-io/drover/core/blockset"
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
 )
 
 const (
@@ -37,9 +40,9 @@ func (r *Replica) newSnapshotOp(o *op) (*op, proto.Status, string) {
 }
 
 // runMergeWindow copies the blocks in [o.lo, o.hi) that snapshot Name
-// holds and its child lacks into the child. The child's new entries
-// become durable with the next flush; until then, and after a crash, the
-// snapshot still provides them.
+// holds and its child lacks into the child, then makes the child's
+// entries in the window durable before it answers (syncWindow). Until
+// then, and after a crash, the snapshot still provides them.
 func (r *Replica) runMergeWindow(o *op) {
 	// A barrier queued before this op (delete, revert, set-chain) may have
 	// changed the chain since newSnapshotOp looked: look again.
@@ -49,7 +52,52 @@ func (r *Replica) runMergeWindow(o *op) {
 		return
 	}
 	hi := min(o.hi, r.sizeBlocks())
-	r.mergeFrom(o, src, r.layers[i+1], o.lo, hi, func() { r.done(o, true) })
+	dst := r.layers[i+1]
+	r.mergeFrom(o, src, dst, o.lo, hi, func() {
+		r.syncWindow(dst, o.lo, hi, func(ok bool) { r.done(o, ok) })
+	})
+}
+
+// syncWindow makes l's unflushed entries in [lo, hi) durable: its data
+// synced, then those entries written and synced. A merge window does
+// this before it answers, so that the merged blocks never pile up for
+// the snapshot delete's final flush to sync at once: for the rebuild
+// snapshot of a 2 GiB volume, that was up to the whole volume per
+// replica in one call, which under disk load outlasted the engine's call
+// timeout on every replica, and the snapshot was never merged away. Not
+// a barrier: the window holds every write to [lo, hi), so no entry there
+// changes meanwhile; writes elsewhere go on, and their entries stay
+// dirty for the next flush. Entries written here may belong to client
+// writes not yet flushed: making them durable early is allowed (their
+// data is synced first), and the flushed sequence does not move.
+func (r *Replica) syncWindow(l *layer, lo, hi uint64, then func(ok bool)) {
+	var entries []proto.BlockState
+	for b, e := range r.dirty[l.meta.ID] {
+		if b >= lo && b < hi {
+			entries = append(entries, e)
+		}
+	}
+	if len(entries) == 0 || r.cfg.Bugs.SkipFlushSync {
+		then(true)
+		return
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].BlockIndex < entries[j].BlockIndex })
+	id := l.meta.ID
+	stages := [][]store.IO{
+		{{Kind: store.SyncData, Layer: id}},
+		{{Kind: store.WriteIndex, Layer: id, Entries: entries}},
+		{{Kind: store.SyncIndex, Layer: id}},
+	}
+	r.inStages(stages, func(ok bool) {
+		if ok {
+			m := r.dirty[id]
+			for _, e := range entries {
+				delete(m, e.BlockIndex)
+			}
+			r.dirtyCount -= len(entries)
+		}
+		then(ok)
+	})
 }
 
 // checkAttrs bounds what a snapshot request may store in the metadata.

@@ -101,7 +101,12 @@ func (r *Replica) Step(req proto.Request) {
 	}
 	o, st, msg := r.newOp(req)
 	if st != proto.StatusOK {
-		r.replyErr(req.ID, st, "%s: %s", req.Op, msg)
+		rep := proto.Reply{ID: req.ID, Status: st, Err: sprintf("%s: %s", req.Op, msg)}
+		if st == proto.StatusCorrupt {
+			// The engine looks for that block's copy elsewhere.
+			rep.BlockIndex, _ = firstCorrupt(req)
+		}
+		r.reply(rep)
 		return
 	}
 	r.queue = append(r.queue, o)
@@ -198,11 +203,22 @@ func checkLayerWrite(req proto.Request) (proto.Status, string) {
 		if b.BlockIndex != req.BlockIndex+uint64(i) || b.Kind > proto.BlockZero {
 			return proto.StatusInvalid, sprintf("block state %d is for block %d kind %d", i, b.BlockIndex, b.Kind)
 		}
-		if b.Kind == proto.BlockData && crcOf(req.Data[i*proto.BlockSize:(i+1)*proto.BlockSize]) != b.CRC {
-			return proto.StatusCorrupt, sprintf("block %d does not match its checksum", b.BlockIndex)
-		}
+	}
+	if bad, ok := firstCorrupt(req); ok {
+		return proto.StatusCorrupt, sprintf("block %d does not match its checksum", bad)
 	}
 	return proto.StatusOK, ""
+}
+
+// firstCorrupt returns the first data block of a well-formed layer write
+// whose bytes do not match its checksum.
+func firstCorrupt(req proto.Request) (uint64, bool) {
+	for i, b := range req.Blocks {
+		if b.Kind == proto.BlockData && crcOf(req.Data[i*proto.BlockSize:(i+1)*proto.BlockSize]) != b.CRC {
+			return b.BlockIndex, true
+		}
+	}
+	return 0, false
 }
 
 func (o *op) conflicts(x *op) bool {

@@ -68,11 +68,20 @@ const (
 	PunchHole
 	// SyncData makes completed WriteData and PunchHole IOs of Layer durable.
 	SyncData
+	// WriteIntents durably records, before it completes, the checksums
+	// (Entries) that blocks of Layer may hold after a crash because a
+	// write to them is about to be issued, tagged with FlushedSeq (the
+	// replica's durable flushed sequence when it wrote them). Records of
+	// other tags may be discarded: the replica only asks for its own.
+	WriteIntents
+	// ReadIntents returns, in Entries, every intent recorded for Layer
+	// with the tag FlushedSeq (a block may appear more than once).
+	ReadIntents
 )
 
 var kindNames = [...]string{"?", "read-meta", "write-meta", "create-layer",
 	"remove-layer", "read-index", "write-index", "sync-index", "read-data",
-	"write-data", "punch-hole", "sync-data"}
+	"write-data", "punch-hole", "sync-data", "write-intents", "read-intents"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -91,8 +100,7 @@ type IO struct {
 	// its cache. The result is the same either way, and an uncached write
 	// is no more durable than another until the layer's SyncData. (Next
 	// to Kind, so that an IO stays 128 bytes: a production driver copies
-	// it into a goroutine's closure for every sync, and one more word
-	// made that closure allocate twice.)
+	// it into a goroutine's closure for every sync.)
 	Uncached   bool
 	Layer      LayerID
 	BlockIndex uint64

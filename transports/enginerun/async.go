@@ -3,6 +3,7 @@ package enginerun
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
@@ -78,7 +79,7 @@ func (v *Volume) Run() { v.d.Run() }
 // (none when hi == lo).
 func (v *Volume) startEngine(r *device.Request, req engine.Request, buf []byte, lo, hi uint64) {
 	a := asyncPool.Get().(*asyncOp)
-	a.v, a.r, a.buf, a.lo, a.hi = v, r, buf, lo, hi
+	a.v, a.r, a.buf, a.lo, a.hi, a.start = v, r, buf, lo, hi, time.Now()
 	v.d.Start(req, a)
 }
 
@@ -89,6 +90,7 @@ type asyncOp struct {
 	r      *device.Request
 	buf    []byte
 	lo, hi uint64
+	start  time.Time // for IOStats
 }
 
 var asyncPool = sync.Pool{New: func() any { return new(asyncOp) }}
@@ -96,7 +98,7 @@ var asyncPool = sync.Pool{New: func() any { return new(asyncOp) }}
 // Complete implements Completer: copy a read's data out, release the lock
 // and the write buffer, and complete the request.
 func (a *asyncOp) Complete(rep engine.Reply) {
-	v, r, buf, lo, hi := a.v, a.r, a.buf, a.lo, a.hi
+	v, r, buf, lo, hi, start := a.v, a.r, a.buf, a.lo, a.hi, a.start
 	*a = asyncOp{}
 	asyncPool.Put(a)
 	err := rep.Err
@@ -112,12 +114,26 @@ func (a *asyncOp) Complete(rep engine.Reply) {
 	if err == nil && !rep.DataHeld {
 		bufpool.Put(buf) // as submitOwned
 	}
+	length := r.Length
+	if r.Op == device.OpRead || r.Op == device.OpWrite {
+		length = uint64(len(r.Data))
+	}
+	v.stats.record(statsOp(r.Op), length, start, err)
 	if err != nil {
-		length := r.Length
-		if r.Op == device.OpRead || r.Op == device.OpWrite {
-			length = uint64(len(r.Data))
-		}
 		err = mapErr(r.Op.String(), r.Offset, length, err)
 	}
 	r.Done(r, err)
+}
+
+// statsOp is the IOStats kind of a device op.
+func statsOp(op device.Op) IOOp {
+	switch op {
+	case device.OpRead:
+		return IORead
+	case device.OpFlush:
+		return IOFlush
+	case device.OpTrim:
+		return IODiscard
+	}
+	return IOWrite // write, write-zeroes
 }

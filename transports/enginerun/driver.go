@@ -142,6 +142,9 @@ func (c *Config) setDefaults() {
 	if c.DialWait <= 0 {
 		c.DialWait = defaultDialWait
 	}
+	if c.ReplaceAfter == 0 {
+		c.ReplaceAfter = defaultReplaceAfter
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -185,6 +188,7 @@ type Driver struct {
 	role    sync.Mutex
 	holders atomic.Int32
 	pool    *ioPool // runs a round's other replicas' staged work beside it
+	recent  eventLog
 
 	nextID   atomic.Uint64
 	inflight chan struct{}
@@ -554,6 +558,9 @@ func (d *Driver) observe() {
 // lines: detected corruption and failed replicas as warnings, the rest
 // as information (VolumeInfo.Counters counts them).
 func (d *Driver) logEvents(evs []engine.Event) {
+	if len(evs) > 0 {
+		d.recent.add(time.Now(), evs)
+	}
 	for _, ev := range evs {
 		level := slog.LevelInfo
 		if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed {
@@ -631,6 +638,10 @@ func (d *Driver) WaitServing(ctx context.Context) error {
 		return fmt.Errorf("volume %s not serving: %w", d.cfg.Volume, ctx.Err())
 	}
 }
+
+// Config returns the driver's configuration, defaults filled in (the
+// replicas and spares it started with; Info has the membership now).
+func (d *Driver) Config() Config { return d.cfg }
 
 // Serving reports whether the engine serves IO now.
 func (d *Driver) Serving() bool { return d.serving.Load() }

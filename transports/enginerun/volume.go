@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
@@ -31,12 +32,17 @@ const (
 type Volume struct {
 	d     *Driver
 	locks rangeLock
+	stats IOStats
 }
 
 var _ device.Device = (*Volume)(nil)
 
 // NewVolume returns the device view of d's volume.
 func NewVolume(d *Driver) *Volume { return &Volume{d: d} }
+
+// Stats returns the volume's request counters (frontend requests that
+// passed the range checks, whichever path served them).
+func (v *Volume) Stats() *IOStats { return &v.stats }
 
 // Driver returns the driver the volume runs on.
 func (v *Volume) Driver() *Driver { return v.d }
@@ -99,7 +105,10 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	if err := v.check("read", off, n); err != nil || n == 0 {
 		return err
 	}
-	return mapErr("read", off, n, v.readInto(ctx, p, off))
+	start := time.Now()
+	err := v.readInto(ctx, p, off)
+	v.stats.record(IORead, n, start, err)
+	return mapErr("read", off, n, err)
 }
 
 // readInto reads the blocks covering [off, off+len(p)) chunk by chunk
@@ -133,7 +142,10 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) er
 	if err := v.check("write", off, n); err != nil || n == 0 {
 		return err
 	}
-	return mapErr("write", off, n, v.mutate(ctx, proto.OpWrite, off, n, p, fua))
+	start := time.Now()
+	err := v.mutate(ctx, proto.OpWrite, off, n, p, fua)
+	v.stats.record(IOWrite, n, start, err)
+	return mapErr("write", off, n, err)
 }
 
 // Trim releases [off, off+length); it reads as zeros afterwards. Parts of
@@ -142,7 +154,10 @@ func (v *Volume) Trim(ctx context.Context, off, length uint64, fua bool) error {
 	if err := v.check("trim", off, length); err != nil || length == 0 {
 		return err
 	}
-	return mapErr("trim", off, length, v.mutate(ctx, proto.OpTrim, off, length, nil, fua))
+	start := time.Now()
+	err := v.mutate(ctx, proto.OpTrim, off, length, nil, fua)
+	v.stats.record(IODiscard, length, start, err)
+	return mapErr("trim", off, length, err)
 }
 
 // WriteZeroes makes [off, off+length) read as zeros.
@@ -150,15 +165,20 @@ func (v *Volume) WriteZeroes(ctx context.Context, off, length uint64, fua bool) 
 	if err := v.check("write-zeroes", off, length); err != nil || length == 0 {
 		return err
 	}
-	return mapErr("write-zeroes", off, length, v.mutate(ctx, proto.OpWriteZeroes, off, length, nil, fua))
+	start := time.Now()
+	err := v.mutate(ctx, proto.OpWriteZeroes, off, length, nil, fua)
+	v.stats.record(IOWrite, length, start, err)
+	return mapErr("write-zeroes", off, length, err)
 }
 
 // Flush makes every acknowledged write durable on every replica.
 func (v *Volume) Flush(ctx context.Context) error {
+	start := time.Now()
 	rep, err := v.d.Submit(ctx, engine.Request{Op: proto.OpFlush})
 	if err == nil {
 		err = rep.Err
 	}
+	v.stats.record(IOFlush, 0, start, err)
 	return mapErr("flush", 0, 0, err)
 }
 

@@ -271,3 +271,44 @@ func waitModes(t *testing.T, d *Driver, ok func(map[string]engine.Mode) bool) {
 	info, _ := d.Info(context.Background())
 	t.Fatalf("replica modes never reached the wanted state; last %v; info %+v", last, info)
 }
+
+// TestVolumeStatsCount checks that IOStats counts what went through
+// Volume on both paths (synchronous and Start), bytes and buckets
+// included, and nothing that failed its range check.
+func TestVolumeStatsCount(t *testing.T) {
+	v := newFileVolume(t, 1, 1<<20, false)
+	ctx := context.Background()
+	p := make([]byte, 8192)
+	for i := range 3 {
+		if err := v.WriteAt(ctx, p, uint64(i)*8192, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.ReadAt(ctx, p[:4096], 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.ReadAt(ctx, p, 1<<20); err == nil {
+		t.Fatal("a read beyond the end succeeded")
+	}
+	done := make(chan error, 1)
+	v.Start(&device.Request{Op: device.OpWrite, Offset: 0, Data: p[:4096], Done: func(_ *device.Request, err error) { done <- err }})
+	v.Run()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Trim(ctx, 0, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		op         IOOp
+		ops, bytes uint64
+	}{{IOWrite, 4, 3*8192 + 4096}, {IORead, 1, 4096}, {IOFlush, 1, 0}, {IODiscard, 1, 4096}} {
+		st := v.Stats().Op(c.op)
+		if st.Ops != c.ops || st.Bytes != c.bytes || st.Errors != 0 || st.Latency <= 0 {
+			t.Errorf("%v: %d ops, %d bytes, %d errors, latency %v; want %d ops, %d bytes, no errors", c.op, st.Ops, st.Bytes, st.Errors, st.Latency, c.ops, c.bytes)
+		}
+	}
+}

@@ -163,6 +163,9 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 	layers map[store.LayerID]*layer
+	// intentLog is the write-intent file (intents.go), opened on first
+	// use.
+	intentLog *intentLog
 }
 
 type layer struct {
@@ -271,6 +274,12 @@ func (s *Store) Close() error {
 		}
 		delete(s.layers, id)
 	}
+	if s.intentLog != nil {
+		if err := s.intentLog.close(); err != nil && first == nil {
+			first = fmt.Errorf("close intents: %w", err)
+		}
+		s.intentLog = nil
+	}
 	return first
 }
 
@@ -287,6 +296,8 @@ func (s *Store) Execute(io store.IO) store.Completion {
 		err = s.createLayer(io.Layer)
 	case store.RemoveLayer:
 		err = s.removeLayer(io.Layer)
+	case store.WriteIntents, store.ReadIntents:
+		err = s.executeIntents(io, &c)
 	default:
 		var l *layer
 		if l, err = s.layer(io.Layer); err == nil {

@@ -121,6 +121,13 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
+// Connections is how many engine connections the server serves now.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // Close stops every listener and connection and waits for the
 // connections' goroutines to end. The Runner stays open.
 func (s *Server) Close() error {
