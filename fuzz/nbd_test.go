@@ -3,17 +3,20 @@ package fuzz
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/certs"
 )
 
 // FuzzNBDParseRequest: ParseRequest never panics, rejects only with
@@ -61,24 +64,55 @@ func FuzzNBDSession(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// The same sessions against a server that requires TLS: options
+	// before NBD_OPT_STARTTLS are refused, and after it the fuzzer's
+	// bytes meet the TLS handshake.
+	srvTLS, err := nbd.NewServer(nbd.Config{
+		Exports: []nbd.Export{{Name: "vol", Device: dev}},
+		Logger:  slog.New(slog.DiscardHandler),
+		TLS:     fuzzTLSConfig(f), TLSRequired: true,
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
 	for _, s := range seedSessions() {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		c := &scriptConn{in: bytes.NewReader(in)}
-		done := make(chan struct{})
-		go func() {
-			// Any outcome is fine; only panics and hangs are bugs.
-			_ = srv.ServeConn(c)
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("ServeConn did not return after its input ended")
+		for _, srv := range []*nbd.Server{srv, srvTLS} {
+			c := &scriptConn{in: bytes.NewReader(in)}
+			done := make(chan struct{})
+			go func() {
+				// Any outcome is fine; only panics and hangs are bugs.
+				_ = srv.ServeConn(c)
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("ServeConn did not return after its input ended")
+			}
+			checkOptionReplies(t, c.output())
 		}
-		checkOptionReplies(t, c.output())
 	})
+}
+
+// fuzzTLSConfig is a TLS server configuration with a certificate from a
+// CA made for the run.
+func fuzzTLSConfig(f *testing.F) *tls.Config {
+	dir := f.TempDir()
+	if err := certs.Init(dir, "fuzz", time.Now()); err != nil {
+		f.Fatal(err)
+	}
+	if err := certs.Issue(dir, certs.IssueOptions{Name: "server", Hosts: []string{"127.0.0.1"}}, time.Now()); err != nil {
+		f.Fatal(err)
+	}
+	cfg, err := certs.Files{Cert: filepath.Join(dir, "server.crt"), Key: filepath.Join(dir, "server.key"),
+		CA: filepath.Join(dir, certs.CAFile)}.ServerConfig()
+	if err != nil {
+		f.Fatal(err)
+	}
+	return cfg
 }
 
 // seedSessions are whole client sessions: each negotiation path, then
@@ -122,6 +156,8 @@ func seedSessions() [][]byte {
 	seeds = append(seeds, requests(opt(append([]byte(nil), flags...), 1, []byte("vol"))))
 	seeds = append(seeds, requests(opt(append([]byte(nil), flags...), 1, []byte("avol"))))
 	seeds = append(seeds, opt(append([]byte(nil), flags...), 2, nil))
+	// STARTTLS, then a GO the server reads as a TLS handshake.
+	seeds = append(seeds, opt(opt(append([]byte(nil), flags...), 5, nil), 7, goData("vol")))
 	seeds = append(seeds, opt(append([]byte(nil), flags...), 7, goData("missing")))
 	seeds = append(seeds, []byte{0, 0, 0, 0})
 	return seeds

@@ -16,7 +16,6 @@ import (
 
 	"github.com/drover-io/drover/core/backup"
 	"github.com/drover-io/drover/transports/backuprun"
-	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/objstore"
 )
 
@@ -134,7 +133,7 @@ func newBackupCmd() *cobra.Command {
 }
 
 func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
-	var addr string
+	var ct controlTarget
 	var labels []string
 	var full, keepSnapshots bool
 	chunk, rate := sizeFlag{bytes: backup.DefaultChunkBytes}, sizeFlag{}
@@ -159,7 +158,7 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			cc, conn, err := control.Dial(addr)
+			cc, conn, err := ct.dial()
 			if err != nil {
 				return err
 			}
@@ -168,7 +167,7 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 			start := time.Now()
 			m, st, err := r.Create(ctx, backuprun.Control{C: cc}, opt)
 			if err != nil {
-				return fmt.Errorf("backup of the volume at %s to %s: %w", addr, r.Store, err)
+				return fmt.Errorf("backup of the volume at %s to %s: %w", ct.addr, r.Store, err)
 			}
 			secs := time.Since(start).Seconds()
 			kind := "full"
@@ -192,7 +191,7 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 			}
 			return nil
 		}}
-	c.Flags().StringVar(&addr, "control", defaultControlAddr, "control API of the engine serving the volume")
+	ct.register(c.Flags(), "control API of the engine serving the volume")
 	c.Flags().StringArrayVar(&labels, "label", nil, "KEY=VALUE kept in the backup (repeatable)")
 	c.Flags().BoolVar(&full, "full", false, "read the whole volume even if an earlier backup exists")
 	c.Flags().BoolVar(&keepSnapshots, "keep-snapshots", false, "keep older backup snapshots (by default only the newest stays, as the next backup's base)")
@@ -302,7 +301,8 @@ func newBackupGCCmd(tf *targetFlags) *cobra.Command {
 }
 
 func newBackupRestoreCmd(tf *targetFlags) *cobra.Command {
-	var addr, file, devDir string
+	var file, devDir string
+	var ct controlTarget
 	var overwrite bool
 	var replicaDirs []string
 	c := &cobra.Command{Use: "restore VOLUME/ID", Short: "Restore a backup to a volume, new replica directories, or an image file",
@@ -341,19 +341,19 @@ a damaged or missing chunk stops the restore with an error naming it.`,
 				defer rs.Close()
 				target, where = rs, "replicas "+strings.Join(dirs, ", ")
 			} else if file != "" {
-				f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o644)
+				f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o600)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
 				target = backuprun.File{F: f}
 			} else {
-				cc, conn, err := control.Dial(addr)
+				cc, conn, err := ct.dial()
 				if err != nil {
 					return err
 				}
 				defer conn.Close()
-				target, where = backuprun.Control{C: cc}, "the volume at "+addr
+				target, where = backuprun.Control{C: cc}, "the volume at "+ct.addr
 			}
 			start := time.Now()
 			opt := backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "restore"), All: overwrite}
@@ -363,7 +363,7 @@ a damaged or missing chunk stops the restore with an error naming it.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "restored %s/%s (%s) to %s in %.1fs\n", m.Volume, m.ID, formatSize(m.SizeBytes), where, time.Since(start).Seconds())
 			return nil
 		}}
-	c.Flags().StringVar(&addr, "control", defaultControlAddr, "control API of the engine serving the volume to restore into")
+	ct.register(c.Flags(), "control API of the engine serving the volume to restore into")
 	c.Flags().StringVar(&file, "to-file", "", "restore into this image file instead of a volume")
 	c.Flags().BoolVar(&overwrite, "overwrite", false, "the target holds data: write the backup's zero chunks as zeros too (by default they are skipped, as on a new volume)")
 	c.Flags().StringVar(&devDir, "to-dev-dir", "", "restore into new replicas DIR/dev-1..3 for drover dev --data-dir DIR")

@@ -24,7 +24,8 @@ qemu-nbd, Drover's NBD server over a plain file (the frontend alone), and
 Drover volumes with 1 and 3 replicas on filestore in this process, served over
 NBD on a unix socket. drover-1r-tcp and drover-3r-tcp run their replicas as
 separate processes (this binary, hidden "bench replica" subcommand) reached
-over TCP loopback. The cpu column is the CPU time (user+system) the serving
+over TCP loopback; drover-3r-tls is drover-3r-tcp with mutual TLS on every
+replica link (a CA and certificates made for the run). The cpu column is the CPU time (user+system) the serving
 processes spent per IO: unlike IOPS it stays meaningful on a busy machine.
 
 Workloads: 4 KiB random read and write at queue depth 1 and 32, 1 MiB

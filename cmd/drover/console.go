@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 
 	"github.com/drover-io/drover/frontends/device"
@@ -12,6 +13,7 @@ import (
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/metrics"
 	"github.com/drover-io/drover/transports/objstore"
+	"github.com/drover-io/drover/transports/peercred"
 )
 
 // defaultConsoleAddr is where drover dev serves the web console unless
@@ -22,7 +24,14 @@ const defaultConsoleAddr = "127.0.0.1:7380"
 // like the metrics). With a backup target (a directory or s3:// URL, as
 // drover backup --target takes), the page backs up and restores; jobs
 // tracks those for the metrics.
+//
+// Like the control API, the console serves only its own user and root
+// on this host (peercred.LocalOnly: the owner of the caller's socket is
+// checked), so another local user cannot act on the volume through it.
 func webConsole(ln net.Listener, fe *metrics.Frontends, jobs *metrics.Jobs, backupTarget string) Frontend {
+	ln = peercred.LocalOnly(ln, func(c net.Conn, err error) {
+		slog.Warn("web console: connection refused", "peer", c.RemoteAddr().String(), "err", err)
+	})
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
 		v, ok := dev.(*enginerun.Volume)
 		if !ok {

@@ -23,7 +23,9 @@ func init() { subcommands = append(subcommands, newDevCmd) }
 
 const devLong = `Run a complete Drover volume in this one process: three replicas on
 directories under the data dir, reached through in-process links (no sockets,
-no extra goroutine hop), one engine, and the control API on localhost.
+no extra goroutine hop), one engine, and the control API on a unix socket in
+the data dir (mode 0600: only this user and root may use it; the drover
+volume/snapshot/replica subcommands find it there without flags).
 
 The first run creates the volume with --size, after checking that every listen
 address is free and that the data dir's file system can hold a volume that
@@ -50,6 +52,18 @@ for --replace-after it leaves the volume for good and the first free spare is
 rebuilt in its place, with or without IO flowing. Later runs find the spare in
 the recorded membership; keep passing --spares so it is opened.
 
+With --encryption-key-file (drover key new makes a key) a new volume is
+encrypted in this process before replication (AES-256-XTS per 4 KiB block):
+the replicas, snapshots and backups hold only ciphertext, and later runs
+refuse to serve without that key or with another.
+
+The data dir is created mode 0700 and replica files 0600. --control adds a
+TCP listener for the control API: on loopback it serves this user and root
+only (the owner of the caller's socket is checked), as do the NBD export and a
+CHAP-less iSCSI portal; elsewhere it needs mutual TLS (--tls-cert, --tls-key,
+--tls-ca; see drover certs) or --insecure-listen. Every call that changes the
+volume or reads its data is logged with the caller (uid, or certificate).
+
 A web console (volume state, replicas, rebuild progress, snapshots, backups
 with --backup-target, events) is served on http://127.0.0.1:7380/ and
 Prometheus metrics on http://127.0.0.1:9570/metrics; --console-listen and
@@ -61,19 +75,22 @@ The data dir defaults to $XDG_DATA_HOME/drover/dev, or ~/.local/share/drover/dev
 
 const devExample = `  drover dev
   drover dev --size 10GiB --data-dir /var/tmp/drover
-  drover dev --control 127.0.0.1:7371   # then: drover volume info --control 127.0.0.1:7371
+  drover dev --data-dir /var/tmp/drover   # then: drover volume info --control unix:/var/tmp/drover/control.sock
+  drover dev --control 10.0.0.5:7370 --tls-cert certs/engine.crt --tls-key certs/engine.key --tls-ca certs/ca.crt
   drover dev --nbd-listen 127.0.0.1:10810
   drover dev --spares 1 --replace-after 30s
   drover dev --frontend iscsi --iscsi-listen 0.0.0.0:3260 --iscsi-chap-user u --iscsi-chap-secret 0123456789ab`
 
 func newDevCmd() *cobra.Command {
-	var dataDir, controlAddr, volume string
+	var dataDir, volume string
+	var cf controlServeFlags
 	var ff frontendFlags
 	var bf backingFlags
-	var mf, cf httpFlag
+	var mf, conf httpFlag
 	var backupTarget string
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
+	var keyFile, passFile string
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
 		Long: devLong, Example: devExample, Args: cobra.NoArgs,
@@ -93,23 +110,26 @@ func newDevCmd() *cobra.Command {
 				return fmt.Errorf("--spares %d: want 0 or more", spares)
 			}
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
-				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), controlAddr: controlAddr,
-				ff: &ff, metrics: &mf, console: &cf, backupTarget: backupTarget, backing: backing, spares: spares, replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning}
+				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), control: &cf,
+				ff: &ff, metrics: &mf, console: &conf, backupTarget: backupTarget, backing: backing, spares: spares,
+				replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning, keyFile: keyFile, passFile: passFile}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
 	cmd.Flags().Var(&size, "size", "volume size when creating it (on a later run: must match, if given)")
-	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
+	cf.register(cmd.Flags(), "<data-dir>/"+controlSocketName, "--control")
 	cmd.Flags().StringVar(&volume, "volume", "dev", "volume name (backups are kept per volume name; the NBD export and iSCSI target take it too)")
 	ff.register(cmd.Flags(), "nbd", "unix:<data-dir>/nbd.sock,127.0.0.1:"+defaultNBDPort)
 	cmd.Flags().IntVar(&spares, "spares", 0, "spare replicas kept under the data dir (spare-1..N) to replace a failed replica with")
 	cmd.Flags().DurationVar(&replaceAfter, "replace-after", time.Minute, "with --spares: a replica failed this long is replaced by a spare (negative: never)")
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
 		"largest volume size (at create and expand), in percent of the data dir's disk size")
+	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt the new volume with this key (drover key new makes one); later runs need the same key")
+	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
 	bf.register(cmd)
 	mf.register(cmd.Flags(), "metrics-listen", defaultDevMetricsAddr, "metrics",
 		"serve Prometheus metrics at http://ADDR/metrics ('' for none; the default is skipped with a warning when busy)")
-	cf.register(cmd.Flags(), "console-listen", defaultConsoleAddr, "console",
+	conf.register(cmd.Flags(), "console-listen", defaultConsoleAddr, "console",
 		"serve the web console at http://ADDR/ (loopback only; '' for none; the default is skipped with a warning when busy)")
 	cmd.Flags().StringVar(&backupTarget, "backup-target", os.Getenv("DROVER_BACKUP_TARGET"),
 		"backup target the web console backs up to and restores from (as drover backup --target; default $DROVER_BACKUP_TARGET)")
@@ -131,16 +151,37 @@ const devReplicas = 3
 
 // devOptions are drover dev's settings.
 type devOptions struct {
-	dataDir, volume, controlAddr string
-	volumeGiven, sizeGiven       bool // given on the command line, not defaults
-	sizeBytes                    uint64
-	ff                           *frontendFlags
-	metrics, console             *httpFlag
-	backupTarget                 string
-	backing                      *backingRef
-	spares                       int
-	replaceAfter                 time.Duration
-	overProvisioningPercent      int
+	dataDir, volume         string
+	control                 *controlServeFlags
+	volumeGiven, sizeGiven  bool // given on the command line, not defaults
+	sizeBytes               uint64
+	ff                      *frontendFlags
+	metrics, console        *httpFlag
+	backupTarget            string
+	backing                 *backingRef
+	spares                  int
+	replaceAfter            time.Duration
+	overProvisioningPercent int
+	keyFile                 string // --encryption-key-file
+	passFile                string // --encryption-passphrase-file
+}
+
+// socket is the control socket in the data dir (or --control-socket).
+func (o *devOptions) socket() string {
+	if o.control.socket != "" {
+		return o.control.socket
+	}
+	return filepath.Join(o.dataDir, controlSocketName)
+}
+
+// defaultSocket is the control socket clients find without --control:
+// the one in the default data dir.
+func (o *devOptions) defaultSocket() string {
+	dir, err := defaultDataDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, controlSocketName)
 }
 
 // devVolumeFile records, in the data dir, the name of the volume its
@@ -154,7 +195,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		return fmt.Errorf("--size %d: want a positive multiple of %d", o.sizeBytes, proto.BlockSize)
 	}
 	_, statErr := os.Stat(o.dataDir)
-	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	unlock, err := lockDir(o.dataDir)
@@ -167,6 +208,11 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		defer func() {
 			if err != nil {
 				os.Remove(filepath.Join(o.dataDir, "lock"))
+				if !devHoldsVolume(o.dataDir, o.spares) {
+					// The key check goes only with the volume it checks
+					// (a stop during the first start keeps both).
+					os.Remove(filepath.Join(o.dataDir, devEncryptionFile))
+				}
 				os.Remove(o.dataDir) // only if empty
 			}
 		}()
@@ -182,11 +228,11 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	frontends = append(frontends, devFrontends...)
 	// Every address is checked before a volume is created: one in use
 	// must not leave a half-made data dir behind.
-	lis, err := listenControl(o.controlAddr)
+	ctl, err := listenControl(o.control, o.socket(), true)
 	if err != nil {
 		return err
 	}
-	defer lis.Close()
+	defer ctl.Close()
 	if err := o.ff.checkListen(o.volume, []string{"unix:" + filepath.Join(o.dataDir, "nbd.sock"), "127.0.0.1:" + defaultNBDPort}); err != nil {
 		return err
 	}
@@ -199,6 +245,10 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		if err := checkSizeAt(o.dataDir, o.sizeBytes, o.overProvisioningPercent); err != nil {
 			return err
 		}
+	}
+	key, err := devCheckEncryption(o.dataDir, o.keyFile, o.passFile, isNew)
+	if err != nil {
+		return err
 	}
 	cfg := enginerun.Config{Volume: o.volume, ReplaceAfter: o.replaceAfter}
 	runners, closers, err := o.openReplicas(cmd, &cfg)
@@ -215,12 +265,12 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 	}
 	if _, err := os.Stat(filepath.Join(o.dataDir, devVolumeFile)); isNew || errors.Is(err, fs.ErrNotExist) {
 		// New, or made before the name was recorded: --volume names it.
-		if err := os.WriteFile(filepath.Join(o.dataDir, devVolumeFile), []byte(o.volume+"\n"), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(o.dataDir, devVolumeFile), []byte(o.volume+"\n"), 0o600); err != nil {
 			return fmt.Errorf("data dir: record the volume name: %w", err)
 		}
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, lis, frontends, sidecars...)
+	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends, key, sidecars...)
 }
 
 // devHoldsVolume reports whether the data dir holds a volume already:
@@ -315,7 +365,7 @@ func (o *devOptions) checkSize(reps []*replicaDir) error {
 	if !o.sizeGiven || held == 0 || held == o.sizeBytes {
 		return nil
 	}
-	fix := fmt.Sprintf("use drover volume expand --size %s --control %s while it runs to grow it", formatSize(o.sizeBytes), o.controlAddr)
+	fix := fmt.Sprintf("use drover volume expand --size %s --control unix:%s while it runs to grow it", formatSize(o.sizeBytes), o.socket())
 	if o.sizeBytes < held {
 		fix = "volumes shrink only detached: drover volume expand --allow-shrink --detach"
 	}
@@ -328,7 +378,7 @@ func (o *devOptions) checkSize(reps []*replicaDir) error {
 // the process holding it, for the error the next one prints.
 func lockDir(dir string) (func(), error) {
 	path := filepath.Join(dir, "lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-io/drover/transports/backuprun"
-	"github.com/drover-io/drover/transports/control"
 )
 
 func init() { subcommands = append(subcommands, newDRCmd) }
@@ -34,6 +33,8 @@ func newDRCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "dr", Short: "Disaster-recovery standby volumes that follow backups", Long: drLong,
 		Example: drExample, Args: cobra.NoArgs}
 	tf.register(cmd)
+	var tls tlsFlags
+	tls.register(cmd.PersistentFlags(), "the standby's TCP control address")
 	var volume, addr string
 	var follow bool
 	var interval time.Duration
@@ -47,14 +48,17 @@ func newDRCmd() *cobra.Command {
 				return err
 			}
 			defer cancel()
+			if addr, err = resolveControl(addr); err != nil {
+				return err
+			}
 			if err := r.DRCreate(ctx, backuprun.DR{Name: args[0], Volume: volume, Standby: addr}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "DR volume %s follows %s's backups into the volume at %s\n", args[0], volume, addr)
-			return drFollow(ctx, cmd, &tf, r, args[0], follow, interval)
+			return drFollow(ctx, cmd, &tf, &tls, r, args[0], follow, interval)
 		}}
 	create.Flags().StringVar(&volume, "volume", "", "the volume whose backups it follows")
-	create.Flags().StringVar(&addr, "control", defaultControlAddr, "control API of the standby volume's engine")
+	create.Flags().StringVar(&addr, "control", "", "control API of the standby volume's engine: unix:PATH or HOST:PORT (default: $"+controlEnv+", else the one on this host)")
 	create.Flags().BoolVar(&follow, "follow", false, "keep applying new backups until activated or stopped")
 	create.Flags().DurationVar(&interval, "interval", 30*time.Second, "with --follow: how often to look for a new backup")
 	syncCmd := &cobra.Command{Use: "sync NAME", Short: "Apply the newest backup to the standby", Args: cobra.ExactArgs(1),
@@ -64,7 +68,7 @@ func newDRCmd() *cobra.Command {
 				return err
 			}
 			defer cancel()
-			return drFollow(ctx, cmd, &tf, r, args[0], follow, interval)
+			return drFollow(ctx, cmd, &tf, &tls, r, args[0], follow, interval)
 		}}
 	syncCmd.Flags().BoolVar(&follow, "follow", false, "keep applying new backups until activated or stopped")
 	syncCmd.Flags().DurationVar(&interval, "interval", 30*time.Second, "with --follow: how often to look for a new backup")
@@ -116,7 +120,8 @@ func newDRCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cc, conn, err := control.Dial(d.Standby)
+			ct := controlTarget{addr: d.Standby, tls: tls}
+			cc, conn, err := ct.dial()
 			if err != nil {
 				return err
 			}
@@ -135,12 +140,13 @@ func newDRCmd() *cobra.Command {
 
 // drFollow applies the newest backup once, or, with follow, every
 // interval until the DR volume is activated or the command is stopped.
-func drFollow(ctx context.Context, cmd *cobra.Command, tf *targetFlags, r *backuprun.Repo, name string, follow bool, interval time.Duration) error {
+func drFollow(ctx context.Context, cmd *cobra.Command, tf *targetFlags, tls *tlsFlags, r *backuprun.Repo, name string, follow bool, interval time.Duration) error {
 	d, err := r.DRGet(ctx, name)
 	if err != nil {
 		return err
 	}
-	cc, conn, err := control.Dial(d.Standby)
+	ct := controlTarget{addr: d.Standby, tls: *tls}
+	cc, conn, err := ct.dial()
 	if err != nil {
 		return err
 	}

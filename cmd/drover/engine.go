@@ -5,15 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/backingimage"
+	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/tcp"
 )
 
@@ -47,17 +52,34 @@ same name stays ERR (its why names both checksums) and a spare replaces it.
 expands the volume; a smaller one is reported on stderr (volumes never shrink).
 
 The control API (drover volume/snapshot/replica subcommands) is served on
---control. With --frontend nbd the volume is also an NBD export named after
+a unix socket (mode 0600, in a directory of its own per volume under
+$XDG_RUNTIME_DIR/drover, or /run/drover for root), where clients on this host
+find it without flags; --control serves it on TCP instead (add
+--control-socket to keep the socket too). Beyond loopback TCP needs mutual TLS
+(--tls-cert, --tls-key, --tls-ca; see drover certs) or --insecure-listen.
+Every call that changes the volume or reads its data is logged with the
+caller. With --tls-* the links to replicas are mutual TLS too (replicas
+started with the same CA's certificates; see drover replica).
+
+With --encryption-key-file the frontends' data is encrypted in this process
+(AES-256-XTS per 4 KiB block) before replication, as in drover dev; the
+engine has no directory to remember the key by, so --encryption-key-check
+(from drover key check) must say which key the volume was made with. Use a
+key from the volume's first start on: a volume written without it reads as
+garbage through it.
+
+With --frontend nbd the volume is also an NBD export named after
 the volume (on 127.0.0.1:10809 unless --nbd-listen says otherwise); with
 --frontend iscsi an iSCSI target on --iscsi-listen. The default is none.`
 
 const engineExample = `  drover engine --volume vol1 --size 10GiB --replicas 10.0.0.5:7400,10.0.0.6:7400,10.0.0.7:7400
-  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 0.0.0.0:7370
+  drover engine --volume vol1 --size 10GiB --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400 --control 10.0.0.4:7370 --tls-cert engine.crt --tls-key engine.key --tls-ca ca.crt
   drover engine --volume vol1 --replicas 10.0.0.5:7400,10.0.0.6:7400 --frontend nbd --nbd-listen unix:/run/drover/vol1.sock
   drover engine --volume vol1 --replicas r1=10.0.0.5:7400,r2=10.0.0.6:7400,r3=10.0.0.7:7400 --spares s1=10.0.0.8:7400 --rebuild-rate 200MiB`
 
 func newEngineCmd() *cobra.Command {
-	var volume, replicas, controlAddr string
+	var volume, replicas string
+	var cf controlServeFlags
 	var size sizeFlag
 	var timeout time.Duration
 	var minHealthy int
@@ -66,7 +88,8 @@ func newEngineCmd() *cobra.Command {
 	var replaceAfter time.Duration
 	var rebuildRate sizeFlag
 	var bf backingFlags
-	var mf, cf httpFlag
+	var keyFile, passFile, keyCheck string
+	var mf, conf httpFlag
 	cmd := &cobra.Command{Use: "engine --volume NAME --size SIZE --replicas ADDR,...", Short: "Run a volume's engine over TCP replicas",
 		Long: engineLong, Example: engineExample, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -78,7 +101,11 @@ func newEngineCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: tcp.Dial, Timeout: timeout, MinHealthy: minHealthy,
+			dial, err := replicaDialer(cf.tls.files)
+			if err != nil {
+				return err
+			}
+			cfg := enginerun.Config{Volume: volume, Replicas: reps, Dial: dial, Timeout: timeout, MinHealthy: minHealthy,
 				ReplaceAfter: replaceAfter, RebuildRate: rebuildRate.bytes}
 			if spares != "" {
 				if cfg.Spares, err = parseReplicas(spares); err != nil {
@@ -89,29 +116,41 @@ func newEngineCmd() *cobra.Command {
 				if cfg.BackingImage, cfg.BackingSHA256, err = engineBacking(&bf); err != nil {
 					return err
 				}
-				go reportOpenFailure(cmd, controlAddr)
-			}
-			if size.bytes != 0 {
-				go ensureSize(cmd, controlAddr, size.bytes)
 			}
 			if err := checkDistinctAddrs(append(append([]enginerun.Replica{}, cfg.Replicas...), cfg.Spares...)); err != nil {
 				return err
 			}
-			lis, err := listenControl(controlAddr)
+			key, err := engineKey(keyFile, passFile, keyCheck)
 			if err != nil {
 				return err
 			}
-			sidecars, err := engineSidecars(cmd.OutOrStdout(), &mf, &cf, volume, &ff.conns)
+			var socket string
+			if cf.socket == "" && cf.addr == "" {
+				if socket, err = engineSocket(volume); err != nil {
+					return err
+				}
+			}
+			ctl, err := listenControl(&cf, socket, false)
 			if err != nil {
-				lis.Close()
 				return err
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, lis, frontends, sidecars...)
+			if bf.image != "" {
+				go reportOpenFailure(cmd, ctl.self)
+			}
+			if size.bytes != 0 {
+				go ensureSize(cmd, ctl.self, size.bytes)
+			}
+			sidecars, err := engineSidecars(cmd.OutOrStdout(), &mf, &conf, volume, &ff.conns)
+			if err != nil {
+				ctl.Close()
+				return err
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, key, sidecars...)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")
 	cmd.Flags().StringVar(&replicas, "replicas", "", "comma-separated replica addresses (host:port or ID=host:port)")
-	cmd.Flags().StringVar(&controlAddr, "control", defaultControlAddr, "address for the control API")
+	cf.register(cmd.Flags(), "<run-dir>/drover/VOLUME/"+controlSocketName+", unless --control gives a TCP address", "--control and the links to replicas")
 	cmd.Flags().DurationVar(&timeout, "replica-timeout", 5*time.Second, "a replica that takes longer to answer goes ERR")
 	cmd.Flags().IntVar(&minHealthy, "min-healthy", 1, "fewest RW replicas with which writes are still acknowledged")
 	cmd.Flags().StringVar(&spares, "spares", "", "comma-separated spare replicas (ID=host:port) to replace failed members with")
@@ -120,11 +159,52 @@ func newEngineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&bf.image, "backing-image", "", "the volume is on this backing image: replicas on another (by name, or by checksum when --images-dir holds it) are refused")
 	cmd.Flags().StringVar(&bf.dir, "images-dir", "", "backing images directory to read the image's checksum from (default $XDG_DATA_HOME/drover/images; optional)")
 	ff.register(cmd.Flags(), "none", "127.0.0.1:"+defaultNBDPort)
+	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt what the frontends write with this key (drover key new); the volume must have been made with it")
+	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
+	cmd.Flags().StringVar(&keyCheck, "encryption-key-check", "", "the key's check value (drover key check), recorded when the volume was made: a wrong key is refused")
 	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
-	cf.register(cmd.Flags(), "console-listen", "", "console", "serve the web console at http://ADDR/ (a loopback host:port; default none)")
+	conf.register(cmd.Flags(), "console-listen", "", "console", "serve the web console at http://ADDR/ (a loopback host:port; default none)")
 	_ = cmd.MarkFlagRequired("volume")
 	_ = cmd.MarkFlagRequired("replicas")
 	return cmd
+}
+
+// replicaDialer dials replicas over TCP, with mutual TLS when the
+// engine has certificates.
+func replicaDialer(files certs.Files) (link.Dialer, error) {
+	if files.Empty() {
+		return tcp.Dial, nil
+	}
+	cfg, err := files.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("TLS to replicas: %w", err)
+	}
+	return tcp.NewDialer(tcp.DialConfig{TLS: cfg}), nil
+}
+
+// engineSocket is the engine's default control socket: one directory per
+// volume under the run directory, so clients on this host find it.
+func engineSocket(volume string) (string, error) {
+	if volume == "" || volume == "." || volume == ".." || strings.ContainsAny(volume, "/\x00") {
+		return "", fmt.Errorf("--volume %q: want a name without slashes", volume)
+	}
+	dir, err := runDir()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("control socket directory: %w", err)
+	}
+	// Under a shared temporary directory another user could have made
+	// it first: use it only if it is ours and closed to others.
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return "", fmt.Errorf("control socket directory: %w", err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !st.IsDir() || !ok || int(sys.Uid) != os.Geteuid() || st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("control socket directory %s is not a directory of this user's closed to others: pass --control-socket", dir)
+	}
+	return filepath.Join(dir, volume, controlSocketName), nil
 }
 
 // parseReplicas parses "ADDR,ID=ADDR,...".
@@ -171,8 +251,8 @@ func checkDistinctAddrs(reps []enginerun.Replica) error {
 
 // ensureSize expands the volume to sizeBytes once it serves, through the
 // control API like any other client.
-func ensureSize(cmd *cobra.Command, controlAddr string, sizeBytes uint64) {
-	cf := clientFlags{addr: controlAddr, timeout: 24 * time.Hour}
+func ensureSize(cmd *cobra.Command, ct controlTarget, sizeBytes uint64) {
+	cf := clientFlags{controlTarget: ct, timeout: 24 * time.Hour}
 	err := cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
 		for {
 			info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
@@ -219,8 +299,8 @@ func engineBacking(bf *backingFlags) (name, sha256 string, err error) {
 
 // reportOpenFailure prints why the engine does not serve (for example a
 // backing image mismatch), once per distinct reason, until it serves.
-func reportOpenFailure(cmd *cobra.Command, controlAddr string) {
-	cf := clientFlags{addr: controlAddr, timeout: 24 * time.Hour}
+func reportOpenFailure(cmd *cobra.Command, ct controlTarget) {
+	cf := clientFlags{controlTarget: ct, timeout: 24 * time.Hour}
 	_ = cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
 		last := ""
 		for {

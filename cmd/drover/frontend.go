@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -15,7 +18,10 @@ import (
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/certs"
+	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/metrics"
+	"github.com/drover-io/drover/transports/peercred"
 )
 
 // Frontend serves a volume to hosts (NBD, iSCSI). It binds its listeners
@@ -34,6 +40,15 @@ type frontendFlags struct {
 	nbdListen   []string
 	iscsiListen string
 	chap        iscsi.CHAP
+	// openDiscovery lets discovery sessions in without CHAP when the
+	// target requires it.
+	openDiscovery bool
+	// nbdTLS are the NBD server's certificate and key, and the CA its
+	// clients' certificates must come from (optional).
+	nbdTLS      certs.Files
+	nbdInsecure bool
+	// iscsiInsecure allows an iSCSI portal beyond loopback without CHAP.
+	iscsiInsecure bool
 	// conns gathers the frontends' connection counts for metrics.
 	conns metrics.Frontends
 }
@@ -49,6 +64,12 @@ func (f *frontendFlags) register(fs *pflag.FlagSet, defaultKind, nbdDefault stri
 	fs.StringVar(&f.chap.Secret, "iscsi-chap-secret", "", "the initiator's CHAP secret, at least 12 bytes (or $DROVER_ISCSI_CHAP_SECRET)")
 	fs.StringVar(&f.chap.MutualUser, "iscsi-chap-mutual-user", "", "user the target answers mutual CHAP with")
 	fs.StringVar(&f.chap.MutualSecret, "iscsi-chap-mutual-secret", "", "the target's mutual CHAP secret (or $DROVER_ISCSI_CHAP_MUTUAL_SECRET)")
+	fs.StringVar(&f.nbdTLS.Cert, "nbd-tls-cert", "", "NBD over TLS (NBD_OPT_STARTTLS, nbds:// URIs): the server's certificate; TCP clients must then start TLS")
+	fs.StringVar(&f.nbdTLS.Key, "nbd-tls-key", "", "key of --nbd-tls-cert")
+	fs.StringVar(&f.nbdTLS.CA, "nbd-tls-ca", "", "with --nbd-tls-cert: NBD clients must present a certificate signed by this CA")
+	fs.BoolVar(&f.nbdInsecure, "nbd-insecure-listen", false, "allow --nbd-listen beyond loopback without TLS: anyone who reaches it reads and writes the volume")
+	fs.BoolVar(&f.iscsiInsecure, "iscsi-insecure-listen", false, "allow --iscsi-listen beyond loopback without CHAP: anyone who reaches it reads and writes the volume")
+	fs.BoolVar(&f.openDiscovery, "iscsi-open-discovery", false, "with CHAP: let discovery sessions list the target without CHAP (by default they need the same credentials)")
 }
 
 // frontends returns the frontends chosen for volume; nbdDefault is the
@@ -63,7 +84,11 @@ func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Fronten
 			if len(addrs) == 0 {
 				addrs = nbdDefault
 			}
-			out = append(out, nbdFrontend(volume, addrs, &f.conns))
+			tlsCfg, err := f.nbdTLSConfig(addrs)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, nbdFrontend(volume, addrs, tlsCfg, &f.conns))
 		case "iscsi":
 			fe, err := f.iscsiFrontend(volume)
 			if err != nil {
@@ -77,18 +102,83 @@ func (f *frontendFlags) frontends(volume string, nbdDefault []string) ([]Fronten
 	return out, nil
 }
 
+// localPeerOnly lets in only this user and root on unix sockets and
+// loopback TCP, which every user of the host can reach; connections from
+// beyond loopback pass (TLS, CHAP or an insecure-listen flag decided
+// about those at start).
+func localPeerOnly(c net.Conn) error {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+		return nil
+	}
+	return peercred.Check(c)
+}
+
+// unixPeerOnly is localPeerOnly for unix sockets alone.
+func unixPeerOnly(c net.Conn) error {
+	if _, ok := c.(*net.UnixConn); !ok {
+		return nil
+	}
+	return peercred.Check(c)
+}
+
+// nbdTLSConfig is the NBD server's TLS configuration (nil without
+// --nbd-tls-cert). Without TLS, a TCP address beyond loopback is refused
+// unless --nbd-insecure-listen.
+func (f *frontendFlags) nbdTLSConfig(addrs []string) (*tls.Config, error) {
+	if f.nbdTLS.Cert == "" && f.nbdTLS.Key == "" {
+		if f.nbdTLS.CA != "" {
+			return nil, errors.New("--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key")
+		}
+		for _, a := range addrs {
+			host, _, err := net.SplitHostPort(a)
+			if _, unix := control.IsUnix(a); unix || err != nil || isLoopbackHost(host) {
+				continue
+			}
+			if !f.nbdInsecure {
+				return nil, fmt.Errorf("NBD on %s: refusing plain TCP beyond loopback: anyone who reaches it could read and write the volume; "+
+					"give it --nbd-tls-cert/--nbd-tls-key (and --nbd-tls-ca for client certificates; see drover certs), listen on 127.0.0.1 or a unix socket, "+
+					"or pass --nbd-insecure-listen on a network you trust", a)
+			}
+			slog.Warn("NBD listens without TLS (--nbd-insecure-listen): anyone who can reach it reads and writes the volume", "addr", a)
+		}
+		return nil, nil
+	}
+	pair, err := tls.LoadX509KeyPair(f.nbdTLS.Cert, f.nbdTLS.Key)
+	if err != nil {
+		return nil, fmt.Errorf("--nbd-tls-cert/--nbd-tls-key: %w", err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pair}}
+	if f.nbdTLS.CA != "" {
+		pem, err := os.ReadFile(f.nbdTLS.CA)
+		if err != nil {
+			return nil, fmt.Errorf("--nbd-tls-ca: %w", err)
+		}
+		cfg.ClientCAs = x509.NewCertPool()
+		if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--nbd-tls-ca: %s holds no PEM certificate", f.nbdTLS.CA)
+		}
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
 // nbdFrontend serves the volume as the NBD export named volume on every
-// address in addrs.
-func nbdFrontend(volume string, addrs []string, conns *metrics.Frontends) Frontend {
+// address in addrs; with tlsCfg, TCP clients must start TLS.
+func nbdFrontend(volume string, addrs []string, tlsCfg *tls.Config, conns *metrics.Frontends) Frontend {
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
-		srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: volume, Description: "Drover volume " + volume, Device: dev}}})
+		accept := localPeerOnly
+		if tlsCfg != nil && tlsCfg.ClientAuth == tls.RequireAndVerifyClientCert {
+			accept = unixPeerOnly // TCP clients are checked by their certificates
+		}
+		srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: volume, Description: "Drover volume " + volume, Device: dev}},
+			TLS: tlsCfg, TLSRequired: tlsCfg != nil, Accept: accept})
 		if err != nil {
 			return nil, err
 		}
 		var lns []net.Listener
 		var uris []string
 		for _, a := range addrs {
-			ln, uri, err := listenNBD(a, volume)
+			ln, uri, err := listenNBD(a, volume, tlsCfg != nil)
 			if err != nil {
 				for _, l := range lns {
 					l.Close()
@@ -126,7 +216,7 @@ func nbdFrontend(volume string, addrs []string, conns *metrics.Frontends) Fronte
 
 // listenNBD listens on one --nbd-listen address and returns the export's
 // URI there.
-func listenNBD(addr, volume string) (net.Listener, string, error) {
+func listenNBD(addr, volume string, withTLS bool) (net.Listener, string, error) {
 	path, isUnix := strings.CutPrefix(addr, "unix:")
 	if !isUnix && strings.Contains(addr, "/") {
 		path, isUnix = addr, true
@@ -136,13 +226,22 @@ func listenNBD(addr, volume string) (net.Listener, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("NBD: %w", err)
 		}
-		return ln, nbd.TCPURI(ln.Addr().String(), volume), nil
+		uri := nbd.TCPURI(ln.Addr().String(), volume)
+		if withTLS {
+			uri = "nbds" + strings.TrimPrefix(uri, "nbd") // STARTTLS; libnbd adds ?tls-certificates=DIR for client certificates
+		}
+		return ln, uri, nil
 	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, "", err
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {
+		return nil, "", fmt.Errorf("NBD: %w", err)
+	}
+	// Only this user and root open it (the server checks the peer too).
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
 		return nil, "", fmt.Errorf("NBD: %w", err)
 	}
 	return ln, nbd.UnixURI(path, volume), nil
@@ -195,14 +294,30 @@ func (f *frontendFlags) iscsiFrontend(volume string) (Frontend, error) {
 		chapp = &chap
 	}
 	addr, conns := f.iscsiListen, &f.conns
+	if host, _, err := net.SplitHostPort(addr); chapp == nil && err == nil && !isLoopbackHost(host) {
+		if !f.iscsiInsecure {
+			return nil, fmt.Errorf("iSCSI portal on %s: refusing a portal beyond loopback without CHAP: anyone who reaches it could read and write the volume; "+
+				"give it --iscsi-chap-user/--iscsi-chap-secret, listen on 127.0.0.1, or pass --iscsi-insecure-listen on a network you trust", addr)
+		}
+		slog.Warn("iSCSI portal without CHAP (--iscsi-insecure-listen): anyone who can reach it reads and writes the volume", "addr", addr)
+	}
+	discovery := chapp
+	if f.openDiscovery {
+		discovery = nil
+	}
 	return func(ctx context.Context, dev device.Device, out io.Writer) (func() error, error) {
-		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
+		var accept func(net.Conn) error
+		if chapp == nil {
+			accept = localPeerOnly
+		}
+		srv, err := iscsi.Listen(iscsi.Config{Addr: addr, DiscoveryCHAP: discovery, Accept: accept,
+			Targets: []iscsi.TargetConfig{{Volume: volume, LUNs: []device.Device{dev}, CHAP: chapp}}})
 		if err != nil {
 			return nil, err
 		}
 		portal := srv.Addr().String()
 		conns.Add("iscsi", srv.Connections, iscsi.IQN(volume)+" on "+portal)
-		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v)\n", iscsi.IQN(volume), portal, chapp != nil)
+		fmt.Fprintf(out, "iSCSI target %s on portal %s (CHAP: %v, on discovery too: %v)\n", iscsi.IQN(volume), portal, chapp != nil, discovery != nil)
 		fmt.Fprintf(out, "attach it with:\n  sudo iscsiadm -m discovery -t st -p %s && sudo iscsiadm -m node -T %s -p %s --login\n",
 			portal, iscsi.IQN(volume), portal)
 		return func() error { return srv.Serve(ctx) }, nil

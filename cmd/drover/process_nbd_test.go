@@ -300,9 +300,10 @@ func TestProcessFioKillReplica(t *testing.T) {
 // TestProcessDevISCSICHAP: `drover dev --frontend iscsi` with CHAP serves
 // the volume as LUN 0 of iqn...:dev to an initiator with the secret
 // (libiscsi's iscsi-readcapacity16 reads its size) and refuses one
-// without it.
+// without it, logging the failure with its count; discovery (iscsi-ls)
+// needs the secret too.
 func TestProcessDevISCSICHAP(t *testing.T) {
-	needTools(t, "iscsi-readcapacity16")
+	needTools(t, "iscsi-readcapacity16", "iscsi-ls")
 	const user, secret = "drover-test", "a-secret-of-16-bytes"
 	ctl, portal := freeAddr(t), freeAddr(t)
 	c := newVolumeClient(t, ctl, testSizeBytes)
@@ -319,5 +320,14 @@ func TestProcessDevISCSICHAP(t *testing.T) {
 	if out, err := exec.Command("iscsi-readcapacity16", "-s", url(user+"%wrong-secret-123456@")).CombinedOutput(); err == nil {
 		t.Errorf("a login with the wrong CHAP secret was accepted:\n%s", out)
 	}
+	if out, err := exec.Command("iscsi-ls", "-s", "iscsi://"+portal).CombinedOutput(); err == nil || strings.Contains(string(out), "iqn.2026-11.io.drover:dev") {
+		t.Errorf("discovery without CHAP listed the target: %v\n%s", err, out)
+	}
+	if out := sh(t, "iscsi-ls", "-s", "iscsi://"+user+"%"+secret+"@"+portal); !strings.Contains(out, "Target:iqn.2026-11.io.drover:dev") {
+		t.Errorf("discovery with CHAP does not list the target:\n%s", out)
+	}
 	p.stop()
+	if !strings.Contains(p.output(), "CHAP login failed") || !strings.Contains(p.output(), "failures=1 next_attempt_delay=200ms") {
+		t.Errorf("the failed login is not logged with its count and delay:\n%s", p.output())
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,17 +13,22 @@ import (
 
 // cluster is a volume run as separate processes: replicas and an engine.
 type cluster struct {
-	dirs     []string
-	addrs    []string
-	prefix   [][]string // per replica: command prefix (netns)
-	replicas []*proc
-	engine   *proc
+	// replicaArgs are more flags for every replica (TLS, say).
+	replicaArgs []string
+	dirs        []string
+	addrs       []string
+	prefix      [][]string // per replica: command prefix (netns)
+	replicas    []*proc
+	engine      *proc
 	*volumeClient
 }
 
 func (c *cluster) startReplica(i int) {
-	c.replicas[i] = start(c.t, fmt.Sprintf("replica %d", i+1), c.prefix[i], "replica", "--dir", c.dirs[i],
-		"--listen", c.addrs[i], "--size", fmt.Sprint(c.size))
+	args := append([]string{"replica", "--dir", c.dirs[i], "--listen", c.addrs[i], "--size", fmt.Sprint(c.size)}, c.replicaArgs...)
+	if host, _, _ := net.SplitHostPort(c.addrs[i]); !isLoopbackHost(host) && len(c.replicaArgs) == 0 {
+		args = append(args, "--insecure-listen") // a test network of its own (netns)
+	}
+	c.replicas[i] = start(c.t, fmt.Sprintf("replica %d", i+1), c.prefix[i], args...)
 }
 
 func (c *cluster) startEngine(extra ...string) {
@@ -41,9 +47,9 @@ func (c *cluster) startEngine(extra ...string) {
 	})
 }
 
-func newCluster(t *testing.T, size uint64, addrs []string, prefix [][]string) *cluster {
+func newCluster(t *testing.T, size uint64, addrs []string, prefix [][]string, replicaArgs ...string) *cluster {
 	c := &cluster{volumeClient: newVolumeClient(t, freeAddr(t), size), addrs: addrs, prefix: prefix,
-		replicas: make([]*proc, len(addrs))}
+		replicas: make([]*proc, len(addrs)), replicaArgs: replicaArgs}
 	for i := range addrs {
 		c.dirs = append(c.dirs, filepath.Join(t.TempDir(), fmt.Sprintf("r%d", i+1)))
 	}

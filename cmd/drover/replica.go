@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/tcp"
@@ -35,6 +37,12 @@ anything is written. A replica whose files are damaged (metadata or index
 that does not load) stays up and answers engines with the damage, so the
 engine shows it ERR with the reason; nothing is wiped.
 
+Anyone who reaches ADDR could read and overwrite the volume, so beyond
+loopback the replica needs mutual TLS (--tls-cert, --tls-key, --tls-ca from
+drover certs; it then serves only engines with a certificate from the same CA,
+run with --tls-* too) or --insecure-listen, which warns at every start. The
+directory is created 0700 and its files 0600.
+
 The subcommands talk to a running engine's control API instead:
   ls   lists the volume's replicas with their modes (RW, WO = rebuilding, ERR)
   add  adds a replica (by address) and rebuilds it into the volume (--wait
@@ -42,8 +50,9 @@ The subcommands talk to a running engine's control API instead:
   rm   takes a replica out of the volume
 checksum reads a stopped replica's directory and prints its content's SHA-256.`
 
-const replicaExample = `  drover replica --dir /var/lib/drover/r1 --listen 0.0.0.0:7400 --size 10GiB
-  drover replica ls --control 127.0.0.1:7370
+const replicaExample = `  drover replica --dir /var/lib/drover/r1 --listen 10.0.0.5:7400 --size 10GiB --tls-cert r1.crt --tls-key r1.key --tls-ca ca.crt
+  drover replica --dir /tmp/r1 --listen 127.0.0.1:7400 --size 1GiB
+  drover replica ls
   drover replica add 10.0.0.7:7400
   drover replica add 10.0.0.8:7400 --id s1 --replaces r3 --wait
   drover replica rm 10.0.0.7:7400
@@ -54,6 +63,8 @@ func newReplicaCmd() *cobra.Command {
 	var size sizeFlag
 	var bf backingFlags
 	var overProvisioning int
+	var tf tlsFlags
+	var insecure bool
 	var mf httpFlag
 	cmd := &cobra.Command{Use: "replica --dir D --listen ADDR", Short: "Serve a replica over TCP, or list/add/remove an engine's replicas",
 		Long: replicaLong, Example: replicaExample, Args: cobra.NoArgs,
@@ -68,7 +79,12 @@ func newReplicaCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveReplica(cmd, dir, listen, proto.ReplicaID(id), size.bytes, backing, overProvisioning, &mf)
+			tlsCfg, err := replicaTLS(listen, tf.files, insecure)
+			if err != nil {
+				return err
+			}
+			return serveReplica(cmd, replicaServeOptions{dir: dir, listen: listen, id: proto.ReplicaID(id), createBytes: size.bytes,
+				backing: backing, overProvisioningPercent: overProvisioning, tls: tlsCfg, metrics: &mf})
 		}}
 	bf.register(cmd)
 	cmd.Flags().IntVar(&overProvisioning, "over-provisioning-percent", filestore.DefaultOverProvisioningPercent,
@@ -77,6 +93,8 @@ func newReplicaCmd() *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "", "TCP address to serve engines on (host:port)")
 	cmd.Flags().StringVar(&id, "id", "", "replica name recorded when creating it (default: the directory's name)")
 	cmd.Flags().Var(&size, "size", "create an empty replica of this size if the directory holds none")
+	tf.register(cmd.Flags(), "--listen: engines must present a certificate from the same CA")
+	cmd.Flags().BoolVar(&insecure, "insecure-listen", false, "allow --listen beyond loopback without TLS: anyone who reaches it can read and overwrite the volume")
 	mf.register(cmd.Flags(), "metrics-listen", "", "metrics", "serve Prometheus metrics at http://ADDR/metrics (host:port; default none)")
 	var cf clientFlags
 	ls := &cobra.Command{Use: "ls", Short: "List the volume's replicas and their modes", Args: cobra.NoArgs,
@@ -136,9 +154,47 @@ size. Replicas of one volume that are in sync print the same checksum.`,
 	return cmd
 }
 
+// replicaTLS is the replica's TLS configuration, or nil; a plain listen
+// beyond loopback is refused unless insecure.
+func replicaTLS(listen string, files certs.Files, insecure bool) (*tls.Config, error) {
+	if !files.Empty() {
+		cfg, err := files.ServerConfig()
+		if err != nil {
+			return nil, fmt.Errorf("replica TLS: %w", err)
+		}
+		return cfg, nil
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: %w", listen, err)
+	}
+	switch {
+	case isLoopbackHost(host):
+	case insecure:
+		slog.Warn("replica listens without TLS (--insecure-listen): anyone who can reach it can read and overwrite the volume", "addr", listen)
+	default:
+		return nil, fmt.Errorf("replica on %s: refusing plain TCP beyond loopback: anyone who can reach it could read or overwrite the volume; "+
+			"give it certificates (drover certs init, drover certs issue NAME --host HOST, then --tls-cert/--tls-key/--tls-ca, and the same CA to the engine), "+
+			"listen on 127.0.0.1, or pass --insecure-listen on a network you trust", listen)
+	}
+	return nil, nil
+}
+
+// replicaServeOptions say what serveReplica serves and how.
+type replicaServeOptions struct {
+	dir, listen             string
+	id                      proto.ReplicaID
+	createBytes             uint64
+	backing                 *backingRef
+	overProvisioningPercent int
+	tls                     *tls.Config // nil: plain TCP
+	metrics                 *httpFlag
+}
+
 // serveReplica runs one replica over TCP until SIGINT or SIGTERM.
-func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, createBytes uint64, backing *backingRef, overProvisioningPercent int, mf *httpFlag) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+func serveReplica(cmd *cobra.Command, o replicaServeOptions) error {
+	dir, listen, id := o.dir, o.listen, o.id
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("replica dir: %w", err)
 	}
 	unlock, err := lockDir(dir)
@@ -151,14 +207,14 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 		return fmt.Errorf("replica %s: listen on %s: %w", id, listen, err)
 	}
 	defer lis.Close()
-	ml, err := mf.listen(cmd.OutOrStdout())
+	ml, err := o.metrics.listen(cmd.OutOrStdout())
 	if err != nil {
 		return err
 	}
 	if ml != nil {
 		defer ml.Close()
 	}
-	r, err := openReplicaDirOn(cmd.Context(), dir, id, createBytes, backing, overProvisioningPercent)
+	r, err := openReplicaDirOn(cmd.Context(), dir, id, o.createBytes, o.backing, o.overProvisioningPercent)
 	if err != nil {
 		// A damaged replica stays up and tells engines why it serves
 		// nothing (they mark it ERR with that reason, replica ls shows
@@ -172,13 +228,18 @@ func serveReplica(cmd *cobra.Command, dir, listen string, id proto.ReplicaID, cr
 	}
 	defer r.Close()
 	srv := tcp.NewServer(r.runner, func(format string, args ...any) { slog.Info(fmt.Sprintf(format, args...)) })
+	if o.tls != nil {
+		srv.RequireTLS(o.tls)
+	} else {
+		srv.AcceptOnly(localPeerOnly) // on loopback, only this user's (and root's) engines
+	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if why := r.runner.Failed(); why != "" {
 		fmt.Fprintf(cmd.OutOrStdout(), "replica %s in %s DAMAGED, answering engines on %s with: %s\n", id, dir, lis.Addr(), why)
 	} else {
 		info := r.runner.Info()
-		fmt.Fprintf(cmd.OutOrStdout(), "replica %s (%s) in %s serving on %s\n", info.ID, formatSize(info.SizeBytes), dir, lis.Addr())
+		fmt.Fprintf(cmd.OutOrStdout(), "replica %s (%s) in %s serving on %s (TLS: %v)\n", info.ID, formatSize(info.SizeBytes), dir, lis.Addr(), o.tls != nil)
 	}
 	if ml != nil {
 		if err := serveReplicaMetrics(ctx, cmd.OutOrStdout(), ml, r.runner, dir, srv.Connections); err != nil {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 )
 
@@ -38,7 +37,7 @@ func newReplicaAddCmd(cf *clientFlags) *cobra.Command {
 		Example: `  drover replica add 10.0.0.8:7400 --id s1 --replaces r3 --wait
   drover replica add 10.0.0.8:7400 --rate 100MiB`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, conn, err := control.Dial(cf.addr)
+			c, conn, err := cf.dial()
 			if err != nil {
 				return err
 			}

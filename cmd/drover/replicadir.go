@@ -40,7 +40,7 @@ func openReplicaDirLimited(dir string, id proto.ReplicaID, createBytes uint64, o
 		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 			made = true
 		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("replica %s: %w", dir, err)
 		}
 	}

@@ -9,11 +9,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
+	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/enginerun"
 )
@@ -26,37 +29,139 @@ import (
 //	func init() { devFrontends = append(devFrontends, serveDevThing) }
 var devFrontends []Frontend
 
-// listenControl binds the control API's address: callers do it before
-// anything else, so that an address in use is an error before a volume
-// is created or a replica dialed.
-func listenControl(controlAddr string) (net.Listener, error) {
-	lis, err := net.Listen("tcp", controlAddr)
-	if err != nil {
-		return nil, fmt.Errorf("control API on %s: %w (pick another with --control)", controlAddr, err)
-	}
-	return lis, nil
+// controlServeFlags say where a server (drover dev, drover engine) serves
+// its control API: a unix socket for this host (its owner and root only)
+// and, opt-in, TCP, which beyond loopback needs mutual TLS or
+// --insecure-listen.
+type controlServeFlags struct {
+	socket   string // unix socket path; "" before defaults are settled
+	addr     string // TCP address, or unix:PATH meaning socket
+	tls      tlsFlags
+	insecure bool
 }
 
-// runEngine starts an engine driver, its control API on lis (which it
-// closes) and the given frontends, prints what it serves, and runs until
+func (f *controlServeFlags) register(fs *pflag.FlagSet, socketWhere, tlsWhat string) {
+	fs.StringVar(&f.socket, "control-socket", "", "unix socket for the control API (mode 0600; default "+socketWhere+")")
+	fs.StringVar(&f.addr, "control", "", "also serve the control API on this TCP address (loopback, or anywhere with --tls-*)")
+	fs.BoolVar(&f.insecure, "insecure-listen", false, "allow --control beyond loopback without TLS: anyone who reaches it controls the volume")
+	f.tls.register(fs, tlsWhat)
+}
+
+// controlListeners are the bound control API listeners and how to serve
+// them.
+type controlListeners struct {
+	lis    []net.Listener
+	cfg    control.ServerConfig
+	socket string        // the unix socket, "" if none
+	self   controlTarget // how the server's own helpers reach it
+}
+
+func (c *controlListeners) Close() {
+	for _, l := range c.lis {
+		l.Close()
+	}
+}
+
+// listenControl binds the control API's addresses: callers do it before
+// anything else, so that an address in use is an error before a volume
+// is created or a replica dialed. The unix socket (defaultSocket unless
+// --control-socket or --control unix:PATH says otherwise) is served
+// unless TCP is asked for and socketWithTCP is false.
+func listenControl(f *controlServeFlags, defaultSocket string, socketWithTCP bool) (*controlListeners, error) {
+	socket, tcp := f.socket, f.addr
+	if p, ok := control.IsUnix(tcp); ok {
+		socket, tcp = p, ""
+	}
+	if socket == "" && (tcp == "" || socketWithTCP) {
+		socket = defaultSocket
+	}
+	c := &controlListeners{socket: socket}
+	if socket != "" {
+		lis, err := control.ListenUnix(socket)
+		if err != nil {
+			return nil, err
+		}
+		c.lis = append(c.lis, lis)
+		c.self.addr = "unix:" + socket
+	}
+	if tcp != "" {
+		if err := c.listenTCP(f, tcp); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *controlListeners) listenTCP(f *controlServeFlags, addr string) error {
+	withTLS := !f.tls.files.Empty()
+	if err := control.CheckListen(addr, withTLS, f.insecure); err != nil {
+		return err
+	}
+	if withTLS {
+		var err error
+		if c.cfg.TLS, err = f.tls.files.ServerConfig(); err != nil {
+			return fmt.Errorf("control API TLS: %w", err)
+		}
+	} else if host, _, _ := net.SplitHostPort(addr); f.insecure && !isLoopbackHost(host) {
+		slog.Warn("control API listens without authentication (--insecure-listen): anyone who can reach it can write, revert or delete the volume", "addr", addr)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("control API on %s: %w (pick another with --control)", addr, err)
+	}
+	c.lis = append(c.lis, lis)
+	if c.self.addr == "" {
+		c.self = controlTarget{addr: lis.Addr().String(), tls: f.tls}
+	}
+	return nil
+}
+
+func isLoopbackHost(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
+// describe says where the control API is and how to reach it.
+func (c *controlListeners) describe(defaultSocket string) string {
+	var where []string
+	for _, l := range c.lis {
+		if l.Addr().Network() == "unix" {
+			where = append(where, "unix:"+l.Addr().String())
+		} else {
+			where = append(where, l.Addr().String())
+		}
+	}
+	hint := "drover volume info --control " + where[0]
+	if c.socket != "" && c.socket == defaultSocket {
+		hint = "drover volume info"
+	}
+	return fmt.Sprintf("control API on %s (try: %s)", strings.Join(where, " and "), hint)
+}
+
+// runEngine starts an engine driver, its control API on ctl's listeners
+// (which it closes; ctlHint says where they are), with key (when not
+// nil) encrypting what the frontends write and the given frontends, prints what it serves, and runs until
 // SIGINT or SIGTERM (or ctx ends). On the way out it flushes the volume.
 // Sidecars (metrics, the console) start as soon as the driver exists,
 // before the volume serves, and stop with it.
-func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, lis net.Listener, frontends []Frontend, sidecars ...Frontend) error {
+func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend, key []byte, sidecars ...Frontend) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := enginerun.New(cfg)
 	if err != nil {
-		lis.Close()
+		ctl.Close()
 		return err
 	}
 	defer d.Close()
 	vol := enginerun.NewVolume(d)
-	gs := grpc.NewServer(control.ServerOptions()...)
+	gs := grpc.NewServer(control.ServerOptions(ctl.cfg)...)
 	control.NewServer(vol).Register(gs)
-	go func() { _ = gs.Serve(lis) }()
+	for _, lis := range ctl.lis {
+		go func() { _ = gs.Serve(lis) }()
+	}
 	defer gs.Stop()
-	fmt.Fprintf(out, "control API on %s (try: drover volume info --control %s)\n", lis.Addr(), lis.Addr())
+	fmt.Fprintln(out, ctlHint)
 	if err := startSidecars(ctx, vol, out, sidecars); err != nil {
 		return err
 	}
@@ -64,9 +169,19 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, lis net
 		return err
 	}
 	fmt.Fprintf(out, "volume %s serving: %s\n", cfg.Volume, formatSize(d.SizeBytes()))
+	var dev device.Device = vol
+	if key != nil {
+		enc, err := device.NewEncrypted(vol, key)
+		clear(key)
+		if err != nil {
+			return err
+		}
+		dev = enc
+		fmt.Fprintf(out, "volume %s is encrypted (AES-256-XTS): frontends see plaintext, everything below ciphertext\n", cfg.Volume)
+	}
 	var serves []func() error
 	for _, f := range frontends {
-		serve, err := f(ctx, vol, out)
+		serve, err := f(ctx, dev, out)
 		if err != nil {
 			stop()
 			return fmt.Errorf("frontend: %w", err)

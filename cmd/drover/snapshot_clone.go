@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 )
 
@@ -39,7 +38,7 @@ func newSnapshotCloneCmd(cf *clientFlags) *cobra.Command {
 		Long: snapshotCloneLong, Args: cobra.ExactArgs(1),
 		Example: "  drover snapshot clone nightly --dir /data/clone/dev-1,/data/clone/dev-2,/data/clone/dev-3",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, conn, err := control.Dial(cf.addr)
+			c, conn, err := cf.dial()
 			if err != nil {
 				return err
 			}

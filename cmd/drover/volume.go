@@ -22,7 +22,8 @@ write, read and flush move data through the engine. They are debug and test
 tools (there is no frontend in them), handy to check a deployment end to end.`
 
 const volumeExample = `  drover volume info
-  drover volume info --control 10.0.0.5:7370
+  drover volume info --control 10.0.0.5:7370 --tls-cert admin.crt --tls-key admin.key --tls-ca ca.crt
+  drover volume info --control unix:/var/tmp/drover/control.sock
   drover volume expand --size 20GiB
   drover volume write --offset 1MiB --file data.bin
   drover volume read --offset 1MiB --length 4KiB --file out.bin
@@ -205,7 +206,7 @@ them to --file (default standard output), or print only their SHA-256 with
 			if sum {
 				out = h
 			} else if file != "" && file != "-" {
-				f, err := os.Create(file)
+				f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) // the volume's data: owner only
 				if err != nil {
 					return fmt.Errorf("create output: %w", err)
 				}

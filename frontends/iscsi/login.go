@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Login status class and detail (RFC 7143 section 11.13.5).
@@ -300,8 +301,8 @@ func (c *conn) finishCHAP(ls *loginState, pairs []textPair, out *[]textPair) err
 	if ls.chapCfg == nil || ls.chapStep != 2 || !hasN || !hasR {
 		return refuse(loginAuthFailure, "CHAP_N/CHAP_R out of sequence")
 	}
-	if err := ls.chap.verify(ls.chapCfg, name, resp); err != nil {
-		return refuse(loginAuthFailure, "user %q: %v", truncate(name, 64), err)
+	if err := c.verifyThrottled(ls, name, resp); err != nil {
+		return err
 	}
 	id, hasI := get("CHAP_I")
 	challenge, hasC := get("CHAP_C")
@@ -317,6 +318,40 @@ func (c *conn) finishCHAP(ls *loginState, pairs []textPair, out *[]textPair) err
 	}
 	ls.chapStep = 3
 	ls.authDone = true
+	return nil
+}
+
+// verifyThrottled checks a CHAP response after the wait the initiator's
+// earlier failures earned (Config.AuthFailureDelay), and counts and logs
+// a failure.
+func (c *conn) verifyThrottled(ls *loginState, name, resp string) error {
+	key := newAuthKey(ls.initiatorName, c.nc.RemoteAddr())
+	now := time.Now()
+	wait := max(c.srv.auth.reserve(key, now), c.srv.auth.reserve(key.hostKey(), now))
+	if wait > 2*c.srv.cfg.AuthFailureDelayMax {
+		c.log.Warn("CHAP login throttled", "initiator", ls.initiatorName, "wait", wait)
+		return refuse(loginAuthFailure, "too many failed CHAP logins from %s: try again later", key.host)
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return c.ctx.Err()
+		}
+	}
+	if err := ls.chap.verify(ls.chapCfg, name, resp); err != nil {
+		now := time.Now()
+		n, delay := c.srv.auth.failed(key, now)
+		if _, hostDelay := c.srv.auth.failed(key.hostKey(), now); hostDelay > delay {
+			delay = hostDelay
+		}
+		c.log.Warn("CHAP login failed", "initiator", ls.initiatorName, "user", truncate(name, 64),
+			"discovery", ls.sessionType == "Discovery", "failures", n, "next_attempt_delay", delay)
+		return refuse(loginAuthFailure, "user %q: %v", truncate(name, 64), err)
+	}
+	c.srv.auth.succeeded(key)
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"net"
 	"regexp"
 	"sync"
+	"time"
 
 	"github.com/drover-io/drover/frontends/device"
 )
@@ -55,6 +56,17 @@ type Config struct {
 	DiscoveryCHAP *CHAP
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
+	// AuthFailureDelay slows CHAP guessing: after n failed CHAP logins of
+	// one initiator name from one address, its next attempt is checked
+	// only AuthFailureDelay·2^(n−1) later, at most AuthFailureDelayMax;
+	// every failure is logged with its count. Defaults
+	// DefaultAuthFailureDelay and DefaultAuthFailureDelayMax; a negative
+	// AuthFailureDelay turns the throttle off.
+	AuthFailureDelay, AuthFailureDelayMax time.Duration
+	// Accept, when set, is asked about every connection before anything
+	// is read from it; an error closes it (logged). drover uses it to
+	// serve only its own user on loopback without CHAP.
+	Accept func(net.Conn) error
 	// MaxConnections bounds concurrent connections; further ones are
 	// closed on accept. Default 64.
 	MaxConnections int
@@ -101,6 +113,7 @@ type Server struct {
 	targets map[string]*target
 	order   []*target
 	budget  *device.Budget
+	auth    *authThrottle
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -144,7 +157,14 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.FloorBytesInFlight <= 0 {
 		cfg.FloorBytesInFlight = DefaultFloorBytesInFlight
 	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = DefaultAuthFailureDelay
+	}
+	if cfg.AuthFailureDelayMax <= 0 {
+		cfg.AuthFailureDelayMax = DefaultAuthFailureDelayMax
+	}
 	s := &Server{
+		auth:     newAuthThrottle(cfg.AuthFailureDelay, cfg.AuthFailureDelayMax),
 		budget:   device.NewBudget(cfg.MaxBytesInFlightTotal, cfg.FloorBytesInFlight),
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "iscsi"),
@@ -260,6 +280,13 @@ func (s *Server) Close() error {
 // ServeConn serves one accepted connection until it ends and closes it.
 // Serve calls it for every connection; tests and fuzzers call it directly.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	if s.cfg.Accept != nil {
+		if err := s.cfg.Accept(nc); err != nil {
+			s.log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "err", err)
+			nc.Close()
+			return
+		}
+	}
 	c := newConn(s, nc)
 	s.mu.Lock()
 	if s.closed {

@@ -38,6 +38,8 @@ type conn struct {
 	workers  int   // goroutines serving requests; under readMu
 	queued   atomic.Int32
 	noZeroes bool
+	// tlsStarted: NBD_OPT_STARTTLS succeeded and r and w run over TLS.
+	tlsStarted bool
 
 	// w is written only under writeMu (or during negotiation).
 	writeMu  sync.Mutex

@@ -1,10 +1,13 @@
 package nbd
 
 import (
+	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 )
 
 // maxOptionBytes bounds an option's data; the longest valid one is an
@@ -75,6 +78,12 @@ func (c *conn) option(opt, length uint32) (*Export, error) {
 	if c.s.isDraining() && opt != optAbort {
 		return nil, c.optReply(opt, repErrShutdown, []byte("server shutting down"))
 	}
+	if c.tlsRequired() && opt != optStartTLS && opt != optAbort {
+		if opt == optExportName {
+			return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS: TLS is required")
+		}
+		return nil, c.optReply(opt, repErrTLSReqd, []byte("TLS is required: start it with NBD_OPT_STARTTLS (nbds:// URIs)"))
+	}
 	switch opt {
 	case optExportName:
 		return c.exportName(string(data))
@@ -87,12 +96,55 @@ func (c *conn) option(opt, length uint32) (*Export, error) {
 	case optInfo, optGo:
 		return c.infoGo(opt, data)
 	case optStartTLS:
-		return nil, c.optReply(opt, repErrPolicy, []byte("TLS is not supported; use a unix socket or a trusted network"))
+		return nil, c.startTLS(data)
 	case optStructuredReply:
 		return nil, c.optReply(opt, repErrUnsup, []byte("structured replies are not supported; simple replies only"))
 	default:
 		return nil, c.optReply(opt, repErrUnsup, fmt.Appendf(nil, "option %d is not supported", opt))
 	}
+}
+
+// tlsRequired reports whether this connection must start TLS before
+// anything else.
+func (c *conn) tlsRequired() bool {
+	if !c.s.cfg.TLSRequired || c.tlsStarted {
+		return false
+	}
+	_, unix := c.nc.(*net.UnixConn)
+	return !unix
+}
+
+// startTLS answers NBD_OPT_STARTTLS: an ACK, then the TLS handshake
+// (under the handshake deadline), after which negotiation goes on inside
+// TLS.
+func (c *conn) startTLS(data []byte) error {
+	switch {
+	case c.s.cfg.TLS == nil:
+		return c.optReply(optStartTLS, repErrPolicy, []byte("TLS is not configured on this server (--nbd-tls-cert/--nbd-tls-key)"))
+	case c.tlsStarted:
+		return c.optReply(optStartTLS, repErrInvalid, []byte("TLS already started"))
+	case len(data) != 0:
+		return c.optReply(optStartTLS, repErrInvalid, []byte("NBD_OPT_STARTTLS carries no data"))
+	}
+	if err := c.optReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	if c.r.Buffered() != 0 {
+		return fmt.Errorf("client sent %d bytes after NBD_OPT_STARTTLS before the TLS handshake: %w", c.r.Buffered(), ErrMalformed)
+	}
+	tc := tls.Server(c.nc, c.s.cfg.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.tlsStarted = true
+	c.r = bufio.NewReaderSize(tc, ioBufferBytes)
+	c.w = bufio.NewWriterSize(tc, ioBufferBytes)
+	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
+		c.log.Info("nbd: TLS started", "client", st.PeerCertificates[0].Subject.String())
+	} else {
+		c.log.Debug("nbd: TLS started")
+	}
+	return nil
 }
 
 // exportName ends negotiation the old way: no error can be returned to

@@ -35,6 +35,7 @@ const (
 	repInfo         = 3
 	repErrUnsup     = 1<<31 + 1
 	repErrPolicy    = 1<<31 + 2
+	repErrTLSReqd   = 1<<31 + 5
 	repErrInvalid   = 1<<31 + 3
 	repErrUnknown   = 1<<31 + 6
 	repErrShutdown  = 1<<31 + 7

@@ -1,8 +1,8 @@
 // Package nbd serves devices over the Network Block Device protocol: fixed
 // newstyle negotiation (NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_LIST,
-// NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT) and a pipelined transmission phase
-// with READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, FUA and DISC, over TCP or
-// unix sockets.
+// NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, and NBD_OPT_STARTTLS with
+// Config.TLS) and a pipelined transmission phase with READ, WRITE, FLUSH,
+// TRIM, WRITE_ZEROES, FUA and DISC, over TCP or unix sockets.
 //
 // Transmission follows the data-path budget in DESIGN.md: the goroutine
 // that reads a request also executes it and writes its reply, so no
@@ -14,6 +14,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -103,6 +104,21 @@ type Config struct {
 	MaxBlockBytes uint32
 	// HandshakeTimeout bounds option negotiation; default 30s.
 	HandshakeTimeout time.Duration
+	// TLS, when set, offers NBD_OPT_STARTTLS (x509): the connection is
+	// upgraded to TLS 1.3 with this server configuration, which also
+	// says whether clients must present a certificate (ClientAuth,
+	// ClientCAs). Nil refuses STARTTLS (NBD_REP_ERR_POLICY).
+	TLS *tls.Config
+	// TLSRequired makes TCP connections start TLS before anything else:
+	// every other option but NBD_OPT_ABORT gets NBD_REP_ERR_TLS_REQD
+	// (NBD_OPT_EXPORT_NAME, which cannot be refused, closes the
+	// connection). Unix socket connections need not: file permissions
+	// already decide who reaches them. Needs TLS.
+	TLSRequired bool
+	// Accept, when set, is asked about every connection before anything
+	// is sent on it; an error closes it (logged). drover uses it to serve
+	// only its own user on loopback and unix sockets without TLS.
+	Accept func(net.Conn) error
 }
 
 // Server serves Config.Exports to any number of connections.
@@ -149,6 +165,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxBlockBytes == 0 || cfg.MaxBlockBytes > DefaultMaxBlockBytes {
 		cfg.MaxBlockBytes = DefaultMaxBlockBytes
+	}
+	if cfg.TLSRequired && cfg.TLS == nil {
+		return nil, errors.New("nbd: TLSRequired without a TLS configuration")
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
@@ -236,6 +255,13 @@ func (s *Server) Serve(l net.Listener) error {
 // connection fails or the server shuts down, and closes it. It returns
 // nil on a clean end (NBD_CMD_DISC, NBD_OPT_ABORT, shutdown).
 func (s *Server) ServeConn(nc net.Conn) error {
+	if s.cfg.Accept != nil {
+		if err := s.cfg.Accept(nc); err != nil {
+			nc.Close()
+			s.log.Warn("nbd: connection refused", "remote", nc.RemoteAddr().String(), "err", err)
+			return fmt.Errorf("nbd: connection refused: %w", err)
+		}
+	}
 	c, err := s.track(nc)
 	if err != nil {
 		nc.Close()

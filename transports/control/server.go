@@ -7,14 +7,17 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -43,22 +46,37 @@ func NewServer(v *enginerun.Volume) *Server {
 // Register adds s to a gRPC server.
 func (s *Server) Register(gs *grpc.Server) { controlpb.RegisterControlServer(gs, s) }
 
-// Dial returns a client of the control API at addr (host:port, plain
-// TCP: the control API is meant for localhost or a trusted network until
-// TLS arrives with the manager).
-func Dial(addr string) (controlpb.ControlClient, *grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+// DialConfig says how a client authenticates to the control API.
+type DialConfig struct {
+	// TLS, when set, is the mutual-TLS configuration for a TCP address
+	// (certs.Files.ClientConfig). A unix socket never uses TLS: the
+	// kernel names the caller to the server.
+	TLS *tls.Config
+}
+
+// Dial returns a client of the control API at addr: host:port (TCP, with
+// mutual TLS when cfg gives it) or unix:PATH.
+func Dial(addr string, cfg ...DialConfig) (controlpb.ControlClient, *grpc.ClientConn, error) {
+	var c DialConfig
+	if len(cfg) > 0 {
+		c = cfg[0]
+	}
+	target, creds := addr, insecure.NewCredentials()
+	if path, ok := IsUnix(addr); ok {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("control socket %s: %w", path, err)
+		}
+		target = "unix://" + abs
+	} else if c.TLS != nil {
+		creds = credentials.NewTLS(c.TLS)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxIOBytes+1<<20)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("control client for %s: %w", addr, err)
 	}
 	return controlpb.NewControlClient(conn), conn, nil
-}
-
-// ServerOptions are the gRPC options the control server needs (message
-// sizes for the debug Write).
-func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.MaxRecvMsgSize(maxIOBytes + 1<<20)}
 }
 
 // toStatus maps engine and device errors to gRPC codes, keeping the text.

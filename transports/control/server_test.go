@@ -25,6 +25,23 @@ import (
 // control API on a loopback port.
 func newTestServer(t *testing.T) controlpb.ControlClient {
 	t.Helper()
+	d := newTestDriver(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, d, lis, ServerConfig{})
+	c, conn, err := Dial(lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return c
+}
+
+// newTestDriver runs a volume on three in-memory replicas.
+func newTestDriver(t *testing.T) *enginerun.Driver {
+	t.Helper()
 	runners := map[string]*replicarun.Runner{}
 	cfg := enginerun.Config{Volume: "ctl", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for i := 1; i <= 3; i++ {
@@ -49,20 +66,16 @@ func newTestServer(t *testing.T) controlpb.ControlClient {
 	if err := d.WaitServing(ctx); err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(ServerOptions()...)
+	return d
+}
+
+// serve serves d's control API on lis until the test ends.
+func serve(t *testing.T, d *enginerun.Driver, lis net.Listener, cfg ServerConfig) {
+	t.Helper()
+	gs := grpc.NewServer(ServerOptions(cfg)...)
 	NewServer(enginerun.NewVolume(d)).Register(gs)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	c, conn, err := Dial(lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return c
 }
 
 func TestControlAPI(t *testing.T) {

@@ -121,6 +121,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -226,7 +227,36 @@ func Open(dir string) (*Store, error) {
 	if err := os.Remove(filepath.Join(dir, metaTmpName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("open store: remove stale %s: %w", metaTmpName, err)
 	}
+	if err := tightenModes(dir); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
 	return &Store{dir: dir, layers: map[store.LayerID]*layer{}}, nil
+}
+
+// tightenModes makes the store's files readable by their owner only:
+// they hold the volume's data. Files are created 0600; stores made when
+// they were created 0644 are fixed here.
+func tightenModes(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || (name != metaName && !strings.HasPrefix(name, "layer-")) {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 {
+			if err := os.Chmod(filepath.Join(dir, name), perm&^0o077); err != nil {
+				return fmt.Errorf("make %s private: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Dir returns the store's directory.
@@ -330,7 +360,7 @@ func (s *Store) readMeta() ([]byte, error) {
 
 func (s *Store) writeMeta(meta []byte) error {
 	tmp := s.path(metaTmpName)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -398,11 +428,11 @@ func (s *Store) layer(id store.LayerID) (*layer, error) {
 }
 
 func (s *Store) openLayer(id store.LayerID, flags int) (*layer, error) {
-	data, err := os.OpenFile(s.path(dataName(id)), os.O_RDWR|flags, 0o644)
+	data, err := os.OpenFile(s.path(dataName(id)), os.O_RDWR|flags, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	index, err := os.OpenFile(s.path(indexName(id)), os.O_RDWR|flags, 0o644)
+	index, err := os.OpenFile(s.path(indexName(id)), os.O_RDWR|flags, 0o600)
 	if err != nil {
 		data.Close()
 		return nil, err

@@ -359,3 +359,32 @@ func TestUncachedReadsMatch(t *testing.T) {
 		t.Logf("O_DIRECT not used on %s (%s): reads fell back to the page cache", s.Dir(), "this file system")
 	}
 }
+
+// TestOpenMakesFilesPrivate: a store's files hold the volume's data, so
+// Open takes group and world access away from files made before they
+// were created 0600 (and leaves other files alone).
+func TestOpenMakesFilesPrivate(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"meta", "layer-1.data", "layer-1.index", "notes.txt"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for name, want := range map[string]os.FileMode{"meta": 0o600, "layer-1.data": 0o600, "layer-1.index": 0o600, "notes.txt": 0o644} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != want {
+			t.Errorf("%s: mode %o, want %o", name, st.Mode().Perm(), want)
+		}
+	}
+}

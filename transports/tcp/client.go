@@ -2,6 +2,8 @@ package tcp
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +22,10 @@ type DialConfig struct {
 	ReplicaID proto.ReplicaID
 	// Timeout bounds connecting and the handshake (default 5s).
 	Timeout time.Duration
+	// TLS, when set, runs the link over TLS with this client
+	// configuration (certs.Files.ClientConfig: mutual TLS under the
+	// cluster's CA). ServerName, when empty, is the dialed host.
+	TLS *tls.Config
 }
 
 // NewDialer returns a link.Dialer opening TCP links with cfg.
@@ -57,14 +63,41 @@ func dial(addr string, h link.Handler, cfg DialConfig) (link.Link, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	if cfg.TLS != nil {
+		if conn, err = clientTLS(conn, addr, cfg); err != nil {
+			return nil, fmt.Errorf("replica at %s: %w", addr, err)
+		}
+	}
 	br := bufio.NewReaderSize(conn, readBufferBytes)
 	if err := clientHandshake(conn, br, cfg); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("replica at %s: %w", addr, err)
 	}
+	startBatchingReads(conn)
 	l := &clientLink{conn: conn, h: h, readDone: make(chan struct{})}
 	go l.readLoop(&frameReader{br: br, conn: conn})
 	return l, nil
+}
+
+// clientTLS runs the TLS handshake on conn (closing it on failure).
+func clientTLS(conn net.Conn, addr string, cfg DialConfig) (net.Conn, error) {
+	tcfg := cfg.TLS
+	if tcfg.ServerName == "" {
+		tcfg = tcfg.Clone()
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		tcfg.ServerName = host
+	}
+	tc := newTLSConn(conn, tcfg, false)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
 }
 
 func clientHandshake(conn net.Conn, br *bufio.Reader, cfg DialConfig) error {

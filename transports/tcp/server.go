@@ -11,6 +11,8 @@ package tcp
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"log"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/bufpool"
@@ -42,6 +45,8 @@ var bodyPool = sync.Pool{New: func() any { b := make([]byte, pooledBodyBytes); r
 type Server struct {
 	runner *replicarun.Runner
 	logf   func(format string, args ...any)
+	tls    *tls.Config
+	accept func(net.Conn) error
 
 	mu     sync.Mutex
 	closed bool
@@ -58,6 +63,21 @@ func NewServer(r *replicarun.Runner, logf func(format string, args ...any)) *Ser
 	}
 	return &Server{runner: r, logf: logf, lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
 }
+
+// RequireTLS makes the server accept engines only over TLS with cfg
+// (certs.Files.ServerConfig: a client certificate from the cluster's CA
+// is required, so an engine of another cluster, or none at all, is
+// refused). Call it before Serve.
+func (s *Server) RequireTLS(cfg *tls.Config) { s.tls = cfg }
+
+// AcceptOnly makes the server ask fn about every connection before
+// anything is read from it; an error closes it (logged). drover replica
+// uses it to serve only its own user on loopback without TLS. Call it
+// before Serve.
+func (s *Server) AcceptOnly(fn func(net.Conn) error) { s.accept = fn }
+
+// tlsHandshakeTimeout bounds a connecting engine's TLS handshake.
+const tlsHandshakeTimeout = 10 * time.Second
 
 // Serve accepts connections on ln until ln fails or the server closes;
 // after Close it returns nil.
@@ -144,11 +164,21 @@ func (s *Server) serveConn(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	c := &serverConn{s: s, conn: nc, br: bufio.NewReaderSize(nc, readBufferBytes)}
-	err := c.serve()
-	c.mu.Lock()
-	c.dead = true
-	c.mu.Unlock()
+	var conn net.Conn
+	var err error
+	if s.accept != nil {
+		err = s.accept(nc)
+	}
+	if err == nil {
+		conn, err = s.serverTLS(nc)
+	}
+	if err == nil {
+		c := &serverConn{s: s, conn: conn, br: bufio.NewReaderSize(conn, readBufferBytes)}
+		err = c.serve()
+		c.mu.Lock()
+		c.dead = true
+		c.mu.Unlock()
+	}
 	nc.Close()
 	s.mu.Lock()
 	delete(s.conns, nc)
@@ -159,11 +189,26 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 }
 
+// serverTLS runs the TLS handshake when the server requires TLS.
+func (s *Server) serverTLS(nc net.Conn) (net.Conn, error) {
+	if s.tls == nil {
+		return nc, nil
+	}
+	tc := newTLSConn(nc, s.tls, true)
+	ctx, cancel := context.WithTimeout(context.Background(), tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake (engines need a certificate from this cluster's CA): %w", err)
+	}
+	return tc, nil
+}
+
 // serve runs the connection until it fails; it always returns why.
 func (c *serverConn) serve() error {
 	if err := c.handshake(); err != nil {
 		return err
 	}
+	startBatchingReads(c.conn)
 	fr := &frameReader{br: c.br, conn: c.conn}
 	for {
 		bp := bodyPool.Get().(*[]byte)

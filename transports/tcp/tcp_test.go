@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -56,6 +57,12 @@ type testServer struct {
 // startServer serves a new replica on files under dir over loopback.
 func startServer(t testing.TB, dir string) *testServer {
 	t.Helper()
+	return startServerTLS(t, dir, nil)
+}
+
+// startServerTLS is startServer requiring TLS with tlsCfg (nil: none).
+func startServerTLS(t testing.TB, dir string, tlsCfg *tls.Config) *testServer {
+	t.Helper()
 	st, err := filestore.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +77,9 @@ func startServer(t testing.TB, dir string) *testServer {
 	}
 	logs := &logBook{}
 	srv := NewServer(r, logs.logf)
+	if tlsCfg != nil {
+		srv.RequireTLS(tlsCfg)
+	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close(); r.Close(); st.Close() })
 	return &testServer{addr: ln.Addr().String(), srv: srv, runner: r, logs: logs}

@@ -3,6 +3,7 @@ package nbdbench
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/replicarun"
@@ -67,7 +69,16 @@ func (e *benchEnv) startDroverFile(context.Context) (string, func(), error) {
 // under the run's directory, in this process on in-process links (as
 // drover dev does), fills it, and serves it over NBD.
 func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(), error) {
+	return e.startDroverLocalCrypt(ctx, n, false)
+}
+
+// startDroverLocalCrypt is startDroverLocal, with the volume encrypted
+// (device.Encrypted, a random key) when encrypt is set.
+func (e *benchEnv) startDroverLocalCrypt(ctx context.Context, n int, encrypt bool) (string, func(), error) {
 	base := filepath.Join(e.dir, fmt.Sprintf("drover-%dr", n))
+	if encrypt {
+		base += "-crypt"
+	}
 	var closers []func()
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -89,12 +100,18 @@ func (e *benchEnv) startDroverLocal(ctx context.Context, n int) (string, func(),
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return e.startEngine(ctx, cfg, closers, closeAll)
+	return e.startEngineCrypt(ctx, cfg, closers, closeAll, encrypt)
 }
 
 // startEngine starts an engine on cfg, fills its volume and serves it;
 // closers (already registered in closeAll) close what cfg's links reach.
 func (e *benchEnv) startEngine(ctx context.Context, cfg enginerun.Config, closers []func(), closeAll func()) (string, func(), error) {
+	return e.startEngineCrypt(ctx, cfg, closers, closeAll, false)
+}
+
+// startEngineCrypt is startEngine, serving the volume encrypted when
+// encrypt is set.
+func (e *benchEnv) startEngineCrypt(ctx context.Context, cfg enginerun.Config, closers []func(), closeAll func(), encrypt bool) (string, func(), error) {
 	e.pids = append(e.pids, os.Getpid())
 	d, err := enginerun.New(cfg)
 	if err != nil {
@@ -108,7 +125,15 @@ func (e *benchEnv) startEngine(ctx context.Context, cfg enginerun.Config, closer
 		closeEngine()
 		return "", nil, err
 	}
-	vol := enginerun.NewVolume(d)
+	var vol device.Device = enginerun.NewVolume(d)
+	if encrypt {
+		key := make([]byte, device.CryptKeyBytes)
+		rand.Read(key)
+		if vol, err = device.NewEncrypted(vol, key); err != nil {
+			closeEngine()
+			return "", nil, err
+		}
+	}
 	if err := fill(ctx, vol); err != nil {
 		closeEngine()
 		return "", nil, fmt.Errorf("fill volume: %w", err)
@@ -145,10 +170,20 @@ func fill(ctx context.Context, vol device.Device) error {
 // listening on loopback and an engine in this process that reaches them
 // over TCP.
 func (e *benchEnv) startDroverTCP(ctx context.Context, n int) (string, func(), error) {
+	return e.startDroverRemote(ctx, n, fmt.Sprintf("drover-%dr-tcp", n), false)
+}
+
+func (e *benchEnv) startDroverTLS(ctx context.Context, n int) (string, func(), error) {
+	return e.startDroverRemote(ctx, n, fmt.Sprintf("drover-%dr-tls", n), true)
+}
+
+// startDroverRemote runs n replica processes reached over TCP loopback,
+// with mutual TLS under a CA made for the run when withTLS.
+func (e *benchEnv) startDroverRemote(ctx context.Context, n int, name string, withTLS bool) (string, func(), error) {
 	if len(e.cfg.ReplicaCommand) == 0 {
 		return "", nil, fmt.Errorf("%w: no replica command", errSkip)
 	}
-	base := filepath.Join(e.dir, fmt.Sprintf("drover-%dr-tcp", n))
+	base := filepath.Join(e.dir, name)
 	var closers []func()
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -157,9 +192,23 @@ func (e *benchEnv) startDroverTCP(ctx context.Context, n int) (string, func(), e
 		os.RemoveAll(base)
 	}
 	cfg := enginerun.Config{Volume: "bench", Logger: e.quietLogger()}
+	var dc tcp.DialConfig
+	var tlsArgs []string
+	if withTLS {
+		engine, replica, err := benchPKI(filepath.Join(base, "certs"))
+		if err == nil {
+			dc.TLS, err = engine.ClientConfig()
+		}
+		if err != nil {
+			closeAll()
+			return "", nil, err
+		}
+		tlsArgs = []string{"--tls-cert", replica.Cert, "--tls-key", replica.Key, "--tls-ca", replica.CA}
+	}
 	for i := 1; i <= n; i++ {
 		id := proto.ReplicaID(fmt.Sprintf("r%d", i))
-		addr, stop, err := e.startReplicaProcess(ctx, e.cfg.ReplicaCommand, filepath.Join(base, string(id)), id, e.cfg.SizeBytes)
+		addr, stop, err := e.startReplicaProcess(ctx, append(append([]string{}, e.cfg.ReplicaCommand...), tlsArgs...),
+			filepath.Join(base, string(id)), id, e.cfg.SizeBytes)
 		if err != nil {
 			closeAll()
 			return "", nil, err
@@ -167,9 +216,27 @@ func (e *benchEnv) startDroverTCP(ctx context.Context, n int) (string, func(), e
 		closers = append(closers, stop)
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: id, Addr: addr})
 	}
-	dial := tcp.NewDialer(tcp.DialConfig{})
-	cfg.Dial = dial
+	cfg.Dial = tcp.NewDialer(dc)
 	return e.startEngine(ctx, cfg, closers, closeAll)
+}
+
+// benchPKI makes a CA in dir and certificates for the engine and the
+// replicas (valid for 127.0.0.1).
+func benchPKI(dir string) (engine, replica certs.Files, err error) {
+	now := time.Now()
+	if err := certs.Init(dir, "bench", now); err != nil {
+		return engine, replica, err
+	}
+	files := func(name string) (certs.Files, error) {
+		err := certs.Issue(dir, certs.IssueOptions{Name: name, Hosts: []string{"127.0.0.1"}}, now)
+		return certs.Files{Cert: filepath.Join(dir, certs.CertFile(name)), Key: filepath.Join(dir, certs.KeyFile(name)),
+			CA: filepath.Join(dir, certs.CAFile)}, err
+	}
+	if engine, err = files("engine"); err != nil {
+		return engine, replica, err
+	}
+	replica, err = files("replica")
+	return engine, replica, err
 }
 
 // ReplicaArgs are the arguments appended to Config.ReplicaCommand to run
@@ -218,15 +285,23 @@ func (e *benchEnv) startReplicaProcess(ctx context.Context, command []string, di
 	return strings.TrimSpace(strings.TrimPrefix(line, listeningPrefix)), stop, nil
 }
 
-// ServeReplica runs one replica for TargetDrover3TCP: it creates the
-// replica (args as ReplicaArgs makes them) on a filestore, serves it over
+// ServeReplica runs one replica for TargetDrover3TCP and TargetDrover3TLS:
+// it creates the replica (args as ReplicaArgs makes them, after
+// --tls-cert/--tls-key/--tls-ca for TLS) on a filestore, serves it over
 // TCP on a loopback port, prints "listening ADDR" on out, and serves
 // until stdin reaches EOF (its parent closed it or exited) or ctx ends.
 func ServeReplica(ctx context.Context, args []string, stdin io.Reader, out io.Writer) error {
 	var dir, id string
 	var sizeBytes uint64
+	var tlsFiles certs.Files
 	for i := 0; i+1 < len(args); i += 2 {
 		switch args[i] {
+		case "--tls-cert":
+			tlsFiles.Cert = args[i+1]
+		case "--tls-key":
+			tlsFiles.Key = args[i+1]
+		case "--tls-ca":
+			tlsFiles.CA = args[i+1]
 		case "--dir":
 			dir = args[i+1]
 		case "--id":
@@ -254,6 +329,13 @@ func ServeReplica(ctx context.Context, args []string, stdin io.Reader, out io.Wr
 		return err
 	}
 	srv := tcp.NewServer(r, func(string, ...any) {})
+	if !tlsFiles.Empty() {
+		cfg, err := tlsFiles.ServerConfig()
+		if err != nil {
+			return err
+		}
+		srv.RequireTLS(cfg)
+	}
 	defer srv.Close()
 	go srv.Serve(ln)
 	fmt.Fprintf(out, "%s%s\n", listeningPrefix, ln.Addr())

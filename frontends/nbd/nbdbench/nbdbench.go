@@ -47,10 +47,16 @@ const (
 	// TargetDrover3TCP has three replica processes reached over TCP
 	// loopback; it runs only when Config.ReplicaCommand is set.
 	TargetDrover3TCP = "drover-3r-tcp"
+	// TargetDrover3TLS is TargetDrover3TCP with mutual TLS on every
+	// replica link (a CA and certificates made for the run).
+	TargetDrover3TLS = "drover-3r-tls"
+	// TargetDrover3Crypt is TargetDrover3 encrypted at rest
+	// (device.Encrypted, AES-256-XTS).
+	TargetDrover3Crypt = "drover-3r-crypt"
 )
 
 // AllTargets lists every target in measuring order.
-var AllTargets = []string{TargetRaw, Reference, TargetQemu, TargetDroverFile, TargetDrover1, TargetDrover3, TargetDrover1TCP, TargetDrover3TCP}
+var AllTargets = []string{TargetRaw, Reference, TargetQemu, TargetDroverFile, TargetDrover1, TargetDrover3, TargetDrover3Crypt, TargetDrover1TCP, TargetDrover3TCP, TargetDrover3TLS}
 
 // Workload is one fio job shape.
 type Workload struct {
@@ -260,6 +266,10 @@ func (e *benchEnv) targets() []target {
 			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverTCP(ctx, 1) }
 		case TargetDrover3TCP:
 			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverTCP(ctx, 3) }
+		case TargetDrover3Crypt:
+			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverLocalCrypt(ctx, 3, true) }
+		case TargetDrover3TLS:
+			tg.start = func(ctx context.Context) (string, func(), error) { return e.startDroverTLS(ctx, 3) }
 		}
 		out = append(out, tg)
 	}

@@ -46,7 +46,7 @@ func TestRunSmoke(t *testing.T) {
 	cfg := Config{
 		Dir: t.TempDir(), SizeBytes: 16 << 20, Runtime: time.Second,
 		Workloads:      []Workload{{"randwrite-4k-qd32", "randwrite", 4096, 32}},
-		Targets:        []string{TargetRaw, TargetDrover1, TargetDrover3, TargetDrover3TCP},
+		Targets:        []string{TargetRaw, TargetDrover1, TargetDrover3, TargetDrover3Crypt, TargetDrover3TCP, TargetDrover3TLS},
 		ReplicaCommand: []string{"env", replicaEnv + "=1", exe},
 		Progress:       &progress,
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -57,7 +57,7 @@ func TestRunSmoke(t *testing.T) {
 	}
 	table := rep.Table()
 	t.Log("\n" + table)
-	for _, name := range []string{TargetRaw, Reference, TargetDrover1, TargetDrover3, TargetDrover3TCP} {
+	for _, name := range []string{TargetRaw, Reference, TargetDrover1, TargetDrover3, TargetDrover3Crypt, TargetDrover3TCP, TargetDrover3TLS} {
 		r, ok := rep.find(name, "randwrite-4k-qd32")
 		if !ok || r.IOPS <= 0 {
 			t.Errorf("%s: no result in %+v", name, rep.Results)
@@ -66,10 +66,10 @@ func TestRunSmoke(t *testing.T) {
 			t.Errorf("%s: no ratio vs the reference: %+v", name, r)
 		}
 	}
-	if got := strings.Count(progress.String(), "\n"); got != 5 {
-		t.Errorf("want 5 progress lines, got %d:\n%s", got, progress.String())
+	if got := strings.Count(progress.String(), "\n"); got != 7 {
+		t.Errorf("want 7 progress lines, got %d:\n%s", got, progress.String())
 	}
-	if len(rep.Goals) != 3 { // 1r vs reference, 3r and 3r-tcp vs 1r
+	if len(rep.Goals) != 6 { // 1r vs reference, 3r and 3r-tcp vs 1r, 3r-crypt vs 3r, 3r-tls IOPS and CPU vs 3r-tcp
 		t.Errorf("goals: %+v", rep.Goals)
 	}
 	out, err := json.Marshal(rep)
@@ -79,5 +79,24 @@ func TestRunSmoke(t *testing.T) {
 	var back Report
 	if err := json.Unmarshal(out, &back); err != nil || len(back.Results) != len(rep.Results) {
 		t.Fatalf("JSON round trip: %v", err)
+	}
+}
+
+// TestSecurityGoalsAlone: the encryption and TLS goals are checked when
+// only their targets and baselines ran (no drover-1r).
+func TestSecurityGoalsAlone(t *testing.T) {
+	w := Workload{"randwrite-4k-qd32", "randwrite", 4096, 32}
+	r := &Report{Workloads: []Workload{w}}
+	for name, iops := range map[string]float64{TargetDrover3: 100, TargetDrover3Crypt: 90, TargetDrover3TCP: 100, TargetDrover3TLS: 80} {
+		r.Results = append(r.Results, Result{Target: name, Workload: w.Name, IOPS: iops, ServerCPUus: iops / 10})
+	}
+	goals := r.checkGoals()
+	if len(goals) != 3 {
+		t.Fatalf("goals: %+v", goals)
+	}
+	for _, g := range goals {
+		if want := !strings.Contains(g.Name, TargetDrover3TLS+" randwrite-4k-qd32 IOPS"); g.Met != want {
+			t.Errorf("%s: met %v, want %v (%+v)", g.Name, g.Met, want, g)
+		}
 	}
 }

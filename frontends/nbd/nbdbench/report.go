@@ -53,7 +53,9 @@ func (r *Report) find(target, workload string) (Result, bool) {
 // checkGoals evaluates the goals whose cells were measured: Drover with
 // one replica at ≥1.0× the reference's IOPS at qd32 and ≤1.2× its p50
 // latency at qd1; three replicas at ≥0.5× one replica's random-write
-// IOPS and ≥1.0× its random-read IOPS.
+// IOPS and ≥1.0× its random-read IOPS; three replicas over mutual TLS at
+// ≥0.85× the IOPS and ≤1.2× the CPU per IO of plain TCP at qd32;
+// three replicas encrypted at rest at ≥0.8× the unencrypted IOPS at qd32.
 func (r *Report) checkGoals() []Goal {
 	var goals []Goal
 	add := func(name string, value, want float64, atMost bool) {
@@ -93,6 +95,28 @@ func (r *Report) checkGoals() []Goal {
 			add(fmt.Sprintf("%s %s IOPS vs %s", three, w.Name, base), ratio(x.IOPS, b.IOPS), want, false)
 		}
 	}
+	for _, w := range r.Workloads {
+		if !strings.HasPrefix(w.RW, "rand") || w.BlockBytes != 4096 {
+			continue
+		}
+		// Encryption at rest: at most 20% fewer IOPS than unencrypted at
+		// queue depth 32.
+		if x, ok := r.find(TargetDrover3Crypt, w.Name); ok && w.QueueDepth == 32 {
+			if b, ok := r.find(TargetDrover3, w.Name); ok {
+				add(fmt.Sprintf("%s %s IOPS vs %s", TargetDrover3Crypt, w.Name, TargetDrover3), ratio(x.IOPS, b.IOPS), 0.8, false)
+			}
+		}
+		// Mutual TLS on the replica links: at most 15% fewer IOPS and
+		// 1.2× the CPU per IO of plain TCP at queue depth 32.
+		if x, ok := r.find(TargetDrover3TLS, w.Name); ok && w.QueueDepth == 32 {
+			if b, ok := r.find(TargetDrover3TCP, w.Name); ok {
+				add(fmt.Sprintf("%s %s IOPS vs %s", TargetDrover3TLS, w.Name, TargetDrover3TCP), ratio(x.IOPS, b.IOPS), 0.85, false)
+				if x.ServerCPUus > 0 && b.ServerCPUus > 0 {
+					add(fmt.Sprintf("%s %s cpu/IO vs %s", TargetDrover3TLS, w.Name, TargetDrover3TCP), ratio(x.ServerCPUus, b.ServerCPUus), 1.2, true)
+				}
+			}
+		}
+	}
 	return goals
 }
 
@@ -124,7 +148,7 @@ func (r *Report) Table() string {
 			if !g.Met {
 				verdict = "MISSED"
 			}
-			fmt.Fprintf(&sb, "  %-52s %5.2f× (want %s %.1f×) %s\n", g.Name, g.Value, op, g.Want, verdict)
+			fmt.Fprintf(&sb, "  %-52s %5.2f× (want %s %g×) %s\n", g.Name, g.Value, op, g.Want, verdict)
 		}
 	}
 	return sb.String()
