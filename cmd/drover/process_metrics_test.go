@@ -307,7 +307,13 @@ func TestProcessEngineMetrics(t *testing.T) {
 
 	c.startReplica(2)
 	c.waitModes("r3 rebuilt after restart", "RW", "RW", "RW")
+	// The target reads RW once its promotion is proposed; the rebuild
+	// counts as done when the membership commits, a moment later.
 	s = scrapeMetrics(t, engineMetrics)
+	for deadline := time.Now().Add(10 * time.Second); s.must("drover_volume_rebuilds_total", v, "result=done") < 1 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		s = scrapeMetrics(t, engineMetrics)
+	}
 	if got := s.must("drover_replica_mode", v, "replica=r3", "mode=RW"); got != 1 {
 		t.Errorf("after r3's rebuild: drover_replica_mode{mode=RW} = %v, want 1", got)
 	}
