@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/drover-io/drover/k8s/api/v1alpha1"
+	"github.com/drover-io/drover/k8s/k8stest"
+	"github.com/drover-io/drover/transports/testenv"
+)
+
+// k8sCluster is a real API server with a drover manager and agents as
+// processes, each agent a "node" on its own loopback address and data dir.
+type k8sCluster struct {
+	t       *testing.T
+	env     *k8stest.Env
+	manager *proc
+	agents  map[string]*proc
+	disks   map[string]string
+}
+
+func startK8sCluster(t *testing.T, nodes int) *k8sCluster {
+	env := k8stest.Start(t)
+	c := &k8sCluster{t: t, env: env, agents: map[string]*proc{}, disks: map[string]string{}}
+	// Short timeouts so a killed agent's node goes down, and its replica
+	// stale, within seconds.
+	c.setSetting(v1alpha1.SettingNodeDownGracePeriod, "3s")
+	c.manager = start(t, "manager", nil, "manager", "--kubeconfig", env.Kubeconfig, "--namespace", k8stest.Namespace,
+		"--leader-elect=false", "--resync", "1s")
+	for i := range nodes {
+		name := fmt.Sprintf("node-%c", 'a'+i)
+		c.disks[name] = filepath.Join(t.TempDir(), "disk")
+		c.startAgent(name, i)
+	}
+	return c
+}
+
+func (c *k8sCluster) startAgent(name string, i int) {
+	c.agents[name] = start(c.t, name, nil, "agent", "--kubeconfig", c.env.Kubeconfig, "--namespace", k8stest.Namespace,
+		"--node", name, "--address", fmt.Sprintf("127.0.0.%d", 2+i), "--disk", "default="+c.disks[name], "--heartbeat", "500ms")
+}
+
+func (c *k8sCluster) setSetting(name, value string) {
+	s := &v1alpha1.Setting{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: k8stest.Namespace}, Value: value}
+	if err := c.env.Client.Create(context.Background(), s); err != nil {
+		c.t.Fatalf("setting %s: %v", name, err)
+	}
+}
+
+func (c *k8sCluster) volume(name string) *v1alpha1.Volume {
+	var v v1alpha1.Volume
+	if err := c.env.Client.Get(context.Background(), types.NamespacedName{Namespace: k8stest.Namespace, Name: name}, &v); err != nil {
+		c.t.Fatalf("get volume %s: %v", name, err)
+	}
+	return &v
+}
+
+func (c *k8sCluster) replicas(vol string) []v1alpha1.Replica {
+	var list v1alpha1.ReplicaList
+	if err := c.env.Client.List(context.Background(), &list, client.InNamespace(k8stest.Namespace),
+		client.MatchingLabels{v1alpha1.LabelVolume: vol}); err != nil {
+		c.t.Fatalf("list replicas: %v", err)
+	}
+	return list.Items
+}
+
+// replicaNodes describes a volume's replicas: node:state:mode, sorted.
+func (c *k8sCluster) replicaNodes(vol string) []string {
+	var eng v1alpha1.Engine
+	_ = c.env.Client.Get(context.Background(), types.NamespacedName{Namespace: k8stest.Namespace, Name: vol}, &eng)
+	var out []string
+	for _, r := range c.replicas(vol) {
+		out = append(out, fmt.Sprintf("%s:%s:%s", r.Spec.NodeID, r.Status.CurrentState, eng.Status.ReplicaModeMap[r.Name]))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (c *k8sCluster) patchVolume(name string, fn func(*v1alpha1.Volume)) {
+	v := c.volume(name)
+	patch := client.MergeFrom(v.DeepCopy())
+	fn(v)
+	if err := c.env.Client.Patch(context.Background(), v, patch); err != nil {
+		c.t.Fatalf("patch volume %s: %v", name, err)
+	}
+}
+
+func sha256File(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// TestProcessK8sVolumeLifecycle runs the manager and four agents against
+// a real kube-apiserver: a 3-replica Volume is scheduled on three nodes,
+// attached, written through its NBD endpoint with nbdcopy; one replica's
+// agent is killed -9, and after the stale replica timeout a replacement
+// is scheduled on the fourth node and rebuilt; the data reads back the
+// same; detach and delete leave no replica data on any disk.
+func TestProcessK8sVolumeLifecycle(t *testing.T) {
+	testenv.NeedTools(t, "nbdcopy")
+	c := startK8sCluster(t, 4)
+	ctx := context.Background()
+	size := int64(64 << 20)
+	if env := os.Getenv("DROVER_K8S_E2E_SIZE"); env != "" { // e.g. 1073741824 for the numbers
+		n, err := strconv.ParseInt(env, 10, 64)
+		if err != nil {
+			t.Fatalf("DROVER_K8S_E2E_SIZE: %v", err)
+		}
+		size = n
+	}
+	three := int32(3)
+	vol := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "vol1", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.VolumeSpec{Size: size, NumberOfReplicas: &three,
+			StaleReplicaTimeout: &metav1.Duration{Duration: 3 * time.Second}}}
+	created := time.Now()
+	if err := c.env.Client.Create(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "three replicas running on three nodes", func() (bool, string) {
+		got := c.replicaNodes("vol1")
+		return strings.Join(got, " ") == "node-a:running: node-b:running: node-c:running:", fmt.Sprint(got)
+	})
+	t.Logf("volume created -> 3 replicas running: %v", time.Since(created).Round(time.Millisecond))
+
+	attach := time.Now()
+	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.NodeID = "node-a" })
+	var endpoint string
+	eventually(t, "attached and healthy", func() (bool, string) {
+		v := c.volume("vol1")
+		endpoint = v.Status.Endpoint
+		return v.Status.State == v1alpha1.VolumeAttached && v.Status.Robustness == v1alpha1.RobustnessHealthy && endpoint != "",
+			fmt.Sprintf("%s %s %v", v.Status.State, v.Status.Robustness, c.replicaNodes("vol1"))
+	})
+	t.Logf("attach -> 3 replicas RW: %v (endpoint %s)", time.Since(attach).Round(time.Millisecond), endpoint)
+
+	dir := t.TempDir()
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	in := filepath.Join(dir, "in.bin")
+	if err := os.WriteFile(in, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nbdcopy", in, endpoint).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy to the volume: %v\n%s", err, out)
+	}
+
+	killed := time.Now()
+	c.agents["node-c"].kill()
+	eventually(t, "a replacement replica RW on node-d", func() (bool, string) {
+		got := c.replicaNodes("vol1")
+		return strings.Join(got, " ") == "node-a:running:RW node-b:running:RW node-d:running:RW", fmt.Sprint(got)
+	})
+	t.Logf("agent killed -> replacement RW: %v", time.Since(killed).Round(time.Millisecond))
+
+	back := filepath.Join(dir, "back.bin")
+	if out, err := exec.Command("nbdcopy", endpoint, back).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy from the volume: %v\n%s", err, out)
+	}
+	if got, want := sha256File(t, back), sha256File(t, in); got != want {
+		t.Fatalf("data read back differs: %s, wrote %s", got, want)
+	}
+
+	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.NodeID = "" })
+	eventually(t, "detached", func() (bool, string) {
+		v := c.volume("vol1")
+		return v.Status.State == v1alpha1.VolumeDetached, string(v.Status.State)
+	})
+	// Every replica, the rebuilt one too, holds exactly what was written:
+	// stop the agents and read each replica's directory.
+	for _, rep := range c.replicas("vol1") {
+		c.agents[rep.Spec.NodeID].stop()
+		dir := filepath.Join(rep.Spec.DiskPath, "replicas", rep.Name)
+		sum := strings.Fields(runDrover(t, "replica", "checksum", "--dir", dir))[0]
+		if want := sha256File(t, in); sum != want {
+			t.Errorf("replica %s on %s holds %s, wrote %s", rep.Name, rep.Spec.NodeID, sum, want)
+		}
+		c.startAgent(rep.Spec.NodeID, int(rep.Spec.NodeID[len(rep.Spec.NodeID)-1]-'a'))
+	}
+	// node-c comes back: its agent removes the data of the replica that
+	// was replaced while it was down.
+	c.startAgent("node-c", 2)
+	if err := c.env.Client.Delete(ctx, c.volume("vol1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "volume and replicas gone", func() (bool, string) {
+		var v v1alpha1.Volume
+		err := c.env.Client.Get(ctx, types.NamespacedName{Namespace: k8stest.Namespace, Name: "vol1"}, &v)
+		return client.IgnoreNotFound(err) == nil && err != nil && len(c.replicas("vol1")) == 0, fmt.Sprint(c.replicaNodes("vol1"))
+	})
+	eventually(t, "no replica data on any disk", func() (bool, string) {
+		var left []string
+		for node, disk := range c.disks {
+			entries, _ := os.ReadDir(filepath.Join(disk, "replicas"))
+			for _, e := range entries {
+				left = append(left, node+"/"+e.Name())
+			}
+		}
+		return len(left) == 0, fmt.Sprint(left)
+	})
+}
