@@ -91,6 +91,28 @@ func (c *k8sCluster) replicaNodes(vol string) []string {
 	return out
 }
 
+// snapshots lists a volume's Snapshot objects as name:ready|pending.
+func (c *k8sCluster) snapshots(vol string) []string {
+	var list v1alpha1.SnapshotList
+	if err := c.env.Client.List(context.Background(), &list, client.InNamespace(k8stest.Namespace),
+		client.MatchingLabels{v1alpha1.LabelVolume: vol}); err != nil {
+		c.t.Fatalf("list snapshots: %v", err)
+	}
+	var out []string
+	for _, s := range list.Items {
+		state := "pending"
+		if s.Status.ReadyToUse {
+			state = "ready"
+		}
+		if !s.DeletionTimestamp.IsZero() {
+			state = "deleting"
+		}
+		out = append(out, s.Name+":"+state)
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (c *k8sCluster) patchVolume(name string, fn func(*v1alpha1.Volume)) {
 	v := c.volume(name)
 	patch := client.MergeFrom(v.DeepCopy())
@@ -136,14 +158,28 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 	if err := c.env.Client.Create(ctx, vol); err != nil {
 		t.Fatal(err)
 	}
+	var placed []string // the replicas' nodes
 	eventually(t, "three replicas running on three nodes", func() (bool, string) {
 		got := c.replicaNodes("vol1")
-		return strings.Join(got, " ") == "node-a:running: node-b:running: node-c:running:", fmt.Sprint(got)
+		placed = nil
+		for _, r := range got {
+			node, state, _ := strings.Cut(r, ":")
+			if state == "running:" && (len(placed) == 0 || placed[len(placed)-1] != node) {
+				placed = append(placed, node)
+			}
+		}
+		return len(placed) == 3 && len(got) == 3, fmt.Sprint(got)
 	})
+	attachTo, victim, spare := placed[0], placed[2], ""
+	for node := range c.agents {
+		if !strings.Contains(strings.Join(placed, " "), node) {
+			spare = node
+		}
+	}
 	t.Logf("volume created -> 3 replicas running: %v", time.Since(created).Round(time.Millisecond))
 
 	attach := time.Now()
-	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.NodeID = "node-a" })
+	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.NodeID = attachTo })
 	var endpoint string
 	eventually(t, "attached and healthy", func() (bool, string) {
 		v := c.volume("vol1")
@@ -167,11 +203,32 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		t.Fatalf("nbdcopy to the volume: %v\n%s", err, out)
 	}
 
+	// A recurring snapshot job with retain 2 runs every second and keeps
+	// the newest two snapshots of the volume.
+	job := &v1alpha1.RecurringJob{ObjectMeta: metav1.ObjectMeta{Name: "snap", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.RecurringJobSpec{Task: v1alpha1.RecurringJobSnapshot, Cron: "@every 1s", Retain: 2, Groups: []string{"default"}}}
+	if err := c.env.Client.Create(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "four runs of the job, two snapshots kept", func() (bool, string) {
+		if err := c.env.Client.Get(ctx, client.ObjectKeyFromObject(job), job); err != nil {
+			return false, err.Error()
+		}
+		snaps := c.snapshots("vol1")
+		return job.Status.ExecutionCount >= 4 && len(snaps) == 2 && strings.Count(strings.Join(snaps, " "), ":ready") == 2,
+			fmt.Sprintf("runs %d, snapshots %v", job.Status.ExecutionCount, snaps)
+	})
+	if err := c.env.Client.Delete(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+
 	killed := time.Now()
-	c.agents["node-c"].kill()
-	eventually(t, "a replacement replica RW on node-d", func() (bool, string) {
+	c.agents[victim].kill()
+	eventually(t, "a replacement replica RW on "+spare, func() (bool, string) {
 		got := c.replicaNodes("vol1")
-		return strings.Join(got, " ") == "node-a:running:RW node-b:running:RW node-d:running:RW", fmt.Sprint(got)
+		want := []string{placed[0] + ":running:RW", placed[1] + ":running:RW", spare + ":running:RW"}
+		sort.Strings(want)
+		return strings.Join(got, " ") == strings.Join(want, " "), fmt.Sprint(got)
 	})
 	t.Logf("agent killed -> replacement RW: %v", time.Since(killed).Round(time.Millisecond))
 
@@ -199,9 +256,9 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		}
 		c.startAgent(rep.Spec.NodeID, int(rep.Spec.NodeID[len(rep.Spec.NodeID)-1]-'a'))
 	}
-	// node-c comes back: its agent removes the data of the replica that
-	// was replaced while it was down.
-	c.startAgent("node-c", 2)
+	// The killed node comes back: its agent removes the data of the
+	// replica that was replaced while it was down.
+	c.startAgent(victim, int(victim[len(victim)-1]-'a'))
 	if err := c.env.Client.Delete(ctx, c.volume("vol1")); err != nil {
 		t.Fatal(err)
 	}

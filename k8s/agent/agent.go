@@ -103,6 +103,9 @@ func New(restCfg *rest.Config, c Config) (manager.Manager, *Agent, error) {
 	if err := ctrl.NewControllerManagedBy(mgr).Named("engine").For(&v1alpha1.Engine{}).Complete(&engineReconciler{a}); err != nil {
 		return nil, nil, fmt.Errorf("engine controller: %w", err)
 	}
+	if err := (&snapshotReconciler{a}).setup(mgr); err != nil {
+		return nil, nil, fmt.Errorf("snapshot controller: %w", err)
+	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
 		a.stopAll()

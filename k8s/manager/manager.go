@@ -9,6 +9,9 @@
 //     default at start.
 //   - nodes: marks a Node not Ready when its agent's heartbeat is older
 //     than the node-down-grace-period Setting.
+//   - recurring jobs: on the cron schedule, a Snapshot of every attached
+//     volume in the job's groups; the job's snapshots beyond retain are
+//     deleted.
 //   - volumes: finalizer, replica scheduling (k8s/schedule) and
 //     replenishment, failed-replica marking and stale-replica removal
 //     (never the last healthy copy), the engine on the attaching node,
@@ -93,6 +96,9 @@ func New(cfg *rest.Config, c Config) (manager.Manager, error) {
 	}
 	if err := (&nodeReconciler{Client: mgr.GetClient(), ns: c.Namespace}).setup(mgr); err != nil {
 		return nil, fmt.Errorf("node controller: %w", err)
+	}
+	if err := (&recurringJobReconciler{Client: mgr.GetClient(), ns: c.Namespace}).setup(mgr); err != nil {
+		return nil, fmt.Errorf("recurring job controller: %w", err)
 	}
 	vr := &volumeReconciler{Client: mgr.GetClient(), ns: c.Namespace, resync: c.Resync}
 	if err := vr.setup(mgr); err != nil {

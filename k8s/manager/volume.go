@@ -496,6 +496,9 @@ func (r *volumeReconciler) finalize(ctx context.Context, vol *v1alpha1.Volume) (
 			return ctrl.Result{}, fmt.Errorf("status of %s: %w", vol.Name, err)
 		}
 	}
+	if err := r.deleteSnapshots(ctx, vol); err != nil {
+		return ctrl.Result{}, err
+	}
 	sel := []client.DeleteAllOfOption{client.InNamespace(vol.Namespace), client.MatchingLabels{v1alpha1.LabelVolume: vol.Name}}
 	if err := r.DeleteAllOf(ctx, &v1alpha1.Engine{}, sel...); err != nil {
 		return ctrl.Result{}, fmt.Errorf("delete engine of %s: %w", vol.Name, err)
@@ -538,4 +541,29 @@ func (r *volumeReconciler) finalize(ctx context.Context, vol *v1alpha1.Volume) (
 		return ctrl.Result{}, fmt.Errorf("remove finalizer of %s: %w", vol.Name, err)
 	}
 	return ctrl.Result{}, nil
+}
+
+// deleteSnapshots deletes a deleted volume's Snapshot objects, releasing
+// the agent's finalizer: their data goes with the replicas.
+func (r *volumeReconciler) deleteSnapshots(ctx context.Context, vol *v1alpha1.Volume) error {
+	var snaps v1alpha1.SnapshotList
+	if err := r.List(ctx, &snaps, client.InNamespace(vol.Namespace)); err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	for i := range snaps.Items {
+		s := &snaps.Items[i]
+		if s.Spec.Volume != vol.Name {
+			continue
+		}
+		patch := client.MergeFrom(s.DeepCopy())
+		if controllerutil.RemoveFinalizer(s, agentFinalizer) {
+			if err := r.Patch(ctx, s, patch); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("release snapshot %s: %w", s.Name, err)
+			}
+		}
+		if err := r.Delete(ctx, s); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete snapshot %s: %w", s.Name, err)
+		}
+	}
+	return nil
 }

@@ -20,9 +20,10 @@ type RecurringJobSpec struct {
 	// Task is what each run makes: a snapshot, or a snapshot and its backup.
 	Task RecurringJobTask `json:"task"`
 	// Cron is the schedule in the standard five-field cron syntax
-	// (minute hour day-of-month month day-of-week), in UTC.
+	// (minute hour day-of-month month day-of-week), in UTC, or a
+	// descriptor: @hourly, @daily, @weekly, @monthly, @every DURATION.
 	// +kubebuilder:validation:MaxLength=128
-	// +kubebuilder:validation:XValidation:rule="self.split(' ').filter(f, f != '').size() == 5",message="cron must have five fields: minute hour day-of-month month day-of-week"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || self.split(' ').filter(f, f != '').size() == 5",message="cron must have five fields (minute hour day-of-month month day-of-week) or be a descriptor such as @hourly or @every 10m"
 	Cron string `json:"cron"`
 	// Retain is how many of the job's snapshots or backups each volume
 	// keeps; older ones are deleted.
