@@ -58,7 +58,7 @@ export SIM_SEED_WINDOW
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: k8s-bins crds test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: k8s-bins crds k8s-scale test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -76,6 +76,7 @@ help:
 	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
 	@echo "make versitygw build the S3 server the backup tests use into bin/ (make test does)"
 	@echo "make k8s-bins  build kube-apiserver $(K8S_VERSION), etcd $(ETCD_VERSION), controller-gen $(CONTROLLER_TOOLS_VERSION) into bin/ via $(K8S_BIN_CACHE) (make test does)"
+	@echo "make k8s-scale the manager's memory with K8S_SCALE (default $(K8S_SCALE)) volumes against none, in one run"
 	@echo "make crds      regenerate deploy/crds and k8s/api's deepcopy code with controller-gen"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
@@ -157,6 +158,13 @@ $(K8S_BINS_STAMP): k8s/hack/build-bins.sh
 # types; k8s/api's TestCRDsUpToDate fails when they drift.
 crds: $(K8S_BINS_STAMP)
 	$(BIN)/controller-gen object paths=./k8s/api/... crd paths=./k8s/api/... output:crd:artifacts:config=deploy/crds
+
+# k8s-scale measures the manager process's memory with K8S_SCALE volumes
+# (three replicas each, on Node objects without agents) against its
+# memory with none, and the time to place them all.
+K8S_SCALE           ?= 100
+k8s-scale: $(K8S_BINS_STAMP)
+	DROVER_K8S_SCALE=$(K8S_SCALE) $(GO) test -count=1 -timeout 10m -run '^TestProcessK8sManagerScale$$' -v ./cmd/drover
 
 sim-long:
 	SIM_SEEDS=$(SIM_LONG_SEEDS) $(GO) test -count=1 -timeout $(SIM_LONG_TIMEOUT) -run '^TestSeeds$$' -v ./sim/ | grep -v '^=== '

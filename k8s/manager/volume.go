@@ -7,12 +7,14 @@ import (
 	"sort"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -43,6 +45,10 @@ func (r *volumeReconciler) setup(mgr ctrl.Manager) error {
 		return out
 	})
 	return ctrl.NewControllerManagedBy(mgr).Named("volume").
+		// One worker: placements are computed from the cache, and serial
+		// reconciles let each see the replicas the one before created
+		// (once the cache has them) when summing what a disk holds.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
 		For(&v1alpha1.Volume{}).
 		Owns(&v1alpha1.Replica{}).
 		Owns(&v1alpha1.Engine{}).
@@ -427,6 +433,7 @@ func mapsEqual(a, b map[string]string) bool {
 func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, schedErr error) error {
 	vol := v.vol
 	patch := client.MergeFrom(vol.DeepCopy())
+	before := *vol.Status.DeepCopy()
 	st := &vol.Status
 	st.ObservedGeneration = vol.Generation
 	healthy := 0
@@ -468,6 +475,9 @@ func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, sched
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "ReplicaSchedulingFailed", schedErr.Error()
 	}
 	meta.SetStatusCondition(&st.Conditions, cond)
+	if equality.Semantic.DeepEqual(before, vol.Status) {
+		return nil // most resyncs change nothing: send nothing
+	}
 	if err := r.Status().Patch(ctx, vol, patch); err != nil {
 		return fmt.Errorf("status of %s: %w", vol.Name, err)
 	}
