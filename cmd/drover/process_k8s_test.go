@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -222,6 +223,26 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A backup of the volume to a directory target.
+	bt := &v1alpha1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.BackupTargetSpec{URL: t.TempDir()}}
+	if err := c.env.Client.Create(ctx, bt); err != nil {
+		t.Fatal(err)
+	}
+	bk := &v1alpha1.Backup{ObjectMeta: metav1.ObjectMeta{Name: "b1", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.BackupSpec{Volume: "vol1"}}
+	if err := c.env.Client.Create(ctx, bk); err != nil {
+		t.Fatal(err)
+	}
+	backedUp := time.Now()
+	eventually(t, "the backup completed", func() (bool, string) {
+		if err := c.env.Client.Get(ctx, client.ObjectKeyFromObject(bk), bk); err != nil {
+			return false, err.Error()
+		}
+		return bk.Status.State == v1alpha1.BackupCompleted && bk.Status.URL != "", fmt.Sprintf("%+v", bk.Status)
+	})
+	t.Logf("backup of %d MiB: %v (%s)", size>>20, time.Since(backedUp).Round(time.Millisecond), bk.Status.URL)
+
 	killed := time.Now()
 	c.agents[victim].kill()
 	eventually(t, "a replacement replica RW on "+spare, func() (bool, string) {
@@ -238,6 +259,33 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 	}
 	if got, want := sha256File(t, back), sha256File(t, in); got != want {
 		t.Fatalf("data read back differs: %s, wrote %s", got, want)
+	}
+
+	// A volume restored from the backup holds the same bytes.
+	restored := time.Now()
+	two := int32(2)
+	vol2 := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "vol2", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.VolumeSpec{Size: size, NumberOfReplicas: &two, FromBackup: bk.Status.URL, NodeID: attachTo}}
+	if err := c.env.Client.Create(ctx, vol2); err != nil {
+		t.Fatal(err)
+	}
+	var endpoint2 string
+	eventually(t, "vol2 restored and attached", func() (bool, string) {
+		v := c.volume("vol2")
+		endpoint2 = v.Status.Endpoint
+		return v.Status.State == v1alpha1.VolumeAttached && meta.IsStatusConditionTrue(v.Status.Conditions, v1alpha1.VolumeConditionRestored) &&
+			endpoint2 != "", fmt.Sprintf("%s %v", v.Status.State, v.Status.Conditions)
+	})
+	t.Logf("restore of %d MiB into a new 2-replica volume, created -> attached: %v", size>>20, time.Since(restored).Round(time.Millisecond))
+	back2 := filepath.Join(dir, "back2.bin")
+	if out, err := exec.Command("nbdcopy", endpoint2, back2).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy from vol2: %v\n%s", err, out)
+	}
+	if got, want := sha256File(t, back2), sha256File(t, in); got != want {
+		t.Fatalf("restored volume holds %s, the backed-up one %s", got, want)
+	}
+	if err := c.env.Client.Delete(ctx, c.volume("vol2")); err != nil {
+		t.Fatal(err)
 	}
 
 	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.NodeID = "" })

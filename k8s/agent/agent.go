@@ -106,6 +106,9 @@ func New(restCfg *rest.Config, c Config) (manager.Manager, *Agent, error) {
 	if err := (&snapshotReconciler{a}).setup(mgr); err != nil {
 		return nil, nil, fmt.Errorf("snapshot controller: %w", err)
 	}
+	if err := (&backupReconciler{a}).setup(mgr); err != nil {
+		return nil, nil, fmt.Errorf("backup controller: %w", err)
+	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
 		a.stopAll()

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -17,6 +18,8 @@ import (
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
+	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -32,10 +35,17 @@ type engineInstance struct {
 	nbd      *nbd.Server
 	endpoint string
 	served   chan struct{} // closed when the NBD server stops
+	grpc     *grpc.Server  // the control API (drover volume/snapshot/backup --control)
+	ctlAddr  string
+	ctl      controlpb.ControlClient
+	ctlConn  *grpc.ClientConn
 
-	mu      sync.Mutex
-	members map[string]string // replica name -> address the engine was given
-	adding  map[string]bool   // replicas being added (rebuilt)
+	mu         sync.Mutex
+	members    map[string]string // replica name -> address the engine was given
+	adding     map[string]bool   // replicas being added (rebuilt)
+	restoring  bool              // a restore runs
+	restored   string            // the RestoreFrom written into the volume
+	restoreErr error             // why the last restore failed
 }
 
 func (e *engineInstance) stop(log *slog.Logger) {
@@ -43,6 +53,8 @@ func (e *engineInstance) stop(log *slog.Logger) {
 	defer cancel()
 	_ = e.nbd.Shutdown(ctx)
 	<-e.served
+	e.grpc.Stop()
+	_ = e.ctlConn.Close()
 	if err := e.vol.Flush(ctx); err != nil {
 		log.Warn("engine final flush", "err", err)
 	}
@@ -95,6 +107,25 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		_, err := er.status(ctx, &eng, v1alpha1.InstanceStarting, "", nil, "")
 		return ctrl.Result{RequeueAfter: statusPoll / 4}, err
 	}
+	if want := eng.Spec.RestoreFrom; want != "" && eng.Status.RestoredFrom != want {
+		done, err := a.restoreStep(inst, eng.Name, want, eng.Spec.RestoreTarget)
+		if !done {
+			msg := "restoring " + want
+			if err != nil {
+				msg = err.Error()
+			}
+			_, serr := er.status(ctx, &eng, v1alpha1.InstanceStarting, "", nil, msg)
+			if serr != nil {
+				return ctrl.Result{}, serr
+			}
+			return ctrl.Result{RequeueAfter: statusPoll}, err
+		}
+		patch := client.MergeFrom(eng.DeepCopy())
+		eng.Status.RestoredFrom = want
+		if err := a.client.Status().Patch(ctx, &eng, patch); err != nil {
+			return ctrl.Result{}, fmt.Errorf("status of engine %s: %w", eng.Name, err)
+		}
+	}
 	info, err := inst.driver.Info(ctx)
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("engine %s info: %w", eng.Name, err)
@@ -111,10 +142,16 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 
 func (er *engineReconciler) status(ctx context.Context, eng *v1alpha1.Engine, state v1alpha1.InstanceState, endpoint string,
 	modes map[string]v1alpha1.ReplicaMode, msg string) (ctrl.Result, error) {
-	if eng.Status.CurrentState == state && eng.Status.Endpoint == endpoint && eng.Status.Message == msg && modesEqual(eng.Status.ReplicaModeMap, modes) {
+	ctlAddr := ""
+	if inst := er.a.engineInstance(eng.Name); inst != nil && state != v1alpha1.InstanceStopped {
+		ctlAddr = inst.ctlAddr
+	}
+	if eng.Status.CurrentState == state && eng.Status.Endpoint == endpoint && eng.Status.Message == msg &&
+		modesEqual(eng.Status.ReplicaModeMap, modes) && eng.Status.ControlAddress == ctlAddr {
 		return ctrl.Result{}, nil
 	}
 	patch := client.MergeFrom(eng.DeepCopy())
+	eng.Status.ControlAddress = ctlAddr
 	eng.Status.CurrentState, eng.Status.Endpoint, eng.Status.Message = state, endpoint, msg
 	eng.Status.ReplicaModeMap = modes
 	if err := er.a.client.Status().Patch(ctx, eng, patch); err != nil {
@@ -170,8 +207,25 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 		d.Close()
 		return nil, fmt.Errorf("engine %s: NBD listen: %w", eng.Name, err)
 	}
+	ctlLis, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Address, "0"))
+	if err != nil {
+		lis.Close()
+		d.Close()
+		return nil, fmt.Errorf("engine %s: control API listen: %w", eng.Name, err)
+	}
+	gs := grpc.NewServer(control.ServerOptions()...)
+	control.NewServer(vol).Register(gs)
+	go func() { _ = gs.Serve(ctlLis) }()
+	ctl, conn, err := control.Dial(ctlLis.Addr().String())
+	if err != nil {
+		gs.Stop()
+		lis.Close()
+		d.Close()
+		return nil, fmt.Errorf("engine %s: control API: %w", eng.Name, err)
+	}
 	inst := &engineInstance{driver: d, vol: vol, nbd: srv, endpoint: nbd.TCPURI(lis.Addr().String(), eng.Spec.VolumeName),
-		served: make(chan struct{}), members: map[string]string{}, adding: map[string]bool{}}
+		served: make(chan struct{}), members: map[string]string{}, adding: map[string]bool{},
+		grpc: gs, ctlAddr: ctlLis.Addr().String(), ctl: ctl, ctlConn: conn}
 	for _, r := range reps {
 		inst.members[string(r.ID)] = r.Addr
 	}

@@ -380,6 +380,13 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 			Labels: map[string]string{v1alpha1.LabelVolume: v.vol.Name, v1alpha1.LabelNode: target}},
 			Spec: v1alpha1.EngineSpec{VolumeName: v.vol.Name, VolumeSize: v.vol.Spec.Size, NodeID: target,
 				Frontend: v.vol.Spec.Frontend, DesiredState: v1alpha1.DesiredRunning, ReplicaAddressMap: addrs}}
+		if from := v.vol.Spec.FromBackup; from != "" && !meta.IsStatusConditionTrue(v.vol.Status.Conditions, v1alpha1.VolumeConditionRestored) {
+			var bt v1alpha1.BackupTarget
+			if err := r.Get(ctx, types.NamespacedName{Namespace: v.vol.Namespace, Name: "default"}, &bt); err != nil {
+				return fmt.Errorf("volume %s restores from a backup: backup target \"default\": %w", v.vol.Name, err)
+			}
+			eng.Spec.RestoreFrom, eng.Spec.RestoreTarget = from, bt.Spec.URL
+		}
 		if err := controllerutil.SetControllerReference(v.vol, eng, r.Scheme()); err != nil {
 			return err
 		}
@@ -475,6 +482,21 @@ func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, sched
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "ReplicaSchedulingFailed", schedErr.Error()
 	}
 	meta.SetStatusCondition(&st.Conditions, cond)
+	if from := vol.Spec.FromBackup; from != "" && !meta.IsStatusConditionTrue(st.Conditions, v1alpha1.VolumeConditionRestored) {
+		rc := metav1.Condition{Type: v1alpha1.VolumeConditionRestored, Status: metav1.ConditionFalse,
+			Reason: "WaitingForAttach", Message: "the backup is restored the first time the volume is attached",
+			ObservedGeneration: vol.Generation}
+		switch {
+		case v.engine != nil && v.engine.Status.RestoredFrom == from:
+			rc.Status, rc.Reason, rc.Message = metav1.ConditionTrue, "Restored", "restored from "+from
+		case v.engine != nil:
+			rc.Reason, rc.Message = "Restoring", "restoring "+from
+			if msg := v.engine.Status.Message; msg != "" {
+				rc.Message = msg
+			}
+		}
+		meta.SetStatusCondition(&st.Conditions, rc)
+	}
 	if equality.Semantic.DeepEqual(before, vol.Status) {
 		return nil // most resyncs change nothing: send nothing
 	}

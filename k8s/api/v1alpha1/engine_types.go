@@ -38,6 +38,14 @@ type EngineSpec struct {
 	// +kubebuilder:default=stopped
 	// +optional
 	DesiredState DesiredState `json:"desiredState,omitempty"`
+	// RestoreFrom is a backup (VOLUME/ID or VOLUME/latest) the engine
+	// writes into the volume before serving it, in the object store at
+	// RestoreTarget; set while the volume's fromBackup is not restored.
+	// +optional
+	RestoreFrom string `json:"restoreFrom,omitempty"`
+	// RestoreTarget is the backup target's URL for RestoreFrom.
+	// +optional
+	RestoreTarget string `json:"restoreTarget,omitempty"`
 	// ReplicaAddressMap maps each Replica's name to its data address
 	// (host:port) for the replicas the engine should open.
 	// +optional
@@ -58,6 +66,10 @@ type EngineStatus struct {
 	// ReplicaModeMap maps each Replica's name to its mode in the engine.
 	// +optional
 	ReplicaModeMap map[string]ReplicaMode `json:"replicaModeMap,omitempty"`
+	// RestoredFrom is the RestoreFrom the engine has written into the
+	// volume.
+	// +optional
+	RestoredFrom string `json:"restoredFrom,omitempty"`
 	// Restarts counts how often the agent restarted the instance.
 	// +optional
 	Restarts int32 `json:"restarts,omitempty"`

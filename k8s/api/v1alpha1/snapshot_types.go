@@ -71,13 +71,15 @@ const (
 	BackupError      BackupState = "Error"
 )
 
-// BackupSpec asks for a backup of a snapshot to the backup target.
+// BackupSpec asks for a backup of a volume to a backup target. The agent
+// hosting the volume's engine takes a snapshot and backs it up, uploading
+// only the chunks changed since the volume's last backup in the target.
 type BackupSpec struct {
-	// SnapshotName is the Snapshot to back up.
+	// Volume is the Volume to back up; it must be attached.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="snapshotName is immutable"
-	SnapshotName string `json:"snapshotName"`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="volume is immutable"
+	Volume string `json:"volume"`
 	// BackupTarget names the BackupTarget to write to.
 	// +kubebuilder:default=default
 	// +optional
@@ -92,9 +94,13 @@ type BackupStatus struct {
 	// State is where the backup is.
 	// +optional
 	State BackupState `json:"state,omitempty"`
-	// URL names the backup in its target; a Volume's fromBackup takes it.
+	// URL names the backup in its target as VOLUME/ID; a Volume's
+	// fromBackup takes it.
 	// +optional
 	URL string `json:"url,omitempty"`
+	// SnapshotName is the volume snapshot the backup read.
+	// +optional
+	SnapshotName string `json:"snapshotName,omitempty"`
 	// Progress is the percentage of the snapshot uploaded.
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100
@@ -116,10 +122,10 @@ type BackupStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=db,categories=drover
-// +kubebuilder:printcolumn:name="Snapshot",type=string,JSONPath=`.spec.snapshotName`
+// +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.volume`
 // +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
 // +kubebuilder:printcolumn:name="Progress",type=integer,JSONPath=`.status.progress`
-// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`,priority=1
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Backup struct {
 	metav1.TypeMeta   `json:",inline"`

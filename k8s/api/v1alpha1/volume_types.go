@@ -106,7 +106,11 @@ type VolumeSpec struct {
 	// +optional
 	StaleReplicaTimeout *metav1.Duration `json:"staleReplicaTimeout,omitempty"`
 
-	// FromBackup is the URL of a backup the volume starts from (restore).
+	// FromBackup is a backup the volume starts from, as VOLUME/ID (a
+	// Backup's status.url) or VOLUME/latest, in the BackupTarget named
+	// "default". The backup is restored the first time the volume is
+	// attached, before its endpoint is published; the Restored condition
+	// says when it is done.
 	// +optional
 	// +kubebuilder:validation:MaxLength=1024
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="fromBackup is immutable"

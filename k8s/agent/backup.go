@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/drover-io/drover/core/backup"
+	"github.com/drover-io/drover/k8s/api/v1alpha1"
+	"github.com/drover-io/drover/transports/backuprun"
+	"github.com/drover-io/drover/transports/objstore"
+)
+
+// openRepo opens a backup target by URL (a directory or s3://...), with
+// credentials from the agent's environment (AWS_ACCESS_KEY_ID, ...).
+func openRepo(ctx context.Context, url string) (*backuprun.Repo, error) {
+	creds, err := objstore.CredentialsFromEnv("")
+	if err != nil {
+		return nil, err
+	}
+	s, err := objstore.Open(ctx, url, creds)
+	if err != nil {
+		return nil, fmt.Errorf("backup target %s: %w", url, err)
+	}
+	return backuprun.NewRepo(s), nil
+}
+
+// manifest finds backup ref (VOLUME/ID or VOLUME/latest) in repo.
+func manifest(ctx context.Context, repo *backuprun.Repo, ref string) (*backup.Manifest, error) {
+	vol, id, ok := strings.Cut(ref, "/")
+	if !ok || vol == "" || id == "" {
+		return nil, fmt.Errorf("backup %q: want VOLUME/ID or VOLUME/latest", ref)
+	}
+	if id != "latest" {
+		return repo.Manifest(ctx, vol, id)
+	}
+	m, err := repo.Latest(ctx, vol)
+	if err == nil && m == nil {
+		err = fmt.Errorf("%w: volume %s has none", backuprun.ErrNoBackup, vol)
+	}
+	return m, err
+}
+
+// restoreStep runs the restore of ref into the engine's volume in the
+// background: it reports done once it has succeeded, and the last
+// failure (retried at the next call) otherwise.
+func (a *Agent) restoreStep(inst *engineInstance, name, ref, target string) (bool, error) {
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	switch {
+	case inst.restored == ref:
+		return true, nil
+	case inst.restoring:
+		return false, nil
+	}
+	err := inst.restoreErr
+	inst.restoring, inst.restoreErr = true, nil
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
+		defer cancel()
+		rerr := func() error {
+			repo, err := openRepo(ctx, target)
+			if err != nil {
+				return err
+			}
+			m, err := manifest(ctx, repo, ref)
+			if err != nil {
+				return err
+			}
+			return repo.Restore(ctx, m, backuprun.Control{C: inst.ctl}, backuprun.RestoreOptions{})
+		}()
+		inst.mu.Lock()
+		inst.restoring = false
+		if rerr == nil {
+			inst.restored = ref
+			a.log.Info("backup restored", "engine", name, "backup", ref)
+		} else {
+			inst.restoreErr = fmt.Errorf("restore %s: %w", ref, rerr)
+			a.log.Warn("restore", "engine", name, "backup", ref, "err", rerr)
+		}
+		inst.mu.Unlock()
+	}()
+	return false, err
+}
+
+// backupReconciler runs the Backups of the volumes whose engines run on
+// this node.
+type backupReconciler struct{ a *Agent }
+
+func (br *backupReconciler) setup(mgr ctrl.Manager) error {
+	backupsOfEngine := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+		var list v1alpha1.BackupList
+		if err := br.a.client.List(ctx, &list, client.InNamespace(obj.GetNamespace())); err != nil {
+			return nil
+		}
+		var out []reconcile.Request
+		for _, b := range list.Items {
+			if b.Spec.Volume == obj.GetName() {
+				out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: b.Namespace, Name: b.Name}})
+			}
+		}
+		return out
+	})
+	return ctrl.NewControllerManagedBy(mgr).Named("backup").For(&v1alpha1.Backup{}).
+		Watches(&v1alpha1.Engine{}, backupsOfEngine).Complete(br)
+}
+
+func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	a := br.a
+	var b v1alpha1.Backup
+	if err := a.client.Get(ctx, req.NamespacedName, &b); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !b.DeletionTimestamp.IsZero() || b.Status.State == v1alpha1.BackupCompleted || b.Status.State == v1alpha1.BackupError {
+		return ctrl.Result{}, nil
+	}
+	inst := a.engineInstance(b.Spec.Volume)
+	if inst == nil || !inst.driver.Serving() {
+		return ctrl.Result{}, nil // not ours, or not yet
+	}
+	var target v1alpha1.BackupTarget
+	if err := a.client.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: b.Spec.BackupTarget}, &target); err != nil {
+		return ctrl.Result{}, br.fail(ctx, &b, fmt.Errorf("backup target %s: %w", b.Spec.BackupTarget, err))
+	}
+	if err := br.setStatus(ctx, &b, func(st *v1alpha1.BackupStatus) { st.State = v1alpha1.BackupInProgress }); err != nil {
+		return ctrl.Result{}, err
+	}
+	repo, err := openRepo(ctx, target.Spec.URL)
+	if err != nil {
+		return ctrl.Result{}, err // the target may come back: retried with backoff
+	}
+	src := backuprun.Control{C: inst.ctl}
+	m, _, err := repo.Create(ctx, src, backuprun.CreateOptions{Labels: b.Spec.Labels})
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, br.fail(ctx, &b, err)
+	}
+	if _, err := backuprun.DropOldSnapshots(ctx, src, m); err != nil {
+		a.log.Warn("drop older backup snapshots", "volume", b.Spec.Volume, "err", err)
+	}
+	a.log.Info("backup completed", "volume", b.Spec.Volume, "backup", m.Volume+"/"+m.ID)
+	return ctrl.Result{}, br.setStatus(ctx, &b, func(st *v1alpha1.BackupStatus) {
+		st.State, st.URL, st.Progress, st.SnapshotName = v1alpha1.BackupCompleted, m.Volume+"/"+m.ID, 100, m.Snapshot
+		st.VolumeName, st.VolumeSize, st.Error = b.Spec.Volume, int64(m.SizeBytes), ""
+	})
+}
+
+func (br *backupReconciler) fail(ctx context.Context, b *v1alpha1.Backup, err error) error {
+	return br.setStatus(ctx, b, func(st *v1alpha1.BackupStatus) { st.State, st.Error = v1alpha1.BackupError, err.Error() })
+}
+
+func (br *backupReconciler) setStatus(ctx context.Context, b *v1alpha1.Backup, fn func(*v1alpha1.BackupStatus)) error {
+	patch := client.MergeFrom(b.DeepCopy())
+	fn(&b.Status)
+	if err := br.a.client.Status().Patch(ctx, b, patch); err != nil {
+		return fmt.Errorf("status of backup %s: %w", b.Name, err)
+	}
+	return nil
+}
