@@ -82,13 +82,12 @@ func Start(t testing.TB) *Env {
 	t.Helper()
 	NeedBinary(t, "kube-apiserver")
 	NeedBinary(t, "etcd")
-	e := &Env{Scheme: Scheme(), env: &envtest.Environment{
-		BinaryAssetsDirectory: Assets(),
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "deploy", "crds")},
-		ErrorIfCRDPathMissing: true,
-	}}
+	e := &Env{Scheme: Scheme(), env: newEnvironment()}
 	cfg, err := e.env.Start()
 	if err != nil {
+		// Start can fail after starting the processes (a CRD the API
+		// server refuses): stop them rather than leave them running.
+		_ = e.env.Stop()
 		t.Fatalf("start kube-apiserver and etcd: %v", err)
 	}
 	t.Cleanup(func() {
@@ -107,6 +106,14 @@ func Start(t testing.TB) *Env {
 	}
 	e.Kubeconfig = writeKubeconfig(t, e.env)
 	return e
+}
+
+func newEnvironment() *envtest.Environment {
+	return &envtest.Environment{
+		BinaryAssetsDirectory: Assets(),
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "deploy", "crds")},
+		ErrorIfCRDPathMissing: true,
+	}
 }
 
 // writeKubeconfig writes a kubeconfig file of an administrator for
