@@ -92,6 +92,16 @@ func (c *k8sCluster) replicaNodes(vol string) []string {
 	return out
 }
 
+// replicaNames lists a volume's Replica names, sorted.
+func (c *k8sCluster) replicaNames(vol string) []string {
+	var out []string
+	for _, r := range c.replicas(vol) {
+		out = append(out, r.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // snapshots lists a volume's Snapshot objects as name:ready|pending.
 func (c *k8sCluster) snapshots(vol string) []string {
 	var list v1alpha1.SnapshotList
@@ -287,6 +297,20 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 	if err := c.env.Client.Delete(ctx, c.volume("vol2")); err != nil {
 		t.Fatal(err)
 	}
+
+	// An agent that crashes and comes back within the stale replica
+	// timeout gets its replica back into the volume (caught up, not
+	// replaced): same replica names, all RW.
+	before := c.replicaNames("vol1")
+	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.StaleReplicaTimeout = &metav1.Duration{Duration: time.Hour} })
+	restarted := placed[1]
+	c.agents[restarted].kill()
+	c.startAgent(restarted, int(restarted[len(restarted)-1]-'a'))
+	eventually(t, "the restarted agent's replica RW again", func() (bool, string) {
+		got := c.replicaNodes("vol1")
+		return strings.Count(strings.Join(got, " "), ":running:RW") == 3 && strings.Join(c.replicaNames("vol1"), " ") == strings.Join(before, " "),
+			fmt.Sprint(got, c.replicaNames("vol1"))
+	})
 
 	c.patchVolume("vol1", func(v *v1alpha1.Volume) { v.Spec.NodeID = "" })
 	eventually(t, "detached", func() (bool, string) {
