@@ -199,6 +199,10 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 			fmt.Sprintf("%s %s %v", v.Status.State, v.Status.Robustness, c.replicaNodes("vol1"))
 	})
 	t.Logf("attach -> 3 replicas RW: %v (endpoint %s)", time.Since(attach).Round(time.Millisecond), endpoint)
+	// The replica on the engine's node is reached in-process.
+	if out := c.agents[attachTo].output(); !strings.Contains(out, "replica reached over the in-process link") {
+		t.Errorf("the engine on %s did not reach its local replica in-process:\n%s", attachTo, out)
+	}
 
 	dir := t.TempDir()
 	data := make([]byte, size)

@@ -120,16 +120,18 @@ func New(restCfg *rest.Config, c Config) (manager.Manager, *Agent, error) {
 }
 
 // stopAll stops every instance on the way out (engines first: they flush).
+// The lock is not held while they stop: an engine's links may redial
+// (a.dial takes it) until the engine is closed.
 func (a *Agent) stopAll() {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	for name, e := range a.engines {
+	engines, replicas := a.engines, a.replicas
+	a.engines, a.replicas = map[string]*engineInstance{}, map[string]*replicaInstance{}
+	a.mu.Unlock()
+	for _, e := range engines {
 		e.stop(a.log)
-		delete(a.engines, name)
 	}
-	for name, r := range a.replicas {
+	for _, r := range replicas {
 		r.stop()
-		delete(a.replicas, name)
 	}
 }
 

@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -21,6 +23,8 @@ import (
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
+	"github.com/drover-io/drover/transports/link"
+	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
 
@@ -190,8 +194,8 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 	}
 	sort.Slice(reps, func(i, j int) bool { return reps[i].ID < reps[j].ID })
 	log := a.log.With("engine", eng.Name)
-	d, err := enginerun.New(enginerun.Config{Volume: eng.Spec.VolumeName, Replicas: reps, Dial: tcp.Dial,
-		ReplaceAfter: -1, Logger: log})
+	d, err := enginerun.New(enginerun.Config{Volume: eng.Spec.VolumeName, Replicas: reps, Dial: a.dial,
+		ReplaceAfter: -1, Logger: log, RebuildRate: a.rebuildRate()})
 	if err != nil {
 		return nil, fmt.Errorf("engine %s: %w", eng.Name, err)
 	}
@@ -296,4 +300,38 @@ func (a *Agent) stopEngine(name string) {
 		inst.stop(a.log)
 		a.log.Info("engine stopped", "engine", name)
 	}
+}
+
+// dial reaches a replica: one this agent serves over the in-process link
+// (no socket, no extra goroutine hop: the fast path a strict-local
+// volume's single replica is on), any other over TCP.
+func (a *Agent) dial(addr string, h link.Handler) (link.Link, error) {
+	a.mu.Lock()
+	var local *replicarun.Runner
+	for _, r := range a.replicas {
+		if r.addr == addr {
+			local = r.runner
+		}
+	}
+	a.mu.Unlock()
+	if local != nil {
+		a.log.Info("replica reached over the in-process link", "addr", addr)
+		return replicarun.NewLocalLink(local, h), nil
+	}
+	return tcp.Dial(addr, h)
+}
+
+// rebuildRate reads the replica-rebuild-rate-bytes-per-sec Setting (0,
+// no limit, when it is missing or bad); engines take it at start.
+func (a *Agent) rebuildRate() uint64 {
+	var s v1alpha1.Setting
+	key := types.NamespacedName{Namespace: a.cfg.Namespace, Name: v1alpha1.SettingReplicaRebuildRateBytesPerS}
+	if err := a.client.Get(context.Background(), key, &s); err != nil {
+		return 0
+	}
+	n, err := strconv.ParseUint(s.Value, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }

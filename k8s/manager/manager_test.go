@@ -201,6 +201,46 @@ func TestSchedulingAgainstTheAPIServer(t *testing.T) {
 		return client.IgnoreNotFound(err) == nil && err != nil, fmt.Sprint(err)
 	})
 
+	// A strict-local volume's replica waits for the attach, goes to the
+	// attaching node, and the volume cannot then attach elsewhere.
+	strict := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "strict", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.VolumeSpec{Size: gib, NumberOfReplicas: &one, DataLocality: v1alpha1.DataLocalityStrictLocal}}
+	if err := c.Create(ctx, strict); err != nil {
+		t.Fatal(err)
+	}
+	condOf := func(name, typ string) *metav1.Condition {
+		var v v1alpha1.Volume
+		if err := c.Get(ctx, types.NamespacedName{Namespace: k8stest.Namespace, Name: name}, &v); err != nil {
+			return nil
+		}
+		return meta.FindStatusCondition(v.Status.Conditions, typ)
+	}
+	eventually(t, "strict-local waiting for an attach", func() (bool, string) {
+		cond := condOf("strict", v1alpha1.VolumeConditionScheduled)
+		return cond != nil && cond.Reason == "WaitingForAttach" && len(replicaNodes(t, c, "strict")) == 0, fmt.Sprintf("%+v", cond)
+	})
+	setNode := func(node string) {
+		var v v1alpha1.Volume
+		if err := c.Get(ctx, types.NamespacedName{Namespace: k8stest.Namespace, Name: "strict"}, &v); err != nil {
+			t.Fatal(err)
+		}
+		patch := client.MergeFrom(v.DeepCopy())
+		v.Spec.NodeID = node
+		if err := c.Patch(ctx, &v, patch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setNode("b")
+	eventually(t, "strict-local replica on the attaching node", func() (bool, string) {
+		nodes := replicaNodes(t, c, "strict")
+		return strings.Join(nodes, ",") == "b", fmt.Sprint(nodes)
+	})
+	setNode("c")
+	eventually(t, "strict-local not attachable elsewhere", func() (bool, string) {
+		cond := condOf("strict", v1alpha1.VolumeConditionAttachable)
+		return cond != nil && cond.Status == metav1.ConditionFalse && strings.Contains(cond.Message, "replica is on node b"), fmt.Sprintf("%+v", cond)
+	})
+
 	// Deleting a volume deletes its replicas (no agent holds them here)
 	// and then the volume.
 	if err := c.Delete(ctx, vol); err != nil {

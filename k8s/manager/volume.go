@@ -78,6 +78,8 @@ type volumeView struct {
 	nodes    map[string]*v1alpha1.Node
 	settings settings
 	now      time.Time
+	// attachBlocked says why the engine is not started on spec.nodeID.
+	attachBlocked string
 }
 
 func (r *volumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -111,7 +113,7 @@ func (r *volumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	var ue *schedule.UnschedulableError
-	if schedErr != nil && !errors.As(schedErr, &ue) {
+	if schedErr != nil && !errors.As(schedErr, &ue) && !errors.Is(schedErr, errWaitingForAttach) {
 		return ctrl.Result{}, schedErr
 	}
 	return ctrl.Result{RequeueAfter: r.resync}, nil
@@ -291,6 +293,13 @@ func (r *volumeReconciler) replenish(ctx context.Context, v *volumeView) error {
 		return nil
 	}
 	req := schedule.Request{SizeBytes: v.vol.Spec.Size, NodeSelector: v.vol.Spec.NodeSelector, DiskSelector: v.vol.Spec.DiskSelector}
+	if v.vol.Spec.DataLocality == v1alpha1.DataLocalityStrictLocal {
+		// The replica goes beside the engine, so it waits for an attach.
+		if v.vol.Spec.NodeID == "" {
+			return errWaitingForAttach
+		}
+		req.OnlyNode = v.vol.Spec.NodeID
+	}
 	for _, rep := range v.replicas {
 		req.Existing = append(req.Existing, schedule.Placement{Node: rep.Spec.NodeID, Disk: rep.Spec.DiskName})
 	}
@@ -321,6 +330,10 @@ func (r *volumeReconciler) replenish(ctx context.Context, v *volumeView) error {
 	}
 	return nil
 }
+
+// errWaitingForAttach: a strict-local volume's replica is placed on the
+// node it is first attached to.
+var errWaitingForAttach = errors.New("strict-local: the replica is placed on the node the volume is first attached to")
 
 // scheduleNodes turns Node objects and every volume's replicas into the
 // scheduler's input: what each disk has scheduled is summed from the
@@ -362,6 +375,14 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 	}
 	if target == "" {
 		return nil
+	}
+	if v.vol.Spec.DataLocality == v1alpha1.DataLocalityStrictLocal {
+		for i := range v.replicas {
+			if n := v.replicas[i].Spec.NodeID; n != target {
+				v.attachBlocked = fmt.Sprintf("strict-local: the volume's replica is on node %s; attach it there", n)
+				return nil
+			}
+		}
 	}
 	addrs := map[string]string{}
 	for i := range v.replicas {
@@ -478,10 +499,19 @@ func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, sched
 	cond := metav1.Condition{Type: v1alpha1.VolumeConditionScheduled, Status: metav1.ConditionTrue,
 		Reason: "AllReplicasScheduled", Message: fmt.Sprintf("%d replicas placed", len(v.replicas)),
 		ObservedGeneration: vol.Generation}
-	if schedErr != nil {
+	switch {
+	case errors.Is(schedErr, errWaitingForAttach):
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "WaitingForAttach", schedErr.Error()
+	case schedErr != nil:
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "ReplicaSchedulingFailed", schedErr.Error()
 	}
 	meta.SetStatusCondition(&st.Conditions, cond)
+	if v.attachBlocked != "" {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.VolumeConditionAttachable, Status: metav1.ConditionFalse,
+			Reason: "DataLocality", Message: v.attachBlocked, ObservedGeneration: vol.Generation})
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, v1alpha1.VolumeConditionAttachable)
+	}
 	if from := vol.Spec.FromBackup; from != "" && !meta.IsStatusConditionTrue(st.Conditions, v1alpha1.VolumeConditionRestored) {
 		rc := metav1.Condition{Type: v1alpha1.VolumeConditionRestored, Status: metav1.ConditionFalse,
 			Reason: "WaitingForAttach", Message: "the backup is restored the first time the volume is attached",

@@ -7,6 +7,8 @@
 //
 // The rules, in the order they are applied:
 //
+//   - A strict-local volume's replica goes only to the node its engine
+//     runs on (Request.OnlyNode).
 //   - Node anti-affinity is hard: two replicas of a volume never share a
 //     node, unless Settings.NodeSoftAntiAffinity allows it as a last
 //     resort (and then never on one disk unless disk anti-affinity is soft).
@@ -86,6 +88,9 @@ type Request struct {
 	// Existing are the placements of the volume's replicas that count
 	// for anti-affinity (every replica not being replaced).
 	Existing []Placement
+	// OnlyNode, when set, is the one node the replica may go to: a
+	// strict-local volume's replica goes where its engine runs.
+	OnlyNode string
 }
 
 // UnschedulableError says why no disk fits a replica. Reasons holds one
@@ -188,6 +193,8 @@ func occupancy(nodes []Node, existing []Placement) occupancyInfo {
 // nodeCandidates returns the disks of n that fit, or why none does.
 func nodeCandidates(n *Node, req Request, s Settings, occ occupancyInfo) ([]candidate, string) {
 	switch {
+	case req.OnlyNode != "" && n.Name != req.OnlyNode:
+		return nil, fmt.Sprintf("not %s, where the strict-local volume's engine runs", req.OnlyNode)
 	case !n.Ready:
 		return nil, "not ready"
 	case !n.AllowScheduling:

@@ -59,6 +59,9 @@ func genRequest(t *rapid.T, nodes []Node) Request {
 		NodeSelector: rapid.SliceOfNDistinct(rapid.SampledFrom([]string{"ssd", "fast"}), 0, 1, rapid.ID[string]).Draw(t, "nsel"),
 		DiskSelector: rapid.SliceOfNDistinct(rapid.SampledFrom([]string{"ssd", "hdd"}), 0, 1, rapid.ID[string]).Draw(t, "dsel"),
 	}
+	if len(nodes) > 0 && rapid.Float64Range(0, 1).Draw(t, "strict") < 0.2 {
+		req.OnlyNode = nodes[rapid.IntRange(0, len(nodes)-1).Draw(t, "only")].Name
+	}
 	if len(nodes) > 0 {
 		for i := rapid.IntRange(0, 2).Draw(t, "existing"); i > 0; i-- {
 			n := nodes[rapid.IntRange(0, len(nodes)-1).Draw(t, "enode")]
@@ -95,7 +98,7 @@ func oracleFits(n Node, d Disk, req Request, s Settings, nodes []Node) bool {
 			return false
 		}
 	}
-	if !n.Ready || !n.AllowScheduling || !d.AllowScheduling {
+	if !n.Ready || !n.AllowScheduling || !d.AllowScheduling || (req.OnlyNode != "" && n.Name != req.OnlyNode) {
 		return false
 	}
 	if (onNode && !s.NodeSoftAntiAffinity) || (inZone && !s.ZoneSoftAntiAffinity) || (onDisk && !s.DiskSoftAntiAffinity) {

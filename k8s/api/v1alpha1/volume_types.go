@@ -67,6 +67,10 @@ const (
 	// VolumeConditionScheduled is true when every wanted replica has a
 	// node and disk; when false its message says why not.
 	VolumeConditionScheduled = "Scheduled"
+	// VolumeConditionAttachable is false, with the reason, while the
+	// volume cannot be attached where spec.nodeID asks (a strict-local
+	// volume's replica is on another node).
+	VolumeConditionAttachable = "Attachable"
 	// VolumeConditionRestored is true once a volume made from a backup
 	// holds the backup's data.
 	VolumeConditionRestored = "Restored"
