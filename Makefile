@@ -58,7 +58,7 @@ export SIM_SEED_WINDOW
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: k8s-bins crds k8s-scale test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: k8s-bins crds k8s-scale image test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -76,6 +76,7 @@ help:
 	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
 	@echo "make versitygw build the S3 server the backup tests use into bin/ (make test does)"
 	@echo "make k8s-bins  build kube-apiserver $(K8S_VERSION), etcd $(ETCD_VERSION), controller-gen $(CONTROLLER_TOOLS_VERSION) into bin/ via $(K8S_BIN_CACHE) (make test does)"
+	@echo "make image     bin/drover-image.tar: a reproducible docker-archive image of drover ($(IMAGE_TAG)), no registry needed"
 	@echo "make k8s-scale the manager's memory with K8S_SCALE (default $(K8S_SCALE)) volumes against none, in one run"
 	@echo "make crds      regenerate deploy/crds and k8s/api's deepcopy code with controller-gen"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
@@ -158,6 +159,16 @@ $(K8S_BINS_STAMP): k8s/hack/build-bins.sh
 # types; k8s/api's TestCRDsUpToDate fails when they drift.
 crds: $(K8S_BINS_STAMP)
 	$(BIN)/controller-gen object paths=./k8s/api/... crd paths=./k8s/api/... output:crd:artifacts:config=deploy/crds
+
+# image writes Drover's container image as a docker-archive tarball,
+# $(BIN)/drover-image.tar (docker load / podman load / kind load
+# image-archive), with no registry or container runtime: a static drover
+# built reproducibly (-trimpath, no build id, no VCS stamp) in one layer.
+# The same commit and Go version give the same bytes.
+IMAGE_TAG           ?= drover:dev
+image:
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $(BIN)/image/drover ./cmd/drover
+	$(GO) run ./cmd/drover-image --binary $(BIN)/image/drover --out $(BIN)/drover-image.tar --tag $(IMAGE_TAG)
 
 # k8s-scale measures the manager process's memory with K8S_SCALE volumes
 # (three replicas each, on Node objects without agents) against its
