@@ -155,10 +155,12 @@ $(K8S_BINS_STAMP): k8s/hack/build-bins.sh
 	GO=$(GO) k8s/hack/build-bins.sh $(BIN) $(K8S_BIN_CACHE) $(K8S_VERSION) $(ETCD_VERSION) $(CONTROLLER_TOOLS_VERSION)
 	@touch $@
 
-# crds regenerates the committed CRDs and deepcopy code from k8s/api's Go
-# types; k8s/api's TestCRDsUpToDate fails when they drift.
+# crds regenerates the committed CRDs (and the Helm chart's copy) and
+# deepcopy code from k8s/api's Go types; k8s/api's TestCRDsUpToDate fails
+# when they drift.
 crds: $(K8S_BINS_STAMP)
 	$(BIN)/controller-gen object paths=./k8s/api/... crd paths=./k8s/api/... output:crd:artifacts:config=deploy/crds
+	rm -f deploy/chart/crds/*.yaml && cp deploy/crds/*.yaml deploy/chart/crds/
 
 # image writes Drover's container image as a docker-archive tarball,
 # $(BIN)/drover-image.tar (docker load / podman load / kind load

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"text/template"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -100,6 +101,13 @@ func TestValidationInTheAPIServer(t *testing.T) {
 	}
 
 	t.Run("manifests", func(t *testing.T) { dryRunManifests(t, c) })
+	t.Run("chart", func(t *testing.T) {
+		for _, obj := range renderChart(t, k8stest.Namespace) {
+			if err := c.Create(context.Background(), obj, client.DryRunAll); err != nil {
+				t.Errorf("chart: %s %s: %v", obj.GetKind(), obj.GetName(), err)
+			}
+		}
+	})
 
 	// Every Setting with its default is taken.
 	for name, def := range v1alpha1.SettingDefinitions {
@@ -171,5 +179,85 @@ func TestManifestSettingsAreTheDefaults(t *testing.T) {
 		if !seen[name] {
 			t.Errorf("setting %s missing from deploy/manifests/40-settings.yaml", name)
 		}
+	}
+}
+
+// renderChart renders deploy/chart's templates with its default values,
+// as helm template would: they use only .Values, .Release.Namespace and
+// range, which Go's text/template evaluates the same way.
+func renderChart(t *testing.T, namespace string) []*unstructured.Unstructured {
+	t.Helper()
+	dir := filepath.Join(k8stest.RepoRoot(), "deploy", "chart")
+	vb, err := os.ReadFile(filepath.Join(dir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(vb, &values); err != nil {
+		t.Fatal(err)
+	}
+	data := map[string]any{"Values": values, "Release": map[string]any{"Namespace": namespace, "Name": "drover"}}
+	files, _ := filepath.Glob(filepath.Join(dir, "templates", "*.yaml"))
+	var objs []*unstructured.Unstructured
+	for _, f := range files {
+		tmpl, err := template.New(filepath.Base(f)).Option("missingkey=error").ParseFiles(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if err := tmpl.Execute(&out, data); err != nil {
+			t.Fatalf("%s: %v", filepath.Base(f), err)
+		}
+		for _, doc := range bytes.Split(out.Bytes(), []byte("\n---")) {
+			var m map[string]any
+			if err := yaml.Unmarshal(doc, &m); err != nil {
+				t.Fatalf("%s: %v\n%s", filepath.Base(f), err, doc)
+			}
+			if len(m) > 0 {
+				objs = append(objs, &unstructured.Unstructured{Object: m})
+			}
+		}
+	}
+	return objs
+}
+
+// TestChartMatchesTheManifests keeps the chart in step: its CRDs are
+// deploy/crds, its Settings the definitions' defaults, and it renders the
+// same kinds and names as deploy/manifests (less the namespace, which
+// helm install --create-namespace makes).
+func TestChartMatchesTheManifests(t *testing.T) {
+	root := k8stest.RepoRoot()
+	crds, chartCRDs := readDir(t, filepath.Join(root, "deploy", "crds")), readDir(t, filepath.Join(root, "deploy", "chart", "crds"))
+	if len(crds) != len(chartCRDs) {
+		t.Errorf("chart holds %d CRDs, deploy/crds %d: run make crds", len(chartCRDs), len(crds))
+	}
+	for name, b := range crds {
+		if !bytes.Equal(b, chartCRDs[name]) {
+			t.Errorf("deploy/chart/crds/%s differs from deploy/crds: run make crds", name)
+		}
+	}
+	key := func(o *unstructured.Unstructured) string { return o.GetKind() + "/" + o.GetName() }
+	want := map[string]bool{}
+	for _, o := range manifestObjects(t) {
+		if o.GetKind() != "Namespace" {
+			want[key(o)] = true
+		}
+	}
+	for _, o := range renderChart(t, "elsewhere") {
+		if !want[key(o)] {
+			t.Errorf("the chart renders %s, which deploy/manifests lacks", key(o))
+		}
+		if o.GetNamespace() != "elsewhere" {
+			t.Errorf("%s is not in the release's namespace: %q", key(o), o.GetNamespace())
+		}
+		if o.GetKind() == "Setting" {
+			if v, _, _ := unstructured.NestedString(o.Object, "value"); v != v1alpha1.SettingDefinitions[o.GetName()].Default {
+				t.Errorf("chart setting %s=%q, default %q", o.GetName(), v, v1alpha1.SettingDefinitions[o.GetName()].Default)
+			}
+		}
+		delete(want, key(o))
+	}
+	for k := range want {
+		t.Errorf("the chart does not render %s", k)
 	}
 }
