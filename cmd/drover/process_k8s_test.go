@@ -22,6 +22,8 @@ import (
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/k8stest"
+	"github.com/drover-io/drover/transports/backuprun"
+	"github.com/drover-io/drover/transports/objstore"
 	"github.com/drover-io/drover/transports/testenv"
 )
 
@@ -256,6 +258,45 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		return bk.Status.State == v1alpha1.BackupCompleted && bk.Status.URL != "", fmt.Sprintf("%+v", bk.Status)
 	})
 	t.Logf("backup of %d MiB: %v (%s)", size>>20, time.Since(backedUp).Round(time.Millisecond), bk.Status.URL)
+
+	// A recurring backup job with retain 1: after three runs the target
+	// holds b1 and the job's newest backup, nothing more.
+	bjob := &v1alpha1.RecurringJob{ObjectMeta: metav1.ObjectMeta{Name: "bk", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.RecurringJobSpec{Task: v1alpha1.RecurringJobBackup, Cron: "@every 2s", Retain: 1, Groups: []string{"default"}}}
+	if err := c.env.Client.Create(ctx, bjob); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "three runs of the backup job", func() (bool, string) {
+		if err := c.env.Client.Get(ctx, client.ObjectKeyFromObject(bjob), bjob); err != nil {
+			return false, err.Error()
+		}
+		return bjob.Status.ExecutionCount >= 3, fmt.Sprint(bjob.Status.ExecutionCount)
+	})
+	if err := c.env.Client.Delete(ctx, bjob); err != nil {
+		t.Fatal(err)
+	}
+	store, err := objstore.OpenDir(bt.Spec.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := backuprun.NewRepo(store)
+	eventually(t, "one backup of the job kept, in the cluster and in the target", func() (bool, string) {
+		var list v1alpha1.BackupList
+		if err := c.env.Client.List(ctx, &list, client.InNamespace(k8stest.Namespace),
+			client.MatchingLabels{v1alpha1.LabelRecurringJob: "bk"}); err != nil {
+			return false, err.Error()
+		}
+		refs, err := repo.List(ctx, "vol1")
+		if err != nil {
+			return false, err.Error()
+		}
+		var states []string
+		for _, b := range list.Items {
+			states = append(states, string(b.Status.State))
+		}
+		return len(list.Items) == 1 && list.Items[0].Status.State == v1alpha1.BackupCompleted && len(refs) == 2,
+			fmt.Sprintf("job backups %v, target %v", states, refs)
+	})
 
 	killed := time.Now()
 	c.agents[victim].kill()

@@ -4,50 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/drover-io/drover/core/backup"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
+	"github.com/drover-io/drover/k8s/backuptarget"
 	"github.com/drover-io/drover/transports/backuprun"
-	"github.com/drover-io/drover/transports/objstore"
 )
-
-// openRepo opens a backup target by URL (a directory or s3://...), with
-// credentials from the agent's environment (AWS_ACCESS_KEY_ID, ...).
-func openRepo(ctx context.Context, url string) (*backuprun.Repo, error) {
-	creds, err := objstore.CredentialsFromEnv("")
-	if err != nil {
-		return nil, err
-	}
-	s, err := objstore.Open(ctx, url, creds)
-	if err != nil {
-		return nil, fmt.Errorf("backup target %s: %w", url, err)
-	}
-	return backuprun.NewRepo(s), nil
-}
-
-// manifest finds backup ref (VOLUME/ID or VOLUME/latest) in repo.
-func manifest(ctx context.Context, repo *backuprun.Repo, ref string) (*backup.Manifest, error) {
-	vol, id, ok := strings.Cut(ref, "/")
-	if !ok || vol == "" || id == "" {
-		return nil, fmt.Errorf("backup %q: want VOLUME/ID or VOLUME/latest", ref)
-	}
-	if id != "latest" {
-		return repo.Manifest(ctx, vol, id)
-	}
-	m, err := repo.Latest(ctx, vol)
-	if err == nil && m == nil {
-		err = fmt.Errorf("%w: volume %s has none", backuprun.ErrNoBackup, vol)
-	}
-	return m, err
-}
 
 // restoreStep runs the restore of ref into the engine's volume in the
 // background: it reports done once it has succeeded, and the last
@@ -67,11 +36,11 @@ func (a *Agent) restoreStep(inst *engineInstance, name, ref, target string) (boo
 		ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
 		defer cancel()
 		rerr := func() error {
-			repo, err := openRepo(ctx, target)
+			repo, err := backuptarget.Open(ctx, target)
 			if err != nil {
 				return err
 			}
-			m, err := manifest(ctx, repo, ref)
+			m, err := backuptarget.Manifest(ctx, repo, ref)
 			if err != nil {
 				return err
 			}
@@ -120,11 +89,20 @@ func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !b.DeletionTimestamp.IsZero() || b.Status.State == v1alpha1.BackupCompleted || b.Status.State == v1alpha1.BackupError {
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, br.release(ctx, &b)
 	}
 	inst := a.engineInstance(b.Spec.Volume)
 	if inst == nil || !inst.driver.Serving() {
 		return ctrl.Result{}, nil // not ours, or not yet
+	}
+	// The agent's finalizer marks the upload in flight: the manager
+	// deletes a deleted Backup from the target only once it is gone. The
+	// update fails if the object changed (a deletion began) since it was
+	// read, and then nothing starts.
+	if controllerutil.AddFinalizer(&b, Finalizer) {
+		if err := a.client.Update(ctx, &b); err != nil {
+			return ctrl.Result{}, fmt.Errorf("finalizer on backup %s: %w", b.Name, err)
+		}
 	}
 	var target v1alpha1.BackupTarget
 	if err := a.client.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: b.Spec.BackupTarget}, &target); err != nil {
@@ -133,7 +111,7 @@ func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err := br.setStatus(ctx, &b, func(st *v1alpha1.BackupStatus) { st.State = v1alpha1.BackupInProgress }); err != nil {
 		return ctrl.Result{}, err
 	}
-	repo, err := openRepo(ctx, target.Spec.URL)
+	repo, err := backuptarget.Open(ctx, target.Spec.URL)
 	if err != nil {
 		return ctrl.Result{}, err // the target may come back: retried with backoff
 	}
@@ -149,14 +127,33 @@ func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		a.log.Warn("drop older backup snapshots", "volume", b.Spec.Volume, "err", err)
 	}
 	a.log.Info("backup completed", "volume", b.Spec.Volume, "backup", m.Volume+"/"+m.ID)
-	return ctrl.Result{}, br.setStatus(ctx, &b, func(st *v1alpha1.BackupStatus) {
+	if err := br.setStatus(ctx, &b, func(st *v1alpha1.BackupStatus) {
 		st.State, st.URL, st.Progress, st.SnapshotName = v1alpha1.BackupCompleted, m.Volume+"/"+m.ID, 100, m.Snapshot
 		st.VolumeName, st.VolumeSize, st.Error = b.Spec.Volume, int64(m.SizeBytes), ""
-	})
+	}); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{}, br.release(ctx, &b)
+}
+
+// release drops the agent's finalizer once the upload is over.
+func (br *backupReconciler) release(ctx context.Context, b *v1alpha1.Backup) error {
+	if !controllerutil.ContainsFinalizer(b, Finalizer) {
+		return nil
+	}
+	patch := client.MergeFrom(b.DeepCopy())
+	controllerutil.RemoveFinalizer(b, Finalizer)
+	if err := br.a.client.Patch(ctx, b, patch); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("release backup %s: %w", b.Name, err)
+	}
+	return nil
 }
 
 func (br *backupReconciler) fail(ctx context.Context, b *v1alpha1.Backup, err error) error {
-	return br.setStatus(ctx, b, func(st *v1alpha1.BackupStatus) { st.State, st.Error = v1alpha1.BackupError, err.Error() })
+	if serr := br.setStatus(ctx, b, func(st *v1alpha1.BackupStatus) { st.State, st.Error = v1alpha1.BackupError, err.Error() }); serr != nil {
+		return serr
+	}
+	return br.release(ctx, b)
 }
 
 func (br *backupReconciler) setStatus(ctx context.Context, b *v1alpha1.Backup, fn func(*v1alpha1.BackupStatus)) error {

@@ -9,9 +9,10 @@
 //     default at start.
 //   - nodes: marks a Node not Ready when its agent's heartbeat is older
 //     than the node-down-grace-period Setting.
-//   - recurring jobs: on the cron schedule, a Snapshot of every attached
-//     volume in the job's groups; the job's snapshots beyond retain are
-//     deleted.
+//   - recurring jobs: on the cron schedule, a Snapshot (or a Backup) of
+//     every attached volume in the job's groups; the job's snapshots
+//     (backups) beyond retain are deleted.
+//   - backups: a deleted Backup is deleted from its target.
 //   - volumes: finalizer, replica scheduling (k8s/schedule) and
 //     replenishment, failed-replica marking and stale-replica removal
 //     (never the last healthy copy), the engine on the attaching node,
@@ -99,6 +100,9 @@ func New(cfg *rest.Config, c Config) (manager.Manager, error) {
 	}
 	if err := (&recurringJobReconciler{Client: mgr.GetClient(), ns: c.Namespace}).setup(mgr); err != nil {
 		return nil, fmt.Errorf("recurring job controller: %w", err)
+	}
+	if err := (&backupReconciler{Client: mgr.GetClient()}).setup(mgr); err != nil {
+		return nil, fmt.Errorf("backup controller: %w", err)
 	}
 	vr := &volumeReconciler{Client: mgr.GetClient(), ns: c.Namespace, resync: c.Resync}
 	if err := vr.setup(mgr); err != nil {

@@ -62,10 +62,8 @@ func (r *recurringJobReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if now.Before(next) {
 		return ctrl.Result{RequeueAfter: next.Sub(now)}, nil
 	}
-	if job.Spec.Task == v1alpha1.RecurringJobSnapshot {
-		if err := r.run(ctx, &job, now); err != nil {
-			return ctrl.Result{}, err
-		}
+	if err := r.run(ctx, &job, now); err != nil {
+		return ctrl.Result{}, err
 	}
 	patch := client.MergeFrom(job.DeepCopy())
 	job.Status.LastRunAt = &metav1.Time{Time: now}
@@ -109,37 +107,56 @@ func (r *recurringJobReconciler) run(ctx context.Context, job *v1alpha1.Recurrin
 			continue
 		}
 		labels := map[string]string{v1alpha1.LabelVolume: vol.Name, v1alpha1.LabelRecurringJob: job.Name}
-		snap := &v1alpha1.Snapshot{ObjectMeta: metav1.ObjectMeta{
-			Name:      fmt.Sprintf("%s-%s-%d", vol.Name, job.Name, now.Unix()),
-			Namespace: job.Namespace, Labels: labels},
-			Spec: v1alpha1.SnapshotSpec{Volume: vol.Name, Labels: job.Spec.Labels}}
-		if err := r.Create(ctx, snap); err != nil && !isAlreadyExists(err) {
-			return fmt.Errorf("recurring job %s: snapshot %s: %w", job.Name, vol.Name, err)
+		meta := metav1.ObjectMeta{Name: fmt.Sprintf("%s-%s-%d", vol.Name, job.Name, now.Unix()),
+			Namespace: job.Namespace, Labels: labels}
+		var obj client.Object = &v1alpha1.Snapshot{ObjectMeta: meta, Spec: v1alpha1.SnapshotSpec{Volume: vol.Name, Labels: job.Spec.Labels}}
+		if job.Spec.Task == v1alpha1.RecurringJobBackup {
+			obj = &v1alpha1.Backup{ObjectMeta: meta, Spec: v1alpha1.BackupSpec{Volume: vol.Name, BackupTarget: "default", Labels: job.Spec.Labels}}
 		}
-		if err := r.trim(ctx, job, vol.Name); err != nil {
+		if err := r.Create(ctx, obj); err != nil && !isAlreadyExists(err) {
+			return fmt.Errorf("recurring job %s: %s of %s: %w", job.Name, job.Spec.Task, vol.Name, err)
+		}
+		if err := r.trim(ctx, job, vol.Name, obj); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// trim deletes the job's snapshots of a volume beyond the newest retain.
-func (r *recurringJobReconciler) trim(ctx context.Context, job *v1alpha1.RecurringJob, vol string) error {
-	var list v1alpha1.SnapshotList
-	if err := r.List(ctx, &list, client.InNamespace(job.Namespace),
-		client.MatchingLabels{v1alpha1.LabelVolume: vol, v1alpha1.LabelRecurringJob: job.Name}); err != nil {
-		return fmt.Errorf("list snapshots of %s: %w", vol, err)
-	}
-	var live []v1alpha1.Snapshot
-	for _, s := range list.Items {
-		if s.DeletionTimestamp.IsZero() {
-			live = append(live, s)
+// trim deletes the job's snapshots (or backups) of a volume beyond the
+// newest retain; their names end in the run's time, so they sort by age.
+// made is the object this run created, which the cache may not hold yet.
+func (r *recurringJobReconciler) trim(ctx context.Context, job *v1alpha1.RecurringJob, vol string, made client.Object) error {
+	sel := []client.ListOption{client.InNamespace(job.Namespace),
+		client.MatchingLabels{v1alpha1.LabelVolume: vol, v1alpha1.LabelRecurringJob: job.Name}}
+	var live []client.Object
+	if job.Spec.Task == v1alpha1.RecurringJobBackup {
+		var list v1alpha1.BackupList
+		if err := r.List(ctx, &list, sel...); err != nil {
+			return fmt.Errorf("list backups of %s: %w", vol, err)
+		}
+		for i := range list.Items {
+			live = append(live, &list.Items[i])
+		}
+	} else {
+		var list v1alpha1.SnapshotList
+		if err := r.List(ctx, &list, sel...); err != nil {
+			return fmt.Errorf("list snapshots of %s: %w", vol, err)
+		}
+		for i := range list.Items {
+			live = append(live, &list.Items[i])
 		}
 	}
-	sort.Slice(live, func(i, j int) bool { return live[i].Name > live[j].Name }) // newest first: names end in the run's time
-	for i := int(job.Spec.Retain); i < len(live); i++ {
-		if err := r.Delete(ctx, &live[i]); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("delete snapshot %s: %w", live[i].Name, err)
+	kept := []client.Object{made}
+	for _, o := range live {
+		if o.GetDeletionTimestamp().IsZero() && o.GetName() != made.GetName() {
+			kept = append(kept, o)
+		}
+	}
+	sort.Slice(kept, func(i, j int) bool { return kept[i].GetName() > kept[j].GetName() }) // newest first
+	for i := int(job.Spec.Retain); i < len(kept); i++ {
+		if err := r.Delete(ctx, kept[i]); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete %s: %w", kept[i].GetName(), err)
 		}
 	}
 	return nil
