@@ -343,6 +343,36 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// best-effort data locality: a 2-replica volume attached to a node
+	// holding neither replica gains one there, and then drops another.
+	vol3 := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "vol3", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.VolumeSpec{Size: 16 << 20, NumberOfReplicas: &two, DataLocality: v1alpha1.DataLocalityBestEffort}}
+	if err := c.env.Client.Create(ctx, vol3); err != nil {
+		t.Fatal(err)
+	}
+	var local string
+	eventually(t, "vol3's two replicas running", func() (bool, string) {
+		got := c.replicaNodes("vol3")
+		if len(got) != 2 || strings.Count(strings.Join(got, " "), ":running:") != 2 {
+			return false, fmt.Sprint(got)
+		}
+		for _, n := range []string{placed[0], placed[1], spare} { // the nodes whose agents run
+			if !strings.Contains(strings.Join(got, " "), n+":") {
+				local = n
+			}
+		}
+		return local != "", fmt.Sprint(got)
+	})
+	c.patchVolume("vol3", func(v *v1alpha1.Volume) { v.Spec.NodeID = local })
+	eventually(t, "vol3's data moved beside its engine on "+local, func() (bool, string) {
+		got := c.replicaNodes("vol3")
+		return len(got) == 2 && strings.Contains(strings.Join(got, " "), local+":running:RW") &&
+			strings.Count(strings.Join(got, " "), ":running:RW") == 2, fmt.Sprint(got)
+	})
+	if err := c.env.Client.Delete(ctx, c.volume("vol3")); err != nil {
+		t.Fatal(err)
+	}
+
 	// An agent that crashes and comes back within the stale replica
 	// timeout gets its replica back into the volume (caught up, not
 	// replaced): same replica names, all RW.

@@ -109,6 +109,9 @@ func (r *volumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err := r.reconcileEngine(ctx, v); err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.bestEffortLocality(ctx, v); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.writeStatus(ctx, v, schedErr); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -309,21 +312,9 @@ func (r *volumeReconciler) replenish(ctx context.Context, v *volumeView) error {
 	}
 	placements, schedErr := schedule.PlaceMany(nodes, req, missing, v.settings.schedule)
 	for _, p := range placements {
-		rep := &v1alpha1.Replica{ObjectMeta: metav1.ObjectMeta{
-			GenerateName: v.vol.Name + "-r-", Namespace: v.vol.Namespace,
-			Labels: map[string]string{v1alpha1.LabelVolume: v.vol.Name, v1alpha1.LabelNode: p.Node},
-		}, Spec: v1alpha1.ReplicaSpec{
-			VolumeName: v.vol.Name, VolumeSize: v.vol.Spec.Size, NodeID: p.Node, DiskName: p.Disk,
-			DiskPath: v.nodes[p.Node].Spec.Disks[p.Disk].Path, BackingImage: v.vol.Spec.BackingImage,
-			DesiredState: v1alpha1.DesiredRunning,
-		}}
-		if err := controllerutil.SetControllerReference(v.vol, rep, r.Scheme()); err != nil {
+		if err := r.createReplica(ctx, v, p); err != nil {
 			return err
 		}
-		if err := r.Create(ctx, rep); err != nil {
-			return fmt.Errorf("create replica of %s on %s: %w", v.vol.Name, p.Node, err)
-		}
-		v.replicas = append(v.replicas, *rep)
 	}
 	if schedErr != nil {
 		return fmt.Errorf("%d of %d replicas wanted are placed: %w", v.wantReplicas()-missing+len(placements), v.wantReplicas(), schedErr)
@@ -334,6 +325,83 @@ func (r *volumeReconciler) replenish(ctx context.Context, v *volumeView) error {
 // errWaitingForAttach: a strict-local volume's replica is placed on the
 // node it is first attached to.
 var errWaitingForAttach = errors.New("strict-local: the replica is placed on the node the volume is first attached to")
+
+// createReplica creates a Replica of the volume at placement p.
+func (r *volumeReconciler) createReplica(ctx context.Context, v *volumeView, p schedule.Placement) error {
+	rep := &v1alpha1.Replica{ObjectMeta: metav1.ObjectMeta{
+		GenerateName: v.vol.Name + "-r-", Namespace: v.vol.Namespace,
+		Labels: map[string]string{v1alpha1.LabelVolume: v.vol.Name, v1alpha1.LabelNode: p.Node},
+	}, Spec: v1alpha1.ReplicaSpec{
+		VolumeName: v.vol.Name, VolumeSize: v.vol.Spec.Size, NodeID: p.Node, DiskName: p.Disk,
+		DiskPath: v.nodes[p.Node].Spec.Disks[p.Disk].Path, BackingImage: v.vol.Spec.BackingImage,
+		DesiredState: v1alpha1.DesiredRunning,
+	}}
+	if err := controllerutil.SetControllerReference(v.vol, rep, r.Scheme()); err != nil {
+		return err
+	}
+	if err := r.Create(ctx, rep); err != nil {
+		return fmt.Errorf("create replica of %s on %s: %w", v.vol.Name, p.Node, err)
+	}
+	v.replicas = append(v.replicas, *rep)
+	return nil
+}
+
+// bestEffortLocality brings a best-effort volume's data beside its
+// engine: with no good replica on the engine's node it adds one there
+// (rebuilt like any new replica; if none fits, nothing happens: best
+// effort), and once that one is RW and the volume has one replica too
+// many, it deletes the farthest other (schedule.Farthest), only while
+// every replica is healthy.
+func (r *volumeReconciler) bestEffortLocality(ctx context.Context, v *volumeView) error {
+	if v.vol.Spec.DataLocality != v1alpha1.DataLocalityBestEffort || !v.engineRunning() {
+		return nil
+	}
+	engNode := v.engine.Spec.NodeID
+	var local *v1alpha1.Replica
+	var placements []schedule.Placement
+	for i := range v.replicas {
+		rep := &v.replicas[i]
+		placements = append(placements, schedule.Placement{Node: rep.Spec.NodeID, Disk: rep.Spec.DiskName})
+		if rep.Spec.NodeID == engNode && rep.Spec.FailedAt == nil {
+			local = rep
+		}
+	}
+	nodes, err := r.scheduleNodes(ctx, v)
+	if err != nil {
+		return err
+	}
+	want := v.wantReplicas()
+	if local == nil {
+		if len(v.replicas) > want {
+			return nil // a move is under way
+		}
+		req := schedule.Request{SizeBytes: v.vol.Spec.Size, NodeSelector: v.vol.Spec.NodeSelector,
+			DiskSelector: v.vol.Spec.DiskSelector, Existing: placements, OnlyNode: engNode}
+		p, err := schedule.Place(nodes, req, v.settings.schedule)
+		if err != nil {
+			return nil // the engine's node cannot take it: stay as we are
+		}
+		return r.createReplica(ctx, v, p)
+	}
+	if len(v.replicas) <= want || !v.healthy(local) || v.healthyOthers("") != len(v.replicas) {
+		return nil
+	}
+	far, ok := schedule.Farthest(nodes, engNode, placements)
+	if !ok {
+		return nil
+	}
+	for i := range v.replicas {
+		rep := &v.replicas[i]
+		if rep.Spec.NodeID == far.Node && rep.Spec.DiskName == far.Disk {
+			if err := r.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("drop replica %s of %s: %w", rep.Name, v.vol.Name, err)
+			}
+			v.replicas = append(v.replicas[:i], v.replicas[i+1:]...)
+			return nil
+		}
+	}
+	return nil
+}
 
 // scheduleNodes turns Node objects and every volume's replicas into the
 // scheduler's input: what each disk has scheduled is summed from the

@@ -374,3 +374,46 @@ func bytesString(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// Farthest picks, among a volume's replicas, the one to drop once a
+// replica beside the engine exists (best-effort data locality): never the
+// one on the engine's node; first one in another zone than the engine's
+// node (when zones are known), then one sharing a node with another
+// replica, then the last by node and disk name. ok is false when every
+// replica is on the engine's node.
+func Farthest(nodes []Node, engineNode string, replicas []Placement) (p Placement, ok bool) {
+	zoneOf := map[string]string{}
+	for _, n := range nodes {
+		zoneOf[n.Name] = n.Zone
+	}
+	perNode := map[string]int{}
+	for _, r := range replicas {
+		perNode[r.Node]++
+	}
+	rank := func(r Placement) int {
+		score := 0
+		if z := zoneOf[engineNode]; z != "" && zoneOf[r.Node] != "" && zoneOf[r.Node] != z {
+			score += 2
+		}
+		if perNode[r.Node] > 1 {
+			score++
+		}
+		return score
+	}
+	for _, r := range replicas {
+		if r.Node == engineNode {
+			continue
+		}
+		switch {
+		case !ok:
+			p, ok = r, true
+		case rank(r) != rank(p):
+			if rank(r) > rank(p) {
+				p = r
+			}
+		case r.Node > p.Node || (r.Node == p.Node && r.Disk > p.Disk):
+			p = r
+		}
+	}
+	return p, ok
+}

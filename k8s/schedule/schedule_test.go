@@ -286,3 +286,37 @@ func TestMulDivSaturates(t *testing.T) {
 		t.Fatalf("mulDiv: %d", got)
 	}
 }
+
+// TestFarthest checks the replica best-effort locality drops: never the
+// engine's, another zone's first, then a doubled-up node's, then the
+// last by name; and the same whatever the order.
+func TestFarthest(t *testing.T) {
+	nodes := []Node{{Name: "a", Zone: "z1"}, {Name: "b", Zone: "z1"}, {Name: "c", Zone: "z2"}, {Name: "d"}}
+	cases := []struct {
+		engine string
+		reps   []Placement
+		want   Placement
+		ok     bool
+	}{
+		{"a", []Placement{{"a", "d"}, {"b", "d"}, {"c", "d"}}, Placement{"c", "d"}, true},
+		{"a", []Placement{{"a", "d"}, {"b", "d"}, {"d", "d"}}, Placement{"d", "d"}, true},
+		{"d", []Placement{{"d", "d"}, {"a", "d1"}, {"a", "d2"}, {"c", "d"}}, Placement{"a", "d2"}, true},
+		{"a", []Placement{{"a", "d"}}, Placement{}, false},
+	}
+	for _, tc := range cases {
+		for _, reps := range [][]Placement{tc.reps, reversed(tc.reps)} {
+			got, ok := Farthest(nodes, tc.engine, reps)
+			if got != tc.want || ok != tc.ok {
+				t.Errorf("Farthest(%s, %v) = %v %v, want %v %v", tc.engine, reps, got, ok, tc.want, tc.ok)
+			}
+		}
+	}
+}
+
+func reversed(p []Placement) []Placement {
+	out := make([]Placement, len(p))
+	for i := range p {
+		out[len(p)-1-i] = p[i]
+	}
+	return out
+}
