@@ -211,7 +211,9 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 		d.Close()
 		return nil, fmt.Errorf("engine %s: NBD listen: %w", eng.Name, err)
 	}
-	ctlLis, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Address, "0"))
+	// The control API is for this process's backup code and an operator
+	// on the node: loopback only (it has no authentication of its own).
+	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		lis.Close()
 		d.Close()
