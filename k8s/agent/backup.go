@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -131,6 +132,14 @@ func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		st.State, st.URL, st.Progress, st.SnapshotName = v1alpha1.BackupCompleted, m.Volume+"/"+m.ID, 100, m.Snapshot
 		st.VolumeName, st.VolumeSize, st.Error = b.Spec.Volume, int64(m.SizeBytes), ""
 	}); err != nil {
+		if apierrors.IsNotFound(err) {
+			// The Backup went away while it uploaded: nobody can name
+			// this backup any more, so it must not stay in the target.
+			if _, derr := repo.Delete(ctx, m.Volume, m.ID); derr != nil {
+				a.log.Warn("delete the backup of a deleted Backup", "backup", m.Volume+"/"+m.ID, "err", derr)
+			}
+			return ctrl.Result{}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{}, br.release(ctx, &b)
