@@ -43,6 +43,9 @@ func startK8sCluster(t *testing.T, nodes int) *k8sCluster {
 	// Short timeouts so a killed agent's node goes down, and its replica
 	// stale, within seconds.
 	c.setSetting(v1alpha1.SettingNodeDownGracePeriod, "3s")
+	// Every "node" shares this machine's disk, which other work fills:
+	// the free-space floor is not what these tests are about.
+	c.setSetting(v1alpha1.SettingStorageMinimalAvailablePct, "0")
 	c.manager = start(t, "manager", nil, "manager", "--kubeconfig", env.Kubeconfig, "--namespace", k8stest.Namespace,
 		"--leader-elect=false", "--resync", "1s")
 	for i := range nodes {
@@ -304,7 +307,8 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		got := c.replicaNodes("vol1")
 		want := []string{placed[0] + ":running:RW", placed[1] + ":running:RW", spare + ":running:RW"}
 		sort.Strings(want)
-		return strings.Join(got, " ") == strings.Join(want, " "), fmt.Sprint(got)
+		cond := meta.FindStatusCondition(c.volume("vol1").Status.Conditions, v1alpha1.VolumeConditionScheduled)
+		return strings.Join(got, " ") == strings.Join(want, " "), fmt.Sprintf("%v %+v", got, cond)
 	})
 	t.Logf("agent killed -> replacement RW: %v", time.Since(killed).Round(time.Millisecond))
 
