@@ -80,6 +80,11 @@ func TestSchedulingAgainstTheAPIServer(t *testing.T) {
 	env := k8stest.Start(t)
 	c := env.Client
 	ctx, cancel := context.WithCancel(context.Background())
+	// The Nodes here heartbeat once: they must not go down mid-test.
+	grace := &v1alpha1.Setting{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SettingNodeDownGracePeriod, Namespace: k8stest.Namespace}, Value: "1h"}
+	if err := c.Create(ctx, grace); err != nil {
+		t.Fatal(err)
+	}
 	mgr, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, Resync: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
