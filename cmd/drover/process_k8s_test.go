@@ -155,7 +155,7 @@ func sha256File(t *testing.T, path string) string {
 // is scheduled on the fourth node and rebuilt; the data reads back the
 // same; detach and delete leave no replica data on any disk.
 func TestProcessK8sVolumeLifecycle(t *testing.T) {
-	testenv.NeedTools(t, "nbdcopy")
+	testenv.NeedTools(t, "nbdcopy", "nbdinfo")
 	c := startK8sCluster(t, 4)
 	ctx := context.Background()
 	size := int64(64 << 20)
@@ -372,6 +372,13 @@ func TestProcessK8sVolumeLifecycle(t *testing.T) {
 		got := c.replicaNodes("vol3")
 		return len(got) == 2 && strings.Contains(strings.Join(got, " "), local+":running:RW") &&
 			strings.Count(strings.Join(got, " "), ":running:RW") == 2, fmt.Sprint(got)
+	})
+	// Online expansion: the NBD export grows with the volume's spec.
+	c.patchVolume("vol3", func(v *v1alpha1.Volume) { v.Spec.Size = 32 << 20 })
+	eventually(t, "vol3 grown to 32 MiB", func() (bool, string) {
+		ep := c.volume("vol3").Status.Endpoint
+		out, err := exec.Command("nbdinfo", "--size", ep).CombinedOutput()
+		return err == nil && strings.TrimSpace(string(out)) == fmt.Sprint(32<<20), fmt.Sprintf("%s %v %s", ep, err, out)
 	})
 	if err := c.env.Client.Delete(ctx, c.volume("vol3")); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
+	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
@@ -129,6 +130,13 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if err := a.client.Status().Patch(ctx, &eng, patch); err != nil {
 			return ctrl.Result{}, fmt.Errorf("status of engine %s: %w", eng.Name, err)
 		}
+	}
+	if want := uint64(eng.Spec.VolumeSize); want > inst.driver.SizeBytes() {
+		// The volume grew (online expansion): every replica grows with it.
+		if _, err := inst.driver.Admin(ctx, engine.AdminRequest{Op: engine.AdminExpand, SizeBytes: want}); err != nil {
+			return ctrl.Result{}, fmt.Errorf("expand engine %s to %d bytes: %w", eng.Name, want, err)
+		}
+		a.log.Info("volume expanded", "engine", eng.Name, "size", want)
 	}
 	info, err := inst.driver.Info(ctx)
 	if err != nil {

@@ -99,6 +99,9 @@ func (r *volumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.growReplicas(ctx, v); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.markFailures(ctx, v); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -199,6 +202,24 @@ func (v *volumeView) failed(rep *v1alpha1.Replica) bool {
 
 func (v *volumeView) engineRunning() bool {
 	return v.engine != nil && v.engine.Status.CurrentState == v1alpha1.InstanceRunning
+}
+
+// growReplicas records a grown volume size on its replicas, so a disk's
+// scheduled bytes count what they may now hold (the engine grows the
+// replicas' data itself).
+func (r *volumeReconciler) growReplicas(ctx context.Context, v *volumeView) error {
+	for i := range v.replicas {
+		rep := &v.replicas[i]
+		if rep.Spec.VolumeSize >= v.vol.Spec.Size {
+			continue
+		}
+		patch := client.MergeFrom(rep.DeepCopy())
+		rep.Spec.VolumeSize = v.vol.Spec.Size
+		if err := r.Patch(ctx, rep, patch); err != nil {
+			return fmt.Errorf("grow replica %s: %w", rep.Name, err)
+		}
+	}
+	return nil
 }
 
 // markFailures stamps FailedAt on replicas that went bad and HealthyAt
