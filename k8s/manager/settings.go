@@ -19,6 +19,7 @@ func isAlreadyExists(err error) bool { return apierrors.IsAlreadyExists(err) }
 // or unparsable counts as its default.
 type settings struct {
 	defaultReplicas     int32
+	rebuildsPerNode     int // 0: no limit
 	staleReplicaTimeout time.Duration
 	nodeDownGrace       time.Duration
 	schedule            schedule.Settings
@@ -43,6 +44,7 @@ func loadSettings(ctx context.Context, c client.Reader, ns string) (settings, er
 	d := func(name string) time.Duration { v, _ := time.ParseDuration(values[name]); return v }
 	return settings{
 		defaultReplicas:     int32(i(v1alpha1.SettingDefaultReplicaCount)),
+		rebuildsPerNode:     int(i(v1alpha1.SettingConcurrentRebuildsPerNode)),
 		staleReplicaTimeout: d(v1alpha1.SettingStaleReplicaTimeout),
 		nodeDownGrace:       d(v1alpha1.SettingNodeDownGracePeriod),
 		schedule: schedule.Settings{

@@ -506,6 +506,11 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 		v.engine = eng
 		return nil
 	}
+	// A new replica joins only while its node runs fewer rebuilds than
+	// the concurrent-replica-rebuild-per-node-limit Setting allows.
+	if err := r.holdRebuilds(ctx, v, addrs); err != nil {
+		return err
+	}
 	// A replica whose address is gone from the map (deleted as stale)
 	// leaves the engine; a new one that runs joins and is rebuilt.
 	for name, addr := range v.engine.Spec.ReplicaAddressMap {
@@ -522,6 +527,65 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 		return fmt.Errorf("update engine of %s: %w", v.vol.Name, err)
 	}
 	return nil
+}
+
+// holdRebuilds removes from addrs the replicas that would join the
+// engine (and be rebuilt) on a node already running as many rebuilds as
+// the Setting allows; a later reconcile adds them.
+func (r *volumeReconciler) holdRebuilds(ctx context.Context, v *volumeView, addrs map[string]string) error {
+	limit := v.settings.rebuildsPerNode
+	if limit <= 0 {
+		return nil
+	}
+	var engines v1alpha1.EngineList
+	if err := r.List(ctx, &engines, client.InNamespace(v.vol.Namespace)); err != nil {
+		return fmt.Errorf("list engines: %w", err)
+	}
+	var all v1alpha1.ReplicaList
+	if err := r.List(ctx, &all, client.InNamespace(v.vol.Namespace)); err != nil {
+		return fmt.Errorf("list replicas: %w", err)
+	}
+	busy := RebuildsPerNode(engines.Items, all.Items)
+	names := make([]string, 0, len(addrs))
+	for name := range addrs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if _, member := v.engine.Spec.ReplicaAddressMap[name]; member {
+			continue
+		}
+		node := ""
+		for i := range v.replicas {
+			if v.replicas[i].Name == name {
+				node = v.replicas[i].Spec.NodeID
+			}
+		}
+		if busy[node] >= limit {
+			delete(addrs, name)
+			continue
+		}
+		busy[node]++
+	}
+	return nil
+}
+
+// RebuildsPerNode counts, per node, the replicas being rebuilt: listed
+// in their engine's replica map but not RW in its status.
+func RebuildsPerNode(engines []v1alpha1.Engine, replicas []v1alpha1.Replica) map[string]int {
+	nodeOf := map[string]string{}
+	for _, rep := range replicas {
+		nodeOf[rep.Name] = rep.Spec.NodeID
+	}
+	out := map[string]int{}
+	for _, e := range engines {
+		for name := range e.Spec.ReplicaAddressMap {
+			if mode := e.Status.ReplicaModeMap[name]; mode != v1alpha1.ReplicaModeRW && mode != v1alpha1.ReplicaModeERR {
+				out[nodeOf[name]]++
+			}
+		}
+	}
+	return out
 }
 
 func (v *volumeView) hasReplica(name string) bool {
