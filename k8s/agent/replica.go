@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -95,8 +96,14 @@ func (rr *replicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, err
 		}
 	}
-	return rr.status(ctx, &rep, v1alpha1.InstanceRunning, inst.addr, "")
+	res, err := rr.status(ctx, &rep, v1alpha1.InstanceRunning, inst.addr, "")
+	// Look again in a while: a server that stopped is restarted then.
+	res.RequeueAfter = replicaCheck
+	return res, err
 }
+
+// replicaCheck is how often a running replica's server is checked.
+const replicaCheck = 5 * time.Second
 
 func (rr *replicaReconciler) status(ctx context.Context, rep *v1alpha1.Replica, state v1alpha1.InstanceState, addr, msg string) (ctrl.Result, error) {
 	if rep.Status.CurrentState == state && rep.Status.Address == addr && rep.Status.Message == msg {
