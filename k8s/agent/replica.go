@@ -77,12 +77,13 @@ func (rr *replicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if rep.Spec.DesiredState != v1alpha1.DesiredRunning {
 		a.stopReplica(rep.Name)
-		return rr.status(ctx, &rep, v1alpha1.InstanceStopped, "", "")
+		return rr.status(ctx, &rep, v1alpha1.InstanceStopped, "", "", false)
 	}
 	inst, crashed := a.replicaInstance(rep.Name)
+	restarted := false
 	if inst == nil {
 		if crashed != nil {
-			rep.Status.Restarts++
+			restarted = true
 			a.log.Warn("replica instance stopped; restarting", "replica", rep.Name, "err", crashed)
 		}
 		var err error
@@ -90,13 +91,13 @@ func (rr *replicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		if err != nil {
 			// The error return makes controller-runtime retry with
 			// exponential backoff.
-			if _, serr := rr.status(ctx, &rep, v1alpha1.InstanceError, "", err.Error()); serr != nil {
+			if _, serr := rr.status(ctx, &rep, v1alpha1.InstanceError, "", err.Error(), restarted); serr != nil {
 				a.log.Warn("replica status", "replica", rep.Name, "err", serr)
 			}
 			return ctrl.Result{}, err
 		}
 	}
-	res, err := rr.status(ctx, &rep, v1alpha1.InstanceRunning, inst.addr, "")
+	res, err := rr.status(ctx, &rep, v1alpha1.InstanceRunning, inst.addr, "", restarted)
 	// Look again in a while: a server that stopped is restarted then.
 	res.RequeueAfter = replicaCheck
 	return res, err
@@ -105,12 +106,17 @@ func (rr *replicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // replicaCheck is how often a running replica's server is checked.
 const replicaCheck = 5 * time.Second
 
-func (rr *replicaReconciler) status(ctx context.Context, rep *v1alpha1.Replica, state v1alpha1.InstanceState, addr, msg string) (ctrl.Result, error) {
-	if rep.Status.CurrentState == state && rep.Status.Address == addr && rep.Status.Message == msg {
+// status records the instance's state; restarted counts one restart.
+func (rr *replicaReconciler) status(ctx context.Context, rep *v1alpha1.Replica, state v1alpha1.InstanceState, addr, msg string,
+	restarted bool) (ctrl.Result, error) {
+	if rep.Status.CurrentState == state && rep.Status.Address == addr && rep.Status.Message == msg && !restarted {
 		return ctrl.Result{}, nil
 	}
 	patch := client.MergeFrom(rep.DeepCopy())
 	rep.Status.CurrentState, rep.Status.Address, rep.Status.Message = state, addr, msg
+	if restarted {
+		rep.Status.Restarts++
+	}
 	if err := rr.a.client.Status().Patch(ctx, rep, patch); err != nil {
 		return ctrl.Result{}, fmt.Errorf("status of replica %s: %w", rep.Name, err)
 	}
