@@ -32,6 +32,20 @@ STATICCHECK_STAMP   := $(BIN)/.staticcheck-$(STATICCHECK_VERSION)
 # as a separate process on 127.0.0.1), built from the module proxy.
 VERSITYGW_VERSION   := v1.8.0
 VERSITYGW_STAMP     := $(BIN)/.versitygw-$(VERSITYGW_VERSION)
+# The k8s/ tests run a real kube-apiserver and etcd (envtest starts them
+# from KUBEBUILDER_ASSETS=bin/), built from the module proxy by
+# k8s/hack/build-bins.sh with controller-gen (make crds). A cold build of
+# kube-apiserver takes minutes and gigabytes of build cache, so the
+# binaries are kept in K8S_BIN_CACHE, outside the clone, and copied into
+# bin/ from there: CI's fresh clones on the same machine build them once.
+# controller-tools v0.23 is the release built on k8s.io v0.37, the
+# libraries controller-runtime v0.25 uses.
+K8S_VERSION         := v1.37.2
+ETCD_VERSION        := v3.7.3
+CONTROLLER_TOOLS_VERSION := v0.23.0
+K8S_BIN_CACHE       ?= /var/cache/drover/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)-controller-tools-$(CONTROLLER_TOOLS_VERSION)
+K8S_BINS_STAMP      := $(BIN)/.k8s-bins-$(K8S_VERSION)-$(ETCD_VERSION)-$(CONTROLLER_TOOLS_VERSION)
+export KUBEBUILDER_ASSETS ?= $(BIN)
 
 export RAPID_CHECKS
 
@@ -49,7 +63,7 @@ export SIM_SEED_WINDOW
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: k8s-bins crds k8s-scale image test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -66,6 +80,10 @@ help:
 	@echo "make iscsi-perf-compare  iscsi-perf 4 KiB reads: Drover 1 and 3 replicas vs tgtd, IOPS ratios (root, tgt)"
 	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
 	@echo "make versitygw build the S3 server the backup tests use into bin/ (make test does)"
+	@echo "make k8s-bins  build kube-apiserver $(K8S_VERSION), etcd $(ETCD_VERSION), controller-gen $(CONTROLLER_TOOLS_VERSION) into bin/ via $(K8S_BIN_CACHE) (make test does)"
+	@echo "make image     bin/drover-image.tar: a reproducible docker-archive image of drover ($(IMAGE_TAG)), no registry needed"
+	@echo "make k8s-scale the manager's memory with K8S_SCALE (default $(K8S_SCALE)) volumes against none, in one run"
+	@echo "make crds      regenerate deploy/crds and k8s/api's deepcopy code with controller-gen"
 	@echo "make proto     regenerate the committed gRPC/protobuf code (needs protoc)"
 
 build:
@@ -85,7 +103,7 @@ RACE_SLOW_PKGS      := ./frontends/iscsi ./cmd/drover
 race_pkg_list        = $(shell $(GO) list $(RACE_PKGS))
 plain_pkg_list       = $(filter-out $(race_pkg_list),$(shell $(GO) list ./...))
 
-test: $(VERSITYGW_STAMP)
+test: $(VERSITYGW_STAMP) $(K8S_BINS_STAMP)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(plain_pkg_list)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestDataPathAllocatesNothing$$' ./transports/enginerun
@@ -136,6 +154,35 @@ versitygw: $(VERSITYGW_STAMP)
 $(VERSITYGW_STAMP):
 	GOBIN=$(BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 	@touch $@
+
+k8s-bins: $(K8S_BINS_STAMP)
+$(K8S_BINS_STAMP): k8s/hack/build-bins.sh
+	GO=$(GO) k8s/hack/build-bins.sh $(BIN) $(K8S_BIN_CACHE) $(K8S_VERSION) $(ETCD_VERSION) $(CONTROLLER_TOOLS_VERSION)
+	@touch $@
+
+# crds regenerates the committed CRDs (and the Helm chart's copy) and
+# deepcopy code from k8s/api's Go types; k8s/api's TestCRDsUpToDate fails
+# when they drift.
+crds: $(K8S_BINS_STAMP)
+	$(BIN)/controller-gen object paths=./k8s/api/... crd paths=./k8s/api/... output:crd:artifacts:config=deploy/crds
+	rm -f deploy/chart/crds/*.yaml && cp deploy/crds/*.yaml deploy/chart/crds/
+
+# image writes Drover's container image as a docker-archive tarball,
+# $(BIN)/drover-image.tar (docker load / podman load / kind load
+# image-archive), with no registry or container runtime: a static drover
+# built reproducibly (-trimpath, no build id, no VCS stamp) in one layer.
+# The same commit and Go version give the same bytes.
+IMAGE_TAG           ?= drover:dev
+image:
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $(BIN)/image/drover ./cmd/drover
+	$(GO) run ./cmd/drover-image --binary $(BIN)/image/drover --out $(BIN)/drover-image.tar --tag $(IMAGE_TAG)
+
+# k8s-scale measures the manager process's memory with K8S_SCALE volumes
+# (three replicas each, on Node objects without agents) against its
+# memory with none, and the time to place them all.
+K8S_SCALE           ?= 100
+k8s-scale: $(K8S_BINS_STAMP)
+	DROVER_K8S_SCALE=$(K8S_SCALE) $(GO) test -count=1 -timeout 10m -run '^TestProcessK8sManagerScale$$' -v ./cmd/drover
 
 sim-long:
 	SIM_SEEDS=$(SIM_LONG_SEEDS) $(GO) test -count=1 -timeout $(SIM_LONG_TIMEOUT) -run '^TestSeeds$$' -v ./sim/ | grep -v '^=== '
