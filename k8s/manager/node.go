@@ -94,24 +94,25 @@ func (r *nodeReconciler) finalize(ctx context.Context, node *v1alpha1.Node) (ctr
 	return ctrl.Result{}, nil
 }
 
-// lastCopies lists the volumes whose only good replicas are on node: a
-// replica counts as good while it runs and is not marked failed.
+// lastCopies lists the volumes with no good replica but on node: a
+// replica elsewhere counts as good while it runs and is not marked
+// failed. On node itself any replica not failed counts, running or not:
+// one whose agent is down (or whose Running status the cache has not
+// seen yet) still holds its data on the node's disk.
 func (r *nodeReconciler) lastCopies(ctx context.Context, node string) ([]string, error) {
 	var reps v1alpha1.ReplicaList
 	if err := r.List(ctx, &reps, client.InNamespace(r.ns)); err != nil {
 		return nil, fmt.Errorf("list replicas: %w", err)
 	}
-	good := func(rep *v1alpha1.Replica) bool {
-		return rep.DeletionTimestamp.IsZero() && rep.Spec.FailedAt == nil && rep.Status.CurrentState == v1alpha1.InstanceRunning
-	}
+	kept := func(rep *v1alpha1.Replica) bool { return rep.DeletionTimestamp.IsZero() && rep.Spec.FailedAt == nil }
 	here, elsewhere := map[string]bool{}, map[string]bool{}
 	for i := range reps.Items {
 		rep := &reps.Items[i]
 		switch {
-		case !good(rep):
+		case !kept(rep):
 		case rep.Spec.NodeID == node:
 			here[rep.Spec.VolumeName] = true
-		default:
+		case rep.Status.CurrentState == v1alpha1.InstanceRunning:
 			elsewhere[rep.Spec.VolumeName] = true
 		}
 	}
