@@ -116,6 +116,9 @@ func simMany(cmd *cobra.Command, from, to uint64, jobs int, base sim.Options) er
 		blockOps += r.BlockOps
 		if !r.OK() {
 			failed = append(failed, r)
+			// Named at once: a long campaign stopped early still tells
+			// which seeds to look at.
+			fmt.Fprintf(os.Stderr, "\rseed %d failed: %s\n", r.Seed, r.Failures[0])
 		}
 		if done%50 == 0 || done == total {
 			fmt.Fprintf(os.Stderr, "\r%d/%d seeds, %d failed", done, total, len(failed))
