@@ -11,8 +11,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/backuptarget"
@@ -66,21 +64,8 @@ func (a *Agent) restoreStep(inst *engineInstance, name, ref, target string) (boo
 type backupReconciler struct{ a *Agent }
 
 func (br *backupReconciler) setup(mgr ctrl.Manager) error {
-	backupsOfEngine := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-		var list v1alpha1.BackupList
-		if err := br.a.client.List(ctx, &list, client.InNamespace(obj.GetNamespace())); err != nil {
-			return nil
-		}
-		var out []reconcile.Request
-		for _, b := range list.Items {
-			if b.Spec.Volume == obj.GetName() {
-				out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: b.Namespace, Name: b.Name}})
-			}
-		}
-		return out
-	})
 	return ctrl.NewControllerManagedBy(mgr).Named("backup").For(&v1alpha1.Backup{}).
-		Watches(&v1alpha1.Engine{}, backupsOfEngine).Complete(br)
+		Watches(&v1alpha1.Engine{}, ofEngineVolume(br.a.client, &v1alpha1.BackupList{})).Complete(br)
 }
 
 func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

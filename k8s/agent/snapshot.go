@@ -7,7 +7,9 @@ import (
 	"sort"
 	"time"
 
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -27,21 +29,35 @@ type snapshotReconciler struct{ a *Agent }
 
 func (sr *snapshotReconciler) setup(mgr ctrl.Manager) error {
 	// An engine that starts (or changes) here may have snapshots waiting.
-	snapshotsOfEngine := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-		var list v1alpha1.SnapshotList
-		if err := sr.a.client.List(ctx, &list, client.InNamespace(obj.GetNamespace())); err != nil {
+	return ctrl.NewControllerManagedBy(mgr).Named("snapshot").For(&v1alpha1.Snapshot{}).
+		Watches(&v1alpha1.Engine{}, ofEngineVolume(sr.a.client, &v1alpha1.SnapshotList{})).Complete(sr)
+}
+
+// ofEngineVolume maps an Engine's events to the objects of list's kind
+// (Snapshots, Backups) of its volume in its namespace: engines are named
+// after their volume.
+func ofEngineVolume(c client.Client, list client.ObjectList) handler.EventHandler {
+	return handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+		l := list.DeepCopyObject().(client.ObjectList)
+		if err := c.List(ctx, l, client.InNamespace(obj.GetNamespace())); err != nil {
 			return nil
 		}
 		var out []reconcile.Request
-		for _, s := range list.Items {
-			if s.Spec.Volume == obj.GetName() {
-				out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: s.Name}})
+		_ = apimeta.EachListItem(l, func(o runtime.Object) error {
+			var volume string
+			switch x := o.(type) {
+			case *v1alpha1.Snapshot:
+				volume = x.Spec.Volume
+			case *v1alpha1.Backup:
+				volume = x.Spec.Volume
 			}
-		}
+			if m, ok := o.(client.Object); ok && volume == obj.GetName() {
+				out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: m.GetNamespace(), Name: m.GetName()}})
+			}
+			return nil
+		})
 		return out
 	})
-	return ctrl.NewControllerManagedBy(mgr).Named("snapshot").For(&v1alpha1.Snapshot{}).
-		Watches(&v1alpha1.Engine{}, snapshotsOfEngine).Complete(sr)
 }
 
 func (sr *snapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
