@@ -21,7 +21,7 @@ func TestDebugSeed(t *testing.T) {
 	if err != nil {
 		t.Skip("set SIM_DEBUG=seed")
 	}
-	opt := Options{Seed: seed, Profile: os.Getenv("SIM_PROFILE"), Ops: 2000, Log: func(l string) { lines = append(lines, l) }}
+	opt := Options{Seed: seed, Profile: os.Getenv("SIM_PROFILE"), Ops: envOps(), Log: func(l string) { lines = append(lines, l) }}
 	if opt.Profile == "" {
 		opt.Profile = "swarm"
 	}
@@ -36,8 +36,9 @@ func TestDebugSeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	peekBlock(s)
 	s.loop()
-	if bs := os.Getenv("SIM_BLOCK"); bs != "" {
+	if bs := os.Getenv("SIM_BLOCK"); bs != "" && os.Getenv("SIM_PEEK") == "" {
 		want, _ := strconv.ParseUint(bs, 10, 64)
 		for i, e := range s.hist.eras {
 			fmt.Printf("era %d start %d init %d under %v\n", i, e.start, e.init[want], e.under[want])
@@ -89,5 +90,35 @@ func TestDebugSeed(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// peekBlock schedules, at each virtual time in SIM_PEEK (comma separated),
+// a print of block SIM_BLOCK's value in every layer of every replica.
+func peekBlock(s *Sim) {
+	b, err := strconv.ParseUint(os.Getenv("SIM_BLOCK"), 10, 64)
+	if err != nil {
+		return
+	}
+	for _, ts := range strings.Split(os.Getenv("SIM_PEEK"), ",") {
+		at, err := strconv.ParseInt(ts, 10, 64)
+		if err != nil {
+			continue
+		}
+		s.at(at, func() {
+			for _, n := range s.replicas {
+				line := fmt.Sprintf("peek %d %s up=%v:", s.now, n.id, n.up)
+				for _, id := range n.st.LayerIDs() {
+					buf := n.st.Block(id, b)
+					if buf == nil {
+						line += fmt.Sprintf(" L%v=-", id)
+						continue
+					}
+					v, ok := unstamp(buf, b)
+					line += fmt.Sprintf(" L%v=%d/%v", id, v, ok)
+				}
+				fmt.Println(line)
+			}
+		})
 	}
 }

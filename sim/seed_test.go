@@ -16,7 +16,7 @@ func TestSeed(t *testing.T) {
 	}
 	prof := os.Getenv("SIM_PROFILE")
 	var lines []string
-	opt := Options{Seed: seed, Profile: prof, Ops: 2000, TraceDir: t.TempDir()}
+	opt := Options{Seed: seed, Profile: prof, Ops: envOps(), TraceDir: t.TempDir()}
 	if os.Getenv("SIM_LOG") != "" {
 		opt.Log = func(l string) { lines = append(lines, l) }
 		defer func() {
@@ -33,4 +33,12 @@ func TestSeed(t *testing.T) {
 	for _, f := range r.Failures {
 		t.Error(f)
 	}
+}
+
+// envOps reads SIM_OPS (client operations per run) for the debug tests.
+func envOps() int {
+	if n, err := strconv.Atoi(os.Getenv("SIM_OPS")); err == nil && n > 0 {
+		return n
+	}
+	return 2000
 }

@@ -150,6 +150,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{297, "swarm", 2000, "a lost write on r3 that no read reached: the final scrub read each range from the same replica every pass (simulator)"},
 		{1088, "swarm", 2000, "a membership adopted at open was recorded on as Prev of the next, hiding that it was never committed: two engines opened disjoint memberships and acknowledged writes were lost"},
 		{2148, "swarm", 2000, "damage found only when read: ENOSPC took four replicas out while the fifth held undiscovered damage, and no copy was left (the simulator now holds every fault until damage is found)"},
+		{2319, "all", 5000, "an engine died with a write on two of three replicas; the next open's resync found the source's copy of that run rotted, copied the run to the targets from another replica and left the source on the old version: reads alternated between them (a run taken from another replica now repairs the source too)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {

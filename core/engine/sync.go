@@ -356,6 +356,10 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 				done(fmt.Sprintf("write layer %q of %s: %v %s", s.layer, target, rep.Status, rep.Err))
 				return
 			}
+			if src != s.source && target != s.source {
+				s.repairSource(w, done)
+				return
+			}
 			// Acknowledged: the target received all of the data and the
 			// engine holds it nowhere else. (On any other outcome the
 			// transport may still be sending it: it is left to the GC.)
@@ -364,6 +368,29 @@ func (s *layerSync) copyRunFrom(target proto.ReplicaID, run proto.Extent, src pr
 			}
 			done("")
 		})
+	})
+}
+
+// repairSource writes a run the target got from another replica (the
+// source's copy was corrupt) over the source's copy too. The sync's
+// promise is that source and targets end equal: in a frozen layer the
+// other replica's copy is the layer's content, and in an open's resync
+// of the head the run may hold a write that reached some replicas and
+// not others, so the source must take the version the targets took, or
+// it would answer reads with another one.
+func (s *layerSync) repairSource(w proto.Request, done func(string)) {
+	s.e.send(s.source, w, func(rep proto.Reply) {
+		if s.aborted {
+			return
+		}
+		if rep.Status != proto.StatusOK {
+			done(fmt.Sprintf("repair layer %q of source %s: %v %s", s.layer, s.source, rep.Status, rep.Err))
+			return
+		}
+		if w.Data != nil {
+			s.e.ready.Free = append(s.e.ready.Free, w.Data)
+		}
+		done("")
 	})
 }
 
