@@ -115,7 +115,8 @@ func peekBlock(s *Sim) {
 						continue
 					}
 					v, ok := unstamp(buf, b)
-					line += fmt.Sprintf(" L%v=%d/%v", id, v, ok)
+					e, _ := n.st.Entry(id, b)
+					line += fmt.Sprintf(" L%v(%s)=%d/%v/%d", id, n.r.LayerName(id), v, ok, e.CRC)
 				}
 				fmt.Println(line)
 			}

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/drover-io/drover/core/engine"
@@ -262,6 +263,9 @@ func (s *Sim) loseWrite(n *replicaNode, io store.IO) bool {
 	}
 	for b := io.BlockIndex; b < io.BlockIndex+count; b++ {
 		s.rotted[b] = true
+		off := (b - io.BlockIndex) * proto.BlockSize
+		s.rots = append(s.rots, rotRecord{n: n, layer: io.Layer, block: b,
+			good: bytes.Clone(io.Data[off : off+proto.BlockSize]), bad: bytes.Clone(n.st.Block(io.Layer, b))})
 	}
 	s.count("disk-lost-write")
 	s.note("lost-write", uint64(n.idx), io.BlockIndex, count)

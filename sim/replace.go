@@ -86,6 +86,9 @@ func (s *Sim) lose() {
 // engine able to open even with a majority alive: the quorum rule's
 // availability cost, which the simulator steers around rather than hits.
 func (s *Sim) survivable(victim proto.ReplicaID) bool {
+	if s.holdsLastGoodCopy(victim) {
+		return false
+	}
 	rest := map[proto.ReplicaID]bool{}
 	for _, n := range s.replicas {
 		rest[n.id] = n.id != victim && !n.lost

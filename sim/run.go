@@ -1,10 +1,12 @@
 package sim
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/core/store"
 )
 
 const (
@@ -97,8 +99,13 @@ func (s *Sim) takeover() {
 	en := s.startEngine()
 	// Often the new engine cannot reach some replicas while it opens: it
 	// must then not serve from a minority while the old one goes on.
+	// Not while a lost replica is still a member (faultsHeld): a long
+	// partition of another may get it replaced, and with the lost one
+	// and rot on the third, that is one fault more than three copies
+	// survive.
+	held := s.faultsHeld()
 	for _, n := range s.replicas {
-		if s.rng.IntN(3) == 0 {
+		if s.rng.IntN(3) == 0 && !held {
 			l := en.links[n.idx]
 			l.partitioned = true
 			s.after(s.uniform(s.knobs.PartitionLenUs/2, s.knobs.PartitionLenUs*3/2), func() { l.partitioned = false })
@@ -130,7 +137,10 @@ func (s *Sim) crashAll() {
 // bitRot flips a bit of a block one replica serves from its disk.
 //
 // Rot must leave a good copy somewhere for the promise to hold, so it
-// only strikes while at least three replicas are RW.
+// only strikes while at least three replicas are RW and another member
+// holds the same bytes now: the engine's view lags (a member that missed
+// writes is RW until the engine notices), so its modes alone would let
+// rot strike the only copy of an acknowledged write.
 func (s *Sim) bitRot() {
 	en := s.current()
 	if !en.alive {
@@ -149,11 +159,13 @@ func (s *Sim) bitRot() {
 		return // one rot per block and run: other copies stay good
 	}
 	layer, kind := n.r.Resolve(b)
-	if kind != proto.BlockData {
+	if kind != proto.BlockData || !s.copyElsewhere(n, info, layer, b) {
 		return
 	}
+	good := bytes.Clone(n.st.Block(layer, b))
 	if n.st.CorruptBlock(layer, b, uint(s.rng.IntN(proto.BlockSize*8))) {
 		s.rotted[b] = true
+		s.rots = append(s.rots, rotRecord{n: n, layer: layer, block: b, good: good, bad: bytes.Clone(n.st.Block(layer, b))})
 		s.count("bitrot")
 		s.note("bitrot", uint64(n.idx), b)
 	}
@@ -364,4 +376,69 @@ func (s *Sim) scrub(en *engineNode, b uint64, pass int) {
 		}
 		s.scrub(en, b+uint64(n), pass)
 	})
+}
+
+// copyElsewhere reports whether a member other than n serves block b with
+// the bytes n's layer holds.
+func (s *Sim) copyElsewhere(n *replicaNode, info engine.VolumeInfo, layer store.LayerID, b uint64) bool {
+	mine := n.st.Block(layer, b)
+	if mine == nil {
+		return false
+	}
+	for _, m := range s.replicas {
+		if m == n || !m.up || !m.r.Loaded() || !isMember(info, m.id) {
+			continue
+		}
+		if l, kind := m.r.Resolve(b); kind == proto.BlockData && bytes.Equal(m.st.Block(l, b), mine) {
+			return true
+		}
+	}
+	return false
+}
+
+// rotRecord is a block the simulator damaged on one replica (bit rot, a
+// lost write): its good bytes and the bytes the replica holds instead.
+type rotRecord struct {
+	n         *replicaNode
+	layer     store.LayerID
+	block     uint64
+	good, bad []byte
+}
+
+// holdsLastGoodCopy reports whether victim is the only replica but the
+// damaged one holding the good bytes of a block still damaged: losing
+// it, or what it knew, would leave no good copy, which no system can
+// survive (two faults on one block). A damaged copy that was rewritten
+// or whose layer is gone no longer counts.
+func (s *Sim) holdsLastGoodCopy(victim proto.ReplicaID) bool {
+	for _, r := range s.rots {
+		if r.n.id == victim || r.n.lost || !bytes.Equal(r.n.st.Block(r.layer, r.block), r.bad) {
+			continue
+		}
+		victimHas, otherHas := false, false
+		for _, m := range s.replicas {
+			if m == r.n || m.lost || !m.holds(r.block, r.good) {
+				continue
+			}
+			if m.id == victim {
+				victimHas = true
+			} else {
+				otherHas = true
+			}
+		}
+		if victimHas && !otherHas {
+			return true
+		}
+	}
+	return false
+}
+
+// holds reports whether any layer of n's store holds data for block b.
+func (n *replicaNode) holds(b uint64, data []byte) bool {
+	for _, id := range n.st.LayerIDs() {
+		if bytes.Equal(n.st.Block(id, b), data) {
+			return true
+		}
+	}
+	return false
 }

@@ -104,6 +104,7 @@ type Sim struct {
 	hist     *history
 
 	rotted map[uint64]bool // blocks bit rot struck (once each)
+	rots   []rotRecord     // what rot and lost writes damaged, and the good bytes
 	// managerRemoved counts lost members the manager took out of the
 	// volume by request because no spare was left to replace them.
 	managerRemoved int

@@ -151,6 +151,8 @@ func TestRegressionSeeds(t *testing.T) {
 		{1088, "swarm", 2000, "a membership adopted at open was recorded on as Prev of the next, hiding that it was never committed: two engines opened disjoint memberships and acknowledged writes were lost"},
 		{2148, "swarm", 2000, "damage found only when read: ENOSPC took four replicas out while the fifth held undiscovered damage, and no copy was left (the simulator now holds every fault until damage is found)"},
 		{2319, "all", 5000, "an engine died with a write on two of three replicas; the next open's resync found the source's copy of that run rotted, copied the run to the targets from another replica and left the source on the old version: reads alternated between them (a run taken from another replica now repairs the source too)"},
+		{234, "all", 5000, "r1's head rotted while r2 held the same block in its head; r2 missed the next snapshot, and a rebuild froze its head under the rebuild snapshot's name: the splice looked for the block only in the snapshot's layer and every rebuild stopped (the splice now reads every snapshot layer of every member)"},
+		{1289, "swarm", 2000, "a takeover partitioned r2 for long while lost r3 was still a member, the engine replaced r2, and r1's rotted block had no copy left: three faults on one block (takeovers now partition nothing while faults are held; rot and lost writes strike only where another member holds the same bytes, and losses spare the last good copy)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {

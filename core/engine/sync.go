@@ -396,15 +396,33 @@ func (s *layerSync) repairSource(w proto.Request, done func(string)) {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// spliceCandidates lists the members other than src, the one whose copy
-// is corrupt: any of them may still serve the block's right content.
+// spliceCandidates lists where a block whose copy on src is corrupt may
+// still be found: every snapshot layer of every member other than src,
+// the layer being synced first, then their heads. A member that missed
+// the snapshot holds the block in another layer: one that was ERR when
+// the snapshot was taken kept it in its head, which a rebuild then froze
+// under the rebuild snapshot's name.
 func (s *layerSync) spliceCandidates(src proto.ReplicaID) []spliceSource {
+	layers := []string{s.layer}
+	for _, name := range s.e.chain {
+		if name != s.layer {
+			layers = append(layers, name)
+		}
+	}
 	var out []spliceSource
-	for _, how := range []spliceHow{viaSnapshot, viaHead} {
+	for _, name := range layers {
+		if name == "" {
+			continue
+		}
 		for _, m := range s.e.sortedMembers() {
 			if m.id != src {
-				out = append(out, spliceSource{m.id, how})
+				out = append(out, spliceSource{m.id, viaSnapshot, name})
 			}
+		}
+	}
+	for _, m := range s.e.sortedMembers() {
+		if m.id != src {
+			out = append(out, spliceSource{m.id, viaHead, ""})
 		}
 	}
 	return out
@@ -412,14 +430,15 @@ func (s *layerSync) spliceCandidates(src proto.ReplicaID) []spliceSource {
 
 // spliceSource is one place spliceFromAny may find a block.
 type spliceSource struct {
-	id  proto.ReplicaID
-	how spliceHow
+	id    proto.ReplicaID
+	how   spliceHow
+	layer string // the snapshot read, for viaSnapshot
 }
 
 type spliceHow uint8
 
 const (
-	viaSnapshot spliceHow = iota // OpSnapRead of the layer being synced
+	viaSnapshot spliceHow = iota // OpSnapRead of a snapshot layer
 	viaHead                      // OpRead: the member's head
 )
 
@@ -448,11 +467,7 @@ func (s *layerSync) spliceFromAny(target proto.ReplicaID, w proto.Request, bad u
 	from, how := cands[0].id, cands[0].how
 	req := proto.Request{Op: proto.OpRead, BlockIndex: bad, BlockCount: 1}
 	if how == viaSnapshot {
-		if s.layer == "" {
-			s.spliceFromAny(target, w, bad, cands[1:], why, done)
-			return
-		}
-		req.Op, req.Name = proto.OpSnapRead, s.layer
+		req.Op, req.Name = proto.OpSnapRead, cands[0].layer
 	}
 	s.e.send(from, req, func(rep proto.Reply) {
 		if s.aborted {

@@ -316,6 +316,15 @@ func (s *Store) Block(id store.LayerID, blockIndex uint64) []byte {
 	return nil
 }
 
+// Entry returns the current index entry of one block of a layer.
+func (s *Store) Entry(id store.LayerID, blockIndex uint64) (proto.BlockState, bool) {
+	if l := s.layers[id]; l != nil {
+		e, ok := l.index[blockIndex]
+		return e, ok
+	}
+	return proto.BlockState{}, false
+}
+
 // Clone returns a copy of the store as its disk holds it durably: what a
 // copy of the disk image restores (the simulator brings replicas back
 // from old copies with it). The copy shares no mutable state with s.

@@ -420,3 +420,14 @@ func (r *Replica) Resolve(b uint64) (store.LayerID, proto.BlockKind) {
 
 // SizeBytes returns the replica's size.
 func (r *Replica) SizeBytes() uint64 { return r.meta.SizeBytes }
+
+// LayerName returns the name of layer id in the chain ("" for the head,
+// "?" when the chain does not hold it): for debugging and tests.
+func (r *Replica) LayerName(id store.LayerID) string {
+	for _, l := range r.layers {
+		if l.meta.ID == id {
+			return l.meta.Name
+		}
+	}
+	return "?"
+}
