@@ -153,6 +153,8 @@ func TestRegressionSeeds(t *testing.T) {
 		{2319, "all", 5000, "an engine died with a write on two of three replicas; the next open's resync found the source's copy of that run rotted, copied the run to the targets from another replica and left the source on the old version: reads alternated between them (a run taken from another replica now repairs the source too)"},
 		{234, "all", 5000, "r1's head rotted while r2 held the same block in its head; r2 missed the next snapshot, and a rebuild froze its head under the rebuild snapshot's name: the splice looked for the block only in the snapshot's layer and every rebuild stopped (the splice now reads every snapshot layer of every member)"},
 		{1289, "swarm", 2000, "a takeover partitioned r2 for long while lost r3 was still a member, the engine replaced r2, and r1's rotted block had no copy left: three faults on one block (takeovers now partition nothing while faults are held; rot and lost writes strike only where another member holds the same bytes, and losses spare the last good copy)"},
+		{3231, "swarm", 2000, "a new 2-replica volume's first membership reached only r2: r1, with no record, could not vote, and no engine could open again (a replica whose store the record names by its creation epoch now votes without a record of its own)"},
+		{7953, "swarm", 2000, "as 3231"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {

@@ -287,6 +287,9 @@ type member struct {
 	silent      bool
 	silentSince int64
 	info        *proto.Info
+	// created is its store's creation epoch as it last reported it (at
+	// our open, or its rebuild's): recorded with it in memberships.
+	created uint64
 }
 
 type call struct {

@@ -111,13 +111,14 @@ func (e *Engine) desiredMembership() *proto.Membership {
 	}
 	next := &proto.Membership{Gen: e.committed.Gen + 1, Epoch: e.epoch, Prev: append([]proto.Member(nil), prev...)}
 	for _, m := range e.sortedMembers() {
+		created := e.createdOf(m)
 		switch m.mode {
 		case ModeRW:
-			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeRW})
+			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeRW, Created: created})
 		case ModeWO:
-			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeWO})
+			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeWO, Created: created})
 		case ModeERR:
-			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeFailed})
+			next.Members = append(next.Members, proto.Member{ID: m.id, Mode: proto.ModeFailed, Created: created})
 		}
 	}
 	for _, id := range e.removed {
@@ -340,4 +341,38 @@ func sameRW(a, b []proto.Member) bool {
 		}
 	}
 	return true
+}
+
+// createdOf is the creation epoch of m's store: as it reported it at
+// our open or its rebuild's, else as the committed membership recorded
+// it (0: unknown, and then it cannot vote without a record of its own).
+func (e *Engine) createdOf(m *member) uint64 {
+	if m.created != 0 {
+		return m.created
+	}
+	for _, x := range e.committed.Members {
+		if x.ID == m.id {
+			return x.Created
+		}
+	}
+	return 0
+}
+
+// recordedStore reports whether info comes from the very store that
+// membership m (or its predecessor) recorded for that replica: its
+// creation epoch is known and the same. Such a replica was not wiped or
+// replaced since, so having no membership record means it never
+// recorded one, and its fence counts toward a quorum.
+func recordedStore(m *proto.Membership, info *proto.Info) bool {
+	if info.Created == 0 {
+		return false
+	}
+	for _, list := range [][]proto.Member{m.Members, m.Prev} {
+		for _, x := range list {
+			if x.ID == info.ID && x.Created == info.Created {
+				return true
+			}
+		}
+	}
+	return false
 }

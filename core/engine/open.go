@@ -118,9 +118,11 @@ func (e *Engine) decide(t *openTask) {
 	// its disk (or was never set up): it cannot vote, since it forgot
 	// every membership it recorded, and a quorum counted with it might
 	// miss the newest.
+	// Unless it is the very store the record names (recordedStore):
+	// then it was never given one (the record reached only some).
 	acks := map[proto.ReplicaID]bool{}
 	for id, info := range t.fenced {
-		if best == nil || info.Membership != nil || e.cfg.Bugs.TrustEmptyReplicas {
+		if best == nil || info.Membership != nil || recordedStore(best, info) || e.cfg.Bugs.TrustEmptyReplicas {
 			acks[id] = true
 		}
 	}
@@ -197,6 +199,9 @@ func (e *Engine) decide(t *openTask) {
 	}
 	for _, m := range e.sortedMembers() {
 		m.mode, m.info = ModeWO, t.fenced[m.id]
+		if m.info != nil {
+			m.created = m.info.Created
+		}
 		if m.info == nil {
 			m.mode, m.why, m.errSince = ModeERR, "did not answer at open", e.now
 		}

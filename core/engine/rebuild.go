@@ -321,6 +321,7 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask, rateBytesPer
 		}
 		if m := e.members[id]; m != nil {
 			m.unreachable = false
+			m.created = rep.Info.Created
 		}
 		// A target larger than the volume took an expansion that never
 		// completed; OpSetChain cuts it back (sim seed 355).

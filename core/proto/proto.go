@@ -247,6 +247,11 @@ func (m MemberMode) String() string {
 type Member struct {
 	ID   ReplicaID
 	Mode MemberMode
+	// Created is the member's store's creation epoch as the recording
+	// engine saw it (Info.Created; 0: unknown). A replica reporting the
+	// same one holds the store the record names: not wiped or replaced
+	// since, so it remembers every membership it recorded, even none.
+	Created uint64
 }
 
 // Membership is the replica set of a volume as an engine last recorded it.
@@ -295,7 +300,11 @@ type Info struct {
 	// blocks only). With FlushedSeq it orders replicas by what they hold
 	// durably: see engine's open (a copy restored from an old backup has
 	// a lower pair than the replicas that went on).
-	FUASeq        uint64
+	FUASeq uint64
+	// Created is the epoch of the first engine that opened this store:
+	// recorded once, durably, it names the store. A wiped or replaced
+	// disk gets a new one at its next open.
+	Created       uint64
 	Chain         []string // snapshot names, oldest first (the head excluded)
 	Membership    *Membership
 	ActiveRegions uint32 // regions that may hold torn unflushed writes

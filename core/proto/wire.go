@@ -283,6 +283,7 @@ const (
 	flagOpened     = 1 << 4 // info: opened in this incarnation
 	flagBacking    = 1 << 5 // info: BackingSHA256 follows the suspect extents
 	flagFUASeq     = 1 << 6 // info: FUASeq follows BackingSHA256 (or the suspect extents)
+	flagCreated    = 1 << 0 // info: Created follows FUASeq (or what precedes it)
 	// flagUnsummedData (requests and replies): the frame CRC leaves out
 	// the data, which the block states checksum (see the top of the file).
 	flagUnsummedData = 1 << 7
@@ -446,6 +447,9 @@ func appendInfo(b []byte, in *Info) []byte {
 	if in.FUASeq != 0 {
 		flags |= flagFUASeq
 	}
+	if in.Created != 0 {
+		flags |= flagCreated
+	}
 	b = append(b, flags)
 	b = appendString(b, string(in.ID))
 	b = appendU64s(b, in.SizeBytes, in.Epoch, in.FlushedSeq)
@@ -462,6 +466,9 @@ func appendInfo(b []byte, in *Info) []byte {
 	if in.FUASeq != 0 {
 		b = appendU64s(b, in.FUASeq)
 	}
+	if in.Created != 0 {
+		b = appendU64s(b, in.Created)
+	}
 	return b
 }
 
@@ -477,7 +484,33 @@ func appendMembership(b []byte, m *Membership) []byte {
 		b = appendString(b, string(x.ID))
 		b = append(b, byte(x.Mode))
 	}
+	// Creation epochs follow, all or none (none when every one is 0:
+	// one encoding per body).
+	if !m.anyCreated() {
+		return append(b, 0)
+	}
+	b = append(b, 1)
+	for _, x := range m.Members {
+		b = appendU64s(b, x.Created)
+	}
+	for _, x := range m.Prev {
+		b = appendU64s(b, x.Created)
+	}
 	return b
+}
+
+func (m *Membership) anyCreated() bool {
+	for _, x := range m.Members {
+		if x.Created != 0 {
+			return true
+		}
+	}
+	for _, x := range m.Prev {
+		if x.Created != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func appendU64s(b []byte, vs ...uint64) []byte {
@@ -650,6 +683,21 @@ func (d *decoder) membership() *Membership {
 			m.Prev[i] = Member{ID: ReplicaID(d.string("member id")), Mode: MemberMode(d.u8("member mode"))}
 		}
 	}
+	switch d.u8("member creation epochs") {
+	case 0:
+	case 1:
+		for i := range m.Members {
+			m.Members[i].Created = d.u64("member created")
+		}
+		for i := range m.Prev {
+			m.Prev[i].Created = d.u64("member created")
+		}
+		if d.err == nil && !m.anyCreated() {
+			d.fail("member creation epochs all zero")
+		}
+	default:
+		d.fail("bad member creation epochs marker")
+	}
 	return m
 }
 
@@ -807,7 +855,12 @@ func (d *decoder) info() *Info {
 			d.fail("fua seq flag with a zero seq")
 		}
 	}
-	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened|flagBacking|flagFUASeq) != 0 {
+	if flags&flagCreated != 0 {
+		if in.Created = d.u64("created"); in.Created == 0 && d.err == nil {
+			d.fail("created flag with a zero epoch")
+		}
+	}
+	if d.err == nil && flags&^(flagMembership|flagDirty|flagOpened|flagBacking|flagFUASeq|flagCreated) != 0 {
 		d.fail("unknown info flags %#x", flags)
 	}
 	return in

@@ -14,10 +14,13 @@ import (
 func wireSamples() ([]Request, []Reply) {
 	data := bytes.Repeat([]byte{0xab}, 2*BlockSize)
 	mem := &Membership{Gen: 3, Epoch: 7, Members: []Member{{ID: "r1", Mode: ModeRW}, {ID: "r2", Mode: ModeWO}}}
+	born := &Membership{Gen: 4, Epoch: 8, Members: []Member{{ID: "r1", Mode: ModeRW, Created: 5}, {ID: "r3", Mode: ModeWO}},
+		Prev: []Member{{ID: "r1", Mode: ModeRW, Created: 5}, {ID: "r2", Mode: ModeRW, Created: 6}}}
 	reqs := []Request{
 		{ID: 1, Epoch: 7, Op: OpOpen},
 		{ID: 2, Epoch: 7, Op: OpWrite, BlockIndex: 99, BlockCount: 2, Data: data, FUA: true, Seq: 12},
 		{ID: 3, Epoch: 7, Op: OpSetMembership, Membership: mem},
+		{ID: 8, Epoch: 8, Op: OpSetMembership, Membership: born},
 		{ID: 4, Epoch: 7, Op: OpSetChain, Chain: []string{"a", "b"}, Name: "x", Name2: "y", SizeBytes: 1 << 40},
 		{ID: 5, Epoch: 7, Op: OpLayerWrite, BlockIndex: 4, BlockCount: 2, Data: data,
 			Blocks: []BlockState{{BlockIndex: 4, Kind: BlockData, CRC: 77}, {BlockIndex: 5, Kind: BlockZero}}},
@@ -29,6 +32,7 @@ func wireSamples() ([]Request, []Reply) {
 		{ID: 1, Info: &Info{ID: "r1", SizeBytes: 1 << 30, Epoch: 7, FlushedSeq: 9, Chain: []string{"s"},
 			Membership: mem, ActiveRegions: 2, Dirty: true, Opened: true, BackingSHA256: "ab12", Recovered: []Extent{{BlockIndex: 0, BlockCount: 1024}}}},
 		{ID: 2, Data: data},
+		{ID: 6, Info: &Info{ID: "r2", SizeBytes: 1 << 30, Epoch: 8, FUASeq: 3, Created: 6, Membership: born}},
 		{ID: 3, Status: StatusCorrupt, Err: "block 5: checksum", BlockIndex: 5},
 		{ID: 4, Extents: []Extent{{1, 2}, {10, 20}}, Blocks: []BlockState{{BlockIndex: 1, Kind: BlockData, CRC: 3}}},
 		{ID: 5, Snapshots: []SnapshotInfo{

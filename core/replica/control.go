@@ -155,6 +155,9 @@ func (r *Replica) runFlush(o *op) {
 
 func (r *Replica) runOpen(o *op) {
 	r.meta.Epoch = o.req.Epoch
+	if r.meta.Created == 0 {
+		r.meta.Created = o.req.Epoch // this store's name from now on
+	}
 	r.writeMeta(func(ok bool) {
 		if !ok {
 			r.done(o, false)

@@ -14,8 +14,9 @@ import (
 const metaMagic = 0x4d565244
 
 // metaVersion is the encoding version this package writes. Versions 1
-// (no snapshot attributes) and 2 (no durable sequences) are still read.
-const metaVersion = 3
+// (no snapshot attributes), 2 (no durable sequences) and 3 (no creation
+// epochs) are still read.
+const metaVersion = 4
 
 // maxMetaBytes bounds a blob we are willing to decode.
 const maxMetaBytes = 16 << 20
@@ -48,6 +49,9 @@ type Meta struct {
 	// highest, and an engine's open must never see them go down.
 	FlushedSeq uint64
 	FUASeq     uint64
+	// Created (version 4) is the epoch of the first open of this store
+	// (proto.Info.Created); the membership's members carry theirs too.
+	Created uint64
 }
 
 // LayerMeta names one layer.
@@ -123,6 +127,15 @@ func (m *Meta) Encode() []byte {
 	}
 	e.u64(m.FlushedSeq)
 	e.u64(m.FUASeq)
+	e.u64(m.Created)
+	if m.Membership != nil {
+		for _, x := range m.Membership.Members {
+			e.u64(x.Created)
+		}
+		for _, x := range m.Membership.Prev {
+			e.u64(x.Created)
+		}
+	}
 	out := make([]byte, 0, 16+len(e.b)+4)
 	out = binary.LittleEndian.AppendUint32(out, metaMagic)
 	out = binary.LittleEndian.AppendUint32(out, metaVersion)
@@ -243,6 +256,17 @@ func DecodeMeta(b []byte) (*Meta, error) {
 	}
 	if version >= 3 {
 		m.FlushedSeq, m.FUASeq = d.u64(), d.u64()
+	}
+	if version >= 4 {
+		m.Created = d.u64()
+		if ms := m.Membership; ms != nil {
+			for i := range ms.Members {
+				ms.Members[i].Created = d.u64()
+			}
+			for i := range ms.Prev {
+				ms.Prev[i].Created = d.u64()
+			}
+		}
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("trailing bytes")

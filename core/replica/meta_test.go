@@ -40,11 +40,16 @@ func genMeta(t *rapid.T) *replica.Meta {
 		next++
 	}
 	m.NextLayerID = next + store.LayerID(rapid.Uint64Range(0, 5).Draw(t, "nextGap"))
+	m.Created = rapid.Uint64().Draw(t, "storeCreated")
 	if rapid.Bool().Draw(t, "membership") {
 		ms := &proto.Membership{Gen: rapid.Uint64().Draw(t, "gen"), Epoch: rapid.Uint64().Draw(t, "mepoch")}
 		for n := rapid.IntRange(0, 4).Draw(t, "members"); n > 0; n-- {
 			ms.Members = append(ms.Members, proto.Member{ID: proto.ReplicaID(rapid.StringN(0, 8, -1).Draw(t, "mid")),
-				Mode: proto.MemberMode(rapid.Uint8().Draw(t, "mode"))})
+				Mode: proto.MemberMode(rapid.Uint8().Draw(t, "mode")), Created: rapid.Uint64().Draw(t, "mcreated")})
+		}
+		for n := rapid.IntRange(0, 3).Draw(t, "prev"); n > 0; n-- {
+			ms.Prev = append(ms.Prev, proto.Member{ID: proto.ReplicaID(rapid.StringN(0, 8, -1).Draw(t, "pid")),
+				Mode: proto.MemberMode(rapid.Uint8().Draw(t, "pmode")), Created: rapid.Uint64().Draw(t, "pcreated")})
 		}
 		m.Membership = ms
 	}

@@ -369,7 +369,7 @@ func (r *Replica) setEntry(l *layer, e proto.BlockState) {
 func (r *Replica) Info() proto.Info {
 	info := proto.Info{
 		ID: r.meta.ID, SizeBytes: r.meta.SizeBytes, Epoch: r.meta.Epoch,
-		FlushedSeq: r.flushedSeq, FUASeq: r.fuaSeq, Membership: r.meta.Membership.Clone(),
+		FlushedSeq: r.flushedSeq, FUASeq: r.fuaSeq, Created: r.meta.Created, Membership: r.meta.Membership.Clone(),
 		ActiveRegions: uint32(len(r.active)), Dirty: len(r.meta.Recovered) > 0, Opened: r.opened,
 		Recovered:     r.Recovered(),
 		Suspect:       append([]proto.Extent(nil), r.meta.Suspect...),
