@@ -41,6 +41,10 @@ const (
 	chunkEntrySize = 1 + sha256.Size + 4
 )
 
+// MaxChunkBytes is the largest chunk a manifest may describe: what a
+// restore is willing to decompress for one chunk.
+const MaxChunkBytes = maxChunkBytes
+
 // ErrBadManifest wraps every manifest decoding failure.
 var ErrBadManifest = errors.New("bad backup manifest")
 

@@ -20,7 +20,10 @@ import (
 const chunkBytes = 64 << 10 // small chunks: many of them in a small volume
 
 func newDirRepo(t *testing.T) (*Repo, string) {
-	dir := t.TempDir()
+	return newDirRepoAt(t, t.TempDir())
+}
+
+func newDirRepoAt(t testing.TB, dir string) (*Repo, string) {
 	s, err := objstore.OpenDir(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -63,7 +63,9 @@ func NewRepo(s objstore.Store) *Repo {
 func (r *Repo) codec() (*zstd.Encoder, *zstd.Decoder) {
 	r.encOnce.Do(func() {
 		r.enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
-		r.dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
+		// A chunk from a hostile bucket must not decompress into more
+		// than any manifest may describe (a zstd bomb).
+		r.dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(backup.MaxChunkBytes))
 	})
 	return r.enc, r.dec
 }
@@ -171,6 +173,15 @@ func (r *Repo) getChunk(ctx context.Context, h backup.Hash, length uint64) ([]by
 	}
 	if err != nil {
 		return nil, err
+	}
+	if length > backup.MaxChunkBytes {
+		return nil, fmt.Errorf("%w: chunk %s of %d bytes is larger than any backup holds", ErrCorrupt, h, length)
+	}
+	// Every chunk is one frame that states its size (EncodeAll writes it):
+	// refuse one that claims another before decompressing anything.
+	var hdr zstd.Header
+	if err := hdr.Decode(b); err != nil || !hdr.HasFCS || hdr.FrameContentSize != length {
+		return nil, fmt.Errorf("%w: chunk %s does not hold one frame of %d bytes (header: %v)", ErrCorrupt, h, length, frameDesc(hdr, err))
 	}
 	_, dec := r.codec()
 	data, err := dec.DecodeAll(b, make([]byte, 0, length))
@@ -316,4 +327,14 @@ func (l *lease) release(ctx context.Context) {
 	close(l.stop)
 	<-l.done
 	_ = l.r.Store.Delete(ctx, "locks/"+l.m.Kind+"-"+l.m.ID)
+}
+
+func frameDesc(h zstd.Header, err error) string {
+	switch {
+	case err != nil:
+		return err.Error()
+	case !h.HasFCS:
+		return "no content size"
+	}
+	return fmt.Sprintf("content size %d", h.FrameContentSize)
 }
