@@ -136,9 +136,25 @@ func Run(opt Options) *Result {
 	if err != nil {
 		return &Result{Seed: opt.Seed, Profile: opt.Profile, Failures: []string{err.Error()}}
 	}
-	s.loop()
+	if r := s.loopChecked(); r != nil {
+		return r
+	}
 	s.check()
 	return s.result()
+}
+
+// loopChecked runs the loop and turns a panic of the core (a broken
+// invariant, see core/engine's assert) into this seed's failure, so that
+// a campaign names the seed and goes on.
+func (s *Sim) loopChecked() (failed *Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.fail("panic at %d us: %v", s.now, p)
+			failed = s.result()
+		}
+	}()
+	s.loop()
+	return nil
 }
 
 // newSim sets up the run of opt's seed, ready to loop. (Debugging tests

@@ -278,6 +278,8 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 		// replica that did not record it is noticed (it goes ERR).
 		return
 	}
+	assert(ch.next.Gen > e.committed.Gen, "committed membership gen %d after gen %d", ch.next.Gen, e.committed.Gen)
+	assert(rwIn(ch.next) > 0, "committed membership gen %d has no RW member", ch.next.Gen)
 	e.committed, e.committedPrev = ch.next, nil
 	e.change = nil
 	for _, fn := range ch.onDone {
@@ -375,4 +377,15 @@ func recordedStore(m *proto.Membership, info *proto.Info) bool {
 		}
 	}
 	return false
+}
+
+// rwIn counts m's RW members.
+func rwIn(m *proto.Membership) int {
+	n := 0
+	for _, x := range m.Members {
+		if x.Mode == proto.ModeRW {
+			n++
+		}
+	}
+	return n
 }

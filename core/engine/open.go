@@ -76,7 +76,9 @@ func (e *Engine) fenceAll(t *openTask) {
 	for _, info := range t.infos {
 		epoch = max(epoch, info.Epoch)
 	}
-	e.epoch = NextEpoch(epoch, e.cfg.Nonce)
+	next := NextEpoch(epoch, e.cfg.Nonce)
+	assert(next > e.epoch, "epoch would go from %d back to %d", e.epoch, next)
+	e.epoch = next
 	t.left = len(t.infos)
 	for _, id := range sortedIDs(t.infos) {
 		e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {

@@ -154,6 +154,9 @@ func (r *Replica) runFlush(o *op) {
 }
 
 func (r *Replica) runOpen(o *op) {
+	if o.req.Epoch < r.meta.Epoch && !r.cfg.Bugs.AcceptStaleEpochs {
+		panic(sprintf("replica invariant: fence epoch would go from %d back to %d", r.meta.Epoch, o.req.Epoch))
+	}
 	r.meta.Epoch = o.req.Epoch
 	if r.meta.Created == 0 {
 		r.meta.Created = o.req.Epoch // this store's name from now on
