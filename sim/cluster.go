@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"strings"
 	"os"
 	"sort"
 
@@ -239,8 +240,21 @@ func (en *engineNode) tick() {
 		}
 		en.e.Tick()
 		en.pump()
+		if n := countRebuildSnaps(en.e.Info().Chain); n > en.s.stats["rebuild-snaps-max"] {
+			en.s.stats["rebuild-snaps-max"] = n
+		}
 		en.tick()
 	})
+}
+
+func countRebuildSnaps(chain []string) int {
+	n := 0
+	for _, c := range chain {
+		if strings.HasPrefix(c, "rebuild-") {
+			n++
+		}
+	}
+	return n
 }
 
 // kill stops an engine process: its in-flight requests are never answered.
