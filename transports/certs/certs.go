@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -98,6 +99,9 @@ type IssueOptions struct {
 	Hosts []string
 	// Validity defaults to DefaultValidity.
 	Validity time.Duration
+	// Replace renews an existing certificate and key of that name (new
+	// key, new serial); without it Issue refuses to overwrite them.
+	Replace bool
 }
 
 // Issue makes a certificate and key signed by the CA in dir, usable both
@@ -116,8 +120,8 @@ func Issue(dir string, o IssueOptions, now time.Time) error {
 	}
 	certPath, keyPath := filepath.Join(dir, CertFile(o.Name)), filepath.Join(dir, KeyFile(o.Name))
 	for _, f := range []string{certPath, keyPath} {
-		if _, err := os.Stat(f); err == nil {
-			return fmt.Errorf("certs issue: %s: %w", f, ErrExists)
+		if _, err := os.Stat(f); err == nil && !o.Replace {
+			return fmt.Errorf("certs issue: %s: %w (renew it with --replace)", f, ErrExists)
 		}
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -144,10 +148,66 @@ func Issue(dir string, o IssueOptions, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("certs issue: certificate: %w", err)
 	}
-	if err := writeKey(keyPath, key); err != nil {
+	if !o.Replace {
+		if err := writeKey(keyPath, key); err != nil {
+			return fmt.Errorf("certs issue: %w", err)
+		}
+		return writePEM(certPath, "CERTIFICATE", der, 0o644)
+	}
+	// Renewal: each file is written aside and renamed over the old one,
+	// so a process reading them sees an old or a new file, never half of
+	// one (and keeps its old pair until both are new: see reloader).
+	os.Remove(keyPath + ".new") // left by a renewal that stopped midway
+	os.Remove(certPath + ".new")
+	if err := writeKey(keyPath+".new", key); err != nil {
 		return fmt.Errorf("certs issue: %w", err)
 	}
-	return writePEM(certPath, "CERTIFICATE", der, 0o644)
+	if err := writePEM(certPath+".new", "CERTIFICATE", der, 0o644); err != nil {
+		return fmt.Errorf("certs issue: %w", err)
+	}
+	if err := os.Rename(keyPath+".new", keyPath); err != nil {
+		return fmt.Errorf("certs issue: %w", err)
+	}
+	if err := os.Rename(certPath+".new", certPath); err != nil {
+		return fmt.Errorf("certs issue: %w", err)
+	}
+	return nil
+}
+
+// Revoke adds the serial number of dir/name.crt to dir/revoked: from
+// their next handshake on, endpoints whose CA is dir/ca.crt refuse that
+// certificate (also a copy of it elsewhere). It returns the serial.
+func Revoke(dir, name string, now time.Time) (string, error) {
+	path := filepath.Join(dir, CertFile(name))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("certs revoke: %w", err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return "", fmt.Errorf("certs revoke: %s holds no PEM certificate", path)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("certs revoke: parse %s: %w", path, err)
+	}
+	serial := cert.SerialNumber.Text(16)
+	if _, err := readRevoked(filepath.Join(dir, RevokedFile)); err != nil {
+		return "", fmt.Errorf("certs revoke: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, RevokedFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("certs revoke: %w", err)
+	}
+	if _, err := fmt.Fprintf(f, "%s # %s, revoked %s\n", serial, cert.Subject, now.UTC().Format(time.RFC3339)); err != nil {
+		f.Close()
+		return "", fmt.Errorf("certs revoke: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return "", fmt.Errorf("certs revoke: %w", err)
+	}
+	return serial, f.Close()
 }
 
 func serial() *big.Int {
@@ -242,34 +302,173 @@ func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
 	return pair, pool, nil
 }
 
+// RevokedFile, beside the CA file, lists the serial numbers (hex, one per
+// line; # starts a comment) of certificates no endpoint accepts any
+// more, whatever signed them. Optional.
+const RevokedFile = "revoked"
+
+// revokedPath is the revocation list the endpoint of f reads.
+func (f Files) revokedPath() string { return filepath.Join(filepath.Dir(f.CA), RevokedFile) }
+
+// material is what an endpoint loaded from its files.
+type material struct {
+	pair    tls.Certificate
+	pool    *x509.CertPool
+	revoked map[string]bool // serials, lower-case hex
+}
+
+// reloader hands out the newest good material of f: it looks at the
+// files' sizes and modification times at every handshake and loads them
+// again when they changed, so an issued, renewed or revoked certificate
+// and a new CA take effect without a restart. While the files are being
+// replaced (a certificate that does not match its key yet), the last
+// good material stays in use.
+type reloader struct {
+	f     Files
+	mu    sync.Mutex
+	stamp string
+	cur   *material
+}
+
+func newReloader(f Files) (*reloader, error) {
+	r := &reloader{f: f}
+	if _, err := r.current(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func fileStamp(paths ...string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil {
+			fmt.Fprintf(&b, "%d.%d.%d|", st.Size(), st.ModTime().UnixNano(), st.Mode())
+		} else {
+			b.WriteString("-|")
+		}
+	}
+	return b.String()
+}
+
+func (r *reloader) current() (*material, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	stamp := fileStamp(r.f.Cert, r.f.Key, r.f.CA, r.f.revokedPath())
+	if r.cur != nil && stamp == r.stamp {
+		return r.cur, nil
+	}
+	pair, pool, err := r.f.load()
+	if err == nil {
+		var revoked map[string]bool
+		if revoked, err = readRevoked(r.f.revokedPath()); err == nil {
+			r.cur, r.stamp = &material{pair: pair, pool: pool, revoked: revoked}, stamp
+			return r.cur, nil
+		}
+	}
+	if r.cur != nil {
+		return r.cur, nil // keep the last good material until the files agree again
+	}
+	return nil, err
+}
+
+// readRevoked reads a revocation list (missing: none).
+func readRevoked(path string) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read revocation list: %w", err)
+	}
+	out := map[string]bool{}
+	for i, line := range strings.Split(string(b), "\n") {
+		if j := strings.IndexByte(line, '#'); j >= 0 {
+			line = line[:j]
+		}
+		line = strings.ToLower(strings.TrimSpace(line))
+		if line == "" {
+			continue
+		}
+		if _, ok := new(big.Int).SetString(line, 16); !ok {
+			return nil, fmt.Errorf("revocation list %s line %d: %q is not a hex serial number", path, i+1, line)
+		}
+		out[strings.TrimLeft(line, "0")] = true
+	}
+	return out, nil
+}
+
+// ErrRevoked is the error a handshake with a revoked peer fails with.
+var ErrRevoked = errors.New("certificate revoked")
+
+func (m *material) checkRevoked(chain []*x509.Certificate) error {
+	for _, c := range chain {
+		if m.revoked[c.SerialNumber.Text(16)] {
+			return fmt.Errorf("%w: %s (serial %s)", ErrRevoked, c.Subject, c.SerialNumber.Text(16))
+		}
+	}
+	return nil
+}
+
 // ServerConfig is a TLS 1.3 server configuration that requires a client
-// certificate signed by the CA.
+// certificate signed by the CA and not revoked. It follows its files
+// (see reloader): a renewed certificate or a new CA file is used from
+// the next handshake on.
 func (f Files) ServerConfig() (*tls.Config, error) {
-	pair, pool, err := f.load()
+	r, err := newReloader(f)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{pair},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-	}, nil
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAndVerifyClientCert,
+	}
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		m, err := r.current()
+		if err != nil {
+			return nil, err
+		}
+		return &tls.Config{
+			MinVersion:   tls.VersionTLS13,
+			Certificates: []tls.Certificate{m.pair},
+			ClientCAs:    m.pool,
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				return m.checkRevoked(cs.PeerCertificates)
+			},
+		}, nil
+	}
+	return cfg, nil
 }
 
 // ClientConfig is a TLS 1.3 client configuration presenting the
-// certificate and accepting servers signed by the CA. The server's name
-// is checked against its certificate as usual (set ServerName, or let
-// the dialer take it from the address).
+// certificate and accepting servers signed by the CA and not revoked.
+// The server's name is checked against its certificate as usual (set
+// ServerName, or let the dialer take it from the address). The
+// certificate and the revocation list follow their files as
+// ServerConfig's do; the CA is the one loaded here (the standard check
+// takes fixed roots), so a client takes a new CA at its restart.
 func (f Files) ClientConfig() (*tls.Config, error) {
-	pair, pool, err := f.load()
+	r, err := newReloader(f)
 	if err != nil {
 		return nil, err
 	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{pair},
-		RootCAs:      pool,
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    r.cur.pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			m, err := r.current()
+			if err != nil {
+				return nil, err
+			}
+			return &m.pair, nil
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			m, err := r.current()
+			if err != nil {
+				return err
+			}
+			return m.checkRevoked(cs.PeerCertificates)
+		},
 	}, nil
 }
 

@@ -120,3 +120,93 @@ func TestMutualTLS(t *testing.T) {
 		t.Error("a client certificate from another cluster's CA was accepted")
 	}
 }
+
+// handshakeWith is handshake with configurations made beforehand, so a
+// test can change the files between handshakes; it also returns the
+// serial number of the server certificate the client saw.
+func handshakeWith(t *testing.T, scfg, ccfg *tls.Config) (serverSerial string, err error) {
+	t.Helper()
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	res := make(chan error, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			res <- err
+			return
+		}
+		defer c.Close()
+		tc := c.(*tls.Conn)
+		if err = tc.Handshake(); err == nil {
+			_, err = io.ReadFull(tc, make([]byte, 1))
+		}
+		res <- err
+	}()
+	c, cerr := tls.Dial("tcp", lis.Addr().String(), ccfg)
+	if cerr == nil {
+		serverSerial = c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16)
+		_, _ = c.Write([]byte{1})
+		defer c.Close()
+	}
+	if serr := <-res; serr != nil {
+		return serverSerial, serr
+	}
+	return serverSerial, cerr
+}
+
+// TestRenewAndRevokeWithoutRestart: endpoints configured once follow
+// their files: a renewed server certificate is served from the next
+// handshake, and a revoked client or server certificate is refused.
+func TestRenewAndRevokeWithoutRestart(t *testing.T) {
+	dir := issueIn(t, "c1", "replica-1", "engine-1")
+	scfg, err := files(dir, "replica-1").ServerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg, err := files(dir, "engine-1").ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := handshakeWith(t, scfg, ccfg)
+	if err != nil {
+		t.Fatalf("first handshake: %v", err)
+	}
+	if err := Issue(dir, IssueOptions{Name: "replica-1", Hosts: []string{"127.0.0.1"}}, time.Now()); !errors.Is(err, ErrExists) {
+		t.Fatalf("issue over an existing certificate: %v", err)
+	}
+	if err := Issue(dir, IssueOptions{Name: "replica-1", Hosts: []string{"127.0.0.1"}, Replace: true}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	after, err := handshakeWith(t, scfg, ccfg)
+	if err != nil || after == before {
+		t.Fatalf("after renewal: serial %s (was %s), %v", after, before, err)
+	}
+	if _, err := Revoke(dir, "engine-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handshakeWith(t, scfg, ccfg); err == nil || !strings.Contains(err.Error(), "bad certificate") && !errors.Is(err, ErrRevoked) {
+		t.Fatalf("revoked client accepted: %v", err)
+	}
+	ccfg2, err := files(dir, "replica-1").ClientConfig() // a client not revoked
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handshakeWith(t, scfg, ccfg2); err != nil {
+		t.Fatalf("a client not revoked: %v", err)
+	}
+	if _, err := Revoke(dir, "replica-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handshakeWith(t, scfg, ccfg2); err == nil {
+		t.Fatal("revoked server (and client) accepted")
+	}
+	if err := os.WriteFile(filepath.Join(dir, RevokedFile), []byte("not-hex\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := files(dir, "engine-1").ServerConfig(); err == nil || !strings.Contains(err.Error(), "not a hex serial") {
+		t.Fatalf("a bad revocation list: %v", err)
+	}
+}
