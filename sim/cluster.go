@@ -2,9 +2,9 @@ package sim
 
 import (
 	"fmt"
-	"strings"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/memstore"
@@ -343,10 +343,17 @@ func (en *engineNode) recycle(r engine.Reply) {
 
 // scribble overwrites a buffer a production driver would reuse.
 func scribble(b []byte) {
-	for i := range b {
-		b[i] = 0xdb
+	for len(b) > 0 {
+		b = b[copy(b, garbageBlock[:]):]
 	}
 }
+
+var garbageBlock = func() (g [proto.BlockSize]byte) {
+	for i := range g {
+		g[i] = 0xdb
+	}
+	return g
+}()
 
 func (en *engineNode) submit(req engine.Request, then func(engine.Reply)) {
 	en.nextID++

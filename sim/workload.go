@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 
@@ -36,25 +37,23 @@ func stamp(buf []byte, id, block uint64) {
 func unstamp(buf []byte, block uint64) (uint64, bool) {
 	id := binary.LittleEndian.Uint64(buf[0:])
 	if id == 0 {
-		for _, c := range buf {
-			if c != 0 {
-				return 0, false
-			}
-		}
-		return 0, true
+		return 0, allZero(buf)
 	}
 	m := mix(id, block)
 	if binary.LittleEndian.Uint64(buf[8:]) != block || binary.LittleEndian.Uint64(buf[16:]) != m ||
 		binary.LittleEndian.Uint64(buf[len(buf)-8:]) != m {
 		return 0, false
 	}
-	for _, c := range buf[24 : len(buf)-8] {
-		if c != 0 {
-			return 0, false
-		}
+	if !allZero(buf[24 : len(buf)-8]) {
+		return 0, false
 	}
 	return id, true
 }
+
+var zeroBlock [proto.BlockSize]byte
+
+// allZero reports whether b (at most a block) is all zeros.
+func allZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
 
 // client issues one request at a time to the current engine.
 type client struct {

@@ -13,7 +13,12 @@ import (
 )
 
 type layer struct {
-	data       map[uint64][]byte // current contents (nil entry never stored)
+	data map[uint64][]byte // current contents (nil entry never stored)
+	// owned are blocks whose current slice only data refers to (written
+	// since the last sync of that block): a rewrite may reuse it. Every
+	// other slice may be shared (durData, a Clone, a crash's copy) and is
+	// never changed in place.
+	owned      map[uint64]bool
 	index      map[uint64]proto.BlockState
 	flushedSeq uint64
 	fuaSeq     uint64
@@ -36,7 +41,7 @@ type layer struct {
 
 func newLayer() *layer {
 	return &layer{
-		data: map[uint64][]byte{}, index: map[uint64]proto.BlockState{},
+		data: map[uint64][]byte{}, index: map[uint64]proto.BlockState{}, owned: map[uint64]bool{},
 		durData: map[uint64][]byte{}, durIndex: map[uint64]proto.BlockState{},
 		dirtyData: map[uint64]bool{}, dirtyIndex: map[uint64]bool{}, damaged: map[uint64]bool{},
 	}
@@ -201,12 +206,19 @@ func (l *layer) execute(io store.IO, c *store.Completion) {
 	case store.WriteData:
 		for i := uint64(0); i*proto.BlockSize < uint64(len(io.Data)); i++ {
 			b := io.BlockIndex + i
-			l.data[b] = append([]byte(nil), io.Data[i*proto.BlockSize:(i+1)*proto.BlockSize]...)
+			src := io.Data[i*proto.BlockSize : (i+1)*proto.BlockSize]
+			if l.owned[b] {
+				copy(l.data[b], src)
+			} else {
+				l.data[b] = append([]byte(nil), src...)
+				l.owned[b] = true
+			}
 			l.dirtyData[b] = true
 		}
 	case store.PunchHole:
 		for i := uint64(0); i < io.BlockCount; i++ {
 			delete(l.data, io.BlockIndex+i)
+			delete(l.owned, io.BlockIndex+i)
 			l.dirtyData[io.BlockIndex+i] = true
 		}
 	case store.SyncData:
@@ -214,6 +226,7 @@ func (l *layer) execute(io store.IO, c *store.Completion) {
 			persist(l.data, l.durData, b)
 		}
 		clear(l.dirtyData)
+		clear(l.owned) // durData shares them now
 	default:
 		c.Err, c.Detail = store.ErrIO, fmt.Sprintf("unknown io kind %v", io.Kind)
 	}
@@ -247,6 +260,7 @@ func (s *Store) Crash(keep func(layer store.LayerID, blockIndex uint64, isIndex 
 			l.durFlushedSeq, l.durFUASeq = l.flushedSeq, l.fuaSeq
 		}
 		l.data, l.index, l.flushedSeq, l.fuaSeq = cloneMap(l.durData), cloneMap(l.durIndex), l.durFlushedSeq, l.durFUASeq
+		clear(l.owned)
 		clear(l.dirtyData)
 		clear(l.dirtyIndex)
 		l.dirtySeq = false
@@ -267,6 +281,7 @@ func (s *Store) CorruptBlock(id store.LayerID, blockIndex uint64, bit uint) bool
 	d = append([]byte(nil), d...)
 	d[(bit/8)%proto.BlockSize] ^= 1 << (bit % 8)
 	l.data[blockIndex] = d
+	delete(l.owned, blockIndex) // durData may share it below
 	if _, ok := l.durData[blockIndex]; ok {
 		l.durData[blockIndex] = d
 	}
