@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strings"
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/memstore"
@@ -240,21 +239,11 @@ func (en *engineNode) tick() {
 		}
 		en.e.Tick()
 		en.pump()
-		if n := countRebuildSnaps(en.e.Info().Chain); n > en.s.stats["rebuild-snaps-max"] {
+		if _, n := en.e.ChainLen(); n > en.s.stats["rebuild-snaps-max"] {
 			en.s.stats["rebuild-snaps-max"] = n
 		}
 		en.tick()
 	})
-}
-
-func countRebuildSnaps(chain []string) int {
-	n := 0
-	for _, c := range chain {
-		if strings.HasPrefix(c, "rebuild-") {
-			n++
-		}
-	}
-	return n
 }
 
 // kill stops an engine process: its in-flight requests are never answered.

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/drover-io/drover/core/proto"
 )
@@ -636,6 +637,17 @@ func (e *Engine) Serving() bool { return e.phase == phaseServing && e.now >= e.q
 
 // Epoch returns the epoch the engine opened its replicas at.
 func (e *Engine) Epoch() uint64 { return e.epoch }
+
+// ChainLen returns how many snapshots the chain holds, and how many of
+// them rebuilds took (cheaper than Info, for per-tick accounting).
+func (e *Engine) ChainLen() (snapshots, rebuild int) {
+	for _, n := range e.chain {
+		if strings.HasPrefix(n, rebuildSnapshotPrefix) {
+			rebuild++
+		}
+	}
+	return len(e.chain), rebuild
+}
 
 // SizeBytes returns the volume size.
 func (e *Engine) SizeBytes() uint64 { return e.sizeBytes }
