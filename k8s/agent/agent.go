@@ -56,7 +56,9 @@ type Config struct {
 type Agent struct {
 	cfg    Config
 	client client.Client
-	log    *slog.Logger
+	// secrets reads credential secrets uncached (see backuptarget.Open).
+	secrets client.Reader
+	log     *slog.Logger
 
 	mu       sync.Mutex
 	replicas map[string]*replicaInstance
@@ -92,7 +94,7 @@ func New(restCfg *rest.Config, c Config) (manager.Manager, *Agent, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{cfg: c, client: mgr.GetClient(), log: c.Logger.With("node", c.NodeName),
+	a := &Agent{cfg: c, client: mgr.GetClient(), secrets: mgr.GetAPIReader(), log: c.Logger.With("node", c.NodeName),
 		replicas: map[string]*replicaInstance{}, engines: map[string]*engineInstance{}}
 	if err := mgr.Add(nodeRunnable{a}); err != nil {
 		return nil, nil, err

@@ -20,7 +20,7 @@ import (
 // restoreStep runs the restore of ref into the engine's volume in the
 // background: it reports done once it has succeeded, and the last
 // failure (retried at the next call) otherwise.
-func (a *Agent) restoreStep(inst *engineInstance, name, ref, target string) (bool, error) {
+func (a *Agent) restoreStep(inst *engineInstance, name, namespace, ref, target, secret string) (bool, error) {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	switch {
@@ -35,7 +35,7 @@ func (a *Agent) restoreStep(inst *engineInstance, name, ref, target string) (boo
 		ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
 		defer cancel()
 		rerr := func() error {
-			repo, err := backuptarget.Open(ctx, target)
+			repo, err := backuptarget.Open(ctx, a.secrets, namespace, target, secret)
 			if err != nil {
 				return err
 			}
@@ -97,7 +97,7 @@ func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err := br.setStatus(ctx, &b, func(st *v1alpha1.BackupStatus) { st.State = v1alpha1.BackupInProgress }); err != nil {
 		return ctrl.Result{}, err
 	}
-	repo, err := backuptarget.Open(ctx, target.Spec.URL)
+	repo, err := backuptarget.Open(ctx, a.secrets, target.Namespace, target.Spec.URL, target.Spec.CredentialSecret)
 	if err != nil {
 		return ctrl.Result{}, err // the target may come back: retried with backoff
 	}

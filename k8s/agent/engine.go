@@ -113,7 +113,7 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{RequeueAfter: statusPoll / 4}, err
 	}
 	if want := eng.Spec.RestoreFrom; want != "" && eng.Status.RestoredFrom != want {
-		done, err := a.restoreStep(inst, eng.Name, want, eng.Spec.RestoreTarget)
+		done, err := a.restoreStep(inst, eng.Name, eng.Namespace, want, eng.Spec.RestoreTarget, eng.Spec.RestoreCredentialSecret)
 		if !done {
 			msg := "restoring " + want
 			if err != nil {

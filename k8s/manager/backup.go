@@ -23,6 +23,9 @@ import (
 // manager removes them, so a deletion needs no attached volume.
 type backupReconciler struct {
 	client.Client
+	// secrets reads credential secrets straight from the API server: a
+	// cached read would watch every Secret of the cluster.
+	secrets client.Reader
 }
 
 func (r *backupReconciler) setup(mgr ctrl.Manager) error {
@@ -70,7 +73,7 @@ func (r *backupReconciler) deleteFromTarget(ctx context.Context, b *v1alpha1.Bac
 	if err != nil {
 		return err
 	}
-	repo, err := backuptarget.Open(ctx, bt.Spec.URL)
+	repo, err := backuptarget.Open(ctx, r.secrets, bt.Namespace, bt.Spec.URL, bt.Spec.CredentialSecret)
 	if err != nil {
 		return err
 	}

@@ -101,7 +101,7 @@ func New(cfg *rest.Config, c Config) (manager.Manager, error) {
 	if err := (&recurringJobReconciler{Client: mgr.GetClient(), ns: c.Namespace}).setup(mgr); err != nil {
 		return nil, fmt.Errorf("recurring job controller: %w", err)
 	}
-	if err := (&backupReconciler{Client: mgr.GetClient()}).setup(mgr); err != nil {
+	if err := (&backupReconciler{Client: mgr.GetClient(), secrets: mgr.GetAPIReader()}).setup(mgr); err != nil {
 		return nil, fmt.Errorf("backup controller: %w", err)
 	}
 	vr := &volumeReconciler{Client: mgr.GetClient(), ns: c.Namespace, resync: c.Resync}

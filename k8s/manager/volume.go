@@ -496,6 +496,7 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 				return fmt.Errorf("volume %s restores from a backup: backup target \"default\": %w", v.vol.Name, err)
 			}
 			eng.Spec.RestoreFrom, eng.Spec.RestoreTarget = from, bt.Spec.URL
+			eng.Spec.RestoreCredentialSecret = bt.Spec.CredentialSecret
 		}
 		if err := controllerutil.SetControllerReference(v.vol, eng, r.Scheme()); err != nil {
 			return err

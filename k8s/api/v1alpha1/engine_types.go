@@ -46,6 +46,10 @@ type EngineSpec struct {
 	// RestoreTarget is the backup target's URL for RestoreFrom.
 	// +optional
 	RestoreTarget string `json:"restoreTarget,omitempty"`
+	// RestoreCredentialSecret is the target's credential secret (in the
+	// engine's namespace), as its BackupTarget names it.
+	// +optional
+	RestoreCredentialSecret string `json:"restoreCredentialSecret,omitempty"`
 	// ReplicaAddressMap maps each Replica's name to its data address
 	// (host:port) for the replicas the engine should open.
 	// +optional
