@@ -23,6 +23,7 @@ type settings struct {
 	staleReplicaTimeout time.Duration
 	nodeDownGrace       time.Duration
 	schedule            schedule.Settings
+	autoBalance         v1alpha1.ReplicaAutoBalance
 }
 
 func loadSettings(ctx context.Context, c client.Reader, ns string) (settings, error) {
@@ -47,6 +48,7 @@ func loadSettings(ctx context.Context, c client.Reader, ns string) (settings, er
 		rebuildsPerNode:     int(i(v1alpha1.SettingConcurrentRebuildsPerNode)),
 		staleReplicaTimeout: d(v1alpha1.SettingStaleReplicaTimeout),
 		nodeDownGrace:       d(v1alpha1.SettingNodeDownGracePeriod),
+		autoBalance:         v1alpha1.ReplicaAutoBalance(values[v1alpha1.SettingReplicaAutoBalance]),
 		schedule: schedule.Settings{
 			MinimalAvailablePct:  i(v1alpha1.SettingStorageMinimalAvailablePct),
 			OverProvisioningPct:  i(v1alpha1.SettingStorageOverProvisioningPct),

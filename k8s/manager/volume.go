@@ -115,6 +115,9 @@ func (r *volumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err := r.bestEffortLocality(ctx, v); err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.autoBalance(ctx, v); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.writeStatus(ctx, v, schedErr); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -419,6 +422,57 @@ func (r *volumeReconciler) bestEffortLocality(ctx context.Context, v *volumeView
 			}
 			v.replicas = append(v.replicas[:i], v.replicas[i+1:]...)
 			return nil
+		}
+	}
+	return nil
+}
+
+// autoBalance spreads a healthy volume's replicas over nodes (and, for
+// best-effort, zones) as they become available (schedule.Rebalance): it
+// adds a replica where the move says, and once that one is RW and the
+// volume has one replica too many, drops the one whose absence leaves
+// the best spread (schedule.Surplus). Only while every replica is
+// healthy and the engine runs (a new replica is rebuilt by it); never for
+// strict-local volumes; best-effort data locality moves replicas its
+// own way and takes precedence.
+func (r *volumeReconciler) autoBalance(ctx context.Context, v *volumeView) error {
+	mode := v.vol.Spec.ReplicaAutoBalance
+	if mode == "" || mode == v1alpha1.AutoBalanceIgnored {
+		mode = v.settings.autoBalance
+	}
+	if mode != v1alpha1.AutoBalanceLeastEffort && mode != v1alpha1.AutoBalanceBestEffort ||
+		v.vol.Spec.DataLocality == v1alpha1.DataLocalityStrictLocal || v.vol.Spec.DataLocality == v1alpha1.DataLocalityBestEffort ||
+		!v.engineRunning() || v.healthyOthers("") != len(v.replicas) {
+		return nil
+	}
+	zones := mode == v1alpha1.AutoBalanceBestEffort
+	var placements []schedule.Placement
+	for i := range v.replicas {
+		placements = append(placements, schedule.Placement{Node: v.replicas[i].Spec.NodeID, Disk: v.replicas[i].Spec.DiskName})
+	}
+	nodes, err := r.scheduleNodes(ctx, v)
+	if err != nil {
+		return err
+	}
+	switch want := v.wantReplicas(); {
+	case len(v.replicas) == want:
+		req := schedule.Request{SizeBytes: v.vol.Spec.Size, NodeSelector: v.vol.Spec.NodeSelector, DiskSelector: v.vol.Spec.DiskSelector}
+		m, ok := schedule.Rebalance(nodes, req, placements, v.settings.schedule, zones)
+		if !ok {
+			return nil
+		}
+		return r.createReplica(ctx, v, m.To)
+	case len(v.replicas) == want+1:
+		drop := schedule.Surplus(nodes, placements, zones)
+		for i := range v.replicas {
+			rep := &v.replicas[i]
+			if rep.Spec.NodeID == drop.Node && rep.Spec.DiskName == drop.Disk {
+				if err := r.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+					return fmt.Errorf("drop replica %s of %s: %w", rep.Name, v.vol.Name, err)
+				}
+				v.replicas = append(v.replicas[:i], v.replicas[i+1:]...)
+				return nil
+			}
 		}
 	}
 	return nil

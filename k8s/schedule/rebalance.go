@@ -116,3 +116,19 @@ func withoutOne(replicas []Placement, p Placement) []Placement {
 	}
 	return out
 }
+
+// Surplus picks the replica to drop from one too many (the end of a
+// Rebalance move): the one whose absence leaves the best spread, the
+// last by node and disk name among equals.
+func Surplus(nodes []Node, replicas []Placement, zones bool) Placement {
+	var best Placement
+	var bestSpread Spread
+	for i, p := range replicas {
+		sp := SpreadOf(nodes, withoutOne(replicas, p))
+		if i == 0 || bestSpread.less(sp, zones) ||
+			!sp.less(bestSpread, zones) && (p.Node > best.Node || p.Node == best.Node && p.Disk > best.Disk) {
+			best, bestSpread = p, sp
+		}
+	}
+	return best
+}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -149,6 +150,9 @@ func TestSettingRulesMatchDefinitions(t *testing.T) {
 		"value must be true or false":                        byType[v1alpha1.SettingBool],
 		"value must be a duration such as 30s, 10m or 1h30m": byType[v1alpha1.SettingDuration],
 	}
+	// An enum setting's rule lists its options.
+	opts := slices.Sorted(slices.Values(v1alpha1.SettingDefinitions[v1alpha1.SettingReplicaAutoBalance].Options))
+	want["value must be disabled, least-effort or best-effort"] = opts
 	for _, r := range rules {
 		msg, rule := dig(r, "message").(string), dig(r, "rule").(string)
 		if got := names(rule); strings.Join(got, ",") != strings.Join(want[msg], ",") {

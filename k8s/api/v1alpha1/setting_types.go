@@ -2,7 +2,9 @@ package v1alpha1
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,6 +18,7 @@ const (
 	SettingInt      SettingType = "int"
 	SettingBool     SettingType = "bool"
 	SettingDuration SettingType = "duration"
+	SettingEnum     SettingType = "enum"
 )
 
 // Setting names. Each Setting object is named by one of these.
@@ -31,13 +34,15 @@ const (
 	SettingReplicaRebuildRateBytesPerS   = "replica-rebuild-rate-bytes-per-sec"
 	SettingNodeDownGracePeriod           = "node-down-grace-period"
 	SettingRecurringSnapshotMaxPerVolume = "recurring-snapshot-max-per-volume"
+	SettingReplicaAutoBalance            = "replica-auto-balance"
 )
 
 // SettingDefinition describes one Setting: its type, default and bounds.
 type SettingDefinition struct {
 	Type        SettingType
 	Default     string
-	Min, Max    int64 // bounds of an int setting
+	Min, Max    int64    // bounds of an int setting
+	Options     []string // the values an enum setting takes
 	Description string
 }
 
@@ -67,6 +72,8 @@ var SettingDefinitions = map[string]SettingDefinition{
 		Description: "how long a node's agent may miss heartbeats before its replicas count as failed"},
 	SettingRecurringSnapshotMaxPerVolume: {Type: SettingInt, Default: "250", Min: 1, Max: 250,
 		Description: "most snapshots a recurring job keeps per volume, whatever its retain says"},
+	SettingReplicaAutoBalance: {Type: SettingEnum, Default: "disabled", Options: []string{"disabled", "least-effort", "best-effort"},
+		Description: "whether healthy volumes' replicas move to spread over nodes (least-effort) and zones too (best-effort), for volumes that leave it to the cluster"},
 }
 
 // ParseSettingValue checks a value against its Setting's definition.
@@ -92,6 +99,10 @@ func ParseSettingValue(name, value string) error {
 		if _, err := time.ParseDuration(value); err != nil {
 			return fmt.Errorf("setting %s: value %q is not a duration: %w", name, value, err)
 		}
+	case SettingEnum:
+		if !slices.Contains(def.Options, value) {
+			return fmt.Errorf("setting %s: value %q is not one of %s", name, value, strings.Join(def.Options, ", "))
+		}
 	}
 	return nil
 }
@@ -104,10 +115,11 @@ func ParseSettingValue(name, value string) error {
 // +kubebuilder:resource:shortName=dset,categories=drover
 // +kubebuilder:printcolumn:name="Value",type=string,JSONPath=`.value`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
-// +kubebuilder:validation:XValidation:rule="self.metadata.name in ['default-replica-count', 'stale-replica-timeout', 'storage-minimal-available-percentage', 'storage-over-provisioning-percentage', 'replica-node-soft-anti-affinity', 'replica-zone-soft-anti-affinity', 'replica-disk-soft-anti-affinity', 'concurrent-replica-rebuild-per-node-limit', 'replica-rebuild-rate-bytes-per-sec', 'node-down-grace-period', 'recurring-snapshot-max-per-volume']",message="metadata.name is not a known setting"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name in ['default-replica-count', 'stale-replica-timeout', 'storage-minimal-available-percentage', 'storage-over-provisioning-percentage', 'replica-node-soft-anti-affinity', 'replica-zone-soft-anti-affinity', 'replica-disk-soft-anti-affinity', 'concurrent-replica-rebuild-per-node-limit', 'replica-rebuild-rate-bytes-per-sec', 'node-down-grace-period', 'recurring-snapshot-max-per-volume', 'replica-auto-balance']",message="metadata.name is not a known setting"
 // +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['default-replica-count', 'storage-minimal-available-percentage', 'storage-over-provisioning-percentage', 'concurrent-replica-rebuild-per-node-limit', 'replica-rebuild-rate-bytes-per-sec', 'recurring-snapshot-max-per-volume']) || self.value.matches('^[0-9]+$')",message="value must be a non-negative integer"
 // +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['replica-node-soft-anti-affinity', 'replica-zone-soft-anti-affinity', 'replica-disk-soft-anti-affinity']) || self.value in ['true', 'false']",message="value must be true or false"
 // +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['stale-replica-timeout', 'node-down-grace-period']) || self.value.matches('^([0-9]+(ms|s|m|h))+$')",message="value must be a duration such as 30s, 10m or 1h30m"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name != 'replica-auto-balance' || self.value in ['disabled', 'least-effort', 'best-effort']",message="value must be disabled, least-effort or best-effort"
 type Setting struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -36,6 +36,14 @@ const (
 // +kubebuilder:validation:Enum=ignored;disabled;least-effort;best-effort
 type ReplicaAutoBalance string
 
+// Replica auto-balance modes.
+const (
+	AutoBalanceIgnored     ReplicaAutoBalance = "ignored" // follow the cluster's Setting
+	AutoBalanceDisabled    ReplicaAutoBalance = "disabled"
+	AutoBalanceLeastEffort ReplicaAutoBalance = "least-effort" // spread over nodes
+	AutoBalanceBestEffort  ReplicaAutoBalance = "best-effort"  // over nodes, then zones
+)
+
 // VolumeState is where a volume is in its lifecycle.
 // +kubebuilder:validation:Enum=creating;detached;attaching;attached;detaching;deleting
 type VolumeState string
