@@ -2,12 +2,15 @@ package manager_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/k8stest"
@@ -116,3 +119,102 @@ func TestReplicaAutoBalance(t *testing.T) {
 	}
 	eventually(t, "one replica moved to the new node", nodesAre("a,b"))
 }
+
+// TestEngineMovesOffADeadNode: a volume attached to a node whose agent
+// stops heartbeating moves to another node when its attachment does: the
+// old Engine, which only the dead node's agent would release, is let go
+// and a new one starts on the new node.
+func TestEngineMovesOffADeadNode(t *testing.T) {
+	env := k8stest.Start(t)
+	c := env.Client
+	ctx, cancel := context.WithCancel(context.Background())
+	grace := &v1alpha1.Setting{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SettingNodeDownGracePeriod, Namespace: k8stest.Namespace}, Value: "2s"}
+	if err := c.Create(ctx, grace); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, Resync: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	addNode(t, c, "a", 100*gib)
+	addNode(t, c, "b", 100*gib)
+	alive := map[string]bool{"a": true, "b": true}
+	heartbeat := func() error { // the agents of the nodes still alive
+		for name, ok := range alive {
+			if !ok {
+				continue
+			}
+			var n v1alpha1.Node
+			if err := c.Get(ctx, client.ObjectKey{Namespace: k8stest.Namespace, Name: name}, &n); err != nil {
+				return err
+			}
+			patch := client.MergeFrom(n.DeepCopy())
+			now := metav1.Now()
+			n.Status.LastHeartbeat = &now
+			if err := c.Status().Patch(ctx, &n, patch); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	one := int32(1)
+	vol := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "v", Namespace: k8stest.Namespace},
+		Spec: v1alpha1.VolumeSpec{Size: gib, NumberOfReplicas: &one, NodeID: "a"}}
+	if err := c.Create(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+	engineOn := func(node string) func() (bool, string) {
+		return func() (bool, string) {
+			if err := heartbeat(); err != nil {
+				return false, err.Error()
+			}
+			if err := playAgents(ctx, c, "v"); err != nil {
+				return false, err.Error()
+			}
+			var eng v1alpha1.Engine
+			if err := c.Get(ctx, client.ObjectKey{Namespace: k8stest.Namespace, Name: "v"}, &eng); err != nil {
+				return false, err.Error()
+			}
+			if node == "a" && !controllerutil.ContainsFinalizer(&eng, agentFinalizer) {
+				// Node a's agent runs it, and holds it until it stopped it.
+				patch := client.MergeFrom(eng.DeepCopy())
+				controllerutil.AddFinalizer(&eng, agentFinalizer)
+				if err := c.Patch(ctx, &eng, patch); err != nil {
+					return false, err.Error()
+				}
+			}
+			return eng.Spec.NodeID == node && eng.DeletionTimestamp.IsZero(), fmt.Sprintf("engine on %s deleting=%v", eng.Spec.NodeID, !eng.DeletionTimestamp.IsZero())
+		}
+	}
+	eventually(t, "the engine on node a", engineOn("a"))
+	alive["a"] = false // node a dies with the engine on it
+	eventually(t, "node a down", func() (bool, string) {
+		if err := heartbeat(); err != nil {
+			return false, err.Error()
+		}
+		var n v1alpha1.Node
+		if err := c.Get(ctx, client.ObjectKey{Namespace: k8stest.Namespace, Name: "a"}, &n); err != nil {
+			return false, err.Error()
+		}
+		return !meta.IsStatusConditionTrue(n.Status.Conditions, v1alpha1.NodeConditionReady), fmt.Sprint(n.Status.Conditions)
+	})
+	if err := c.Get(ctx, client.ObjectKeyFromObject(vol), vol); err != nil {
+		t.Fatal(err)
+	}
+	vol.Spec.NodeID = "b" // the workload moved: Kubernetes attaches it there
+	if err := c.Update(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the engine on node b", engineOn("b"))
+}
+
+// agentFinalizer is the finalizer an agent keeps on what it runs.
+const agentFinalizer = "storage.drover.io/agent"

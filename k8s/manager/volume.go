@@ -509,9 +509,15 @@ func (r *volumeReconciler) scheduleNodes(ctx context.Context, v *volumeView) ([]
 // the volume is attached to, listing the replicas that run.
 func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) error {
 	target := v.vol.Spec.NodeID
-	if v.engine != nil && (target == "" || v.engine.Spec.NodeID != target) {
+	if v.engine != nil && (target == "" || v.engine.Spec.NodeID != target || !v.engine.DeletionTimestamp.IsZero()) {
 		if err := r.Delete(ctx, v.engine); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("delete engine of %s: %w", v.vol.Name, err)
+		}
+		// An engine on a node that is down is never stopped by its agent:
+		// let it go, or the volume could never move to another node (the
+		// replicas fence it by epoch should it still run somewhere).
+		if err := r.releaseIfNodeDown(ctx, v.engine, v.nodes); err != nil {
+			return err
 		}
 		v.engine = nil
 		return nil
