@@ -10,10 +10,15 @@ import (
 	"testing"
 	"time"
 
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 	"github.com/onsi/gomega"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -89,14 +94,202 @@ func TestProcessCSISanity(t *testing.T) {
 	summarizeSanity(t, report, time.Since(ran))
 	// What the sanity specs staged is all undone: no state file, nbdfuse
 	// mount or loop device is left.
-	entries, _ := os.ReadDir(filepath.Join(dir, "state"))
-	if len(entries) != 0 {
-		var names []string
-		for _, e := range entries {
-			names = append(names, e.Name())
-		}
-		t.Errorf("node state left behind: %v", names)
+	checkNoNodeState(t, filepath.Join(dir, "state"))
+
+	h := &csiHarness{t: t, c: c, dir: dir, sock: sock, drv: drv}
+	t.Run("BadInput", h.badInput)
+	t.Run("NoReformatAndRestart", h.noReformatAndRestart)
+}
+
+func checkNoNodeState(t *testing.T, stateDir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(stateDir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
 	}
+	if len(names) != 0 {
+		t.Errorf("node state left behind in %s: %v", stateDir, names)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), stateDir) {
+		t.Errorf("a mount under %s is left", stateDir)
+	}
+}
+
+// csiHarness calls the driver the sanity test started.
+type csiHarness struct {
+	t    *testing.T
+	c    *k8sCluster
+	dir  string
+	sock string
+	drv  *proc
+}
+
+func (h *csiHarness) conn(t *testing.T) (csipb.ControllerClient, csipb.NodeClient) {
+	conn, err := grpc.NewClient("unix://"+h.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return csipb.NewControllerClient(conn), csipb.NewNodeClient(conn)
+}
+
+func mountCap(fs string) *csipb.VolumeCapability {
+	return &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+}
+
+func wantCode(t *testing.T, err error, code codes.Code, substr string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), substr) {
+		t.Errorf("got %v (%v), want %v naming %q", status.Code(err), err, code, substr)
+	}
+}
+
+func (h *csiHarness) volumeNames(t *testing.T) []string {
+	var list v1alpha1.VolumeList
+	if err := h.c.env.Client.List(context.Background(), &list, client.InNamespace(k8stest.Namespace)); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, v := range list.Items {
+		if v.DeletionTimestamp.IsZero() {
+			out = append(out, v.Name)
+		}
+	}
+	return out
+}
+
+// badInput: unknown and malformed parameters are InvalidArgument naming
+// the parameter; more replicas than nodes and impossible sizes are
+// ResourceExhausted and leave no Volume; a size that is not a multiple
+// of 4 KiB is rounded up.
+func (h *csiHarness) badInput(t *testing.T) {
+	ctl, _ := h.conn(t)
+	ctx := context.Background()
+	caps := []*csipb.VolumeCapability{mountCap("ext4")}
+	before := h.volumeNames(t)
+	for _, tc := range []struct {
+		params map[string]string
+		size   int64
+		code   codes.Code
+		substr string
+	}{
+		{map[string]string{"numberOfReplica": "2"}, 1 << 20, codes.InvalidArgument, "numberOfReplica"},
+		{map[string]string{"numberOfReplicas": "two"}, 1 << 20, codes.InvalidArgument, "numberOfReplicas"},
+		{map[string]string{"dataLocality": "nearby"}, 1 << 20, codes.InvalidArgument, "dataLocality"},
+		{map[string]string{"staleReplicaTimeout": "-3"}, 1 << 20, codes.InvalidArgument, "staleReplicaTimeout"},
+		{map[string]string{"recurringJobSelector": "daily"}, 1 << 20, codes.InvalidArgument, "recurringJobSelector"},
+		{map[string]string{"numberOfReplicas": "3"}, 1 << 20, codes.ResourceExhausted, "node"},
+		{map[string]string{"numberOfReplicas": "2"}, 1 << 49, codes.ResourceExhausted, "needs"},
+		{map[string]string{"numberOfReplicas": "2"}, 1<<50 + 1, codes.ResourceExhausted, "1 PiB"},
+	} {
+		_, err := ctl.CreateVolume(ctx, &csipb.CreateVolumeRequest{Name: "bad", Parameters: tc.params, VolumeCapabilities: caps,
+			CapacityRange: &csipb.CapacityRange{RequiredBytes: tc.size}})
+		wantCode(t, err, tc.code, tc.substr)
+	}
+	if after := h.volumeNames(t); strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Errorf("refused CreateVolumes left volumes: %v, before %v", after, before)
+	}
+	resp, err := ctl.CreateVolume(ctx, &csipb.CreateVolumeRequest{Name: "odd-size", VolumeCapabilities: caps,
+		Parameters: map[string]string{"numberOfReplicas": "2"}, CapacityRange: &csipb.CapacityRange{RequiredBytes: 10<<20 + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.Volume.CapacityBytes; got != 10<<20+4096 {
+		t.Errorf("10 MiB + 1 byte: capacity %d, want %d (rounded up to 4 KiB)", got, 10<<20+4096)
+	}
+	if _, err := ctl.CreateVolume(ctx, &csipb.CreateVolumeRequest{Name: "odd-size", VolumeCapabilities: caps,
+		Parameters: map[string]string{"numberOfReplicas": "2"}, CapacityRange: &csipb.CapacityRange{RequiredBytes: 10<<20 + 1, LimitBytes: 10<<20 + 100}}); status.Code(err) != codes.OutOfRange {
+		t.Errorf("a limit below the rounded size: %v, want OutOfRange", err)
+	}
+	if _, err := ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: resp.Volume.VolumeId}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// noReformatAndRestart: a volume staged as ext4 and written is refused
+// when staged again as xfs (never formatted over); the driver is killed
+// -9 while the volume is staged and published, and a new driver process
+// unpublishes and unstages it, leaving nothing; staged again, the file
+// is intact.
+func (h *csiHarness) noReformatAndRestart(t *testing.T) {
+	ctl, nd := h.conn(t)
+	ctx := context.Background()
+	vc := mountCap("ext4")
+	vol, err := ctl.CreateVolume(ctx, &csipb.CreateVolumeRequest{Name: "keep", VolumeCapabilities: []*csipb.VolumeCapability{vc},
+		Parameters: map[string]string{"numberOfReplicas": "2"}, CapacityRange: &csipb.CapacityRange{RequiredBytes: 32 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := vol.Volume.VolumeId
+	pub, err := ctl.ControllerPublishVolume(ctx, &csipb.ControllerPublishVolumeRequest{VolumeId: id, NodeId: "node-a", VolumeCapability: vc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging, target := filepath.Join(h.dir, "keep-staging"), filepath.Join(h.dir, "keep-target")
+	stage := func(vc *csipb.VolumeCapability) error {
+		_, err := nd.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+			VolumeCapability: vc, PublishContext: pub.PublishContext})
+		return err
+	}
+	unstage := func() {
+		t.Helper()
+		if _, err := nd.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stage(vc); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("written before the restart\n")
+	if err := os.WriteFile(filepath.Join(staging, "f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unstage()
+	wantCode(t, stage(mountCap("xfs")), codes.FailedPrecondition, "refusing to format")
+	unstage() // what the refused stage attached is undone too
+
+	if err := stage(vc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nd.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		TargetPath: target, VolumeCapability: vc, PublishContext: pub.PublishContext}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(target, "f")); err != nil || string(got) != string(data) {
+		t.Fatalf("published file: %q, %v", got, err)
+	}
+	h.drv.kill()
+	h.drv = start(t, "csi2", nil, "csi", "--mode", "all", "--node-id", "node-a", "--endpoint", "unix://"+h.sock,
+		"--kubeconfig", h.c.env.Kubeconfig, "--namespace", k8stest.Namespace, "--state-dir", filepath.Join(h.dir, "state"))
+	eventually(t, "the restarted driver answers", func() (bool, string) {
+		_, err := nd.NodeGetInfo(ctx, &csipb.NodeGetInfoRequest{})
+		return err == nil, fmt.Sprint(err)
+	})
+	if _, err := nd.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	unstage()
+	checkNoNodeState(t, filepath.Join(h.dir, "state"))
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Errorf("target %s left: %v", target, err)
+	}
+	if err := stage(vc); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || string(got) != string(data) {
+		t.Fatalf("after restage: %q, %v", got, err)
+	}
+	unstage()
+	if _, err := ctl.ControllerUnpublishVolume(ctx, &csipb.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: "node-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	checkNoNodeState(t, filepath.Join(h.dir, "state"))
 }
 
 // summarizeSanity logs the counts of passed and skipped specs, and each

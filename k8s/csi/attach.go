@@ -74,7 +74,7 @@ func (d *Driver) saveState(st *stageState) error {
 	if err != nil {
 		return fmt.Errorf("write state of %s: %w", st.VolumeID, err)
 	}
-	if _, err := f.Write(b); err == nil {
+	if _, err = f.Write(b); err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

@@ -105,7 +105,7 @@ func checkCap(cp *csipb.VolumeCapability) error {
 	}
 	switch mode := cp.GetAccessMode().GetMode(); mode {
 	case csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
-		csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER:
+		csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER, csipb.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:
 	default:
 		return status.Errorf(codes.InvalidArgument, "volume capability: access mode %s: a Drover volume is attached to one node at a time (ReadWriteOnce)", mode)
 	}
@@ -481,13 +481,6 @@ func health(v *v1alpha1.Volume) *csipb.VolumeHealth {
 	return h
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
-}
-
 func (c controller) ControllerGetVolume(ctx context.Context, req *csipb.ControllerGetVolumeRequest) (*csipb.ControllerGetVolumeResponse, error) {
 	if req.VolumeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "ControllerGetVolume: no volume ID given")
@@ -600,6 +593,8 @@ func (c controller) ControllerGetCapabilities(context.Context, *csipb.Controller
 		csipb.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csipb.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 		csipb.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csipb.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
 		csipb.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
@@ -762,5 +757,18 @@ func (c controller) ControllerModifyVolume(context.Context, *csipb.ControllerMod
 }
 
 func (c controller) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "GetSnapshot: use ListSnapshots")
+	if req.SnapshotId == "" {
+		return nil, status.Error(codes.InvalidArgument, "GetSnapshot: no snapshot ID given")
+	}
+	var snap v1alpha1.Snapshot
+	if len(validation.IsDNS1123Label(req.SnapshotId)) > 0 {
+		return nil, status.Errorf(codes.NotFound, "GetSnapshot: snapshot %q: no such snapshot", req.SnapshotId)
+	}
+	if err := c.d.c.Get(ctx, c.key(req.SnapshotId), &snap); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, status.Errorf(codes.NotFound, "GetSnapshot: snapshot %s: no such snapshot", req.SnapshotId)
+		}
+		return nil, status.Errorf(codes.Unavailable, "GetSnapshot %s: %v", req.SnapshotId, err)
+	}
+	return &csipb.GetSnapshotResponse{Snapshot: c.csiSnapshot(ctx, &snap)}, nil
 }

@@ -143,11 +143,9 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 		switch have {
 		case "":
 			// Blank: format. Only ever here, after blkid found nothing.
-			args := []string{"-q", st.Loop}
+			args := []string{"-q", "-K", st.Loop} // xfs: -K skips the discard
 			if want == "ext4" {
 				args = []string{"-q", "-E", "nodiscard", "-F", st.Loop}
-			} else {
-				args = []string{"-q", "-K", st.Loop}
 			}
 			if _, err := run(ctx, "mkfs."+want, args...); err != nil {
 				return fmt.Errorf("format %s: %w", st.Loop, err)
@@ -300,6 +298,13 @@ func (n node) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolum
 		return nil, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: staged as block %v, asked for block %v", req.VolumeId, st.Block, block)
 	}
 	target := filepath.Clean(req.TargetPath)
+	if req.VolumeCapability.GetAccessMode().GetMode() == csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		for _, p := range st.Published {
+			if p != target {
+				return nil, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: single-writer volume already published at %s", req.VolumeId, p)
+			}
+		}
+	}
 	if err := n.publish(ctx, st, target, req.Readonly); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", req.VolumeId, err)
 	}
@@ -503,6 +508,7 @@ func (n node) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesReq
 		csipb.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csipb.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csipb.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
 		caps = append(caps, &csipb.NodeServiceCapability{Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: t}}})
 	}

@@ -264,7 +264,7 @@ func RoundSize(requiredBytes, limitBytes, defaultBytes int64) (int64, error) {
 	if size == 0 {
 		size = defaultBytes
 		if limitBytes != 0 && limitBytes < size {
-			size = limitBytes
+			size = limitBytes / v1alpha1.BlockSizeBytes * v1alpha1.BlockSizeBytes // within the limit
 		}
 	}
 	if size > maxVolumeSizeBytes {
