@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -24,6 +25,8 @@ import (
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/k8stest"
+	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/testenv"
 )
 
@@ -79,6 +82,7 @@ func TestProcessCSISanity(t *testing.T) {
 	cfg.TestVolumeExpandSize = 64 << 20
 	cfg.TestVolumeParameters = map[string]string{"numberOfReplicas": "2", "staleReplicaTimeout": "30"}
 	cfg.IdempotentCount = 2
+	cfg.TestVolumeMutableParameters = map[string]string{"maxIOPS": "1000", "maxBandwidthBytes": "100Mi"}
 	sc := sanity.GinkgoTest(&cfg)
 	gomega.RegisterFailHandler(ginkgo.Fail)
 	var report types.Report
@@ -99,6 +103,7 @@ func TestProcessCSISanity(t *testing.T) {
 	h := &csiHarness{t: t, c: c, dir: dir, sock: sock, drv: drv}
 	t.Run("BadInput", h.badInput)
 	t.Run("NoReformatAndRestart", h.noReformatAndRestart)
+	t.Run("QoS", h.qos)
 }
 
 func checkNoNodeState(t *testing.T, stateDir string) {
@@ -262,7 +267,8 @@ func (h *csiHarness) noReformatAndRestart(t *testing.T) {
 		t.Fatalf("published file: %q, %v", got, err)
 	}
 	h.drv.kill()
-	h.drv = start(t, "csi2", nil, "csi", "--mode", "all", "--node-id", "node-a", "--endpoint", "unix://"+h.sock,
+	// Started on the parent test: it lives on for the subtests after this one.
+	h.drv = start(h.t, "csi2", nil, "csi", "--mode", "all", "--node-id", "node-a", "--endpoint", "unix://"+h.sock,
 		"--kubeconfig", h.c.env.Kubeconfig, "--namespace", k8stest.Namespace, "--state-dir", filepath.Join(h.dir, "state"))
 	eventually(t, "the restarted driver answers", func() (bool, string) {
 		_, err := nd.NodeGetInfo(ctx, &csipb.NodeGetInfoRequest{})
@@ -330,4 +336,134 @@ func summarizeSanity(t *testing.T, r types.Report, took time.Duration) {
 	sort.Strings(reasons)
 	t.Logf("csi-sanity in %v: %d passed, %d failed, %d pending (XIt upstream), %d skipped:\n  %s", took.Round(time.Millisecond), passed, failed, pending, total,
 		strings.Join(reasons, "\n  "))
+}
+
+// engine reads the Engine of a volume.
+func (h *csiHarness) engine(t *testing.T, vol string) *v1alpha1.Engine {
+	var eng v1alpha1.Engine
+	if err := h.c.env.Client.Get(context.Background(), client.ObjectKey{Namespace: k8stest.Namespace, Name: vol}, &eng); err != nil {
+		t.Fatal(err)
+	}
+	return &eng
+}
+
+// qos: a volume created with a VolumeAttributesClass's maxIOPS and
+// published; qemu-img bench writes through its NBD endpoint at queue
+// depth 8; the limiter's own counters (read through the engine's
+// control API) show no refill period admitted more than its share and
+// that IOs waited. Mid-run, ControllerModifyVolume raises the limit:
+// the same NBD connection goes on (the bench succeeds), the engine is
+// not restarted (same endpoint, no restart counted), and the IOs after
+// the change are counted under the new limit; then a bandwidth limit,
+// then none.
+func (h *csiHarness) qos(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img")
+	ctl, _ := h.conn(t)
+	ctx := context.Background()
+	vc := mountCap("ext4")
+	vol, err := ctl.CreateVolume(ctx, &csipb.CreateVolumeRequest{Name: "qos", VolumeCapabilities: []*csipb.VolumeCapability{vc},
+		Parameters: map[string]string{"numberOfReplicas": "2"}, MutableParameters: map[string]string{"maxIOPS": "100"},
+		CapacityRange: &csipb.CapacityRange{RequiredBytes: 32 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := vol.Volume.VolumeId
+	pub, err := ctl.ControllerPublishVolume(ctx, &csipb.ControllerPublishVolumeRequest{VolumeId: id, NodeId: "node-a", VolumeCapability: vc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := pub.PublishContext["endpoint"]
+	waitQoS := func(iops, bw int64) *v1alpha1.Engine {
+		var eng *v1alpha1.Engine
+		eventually(t, fmt.Sprintf("the engine enforcing %d IOPS, %d B/s", iops, bw), func() (bool, string) {
+			eng = h.engine(t, id)
+			q := eng.Status.QoS
+			if iops == 0 && bw == 0 {
+				return q == nil, fmt.Sprintf("%+v", q)
+			}
+			return q != nil && q.MaxIOPS == iops && q.MaxBandwidthBytes == bw, fmt.Sprintf("%+v", q)
+		})
+		return eng
+	}
+	eng := waitQoS(100, 0)
+	qc, conn, err := control.Dial(eng.Status.ControlAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stats := func() *controlpb.QoSResponse {
+		t.Helper()
+		st, err := qc.GetQoS(ctx, &controlpb.Empty{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	gen := stats().Generation
+	bench := exec.Command("qemu-img", "bench", "-f", "raw", "-w", "-c", "400", "-d", "8", "-s", "4096", endpoint)
+	var out lockedBuffer
+	bench.Stdout, bench.Stderr = &out, &out
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "100 IOs through the 100 IOPS limit", func() (bool, string) {
+		st := stats()
+		return st.Admitted >= 100, fmt.Sprintf("%+v", st)
+	})
+	st := stats()
+	if st.Generation != gen || st.IosPerRefill != 10 || st.MaxIosPerRefill > 10 || st.Delayed == 0 {
+		t.Errorf("at 100 IOPS: %+v; want at most 10 IOs per refill and some delayed", st)
+	}
+	t.Logf("100 IOPS: %d IOs admitted in %d refills, at most %d per refill (bucket %d), %d delayed",
+		st.Admitted, st.Refills, st.MaxIosPerRefill, st.IosPerRefill, st.Delayed)
+	if _, err := ctl.ControllerModifyVolume(ctx, &csipb.ControllerModifyVolumeRequest{VolumeId: id,
+		MutableParameters: map[string]string{"maxIOPS": "400"}}); err != nil {
+		t.Fatal(err)
+	}
+	after := waitQoS(400, 0)
+	if err := bench.Wait(); err != nil {
+		t.Fatalf("qemu-img bench across the QoS change: %v\n%s", err, out.String())
+	}
+	st = stats()
+	if st.Generation != gen+1 || st.IosPerRefill != 40 || st.MaxIosPerRefill > 40 || st.Admitted == 0 {
+		t.Errorf("at 400 IOPS: %+v; want generation %d, IOs admitted, at most 40 per refill", st, gen+1)
+	}
+	t.Logf("400 IOPS, same connection: %d IOs admitted, at most %d per refill (bucket %d), %d delayed",
+		st.Admitted, st.MaxIosPerRefill, st.IosPerRefill, st.Delayed)
+	if after.Status.Endpoint != eng.Status.Endpoint || after.Status.Restarts != eng.Status.Restarts ||
+		after.Status.ControlAddress != eng.Status.ControlAddress {
+		t.Errorf("the engine restarted: %+v, before %+v", after.Status, eng.Status)
+	}
+
+	// Bandwidth: 1 MiB/s with 64 KiB writes.
+	if _, err := ctl.ControllerModifyVolume(ctx, &csipb.ControllerModifyVolumeRequest{VolumeId: id,
+		MutableParameters: map[string]string{"maxIOPS": "0", "maxBandwidthBytes": "1Mi"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitQoS(0, 1<<20)
+	if b, err := exec.Command("qemu-img", "bench", "-f", "raw", "-w", "-c", "24", "-d", "4", "-s", "65536", endpoint).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img bench: %v\n%s", err, b)
+	}
+	st = stats()
+	if st.BytesPerRefill != (1<<20)/10 || st.AdmittedBytes < 24<<16 || st.MaxBytesPerRefill > st.BytesPerRefill+64<<10 || st.Delayed == 0 {
+		t.Errorf("at 1 MiB/s: %+v; want at most one bucket and one IO per refill, some delayed", st)
+	}
+	t.Logf("1 MiB/s: %d bytes admitted, at most %d per refill (bucket %d), %d delayed",
+		st.AdmittedBytes, st.MaxBytesPerRefill, st.BytesPerRefill, st.Delayed)
+
+	_, err = ctl.ControllerModifyVolume(ctx, &csipb.ControllerModifyVolumeRequest{VolumeId: id,
+		MutableParameters: map[string]string{"maxBandwidthBytes": "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitQoS(0, 0)
+	_, err = ctl.ControllerModifyVolume(ctx, &csipb.ControllerModifyVolumeRequest{VolumeId: id,
+		MutableParameters: map[string]string{"maxIOPs": "5"}})
+	wantCode(t, err, codes.InvalidArgument, "maxIOPs")
+	if _, err := ctl.ControllerUnpublishVolume(ctx, &csipb.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: "node-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -123,6 +123,10 @@ func (c controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReq
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: %v", req.Name, err)
 	}
+	qos, err := ParseQoS(req.MutableParameters, nil)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: %v", req.Name, err)
+	}
 	size, err := RoundSize(req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes(), c.d.cfg.DefaultSizeBytes)
 	if errors.Is(err, errTooLarge) {
 		return nil, status.Errorf(codes.ResourceExhausted, "CreateVolume %s: %v", req.Name, err)
@@ -144,6 +148,7 @@ func (c controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReq
 	vol := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.d.cfg.Namespace,
 		Annotations: map[string]string{AnnotationCSIName: req.Name}}, Spec: v1alpha1.VolumeSpec{Size: size}}
 	params.apply(vol)
+	vol.Spec.QoS = qos
 	var old v1alpha1.Volume
 	switch err := c.d.c.Get(ctx, c.key(name), &old); {
 	case err == nil:
@@ -594,6 +599,7 @@ func (c controller) ControllerGetCapabilities(context.Context, *csipb.Controller
 		csipb.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 		csipb.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 		csipb.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_MODIFY_VOLUME,
 		csipb.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
@@ -752,8 +758,34 @@ func (c controller) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsR
 	return resp, nil
 }
 
-func (c controller) ControllerModifyVolume(context.Context, *csipb.ControllerModifyVolumeRequest) (*csipb.ControllerModifyVolumeResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "ControllerModifyVolume: not built yet")
+// ControllerModifyVolume applies a VolumeAttributesClass's parameters,
+// the volume's QoS: the Volume's spec.qos, which the manager copies to
+// the running Engine and its agent sets on the engine's frontend through
+// the control API, without restarting it.
+func (c controller) ControllerModifyVolume(ctx context.Context, req *csipb.ControllerModifyVolumeRequest) (*csipb.ControllerModifyVolumeResponse, error) {
+	if req.VolumeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "ControllerModifyVolume: no volume ID given")
+	}
+	unlock, err := c.d.lock(req.VolumeId, "ControllerModifyVolume")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	vol, err := c.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	qos, err := ParseQoS(req.MutableParameters, vol.Spec.QoS)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "ControllerModifyVolume %s: %v", vol.Name, err)
+	}
+	patch := client.MergeFrom(vol.DeepCopy())
+	vol.Spec.QoS = qos
+	if err := c.d.c.Patch(ctx, vol, patch); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "ControllerModifyVolume %s: %v", vol.Name, err)
+	}
+	c.d.log.Info("volume QoS set", "volume", vol.Name, "qos", qos)
+	return &csipb.ControllerModifyVolumeResponse{}, nil
 }
 
 func (c controller) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {

@@ -50,6 +50,10 @@ type EngineSpec struct {
 	// (host:port) for the replicas the engine should open.
 	// +optional
 	ReplicaAddressMap map[string]string `json:"replicaAddressMap,omitempty"`
+	// QoS is the volume's IO limits, applied to the running engine's
+	// frontend as they change.
+	// +optional
+	QoS *VolumeQoS `json:"qos,omitempty"`
 }
 
 // EngineStatus is what the engine's agent reports.
@@ -70,6 +74,9 @@ type EngineStatus struct {
 	// volume.
 	// +optional
 	RestoredFrom string `json:"restoredFrom,omitempty"`
+	// QoS is the IO limits the running engine's frontend enforces now.
+	// +optional
+	QoS *VolumeQoS `json:"qos,omitempty"`
 	// Restarts counts how often the agent restarted the instance.
 	// +optional
 	Restarts int32 `json:"restarts,omitempty"`
