@@ -14,7 +14,6 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -134,7 +133,10 @@ func (c controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReq
 		return nil, status.Errorf(codes.OutOfRange, "CreateVolume %s: %v", req.Name, err)
 	}
 	if src := req.VolumeContentSource; src != nil {
-		if err := c.checkSource(ctx, src); err != nil {
+		if params.FromBackup != "" {
+			return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: both a content source and the fromBackup parameter given", req.Name)
+		}
+		if params.FromBackup, err = c.source(ctx, src, size); err != nil {
 			return nil, err
 		}
 	}
@@ -211,26 +213,6 @@ func sameParams(a, b *v1alpha1.VolumeSpec) bool {
 		a.FromBackup == b.FromBackup && locality(a.DataLocality) == locality(b.DataLocality) && a.BackingImage == b.BackingImage &&
 		frontend(a.Frontend) == frontend(b.Frontend) && strings.Join(a.DiskSelector, ",") == strings.Join(b.DiskSelector, ",") &&
 		strings.Join(a.NodeSelector, ",") == strings.Join(b.NodeSelector, ",")
-}
-
-// checkSource answers a CreateVolume from a snapshot or a volume: the
-// source must exist, and the manager cannot yet fill a new volume from
-// either (fromBackup, from a Backup, is how a volume starts with data).
-func (c controller) checkSource(ctx context.Context, src *csipb.VolumeContentSource) error {
-	if s := src.GetSnapshot(); s != nil {
-		var snap v1alpha1.Snapshot
-		if len(validation.IsDNS1123Label(s.SnapshotId)) > 0 || c.d.c.Get(ctx, c.key(s.SnapshotId), &snap) != nil {
-			return status.Errorf(codes.NotFound, "CreateVolume: source snapshot %q not found", s.SnapshotId)
-		}
-		return status.Errorf(codes.Unimplemented, "CreateVolume from snapshot %s: the manager cannot fill a volume from a snapshot yet; back the volume up and use the fromBackup parameter", s.SnapshotId)
-	}
-	if v := src.GetVolume(); v != nil {
-		if _, err := c.getVolume(ctx, v.VolumeId); err != nil {
-			return err
-		}
-		return status.Errorf(codes.Unimplemented, "CreateVolume from volume %s: the manager cannot clone a volume yet; back it up and use the fromBackup parameter", v.VolumeId)
-	}
-	return status.Error(codes.InvalidArgument, "CreateVolume: empty volume content source")
 }
 
 func csiVolume(v *v1alpha1.Volume, src *csipb.VolumeContentSource) *csipb.Volume {
@@ -651,113 +633,6 @@ func (c controller) ControllerExpandVolume(ctx context.Context, req *csipb.Contr
 	return &csipb.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeExpand}, nil
 }
 
-func (c controller) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapshotRequest) (*csipb.CreateSnapshotResponse, error) {
-	switch {
-	case req.Name == "":
-		return nil, status.Error(codes.InvalidArgument, "CreateSnapshot: no name given")
-	case req.SourceVolumeId == "":
-		return nil, status.Error(codes.InvalidArgument, "CreateSnapshot: no source volume ID given")
-	}
-	for k := range req.Parameters {
-		if !strings.HasPrefix(k, kubernetesParamPrefix) {
-			return nil, status.Errorf(codes.InvalidArgument, "CreateSnapshot %s: parameter %s: unknown (snapshot classes take no parameters yet)", req.Name, k)
-		}
-	}
-	name := objectName(req.Name)
-	unlock, err := c.d.lock("snapshot/"+name, "CreateSnapshot")
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	var snap v1alpha1.Snapshot
-	switch err := c.d.c.Get(ctx, c.key(name), &snap); {
-	case err == nil:
-		if snap.Spec.Volume != req.SourceVolumeId || snap.Annotations[AnnotationCSIName] != req.Name {
-			return nil, status.Errorf(codes.AlreadyExists, "CreateSnapshot %s: exists for volume %s", req.Name, snap.Spec.Volume)
-		}
-	case apierrors.IsNotFound(err):
-		vol, err := c.getVolume(ctx, req.SourceVolumeId)
-		if err != nil {
-			return nil, err
-		}
-		snap = v1alpha1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.d.cfg.Namespace,
-			Labels:      map[string]string{v1alpha1.LabelVolume: vol.Name},
-			Annotations: map[string]string{AnnotationCSIName: req.Name}},
-			Spec: v1alpha1.SnapshotSpec{Volume: vol.Name}}
-		if err := c.d.c.Create(ctx, &snap); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "CreateSnapshot %s: %v", req.Name, err)
-		}
-		c.d.log.Info("snapshot created", "snapshot", name, "volume", vol.Name)
-	default:
-		return nil, status.Errorf(codes.Unavailable, "CreateSnapshot %s: %v", req.Name, err)
-	}
-	return &csipb.CreateSnapshotResponse{Snapshot: c.csiSnapshot(ctx, &snap)}, nil
-}
-
-func (c controller) csiSnapshot(ctx context.Context, s *v1alpha1.Snapshot) *csipb.Snapshot {
-	created := s.CreationTimestamp.Time
-	if s.Status.CreationTime != nil {
-		created = s.Status.CreationTime.Time
-	}
-	var vol v1alpha1.Volume
-	size := s.Status.Size
-	if c.d.c.Get(ctx, c.key(s.Spec.Volume), &vol) == nil {
-		size = vol.Spec.Size // what a restore needs
-	}
-	return &csipb.Snapshot{SnapshotId: s.Name, SourceVolumeId: s.Spec.Volume, SizeBytes: size,
-		CreationTime: timestamppb.New(created), ReadyToUse: s.Status.ReadyToUse}
-}
-
-func (c controller) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapshotRequest) (*csipb.DeleteSnapshotResponse, error) {
-	if req.SnapshotId == "" {
-		return nil, status.Error(codes.InvalidArgument, "DeleteSnapshot: no snapshot ID given")
-	}
-	if len(validation.IsDNS1123Label(req.SnapshotId)) > 0 {
-		return &csipb.DeleteSnapshotResponse{}, nil // names nothing this driver made
-	}
-	unlock, err := c.d.lock("snapshot/"+req.SnapshotId, "DeleteSnapshot")
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	snap := &v1alpha1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: req.SnapshotId, Namespace: c.d.cfg.Namespace}}
-	if err := c.d.c.Delete(ctx, snap); client.IgnoreNotFound(err) != nil {
-		return nil, status.Errorf(codes.Unavailable, "DeleteSnapshot %s: %v", req.SnapshotId, err)
-	}
-	return &csipb.DeleteSnapshotResponse{}, nil
-}
-
-func (c controller) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsRequest) (*csipb.ListSnapshotsResponse, error) {
-	var list v1alpha1.SnapshotList
-	opts := []client.ListOption{client.InNamespace(c.d.cfg.Namespace)}
-	if req.SourceVolumeId != "" {
-		opts = append(opts, client.MatchingLabels{v1alpha1.LabelVolume: req.SourceVolumeId})
-		if len(validation.IsDNS1123Label(req.SourceVolumeId)) > 0 {
-			return &csipb.ListSnapshotsResponse{}, nil
-		}
-	}
-	if err := c.d.c.List(ctx, &list, opts...); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "ListSnapshots: %v", err)
-	}
-	var snaps []v1alpha1.Snapshot
-	for _, s := range list.Items {
-		if s.DeletionTimestamp.IsZero() && (req.SnapshotId == "" || s.Name == req.SnapshotId) &&
-			(req.SourceVolumeId == "" || s.Spec.Volume == req.SourceVolumeId) {
-			snaps = append(snaps, s)
-		}
-	}
-	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Name < snaps[j].Name })
-	start, end, next, err := page(len(snaps), req.StartingToken, req.MaxEntries)
-	if err != nil {
-		return nil, err
-	}
-	resp := &csipb.ListSnapshotsResponse{NextToken: next}
-	for i := start; i < end; i++ {
-		resp.Entries = append(resp.Entries, &csipb.ListSnapshotsResponse_Entry{Snapshot: c.csiSnapshot(ctx, &snaps[i])})
-	}
-	return resp, nil
-}
-
 // ControllerModifyVolume applies a VolumeAttributesClass's parameters,
 // the volume's QoS: the Volume's spec.qos, which the manager copies to
 // the running Engine and its agent sets on the engine's frontend through
@@ -786,21 +661,4 @@ func (c controller) ControllerModifyVolume(ctx context.Context, req *csipb.Contr
 	}
 	c.d.log.Info("volume QoS set", "volume", vol.Name, "qos", qos)
 	return &csipb.ControllerModifyVolumeResponse{}, nil
-}
-
-func (c controller) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
-	if req.SnapshotId == "" {
-		return nil, status.Error(codes.InvalidArgument, "GetSnapshot: no snapshot ID given")
-	}
-	var snap v1alpha1.Snapshot
-	if len(validation.IsDNS1123Label(req.SnapshotId)) > 0 {
-		return nil, status.Errorf(codes.NotFound, "GetSnapshot: snapshot %q: no such snapshot", req.SnapshotId)
-	}
-	if err := c.d.c.Get(ctx, c.key(req.SnapshotId), &snap); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, status.Errorf(codes.NotFound, "GetSnapshot: snapshot %s: no such snapshot", req.SnapshotId)
-		}
-		return nil, status.Errorf(codes.Unavailable, "GetSnapshot %s: %v", req.SnapshotId, err)
-	}
-	return &csipb.GetSnapshotResponse{Snapshot: c.csiSnapshot(ctx, &snap)}, nil
 }
