@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -109,6 +110,7 @@ func TestProcessCSISanity(t *testing.T) {
 	t.Run("NoReformatAndRestart", h.noReformatAndRestart)
 	t.Run("QoS", h.qos)
 	t.Run("BackupSnapshotRestore", h.backupRestore)
+	t.Run("OnlineExpand", h.onlineExpand)
 }
 
 func checkNoNodeState(t *testing.T, stateDir string) {
@@ -476,11 +478,19 @@ func (h *csiHarness) qos(t *testing.T) {
 // stageNew creates, publishes and stages (ext4) a volume on node-a,
 // optionally from a snapshot, and returns its ID and staging path.
 func (h *csiHarness) stageNew(t *testing.T, name string, from string) (string, string) {
+	return h.stageNewFrom(t, name, from, mountCap("ext4"), 32<<20)
+}
+
+// stageNewFS is stageNew with a capability and size.
+func (h *csiHarness) stageNewFS(t *testing.T, name string, vc *csipb.VolumeCapability, sizeBytes int64) (string, string) {
+	return h.stageNewFrom(t, name, "", vc, sizeBytes)
+}
+
+func (h *csiHarness) stageNewFrom(t *testing.T, name, from string, vc *csipb.VolumeCapability, sizeBytes int64) (string, string) {
 	ctl, nd := h.conn(t)
 	ctx := context.Background()
-	vc := mountCap("ext4")
 	req := &csipb.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csipb.VolumeCapability{vc},
-		Parameters: map[string]string{"numberOfReplicas": "2"}, CapacityRange: &csipb.CapacityRange{RequiredBytes: 32 << 20}}
+		Parameters: map[string]string{"numberOfReplicas": "2"}, CapacityRange: &csipb.CapacityRange{RequiredBytes: sizeBytes}}
 	if from != "" {
 		req.VolumeContentSource = &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Snapshot{
 			Snapshot: &csipb.VolumeContentSource_SnapshotSource{SnapshotId: from}}}
@@ -593,4 +603,117 @@ func (h *csiHarness) backupRestore(t *testing.T) {
 	}
 	h.removeStaged(t, src, staging)
 	checkNoNodeState(t, filepath.Join(h.dir, "state"))
+}
+
+// onlineExpand: a staged and published xfs volume of 320 MiB (mkfs.xfs's
+// minimum is 300) with a file on it grows to 448 MiB while mounted
+// (ControllerExpandVolume, then NodeExpandVolume on the published path):
+// the loop device and the filesystem grow with no unmount or reconnect,
+// a 160 MiB file that could not fit before is written into the new
+// space, and both files read back intact after a restage. An ext4
+// volume's device grows the same way; its filesystem grows online only
+// with CAP_SYS_RESOURCE, which this machine withholds from root, and
+// NodeExpandVolume says so.
+func (h *csiHarness) onlineExpand(t *testing.T) {
+	testenv.NeedTools(t, "mkfs.xfs", "xfs_growfs")
+	ctl, nd := h.conn(t)
+	ctx := context.Background()
+	vc := mountCap("xfs")
+	id, staging := h.stageNewFS(t, "grow", vc, 320<<20)
+	target := filepath.Join(h.dir, "grow-target")
+	if _, err := nd.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		TargetPath: target, VolumeCapability: vc}); err != nil {
+		t.Fatal(err)
+	}
+	total := func() int64 {
+		st, err := nd.NodeGetVolumeStats(ctx, &csipb.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Usage[0].Total
+	}
+	small := bytes.Repeat([]byte("kept across the expansion\n"), 4000)
+	if err := os.WriteFile(filepath.Join(target, "small"), small, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := total()
+	big := make([]byte, before+16<<20) // more than the filesystem holds now
+	for i := range big {
+		big[i] = byte(i*7 + i>>12)
+	}
+	began := time.Now()
+	exp, err := ctl.ControllerExpandVolume(ctx, &csipb.ControllerExpandVolumeRequest{VolumeId: id,
+		CapacityRange: &csipb.CapacityRange{RequiredBytes: 448 << 20}, VolumeCapability: vc})
+	if err != nil || !exp.NodeExpansionRequired || exp.CapacityBytes != 448<<20 {
+		t.Fatalf("ControllerExpandVolume: %v %v", exp, err)
+	}
+	eventually(t, "NodeExpandVolume", func() (bool, string) {
+		_, err := nd.NodeExpandVolume(ctx, &csipb.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+			CapacityRange: &csipb.CapacityRange{RequiredBytes: 448 << 20}, VolumeCapability: vc, StagingTargetPath: staging})
+		return err == nil, fmt.Sprint(err)
+	})
+	after := total()
+	t.Logf("online expansion 320 -> 448 MiB, mounted xfs: %v; filesystem %d -> %d bytes", time.Since(began).Round(time.Millisecond), before, after)
+	if after < before+120<<20 {
+		t.Errorf("the filesystem grew from %d to %d bytes; want about 128 MiB more", before, after)
+	}
+	if err := os.WriteFile(filepath.Join(target, "big"), big, 0o644); err != nil {
+		t.Fatalf("%d bytes into the grown volume: %v", len(big), err)
+	}
+	if _, err := nd.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	// Unstaged and staged again (a new nbdfuse connection): the data is
+	// on the volume, not only in a cache.
+	if _, err := nd.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nd.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		VolumeCapability: vc, PublishContext: map[string]string{"endpoint": h.volumeEndpoint(t, id)}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]byte{"small": small, "big": big} {
+		if got, err := os.ReadFile(filepath.Join(staging, name)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s after restage: %d bytes, %v; want the %d written", name, len(got), err, len(want))
+		}
+	}
+	h.removeStaged(t, id, staging)
+
+	// ext4: the device grows online; the filesystem needs CAP_SYS_RESOURCE.
+	vc = mountCap("ext4")
+	id, staging = h.stageNewFS(t, "grow4", vc, 32<<20)
+	if _, err := ctl.ControllerExpandVolume(ctx, &csipb.ControllerExpandVolumeRequest{VolumeId: id,
+		CapacityRange: &csipb.CapacityRange{RequiredBytes: 64 << 20}, VolumeCapability: vc}); err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	eventually(t, "NodeExpandVolume of ext4 past the engine's growth", func() (bool, string) {
+		_, last = nd.NodeExpandVolume(ctx, &csipb.NodeExpandVolumeRequest{VolumeId: id, VolumePath: staging,
+			CapacityRange: &csipb.CapacityRange{RequiredBytes: 64 << 20}, VolumeCapability: vc})
+		return status.Code(last) != codes.Unavailable, fmt.Sprint(last)
+	})
+	if last != nil {
+		wantCode(t, last, codes.FailedPrecondition, "CAP_SYS_RESOURCE")
+		t.Logf("ext4 online: %v", last)
+	}
+	var st stageStateView
+	b, err := os.ReadFile(filepath.Join(h.dir, "state", id+".json"))
+	if err != nil || json.Unmarshal(b, &st) != nil || st.SizeBytes != 64<<20 {
+		t.Errorf("the ext4 volume's loop device was not grown: %s %v", b, err)
+	}
+	h.removeStaged(t, id, staging)
+	checkNoNodeState(t, filepath.Join(h.dir, "state"))
+}
+
+// stageStateView is the part of the node's state file this test reads.
+type stageStateView struct {
+	SizeBytes int64 `json:"sizeBytes"`
+}
+
+func (h *csiHarness) volumeEndpoint(t *testing.T, id string) string {
+	var v v1alpha1.Volume
+	if err := h.c.env.Client.Get(context.Background(), client.ObjectKey{Namespace: k8stest.Namespace, Name: id}, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Status.Endpoint
 }

@@ -261,3 +261,9 @@ func (d *Limited) Run() {
 		d.async.Run()
 	}
 }
+
+// TrimZeroes passes on whether the wrapped device's trims read as zeros.
+func (d *Limited) TrimZeroes() bool {
+	tz, ok := d.Device.(interface{ TrimZeroes() bool })
+	return ok && tz.TrimZeroes()
+}

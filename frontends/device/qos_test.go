@@ -95,3 +95,40 @@ func TestLimitedDevice(t *testing.T) {
 		t.Error("a canceled read waiting for a token succeeded")
 	}
 }
+
+// TestCeiling: the size clients see is the ceiling; IO within the real
+// size works, past it fails, and space the device gains is reachable.
+func TestCeiling(t *testing.T) {
+	path := t.TempDir() + "/d"
+	f, err := OpenFile(path, FileConfig{SizeBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := NewCeiling(f, 1<<40)
+	ctx := context.Background()
+	buf := make([]byte, 4096)
+	if d.SizeBytes() != 1<<40 || !d.TrimZeroes() {
+		t.Errorf("size %d, trim zeroes %v", d.SizeBytes(), d.TrimZeroes())
+	}
+	if err := d.WriteAt(ctx, buf, 60<<10, false); err != nil {
+		t.Errorf("write within: %v", err)
+	}
+	if err := d.WriteAt(ctx, buf, 64<<10, false); err != ErrNoSpace {
+		t.Errorf("write past the end: %v, want ErrNoSpace", err)
+	}
+	if err := d.ReadAt(ctx, buf, 1<<30); err != ErrInvalid {
+		t.Errorf("read past the end: %v, want ErrInvalid", err)
+	}
+	done := make(chan error, 1)
+	d.Start(&Request{Op: OpRead, Offset: 64 << 10, Data: buf, Done: func(_ *Request, err error) { done <- err }})
+	d.Run()
+	if err := <-done; err != ErrInvalid {
+		t.Errorf("async read past the end: %v", err)
+	}
+	d.Start(&Request{Op: OpRead, Offset: 0, Data: buf, Done: func(_ *Request, err error) { done <- err }})
+	d.Run()
+	if err := <-done; err != nil {
+		t.Errorf("async read within: %v", err)
+	}
+}

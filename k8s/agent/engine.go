@@ -242,8 +242,12 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 	// The export's IOs pass a QoS limiter (no limits until applyQoS
 	// sets the spec's through the control API).
 	limiter := device.NewLimiter()
-	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: eng.Spec.VolumeName,
-		Description: "Drover volume " + eng.Spec.VolumeName, Device: device.NewLimited(vol, limiter)}}})
+	limited := device.NewLimited(vol, limiter)
+	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{
+		{Name: eng.Spec.VolumeName, Description: "Drover volume " + eng.Spec.VolumeName, Device: limited},
+		{Name: eng.Spec.VolumeName + v1alpha1.GrowableExportSuffix, Device: device.NewCeiling(limited, v1alpha1.GrowableExportBytes),
+			Description: "Drover volume " + eng.Spec.VolumeName + ", advertising a ceiling size for hosts that attach it behind a size-limited loop device"},
+	}})
 	if err != nil {
 		d.Close()
 		return nil, fmt.Errorf("engine %s: NBD: %w", eng.Name, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -84,7 +85,7 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 		}
 		fuseDir := filepath.Join(n.d.cfg.StateDir, req.VolumeId+".fuse")
 		st = &stageState{VolumeID: req.VolumeId, StagingPath: staging, Endpoint: ep, FuseDir: fuseDir,
-			Image: filepath.Join(fuseDir, "disk"), Block: block}
+			Image: filepath.Join(fuseDir, "disk"), Block: block, Growable: true}
 		if err := n.d.saveState(st); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
@@ -103,6 +104,11 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapability) error {
 	save := func() error { return n.d.saveState(st) }
 	if !st.FuseMounted {
+		size, err := exportSize(ctx, st.Endpoint)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "NodeStageVolume %s: %v", st.VolumeID, err)
+		}
+		st.SizeBytes = size
 		if err := n.d.startNbdfuse(ctx, st); err != nil {
 			return status.Errorf(codes.Unavailable, "NodeStageVolume %s: attach %s: %v", st.VolumeID, st.Endpoint, err)
 		}
@@ -117,7 +123,11 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 			return err
 		}
 		if loop == "" {
-			out, err := run(ctx, "losetup", "--find", "--show", st.Image)
+			args := []string{"--find", "--show", st.Image}
+			if st.Growable {
+				args = append(args, "--sizelimit", strconv.FormatInt(st.SizeBytes, 10))
+			}
+			out, err := run(ctx, "losetup", args...)
 			if err != nil {
 				return fmt.Errorf("loop device over %s: %w", st.Image, err)
 			}
@@ -456,9 +466,9 @@ func (n node) NodeGetVolumeHealth(ctx context.Context, req *csipb.NodeGetVolumeH
 	return &csipb.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
 
-// NodeExpandVolume grows the filesystem to the device. The device is
-// the nbdfuse file, whose size is the export's when nbdfuse connected:
-// a volume grown while staged reaches the device at the next stage.
+// NodeExpandVolume grows the device to the volume's new size, once the
+// engine serves it, and the filesystem to the device: the loop device
+// over the growable export gets a larger size limit while mounted.
 func (n node) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpandVolumeRequest) (*csipb.NodeExpandVolumeResponse, error) {
 	if req.VolumeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "NodeExpandVolume: no volume ID given")
@@ -475,24 +485,50 @@ func (n node) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpandVolumeR
 		return nil, err
 	}
 	defer unlock()
-	if _, err := run(ctx, "losetup", "--set-capacity", st.Loop); err != nil {
+	want := req.GetCapacityRange().GetRequiredBytes()
+	if st.Growable {
+		// The engine serves the new size once the agent has grown it;
+		// only then may the loop device reach it.
+		exact, err := exportSize(ctx, st.Endpoint)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "NodeExpandVolume %s: %v", req.VolumeId, err)
+		}
+		if exact < want {
+			return nil, status.Errorf(codes.Unavailable, "NodeExpandVolume %s: the engine serves %d bytes, %d asked: not grown yet; retry", req.VolumeId, exact, want)
+		}
+		if exact > st.SizeBytes {
+			if err := setLoopSize(st.Loop, exact); err != nil {
+				return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", req.VolumeId, err)
+			}
+			st.SizeBytes = exact
+			if err := n.d.saveState(st); err != nil {
+				return nil, status.Error(codes.Internal, err.Error())
+			}
+		}
+	} else if _, err := run(ctx, "losetup", "--set-capacity", st.Loop); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", req.VolumeId, err)
 	}
 	size, err := deviceSize(st.Loop)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if want := req.GetCapacityRange().GetRequiredBytes(); want > size {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"NodeExpandVolume %s: the device is %d bytes, %d asked: nbdfuse keeps the size the export had when the volume was staged; the filesystem grows at the next stage", req.VolumeId, size, want)
+	if want > size {
+		return nil, status.Errorf(codes.FailedPrecondition, "NodeExpandVolume %s: the device is %d bytes, %d asked", req.VolumeId, size, want)
 	}
 	if !st.Block {
 		var err error
+		var out string
 		switch st.FsType {
 		case "ext4":
-			_, err = run(ctx, "resize2fs", st.Loop)
+			out, err = run(ctx, "resize2fs", st.Loop)
 		case "xfs":
-			_, err = run(ctx, "xfs_growfs", st.StagingPath)
+			out, err = run(ctx, "xfs_growfs", st.StagingPath)
+		}
+		if err != nil && st.FsType == "ext4" && strings.Contains(out, "Permission denied") {
+			// The kernel asks CAP_SYS_RESOURCE for ext4's online resize
+			// (EXT4_IOC_RESIZE_FS); some hosts withhold it from root.
+			return nil, status.Errorf(codes.FailedPrecondition, "NodeExpandVolume %s: the device grew to %d bytes, but growing a mounted ext4 "+
+				"needs CAP_SYS_RESOURCE, which this process lacks (%v); xfs grows without it", req.VolumeId, size, err)
 		}
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", req.VolumeId, err)

@@ -56,6 +56,18 @@ type EngineSpec struct {
 	QoS *VolumeQoS `json:"qos,omitempty"`
 }
 
+// The agent's NBD server exports each engine's volume twice: under the
+// volume's name (EngineStatus.Endpoint), with its size, and under the
+// name plus GrowableExportSuffix, advertising GrowableExportBytes, where
+// IO past the volume's real end fails. A host that sees an export's size
+// once (nbdfuse) attaches the growable one behind a loop device limited
+// to the real size, and grows that limit when the volume grows: online
+// expansion with no reconnect.
+const (
+	GrowableExportSuffix = "~growable"
+	GrowableExportBytes  = 1 << 50
+)
+
 // EngineStatus is what the engine's agent reports.
 type EngineStatus struct {
 	// CurrentState is the instance's state now.
