@@ -252,7 +252,26 @@ func (h *csiHarness) noReformatAndRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := stage(vc); err != nil {
+	// Concurrent stages of one volume: each is done or Aborted (another
+	// call holds the volume), never half done; one is done.
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() { errs <- stage(vc) }()
+	}
+	done := 0
+	for range 4 {
+		switch err := <-errs; status.Code(err) {
+		case codes.OK:
+			done++
+		case codes.Aborted:
+		default:
+			t.Errorf("a concurrent NodeStageVolume: %v", err)
+		}
+	}
+	if done == 0 {
+		t.Fatal("no concurrent NodeStageVolume succeeded")
+	}
+	if err := stage(vc); err != nil { // and once more: idempotent
 		t.Fatal(err)
 	}
 	data := []byte("written before the restart\n")
