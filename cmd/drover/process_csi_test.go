@@ -720,6 +720,30 @@ func (h *csiHarness) onlineExpand(t *testing.T) {
 	if err != nil || json.Unmarshal(b, &st) != nil || st.SizeBytes != 64<<20 {
 		t.Errorf("the ext4 volume's loop device was not grown: %s %v", b, err)
 	}
+	// Staged again, the filesystem grows offline before it is mounted
+	// (no CAP_SYS_RESOURCE needed), and NodeExpandVolume has nothing left.
+	statTotal := func() int64 {
+		st, err := nd.NodeGetVolumeStats(ctx, &csipb.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Usage[0].Total
+	}
+	before = statTotal()
+	if _, err := nd.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nd.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		VolumeCapability: vc, PublishContext: map[string]string{"endpoint": h.volumeEndpoint(t, id)}}); err != nil {
+		t.Fatal(err)
+	}
+	if after := statTotal(); after < before+28<<20 {
+		t.Errorf("ext4 restaged after expansion: %d bytes, %d before; want about 32 MiB more", after, before)
+	}
+	if _, err := nd.NodeExpandVolume(ctx, &csipb.NodeExpandVolumeRequest{VolumeId: id, VolumePath: staging,
+		CapacityRange: &csipb.CapacityRange{RequiredBytes: 64 << 20}, VolumeCapability: vc}); err != nil {
+		t.Errorf("NodeExpandVolume after the offline growth: %v", err)
+	}
 	h.removeStaged(t, id, staging)
 	checkNoNodeState(t, filepath.Join(h.dir, "state"))
 }

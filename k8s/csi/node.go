@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -181,14 +182,64 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 		return err
 	}
 	if !mounted {
+		if st.FsType == "ext4" && !st.Formatted {
+			if err := growExt4Offline(ctx, st.Loop); err != nil {
+				return err
+			}
+		}
 		opts := append([]string{"discard"}, vc.GetMount().GetMountFlags()...)
 		if _, err := run(ctx, "mount", "-t", st.FsType, "-o", strings.Join(opts, ","), st.Loop, st.StagingPath); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", st.Loop, st.StagingPath, err)
+		}
+		if st.FsType == "xfs" && !st.Formatted {
+			// A volume grown while it was not staged: xfs grows mounted.
+			if _, err := run(ctx, "xfs_growfs", st.StagingPath); err != nil {
+				return err
+			}
 		}
 	}
 	if !st.Mounted {
 		st.Mounted = true
 		return save()
+	}
+	return nil
+}
+
+// growExt4Offline grows an unmounted ext4 to its device when the
+// volume grew while it was not staged (or when growing it mounted was
+// refused): e2fsck -f -p first, as resize2fs requires, then resize2fs.
+// Offline resizing needs no CAP_SYS_RESOURCE.
+func growExt4Offline(ctx context.Context, dev string) error {
+	out, err := run(ctx, "dumpe2fs", "-h", dev)
+	if err != nil {
+		return err
+	}
+	var blocks, blockBytes int64
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		switch v = strings.TrimSpace(v); {
+		case !ok:
+		case k == "Block count":
+			blocks, _ = strconv.ParseInt(v, 10, 64)
+		case k == "Block size":
+			blockBytes, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	size, err := deviceSize(dev)
+	if err != nil {
+		return err
+	}
+	if blocks == 0 || blockBytes == 0 || size-blocks*blockBytes < 1<<20 {
+		return nil // nothing worth a resize
+	}
+	if _, err := run(ctx, "e2fsck", "-f", "-p", dev); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 { // 1: errors corrected
+			return fmt.Errorf("check before growing: %w", err)
+		}
+	}
+	if _, err := run(ctx, "resize2fs", dev); err != nil {
+		return fmt.Errorf("grow the filesystem to the volume: %w", err)
 	}
 	return nil
 }
