@@ -318,6 +318,27 @@ func (h *csiHarness) noReformatAndRestart(t *testing.T) {
 	if _, err := ctl.ControllerUnpublishVolume(ctx, &csipb.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: "node-a"}); err != nil {
 		t.Fatal(err)
 	}
+	// Published read-only: staged read-only, the file reads, a write is
+	// refused; publishing it read-write meanwhile is AlreadyExists.
+	pub, err = ctl.ControllerPublishVolume(ctx, &csipb.ControllerPublishVolumeRequest{VolumeId: id, NodeId: "node-a", VolumeCapability: vc, Readonly: true})
+	if err != nil || pub.PublishContext["readonly"] != "true" {
+		t.Fatalf("read-only publish: %v %v", pub, err)
+	}
+	_, err = ctl.ControllerPublishVolume(ctx, &csipb.ControllerPublishVolumeRequest{VolumeId: id, NodeId: "node-a", VolumeCapability: vc})
+	wantCode(t, err, codes.AlreadyExists, "readonly")
+	if err := stage(vc); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || string(got) != string(data) {
+		t.Errorf("read-only stage: %q, %v", got, err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "w"), data, 0o644); err == nil {
+		t.Error("a write to a volume published read-only succeeded")
+	}
+	unstage()
+	if _, err := ctl.ControllerUnpublishVolume(ctx, &csipb.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: "node-a"}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatal(err)
 	}

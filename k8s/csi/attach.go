@@ -41,6 +41,9 @@ type stageState struct {
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
 	// Block: the volume is used as a raw block device (no filesystem).
 	Block bool `json:"block"`
+	// Readonly: published read-only: the loop device and the mount are
+	// read-only and nothing is formatted or grown.
+	Readonly bool `json:"readonly,omitempty"`
 	// FsType is the filesystem on the device; Formatted says this
 	// driver made it (mkfs ran because blkid found nothing).
 	FsType    string `json:"fsType,omitempty"`

@@ -31,8 +31,18 @@ import (
 const AnnotationCSIName = "csi.storage.drover.io/name"
 
 // PublishContextEndpoint is the publish-context key holding the
-// engine's NBD endpoint.
-const PublishContextEndpoint = "endpoint"
+// engine's NBD endpoint; PublishContextReadonly is "true" when the
+// volume was published read-only (NodeStageVolume then attaches and
+// mounts it read-only and never formats it).
+const (
+	PublishContextEndpoint = "endpoint"
+	PublishContextReadonly = "readonly"
+)
+
+// AnnotationReadonly records on a published Volume whether it was
+// published read-only, so a second publish asking otherwise is
+// AlreadyExists.
+const AnnotationReadonly = "csi.storage.drover.io/published-readonly"
 
 var errTooLarge = errors.New("size too large")
 
@@ -274,11 +284,19 @@ func (c controller) ControllerPublishVolume(ctx context.Context, req *csipb.Cont
 	if !vol.DeletionTimestamp.IsZero() {
 		return nil, status.Errorf(codes.NotFound, "ControllerPublishVolume %s: the volume is being deleted", vol.Name)
 	}
+	readonly := strconv.FormatBool(req.Readonly)
 	switch vol.Spec.NodeID {
 	case req.NodeId:
+		if was := vol.Annotations[AnnotationReadonly]; was != "" && was != readonly {
+			return nil, status.Errorf(codes.AlreadyExists, "ControllerPublishVolume %s: published to %s with readonly %s already", vol.Name, req.NodeId, was)
+		}
 	case "":
 		patch := client.MergeFrom(vol.DeepCopy())
 		vol.Spec.NodeID = req.NodeId
+		if vol.Annotations == nil {
+			vol.Annotations = map[string]string{}
+		}
+		vol.Annotations[AnnotationReadonly] = readonly
 		if err := c.d.c.Patch(ctx, vol, patch); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "ControllerPublishVolume %s: attach to %s: %v", vol.Name, req.NodeId, err)
 		}
@@ -294,7 +312,11 @@ func (c controller) ControllerPublishVolume(ctx context.Context, req *csipb.Cont
 	if err != nil {
 		return nil, status.Errorf(status.Code(err), "ControllerPublishVolume %s to %s: %v (volume: %s)", vol.Name, req.NodeId, err, last)
 	}
-	return &csipb.ControllerPublishVolumeResponse{PublishContext: map[string]string{PublishContextEndpoint: endpoint}}, nil
+	pc := map[string]string{PublishContextEndpoint: endpoint}
+	if req.Readonly {
+		pc[PublishContextReadonly] = "true"
+	}
+	return &csipb.ControllerPublishVolumeResponse{PublishContext: pc}, nil
 }
 
 func describe(v *v1alpha1.Volume) string {
@@ -354,6 +376,7 @@ func (c controller) ControllerUnpublishVolume(ctx context.Context, req *csipb.Co
 	}
 	patch := client.MergeFrom(vol.DeepCopy())
 	vol.Spec.NodeID = ""
+	delete(vol.Annotations, AnnotationReadonly)
 	if err := c.d.c.Patch(ctx, vol, patch); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "ControllerUnpublishVolume %s: detach: %v", vol.Name, err)
 	}
@@ -582,6 +605,7 @@ func (c controller) ControllerGetCapabilities(context.Context, *csipb.Controller
 		csipb.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 		csipb.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 		csipb.ControllerServiceCapability_RPC_MODIFY_VOLUME,
+		csipb.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 		csipb.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,

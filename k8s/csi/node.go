@@ -86,7 +86,8 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 		}
 		fuseDir := filepath.Join(n.d.cfg.StateDir, req.VolumeId+".fuse")
 		st = &stageState{VolumeID: req.VolumeId, StagingPath: staging, Endpoint: ep, FuseDir: fuseDir,
-			Image: filepath.Join(fuseDir, "disk"), Block: block, Growable: true}
+			Image: filepath.Join(fuseDir, "disk"), Block: block, Growable: true,
+			Readonly: req.PublishContext[PublishContextReadonly] == "true"}
 		if err := n.d.saveState(st); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
@@ -128,6 +129,9 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 			if st.Growable {
 				args = append(args, "--sizelimit", strconv.FormatInt(st.SizeBytes, 10))
 			}
+			if st.Readonly {
+				args = append(args, "--read-only")
+			}
 			out, err := run(ctx, "losetup", args...)
 			if err != nil {
 				return fmt.Errorf("loop device over %s: %w", st.Image, err)
@@ -153,6 +157,9 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 		}
 		switch have {
 		case "":
+			if st.Readonly {
+				return status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is blank and published read-only: nothing to mount", st.VolumeID)
+			}
 			// Blank: format. Only ever here, after blkid found nothing.
 			args := []string{"-q", "-K", st.Loop} // xfs: -K skips the discard
 			if want == "ext4" {
@@ -182,16 +189,20 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 		return err
 	}
 	if !mounted {
-		if st.FsType == "ext4" && !st.Formatted {
+		if st.FsType == "ext4" && !st.Formatted && !st.Readonly {
 			if err := growExt4Offline(ctx, st.Loop); err != nil {
 				return err
 			}
 		}
 		opts := append([]string{"discard"}, vc.GetMount().GetMountFlags()...)
+		if st.Readonly {
+			// The device is read-only: no journal replay either.
+			opts = append(opts, "ro", map[string]string{"ext4": "noload", "xfs": "norecovery"}[st.FsType])
+		}
 		if _, err := run(ctx, "mount", "-t", st.FsType, "-o", strings.Join(opts, ","), st.Loop, st.StagingPath); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", st.Loop, st.StagingPath, err)
 		}
-		if st.FsType == "xfs" && !st.Formatted {
+		if st.FsType == "xfs" && !st.Formatted && !st.Readonly {
 			// A volume grown while it was not staged: xfs grows mounted.
 			if _, err := run(ctx, "xfs_growfs", st.StagingPath); err != nil {
 				return err
@@ -588,6 +599,35 @@ func (n node) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpandVolumeR
 	return &csipb.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 }
 
+// NodeGetStorageHealth reports this node's Drover storage: unreachable
+// while the agent's Node is missing or not ready, degraded for each
+// disk whose status carries an error message.
+func (n node) NodeGetStorageHealth(ctx context.Context, _ *csipb.NodeGetStorageHealthRequest) (*csipb.NodeGetStorageHealthResponse, error) {
+	var nd v1alpha1.Node
+	resp := &csipb.NodeGetStorageHealthResponse{}
+	add := func(t csipb.StorageHealthErrorType, reason, msg string) {
+		resp.BackendHealth = append(resp.BackendHealth, &csipb.NodeGetStorageHealthResponse_StorageBackendHealth{Status: t, Reason: reason, Message: msg})
+	}
+	if err := n.d.c.Get(ctx, controller{d: n.d}.key(n.d.cfg.NodeID), &nd); err != nil {
+		add(csipb.StorageHealthErrorType_STORAGE_UNREACHABLE, "NodeUnknown", fmt.Sprintf("node %s: %v", n.d.cfg.NodeID, err))
+		return resp, nil
+	}
+	if !nodeReady(&nd) {
+		add(csipb.StorageHealthErrorType_STORAGE_UNREACHABLE, "NodeNotReady", fmt.Sprintf("node %s: the agent does not report in", nd.Name))
+	}
+	names := make([]string, 0, len(nd.Status.DiskStatus))
+	for name := range nd.Status.DiskStatus {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if msg := nd.Status.DiskStatus[name].Message; msg != "" {
+			add(csipb.StorageHealthErrorType_STORAGE_DEGRADED, "DiskError", fmt.Sprintf("disk %s: %s", name, msg))
+		}
+	}
+	return resp, nil
+}
+
 func (n node) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
 	var caps []*csipb.NodeServiceCapability
 	for _, t := range []csipb.NodeServiceCapability_RPC_Type{
@@ -596,6 +636,7 @@ func (n node) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesReq
 		csipb.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csipb.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csipb.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
 	} {
 		caps = append(caps, &csipb.NodeServiceCapability{Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: t}}})
 	}
