@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,8 +57,9 @@ func TestProcessCSISanity(t *testing.T) {
 	testenv.NeedRoot(t, "losetup and mount")
 	testenv.NeedFUSE(t)
 	began := time.Now()
-	c := startK8sCluster(t, 2)
 	dir := t.TempDir()
+	t.Cleanup(func() { releaseMounts(t, dir) }) // after everything else: a failed test leaves no mount behind
+	c := startK8sCluster(t, 2)
 	sock := filepath.Join(dir, "csi.sock")
 	drv := start(t, "csi", nil, "csi", "--mode", "all", "--node-id", "node-a", "--endpoint", "unix://"+sock,
 		"--kubeconfig", c.env.Kubeconfig, "--namespace", k8stest.Namespace, "--state-dir", filepath.Join(dir, "state"))
@@ -111,6 +114,40 @@ func TestProcessCSISanity(t *testing.T) {
 	t.Run("QoS", h.qos)
 	t.Run("BackupSnapshotRestore", h.backupRestore)
 	t.Run("OnlineExpand", h.onlineExpand)
+	t.Run("LostAttachment", h.lostAttachment)
+}
+
+// releaseMounts unmounts whatever is still mounted under dir (deepest
+// first), detaches loop devices over files there and ends nbdfuse
+// mounts: what a failing test may leave.
+func releaseMounts(t *testing.T, dir string) {
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	var points []string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			points = append(points, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(points)))
+	for _, p := range points {
+		if strings.HasSuffix(p, ".fuse") {
+			continue
+		}
+		if out, err := exec.Command("umount", "--lazy", p).CombinedOutput(); err != nil {
+			t.Logf("umount %s: %v %s", p, err, out)
+		}
+	}
+	loops, _ := exec.Command("losetup", "--noheadings", "--output", "NAME,BACK-FILE", "--list").Output()
+	for _, line := range strings.Split(string(loops), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[1], dir) {
+			_ = exec.Command("losetup", "--detach", f[0]).Run()
+		}
+	}
+	for _, p := range points {
+		if strings.HasSuffix(p, ".fuse") {
+			_ = exec.Command("fusermount3", "-u", "-z", p).Run()
+		}
+	}
 }
 
 func checkNoNodeState(t *testing.T, stateDir string) {
@@ -780,4 +817,44 @@ func (h *csiHarness) volumeEndpoint(t *testing.T, id string) string {
 		t.Fatal(err)
 	}
 	return v.Status.Endpoint
+}
+
+// lostAttachment: the nbdfuse process of a staged volume is killed -9
+// (as a reboot or an OOM kill would); NodeStageVolume called again finds
+// the attachment gone, takes down what is left and attaches again: the
+// synced file reads back.
+func (h *csiHarness) lostAttachment(t *testing.T) {
+	_, nd := h.conn(t)
+	ctx := context.Background()
+	id, staging := h.stageNew(t, "lost", "")
+	data := bytes.Repeat([]byte("synced before the loss\n"), 500)
+	if err := os.WriteFile(filepath.Join(staging, "f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sync", "-f", filepath.Join(staging, "f")).CombinedOutput(); err != nil {
+		t.Fatalf("sync: %v %s", err, out)
+	}
+	pidText, err := os.ReadFile(filepath.Join(h.dir, "state", id+".fuse.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "nbdfuse gone", func() (bool, string) {
+		return syscall.Kill(pid, 0) != nil, ""
+	})
+	if _, err := nd.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		VolumeCapability: mountCap("ext4"), PublishContext: map[string]string{"endpoint": h.volumeEndpoint(t, id)}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("after attaching again: %d bytes, %v; want the %d synced", len(got), err, len(data))
+	}
+	h.removeStaged(t, id, staging)
+	checkNoNodeState(t, filepath.Join(h.dir, "state"))
 }

@@ -92,6 +92,9 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
+	if err := n.recheck(ctx, st, req.PublishContext[PublishContextEndpoint]); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", req.VolumeId, err)
+	}
 	if err := n.stage(ctx, st, req.VolumeCapability); err != nil {
 		if s, ok := status.FromError(err); ok {
 			return nil, s.Err()
@@ -99,6 +102,60 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", req.VolumeId, err)
 	}
 	return &csipb.NodeStageVolumeResponse{}, nil
+}
+
+// recheck looks whether the steps st records still hold. When the
+// attachment is gone (nbdfuse died, the node rebooted) it takes down what
+// is left of it, last first, and clears the steps, so stage attaches
+// again at the endpoint the caller gives now (the engine may have moved
+// to another port); a step that merely vanished (an unmount by hand) is
+// cleared so stage redoes it.
+func (n node) recheck(ctx context.Context, st *stageState, endpoint string) error {
+	if !st.FuseMounted {
+		return nil
+	}
+	fuseUp, err := isMounted(st.FuseDir)
+	if err != nil {
+		return err
+	}
+	if _, serr := os.Stat(st.Image); fuseUp && serr == nil {
+		if st.Loop != "" {
+			if loop, err := loopFor(ctx, st.Image); err != nil || loop != st.Loop {
+				st.Loop, st.Mounted = "", false
+			}
+		}
+		if st.Mounted {
+			if up, err := isMounted(st.StagingPath); err == nil && !up {
+				st.Mounted = false
+			}
+		}
+		return n.d.saveState(st)
+	}
+	n.d.log.Warn("attachment lost; attaching again", "volume", st.VolumeID, "endpoint", st.Endpoint)
+	if up, err := isMounted(st.StagingPath); err == nil && up {
+		// Lazily: IO on it fails anyway, and a process may hold it.
+		if _, err := run(ctx, "umount", "--lazy", st.StagingPath); err != nil {
+			return err
+		}
+	}
+	if st.Loop != "" {
+		// Only if it is still the device over our image: after a reboot
+		// the name may be another volume's.
+		if out, err := run(ctx, "losetup", "--noheadings", "--output", "BACK-FILE", st.Loop); err == nil &&
+			strings.HasPrefix(strings.TrimSpace(out), st.Image) {
+			_, _ = run(ctx, "losetup", "--detach", st.Loop)
+		}
+	}
+	if fuseUp {
+		if _, err := run(ctx, "fusermount3", "-u", "-z", st.FuseDir); err != nil {
+			return err
+		}
+	}
+	st.FuseMounted, st.Loop, st.Mounted = false, "", false
+	if endpoint != "" {
+		st.Endpoint = endpoint
+	}
+	return n.d.saveState(st)
 }
 
 // stage takes the steps NodeStageVolume has not taken yet, recording
