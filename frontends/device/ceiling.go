@@ -8,7 +8,8 @@ import "context"
 // the size once and keeps it (nbdfuse exposes an NBD export as a file of
 // the size it saw at connect) can so reach space the volume gains
 // later, once whoever bounds its access (a loop device's size limit)
-// lets it. It is Async when the wrapped device is, keeping its fast path.
+// lets it. It is Async: an Async wrapped device keeps its fast path,
+// another serves each request on a goroutine (StartSync).
 type Ceiling struct {
 	Device
 	CeilingBytes uint64

@@ -182,19 +182,27 @@ func (l *Limiter) wait(ctx context.Context, n int, delayed bool) error {
 
 // Limited is a Device whose IOs pass a Limiter first (flushes are not
 // limited: they carry no data and only make earlier writes durable).
-// It is Async, keeping an Async device's fast path for every request
-// the limiter admits at once; a request that must wait waits on a
-// goroutine of its own and then runs with the synchronous methods.
 type Limited struct {
 	Device
-	L     *Limiter
-	async Async // Device as Async, or nil
+	L *Limiter
 }
 
-// NewLimited wraps dev with l.
-func NewLimited(dev Device, l *Limiter) *Limited {
-	a, _ := dev.(Async)
-	return &Limited{Device: dev, L: l, async: a}
+// limitedAsync is a Limited over an Async device, and Async itself: an
+// IO the limiter admits at once keeps the wrapped device's fast path;
+// one that must wait waits on a goroutine of its own and then runs with
+// the synchronous methods.
+type limitedAsync struct {
+	*Limited
+	async Async
+}
+
+// NewLimited wraps dev with l; the result is Async when dev is.
+func NewLimited(dev Device, l *Limiter) Device {
+	d := &Limited{Device: dev, L: l}
+	if a, ok := dev.(Async); ok {
+		return &limitedAsync{Limited: d, async: a}
+	}
+	return d
 }
 
 func (d *Limited) ReadAt(ctx context.Context, p []byte, off uint64) error {
@@ -228,7 +236,7 @@ func (d *Limited) WriteZeroes(ctx context.Context, off, length uint64, fua bool)
 
 // Start admits r at once when the limiter lets it (then the wrapped
 // device's own Start runs it), else waits for it on a goroutine.
-func (d *Limited) Start(r *Request) {
+func (d *limitedAsync) Start(r *Request) {
 	n := 0
 	if r.Op == OpRead || r.Op == OpWrite {
 		n = len(r.Data)
@@ -238,11 +246,7 @@ func (d *Limited) Start(r *Request) {
 		ok, _, _ = d.L.tryAdmit(n)
 	}
 	if ok {
-		if d.async != nil {
-			d.async.Start(r)
-		} else {
-			StartSync(context.Background(), d.Device, r)
-		}
+		d.async.Start(r)
 		return
 	}
 	go func() {
@@ -256,11 +260,7 @@ func (d *Limited) Start(r *Request) {
 }
 
 // Run runs the wrapped device's queued work.
-func (d *Limited) Run() {
-	if d.async != nil {
-		d.async.Run()
-	}
-}
+func (d *limitedAsync) Run() { d.async.Run() }
 
 // TrimZeroes passes on whether the wrapped device's trims read as zeros.
 func (d *Limited) TrimZeroes() bool {

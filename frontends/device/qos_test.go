@@ -73,6 +73,9 @@ func TestLimitedDevice(t *testing.T) {
 	l := NewLimiter()
 	l.SetLimits(QoSLimits{IOPS: 100})
 	d := NewLimited(f, l)
+	if _, ok := d.(Async); ok {
+		t.Error("a Limited over a synchronous device claims to be Async")
+	}
 	buf := make([]byte, 4096)
 	ctx := context.Background()
 	for i := range 25 {
