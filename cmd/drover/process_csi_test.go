@@ -115,6 +115,7 @@ func TestProcessCSISanity(t *testing.T) {
 	t.Run("BackupSnapshotRestore", h.backupRestore)
 	t.Run("OnlineExpand", h.onlineExpand)
 	t.Run("LostAttachment", h.lostAttachment)
+	t.Run("BlockVolume", h.blockVolume)
 }
 
 // releaseMounts unmounts whatever is still mounted under dir (deepest
@@ -854,6 +855,57 @@ func (h *csiHarness) lostAttachment(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("after attaching again: %d bytes, %v; want the %d synced", len(got), err, len(data))
+	}
+	h.removeStaged(t, id, staging)
+	checkNoNodeState(t, filepath.Join(h.dir, "state"))
+}
+
+// blockVolume: volumeMode Block: staged without a filesystem (nothing
+// formatted), published as a device file; bytes written through it with
+// O_DIRECT read back through a second publish, and NodeGetVolumeStats
+// reports the device's size.
+func (h *csiHarness) blockVolume(t *testing.T) {
+	_, nd := h.conn(t)
+	ctx := context.Background()
+	vc := &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Block{Block: &csipb.VolumeCapability_BlockVolume{}},
+		AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	id, staging := h.stageNewFS(t, "raw", vc, 16<<20)
+	targets := []string{filepath.Join(h.dir, "raw-dev1"), filepath.Join(h.dir, "raw-dev2")}
+	for _, target := range targets {
+		if _, err := nd.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+			TargetPath: target, VolumeCapability: vc}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("blkid", "-p", targets[0]).CombinedOutput(); err == nil {
+		t.Errorf("a block volume got a filesystem: %s", out)
+	}
+	src := filepath.Join(h.dir, "raw-in")
+	data := bytes.Repeat([]byte("raw block bytes "), 65536) // 1 MiB
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("dd", "if="+src, "of="+targets[0], "bs=64k", "seek=16", "oflag=direct", "conv=fsync").CombinedOutput(); err != nil {
+		t.Fatalf("dd into the device: %v %s", err, out)
+	}
+	back := filepath.Join(h.dir, "raw-out")
+	if out, err := exec.Command("dd", "if="+targets[1], "of="+back, "bs=64k", "skip=16", "count=16", "iflag=direct").CombinedOutput(); err != nil {
+		t.Fatalf("dd from the device: %v %s", err, out)
+	}
+	if got, err := os.ReadFile(back); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("read back through the second publish: %d bytes, %v", len(got), err)
+	}
+	st, err := nd.NodeGetVolumeStats(ctx, &csipb.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: targets[0]})
+	if err != nil || st.Usage[0].Total != 16<<20 {
+		t.Errorf("NodeGetVolumeStats of the block volume: %v %v", st, err)
+	}
+	for _, target := range targets {
+		if _, err := nd.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(target); !os.IsNotExist(err) {
+			t.Errorf("target %s left: %v", target, err)
+		}
 	}
 	h.removeStaged(t, id, staging)
 	checkNoNodeState(t, filepath.Join(h.dir, "state"))
