@@ -180,29 +180,18 @@ func loadKey(path, passFile string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encryption key: %w", err)
 	}
-	if keyfile.IsWrapped(b) {
-		if passFile == "" {
-			return nil, fmt.Errorf("encryption key %s is wrapped by a passphrase: give --encryption-passphrase-file", path)
-		}
-		pass, err := readPassphrase(passFile)
-		if err != nil {
+	var pass []byte
+	if passFile != "" && keyfile.IsWrapped(b) {
+		if pass, err = readPassphrase(passFile); err != nil {
 			return nil, err
 		}
-		key, err := keyfile.Unwrap(b, pass)
-		if err != nil {
-			return nil, fmt.Errorf("encryption key %s: %w", path, err)
-		}
-		if len(key) != device.CryptKeyBytes {
-			return nil, fmt.Errorf("encryption key %s: wrapped key of %d bytes, want %d", path, len(key), device.CryptKeyBytes)
-		}
-		return key, nil
 	}
-	if len(b) == device.CryptKeyBytes {
-		return b, nil
+	key, err := keyfile.Parse(b, pass, device.CryptKeyBytes)
+	if errors.Is(err, keyfile.ErrNeedPassphrase) {
+		return nil, fmt.Errorf("encryption key %s is wrapped by a passphrase: give --encryption-passphrase-file", path)
 	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || len(key) != device.CryptKeyBytes {
-		return nil, fmt.Errorf("encryption key %s: want %d bytes as hex (drover key new makes one)", path, device.CryptKeyBytes)
+	if err != nil {
+		return nil, fmt.Errorf("encryption key %s: %w", path, err)
 	}
 	return key, nil
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -78,6 +79,10 @@ func New(restCfg *rest.Config, c Config) (manager.Manager, *Agent, error) {
 	}
 	scheme := runtime.NewScheme()
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, nil, err
+	}
+	// Secrets: backup targets' credentials and volumes' keys.
+	if err := corev1.AddToScheme(scheme); err != nil {
 		return nil, nil, err
 	}
 	mine := labels.SelectorFromSet(labels.Set{v1alpha1.LabelNode: c.NodeName})

@@ -22,6 +22,7 @@ import (
 	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
+	"github.com/drover-io/drover/k8s/volumekey"
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
 	"github.com/drover-io/drover/transports/enginerun"
@@ -102,7 +103,12 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	inst := a.engineInstance(eng.Name)
 	if inst == nil {
 		var err error
-		if inst, err = a.startEngine(&eng); err != nil {
+		var key []byte
+		if key, err = a.engineKey(ctx, &eng); err == nil {
+			inst, err = a.startEngine(&eng, key)
+			clear(key)
+		}
+		if err != nil {
 			if _, serr := er.status(ctx, &eng, v1alpha1.InstanceError, "", nil, err.Error(), nil); serr != nil {
 				a.log.Warn("engine status", "engine", eng.Name, "err", serr)
 			}
@@ -223,7 +229,31 @@ func (a *Agent) engineInstance(name string) *engineInstance {
 
 // startEngine starts the volume's engine on the replicas of its spec and
 // an NBD export named after the volume on a port of the node's address.
-func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
+// engineKey reads an encrypted volume's key from its Secret and checks it
+// against the check value the volume recorded (nil: not encrypted).
+func (a *Agent) engineKey(ctx context.Context, eng *v1alpha1.Engine) ([]byte, error) {
+	name := eng.Spec.EncryptionKeySecret
+	if name == "" {
+		return nil, nil
+	}
+	if eng.Spec.EncryptionKeyCheck == "" {
+		return nil, fmt.Errorf("engine %s: encrypted, but no key check was recorded: refusing to guess", eng.Name)
+	}
+	key, err := volumekey.Read(ctx, a.secrets, eng.Namespace, name)
+	if err != nil {
+		return nil, fmt.Errorf("engine %s: %w", eng.Name, err)
+	}
+	if err := volumekey.Verify(key, eng.Spec.EncryptionKeyCheck); err != nil {
+		clear(key)
+		return nil, fmt.Errorf("engine %s: encryption key secret %s: %w", eng.Name, name, err)
+	}
+	return key, nil
+}
+
+// startEngine starts the engine of eng; with key, its frontends see the
+// volume through AES-256-XTS (device.Encrypted) while the control API,
+// and so backups, see the ciphertext the replicas hold.
+func (a *Agent) startEngine(eng *v1alpha1.Engine, key []byte) (*engineInstance, error) {
 	var reps []enginerun.Replica
 	for name, addr := range eng.Spec.ReplicaAddressMap {
 		reps = append(reps, enginerun.Replica{ID: proto.ReplicaID(name), Addr: addr})
@@ -242,7 +272,16 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 	// The export's IOs pass a QoS limiter (no limits until applyQoS
 	// sets the spec's through the control API).
 	limiter := device.NewLimiter()
-	limited := device.NewLimited(vol, limiter)
+	var front device.Device = vol
+	if key != nil {
+		enc, err := device.NewEncrypted(vol, key)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("engine %s: %w", eng.Name, err)
+		}
+		front = enc
+	}
+	limited := device.NewLimited(front, limiter)
 	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{
 		{Name: eng.Spec.VolumeName, Description: "Drover volume " + eng.Spec.VolumeName, Device: limited},
 		{Name: eng.Spec.VolumeName + v1alpha1.GrowableExportSuffix, Device: device.NewCeiling(limited, v1alpha1.GrowableExportBytes),

@@ -28,6 +28,7 @@ const (
 	ParamDiskSelector         = "diskSelector"
 	ParamNodeSelector         = "nodeSelector"
 	ParamEncrypted            = "encrypted"
+	ParamEncryptionKeySecret  = "encryptionKeySecret"
 	ParamRecurringJobSelector = "recurringJobSelector"
 )
 
@@ -66,6 +67,10 @@ type VolumeParams struct {
 	NodeSelector        []string
 	// Groups are the RecurringJob groups the volume joins.
 	Groups []string
+	// Encrypted and EncryptionKeySecret: the volume is encrypted with
+	// the key in that Secret (Drover's namespace; see VolumeSpec).
+	Encrypted           bool
+	EncryptionKeySecret string
 }
 
 // ParseParams turns StorageClass parameters into VolumeParams. An unknown
@@ -81,6 +86,14 @@ func ParseParams(params map[string]string) (VolumeParams, error) {
 		if err := p.set(name, params[name]); err != nil {
 			return VolumeParams{}, err
 		}
+	}
+	switch {
+	case p.Encrypted && p.EncryptionKeySecret == "":
+		return VolumeParams{}, &ParamError{Name: ParamEncryptionKeySecret, Value: "",
+			Reason: "encrypted: true needs the name of the Secret holding the key (its \"key\" field: drover key new writes one)"}
+	case !p.Encrypted && p.EncryptionKeySecret != "":
+		return VolumeParams{}, &ParamError{Name: ParamEncrypted, Value: params[ParamEncrypted],
+			Reason: "encryptionKeySecret is given: set encrypted: \"true\" too"}
 	}
 	if p.DataLocality == v1alpha1.DataLocalityStrictLocal && p.NumberOfReplicas != nil && *p.NumberOfReplicas != 1 {
 		return VolumeParams{}, &ParamError{Name: ParamDataLocality, Value: string(p.DataLocality),
@@ -150,9 +163,12 @@ func (p *VolumeParams) set(name, value string) error {
 		if err != nil {
 			return bad("want true or false")
 		}
-		if on {
-			return bad("encryption at rest is not built into Drover's Kubernetes volumes yet (the Volume has no key field); use encrypted: false")
+		p.Encrypted = on
+	case ParamEncryptionKeySecret:
+		if errs := validation.IsDNS1123Subdomain(value); len(errs) > 0 {
+			return bad("not a Secret name: %s", strings.Join(errs, "; "))
 		}
+		p.EncryptionKeySecret = value
 	case ParamRecurringJobSelector:
 		groups, err := parseJobSelector(value)
 		if err != nil {
@@ -170,7 +186,7 @@ func (p *VolumeParams) set(name, value string) error {
 
 func knownParams() []string {
 	return []string{ParamNumberOfReplicas, ParamStaleReplicaTimeout, ParamFromBackup, ParamDataLocality, ParamBackingImage,
-		ParamFrontend, ParamDiskSelector, ParamNodeSelector, ParamEncrypted, ParamRecurringJobSelector}
+		ParamFrontend, ParamDiskSelector, ParamNodeSelector, ParamEncrypted, ParamEncryptionKeySecret, ParamRecurringJobSelector}
 }
 
 // parseMinutes reads Longhorn's staleReplicaTimeout, an integer count of
@@ -246,6 +262,7 @@ func (p VolumeParams) apply(v *v1alpha1.Volume) {
 	v.Spec.Frontend = p.Frontend
 	v.Spec.DiskSelector = p.DiskSelector
 	v.Spec.NodeSelector = p.NodeSelector
+	v.Spec.EncryptionKeySecret = p.EncryptionKeySecret
 	for _, g := range p.Groups {
 		if v.Labels == nil {
 			v.Labels = map[string]string{}

@@ -58,7 +58,7 @@ func TestParseParamsBad(t *testing.T) {
 		{"diskSelector", "a b", "no spaces"},
 		{"nodeSelector", strings.Repeat("x", 64), "63"},
 		{"encrypted", "yes", "true or false"},
-		{"encrypted", "true", "not built"},
+		{"encryptionKeySecret", "Not_A_Name", "not a Secret name"},
 		{"recurringJobSelector", "daily", "JSON list"},
 		{"recurringJobSelector", `[{"name":"snap1","isGroup":false}]`, "by group"},
 		{"recurringJobSelector", `[{"name":"","isGroup":true}]`, "label"},
@@ -69,6 +69,24 @@ func TestParseParamsBad(t *testing.T) {
 		if !errors.As(err, &pe) || pe.Name != tc.name || !strings.Contains(err.Error(), tc.reason) {
 			t.Errorf("%s=%q: got %v, want a ParamError naming it with %q", tc.name, tc.value, err, tc.reason)
 		}
+	}
+	for _, tc := range []struct {
+		params map[string]string
+		name   string
+		reason string
+	}{
+		{map[string]string{"encrypted": "true"}, "encryptionKeySecret", "needs the name of the Secret"},
+		{map[string]string{"encryptionKeySecret": "k"}, "encrypted", "set encrypted"},
+		{map[string]string{"encrypted": "false", "encryptionKeySecret": "k"}, "encrypted", "set encrypted"},
+	} {
+		_, err := ParseParams(tc.params)
+		var pe *ParamError
+		if !errors.As(err, &pe) || pe.Name != tc.name || !strings.Contains(err.Error(), tc.reason) {
+			t.Errorf("%v: got %v, want a ParamError naming %s with %q", tc.params, err, tc.name, tc.reason)
+		}
+	}
+	if p, err := ParseParams(map[string]string{"encrypted": "true", "encryptionKeySecret": "vol-key"}); err != nil || !p.Encrypted || p.EncryptionKeySecret != "vol-key" {
+		t.Errorf("encrypted with a key secret: %+v %v", p, err)
 	}
 	_, err := ParseParams(map[string]string{"numberOfReplicas": "2", "dataLocality": "strict-local"})
 	if err == nil || !strings.Contains(err.Error(), "numberOfReplicas 1") {

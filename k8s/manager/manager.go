@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -56,6 +57,10 @@ type Config struct {
 func Scheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
 	if err := v1alpha1.AddToScheme(s); err != nil {
+		return nil, fmt.Errorf("scheme: %w", err)
+	}
+	// Secrets: backup targets' credentials and volumes' keys.
+	if err := corev1.AddToScheme(s); err != nil {
 		return nil, fmt.Errorf("scheme: %w", err)
 	}
 	return s, nil
@@ -108,7 +113,7 @@ func New(cfg *rest.Config, c Config) (manager.Manager, error) {
 	if err := (&backupReconciler{Client: mgr.GetClient(), secrets: mgr.GetAPIReader()}).setup(mgr); err != nil {
 		return nil, fmt.Errorf("backup controller: %w", err)
 	}
-	vr := &volumeReconciler{Client: mgr.GetClient(), ns: c.Namespace, resync: c.Resync}
+	vr := &volumeReconciler{Client: mgr.GetClient(), secrets: mgr.GetAPIReader(), ns: c.Namespace, resync: c.Resync}
 	if err := vr.setup(mgr); err != nil {
 		return nil, fmt.Errorf("volume controller: %w", err)
 	}

@@ -23,13 +23,16 @@ import (
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/schedule"
+	"github.com/drover-io/drover/k8s/volumekey"
 )
 
 // volumeReconciler owns a Volume's Replicas and Engine.
 type volumeReconciler struct {
 	client.Client
-	ns     string
-	resync time.Duration
+	// secrets reads encryption key secrets uncached (volumekey.Read).
+	secrets client.Reader
+	ns      string
+	resync  time.Duration
 }
 
 func (r *volumeReconciler) setup(mgr ctrl.Manager) error {
@@ -78,8 +81,9 @@ type volumeView struct {
 	nodes    map[string]*v1alpha1.Node
 	settings settings
 	now      time.Time
-	// attachBlocked says why the engine is not started on spec.nodeID.
-	attachBlocked string
+	// attachBlocked says why the engine is not started on spec.nodeID,
+	// attachReason the condition's reason ("": DataLocality).
+	attachBlocked, attachReason string
 }
 
 func (r *volumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -546,11 +550,16 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 		if len(addrs) == 0 || len(addrs) < len(v.replicas) {
 			return nil
 		}
+		check, err := r.encryptionCheck(ctx, v)
+		if err != nil {
+			v.attachBlocked, v.attachReason = err.Error(), "EncryptionKey"
+			return nil
+		}
 		eng := &v1alpha1.Engine{ObjectMeta: metav1.ObjectMeta{Name: v.vol.Name, Namespace: v.vol.Namespace,
 			Labels: map[string]string{v1alpha1.LabelVolume: v.vol.Name, v1alpha1.LabelNode: target}},
 			Spec: v1alpha1.EngineSpec{VolumeName: v.vol.Name, VolumeSize: v.vol.Spec.Size, NodeID: target,
 				Frontend: v.vol.Spec.Frontend, DesiredState: v1alpha1.DesiredRunning, ReplicaAddressMap: addrs,
-				QoS: v.vol.Spec.QoS.DeepCopy()}}
+				QoS: v.vol.Spec.QoS.DeepCopy(), EncryptionKeySecret: v.vol.Spec.EncryptionKeySecret, EncryptionKeyCheck: check}}
 		if from := v.vol.Spec.FromBackup; from != "" && !meta.IsStatusConditionTrue(v.vol.Status.Conditions, v1alpha1.VolumeConditionRestored) {
 			var bt v1alpha1.BackupTarget
 			if err := r.Get(ctx, types.NamespacedName{Namespace: v.vol.Namespace, Name: "default"}, &bt); err != nil {
@@ -592,6 +601,35 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 		return fmt.Errorf("update engine of %s: %w", v.vol.Name, err)
 	}
 	return nil
+}
+
+// encryptionCheck returns the check value of an encrypted volume's key
+// for its engine, recording it in the volume's status the first time (so
+// a later key that differs is refused rather than serving garbage), and
+// refusing a key that does not match the one recorded. "" for a volume
+// without encryption.
+func (r *volumeReconciler) encryptionCheck(ctx context.Context, v *volumeView) (string, error) {
+	name := v.vol.Spec.EncryptionKeySecret
+	if name == "" {
+		return "", nil
+	}
+	key, err := volumekey.Read(ctx, r.secrets, v.vol.Namespace, name)
+	if err != nil {
+		return "", err
+	}
+	defer clear(key)
+	if have := v.vol.Status.EncryptionKeyCheck; have != "" {
+		if err := volumekey.Verify(key, have); err != nil {
+			return "", fmt.Errorf("encryption key secret %s: %w: it is not the key the volume was made with", name, err)
+		}
+		return have, nil
+	}
+	patch := client.MergeFrom(v.vol.DeepCopy())
+	v.vol.Status.EncryptionKeyCheck = volumekey.Check(key)
+	if err := r.Status().Patch(ctx, v.vol, patch); err != nil {
+		return "", fmt.Errorf("record the encryption key check of %s: %w", v.vol.Name, err)
+	}
+	return v.vol.Status.EncryptionKeyCheck, nil
 }
 
 // qosEqual compares QoS limits; unset is no limit.
@@ -737,8 +775,12 @@ func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, sched
 	}
 	meta.SetStatusCondition(&st.Conditions, cond)
 	if v.attachBlocked != "" {
+		reason := v.attachReason
+		if reason == "" {
+			reason = "DataLocality"
+		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.VolumeConditionAttachable, Status: metav1.ConditionFalse,
-			Reason: "DataLocality", Message: v.attachBlocked, ObservedGeneration: vol.Generation})
+			Reason: reason, Message: v.attachBlocked, ObservedGeneration: vol.Generation})
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, v1alpha1.VolumeConditionAttachable)
 	}

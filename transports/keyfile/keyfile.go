@@ -10,9 +10,11 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/crypto/scrypt"
 )
@@ -147,4 +149,33 @@ func (f *file) aead(passphrase []byte) (cipher.AEAD, error) {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
 	return cipher.NewGCM(block)
+}
+
+// ErrNeedPassphrase: the key is wrapped and no passphrase was given.
+var ErrNeedPassphrase = errors.New("the key is wrapped by a passphrase")
+
+// Parse returns the n-byte key b holds: n bytes as hex (what drover key
+// new writes), the n raw bytes, or a wrapped key passphrase opens.
+func Parse(b, passphrase []byte, n int) ([]byte, error) {
+	if IsWrapped(b) {
+		if len(passphrase) == 0 {
+			return nil, ErrNeedPassphrase
+		}
+		key, err := Unwrap(b, passphrase)
+		if err != nil {
+			return nil, err
+		}
+		if len(key) != n {
+			return nil, fmt.Errorf("wrapped key of %d bytes, want %d", len(key), n)
+		}
+		return key, nil
+	}
+	if len(b) == n {
+		return append([]byte(nil), b...), nil
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(key) != n {
+		return nil, fmt.Errorf("want %d bytes as hex (drover key new makes one)", n)
+	}
+	return key, nil
 }

@@ -58,6 +58,14 @@ type EngineSpec struct {
 	// frontend as they change.
 	// +optional
 	QoS *VolumeQoS `json:"qos,omitempty"`
+	// EncryptionKeySecret is the volume's (VolumeSpec): the agent reads
+	// the key from that Secret.
+	// +optional
+	EncryptionKeySecret string `json:"encryptionKeySecret,omitempty"`
+	// EncryptionKeyCheck is the volume's (VolumeStatus): the agent starts
+	// the engine only with a key that matches it.
+	// +optional
+	EncryptionKeyCheck string `json:"encryptionKeyCheck,omitempty"`
 }
 
 // The agent's NBD server exports each engine's volume twice: under the

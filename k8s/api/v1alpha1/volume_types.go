@@ -159,6 +159,15 @@ type VolumeSpec struct {
 	// the volume is attached, without restarting the engine.
 	// +optional
 	QoS *VolumeQoS `json:"qos,omitempty"`
+
+	// EncryptionKeySecret names a Secret in the volume's namespace whose
+	// "key" is the volume's AES-256-XTS key (64 bytes as hex, as drover
+	// key new writes it, or a wrapped key with the passphrase in
+	// "passphrase"). The engine encrypts every block before replication:
+	// replicas, rebuilds and backups hold only ciphertext. Set at creation.
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="encryptionKeySecret cannot change"
+	// +optional
+	EncryptionKeySecret string `json:"encryptionKeySecret,omitempty"`
 }
 
 // VolumeQoS are a volume's IO limits, enforced in its engine's frontend
@@ -188,6 +197,11 @@ type VolumeStatus struct {
 	// Endpoint is where the host reaches the volume (an NBD or iSCSI address).
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
+	// EncryptionKeyCheck is a check value of the key the volume was first
+	// served with (never the key): an engine refuses a key that does not
+	// match it rather than serve garbage.
+	// +optional
+	EncryptionKeyCheck string `json:"encryptionKeyCheck,omitempty"`
 	// ActualSize is the bytes the volume's data takes on one replica.
 	// +optional
 	ActualSize int64 `json:"actualSize,omitempty"`
