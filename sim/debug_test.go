@@ -111,7 +111,8 @@ func peekBlock(s *Sim) {
 				for _, id := range n.st.LayerIDs() {
 					buf := n.st.Block(id, b)
 					if buf == nil {
-						line += fmt.Sprintf(" L%v=-", id)
+						e, ok := n.st.Entry(id, b)
+						line += fmt.Sprintf(" L%v(%s)=-/%v/%v", id, n.r.LayerName(id), ok, e.Kind)
 						continue
 					}
 					v, ok := unstamp(buf, b)

@@ -474,6 +474,7 @@ func (r *Replica) runLayerRead(o *op) {
 // it around its cache.
 func (r *Replica) runLayerWrite(o *op) {
 	l, _ := r.layerByName(o.req.Name)
+	head := l == r.head()
 	var ios []store.IO
 	var punches []proto.Extent
 	for i, b := range o.req.Blocks {
@@ -486,7 +487,12 @@ func (r *Replica) runLayerWrite(o *op) {
 			}
 			ios = append(ios, store.IO{Kind: store.WriteData, Layer: l.meta.ID, BlockIndex: b.BlockIndex,
 				Data: o.req.Data[start*proto.BlockSize : (i+1)*proto.BlockSize], Uncached: true})
-		case l.held.Contains(b.BlockIndex) && !l.zero.Contains(b.BlockIndex):
+		case l.held.Contains(b.BlockIndex) && !l.zero.Contains(b.BlockIndex) && (b.Kind == proto.BlockZero || !head):
+			// A block leaving the head keeps its data until the space is
+			// reused: were it punched, a crash before its absent entry is
+			// durable would leave zeros under its old entry, which the
+			// settle takes for the zeros a trim intended (its intent is
+			// zeros' checksum) — a zero where the layers below hold data.
 			punches = appendExtent(punches, proto.Extent{BlockIndex: b.BlockIndex, BlockCount: 1})
 		}
 	}
@@ -501,7 +507,7 @@ func (r *Replica) runLayerWrite(o *op) {
 			r.finish(o)
 		})
 	}
-	if l != r.head() {
+	if !head {
 		write()
 		return
 	}
