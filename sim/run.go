@@ -138,9 +138,12 @@ func (s *Sim) crashAll() {
 //
 // Rot must leave a good copy somewhere for the promise to hold, so it
 // only strikes while at least three replicas are RW and another member
-// holds the same bytes now: the engine's view lags (a member that missed
-// writes is RW until the engine notices), so its modes alone would let
-// rot strike the only copy of an acknowledged write.
+// holds the same bytes durably: the engine's view lags (a member that
+// missed writes is RW until the engine notices), so its modes alone
+// would let rot strike the only copy of an acknowledged write; and a copy
+// only in a page cache is gone at the next crash, leaving the rotted one
+// the only copy of an unflushed write (which no rebuild can then get
+// past: there is no bad-block list yet).
 func (s *Sim) bitRot() {
 	en := s.current()
 	if !en.alive {
@@ -379,7 +382,7 @@ func (s *Sim) scrub(en *engineNode, b uint64, pass int) {
 }
 
 // copyElsewhere reports whether a member other than n serves block b with
-// the bytes n's layer holds.
+// the bytes n's layer holds, durably.
 func (s *Sim) copyElsewhere(n *replicaNode, info engine.VolumeInfo, layer store.LayerID, b uint64) bool {
 	mine := n.st.Block(layer, b)
 	if mine == nil {
@@ -389,7 +392,7 @@ func (s *Sim) copyElsewhere(n *replicaNode, info engine.VolumeInfo, layer store.
 		if m == n || !m.up || !m.r.Loaded() || !isMember(info, m.id) {
 			continue
 		}
-		if l, kind := m.r.Resolve(b); kind == proto.BlockData && bytes.Equal(m.st.Block(l, b), mine) {
+		if l, kind := m.r.Resolve(b); kind == proto.BlockData && bytes.Equal(m.st.Block(l, b), mine) && bytes.Equal(m.st.DurableBlock(l, b), mine) {
 			return true
 		}
 	}

@@ -331,6 +331,15 @@ func (s *Store) Block(id store.LayerID, blockIndex uint64) []byte {
 	return nil
 }
 
+// DurableBlock returns the data of one block of a layer as the disk holds
+// it durably (what a crash leaves; nil for a hole).
+func (s *Store) DurableBlock(id store.LayerID, blockIndex uint64) []byte {
+	if l := s.layers[id]; l != nil {
+		return l.durData[blockIndex]
+	}
+	return nil
+}
+
 // Entry returns the current index entry of one block of a layer.
 func (s *Store) Entry(id store.LayerID, blockIndex uint64) (proto.BlockState, bool) {
 	if l := s.layers[id]; l != nil {
