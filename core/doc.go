@@ -3,9 +3,11 @@
 // completions, timer ticks) and return effects (disk IOs to issue, messages
 // to send, replies, timers to arm) as plain values.
 //
-// The purity rule: no non-test file under core/ may import time, os, os/*,
-// net, net/*, sync, sync/atomic, math/rand, math/rand/v2, io/ioutil,
-// syscall or unsafe, nor start a goroutine. Clocks arrive as tick inputs,
+// The purity rule: a non-test file under core/ imports only core's own
+// packages and an allowlist of pure standard library packages (bytes, fmt,
+// encoding/binary, hash/crc32, sort, strings and the like: no time, os,
+// net, sync, log, runtime or crypto/rand, and no other module), and starts
+// no goroutine. Clocks arrive as tick inputs,
 // randomness as a caller-provided seed, and IO as effects that a driver (the
 // simulator in sim/ or the production transports) executes and feeds back
 // as completions. TestPurity in this package enforces the rule on the syntax
