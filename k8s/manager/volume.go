@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -33,6 +34,11 @@ type volumeReconciler struct {
 	secrets client.Reader
 	ns      string
 	resync  time.Duration
+	// created are the replicas this manager created that its cache may
+	// not list yet: scheduling counts them, so that a reconcile running
+	// before the cache catches up neither places a volume's replica twice
+	// nor fills a disk past its limit.
+	created createdReplicas
 }
 
 func (r *volumeReconciler) setup(mgr ctrl.Manager) error {
@@ -142,8 +148,8 @@ func (r *volumeReconciler) read(ctx context.Context, vol *v1alpha1.Volume) (*vol
 	if err := r.List(ctx, &reps, client.InNamespace(vol.Namespace), client.MatchingLabels{v1alpha1.LabelVolume: vol.Name}); err != nil {
 		return nil, fmt.Errorf("list replicas of %s: %w", vol.Name, err)
 	}
-	for _, rep := range reps.Items {
-		if rep.DeletionTimestamp.IsZero() {
+	for _, rep := range r.created.merge(reps.Items, time.Now()) {
+		if rep.DeletionTimestamp.IsZero() && rep.Spec.VolumeName == vol.Name {
 			v.replicas = append(v.replicas, rep)
 		}
 	}
@@ -271,7 +277,7 @@ func (r *volumeReconciler) removeStale(ctx context.Context, v *volumeView) error
 			keep = append(keep, *rep)
 			continue
 		}
-		if err := r.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+		if err := r.deleteReplica(ctx, rep); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("delete stale replica %s: %w", rep.Name, err)
 		}
 		if err := r.releaseIfNodeDown(ctx, rep, v.nodes); err != nil {
@@ -370,8 +376,78 @@ func (r *volumeReconciler) createReplica(ctx context.Context, v *volumeView, p s
 	if err := r.Create(ctx, rep); err != nil {
 		return fmt.Errorf("create replica of %s on %s: %w", v.vol.Name, p.Node, err)
 	}
+	r.created.add(*rep, time.Now())
 	v.replicas = append(v.replicas, *rep)
 	return nil
+}
+
+// deleteReplica deletes rep, and forgets it was just created.
+func (r *volumeReconciler) deleteReplica(ctx context.Context, rep *v1alpha1.Replica) error {
+	r.created.forget(rep.Name)
+	return r.Delete(ctx, rep)
+}
+
+// createdReplicas remembers replicas just created until the cache lists
+// them (or createdGrace passed: then the cache would have, or they are
+// gone).
+type createdReplicas struct {
+	mu sync.Mutex
+	m  map[string]createdReplica
+}
+
+type createdReplica struct {
+	rep v1alpha1.Replica
+	at  time.Time
+}
+
+const createdGrace = time.Minute
+
+func (c *createdReplicas) add(rep v1alpha1.Replica, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]createdReplica{}
+	}
+	c.m[rep.Name] = createdReplica{rep: rep, at: now}
+}
+
+func (c *createdReplicas) forget(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, name)
+}
+
+// merge returns listed (a cache's list) and the created replicas it does
+// not hold yet, and forgets those it holds and those past createdGrace.
+func (c *createdReplicas) merge(listed []v1alpha1.Replica, now time.Time) []v1alpha1.Replica {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) == 0 {
+		return listed
+	}
+	seen := make(map[string]bool, len(listed))
+	for i := range listed {
+		seen[listed[i].Name] = true
+	}
+	out := listed
+	names := make([]string, 0, len(c.m))
+	for name := range c.m {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		cr := c.m[name]
+		switch {
+		case seen[name] || now.Sub(cr.at) > createdGrace:
+			delete(c.m, name)
+		default:
+			if len(out) == len(listed) {
+				out = append([]v1alpha1.Replica(nil), listed...)
+			}
+			out = append(out, cr.rep)
+		}
+	}
+	return out
 }
 
 // bestEffortLocality brings a best-effort volume's data beside its
@@ -421,7 +497,7 @@ func (r *volumeReconciler) bestEffortLocality(ctx context.Context, v *volumeView
 	for i := range v.replicas {
 		rep := &v.replicas[i]
 		if rep.Spec.NodeID == far.Node && rep.Spec.DiskName == far.Disk {
-			if err := r.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+			if err := r.deleteReplica(ctx, rep); client.IgnoreNotFound(err) != nil {
 				return fmt.Errorf("drop replica %s of %s: %w", rep.Name, v.vol.Name, err)
 			}
 			v.replicas = append(v.replicas[:i], v.replicas[i+1:]...)
@@ -471,7 +547,7 @@ func (r *volumeReconciler) autoBalance(ctx context.Context, v *volumeView) error
 		for i := range v.replicas {
 			rep := &v.replicas[i]
 			if rep.Spec.NodeID == drop.Node && rep.Spec.DiskName == drop.Disk {
-				if err := r.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+				if err := r.deleteReplica(ctx, rep); client.IgnoreNotFound(err) != nil {
 					return fmt.Errorf("drop replica %s of %s: %w", rep.Name, v.vol.Name, err)
 				}
 				v.replicas = append(v.replicas[:i], v.replicas[i+1:]...)
@@ -491,7 +567,7 @@ func (r *volumeReconciler) scheduleNodes(ctx context.Context, v *volumeView) ([]
 		return nil, fmt.Errorf("list replicas: %w", err)
 	}
 	scheduled := map[schedule.Placement]int64{}
-	for _, rep := range all.Items {
+	for _, rep := range r.created.merge(all.Items, time.Now()) {
 		scheduled[schedule.Placement{Node: rep.Spec.NodeID, Disk: rep.Spec.DiskName}] += rep.Spec.VolumeSize
 	}
 	var out []schedule.Node
