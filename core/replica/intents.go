@@ -55,7 +55,9 @@ func (r *Replica) intentsDone(l *layer, c store.Completion) {
 	}
 	for _, o := range r.intentBatch {
 		if r.state == stateFailed {
-			r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+			if !o.acked {
+				r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+			}
 			r.finish(o)
 			r.reuseOp(o)
 			continue
@@ -71,7 +73,9 @@ func (r *Replica) intentsDone(l *layer, c store.Completion) {
 // the replica stops.
 func (r *Replica) failIntents() {
 	for _, o := range r.intentQueue {
-		r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+		if !o.acked {
+			r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+		}
 		r.finish(o)
 		r.reuseOp(o)
 	}
@@ -107,4 +111,63 @@ func (r *Replica) intended(b uint64, sum uint32) bool {
 		}
 	}
 	return false
+}
+
+// Early acknowledgement. Waiting for its intents' sync would put a sync
+// on every overwrite's reply (on a disk, the whole of its latency at
+// queue depth 1). A write without FUA promises nothing durable before the
+// next flush, only that later requests see it; so a small write over
+// data the head holds is answered as soon as it is queued for its
+// intents, and keeps a copy of its data (the driver may reuse the
+// request's buffer once it is answered). It stays in flight until its
+// data is written: requests that overlap it (reads too) and barriers (a
+// flush, an open, a snapshot) wait for it as before, so a read after the
+// answer sees it and a flush after it makes it durable. The intents are
+// still durable before the data is written. A failure after the answer
+// fails the replica: the write it promised is lost, and the engine drops
+// this replica. FUA writes, writes over holes or zeros (which may need
+// new space, and could fail with ENOSPC) and writes past the bound wait
+// for their data as before.
+const (
+	// maxEarlyAcks bounds the writes answered early and not yet
+	// written, and with earlyAckMaxBlocks the copies they hold (4 MiB).
+	maxEarlyAcks = 128
+	// earlyAckMaxBlocks is the largest write answered early (32 KiB).
+	earlyAckMaxBlocks = inlineEntries
+)
+
+// ackEarly answers write o at once if it may be (above), taking a copy
+// of its data.
+func (r *Replica) ackEarly(o *op, h *layer) {
+	n := int(o.req.BlockCount)
+	if o.req.FUA || r.earlyAcks >= maxEarlyAcks || n > earlyAckMaxBlocks {
+		return
+	}
+	for b := o.lo; b < o.hi; b++ {
+		if !h.held.Contains(b) || h.zero.Contains(b) {
+			return
+		}
+	}
+	var buf []byte
+	if free := r.earlyFree[n]; len(free) > 0 {
+		buf = free[len(free)-1]
+		r.earlyFree[n] = free[:len(free)-1]
+	} else {
+		buf = make([]byte, n*proto.BlockSize)
+	}
+	copy(buf, o.req.Data)
+	o.req.Data, o.acked = buf, true
+	r.earlyAcks++
+	r.reply(proto.Reply{ID: o.req.ID})
+}
+
+// releaseEarly takes back the copy of an early-answered write no IO
+// names any more.
+func (r *Replica) releaseEarly(o *op) {
+	n := len(o.req.Data) / proto.BlockSize
+	r.earlyFree[n] = append(r.earlyFree[n], o.req.Data)
+	r.earlyAcks--
+	if r.earlyAcks < 0 || len(r.earlyFree[n]) > maxEarlyAcks {
+		panic("replica: early acknowledgements out of balance")
+	}
 }

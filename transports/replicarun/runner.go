@@ -446,7 +446,7 @@ func (r *Runner) complete(c store.Completion, ios []store.IO) []store.IO {
 // has two IOs that overlap a written block in flight at once.
 func blocking(io store.IO) bool {
 	switch io.Kind {
-	case store.SyncData, store.SyncIndex, store.WriteMeta, store.CreateLayer, store.RemoveLayer:
+	case store.SyncData, store.SyncIndex, store.WriteMeta, store.CreateLayer, store.RemoveLayer, store.WriteIntents:
 		return true
 	case store.ReadData, store.WriteData:
 		return io.Uncached
