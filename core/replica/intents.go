@@ -116,31 +116,28 @@ func (r *Replica) intended(b uint64, sum uint32) bool {
 // Early acknowledgement. Waiting for its intents' sync would put a sync
 // on every overwrite's reply (on a disk, the whole of its latency at
 // queue depth 1). A write without FUA promises nothing durable before the
-// next flush, only that later requests see it; so a small write over
-// data the head holds is answered as soon as it is queued for its
-// intents, and keeps a copy of its data (the driver may reuse the
-// request's buffer once it is answered). It stays in flight until its
-// data is written: requests that overlap it (reads too) and barriers (a
-// flush, an open, a snapshot) wait for it as before, so a read after the
-// answer sees it and a flush after it makes it durable. The intents are
-// still durable before the data is written. A failure after the answer
-// fails the replica: the write it promised is lost, and the engine drops
-// this replica. FUA writes, writes over holes or zeros (which may need
-// new space, and could fail with ENOSPC) and writes past the bound wait
-// for their data as before.
-const (
-	// maxEarlyAcks bounds the writes answered early and not yet
-	// written, and with earlyAckMaxBlocks the copies they hold (4 MiB).
-	maxEarlyAcks = 128
-	// earlyAckMaxBlocks is the largest write answered early (32 KiB).
-	earlyAckMaxBlocks = inlineEntries
-)
+// next flush, only that later requests see it; so an overwrite of data
+// the head holds is answered as soon as it is queued for its intents,
+// and keeps a copy of its data (the driver may reuse the request's
+// buffer once it is answered). It stays in flight until its data is
+// written: requests that overlap it (reads too) and barriers (a flush,
+// an open, a snapshot) wait for it as before, so a read after the answer
+// sees it and a flush after it makes it durable. The intents are still
+// durable before the data is written. A failure after the answer fails
+// the replica: the write it promised is lost, and the engine drops this
+// replica. FUA writes, writes over holes or zeros (which may need new
+// space, and could fail with ENOSPC) and writes past the bound wait for
+// their data as before.
+
+// maxEarlyAckBytes bounds the data of writes answered early and not yet
+// written (their copies).
+const maxEarlyAckBytes = 4 << 20
 
 // ackEarly answers write o at once if it may be (above), taking a copy
 // of its data.
 func (r *Replica) ackEarly(o *op, h *layer) {
-	n := int(o.req.BlockCount)
-	if o.req.FUA || r.earlyAcks >= maxEarlyAcks || n > earlyAckMaxBlocks {
+	n := len(o.req.Data)
+	if o.req.FUA || r.earlyAckBytes+n > maxEarlyAckBytes {
 		return
 	}
 	for b := o.lo; b < o.hi; b++ {
@@ -149,25 +146,29 @@ func (r *Replica) ackEarly(o *op, h *layer) {
 		}
 	}
 	var buf []byte
-	if free := r.earlyFree[n]; len(free) > 0 {
+	k := n / proto.BlockSize
+	if k < len(r.earlyFree) && len(r.earlyFree[k]) > 0 {
+		free := r.earlyFree[k]
 		buf = free[len(free)-1]
-		r.earlyFree[n] = free[:len(free)-1]
+		r.earlyFree[k] = free[:len(free)-1]
 	} else {
-		buf = make([]byte, n*proto.BlockSize)
+		buf = make([]byte, n)
 	}
 	copy(buf, o.req.Data)
 	o.req.Data, o.acked = buf, true
-	r.earlyAcks++
+	r.earlyAckBytes += n
 	r.reply(proto.Reply{ID: o.req.ID})
 }
 
 // releaseEarly takes back the copy of an early-answered write no IO
-// names any more.
+// names any more: small ones are kept for reuse.
 func (r *Replica) releaseEarly(o *op) {
-	n := len(o.req.Data) / proto.BlockSize
-	r.earlyFree[n] = append(r.earlyFree[n], o.req.Data)
-	r.earlyAcks--
-	if r.earlyAcks < 0 || len(r.earlyFree[n]) > maxEarlyAcks {
+	n := len(o.req.Data)
+	r.earlyAckBytes -= n
+	if r.earlyAckBytes < 0 {
 		panic("replica: early acknowledgements out of balance")
+	}
+	if k := n / proto.BlockSize; k < len(r.earlyFree) && len(r.earlyFree[k])*n < maxEarlyAckBytes {
+		r.earlyFree[k] = append(r.earlyFree[k], o.req.Data)
 	}
 }

@@ -153,10 +153,11 @@ type Replica struct {
 	intentBatch   []*op // the batch whose intents are in flight
 	intentEntries []proto.BlockState
 	intentBusy    bool
-	// earlyAcks counts writes answered before their data was written
-	// (ackEarly); earlyFree keeps their released copies by block count.
-	earlyAcks int
-	earlyFree [earlyAckMaxBlocks + 1][][]byte
+	// earlyAckBytes counts the data of writes answered before it was
+	// written (ackEarly); earlyFree keeps released copies of small ones
+	// by block count.
+	earlyAckBytes int
+	earlyFree     [inlineEntries + 1][][]byte
 	// settleIntents are the checksums the head's blocks may hold after
 	// the crash being settled (load only).
 	settleIntents map[uint64][]uint32
