@@ -126,18 +126,25 @@ func (r *Replica) intended(b uint64, sum uint32) bool {
 // durable before the data is written. A failure after the answer fails
 // the replica: the write it promised is lost, and the engine drops this
 // replica. FUA writes, writes over holes or zeros (which may need new
-// space, and could fail with ENOSPC) and writes past the bound wait for
-// their data as before.
+// space, and could fail with ENOSPC), writes over 32 KiB and writes past
+// the bound wait for their data as before.
 
-// maxEarlyAckBytes bounds the data of writes answered early and not yet
-// written (their copies).
-const maxEarlyAckBytes = 4 << 20
+const (
+	// maxEarlyAckBytes bounds the data of writes answered early and not
+	// yet written (their copies).
+	maxEarlyAckBytes = 4 << 20
+	// earlyAckMaxBlocks is the largest write answered early (32 KiB): a
+	// larger one's intents cost little next to its data, while its copy
+	// (1 MiB: 3.6 -> 6.6 ms of CPU per write on 3 replicas over TCP)
+	// does not.
+	earlyAckMaxBlocks = inlineEntries
+)
 
 // ackEarly answers write o at once if it may be (above), taking a copy
 // of its data.
 func (r *Replica) ackEarly(o *op, h *layer) {
 	n := len(o.req.Data)
-	if o.req.FUA || r.earlyAckBytes+n > maxEarlyAckBytes {
+	if o.req.FUA || n > earlyAckMaxBlocks*proto.BlockSize || r.earlyAckBytes+n > maxEarlyAckBytes {
 		return
 	}
 	for b := o.lo; b < o.hi; b++ {
@@ -146,8 +153,7 @@ func (r *Replica) ackEarly(o *op, h *layer) {
 		}
 	}
 	var buf []byte
-	k := n / proto.BlockSize
-	if k < len(r.earlyFree) && len(r.earlyFree[k]) > 0 {
+	if k := n / proto.BlockSize; len(r.earlyFree[k]) > 0 {
 		free := r.earlyFree[k]
 		buf = free[len(free)-1]
 		r.earlyFree[k] = free[:len(free)-1]
@@ -161,14 +167,14 @@ func (r *Replica) ackEarly(o *op, h *layer) {
 }
 
 // releaseEarly takes back the copy of an early-answered write no IO
-// names any more: small ones are kept for reuse.
+// names any more, and keeps it for reuse.
 func (r *Replica) releaseEarly(o *op) {
 	n := len(o.req.Data)
 	r.earlyAckBytes -= n
 	if r.earlyAckBytes < 0 {
 		panic("replica: early acknowledgements out of balance")
 	}
-	if k := n / proto.BlockSize; k < len(r.earlyFree) && len(r.earlyFree[k])*n < maxEarlyAckBytes {
+	if k := n / proto.BlockSize; len(r.earlyFree[k])*n < maxEarlyAckBytes {
 		r.earlyFree[k] = append(r.earlyFree[k], o.req.Data)
 	}
 }

@@ -154,10 +154,10 @@ type Replica struct {
 	intentEntries []proto.BlockState
 	intentBusy    bool
 	// earlyAckBytes counts the data of writes answered before it was
-	// written (ackEarly); earlyFree keeps released copies of small ones
-	// by block count.
+	// written (ackEarly); earlyFree keeps released copies by block
+	// count.
 	earlyAckBytes int
-	earlyFree     [inlineEntries + 1][][]byte
+	earlyFree     [earlyAckMaxBlocks + 1][][]byte
 	// settleIntents are the checksums the head's blocks may hold after
 	// the crash being settled (load only).
 	settleIntents map[uint64][]uint32
