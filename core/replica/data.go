@@ -182,6 +182,12 @@ func (r *Replica) completeData(p pendingIO, c store.Completion) {
 		}
 		r.finish(o)
 	case ioWrite:
+		if o.acked && c.Err != store.OK {
+			// Answered already: the write it promised is lost.
+			r.fail(sprintf("write acknowledged early: %v %s", c.Err, c.Detail))
+			r.finish(o)
+			break
+		}
 		if !r.ioOK(o, c, "write") {
 			break
 		}
@@ -231,6 +237,7 @@ func (r *Replica) runWrite(o *op) {
 		r.issueFor(store.IO{Kind: store.WriteData, Layer: h.meta.ID, BlockIndex: o.lo, Data: req.Data}, pendingIO{kind: ioWrite, o: o, l: h})
 		return
 	}
+	r.ackEarly(o, h)
 	r.queueIntents(o)
 }
 
@@ -258,7 +265,9 @@ func (r *Replica) ioOK(o *op, c store.Completion, what string) bool {
 // the op goes on (FUA) rather than being answered now.
 func (r *Replica) finishWrite(o *op, l *layer, dataWritten bool) bool {
 	if !o.req.FUA || r.cfg.Bugs.SkipFlushSync {
-		r.reply(proto.Reply{ID: o.req.ID})
+		if !o.acked {
+			r.reply(proto.Reply{ID: o.req.ID})
+		}
 		r.finish(o)
 		return false
 	}

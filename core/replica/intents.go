@@ -55,7 +55,9 @@ func (r *Replica) intentsDone(l *layer, c store.Completion) {
 	}
 	for _, o := range r.intentBatch {
 		if r.state == stateFailed {
-			r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+			if !o.acked {
+				r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+			}
 			r.finish(o)
 			r.reuseOp(o)
 			continue
@@ -71,7 +73,9 @@ func (r *Replica) intentsDone(l *layer, c store.Completion) {
 // the replica stops.
 func (r *Replica) failIntents() {
 	for _, o := range r.intentQueue {
-		r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+		if !o.acked {
+			r.replyErr(o.req.ID, proto.StatusIOError, "replica failed: %s", r.why)
+		}
 		r.finish(o)
 		r.reuseOp(o)
 	}
@@ -107,4 +111,70 @@ func (r *Replica) intended(b uint64, sum uint32) bool {
 		}
 	}
 	return false
+}
+
+// Early acknowledgement. Waiting for its intents' sync would put a sync
+// on every overwrite's reply (on a disk, the whole of its latency at
+// queue depth 1). A write without FUA promises nothing durable before the
+// next flush, only that later requests see it; so an overwrite of data
+// the head holds is answered as soon as it is queued for its intents,
+// and keeps a copy of its data (the driver may reuse the request's
+// buffer once it is answered). It stays in flight until its data is
+// written: requests that overlap it (reads too) and barriers (a flush,
+// an open, a snapshot) wait for it as before, so a read after the answer
+// sees it and a flush after it makes it durable. The intents are still
+// durable before the data is written. A failure after the answer fails
+// the replica: the write it promised is lost, and the engine drops this
+// replica. FUA writes, writes over holes or zeros (which may need new
+// space, and could fail with ENOSPC), writes over 32 KiB and writes past
+// the bound wait for their data as before.
+
+const (
+	// maxEarlyAckBytes bounds the data of writes answered early and not
+	// yet written (their copies).
+	maxEarlyAckBytes = 1 << 20
+	// earlyAckMaxBlocks is the largest write answered early (32 KiB): a
+	// larger one's intents cost little next to its data, while its copy
+	// (1 MiB: 3.6 -> 6.6 ms of CPU per write on 3 replicas over TCP)
+	// does not.
+	earlyAckMaxBlocks = inlineEntries
+)
+
+// ackEarly answers write o at once if it may be (above), taking a copy
+// of its data.
+func (r *Replica) ackEarly(o *op, h *layer) {
+	n := len(o.req.Data)
+	if o.req.FUA || n > earlyAckMaxBlocks*proto.BlockSize || r.earlyAckBytes+n > maxEarlyAckBytes {
+		return
+	}
+	for b := o.lo; b < o.hi; b++ {
+		if !h.held.Contains(b) || h.zero.Contains(b) {
+			return
+		}
+	}
+	var buf []byte
+	if k := n / proto.BlockSize; len(r.earlyFree[k]) > 0 {
+		free := r.earlyFree[k]
+		buf = free[len(free)-1]
+		r.earlyFree[k] = free[:len(free)-1]
+	} else {
+		buf = make([]byte, n)
+	}
+	copy(buf, o.req.Data)
+	o.req.Data, o.acked = buf, true
+	r.earlyAckBytes += n
+	r.reply(proto.Reply{ID: o.req.ID})
+}
+
+// releaseEarly takes back the copy of an early-answered write no IO
+// names any more, and keeps it for reuse.
+func (r *Replica) releaseEarly(o *op) {
+	n := len(o.req.Data)
+	r.earlyAckBytes -= n
+	if r.earlyAckBytes < 0 {
+		panic("replica: early acknowledgements out of balance")
+	}
+	if k := n / proto.BlockSize; len(r.earlyFree[k])*n < maxEarlyAckBytes {
+		r.earlyFree[k] = append(r.earlyFree[k], o.req.Data)
+	}
 }

@@ -78,7 +78,10 @@ type Bugs struct {
 // Ready is a batch of effects. IOs may run concurrently and complete in
 // any order; the replica never emits an IO that depends on one still in
 // flight. Replies may be sent at once: a reply is only emitted after the
-// IOs it promises have completed.
+// IOs it promises have completed, except a small overwrite's without FUA,
+// answered once queued (ackEarly in intents.go), whose promise (later
+// requests see it, a later flush makes it durable) the replica keeps by
+// holding the write in flight until its data is written.
 type Ready struct {
 	IOs     []store.IO
 	Replies []proto.Reply
@@ -150,6 +153,11 @@ type Replica struct {
 	intentBatch   []*op // the batch whose intents are in flight
 	intentEntries []proto.BlockState
 	intentBusy    bool
+	// earlyAckBytes counts the data of writes answered before it was
+	// written (ackEarly); earlyFree keeps released copies by block
+	// count.
+	earlyAckBytes int
+	earlyFree     [earlyAckMaxBlocks + 1][][]byte
 	// settleIntents are the checksums the head's blocks may hold after
 	// the crash being settled (load only).
 	settleIntents map[uint64][]uint32

@@ -21,6 +21,9 @@ type op struct {
 	// entryBuf also takes a whole-layer read's entries from the store.
 	entries  []proto.BlockState
 	entryBuf [inlineEntries]proto.BlockState
+	// acked marks a write answered before its data was written
+	// (ackEarly): its req.Data is then the replica's own copy.
+	acked bool
 }
 
 // inlineEntries is how many index entries an op holds without a slice of
@@ -47,6 +50,9 @@ func (r *Replica) reuseOp(o *op) {
 		if x == o {
 			panic("replica: reusing an op still in flight")
 		}
+	}
+	if o.acked {
+		r.releaseEarly(o)
 	}
 	*o = op{}
 	if len(r.freeOps) < maxQueued {
