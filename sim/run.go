@@ -137,13 +137,14 @@ func (s *Sim) crashAll() {
 // bitRot flips a bit of a block one replica serves from its disk.
 //
 // Rot must leave a good copy somewhere for the promise to hold, so it
-// only strikes while at least three replicas are RW and another member
-// holds the same bytes durably: the engine's view lags (a member that
-// missed writes is RW until the engine notices), so its modes alone
-// would let rot strike the only copy of an acknowledged write; and a copy
-// only in a page cache is gone at the next crash, leaving the rotted one
-// the only copy of an unflushed write (which no rebuild can then get
-// past: there is no bad-block list yet).
+// only strikes while at least three replicas are RW and every other
+// member holds the same bytes durably: the engine's view lags (a member
+// that missed writes is RW until the engine notices), so its modes alone
+// would let rot strike the only copy of an acknowledged write; a copy
+// only in a page cache is gone at the next crash; and with one copy
+// elsewhere, an unacknowledged write overwriting it leaves the rotted
+// one the only copy of the current content (no rebuild can then get
+// past it: there is no bad-block list yet).
 func (s *Sim) bitRot() {
 	en := s.current()
 	if !en.alive {
@@ -381,22 +382,31 @@ func (s *Sim) scrub(en *engineNode, b uint64, pass int) {
 	})
 }
 
-// copyElsewhere reports whether a member other than n serves block b with
-// the bytes n's layer holds, durably.
+// copyElsewhere reports whether every other member serves block b with
+// the bytes n's layer holds, durably: rot is then the only fault on the
+// block. (With one other copy only, a member that missed the block is a
+// fault already, and an unacknowledged write later overwriting the other
+// copy leaves the rotted one the only copy of the current content.)
 func (s *Sim) copyElsewhere(n *replicaNode, info engine.VolumeInfo, layer store.LayerID, b uint64) bool {
 	mine := n.st.Block(layer, b)
 	if mine == nil {
 		return false
 	}
+	others := 0
 	for _, m := range s.replicas {
-		if m == n || !m.up || !m.r.Loaded() || !isMember(info, m.id) {
+		if m == n || !isMember(info, m.id) {
 			continue
 		}
-		if l, kind := m.r.Resolve(b); kind == proto.BlockData && bytes.Equal(m.st.Block(l, b), mine) && bytes.Equal(m.st.DurableBlock(l, b), mine) {
-			return true
+		if !m.up || !m.r.Loaded() {
+			return false
 		}
+		l, kind := m.r.Resolve(b)
+		if kind != proto.BlockData || !bytes.Equal(m.st.Block(l, b), mine) || !bytes.Equal(m.st.DurableBlock(l, b), mine) {
+			return false
+		}
+		others++
 	}
-	return false
+	return others > 0
 }
 
 // rotRecord is a block the simulator damaged on one replica (bit rot, a

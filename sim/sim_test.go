@@ -158,6 +158,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{4084, "all", 5000, "an open's resync copied a block absent from the source's head over a target's written one: the target punched the block, a crash came before its absent entry was durable, and the settle took the zeros for a trim's (zeros' intent): block 0 read zeros where the snapshot below held flushed data (a block leaving the head is no longer punched)"},
 		{3542, "all", 5000, "rot struck r2's copy of a write r1 and r3 held only in their page caches; a crash took theirs and r2, the only current replica left, could not be rebuilt from (simulator: rot needs a durable copy elsewhere)"},
 		{4129, "all", 5000, "as 3542"},
+		{51, "all", 5000, "r2 had missed block 20 when rot struck r1's copy; r3's copy, the only other, was overwritten by a write that was never acknowledged, and r1, opened alone as the lowest-named of two, held the only (rotted) copy of the current content: no rebuild got past it (simulator: rot needs every other member to hold the block durably)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {
