@@ -312,8 +312,12 @@ func (e *Engine) maybeDone(f *fop) {
 // the reply goes out: a parked reply that a fault or fence drops must
 // still be answered by failAll.
 func (e *Engine) finishWrite(f *fop) {
-	assert(!f.replied && !f.done, "request %d (%v) acknowledged twice", f.req.ID, f.req.Op)
-	assert(f.pending.len() == 0, "request %d (%v) acknowledged with %d replicas yet to answer", f.req.ID, f.req.Op, f.pending.len())
+	if f.replied || f.done {
+		invariant("request %d (%v) acknowledged twice", f.req.ID, f.req.Op)
+	}
+	if f.pending.len() != 0 {
+		invariant("request %d (%v) acknowledged with %d replicas yet to answer", f.req.ID, f.req.Op, f.pending.len())
+	}
 	f.replied, f.parked = true, false
 	err := f.err
 	if err == nil && e.rwCount() < e.cfg.MinHealthy {
@@ -372,7 +376,9 @@ func (e *Engine) onReadReply(f *fop, id proto.ReplicaID, rep proto.Reply) {
 			e.readFrom(f)
 			return
 		}
-		assert(!f.replied, "read %d answered twice", f.req.ID)
+		if f.replied {
+			invariant("read %d answered twice", f.req.ID)
+		}
 		f.replied = true
 		e.replyFrontend(f.req.ID, nil, rep.Data)
 		e.repairFrom(f, rep.Data)

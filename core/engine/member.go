@@ -278,8 +278,12 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 		// replica that did not record it is noticed (it goes ERR).
 		return
 	}
-	assert(ch.next.Gen > e.committed.Gen, "committed membership gen %d after gen %d", ch.next.Gen, e.committed.Gen)
-	assert(rwIn(ch.next) > 0, "committed membership gen %d has no RW member", ch.next.Gen)
+	if ch.next.Gen <= e.committed.Gen {
+		invariant("committed membership gen %d after gen %d", ch.next.Gen, e.committed.Gen)
+	}
+	if rwIn(ch.next) == 0 {
+		invariant("committed membership gen %d has no RW member", ch.next.Gen)
+	}
 	e.committed, e.committedPrev = ch.next, nil
 	e.change = nil
 	for _, fn := range ch.onDone {

@@ -77,7 +77,9 @@ func (e *Engine) fenceAll(t *openTask) {
 		epoch = max(epoch, info.Epoch)
 	}
 	next := NextEpoch(epoch, e.cfg.Nonce)
-	assert(next > e.epoch, "epoch would go from %d back to %d", e.epoch, next)
+	if next <= e.epoch {
+		invariant("epoch would go from %d back to %d", e.epoch, next)
+	}
 	e.epoch = next
 	t.left = len(t.infos)
 	for _, id := range sortedIDs(t.infos) {

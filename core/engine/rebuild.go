@@ -300,7 +300,9 @@ func (e *Engine) startRebuild(id proto.ReplicaID, admin *adminTask, rateBytesPer
 	if rateBytesPerTick == 0 {
 		rateBytesPerTick = e.cfg.RebuildBytesPerTick
 	}
-	assert(e.members[src[0]] != nil && e.members[src[0]].mode == ModeRW && src[0] != id, "rebuild of %s from %s, which is not another RW member", id, src[0])
+	if m := e.members[src[0]]; m == nil || m.mode != ModeRW || src[0] == id {
+		invariant("rebuild of %s from %s, which is not another RW member", id, src[0])
+	}
 	rb := &rebuildTask{e: e, target: id, source: src[0], admin: admin, stage: "open", startTick: e.now,
 		budget: newRateBudget(rateBytesPerTick, e.cfg.CopyShape.RunBlocks)}
 	e.rebuild = rb
