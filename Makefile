@@ -96,6 +96,7 @@ help:
 	@echo "make versitygw build the S3 server the backup tests use into bin/ (make test does)"
 	@echo "make k8s-bins  build kube-apiserver $(K8S_VERSION), etcd $(ETCD_VERSION), controller-gen $(CONTROLLER_TOOLS_VERSION) into bin/ via $(K8S_BIN_CACHE) (make test does)"
 	@echo "make k8s-e2e-bins  build kubelet, controller manager, scheduler $(K8S_VERSION) and the CSI sidecars into bin/ via $(E2E_BIN_CACHE)"
+	@echo "make e2e       Drover on a real single-node Kubernetes (kubelet, containerd): PVC, Pod, snapshot, restore, expand, replica kill, cleanup"
 	@echo "make image     bin/drover-image.tar: a reproducible docker-archive image of drover ($(IMAGE_TAG)), no registry needed"
 	@echo "make k8s-scale the manager's memory with K8S_SCALE (default $(K8S_SCALE)) volumes against none, in one run"
 	@echo "make crds      regenerate deploy/crds and k8s/api's deepcopy code with controller-gen"
@@ -180,6 +181,20 @@ $(E2E_BINS_STAMP): k8s/hack/build-e2e-bins.sh
 	GO=$(GO) k8s/hack/build-e2e-bins.sh $(BIN) $(E2E_BIN_CACHE) $(K8S_VERSION) \
 		$(CSI_PROVISIONER_VERSION) $(CSI_ATTACHER_VERSION) $(CSI_RESIZER_VERSION) $(CSI_SNAPSHOTTER_VERSION)
 	@touch $@
+
+# e2e runs Drover on a real single-node Kubernetes (k8s/e2e): etcd,
+# kube-apiserver, controller manager, scheduler and kubelet from the
+# binaries above, containerd, runc and the CNI plugins from Debian, and
+# Drover's manager, agent and CSI driver as Pods of deploy/manifests from
+# make image's image. Root only; the cluster lives in E2E_ROOT and is torn
+# down (by PID files) at the end, also when a step fails. It prints each
+# step's time and the whole run's wall time.
+E2E_ROOT            ?= /var/tmp/drover-e2e
+E2E_TIMEOUT         ?= 30m
+e2e: $(K8S_BINS_STAMP) $(E2E_BINS_STAMP) image
+	@start=$$(date +%s); \
+	DROVER_E2E=1 DROVER_E2E_ROOT=$(E2E_ROOT) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -run '^TestEndToEnd$$' -v ./k8s/e2e; rc=$$?; \
+	echo "make e2e: wall time $$(( $$(date +%s) - start )) s (binaries and image ready before)"; exit $$rc
 
 # crds regenerates the committed CRDs (and the Helm chart's copy) and
 # deepcopy code from k8s/api's Go types; k8s/api's TestCRDsUpToDate fails
