@@ -1,0 +1,280 @@
+package csi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// stageState is what NodeStageVolume did for a volume, written after
+// each step so NodeUnstageVolume (in this process or a later one) undoes
+// exactly that.
+type stageState struct {
+	VolumeID    string `json:"volumeID"`
+	StagingPath string `json:"stagingPath"`
+	Endpoint    string `json:"endpoint"`
+	// FuseDir is where nbdfuse mounted the export; Image the file in it.
+	FuseDir string `json:"fuseDir"`
+	Image   string `json:"image"`
+	// FuseMounted: nbdfuse was started and its mount is up.
+	FuseMounted bool `json:"fuseMounted"`
+	// Loop is the loop device attached to Image ("" before).
+	Loop string `json:"loop,omitempty"`
+	// Block: the volume is used as a raw block device (no filesystem).
+	Block bool `json:"block"`
+	// FsType is the filesystem on the device; Formatted says this
+	// driver made it (mkfs ran because blkid found nothing).
+	FsType    string `json:"fsType,omitempty"`
+	Formatted bool   `json:"formatted,omitempty"`
+	// Mounted: the filesystem is mounted on StagingPath.
+	Mounted bool `json:"mounted"`
+	// Published lists the target paths NodePublishVolume bind-mounted.
+	Published []string `json:"published,omitempty"`
+}
+
+func (d *Driver) statePath(volumeID string) string {
+	return filepath.Join(d.cfg.StateDir, volumeID+".json")
+}
+
+// loadState reads a volume's state file; nil when there is none.
+func (d *Driver) loadState(volumeID string) (*stageState, error) {
+	b, err := os.ReadFile(d.statePath(volumeID))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state of %s: %w", volumeID, err)
+	}
+	var st stageState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state of %s (%s): %w", volumeID, d.statePath(volumeID), err)
+	}
+	return &st, nil
+}
+
+// saveState writes st atomically (temporary file, fsync, rename).
+func (d *Driver) saveState(st *stageState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := d.statePath(st.VolumeID)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write state of %s: %w", st.VolumeID, err)
+	}
+	if _, err := f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return fmt.Errorf("write state of %s: %w", st.VolumeID, err)
+	}
+	return nil
+}
+
+func (d *Driver) removeState(volumeID string) error {
+	if err := os.Remove(d.statePath(volumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove state of %s: %w", volumeID, err)
+	}
+	return nil
+}
+
+// run runs a host tool and returns its output; a failure carries the
+// command and what it printed.
+func run(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), nil
+}
+
+// mountPoints returns the mount points of this mount namespace, with
+// the source of each (mountinfo's fields 5 and 10, unescaped).
+func mountPoints() (map[string]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	out := map[string]string{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		sep := -1
+		for i, f := range fields {
+			if f == "-" {
+				sep = i
+				break
+			}
+		}
+		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
+			continue
+		}
+		out[unescapeMount(fields[4])] = unescapeMount(fields[sep+2])
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isMounted(path string) (bool, error) {
+	mps, err := mountPoints()
+	if err != nil {
+		return false, err
+	}
+	_, ok := mps[filepath.Clean(path)]
+	return ok, nil
+}
+
+// startNbdfuse exposes the NBD endpoint as the file image (in dir) with
+// nbdfuse, in a session of its own so it outlives the driver, and waits
+// for its mount.
+func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
+	if err := os.MkdirAll(st.FuseDir, 0o700); err != nil {
+		return fmt.Errorf("nbdfuse dir: %w", err)
+	}
+	if up, err := isMounted(st.FuseDir); err != nil {
+		return err
+	} else if up {
+		if _, err := os.Stat(st.Image); err == nil {
+			return nil // a run before this one's nbdfuse is still serving
+		}
+		// A dead FUSE mount (its server gone): clear it.
+		if _, err := run(ctx, "fusermount3", "-u", "-z", st.FuseDir); err != nil {
+			return fmt.Errorf("clear a dead nbdfuse mount: %w", err)
+		}
+	}
+	pidfile := st.FuseDir + ".pid"
+	_ = os.Remove(pidfile)
+	logf, err := os.OpenFile(st.FuseDir+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("nbdfuse log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("nbdfuse", "-P", pidfile, st.Image, st.Endpoint)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start nbdfuse: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it whenever it ends
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	for {
+		if _, err := os.Stat(pidfile); err == nil {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(st.FuseDir + ".log")
+			return fmt.Errorf("nbdfuse %s exited before mounting (%v): %s", st.Endpoint, err, lastLines(string(b), 5))
+		case <-deadline.C:
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("nbdfuse %s did not mount within 30s", st.Endpoint)
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// loopFor returns the loop device backed by image ("" when none).
+func loopFor(ctx context.Context, image string) (string, error) {
+	out, err := run(ctx, "losetup", "--noheadings", "--output", "NAME", "--associated", image)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(strings.SplitN(out, "\n", 2)[0]), nil
+}
+
+// probeFS says what blkid finds on dev: a filesystem type, "partition
+// table X", or "" for nothing (a blank device).
+func probeFS(ctx context.Context, dev string) (string, error) {
+	cmd := exec.CommandContext(ctx, "blkid", "-p", "-o", "export", dev)
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 2 {
+		return "", nil // blkid: nothing found
+	}
+	if err != nil {
+		return "", fmt.Errorf("blkid %s: %w", dev, err)
+	}
+	vals := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			vals[k] = v
+		}
+	}
+	switch {
+	case vals["TYPE"] != "":
+		return vals["TYPE"], nil
+	case vals["PTTYPE"] != "":
+		return "partition table " + vals["PTTYPE"], nil
+	}
+	return "", nil
+}
+
+// deviceSize is a block device's size in bytes.
+func deviceSize(dev string) (int64, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dev, err)
+	}
+	defer f.Close()
+	n, err := f.Seek(0, 2)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dev, err)
+	}
+	return n, nil
+}
