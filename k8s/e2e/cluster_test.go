@@ -476,6 +476,16 @@ func newCluster(t *testing.T, root, bin string) *cluster {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Bidirectional mount propagation (the kubelet's and Drover's
+	// directories in the agent's Pod) needs a shared mount; the host's /
+	// may be private, so root becomes a shared mount of its own, which
+	// teardown unmounts with everything under it.
+	if err := syscall.Mount(root, root, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		t.Fatalf("bind-mount %s: %v", root, err)
+	}
+	if err := syscall.Mount("", root, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		t.Fatalf("make %s a shared mount: %v", root, err)
+	}
 	c := &cluster{root: root, bin: bin, node: "e2e-node", ports: map[string]int{}}
 	for _, p := range []string{"etcd", "etcd-peer", "etcd-metrics", "kcm", "scheduler", "kubelet", "kubelet-healthz"} {
 		c.ports[p] = freePort(t)

@@ -66,7 +66,7 @@ func (c *cluster) adapt(t *testing.T, obj *unstructured.Unstructured) {
 	}
 	spec, _, _ := unstructured.NestedMap(obj.Object, "spec", "template", "spec")
 	spec["hostNetwork"] = true
-	spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+	spec["dnsPolicy"] = "Default" // no cluster DNS
 	containers, _, _ := unstructured.NestedSlice(spec, "containers")
 	for i, ci := range containers {
 		ctr := ci.(map[string]any)

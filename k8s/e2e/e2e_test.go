@@ -339,7 +339,7 @@ func (r *run) diagnose() {
 				for _, s := range p.Status.ContainerStatuses {
 					t.Logf("  container %s: ready=%v restarts=%d state=%+v last=%+v", s.Name, s.Ready, s.RestartCount, s.State, s.LastTerminationState)
 					if p.Namespace == droverNS || p.Namespace == "kube-system" || s.RestartCount > 0 || s.State.Terminated != nil {
-						t.Logf("  --- log of %s:\n%s", s.Name, tail(r.podLog(p.Namespace, p.Name, s.Name), 25))
+						t.Logf("  --- log of %s:\n%s", s.Name, tail(r.podLog(p.Namespace, p.Name, s.Name), 12))
 					}
 				}
 			}
@@ -357,7 +357,7 @@ func (r *run) diagnose() {
 		}
 	}
 	for _, n := range processes {
-		t.Log(r.c.logTail(n, 15))
+		t.Log(r.c.logTail(n, 8))
 	}
 	if art := os.Getenv("DROVER_TEST_ARTIFACTS"); art != "" {
 		dst := filepath.Join(art, "TestEndToEnd")
