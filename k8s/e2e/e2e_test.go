@@ -178,9 +178,12 @@ func TestEndToEnd(t *testing.T) {
 		c.applyCRDs(t, r.cl, crds)
 		for _, o := range append(manifests, snapshotController...) {
 			c.adapt(t, o)
-			// One node: a volume's replicas may share it (on different disks).
-			if o.GetKind() == "Setting" && o.GetName() == "replica-node-soft-anti-affinity" {
-				o.Object["value"] = "true"
+			// One node: a volume's replicas may share it (on different
+			// disks), which are directories on one filesystem the machine
+			// shares with everything else (it may be fuller than the
+			// default 25% minimum free allows).
+			if v, ok := e2eSettings[o.GetName()]; ok && o.GetKind() == "Setting" {
+				o.Object["value"] = v
 			}
 			apply(t, r.cl, o)
 		}
@@ -226,6 +229,12 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	r.scenario()
+}
+
+// e2eSettings are the Settings the one-node cluster changes.
+var e2eSettings = map[string]string{
+	"replica-node-soft-anti-affinity":      "true",
+	"storage-minimal-available-percentage": "5",
 }
 
 // images lists the container images of a workload object.
