@@ -347,7 +347,7 @@ func (r *run) diagnose() {
 				t.Logf("pod %s/%s on %q: %s", p.Namespace, p.Name, p.Spec.NodeName, p.Status.Phase)
 				for _, s := range p.Status.ContainerStatuses {
 					t.Logf("  container %s: ready=%v restarts=%d state=%+v last=%+v", s.Name, s.Ready, s.RestartCount, s.State, s.LastTerminationState)
-					if p.Namespace == droverNS || p.Namespace == "kube-system" || s.RestartCount > 0 || s.State.Terminated != nil {
+					{
 						t.Logf("  --- log of %s:\n%s", s.Name, tail(r.podLog(p.Namespace, p.Name, s.Name), 12))
 					}
 				}
@@ -682,24 +682,54 @@ func (r *run) scenario() {
 	})
 
 	r.step("kill a replica while the Pod writes: rebuilt, files intact", func() {
-		var reps v1alpha1.ReplicaList
-		must(t, cl.List(ctx, &reps, client.InNamespace(droverNS)))
-		var victim *v1alpha1.Replica
-		for i := range reps.Items {
-			if reps.Items[i].Spec.VolumeName == vol.Name {
-				victim = &reps.Items[i]
-				break
+		replicasOf := func() map[string]v1alpha1.Replica {
+			var reps v1alpha1.ReplicaList
+			must(t, cl.List(ctx, &reps, client.InNamespace(droverNS)))
+			out := map[string]v1alpha1.Replica{}
+			for _, rep := range reps.Items {
+				if rep.Spec.VolumeName == vol.Name {
+					out[rep.Name] = rep
+				}
 			}
+			return out
+		}
+		before := replicasOf()
+		var victim *v1alpha1.Replica
+		for _, rep := range before {
+			victim = &rep
+			break
 		}
 		if victim == nil {
 			t.Fatalf("no replica of %s", vol.Name)
 		}
 		_, filesBefore := r.lastSize("churner")
 		r.deleteAndWait(victim, 120*time.Second)
-		t.Logf("deleted replica %s (on %s)", victim.Name, victim.Spec.DiskName)
-		r.waitVolumeHealthy(pv, 3)
+		t.Logf("deleted replica %s (on %s) with the Pod at %d files", victim.Name, victim.Spec.DiskName, filesBefore)
+		r.c.waitFor(t, "a new replica rebuilt (mode RW) and the volume healthy", 180*time.Second, "kubelet", func() error {
+			var eng v1alpha1.EngineList
+			must(t, cl.List(ctx, &eng, client.InNamespace(droverNS)))
+			modes := map[string]v1alpha1.ReplicaMode{}
+			for _, e := range eng.Items {
+				if e.Spec.VolumeName == vol.Name {
+					modes = e.Status.ReplicaModeMap
+				}
+			}
+			rw, rebuilt := 0, false
+			for name := range replicasOf() {
+				if modes[name] == v1alpha1.ReplicaModeRW {
+					rw++
+					if _, old := before[name]; !old {
+						rebuilt = true
+					}
+				}
+			}
+			if rw >= 3 && rebuilt {
+				return nil
+			}
+			return fmt.Errorf("%d replicas RW", rw)
+		})
 		r.c.waitFor(t, "the Pod still writes", 60*time.Second, "kubelet", func() error {
-			if _, n := r.lastSize("churner"); n <= filesBefore+5 {
+			if _, n := r.lastSize("churner"); n <= filesBefore+10 {
 				return fmt.Errorf("%d files, had %d", n, filesBefore)
 			}
 			return nil
