@@ -4,6 +4,7 @@
 //
 //	workload write DIR N    write N files of random data and SHA256SUMS, fsync, exit
 //	workload verify DIR     check every file against SHA256SUMS; exit 1 on a mismatch
+//	workload verify DIR hold    the same, then keep the volume in use until SIGTERM
 //	workload churn DIR      write a file and append its sum every 100 ms until
 //	                        SIGTERM, printing the filesystem's size each second
 //
@@ -65,6 +66,11 @@ func run(args []string) error {
 			return err
 		}
 		fmt.Printf("verified %d files\n", n)
+		if len(args) > 2 && args[2] == "hold" {
+			stop := make(chan os.Signal, 1)
+			signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+			<-stop
+		}
 		return nil
 	case "churn":
 		return churn(dir)
