@@ -57,24 +57,38 @@ type run struct {
 	steps []string
 }
 
-// step runs one step of the scenario and prints how long it took; a
-// failed step ends the test (the rest depend on it).
-func (r *run) step(name string, fn func()) {
-	r.t.Helper()
+// step runs one step of the scenario as a subtest and prints how long it
+// took. A failed step fails the test; a required one (the rest need it)
+// also ends the scenario, others let it go on to the independent steps
+// after them (each step cleans up what it made that the next need not).
+func (r *run) step(name string, required bool, fn func(t *testing.T)) {
+	parent := r.t
+	parent.Helper()
+	n := len(r.steps) + 1
 	begin := time.Now()
-	r.t.Logf("step %d: %s", len(r.steps)+1, name)
-	ok := false
-	defer func() {
-		verdict := "ok"
-		if !ok {
-			verdict = "FAILED"
-		}
-		line := fmt.Sprintf("step %2d %-62s %6.1f s  %s", len(r.steps)+1, name, time.Since(begin).Seconds(), verdict)
-		r.steps = append(r.steps, line)
-		r.t.Log(line)
-	}()
-	fn()
-	ok = true
+	skipped := false
+	ok := parent.Run(fmt.Sprintf("step%02d", n), func(t *testing.T) {
+		r.t = t
+		defer func() { r.t = parent; skipped = t.Skipped() }()
+		t.Logf("step %d: %s", n, name)
+		fn(t)
+	})
+	verdict := "ok"
+	switch {
+	case skipped:
+		verdict = "SKIPPED"
+	case !ok:
+		verdict = "FAILED"
+	}
+	line := fmt.Sprintf("step %2d %-66s %6.1f s  %s", n, name, time.Since(begin).Seconds(), verdict)
+	r.steps = append(r.steps, line)
+	parent.Log(line)
+	if skipped {
+		parent.SkipNow()
+	}
+	if !ok && required {
+		parent.FailNow()
+	}
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -123,7 +137,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Logf("scenario steps:\n%s\ntotal %.1f s", strings.Join(r.steps, "\n"), time.Since(r.start).Seconds())
 	})
 
-	r.step("start etcd, kube-apiserver, controller manager, scheduler, containerd, kubelet", func() {
+	r.step("start etcd, kube-apiserver, controller manager, scheduler, containerd, kubelet", true, func(t *testing.T) {
 		c.pki(t)
 		c.configure(t)
 		c.up(t)
@@ -135,7 +149,7 @@ func TestEndToEnd(t *testing.T) {
 		must(t, err)
 		r.cl = cl
 	})
-	r.step("node Ready", func() {
+	r.step("node Ready", true, func(t *testing.T) {
 		c.waitFor(t, "node "+c.node+" Ready", 120*time.Second, "kubelet", func() error {
 			var n corev1.Node
 			if err := r.cl.Get(context.Background(), client.ObjectKey{Name: c.node}, &n); err != nil {
@@ -155,7 +169,7 @@ func TestEndToEnd(t *testing.T) {
 
 	manifests := c.readObjects(t, filepath.Join(repo, "deploy", "manifests", "*.yaml"))
 	snapshotController := c.readObjects(t, filepath.Join(repo, "deploy", "snapshot-controller", "*.yaml"))
-	r.step("import images: drover (make image), sidecars, sandbox, workload", func() {
+	r.step("import images: drover (make image), sidecars, sandbox, workload", true, func(t *testing.T) {
 		sidecars := map[string]string{}
 		for _, o := range append(append([]*unstructured.Unstructured{}, manifests...), snapshotController...) {
 			for _, img := range images(o) {
@@ -172,7 +186,7 @@ func TestEndToEnd(t *testing.T) {
 		c.images(t, droverImage, sidecars)
 	})
 
-	r.step("apply CRDs (Drover's, snapshots'), deploy/manifests, snapshot controller, StorageClass", func() {
+	r.step("apply CRDs (Drover's, snapshots'), deploy/manifests, snapshot controller, StorageClass", true, func(t *testing.T) {
 		crds := append(c.readObjects(t, filepath.Join(repo, "deploy", "crds", "*.yaml")),
 			c.readObjects(t, filepath.Join(repo, "deploy", "snapshot-controller", "crds", "*.yaml"))...)
 		c.applyCRDs(t, r.cl, crds)
@@ -195,7 +209,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
-	r.step("drover manager, agent and CSI sidecars Running from the image; Drover Node registered", func() {
+	r.step("drover manager, agent and CSI sidecars Running from the image; Drover Node registered", true, func(t *testing.T) {
 		r.waitContainersRunning(droverNS, "app.kubernetes.io/component=manager", "manager", "csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter")
 		r.waitContainersRunning(droverNS, "app.kubernetes.io/component=agent", "agent")
 		r.waitContainersRunning("kube-system", "app.kubernetes.io/name=snapshot-controller", "snapshot-controller")
@@ -211,7 +225,7 @@ func TestEndToEnd(t *testing.T) {
 		})
 	})
 
-	r.step("CSI driver Running and registered with the kubelet (CSINode)", func() {
+	r.step("CSI driver Running and registered with the kubelet (CSINode)", true, func(t *testing.T) {
 		r.waitContainersRunning(droverNS, "app.kubernetes.io/component=manager", "csi-controller")
 		r.waitContainersRunning(droverNS, "app.kubernetes.io/component=agent", "csi-node")
 		c.waitFor(t, "CSINode "+c.node+" lists "+driverName, 120*time.Second, "kubelet", func() error {
@@ -595,13 +609,13 @@ func (r *run) stagedMount(volumeHandle string) (fstype, source string, err error
 }
 
 func (r *run) scenario() {
-	t, cl := r.t, r.cl
+	cl := r.cl
 	ctx := context.Background()
 	var pv *corev1.PersistentVolume
 	var vol *v1alpha1.Volume
 	written := 0
 
-	r.step("5 GiB RWO PVC → PV provisioned and bound, Drover Volume with 3 replicas", func() {
+	r.step("5 GiB RWO PVC → PV provisioned and bound, Drover Volume with 3 replicas", true, func(t *testing.T) {
 		r.create(r.pvc("data", "5Gi", nil))
 		pv = r.waitBound("data")
 		vol = r.waitVolumeHealthy(pv, 3)
@@ -611,7 +625,7 @@ func (r *run) scenario() {
 		t.Logf("PV %s → Drover Volume %s: %d replicas wanted, size %d", pv.Name, vol.Name, *vol.Spec.NumberOfReplicas, vol.Spec.Size)
 	})
 
-	r.step("Pod writes files and checksums: attached, staged ext4 on a loop device, published", func() {
+	r.step("Pod writes files and checksums: attached, staged ext4 on a loop device, published", true, func(t *testing.T) {
 		r.create(workloadPod("writer", "data", []string{"write", "/data", "32"}, []string{"churn", "/data"}))
 		r.waitPodPhase("writer", corev1.PodRunning, 240*time.Second)
 		var vas storagev1.VolumeAttachmentList
@@ -639,7 +653,7 @@ func (r *run) scenario() {
 		r.deleteAndWait(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "writer"}}, 120*time.Second)
 	})
 
-	r.step("new Pod on the same PVC: files intact", func() {
+	r.step("new Pod on the same PVC: files intact", true, func(t *testing.T) {
 		written = r.verifyPod("reader", "data", true)
 		t.Logf("%d files verified", written)
 		if written < 32 {
@@ -650,7 +664,9 @@ func (r *run) scenario() {
 	// The snapshot is taken while the reader holds the volume: a Drover
 	// snapshot is taken by the volume's engine, which runs only while the
 	// volume is attached.
-	r.step("VolumeSnapshot (volume in use) → restored PVC → third Pod reads it", func() {
+	r.step("VolumeSnapshot (volume in use) → restored PVC → third Pod reads it", false, func(t *testing.T) {
+		reader := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "reader"}}
+		defer r.deleteAndWait(reader, 120*time.Second)
 		snap := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
 			"metadata": map[string]any{"name": "data-snap", "namespace": appNS},
@@ -668,7 +684,7 @@ func (r *run) scenario() {
 			}
 			return nil
 		})
-		r.deleteAndWait(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "reader"}}, 120*time.Second)
+		r.deleteAndWait(reader, 120*time.Second)
 		apiGroup := "snapshot.storage.k8s.io"
 		r.create(r.pvc("restored", "5Gi", &corev1.TypedLocalObjectReference{APIGroup: &apiGroup, Kind: "VolumeSnapshot", Name: "data-snap"}))
 		rpv := r.waitBound("restored")
@@ -679,7 +695,7 @@ func (r *run) scenario() {
 	})
 
 	var before int64
-	r.step("expand the PVC online to 6 GiB: the filesystem grows in the Pod", func() {
+	r.step("expand the PVC online to 6 GiB: the filesystem grows in the Pod", false, func(t *testing.T) {
 		r.create(workloadPod("churner", "data", nil, []string{"churn", "/data"}))
 		r.waitPodPhase("churner", corev1.PodRunning, 240*time.Second)
 		r.c.waitFor(t, "churner reports its size", 30*time.Second, "kubelet", func() error {
@@ -703,7 +719,7 @@ func (r *run) scenario() {
 		t.Logf("filesystem %d → %d bytes", before, after)
 	})
 
-	r.step("kill a replica while the Pod writes: rebuilt, files intact", func() {
+	r.step("kill a replica while the Pod writes: rebuilt, files intact", false, func(t *testing.T) {
 		replicasOf := func() map[string]v1alpha1.Replica {
 			var reps v1alpha1.ReplicaList
 			must(t, cl.List(ctx, &reps, client.InNamespace(droverNS)))
@@ -758,7 +774,7 @@ func (r *run) scenario() {
 		})
 	})
 
-	r.step("restart the agent Pod while the Pod writes: rebuilt, files intact", func() {
+	r.step("restart the agent Pod while the Pod writes: rebuilt, files intact", false, func(t *testing.T) {
 		var pods corev1.PodList
 		must(t, cl.List(ctx, &pods, client.InNamespace(droverNS), client.MatchingLabels{"app.kubernetes.io/component": "agent"}))
 		if len(pods.Items) != 1 {
@@ -783,7 +799,12 @@ func (r *run) scenario() {
 		}
 	})
 
-	r.step("delete everything: nothing left in the API or on disk", func() {
+	r.step("delete everything: nothing left in the API or on disk", true, func(t *testing.T) {
+		var pods corev1.PodList
+		must(t, cl.List(ctx, &pods, client.InNamespace(appNS)))
+		for i := range pods.Items {
+			r.deleteAndWait(&pods.Items[i], 120*time.Second)
+		}
 		snap := &unstructured.Unstructured{}
 		snap.SetAPIVersion("snapshot.storage.k8s.io/v1")
 		snap.SetKind("VolumeSnapshot")
