@@ -805,30 +805,61 @@ func (r *run) scenario() {
 		for i := range pods.Items {
 			r.deleteAndWait(&pods.Items[i], 120*time.Second)
 		}
+		// Delete the rest at once, then wait for all of it, so that
+		// whatever stays behind is named together.
 		snap := &unstructured.Unstructured{}
 		snap.SetAPIVersion("snapshot.storage.k8s.io/v1")
 		snap.SetKind("VolumeSnapshot")
 		snap.SetNamespace(appNS)
 		snap.SetName("data-snap")
-		r.deleteAndWait(snap, 120*time.Second)
-		for _, name := range []string{"restored", "data"} {
-			r.deleteAndWait(&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: name}}, 120*time.Second)
+		for _, o := range []client.Object{snap,
+			&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "restored"}},
+			&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "data"}}} {
+			if err := cl.Delete(ctx, o); err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("delete %s: %v", o.GetName(), err)
+			}
 		}
-		r.c.waitFor(t, "no PVs, VolumeAttachments or Drover volumes left", 180*time.Second, "kubelet", func() error {
+		list := func(gvk string) *unstructured.UnstructuredList {
+			l := &unstructured.UnstructuredList{}
+			l.SetAPIVersion("snapshot.storage.k8s.io/v1")
+			l.SetKind(gvk)
+			return l
+		}
+		r.c.waitFor(t, "no claims, snapshots, PVs, VolumeAttachments or Drover objects left", 180*time.Second, "kubelet", func() error {
+			var pvcs corev1.PersistentVolumeClaimList
 			var pvs corev1.PersistentVolumeList
 			var vas storagev1.VolumeAttachmentList
 			var vols v1alpha1.VolumeList
 			var reps v1alpha1.ReplicaList
 			var engs v1alpha1.EngineList
 			var snaps v1alpha1.SnapshotList
-			for _, l := range []client.ObjectList{&pvs, &vas, &vols, &reps, &engs, &snaps} {
-				if err := cl.List(ctx, l); err != nil {
+			vss, vscs := list("VolumeSnapshotList"), list("VolumeSnapshotContentList")
+			lists := []struct {
+				name string
+				l    client.ObjectList
+				n    func() int
+			}{
+				{"PVCs", &pvcs, func() int { return len(pvcs.Items) }},
+				{"VolumeSnapshots", vss, func() int { return len(vss.Items) }},
+				{"VolumeSnapshotContents", vscs, func() int { return len(vscs.Items) }},
+				{"PVs", &pvs, func() int { return len(pvs.Items) }},
+				{"VolumeAttachments", &vas, func() int { return len(vas.Items) }},
+				{"Volumes", &vols, func() int { return len(vols.Items) }},
+				{"Replicas", &reps, func() int { return len(reps.Items) }},
+				{"Engines", &engs, func() int { return len(engs.Items) }},
+				{"Snapshots", &snaps, func() int { return len(snaps.Items) }},
+			}
+			var left []string
+			for _, x := range lists {
+				if err := cl.List(ctx, x.l); err != nil {
 					return err
 				}
+				if n := x.n(); n > 0 {
+					left = append(left, fmt.Sprintf("%d %s", n, x.name))
+				}
 			}
-			if n := len(pvs.Items) + len(vas.Items) + len(vols.Items) + len(reps.Items) + len(engs.Items) + len(snaps.Items); n > 0 {
-				return fmt.Errorf("%d PVs, %d VolumeAttachments, %d Volumes, %d Replicas, %d Engines, %d Snapshots left",
-					len(pvs.Items), len(vas.Items), len(vols.Items), len(reps.Items), len(engs.Items), len(snaps.Items))
+			if len(left) > 0 {
+				return fmt.Errorf("left: %s", strings.Join(left, ", "))
 			}
 			return nil
 		})
