@@ -155,8 +155,11 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *co
 	}
 	defer d.Close()
 	vol := enginerun.NewVolume(d)
+	// The frontends' IOs pass a QoS limiter: no limits until `drover
+	// volume qos` sets some through the control API.
+	limiter := device.NewLimiter()
 	gs := grpc.NewServer(control.ServerOptions(ctl.cfg)...)
-	control.NewServer(vol).Register(gs)
+	control.NewServer(vol).WithQoS(limiter).Register(gs)
 	for _, lis := range ctl.lis {
 		go func() { _ = gs.Serve(lis) }()
 	}
@@ -179,6 +182,7 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *co
 		dev = enc
 		fmt.Fprintf(out, "volume %s is encrypted (AES-256-XTS): frontends see plaintext, everything below ciphertext\n", cfg.Volume)
 	}
+	dev = device.NewLimited(dev, limiter)
 	var serves []func() error
 	for _, f := range frontends {
 		serve, err := f(ctx, dev, out)

@@ -35,7 +35,7 @@ func newVolumeCmd() *cobra.Command {
 		Example: volumeExample, Args: cobra.NoArgs}
 	cf.register(cmd)
 	cmd.AddCommand(newVolumeInfoCmd(&cf), newVolumeExpandCmd(&cf), newVolumeWriteCmd(&cf),
-		newVolumeReadCmd(&cf), newVolumeFlushCmd(&cf))
+		newVolumeReadCmd(&cf), newVolumeFlushCmd(&cf), newVolumeQoSCmd(&cf))
 	return cmd
 }
 
@@ -252,4 +252,64 @@ func newVolumeFlushCmd(cf *clientFlags) *cobra.Command {
 				return err
 			})
 		}}
+}
+
+const volumeQoSLong = `Show or set the volume's IO limits, enforced at its frontends (NBD,
+iSCSI) in the engine process: at most --max-iops reads, writes, trims and
+write-zeroes a second, and at most --max-bandwidth bytes read and written a
+second (0 removes a limit). The limits change at once, for IOs already
+waiting too, with no restart and no reconnect. Without flags it prints the
+limits and what the limiter did under them: IOs and bytes admitted, how many
+waited, and the most admitted in one 100 ms refill period.`
+
+func newVolumeQoSCmd(cf *clientFlags) *cobra.Command {
+	var iops uint64
+	var bw sizeFlag
+	cmd := &cobra.Command{Use: "qos [--max-iops N] [--max-bandwidth SIZE]", Short: "Show or set the volume's IOPS and bandwidth limits (QoS)",
+		Long: volumeQoSLong, Args: cobra.NoArgs,
+		Example: "  drover volume qos --max-iops 500 --max-bandwidth 50MiB\n  drover volume qos --max-iops 0 --max-bandwidth 0\n  drover volume qos",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
+				var st *controlpb.QoSResponse
+				var err error
+				if cmd.Flags().Changed("max-iops") || cmd.Flags().Changed("max-bandwidth") {
+					cur, gerr := c.GetQoS(ctx, &controlpb.Empty{})
+					if gerr != nil {
+						return gerr
+					}
+					req := &controlpb.QoSRequest{MaxIops: cur.GetMaxIops(), MaxBandwidthBytes: cur.GetMaxBandwidthBytes()}
+					if cmd.Flags().Changed("max-iops") {
+						req.MaxIops = iops
+					}
+					if cmd.Flags().Changed("max-bandwidth") {
+						req.MaxBandwidthBytes = bw.bytes
+					}
+					st, err = c.SetQoS(ctx, req)
+				} else {
+					st, err = c.GetQoS(ctx, &controlpb.Empty{})
+				}
+				if err != nil {
+					return err
+				}
+				printQoS(cmd.OutOrStdout(), st)
+				return nil
+			})
+		}}
+	cmd.Flags().Uint64Var(&iops, "max-iops", 0, "IOs a second (0: no limit)")
+	cmd.Flags().Var(&bw, "max-bandwidth", "bytes a second, e.g. 50MiB (0: no limit)")
+	return cmd
+}
+
+func printQoS(w io.Writer, st *controlpb.QoSResponse) {
+	limit := func(n uint64, unit string) string {
+		if n == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("%d %s", n, unit)
+	}
+	fmt.Fprintf(w, "max IOPS:       %s\n", limit(st.GetMaxIops(), "IOs/s"))
+	fmt.Fprintf(w, "max bandwidth:  %s\n", limit(st.GetMaxBandwidthBytes(), "bytes/s"))
+	fmt.Fprintf(w, "since set:      %d IOs (%d bytes) admitted, %d waited, %d refills; at most %d IOs and %d bytes in one refill (buckets %d IOs, %d bytes)\n",
+		st.GetAdmitted(), st.GetAdmittedBytes(), st.GetDelayed(), st.GetRefills(), st.GetMaxIosPerRefill(), st.GetMaxBytesPerRefill(),
+		st.GetIosPerRefill(), st.GetBytesPerRefill())
 }

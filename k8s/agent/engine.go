@@ -19,6 +19,7 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
+	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/transports/control"
@@ -42,6 +43,7 @@ type engineInstance struct {
 	served   chan struct{} // closed when the NBD server stops
 	grpc     *grpc.Server  // the control API (drover volume/snapshot/backup --control)
 	ctlAddr  string
+	qos      *device.Limiter // the NBD export's IO limits (spec.qos)
 	ctl      controlpb.ControlClient
 	ctlConn  *grpc.ClientConn
 
@@ -90,7 +92,7 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			}
 			return ctrl.Result{}, nil
 		}
-		return er.status(ctx, &eng, v1alpha1.InstanceStopped, "", nil, "")
+		return er.status(ctx, &eng, v1alpha1.InstanceStopped, "", nil, "", nil)
 	}
 	if controllerutil.AddFinalizer(&eng, Finalizer) {
 		if err := a.client.Update(ctx, &eng); err != nil {
@@ -101,7 +103,7 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if inst == nil {
 		var err error
 		if inst, err = a.startEngine(&eng); err != nil {
-			if _, serr := er.status(ctx, &eng, v1alpha1.InstanceError, "", nil, err.Error()); serr != nil {
+			if _, serr := er.status(ctx, &eng, v1alpha1.InstanceError, "", nil, err.Error(), nil); serr != nil {
 				a.log.Warn("engine status", "engine", eng.Name, "err", serr)
 			}
 			return ctrl.Result{}, err
@@ -109,7 +111,7 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	a.syncMembers(inst, &eng)
 	if !inst.driver.Serving() {
-		_, err := er.status(ctx, &eng, v1alpha1.InstanceStarting, "", nil, "")
+		_, err := er.status(ctx, &eng, v1alpha1.InstanceStarting, "", nil, "", nil)
 		return ctrl.Result{RequeueAfter: statusPoll / 4}, err
 	}
 	if want := eng.Spec.RestoreFrom; want != "" && eng.Status.RestoredFrom != want {
@@ -119,7 +121,7 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			if err != nil {
 				msg = err.Error()
 			}
-			_, serr := er.status(ctx, &eng, v1alpha1.InstanceStarting, "", nil, msg)
+			_, serr := er.status(ctx, &eng, v1alpha1.InstanceStarting, "", nil, msg, nil)
 			if serr != nil {
 				return ctrl.Result{}, serr
 			}
@@ -138,6 +140,10 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 		a.log.Info("volume expanded", "engine", eng.Name, "size", want)
 	}
+	qos, err := a.applyQoS(ctx, inst, &eng)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	info, err := inst.driver.Info(ctx)
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("engine %s info: %w", eng.Name, err)
@@ -148,21 +154,42 @@ func (er *engineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			modes[string(r.ID)] = v1alpha1.ReplicaMode(m)
 		}
 	}
-	_, err = er.status(ctx, &eng, v1alpha1.InstanceRunning, inst.endpoint, modes, "")
+	_, err = er.status(ctx, &eng, v1alpha1.InstanceRunning, inst.endpoint, modes, "", qos)
 	return ctrl.Result{RequeueAfter: statusPoll}, err
 }
 
+// applyQoS sets the spec's IO limits on the running engine's frontend
+// through its control API (SetQoS: no restart, IOs in flight included)
+// when they differ from what it enforces, and returns what it enforces.
+func (a *Agent) applyQoS(ctx context.Context, inst *engineInstance, eng *v1alpha1.Engine) (*v1alpha1.VolumeQoS, error) {
+	var want device.QoSLimits
+	if q := eng.Spec.QoS; q != nil {
+		want = device.QoSLimits{IOPS: uint64(max(q.MaxIOPS, 0)), BytesPerSecond: uint64(max(q.MaxBandwidthBytes, 0))}
+	}
+	if inst.qos.Limits() != want {
+		if _, err := inst.ctl.SetQoS(ctx, &controlpb.QoSRequest{MaxIops: want.IOPS, MaxBandwidthBytes: want.BytesPerSecond}); err != nil {
+			return nil, fmt.Errorf("engine %s: set QoS: %w", eng.Name, err)
+		}
+		a.log.Info("QoS set", "engine", eng.Name, "maxIOPS", want.IOPS, "maxBandwidthBytes", want.BytesPerSecond)
+	}
+	if want == (device.QoSLimits{}) {
+		return nil, nil
+	}
+	return &v1alpha1.VolumeQoS{MaxIOPS: int64(want.IOPS), MaxBandwidthBytes: int64(want.BytesPerSecond)}, nil
+}
+
 func (er *engineReconciler) status(ctx context.Context, eng *v1alpha1.Engine, state v1alpha1.InstanceState, endpoint string,
-	modes map[string]v1alpha1.ReplicaMode, msg string) (ctrl.Result, error) {
+	modes map[string]v1alpha1.ReplicaMode, msg string, applied *v1alpha1.VolumeQoS) (ctrl.Result, error) {
 	ctlAddr := ""
 	if inst := er.a.engineInstance(eng.Name); inst != nil && state != v1alpha1.InstanceStopped {
 		ctlAddr = inst.ctlAddr
 	}
 	if eng.Status.CurrentState == state && eng.Status.Endpoint == endpoint && eng.Status.Message == msg &&
-		modesEqual(eng.Status.ReplicaModeMap, modes) && eng.Status.ControlAddress == ctlAddr {
+		modesEqual(eng.Status.ReplicaModeMap, modes) && eng.Status.ControlAddress == ctlAddr && qosSame(eng.Status.QoS, applied) {
 		return ctrl.Result{}, nil
 	}
 	patch := client.MergeFrom(eng.DeepCopy())
+	eng.Status.QoS = applied
 	eng.Status.ControlAddress = ctlAddr
 	eng.Status.CurrentState, eng.Status.Endpoint, eng.Status.Message = state, endpoint, msg
 	eng.Status.ReplicaModeMap = modes
@@ -170,6 +197,10 @@ func (er *engineReconciler) status(ctx context.Context, eng *v1alpha1.Engine, st
 		return ctrl.Result{}, fmt.Errorf("status of engine %s: %w", eng.Name, err)
 	}
 	return ctrl.Result{}, nil
+}
+
+func qosSame(a, b *v1alpha1.VolumeQoS) bool {
+	return (a == nil && b == nil) || (a != nil && b != nil && *a == *b)
 }
 
 func modesEqual(a, b map[string]v1alpha1.ReplicaMode) bool {
@@ -208,8 +239,15 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 		return nil, fmt.Errorf("engine %s: %w", eng.Name, err)
 	}
 	vol := enginerun.NewVolume(d)
-	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: eng.Spec.VolumeName,
-		Description: "Drover volume " + eng.Spec.VolumeName, Device: vol}}})
+	// The export's IOs pass a QoS limiter (no limits until applyQoS
+	// sets the spec's through the control API).
+	limiter := device.NewLimiter()
+	limited := device.NewLimited(vol, limiter)
+	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{
+		{Name: eng.Spec.VolumeName, Description: "Drover volume " + eng.Spec.VolumeName, Device: limited},
+		{Name: eng.Spec.VolumeName + v1alpha1.GrowableExportSuffix, Device: device.NewCeiling(limited, v1alpha1.GrowableExportBytes),
+			Description: "Drover volume " + eng.Spec.VolumeName + ", advertising a ceiling size for hosts that attach it behind a size-limited loop device"},
+	}})
 	if err != nil {
 		d.Close()
 		return nil, fmt.Errorf("engine %s: NBD: %w", eng.Name, err)
@@ -228,7 +266,7 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 		return nil, fmt.Errorf("engine %s: control API listen: %w", eng.Name, err)
 	}
 	gs := grpc.NewServer(control.ServerOptions()...)
-	control.NewServer(vol).Register(gs)
+	control.NewServer(vol).WithQoS(limiter).Register(gs)
 	go func() { _ = gs.Serve(ctlLis) }()
 	ctl, conn, err := control.Dial(ctlLis.Addr().String())
 	if err != nil {
@@ -238,7 +276,7 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine) (*engineInstance, error) {
 		return nil, fmt.Errorf("engine %s: control API: %w", eng.Name, err)
 	}
 	inst := &engineInstance{driver: d, vol: vol, nbd: srv, endpoint: nbd.TCPURI(lis.Addr().String(), eng.Spec.VolumeName),
-		served: make(chan struct{}), members: map[string]string{}, adding: map[string]bool{},
+		served: make(chan struct{}), members: map[string]string{}, adding: map[string]bool{}, qos: limiter,
 		grpc: gs, ctlAddr: ctlLis.Addr().String(), ctl: ctl, ctlConn: conn}
 	for _, r := range reps {
 		inst.members[string(r.ID)] = r.Addr

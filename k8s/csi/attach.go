@@ -14,6 +14,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-io/drover/k8s/api/v1alpha1"
 )
 
 // stageState is what NodeStageVolume did for a volume, written after
@@ -30,8 +34,16 @@ type stageState struct {
 	FuseMounted bool `json:"fuseMounted"`
 	// Loop is the loop device attached to Image ("" before).
 	Loop string `json:"loop,omitempty"`
+	// Growable: Image is the engine's growable export (a ceiling size),
+	// and the loop device is limited to the volume's size, SizeBytes;
+	// NodeExpandVolume raises the limit.
+	Growable  bool  `json:"growable,omitempty"`
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
 	// Block: the volume is used as a raw block device (no filesystem).
 	Block bool `json:"block"`
+	// Readonly: published read-only: the loop device and the mount are
+	// read-only and nothing is formatted or grown.
+	Readonly bool `json:"readonly,omitempty"`
 	// FsType is the filesystem on the device; Formatted says this
 	// driver made it (mkfs ran because blkid found nothing).
 	FsType    string `json:"fsType,omitempty"`
@@ -40,6 +52,15 @@ type stageState struct {
 	Mounted bool `json:"mounted"`
 	// Published lists the target paths NodePublishVolume bind-mounted.
 	Published []string `json:"published,omitempty"`
+}
+
+// imageURI is the export nbdfuse attaches: the growable one, or the
+// exact one for a state written before it existed.
+func (st *stageState) imageURI() string {
+	if st.Growable {
+		return st.Endpoint + v1alpha1.GrowableExportSuffix
+	}
+	return st.Endpoint
 }
 
 func (d *Driver) statePath(volumeID string) string {
@@ -74,7 +95,7 @@ func (d *Driver) saveState(st *stageState) error {
 	if err != nil {
 		return fmt.Errorf("write state of %s: %w", st.VolumeID, err)
 	}
-	if _, err := f.Write(b); err == nil {
+	if _, err = f.Write(b); err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -192,7 +213,7 @@ func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 		return fmt.Errorf("nbdfuse log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("nbdfuse", "-P", pidfile, st.Image, st.Endpoint)
+	cmd := exec.Command("nbdfuse", "-P", pidfile, st.Image, st.imageURI())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -277,4 +298,42 @@ func deviceSize(dev string) (int64, error) {
 		return 0, fmt.Errorf("size of %s: %w", dev, err)
 	}
 	return n, nil
+}
+
+// exportSize asks the NBD server the export's size now (a new
+// connection sees a grown volume).
+func exportSize(ctx context.Context, uri string) (int64, error) {
+	out, err := run(ctx, "nbdinfo", "--size", uri)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("nbdinfo --size %s: %q: %w", uri, out, err)
+	}
+	return n, nil
+}
+
+// setLoopSize sets a loop device's size limit (LOOP_SET_STATUS64), then
+// has the kernel take the new size (LOOP_SET_CAPACITY): the device grows
+// while mounted.
+func setLoopSize(loop string, sizeBytes int64) error {
+	f, err := os.OpenFile(loop, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("grow %s: %w", loop, err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return fmt.Errorf("grow %s: LOOP_GET_STATUS64: %w", loop, err)
+	}
+	info.Sizelimit = uint64(sizeBytes)
+	if err := unix.IoctlLoopSetStatus64(fd, info); err != nil {
+		return fmt.Errorf("grow %s to %d bytes: LOOP_SET_STATUS64: %w", loop, sizeBytes, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return fmt.Errorf("grow %s: LOOP_SET_CAPACITY: %w", loop, err)
+	}
+	return nil
 }

@@ -14,7 +14,6 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,8 +31,18 @@ import (
 const AnnotationCSIName = "csi.storage.drover.io/name"
 
 // PublishContextEndpoint is the publish-context key holding the
-// engine's NBD endpoint.
-const PublishContextEndpoint = "endpoint"
+// engine's NBD endpoint; PublishContextReadonly is "true" when the
+// volume was published read-only (NodeStageVolume then attaches and
+// mounts it read-only and never formats it).
+const (
+	PublishContextEndpoint = "endpoint"
+	PublishContextReadonly = "readonly"
+)
+
+// AnnotationReadonly records on a published Volume whether it was
+// published read-only, so a second publish asking otherwise is
+// AlreadyExists.
+const AnnotationReadonly = "csi.storage.drover.io/published-readonly"
 
 var errTooLarge = errors.New("size too large")
 
@@ -105,7 +114,7 @@ func checkCap(cp *csipb.VolumeCapability) error {
 	}
 	switch mode := cp.GetAccessMode().GetMode(); mode {
 	case csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
-		csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER:
+		csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER, csipb.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:
 	default:
 		return status.Errorf(codes.InvalidArgument, "volume capability: access mode %s: a Drover volume is attached to one node at a time (ReadWriteOnce)", mode)
 	}
@@ -123,6 +132,10 @@ func (c controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReq
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: %v", req.Name, err)
 	}
+	qos, err := ParseQoS(req.MutableParameters, nil)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: %v", req.Name, err)
+	}
 	size, err := RoundSize(req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes(), c.d.cfg.DefaultSizeBytes)
 	if errors.Is(err, errTooLarge) {
 		return nil, status.Errorf(codes.ResourceExhausted, "CreateVolume %s: %v", req.Name, err)
@@ -130,7 +143,10 @@ func (c controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReq
 		return nil, status.Errorf(codes.OutOfRange, "CreateVolume %s: %v", req.Name, err)
 	}
 	if src := req.VolumeContentSource; src != nil {
-		if err := c.checkSource(ctx, src); err != nil {
+		if params.FromBackup != "" {
+			return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: both a content source and the fromBackup parameter given", req.Name)
+		}
+		if params.FromBackup, err = c.source(ctx, src, size); err != nil {
 			return nil, err
 		}
 	}
@@ -144,6 +160,7 @@ func (c controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReq
 	vol := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.d.cfg.Namespace,
 		Annotations: map[string]string{AnnotationCSIName: req.Name}}, Spec: v1alpha1.VolumeSpec{Size: size}}
 	params.apply(vol)
+	vol.Spec.QoS = qos
 	var old v1alpha1.Volume
 	switch err := c.d.c.Get(ctx, c.key(name), &old); {
 	case err == nil:
@@ -208,26 +225,6 @@ func sameParams(a, b *v1alpha1.VolumeSpec) bool {
 		strings.Join(a.NodeSelector, ",") == strings.Join(b.NodeSelector, ",")
 }
 
-// checkSource answers a CreateVolume from a snapshot or a volume: the
-// source must exist, and the manager cannot yet fill a new volume from
-// either (fromBackup, from a Backup, is how a volume starts with data).
-func (c controller) checkSource(ctx context.Context, src *csipb.VolumeContentSource) error {
-	if s := src.GetSnapshot(); s != nil {
-		var snap v1alpha1.Snapshot
-		if len(validation.IsDNS1123Label(s.SnapshotId)) > 0 || c.d.c.Get(ctx, c.key(s.SnapshotId), &snap) != nil {
-			return status.Errorf(codes.NotFound, "CreateVolume: source snapshot %q not found", s.SnapshotId)
-		}
-		return status.Errorf(codes.Unimplemented, "CreateVolume from snapshot %s: the manager cannot fill a volume from a snapshot yet; back the volume up and use the fromBackup parameter", s.SnapshotId)
-	}
-	if v := src.GetVolume(); v != nil {
-		if _, err := c.getVolume(ctx, v.VolumeId); err != nil {
-			return err
-		}
-		return status.Errorf(codes.Unimplemented, "CreateVolume from volume %s: the manager cannot clone a volume yet; back it up and use the fromBackup parameter", v.VolumeId)
-	}
-	return status.Error(codes.InvalidArgument, "CreateVolume: empty volume content source")
-}
-
 func csiVolume(v *v1alpha1.Volume, src *csipb.VolumeContentSource) *csipb.Volume {
 	return &csipb.Volume{VolumeId: v.Name, CapacityBytes: v.Spec.Size, ContentSource: src,
 		VolumeContext: map[string]string{AnnotationCSIName: v.Annotations[AnnotationCSIName]}}
@@ -287,11 +284,19 @@ func (c controller) ControllerPublishVolume(ctx context.Context, req *csipb.Cont
 	if !vol.DeletionTimestamp.IsZero() {
 		return nil, status.Errorf(codes.NotFound, "ControllerPublishVolume %s: the volume is being deleted", vol.Name)
 	}
+	readonly := strconv.FormatBool(req.Readonly)
 	switch vol.Spec.NodeID {
 	case req.NodeId:
+		if was := vol.Annotations[AnnotationReadonly]; was != "" && was != readonly {
+			return nil, status.Errorf(codes.AlreadyExists, "ControllerPublishVolume %s: published to %s with readonly %s already", vol.Name, req.NodeId, was)
+		}
 	case "":
 		patch := client.MergeFrom(vol.DeepCopy())
 		vol.Spec.NodeID = req.NodeId
+		if vol.Annotations == nil {
+			vol.Annotations = map[string]string{}
+		}
+		vol.Annotations[AnnotationReadonly] = readonly
 		if err := c.d.c.Patch(ctx, vol, patch); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "ControllerPublishVolume %s: attach to %s: %v", vol.Name, req.NodeId, err)
 		}
@@ -307,7 +312,11 @@ func (c controller) ControllerPublishVolume(ctx context.Context, req *csipb.Cont
 	if err != nil {
 		return nil, status.Errorf(status.Code(err), "ControllerPublishVolume %s to %s: %v (volume: %s)", vol.Name, req.NodeId, err, last)
 	}
-	return &csipb.ControllerPublishVolumeResponse{PublishContext: map[string]string{PublishContextEndpoint: endpoint}}, nil
+	pc := map[string]string{PublishContextEndpoint: endpoint}
+	if req.Readonly {
+		pc[PublishContextReadonly] = "true"
+	}
+	return &csipb.ControllerPublishVolumeResponse{PublishContext: pc}, nil
 }
 
 func describe(v *v1alpha1.Volume) string {
@@ -367,6 +376,7 @@ func (c controller) ControllerUnpublishVolume(ctx context.Context, req *csipb.Co
 	}
 	patch := client.MergeFrom(vol.DeepCopy())
 	vol.Spec.NodeID = ""
+	delete(vol.Annotations, AnnotationReadonly)
 	if err := c.d.c.Patch(ctx, vol, patch); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "ControllerUnpublishVolume %s: detach: %v", vol.Name, err)
 	}
@@ -481,13 +491,6 @@ func health(v *v1alpha1.Volume) *csipb.VolumeHealth {
 	return h
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
-}
-
 func (c controller) ControllerGetVolume(ctx context.Context, req *csipb.ControllerGetVolumeRequest) (*csipb.ControllerGetVolumeResponse, error) {
 	if req.VolumeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "ControllerGetVolume: no volume ID given")
@@ -600,6 +603,10 @@ func (c controller) ControllerGetCapabilities(context.Context, *csipb.Controller
 		csipb.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csipb.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 		csipb.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csipb.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_MODIFY_VOLUME,
+		csipb.ControllerServiceCapability_RPC_PUBLISH_READONLY,
+		csipb.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
 		csipb.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
@@ -650,117 +657,32 @@ func (c controller) ControllerExpandVolume(ctx context.Context, req *csipb.Contr
 	return &csipb.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeExpand}, nil
 }
 
-func (c controller) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapshotRequest) (*csipb.CreateSnapshotResponse, error) {
-	switch {
-	case req.Name == "":
-		return nil, status.Error(codes.InvalidArgument, "CreateSnapshot: no name given")
-	case req.SourceVolumeId == "":
-		return nil, status.Error(codes.InvalidArgument, "CreateSnapshot: no source volume ID given")
+// ControllerModifyVolume applies a VolumeAttributesClass's parameters,
+// the volume's QoS: the Volume's spec.qos, which the manager copies to
+// the running Engine and its agent sets on the engine's frontend through
+// the control API, without restarting it.
+func (c controller) ControllerModifyVolume(ctx context.Context, req *csipb.ControllerModifyVolumeRequest) (*csipb.ControllerModifyVolumeResponse, error) {
+	if req.VolumeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "ControllerModifyVolume: no volume ID given")
 	}
-	for k := range req.Parameters {
-		if !strings.HasPrefix(k, kubernetesParamPrefix) {
-			return nil, status.Errorf(codes.InvalidArgument, "CreateSnapshot %s: parameter %s: unknown (snapshot classes take no parameters yet)", req.Name, k)
-		}
-	}
-	name := objectName(req.Name)
-	unlock, err := c.d.lock("snapshot/"+name, "CreateSnapshot")
+	unlock, err := c.d.lock(req.VolumeId, "ControllerModifyVolume")
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	var snap v1alpha1.Snapshot
-	switch err := c.d.c.Get(ctx, c.key(name), &snap); {
-	case err == nil:
-		if snap.Spec.Volume != req.SourceVolumeId || snap.Annotations[AnnotationCSIName] != req.Name {
-			return nil, status.Errorf(codes.AlreadyExists, "CreateSnapshot %s: exists for volume %s", req.Name, snap.Spec.Volume)
-		}
-	case apierrors.IsNotFound(err):
-		vol, err := c.getVolume(ctx, req.SourceVolumeId)
-		if err != nil {
-			return nil, err
-		}
-		snap = v1alpha1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.d.cfg.Namespace,
-			Labels:      map[string]string{v1alpha1.LabelVolume: vol.Name},
-			Annotations: map[string]string{AnnotationCSIName: req.Name}},
-			Spec: v1alpha1.SnapshotSpec{Volume: vol.Name}}
-		if err := c.d.c.Create(ctx, &snap); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "CreateSnapshot %s: %v", req.Name, err)
-		}
-		c.d.log.Info("snapshot created", "snapshot", name, "volume", vol.Name)
-	default:
-		return nil, status.Errorf(codes.Unavailable, "CreateSnapshot %s: %v", req.Name, err)
-	}
-	return &csipb.CreateSnapshotResponse{Snapshot: c.csiSnapshot(ctx, &snap)}, nil
-}
-
-func (c controller) csiSnapshot(ctx context.Context, s *v1alpha1.Snapshot) *csipb.Snapshot {
-	created := s.CreationTimestamp.Time
-	if s.Status.CreationTime != nil {
-		created = s.Status.CreationTime.Time
-	}
-	var vol v1alpha1.Volume
-	size := s.Status.Size
-	if c.d.c.Get(ctx, c.key(s.Spec.Volume), &vol) == nil {
-		size = vol.Spec.Size // what a restore needs
-	}
-	return &csipb.Snapshot{SnapshotId: s.Name, SourceVolumeId: s.Spec.Volume, SizeBytes: size,
-		CreationTime: timestamppb.New(created), ReadyToUse: s.Status.ReadyToUse}
-}
-
-func (c controller) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapshotRequest) (*csipb.DeleteSnapshotResponse, error) {
-	if req.SnapshotId == "" {
-		return nil, status.Error(codes.InvalidArgument, "DeleteSnapshot: no snapshot ID given")
-	}
-	if len(validation.IsDNS1123Label(req.SnapshotId)) > 0 {
-		return &csipb.DeleteSnapshotResponse{}, nil // names nothing this driver made
-	}
-	unlock, err := c.d.lock("snapshot/"+req.SnapshotId, "DeleteSnapshot")
+	vol, err := c.getVolume(ctx, req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	snap := &v1alpha1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: req.SnapshotId, Namespace: c.d.cfg.Namespace}}
-	if err := c.d.c.Delete(ctx, snap); client.IgnoreNotFound(err) != nil {
-		return nil, status.Errorf(codes.Unavailable, "DeleteSnapshot %s: %v", req.SnapshotId, err)
-	}
-	return &csipb.DeleteSnapshotResponse{}, nil
-}
-
-func (c controller) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsRequest) (*csipb.ListSnapshotsResponse, error) {
-	var list v1alpha1.SnapshotList
-	opts := []client.ListOption{client.InNamespace(c.d.cfg.Namespace)}
-	if req.SourceVolumeId != "" {
-		opts = append(opts, client.MatchingLabels{v1alpha1.LabelVolume: req.SourceVolumeId})
-		if len(validation.IsDNS1123Label(req.SourceVolumeId)) > 0 {
-			return &csipb.ListSnapshotsResponse{}, nil
-		}
-	}
-	if err := c.d.c.List(ctx, &list, opts...); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "ListSnapshots: %v", err)
-	}
-	var snaps []v1alpha1.Snapshot
-	for _, s := range list.Items {
-		if s.DeletionTimestamp.IsZero() && (req.SnapshotId == "" || s.Name == req.SnapshotId) &&
-			(req.SourceVolumeId == "" || s.Spec.Volume == req.SourceVolumeId) {
-			snaps = append(snaps, s)
-		}
-	}
-	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Name < snaps[j].Name })
-	start, end, next, err := page(len(snaps), req.StartingToken, req.MaxEntries)
+	qos, err := ParseQoS(req.MutableParameters, vol.Spec.QoS)
 	if err != nil {
-		return nil, err
+		return nil, status.Errorf(codes.InvalidArgument, "ControllerModifyVolume %s: %v", vol.Name, err)
 	}
-	resp := &csipb.ListSnapshotsResponse{NextToken: next}
-	for i := start; i < end; i++ {
-		resp.Entries = append(resp.Entries, &csipb.ListSnapshotsResponse_Entry{Snapshot: c.csiSnapshot(ctx, &snaps[i])})
+	patch := client.MergeFrom(vol.DeepCopy())
+	vol.Spec.QoS = qos
+	if err := c.d.c.Patch(ctx, vol, patch); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "ControllerModifyVolume %s: %v", vol.Name, err)
 	}
-	return resp, nil
-}
-
-func (c controller) ControllerModifyVolume(context.Context, *csipb.ControllerModifyVolumeRequest) (*csipb.ControllerModifyVolumeResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "ControllerModifyVolume: not built yet")
-}
-
-func (c controller) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "GetSnapshot: use ListSnapshots")
+	c.d.log.Info("volume QoS set", "volume", vol.Name, "qos", qos)
+	return &csipb.ControllerModifyVolumeResponse{}, nil
 }

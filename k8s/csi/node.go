@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -84,10 +86,14 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 		}
 		fuseDir := filepath.Join(n.d.cfg.StateDir, req.VolumeId+".fuse")
 		st = &stageState{VolumeID: req.VolumeId, StagingPath: staging, Endpoint: ep, FuseDir: fuseDir,
-			Image: filepath.Join(fuseDir, "disk"), Block: block}
+			Image: filepath.Join(fuseDir, "disk"), Block: block, Growable: true,
+			Readonly: req.PublishContext[PublishContextReadonly] == "true"}
 		if err := n.d.saveState(st); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
+	}
+	if err := n.recheck(ctx, st, req.PublishContext[PublishContextEndpoint]); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", req.VolumeId, err)
 	}
 	if err := n.stage(ctx, st, req.VolumeCapability); err != nil {
 		if s, ok := status.FromError(err); ok {
@@ -98,11 +104,70 @@ func (n node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeReq
 	return &csipb.NodeStageVolumeResponse{}, nil
 }
 
+// recheck looks whether the steps st records still hold. When the
+// attachment is gone (nbdfuse died, the node rebooted) it takes down what
+// is left of it, last first, and clears the steps, so stage attaches
+// again at the endpoint the caller gives now (the engine may have moved
+// to another port); a step that merely vanished (an unmount by hand) is
+// cleared so stage redoes it.
+func (n node) recheck(ctx context.Context, st *stageState, endpoint string) error {
+	if !st.FuseMounted {
+		return nil
+	}
+	fuseUp, err := isMounted(st.FuseDir)
+	if err != nil {
+		return err
+	}
+	if _, serr := os.Stat(st.Image); fuseUp && serr == nil {
+		if st.Loop != "" {
+			if loop, err := loopFor(ctx, st.Image); err != nil || loop != st.Loop {
+				st.Loop, st.Mounted = "", false
+			}
+		}
+		if st.Mounted {
+			if up, err := isMounted(st.StagingPath); err == nil && !up {
+				st.Mounted = false
+			}
+		}
+		return n.d.saveState(st)
+	}
+	n.d.log.Warn("attachment lost; attaching again", "volume", st.VolumeID, "endpoint", st.Endpoint)
+	if up, err := isMounted(st.StagingPath); err == nil && up {
+		// Lazily: IO on it fails anyway, and a process may hold it.
+		if _, err := run(ctx, "umount", "--lazy", st.StagingPath); err != nil {
+			return err
+		}
+	}
+	if st.Loop != "" {
+		// Only if it is still the device over our image: after a reboot
+		// the name may be another volume's.
+		if out, err := run(ctx, "losetup", "--noheadings", "--output", "BACK-FILE", st.Loop); err == nil &&
+			strings.HasPrefix(strings.TrimSpace(out), st.Image) {
+			_, _ = run(ctx, "losetup", "--detach", st.Loop)
+		}
+	}
+	if fuseUp {
+		if _, err := run(ctx, "fusermount3", "-u", "-z", st.FuseDir); err != nil {
+			return err
+		}
+	}
+	st.FuseMounted, st.Loop, st.Mounted = false, "", false
+	if endpoint != "" {
+		st.Endpoint = endpoint
+	}
+	return n.d.saveState(st)
+}
+
 // stage takes the steps NodeStageVolume has not taken yet, recording
 // each: nbdfuse, loop device, filesystem (only on a blank device), mount.
 func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapability) error {
 	save := func() error { return n.d.saveState(st) }
 	if !st.FuseMounted {
+		size, err := exportSize(ctx, st.Endpoint)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "NodeStageVolume %s: %v", st.VolumeID, err)
+		}
+		st.SizeBytes = size
 		if err := n.d.startNbdfuse(ctx, st); err != nil {
 			return status.Errorf(codes.Unavailable, "NodeStageVolume %s: attach %s: %v", st.VolumeID, st.Endpoint, err)
 		}
@@ -117,7 +182,14 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 			return err
 		}
 		if loop == "" {
-			out, err := run(ctx, "losetup", "--find", "--show", st.Image)
+			args := []string{"--find", "--show", st.Image}
+			if st.Growable {
+				args = append(args, "--sizelimit", strconv.FormatInt(st.SizeBytes, 10))
+			}
+			if st.Readonly {
+				args = append(args, "--read-only")
+			}
+			out, err := run(ctx, "losetup", args...)
 			if err != nil {
 				return fmt.Errorf("loop device over %s: %w", st.Image, err)
 			}
@@ -142,12 +214,13 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 		}
 		switch have {
 		case "":
+			if st.Readonly {
+				return status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is blank and published read-only: nothing to mount", st.VolumeID)
+			}
 			// Blank: format. Only ever here, after blkid found nothing.
-			args := []string{"-q", st.Loop}
+			args := []string{"-q", "-K", st.Loop} // xfs: -K skips the discard
 			if want == "ext4" {
 				args = []string{"-q", "-E", "nodiscard", "-F", st.Loop}
-			} else {
-				args = []string{"-q", "-K", st.Loop}
 			}
 			if _, err := run(ctx, "mkfs."+want, args...); err != nil {
 				return fmt.Errorf("format %s: %w", st.Loop, err)
@@ -173,14 +246,68 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 		return err
 	}
 	if !mounted {
+		if st.FsType == "ext4" && !st.Formatted && !st.Readonly {
+			if err := growExt4Offline(ctx, st.Loop); err != nil {
+				return err
+			}
+		}
 		opts := append([]string{"discard"}, vc.GetMount().GetMountFlags()...)
+		if st.Readonly {
+			// The device is read-only: no journal replay either.
+			opts = append(opts, "ro", map[string]string{"ext4": "noload", "xfs": "norecovery"}[st.FsType])
+		}
 		if _, err := run(ctx, "mount", "-t", st.FsType, "-o", strings.Join(opts, ","), st.Loop, st.StagingPath); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", st.Loop, st.StagingPath, err)
+		}
+		if st.FsType == "xfs" && !st.Formatted && !st.Readonly {
+			// A volume grown while it was not staged: xfs grows mounted.
+			if _, err := run(ctx, "xfs_growfs", st.StagingPath); err != nil {
+				return err
+			}
 		}
 	}
 	if !st.Mounted {
 		st.Mounted = true
 		return save()
+	}
+	return nil
+}
+
+// growExt4Offline grows an unmounted ext4 to its device when the
+// volume grew while it was not staged (or when growing it mounted was
+// refused): e2fsck -f -p first, as resize2fs requires, then resize2fs.
+// Offline resizing needs no CAP_SYS_RESOURCE.
+func growExt4Offline(ctx context.Context, dev string) error {
+	out, err := run(ctx, "dumpe2fs", "-h", dev)
+	if err != nil {
+		return err
+	}
+	var blocks, blockBytes int64
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		switch v = strings.TrimSpace(v); {
+		case !ok:
+		case k == "Block count":
+			blocks, _ = strconv.ParseInt(v, 10, 64)
+		case k == "Block size":
+			blockBytes, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	size, err := deviceSize(dev)
+	if err != nil {
+		return err
+	}
+	if blocks == 0 || blockBytes == 0 || size-blocks*blockBytes < 1<<20 {
+		return nil // nothing worth a resize
+	}
+	if _, err := run(ctx, "e2fsck", "-f", "-p", dev); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 { // 1: errors corrected
+			return fmt.Errorf("check before growing: %w", err)
+		}
+	}
+	if _, err := run(ctx, "resize2fs", dev); err != nil {
+		return fmt.Errorf("grow the filesystem to the volume: %w", err)
 	}
 	return nil
 }
@@ -300,6 +427,13 @@ func (n node) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolum
 		return nil, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: staged as block %v, asked for block %v", req.VolumeId, st.Block, block)
 	}
 	target := filepath.Clean(req.TargetPath)
+	if req.VolumeCapability.GetAccessMode().GetMode() == csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		for _, p := range st.Published {
+			if p != target {
+				return nil, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: single-writer volume already published at %s", req.VolumeId, p)
+			}
+		}
+	}
 	if err := n.publish(ctx, st, target, req.Readonly); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", req.VolumeId, err)
 	}
@@ -451,9 +585,9 @@ func (n node) NodeGetVolumeHealth(ctx context.Context, req *csipb.NodeGetVolumeH
 	return &csipb.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
 
-// NodeExpandVolume grows the filesystem to the device. The device is
-// the nbdfuse file, whose size is the export's when nbdfuse connected:
-// a volume grown while staged reaches the device at the next stage.
+// NodeExpandVolume grows the device to the volume's new size, once the
+// engine serves it, and the filesystem to the device: the loop device
+// over the growable export gets a larger size limit while mounted.
 func (n node) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpandVolumeRequest) (*csipb.NodeExpandVolumeResponse, error) {
 	if req.VolumeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "NodeExpandVolume: no volume ID given")
@@ -470,30 +604,85 @@ func (n node) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpandVolumeR
 		return nil, err
 	}
 	defer unlock()
-	if _, err := run(ctx, "losetup", "--set-capacity", st.Loop); err != nil {
+	want := req.GetCapacityRange().GetRequiredBytes()
+	if st.Growable {
+		// The engine serves the new size once the agent has grown it;
+		// only then may the loop device reach it.
+		exact, err := exportSize(ctx, st.Endpoint)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "NodeExpandVolume %s: %v", req.VolumeId, err)
+		}
+		if exact < want {
+			return nil, status.Errorf(codes.Unavailable, "NodeExpandVolume %s: the engine serves %d bytes, %d asked: not grown yet; retry", req.VolumeId, exact, want)
+		}
+		if exact > st.SizeBytes {
+			if err := setLoopSize(st.Loop, exact); err != nil {
+				return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", req.VolumeId, err)
+			}
+			st.SizeBytes = exact
+			if err := n.d.saveState(st); err != nil {
+				return nil, status.Error(codes.Internal, err.Error())
+			}
+		}
+	} else if _, err := run(ctx, "losetup", "--set-capacity", st.Loop); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", req.VolumeId, err)
 	}
 	size, err := deviceSize(st.Loop)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if want := req.GetCapacityRange().GetRequiredBytes(); want > size {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"NodeExpandVolume %s: the device is %d bytes, %d asked: nbdfuse keeps the size the export had when the volume was staged; the filesystem grows at the next stage", req.VolumeId, size, want)
+	if want > size {
+		return nil, status.Errorf(codes.FailedPrecondition, "NodeExpandVolume %s: the device is %d bytes, %d asked", req.VolumeId, size, want)
 	}
 	if !st.Block {
 		var err error
+		var out string
 		switch st.FsType {
 		case "ext4":
-			_, err = run(ctx, "resize2fs", st.Loop)
+			out, err = run(ctx, "resize2fs", st.Loop)
 		case "xfs":
-			_, err = run(ctx, "xfs_growfs", st.StagingPath)
+			out, err = run(ctx, "xfs_growfs", st.StagingPath)
+		}
+		if err != nil && st.FsType == "ext4" && strings.Contains(out, "Permission denied") {
+			// The kernel asks CAP_SYS_RESOURCE for ext4's online resize
+			// (EXT4_IOC_RESIZE_FS); some hosts withhold it from root.
+			return nil, status.Errorf(codes.FailedPrecondition, "NodeExpandVolume %s: the device grew to %d bytes, but growing a mounted ext4 "+
+				"needs CAP_SYS_RESOURCE, which this process lacks (%v); xfs grows without it", req.VolumeId, size, err)
 		}
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", req.VolumeId, err)
 		}
 	}
 	return &csipb.NodeExpandVolumeResponse{CapacityBytes: size}, nil
+}
+
+// NodeGetStorageHealth reports this node's Drover storage: unreachable
+// while the agent's Node is missing or not ready, degraded for each
+// disk whose status carries an error message.
+func (n node) NodeGetStorageHealth(ctx context.Context, _ *csipb.NodeGetStorageHealthRequest) (*csipb.NodeGetStorageHealthResponse, error) {
+	var nd v1alpha1.Node
+	resp := &csipb.NodeGetStorageHealthResponse{}
+	add := func(t csipb.StorageHealthErrorType, reason, msg string) {
+		resp.BackendHealth = append(resp.BackendHealth, &csipb.NodeGetStorageHealthResponse_StorageBackendHealth{Status: t, Reason: reason, Message: msg})
+	}
+	if err := n.d.c.Get(ctx, controller{d: n.d}.key(n.d.cfg.NodeID), &nd); err != nil {
+		add(csipb.StorageHealthErrorType_STORAGE_UNREACHABLE, "NodeUnknown", fmt.Sprintf("node %s: %v", n.d.cfg.NodeID, err))
+		return resp, nil
+	}
+	if !nodeReady(&nd) {
+		add(csipb.StorageHealthErrorType_STORAGE_UNREACHABLE, "NodeNotReady", fmt.Sprintf("node %s: the agent does not report in", nd.Name))
+	}
+	names := make([]string, 0, len(nd.Status.DiskStatus))
+	for name := range nd.Status.DiskStatus {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if msg := nd.Status.DiskStatus[name].Message; msg != "" {
+			add(csipb.StorageHealthErrorType_STORAGE_DEGRADED, "DiskError", fmt.Sprintf("disk %s: %s", name, msg))
+		}
+	}
+	return resp, nil
 }
 
 func (n node) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
@@ -503,6 +692,8 @@ func (n node) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesReq
 		csipb.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csipb.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csipb.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csipb.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
 	} {
 		caps = append(caps, &csipb.NodeServiceCapability{Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: t}}})
 	}

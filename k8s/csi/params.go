@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -264,7 +265,7 @@ func RoundSize(requiredBytes, limitBytes, defaultBytes int64) (int64, error) {
 	if size == 0 {
 		size = defaultBytes
 		if limitBytes != 0 && limitBytes < size {
-			size = limitBytes
+			size = limitBytes / v1alpha1.BlockSizeBytes * v1alpha1.BlockSizeBytes // within the limit
 		}
 	}
 	if size > maxVolumeSizeBytes {
@@ -278,4 +279,51 @@ func RoundSize(requiredBytes, limitBytes, defaultBytes int64) (int64, error) {
 		return 0, fmt.Errorf("capacity range: %d required bytes round up to %d (a multiple of 4 KiB), over the limit of %d", requiredBytes, size, limitBytes)
 	}
 	return size, nil
+}
+
+// Mutable parameters (a VolumeAttributesClass's): the volume's QoS,
+// changed by ControllerModifyVolume while it is attached.
+const (
+	ParamMaxIOPS           = "maxIOPS"
+	ParamMaxBandwidthBytes = "maxBandwidthBytes"
+)
+
+// ParseQoS reads mutable parameters into QoS limits over base (nil: none
+// so far): each parameter given replaces its field, "0" removes that
+// limit. maxBandwidthBytes is bytes a second, a plain integer or a
+// Kubernetes quantity ("50Mi"). Anything else is a *ParamError.
+func ParseQoS(params map[string]string, base *v1alpha1.VolumeQoS) (*v1alpha1.VolumeQoS, error) {
+	q := v1alpha1.VolumeQoS{}
+	if base != nil {
+		q = *base
+	}
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		value := params[name]
+		switch name {
+		case ParamMaxIOPS:
+			n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+			if err != nil || n < 0 || n > 1<<40 {
+				return nil, &ParamError{Name: name, Value: value, Reason: "want a count of IOs a second (0: no limit)"}
+			}
+			q.MaxIOPS = n
+		case ParamMaxBandwidthBytes:
+			qty, err := resource.ParseQuantity(strings.TrimSpace(value))
+			n, ok := qty.AsInt64()
+			if err != nil || !ok || n < 0 {
+				return nil, &ParamError{Name: name, Value: value, Reason: "want bytes a second, like 52428800 or 50Mi (0: no limit)"}
+			}
+			q.MaxBandwidthBytes = n
+		default:
+			return nil, &ParamError{Name: name, Value: value, Reason: "unknown mutable parameter (known: maxIOPS, maxBandwidthBytes)"}
+		}
+	}
+	if q == (v1alpha1.VolumeQoS{}) {
+		return nil, nil
+	}
+	return &q, nil
 }

@@ -489,7 +489,8 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 		eng := &v1alpha1.Engine{ObjectMeta: metav1.ObjectMeta{Name: v.vol.Name, Namespace: v.vol.Namespace,
 			Labels: map[string]string{v1alpha1.LabelVolume: v.vol.Name, v1alpha1.LabelNode: target}},
 			Spec: v1alpha1.EngineSpec{VolumeName: v.vol.Name, VolumeSize: v.vol.Spec.Size, NodeID: target,
-				Frontend: v.vol.Spec.Frontend, DesiredState: v1alpha1.DesiredRunning, ReplicaAddressMap: addrs}}
+				Frontend: v.vol.Spec.Frontend, DesiredState: v1alpha1.DesiredRunning, ReplicaAddressMap: addrs,
+				QoS: v.vol.Spec.QoS.DeepCopy()}}
 		if from := v.vol.Spec.FromBackup; from != "" && !meta.IsStatusConditionTrue(v.vol.Status.Conditions, v1alpha1.VolumeConditionRestored) {
 			var bt v1alpha1.BackupTarget
 			if err := r.Get(ctx, types.NamespacedName{Namespace: v.vol.Namespace, Name: "default"}, &bt); err != nil {
@@ -518,15 +519,30 @@ func (r *volumeReconciler) reconcileEngine(ctx context.Context, v *volumeView) e
 			addrs[name] = addr // still ours, its instance is only down: keep it
 		}
 	}
-	if mapsEqual(addrs, v.engine.Spec.ReplicaAddressMap) && v.engine.Spec.VolumeSize == v.vol.Spec.Size {
+	if mapsEqual(addrs, v.engine.Spec.ReplicaAddressMap) && v.engine.Spec.VolumeSize == v.vol.Spec.Size &&
+		qosEqual(v.engine.Spec.QoS, v.vol.Spec.QoS) {
 		return nil
 	}
 	patch := client.MergeFrom(v.engine.DeepCopy())
 	v.engine.Spec.ReplicaAddressMap, v.engine.Spec.VolumeSize = addrs, v.vol.Spec.Size
+	// QoS follows the volume's while the engine runs (applied live).
+	v.engine.Spec.QoS = v.vol.Spec.QoS.DeepCopy()
 	if err := r.Patch(ctx, v.engine, patch); err != nil {
 		return fmt.Errorf("update engine of %s: %w", v.vol.Name, err)
 	}
 	return nil
+}
+
+// qosEqual compares QoS limits; unset is no limit.
+func qosEqual(a, b *v1alpha1.VolumeQoS) bool {
+	var za, zb v1alpha1.VolumeQoS
+	if a != nil {
+		za = *a
+	}
+	if b != nil {
+		zb = *b
+	}
+	return za == zb
 }
 
 // holdRebuilds removes from addrs the replicas that would join the

@@ -34,8 +34,9 @@ const maxIOBytes = 4 << 20
 // Server implements controlpb.ControlServer for one engine.
 type Server struct {
 	controlpb.UnimplementedControlServer
-	d *enginerun.Driver
-	v *enginerun.Volume
+	d   *enginerun.Driver
+	v   *enginerun.Volume
+	qos *device.Limiter // nil: SetQoS and GetQoS refuse
 }
 
 // NewServer returns a control server for the volume v runs on.
@@ -283,4 +284,32 @@ func (s *Server) Write(ctx context.Context, req *controlpb.WriteRequest) (*contr
 // Flush makes acknowledged writes durable.
 func (s *Server) Flush(ctx context.Context, _ *controlpb.Empty) (*controlpb.Empty, error) {
 	return &controlpb.Empty{}, toStatus(s.v.Flush(ctx))
+}
+
+// WithQoS gives the server the frontend's limiter, for SetQoS and GetQoS.
+func (s *Server) WithQoS(l *device.Limiter) *Server {
+	s.qos = l
+	return s
+}
+
+func (s *Server) SetQoS(_ context.Context, req *controlpb.QoSRequest) (*controlpb.QoSResponse, error) {
+	if s.qos == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this engine's frontend has no QoS limiter")
+	}
+	s.qos.SetLimits(device.QoSLimits{IOPS: req.MaxIops, BytesPerSecond: req.MaxBandwidthBytes})
+	return qosResponse(s.qos.Stats()), nil
+}
+
+func (s *Server) GetQoS(context.Context, *controlpb.Empty) (*controlpb.QoSResponse, error) {
+	if s.qos == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this engine's frontend has no QoS limiter")
+	}
+	return qosResponse(s.qos.Stats()), nil
+}
+
+func qosResponse(st device.QoSStats) *controlpb.QoSResponse {
+	return &controlpb.QoSResponse{MaxIops: st.Limits.IOPS, MaxBandwidthBytes: st.Limits.BytesPerSecond,
+		Generation: st.Generation, Admitted: st.Admitted, AdmittedBytes: st.AdmittedBytes, Delayed: st.Delayed,
+		Refills: st.Refills, MaxIosPerRefill: st.MaxIOsPerRefill, MaxBytesPerRefill: st.MaxBytesPerRefill,
+		IosPerRefill: st.IOsPerRefill, BytesPerRefill: st.BytesPerRefill}
 }

@@ -50,7 +50,23 @@ type EngineSpec struct {
 	// (host:port) for the replicas the engine should open.
 	// +optional
 	ReplicaAddressMap map[string]string `json:"replicaAddressMap,omitempty"`
+	// QoS is the volume's IO limits, applied to the running engine's
+	// frontend as they change.
+	// +optional
+	QoS *VolumeQoS `json:"qos,omitempty"`
 }
+
+// The agent's NBD server exports each engine's volume twice: under the
+// volume's name (EngineStatus.Endpoint), with its size, and under the
+// name plus GrowableExportSuffix, advertising GrowableExportBytes, where
+// IO past the volume's real end fails. A host that sees an export's size
+// once (nbdfuse) attaches the growable one behind a loop device limited
+// to the real size, and grows that limit when the volume grows: online
+// expansion with no reconnect.
+const (
+	GrowableExportSuffix = "~growable"
+	GrowableExportBytes  = 1 << 50
+)
 
 // EngineStatus is what the engine's agent reports.
 type EngineStatus struct {
@@ -70,6 +86,9 @@ type EngineStatus struct {
 	// volume.
 	// +optional
 	RestoredFrom string `json:"restoredFrom,omitempty"`
+	// QoS is the IO limits the running engine's frontend enforces now.
+	// +optional
+	QoS *VolumeQoS `json:"qos,omitempty"`
 	// Restarts counts how often the agent restarted the instance.
 	// +optional
 	Restarts int32 `json:"restarts,omitempty"`

@@ -146,6 +146,24 @@ type VolumeSpec struct {
 	// there); empty means detached.
 	// +optional
 	NodeID string `json:"nodeID,omitempty"`
+
+	// QoS limits the volume's IO at its frontend; it can change while
+	// the volume is attached, without restarting the engine.
+	// +optional
+	QoS *VolumeQoS `json:"qos,omitempty"`
+}
+
+// VolumeQoS are a volume's IO limits, enforced in its engine's frontend
+// (token buckets refilled every 100 ms). Zero or unset means no limit.
+type VolumeQoS struct {
+	// MaxIOPS is the most reads, writes, trims and write-zeroes a second.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	MaxIOPS int64 `json:"maxIOPS,omitempty"`
+	// MaxBandwidthBytes is the most bytes read and written a second.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	MaxBandwidthBytes int64 `json:"maxBandwidthBytes,omitempty"`
 }
 
 // VolumeStatus is what is true of a volume now.

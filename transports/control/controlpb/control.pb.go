@@ -25,6 +25,184 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type QoSRequest struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MaxIops           uint64                 `protobuf:"varint,1,opt,name=max_iops,json=maxIops,proto3" json:"max_iops,omitempty"`
+	MaxBandwidthBytes uint64                 `protobuf:"varint,2,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *QoSRequest) Reset() {
+	*x = QoSRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QoSRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QoSRequest) ProtoMessage() {}
+
+func (x *QoSRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QoSRequest.ProtoReflect.Descriptor instead.
+func (*QoSRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *QoSRequest) GetMaxIops() uint64 {
+	if x != nil {
+		return x.MaxIops
+	}
+	return 0
+}
+
+func (x *QoSRequest) GetMaxBandwidthBytes() uint64 {
+	if x != nil {
+		return x.MaxBandwidthBytes
+	}
+	return 0
+}
+
+// QoSResponse: the limits, and what the limiter did under them (see
+// device.QoSStats).
+type QoSResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MaxIops           uint64                 `protobuf:"varint,1,opt,name=max_iops,json=maxIops,proto3" json:"max_iops,omitempty"`
+	MaxBandwidthBytes uint64                 `protobuf:"varint,2,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
+	Generation        uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	Admitted          uint64                 `protobuf:"varint,4,opt,name=admitted,proto3" json:"admitted,omitempty"`
+	AdmittedBytes     uint64                 `protobuf:"varint,5,opt,name=admitted_bytes,json=admittedBytes,proto3" json:"admitted_bytes,omitempty"`
+	Delayed           uint64                 `protobuf:"varint,6,opt,name=delayed,proto3" json:"delayed,omitempty"`
+	Refills           uint64                 `protobuf:"varint,7,opt,name=refills,proto3" json:"refills,omitempty"`
+	MaxIosPerRefill   uint64                 `protobuf:"varint,8,opt,name=max_ios_per_refill,json=maxIosPerRefill,proto3" json:"max_ios_per_refill,omitempty"`
+	MaxBytesPerRefill uint64                 `protobuf:"varint,9,opt,name=max_bytes_per_refill,json=maxBytesPerRefill,proto3" json:"max_bytes_per_refill,omitempty"`
+	IosPerRefill      uint64                 `protobuf:"varint,10,opt,name=ios_per_refill,json=iosPerRefill,proto3" json:"ios_per_refill,omitempty"`
+	BytesPerRefill    uint64                 `protobuf:"varint,11,opt,name=bytes_per_refill,json=bytesPerRefill,proto3" json:"bytes_per_refill,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *QoSResponse) Reset() {
+	*x = QoSResponse{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QoSResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QoSResponse) ProtoMessage() {}
+
+func (x *QoSResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QoSResponse.ProtoReflect.Descriptor instead.
+func (*QoSResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *QoSResponse) GetMaxIops() uint64 {
+	if x != nil {
+		return x.MaxIops
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetMaxBandwidthBytes() uint64 {
+	if x != nil {
+		return x.MaxBandwidthBytes
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetAdmitted() uint64 {
+	if x != nil {
+		return x.Admitted
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetAdmittedBytes() uint64 {
+	if x != nil {
+		return x.AdmittedBytes
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetDelayed() uint64 {
+	if x != nil {
+		return x.Delayed
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetRefills() uint64 {
+	if x != nil {
+		return x.Refills
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetMaxIosPerRefill() uint64 {
+	if x != nil {
+		return x.MaxIosPerRefill
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetMaxBytesPerRefill() uint64 {
+	if x != nil {
+		return x.MaxBytesPerRefill
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetIosPerRefill() uint64 {
+	if x != nil {
+		return x.IosPerRefill
+	}
+	return 0
+}
+
+func (x *QoSResponse) GetBytesPerRefill() uint64 {
+	if x != nil {
+		return x.BytesPerRefill
+	}
+	return 0
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -33,7 +211,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +223,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +236,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{2}
 }
 
 type VolumeInfoRequest struct {
@@ -69,7 +247,7 @@ type VolumeInfoRequest struct {
 
 func (x *VolumeInfoRequest) Reset() {
 	*x = VolumeInfoRequest{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -81,7 +259,7 @@ func (x *VolumeInfoRequest) String() string {
 func (*VolumeInfoRequest) ProtoMessage() {}
 
 func (x *VolumeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -94,7 +272,7 @@ func (x *VolumeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfoRequest.ProtoReflect.Descriptor instead.
 func (*VolumeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{3}
 }
 
 type ReplicaStatus struct {
@@ -111,7 +289,7 @@ type ReplicaStatus struct {
 
 func (x *ReplicaStatus) Reset() {
 	*x = ReplicaStatus{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -123,7 +301,7 @@ func (x *ReplicaStatus) String() string {
 func (*ReplicaStatus) ProtoMessage() {}
 
 func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -136,7 +314,7 @@ func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReplicaStatus) GetId() string {
@@ -201,7 +379,7 @@ type RebuildProgress struct {
 
 func (x *RebuildProgress) Reset() {
 	*x = RebuildProgress{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +391,7 @@ func (x *RebuildProgress) String() string {
 func (*RebuildProgress) ProtoMessage() {}
 
 func (x *RebuildProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +404,7 @@ func (x *RebuildProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildProgress.ProtoReflect.Descriptor instead.
 func (*RebuildProgress) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RebuildProgress) GetTarget() string {
@@ -337,7 +515,7 @@ type VolumeInfoResponse struct {
 
 func (x *VolumeInfoResponse) Reset() {
 	*x = VolumeInfoResponse{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +527,7 @@ func (x *VolumeInfoResponse) String() string {
 func (*VolumeInfoResponse) ProtoMessage() {}
 
 func (x *VolumeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +540,7 @@ func (x *VolumeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfoResponse.ProtoReflect.Descriptor instead.
 func (*VolumeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *VolumeInfoResponse) GetVolume() string {
@@ -460,7 +638,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +650,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +663,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotRequest) GetName() string {
@@ -520,7 +698,7 @@ type SnapshotInfo struct {
 
 func (x *SnapshotInfo) Reset() {
 	*x = SnapshotInfo{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +710,7 @@ func (x *SnapshotInfo) String() string {
 func (*SnapshotInfo) ProtoMessage() {}
 
 func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +723,7 @@ func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
 func (*SnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SnapshotInfo) GetName() string {
@@ -600,7 +778,7 @@ type SnapshotListResponse struct {
 
 func (x *SnapshotListResponse) Reset() {
 	*x = SnapshotListResponse{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +790,7 @@ func (x *SnapshotListResponse) String() string {
 func (*SnapshotListResponse) ProtoMessage() {}
 
 func (x *SnapshotListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +803,7 @@ func (x *SnapshotListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotListResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotListResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SnapshotListResponse) GetNames() []string {
@@ -652,7 +830,7 @@ type ChangedExtentsRequest struct {
 
 func (x *ChangedExtentsRequest) Reset() {
 	*x = ChangedExtentsRequest{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +842,7 @@ func (x *ChangedExtentsRequest) String() string {
 func (*ChangedExtentsRequest) ProtoMessage() {}
 
 func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +855,7 @@ func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangedExtentsRequest.ProtoReflect.Descriptor instead.
 func (*ChangedExtentsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChangedExtentsRequest) GetFrom() string {
@@ -704,7 +882,7 @@ type Extent struct {
 
 func (x *Extent) Reset() {
 	*x = Extent{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +894,7 @@ func (x *Extent) String() string {
 func (*Extent) ProtoMessage() {}
 
 func (x *Extent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +907,7 @@ func (x *Extent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extent.ProtoReflect.Descriptor instead.
 func (*Extent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Extent) GetBlockIndex() uint64 {
@@ -756,7 +934,7 @@ type ChangedExtentsResponse struct {
 
 func (x *ChangedExtentsResponse) Reset() {
 	*x = ChangedExtentsResponse{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +946,7 @@ func (x *ChangedExtentsResponse) String() string {
 func (*ChangedExtentsResponse) ProtoMessage() {}
 
 func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +959,7 @@ func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangedExtentsResponse.ProtoReflect.Descriptor instead.
 func (*ChangedExtentsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ChangedExtentsResponse) GetBlockSizeBytes() uint32 {
@@ -810,7 +988,7 @@ type ExpandRequest struct {
 
 func (x *ExpandRequest) Reset() {
 	*x = ExpandRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +1000,7 @@ func (x *ExpandRequest) String() string {
 func (*ExpandRequest) ProtoMessage() {}
 
 func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +1013,7 @@ func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandRequest.ProtoReflect.Descriptor instead.
 func (*ExpandRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExpandRequest) GetSizeBytes() uint64 {
@@ -861,7 +1039,7 @@ type ReplicaListResponse struct {
 
 func (x *ReplicaListResponse) Reset() {
 	*x = ReplicaListResponse{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1051,7 @@ func (x *ReplicaListResponse) String() string {
 func (*ReplicaListResponse) ProtoMessage() {}
 
 func (x *ReplicaListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1064,7 @@ func (x *ReplicaListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaListResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaListResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicaListResponse) GetReplicas() []*ReplicaStatus {
@@ -913,7 +1091,7 @@ type ReplicaAddRequest struct {
 
 func (x *ReplicaAddRequest) Reset() {
 	*x = ReplicaAddRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1103,7 @@ func (x *ReplicaAddRequest) String() string {
 func (*ReplicaAddRequest) ProtoMessage() {}
 
 func (x *ReplicaAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1116,7 @@ func (x *ReplicaAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaAddRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaAddRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicaAddRequest) GetId() string {
@@ -985,7 +1163,7 @@ type ReplicaRemoveRequest struct {
 
 func (x *ReplicaRemoveRequest) Reset() {
 	*x = ReplicaRemoveRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1175,7 @@ func (x *ReplicaRemoveRequest) String() string {
 func (*ReplicaRemoveRequest) ProtoMessage() {}
 
 func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1188,7 @@ func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRemoveRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaRemoveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicaRemoveRequest) GetId() string {
@@ -1030,7 +1208,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1220,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1233,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadRequest) GetOffset() uint64 {
@@ -1081,7 +1259,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1271,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1284,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadResponse) GetData() []byte {
@@ -1127,7 +1305,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1317,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1330,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WriteRequest) GetOffset() uint64 {
@@ -1187,7 +1365,7 @@ type ReadSnapshotRequest struct {
 
 func (x *ReadSnapshotRequest) Reset() {
 	*x = ReadSnapshotRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1377,7 @@ func (x *ReadSnapshotRequest) String() string {
 func (*ReadSnapshotRequest) ProtoMessage() {}
 
 func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1390,7 @@ func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadSnapshotRequest) GetName() string {
@@ -1246,7 +1424,7 @@ type ReadSnapshotChunk struct {
 
 func (x *ReadSnapshotChunk) Reset() {
 	*x = ReadSnapshotChunk{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1436,7 @@ func (x *ReadSnapshotChunk) String() string {
 func (*ReadSnapshotChunk) ProtoMessage() {}
 
 func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1449,7 @@ func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotChunk.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadSnapshotChunk) GetOffset() uint64 {
@@ -1298,7 +1476,7 @@ type WriteZeroesRequest struct {
 
 func (x *WriteZeroesRequest) Reset() {
 	*x = WriteZeroesRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1488,7 @@ func (x *WriteZeroesRequest) String() string {
 func (*WriteZeroesRequest) ProtoMessage() {}
 
 func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1501,7 @@ func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteZeroesRequest.ProtoReflect.Descriptor instead.
 func (*WriteZeroesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WriteZeroesRequest) GetOffset() uint64 {
@@ -1344,7 +1522,26 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11drover.control.v1\"\a\n" +
+	"\rcontrol.proto\x12\x11drover.control.v1\"W\n" +
+	"\n" +
+	"QoSRequest\x12\x19\n" +
+	"\bmax_iops\x18\x01 \x01(\x04R\amaxIops\x12.\n" +
+	"\x13max_bandwidth_bytes\x18\x02 \x01(\x04R\x11maxBandwidthBytes\"\x9d\x03\n" +
+	"\vQoSResponse\x12\x19\n" +
+	"\bmax_iops\x18\x01 \x01(\x04R\amaxIops\x12.\n" +
+	"\x13max_bandwidth_bytes\x18\x02 \x01(\x04R\x11maxBandwidthBytes\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12\x1a\n" +
+	"\badmitted\x18\x04 \x01(\x04R\badmitted\x12%\n" +
+	"\x0eadmitted_bytes\x18\x05 \x01(\x04R\radmittedBytes\x12\x18\n" +
+	"\adelayed\x18\x06 \x01(\x04R\adelayed\x12\x18\n" +
+	"\arefills\x18\a \x01(\x04R\arefills\x12+\n" +
+	"\x12max_ios_per_refill\x18\b \x01(\x04R\x0fmaxIosPerRefill\x12/\n" +
+	"\x14max_bytes_per_refill\x18\t \x01(\x04R\x11maxBytesPerRefill\x12$\n" +
+	"\x0eios_per_refill\x18\n" +
+	" \x01(\x04R\fiosPerRefill\x12(\n" +
+	"\x10bytes_per_refill\x18\v \x01(\x04R\x0ebytesPerRefill\"\a\n" +
 	"\x05Empty\"\x13\n" +
 	"\x11VolumeInfoRequest\"}\n" +
 	"\rReplicaStatus\x12\x0e\n" +
@@ -1451,8 +1648,7 @@ const file_control_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"D\n" +
 	"\x12WriteZeroesRequest\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\x04R\x06length2\xbd\n" +
-	"\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length2\xca\v\n" +
 	"\aControl\x12Y\n" +
 	"\n" +
 	"VolumeInfo\x12$.drover.control.v1.VolumeInfoRequest\x1a%.drover.control.v1.VolumeInfoResponse\x12N\n" +
@@ -1472,7 +1668,9 @@ const file_control_proto_rawDesc = "" +
 	"\x05Write\x12\x1f.drover.control.v1.WriteRequest\x1a\x18.drover.control.v1.Empty\x12;\n" +
 	"\x05Flush\x12\x18.drover.control.v1.Empty\x1a\x18.drover.control.v1.Empty\x12^\n" +
 	"\fReadSnapshot\x12&.drover.control.v1.ReadSnapshotRequest\x1a$.drover.control.v1.ReadSnapshotChunk0\x01\x12N\n" +
-	"\vWriteZeroes\x12%.drover.control.v1.WriteZeroesRequest\x1a\x18.drover.control.v1.EmptyB:Z8github.com/drover-io/drover/transports/control/controlpbb\x06proto3"
+	"\vWriteZeroes\x12%.drover.control.v1.WriteZeroesRequest\x1a\x18.drover.control.v1.Empty\x12G\n" +
+	"\x06SetQoS\x12\x1d.drover.control.v1.QoSRequest\x1a\x1e.drover.control.v1.QoSResponse\x12B\n" +
+	"\x06GetQoS\x12\x18.drover.control.v1.Empty\x1a\x1e.drover.control.v1.QoSResponseB:Z8github.com/drover-io/drover/transports/control/controlpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1486,77 +1684,83 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_control_proto_goTypes = []any{
-	(*Empty)(nil),                  // 0: drover.control.v1.Empty
-	(*VolumeInfoRequest)(nil),      // 1: drover.control.v1.VolumeInfoRequest
-	(*ReplicaStatus)(nil),          // 2: drover.control.v1.ReplicaStatus
-	(*RebuildProgress)(nil),        // 3: drover.control.v1.RebuildProgress
-	(*VolumeInfoResponse)(nil),     // 4: drover.control.v1.VolumeInfoResponse
-	(*SnapshotRequest)(nil),        // 5: drover.control.v1.SnapshotRequest
-	(*SnapshotInfo)(nil),           // 6: drover.control.v1.SnapshotInfo
-	(*SnapshotListResponse)(nil),   // 7: drover.control.v1.SnapshotListResponse
-	(*ChangedExtentsRequest)(nil),  // 8: drover.control.v1.ChangedExtentsRequest
-	(*Extent)(nil),                 // 9: drover.control.v1.Extent
-	(*ChangedExtentsResponse)(nil), // 10: drover.control.v1.ChangedExtentsResponse
-	(*ExpandRequest)(nil),          // 11: drover.control.v1.ExpandRequest
-	(*ReplicaListResponse)(nil),    // 12: drover.control.v1.ReplicaListResponse
-	(*ReplicaAddRequest)(nil),      // 13: drover.control.v1.ReplicaAddRequest
-	(*ReplicaRemoveRequest)(nil),   // 14: drover.control.v1.ReplicaRemoveRequest
-	(*ReadRequest)(nil),            // 15: drover.control.v1.ReadRequest
-	(*ReadResponse)(nil),           // 16: drover.control.v1.ReadResponse
-	(*WriteRequest)(nil),           // 17: drover.control.v1.WriteRequest
-	(*ReadSnapshotRequest)(nil),    // 18: drover.control.v1.ReadSnapshotRequest
-	(*ReadSnapshotChunk)(nil),      // 19: drover.control.v1.ReadSnapshotChunk
-	(*WriteZeroesRequest)(nil),     // 20: drover.control.v1.WriteZeroesRequest
-	nil,                            // 21: drover.control.v1.SnapshotRequest.LabelsEntry
-	nil,                            // 22: drover.control.v1.SnapshotInfo.LabelsEntry
+	(*QoSRequest)(nil),             // 0: drover.control.v1.QoSRequest
+	(*QoSResponse)(nil),            // 1: drover.control.v1.QoSResponse
+	(*Empty)(nil),                  // 2: drover.control.v1.Empty
+	(*VolumeInfoRequest)(nil),      // 3: drover.control.v1.VolumeInfoRequest
+	(*ReplicaStatus)(nil),          // 4: drover.control.v1.ReplicaStatus
+	(*RebuildProgress)(nil),        // 5: drover.control.v1.RebuildProgress
+	(*VolumeInfoResponse)(nil),     // 6: drover.control.v1.VolumeInfoResponse
+	(*SnapshotRequest)(nil),        // 7: drover.control.v1.SnapshotRequest
+	(*SnapshotInfo)(nil),           // 8: drover.control.v1.SnapshotInfo
+	(*SnapshotListResponse)(nil),   // 9: drover.control.v1.SnapshotListResponse
+	(*ChangedExtentsRequest)(nil),  // 10: drover.control.v1.ChangedExtentsRequest
+	(*Extent)(nil),                 // 11: drover.control.v1.Extent
+	(*ChangedExtentsResponse)(nil), // 12: drover.control.v1.ChangedExtentsResponse
+	(*ExpandRequest)(nil),          // 13: drover.control.v1.ExpandRequest
+	(*ReplicaListResponse)(nil),    // 14: drover.control.v1.ReplicaListResponse
+	(*ReplicaAddRequest)(nil),      // 15: drover.control.v1.ReplicaAddRequest
+	(*ReplicaRemoveRequest)(nil),   // 16: drover.control.v1.ReplicaRemoveRequest
+	(*ReadRequest)(nil),            // 17: drover.control.v1.ReadRequest
+	(*ReadResponse)(nil),           // 18: drover.control.v1.ReadResponse
+	(*WriteRequest)(nil),           // 19: drover.control.v1.WriteRequest
+	(*ReadSnapshotRequest)(nil),    // 20: drover.control.v1.ReadSnapshotRequest
+	(*ReadSnapshotChunk)(nil),      // 21: drover.control.v1.ReadSnapshotChunk
+	(*WriteZeroesRequest)(nil),     // 22: drover.control.v1.WriteZeroesRequest
+	nil,                            // 23: drover.control.v1.SnapshotRequest.LabelsEntry
+	nil,                            // 24: drover.control.v1.SnapshotInfo.LabelsEntry
 }
 var file_control_proto_depIdxs = []int32{
-	2,  // 0: drover.control.v1.VolumeInfoResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
-	3,  // 1: drover.control.v1.VolumeInfoResponse.rebuild:type_name -> drover.control.v1.RebuildProgress
-	3,  // 2: drover.control.v1.VolumeInfoResponse.last_rebuild:type_name -> drover.control.v1.RebuildProgress
-	21, // 3: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
-	22, // 4: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
-	6,  // 5: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
-	9,  // 6: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
-	2,  // 7: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
-	1,  // 8: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
-	5,  // 9: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
-	0,  // 10: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
-	5,  // 11: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
-	5,  // 12: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
-	8,  // 13: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
-	11, // 14: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
-	0,  // 15: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
-	13, // 16: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
-	14, // 17: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
-	0,  // 18: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
-	0,  // 19: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
-	15, // 20: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
-	17, // 21: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
-	0,  // 22: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
-	18, // 23: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
-	20, // 24: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
-	4,  // 25: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
-	0,  // 26: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
-	7,  // 27: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
-	0,  // 28: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
-	0,  // 29: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
-	10, // 30: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
-	0,  // 31: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
-	12, // 32: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
-	0,  // 33: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
-	0,  // 34: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
-	0,  // 35: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
-	0,  // 36: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
-	16, // 37: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
-	0,  // 38: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
-	0,  // 39: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
-	19, // 40: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
-	0,  // 41: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
-	25, // [25:42] is the sub-list for method output_type
-	8,  // [8:25] is the sub-list for method input_type
+	4,  // 0: drover.control.v1.VolumeInfoResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
+	5,  // 1: drover.control.v1.VolumeInfoResponse.rebuild:type_name -> drover.control.v1.RebuildProgress
+	5,  // 2: drover.control.v1.VolumeInfoResponse.last_rebuild:type_name -> drover.control.v1.RebuildProgress
+	23, // 3: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
+	24, // 4: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
+	8,  // 5: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
+	11, // 6: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
+	4,  // 7: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
+	3,  // 8: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
+	7,  // 9: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
+	2,  // 10: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
+	7,  // 11: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
+	7,  // 12: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
+	10, // 13: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
+	13, // 14: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
+	2,  // 15: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
+	15, // 16: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
+	16, // 17: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
+	2,  // 18: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
+	2,  // 19: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
+	17, // 20: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
+	19, // 21: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
+	2,  // 22: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
+	20, // 23: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
+	22, // 24: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
+	0,  // 25: drover.control.v1.Control.SetQoS:input_type -> drover.control.v1.QoSRequest
+	2,  // 26: drover.control.v1.Control.GetQoS:input_type -> drover.control.v1.Empty
+	6,  // 27: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
+	2,  // 28: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
+	9,  // 29: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
+	2,  // 30: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
+	2,  // 31: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
+	12, // 32: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
+	2,  // 33: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
+	14, // 34: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
+	2,  // 35: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
+	2,  // 36: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
+	2,  // 37: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
+	2,  // 38: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
+	18, // 39: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
+	2,  // 40: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
+	2,  // 41: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
+	21, // 42: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
+	2,  // 43: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
+	1,  // 44: drover.control.v1.Control.SetQoS:output_type -> drover.control.v1.QoSResponse
+	1,  // 45: drover.control.v1.Control.GetQoS:output_type -> drover.control.v1.QoSResponse
+	27, // [27:46] is the sub-list for method output_type
+	8,  // [8:27] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -1573,7 +1777,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

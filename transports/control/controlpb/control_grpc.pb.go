@@ -40,6 +40,8 @@ const (
 	Control_Flush_FullMethodName          = "/drover.control.v1.Control/Flush"
 	Control_ReadSnapshot_FullMethodName   = "/drover.control.v1.Control/ReadSnapshot"
 	Control_WriteZeroes_FullMethodName    = "/drover.control.v1.Control/WriteZeroes"
+	Control_SetQoS_FullMethodName         = "/drover.control.v1.Control/SetQoS"
+	Control_GetQoS_FullMethodName         = "/drover.control.v1.Control/GetQoS"
 )
 
 // ControlClient is the client API for Control service.
@@ -87,6 +89,11 @@ type ControlClient interface {
 	ReadSnapshot(ctx context.Context, in *ReadSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadSnapshotChunk], error)
 	// WriteZeroes makes a range read as zeros (restores use it).
 	WriteZeroes(ctx context.Context, in *WriteZeroesRequest, opts ...grpc.CallOption) (*Empty, error)
+	// SetQoS replaces the frontend's IO limits (0: none) at once, for IOs
+	// in flight too, without restarting anything; GetQoS reads them with
+	// the limiter's counters since they were set.
+	SetQoS(ctx context.Context, in *QoSRequest, opts ...grpc.CallOption) (*QoSResponse, error)
+	GetQoS(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*QoSResponse, error)
 }
 
 type controlClient struct {
@@ -276,6 +283,26 @@ func (c *controlClient) WriteZeroes(ctx context.Context, in *WriteZeroesRequest,
 	return out, nil
 }
 
+func (c *controlClient) SetQoS(ctx context.Context, in *QoSRequest, opts ...grpc.CallOption) (*QoSResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QoSResponse)
+	err := c.cc.Invoke(ctx, Control_SetQoS_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) GetQoS(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*QoSResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QoSResponse)
+	err := c.cc.Invoke(ctx, Control_GetQoS_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -321,6 +348,11 @@ type ControlServer interface {
 	ReadSnapshot(*ReadSnapshotRequest, grpc.ServerStreamingServer[ReadSnapshotChunk]) error
 	// WriteZeroes makes a range read as zeros (restores use it).
 	WriteZeroes(context.Context, *WriteZeroesRequest) (*Empty, error)
+	// SetQoS replaces the frontend's IO limits (0: none) at once, for IOs
+	// in flight too, without restarting anything; GetQoS reads them with
+	// the limiter's counters since they were set.
+	SetQoS(context.Context, *QoSRequest) (*QoSResponse, error)
+	GetQoS(context.Context, *Empty) (*QoSResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -381,6 +413,12 @@ func (UnimplementedControlServer) ReadSnapshot(*ReadSnapshotRequest, grpc.Server
 }
 func (UnimplementedControlServer) WriteZeroes(context.Context, *WriteZeroesRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method WriteZeroes not implemented")
+}
+func (UnimplementedControlServer) SetQoS(context.Context, *QoSRequest) (*QoSResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetQoS not implemented")
+}
+func (UnimplementedControlServer) GetQoS(context.Context, *Empty) (*QoSResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQoS not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -702,6 +740,42 @@ func _Control_WriteZeroes_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_SetQoS_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QoSRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).SetQoS(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_SetQoS_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).SetQoS(ctx, req.(*QoSRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_GetQoS_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Empty)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetQoS(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetQoS_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetQoS(ctx, req.(*Empty))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -772,6 +846,14 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WriteZeroes",
 			Handler:    _Control_WriteZeroes_Handler,
+		},
+		{
+			MethodName: "SetQoS",
+			Handler:    _Control_SetQoS_Handler,
+		},
+		{
+			MethodName: "GetQoS",
+			Handler:    _Control_GetQoS_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
