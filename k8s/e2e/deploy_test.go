@@ -92,6 +92,22 @@ func (c *cluster) adapt(t *testing.T, obj *unstructured.Unstructured) {
 		}
 		containers[i] = ctr
 	}
+	if obj.GetName() == "drover-manager" {
+		// The backup target of the snapshot step is a directory on the
+		// node (a shared filesystem on a real cluster): the manager
+		// lists and deletes its backups.
+		dir := c.path("drover", "backups")
+		for i := range containers {
+			ctr := containers[i].(map[string]any)
+			if ctr["name"] == "manager" {
+				mounts, _, _ := unstructured.NestedSlice(ctr, "volumeMounts")
+				ctr["volumeMounts"] = append(mounts, map[string]any{"name": "backups", "mountPath": dir})
+			}
+		}
+		vols, _, _ := unstructured.NestedSlice(spec, "volumes")
+		spec["volumes"] = append(vols, map[string]any{"name": "backups",
+			"hostPath": map[string]any{"path": dir, "type": "DirectoryOrCreate"}})
+	}
 	spec["containers"] = containers
 	must(t, unstructured.SetNestedMap(obj.Object, spec, "spec", "template", "spec"))
 }

@@ -664,13 +664,28 @@ func (r *run) scenario() {
 	// The snapshot is taken while the reader holds the volume: a Drover
 	// snapshot is taken by the volume's engine, which runs only while the
 	// volume is attached.
-	r.step("VolumeSnapshot (volume in use) → restored PVC → third Pod reads it", false, func(t *testing.T) {
+	r.step("VolumeSnapshot (backup class, volume in use) → restored PVC → third Pod reads it", false, func(t *testing.T) {
 		reader := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "reader"}}
 		defer r.deleteAndWait(reader, 120*time.Second)
+		// A volume is filled only from a backup (not yet from a Drover
+		// snapshot): the class takes backups to a directory target on
+		// the node, under the agent's data directory.
+		// The directory exists first (a target is never created), open
+		// to the manager's user, which lists and deletes backups.
+		must(t, os.MkdirAll(r.c.path("drover", "backups"), 0o777))
+		must(t, os.Chmod(r.c.path("drover", "backups"), 0o1777))
+		r.create(&v1alpha1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Namespace: droverNS, Name: "default"},
+			Spec: v1alpha1.BackupTargetSpec{URL: r.c.path("drover", "backups")}})
+		backupClass := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+			"metadata": map[string]any{"name": "drover-backup"}, "driver": driverName, "deletionPolicy": "Delete",
+			"parameters": map[string]any{"type": "backup"},
+		}}
+		r.create(backupClass)
 		snap := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
 			"metadata": map[string]any{"name": "data-snap", "namespace": appNS},
-			"spec": map[string]any{"volumeSnapshotClassName": "drover",
+			"spec": map[string]any{"volumeSnapshotClassName": "drover-backup",
 				"source": map[string]any{"persistentVolumeClaimName": "data"}},
 		}}
 		r.create(snap)
@@ -858,6 +873,7 @@ func (r *run) scenario() {
 			var reps v1alpha1.ReplicaList
 			var engs v1alpha1.EngineList
 			var snaps v1alpha1.SnapshotList
+			var backups v1alpha1.BackupList
 			vss, vscs := list("VolumeSnapshotList"), list("VolumeSnapshotContentList")
 			lists := []struct {
 				name string
@@ -873,6 +889,7 @@ func (r *run) scenario() {
 				{"Replicas", &reps, func() int { return len(reps.Items) }},
 				{"Engines", &engs, func() int { return len(engs.Items) }},
 				{"Snapshots", &snaps, func() int { return len(snaps.Items) }},
+				{"Backups", &backups, func() int { return len(backups.Items) }},
 			}
 			var left []string
 			for _, x := range lists {
