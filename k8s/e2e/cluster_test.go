@@ -35,7 +35,10 @@ type cluster struct {
 	node    string // the node's name
 	apiPort int
 	ports   map[string]int
-	config  *rest.Config
+	// loopsBefore are the loop devices attached before the cluster
+	// started: the ones attached since are the cluster's.
+	loopsBefore map[string]bool
+	config      *rest.Config
 }
 
 // processes in the order they start; teardown stops them in reverse.
@@ -428,6 +431,28 @@ func teardown(root string) []string {
 	return problems
 }
 
+// attachedLoops lists the attached loop devices (loopN with a backing file).
+func attachedLoops() map[string]bool {
+	out := map[string]bool{}
+	dirs, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range dirs {
+		out[filepath.Base(filepath.Dir(filepath.Dir(f)))] = true
+	}
+	return out
+}
+
+// newLoops lists the loop devices attached since the cluster started.
+func (c *cluster) newLoops() []string {
+	var out []string
+	for l := range attachedLoops() {
+		if !c.loopsBefore[l] {
+			out = append(out, l)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // mountsUnder lists the mount points at or below root.
 func mountsUnder(root string) []string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
@@ -486,7 +511,7 @@ func newCluster(t *testing.T, root, bin string) *cluster {
 	if err := syscall.Mount("", root, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
 		t.Fatalf("make %s a shared mount: %v", root, err)
 	}
-	c := &cluster{root: root, bin: bin, node: "e2e-node", ports: map[string]int{}}
+	c := &cluster{root: root, bin: bin, node: "e2e-node", ports: map[string]int{}, loopsBefore: attachedLoops()}
 	for _, p := range []string{"etcd", "etcd-peer", "etcd-metrics", "kcm", "scheduler", "kubelet", "kubelet-healthz"} {
 		c.ports[p] = freePort(t)
 	}
