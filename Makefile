@@ -46,6 +46,20 @@ CONTROLLER_TOOLS_VERSION := v0.23.0
 K8S_BIN_CACHE       ?= /var/cache/drover/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)-controller-tools-$(CONTROLLER_TOOLS_VERSION)
 K8S_BINS_STAMP      := $(BIN)/.k8s-bins-$(K8S_VERSION)-$(ETCD_VERSION)-$(CONTROLLER_TOOLS_VERSION)
 export KUBEBUILDER_ASSETS ?= $(BIN)
+# make e2e runs a real single-node Kubernetes: besides kube-apiserver and
+# etcd (above) it needs the kubelet, controller manager and scheduler and
+# the CSI sidecars with the snapshot controller and CRDs, built by
+# k8s/hack/build-e2e-bins.sh into their own versioned cache (about 30 min
+# cold on 2 cores, seconds warm). node-driver-registrar and livenessprobe
+# are not served by the module proxy: drover registers itself with the
+# kubelet (k8s/pluginreg).
+CSI_PROVISIONER_VERSION := v6.4.0
+CSI_ATTACHER_VERSION    := v4.13.0
+CSI_RESIZER_VERSION     := v2.3.0
+CSI_SNAPSHOTTER_VERSION := v8.7.0
+E2E_BIN_VERSIONS        := $(K8S_VERSION)-provisioner-$(CSI_PROVISIONER_VERSION)-attacher-$(CSI_ATTACHER_VERSION)-resizer-$(CSI_RESIZER_VERSION)-snapshotter-$(CSI_SNAPSHOTTER_VERSION)
+E2E_BIN_CACHE           ?= /var/cache/drover/k8s-e2e-$(E2E_BIN_VERSIONS)
+E2E_BINS_STAMP          := $(BIN)/.k8s-e2e-bins-$(E2E_BIN_VERSIONS)
 
 export RAPID_CHECKS
 
@@ -63,7 +77,7 @@ export SIM_SEED_WINDOW
 fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 	| sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)$$|\1 \2|' | sort -u
 
-.PHONY: k8s-bins crds k8s-scale image test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
+.PHONY: k8s-bins k8s-e2e-bins e2e crds k8s-scale image test-race versitygw bench-backup bench-rebuild help build test fuzz-smoke lint sim-long fuzz bench run clean iscsi-compare conformance iscsi-soak iscsi-perf-compare proto
 
 help:
 	@echo "make build     build bin/drover"
@@ -81,6 +95,8 @@ help:
 	@echo "make run       build and run 'drover dev': a 1 GiB volume, three local replicas, NBD (DATA_DIR=$(DATA_DIR))"
 	@echo "make versitygw build the S3 server the backup tests use into bin/ (make test does)"
 	@echo "make k8s-bins  build kube-apiserver $(K8S_VERSION), etcd $(ETCD_VERSION), controller-gen $(CONTROLLER_TOOLS_VERSION) into bin/ via $(K8S_BIN_CACHE) (make test does)"
+	@echo "make k8s-e2e-bins  build kubelet, controller manager, scheduler $(K8S_VERSION) and the CSI sidecars into bin/ via $(E2E_BIN_CACHE)"
+	@echo "make e2e       Drover on a real single-node Kubernetes (kubelet, containerd): PVC, Pod, snapshot, restore, expand, replica kill, cleanup"
 	@echo "make image     bin/drover-image.tar: a reproducible docker-archive image of drover ($(IMAGE_TAG)), no registry needed"
 	@echo "make k8s-scale the manager's memory with K8S_SCALE (default $(K8S_SCALE)) volumes against none, in one run"
 	@echo "make crds      regenerate deploy/crds and k8s/api's deepcopy code with controller-gen"
@@ -159,6 +175,26 @@ k8s-bins: $(K8S_BINS_STAMP)
 $(K8S_BINS_STAMP): k8s/hack/build-bins.sh
 	GO=$(GO) k8s/hack/build-bins.sh $(BIN) $(K8S_BIN_CACHE) $(K8S_VERSION) $(ETCD_VERSION) $(CONTROLLER_TOOLS_VERSION)
 	@touch $@
+
+k8s-e2e-bins: $(E2E_BINS_STAMP)
+$(E2E_BINS_STAMP): k8s/hack/build-e2e-bins.sh
+	GO=$(GO) k8s/hack/build-e2e-bins.sh $(BIN) $(E2E_BIN_CACHE) $(K8S_VERSION) \
+		$(CSI_PROVISIONER_VERSION) $(CSI_ATTACHER_VERSION) $(CSI_RESIZER_VERSION) $(CSI_SNAPSHOTTER_VERSION)
+	@touch $@
+
+# e2e runs Drover on a real single-node Kubernetes (k8s/e2e): etcd,
+# kube-apiserver, controller manager, scheduler and kubelet from the
+# binaries above, containerd, runc and the CNI plugins from Debian, and
+# Drover's manager, agent and CSI driver as Pods of deploy/manifests from
+# make image's image. Root only; the cluster lives in E2E_ROOT and is torn
+# down (by PID files) at the end, also when a step fails. It prints each
+# step's time and the whole run's wall time.
+E2E_ROOT            ?= /var/tmp/drover-e2e
+E2E_TIMEOUT         ?= 30m
+e2e: $(K8S_BINS_STAMP) $(E2E_BINS_STAMP) image
+	@start=$$(date +%s); \
+	DROVER_E2E=1 DROVER_E2E_ROOT=$(E2E_ROOT) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -run '^TestEndToEnd$$' -v ./k8s/e2e; rc=$$?; \
+	echo "make e2e: wall time $$(( $$(date +%s) - start )) s (binaries and image ready before)"; exit $$rc
 
 # crds regenerates the committed CRDs (and the Helm chart's copy) and
 # deepcopy code from k8s/api's Go types; k8s/api's TestCRDsUpToDate fails

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/csi"
+	"github.com/drover-io/drover/k8s/pluginreg"
 )
 
 func init() { subcommands = append(subcommands, newCSICmd) }
@@ -43,7 +45,7 @@ refused with InvalidArgument naming it.`
 func newCSICmd() *cobra.Command {
 	var kf kubeFlags
 	var cfg csi.Config
-	var endpoint, mode string
+	var endpoint, mode, registryDir string
 	cmd := &cobra.Command{Use: "csi --endpoint unix:///PATH --mode controller|node|all", Short: "Serve the CSI driver (controller and node services)",
 		Long: csiLong, Args: cobra.NoArgs,
 		Example: `  # controller, beside the manager and the CSI sidecars
@@ -80,10 +82,35 @@ func newCSICmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return d.Serve(ctx, lis)
+			if registryDir == "" || m == csi.ModeController {
+				return d.Serve(ctx, lis)
+			}
+			// Register with the kubelet once the CSI socket listens; the
+			// driver stops when the registration server fails.
+			name := cfg.Name
+			if name == "" {
+				name = csi.DefaultDriverName
+			}
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			regErr := make(chan error, 1)
+			go func() {
+				err := pluginreg.Serve(ctx, registryDir, name, endpoint, nil)
+				if err != nil {
+					cancel()
+				}
+				regErr <- err
+			}()
+			err = d.Serve(ctx, lis)
+			cancel()
+			if rerr := <-regErr; err == nil {
+				err = rerr
+			}
+			return err
 		}}
 	kf.register(cmd)
 	cmd.Flags().StringVar(&endpoint, "endpoint", envOr("CSI_ENDPOINT", "unix:///csi/csi.sock"), "unix socket to serve on ($CSI_ENDPOINT)")
+	cmd.Flags().StringVar(&registryDir, "kubelet-registry-dir", "", "the kubelet's plugins_registry directory: register the node service with the kubelet there (node and all modes; e.g. /var/lib/kubelet/plugins_registry)")
 	cmd.Flags().StringVar(&mode, "mode", "all", "services to serve: controller, node or all")
 	cmd.Flags().StringVar(&cfg.Name, "driver-name", csi.DefaultDriverName, "CSI driver name (the StorageClass's provisioner)")
 	cmd.Flags().StringVar(&cfg.NodeID, "node-id", envOr("NODE_NAME", ""), "this node's name, as the agent registers it ($NODE_NAME; node and all modes)")

@@ -1,5 +1,7 @@
 // Package k8stest starts a real kube-apiserver and etcd for tests, through
-// controller-runtime's envtest, with Drover's CRDs (deploy/crds) installed.
+// controller-runtime's envtest, with Drover's CRDs (deploy/crds) and the
+// snapshot CRDs its CSI driver uses (deploy/snapshot-controller/crds,
+// external-snapshotter's) installed.
 // The binaries come from KUBEBUILDER_ASSETS, or the repository's bin/
 // where `make k8s-bins` (run by `make test`) puts them; when they are
 // missing the test stops through transports/testenv (a skip on a
@@ -111,7 +113,10 @@ func Start(t testing.TB) *Env {
 func newEnvironment() *envtest.Environment {
 	return &envtest.Environment{
 		BinaryAssetsDirectory: Assets(),
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "deploy", "crds")},
+		CRDDirectoryPaths: []string{
+			filepath.Join(RepoRoot(), "deploy", "crds"),
+			filepath.Join(RepoRoot(), "deploy", "snapshot-controller", "crds"),
+		},
 		ErrorIfCRDPathMissing: true,
 	}
 }

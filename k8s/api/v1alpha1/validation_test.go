@@ -101,9 +101,10 @@ func TestValidationInTheAPIServer(t *testing.T) {
 	}
 
 	t.Run("manifests", func(t *testing.T) { dryRunManifests(t, c) })
+	t.Run("csi-examples", func(t *testing.T) { dryRunCSIExamples(t, c) })
 	t.Run("chart", func(t *testing.T) {
 		for _, obj := range renderChart(t, k8stest.Namespace) {
-			if err := c.Create(context.Background(), obj, client.DryRunAll); err != nil {
+			if err := c.Create(context.Background(), obj, client.DryRunAll, client.FieldValidation("Strict")); err != nil {
 				t.Errorf("chart: %s %s: %v", obj.GetKind(), obj.GetName(), err)
 			}
 		}
@@ -118,10 +119,18 @@ func TestValidationInTheAPIServer(t *testing.T) {
 	}
 }
 
+// clusterScoped are the kinds in deploy/manifests that have no namespace.
+var clusterScoped = map[string]bool{"Namespace": true, "CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true}
+
 // manifestObjects reads every object of deploy/manifests.
 func manifestObjects(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
-	dir := filepath.Join(k8stest.RepoRoot(), "deploy", "manifests")
+	return yamlObjects(t, filepath.Join(k8stest.RepoRoot(), "deploy", "manifests"))
+}
+
+// yamlObjects reads every object of the YAML files in dir.
+func yamlObjects(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests in %s: %v", dir, err)
@@ -151,7 +160,7 @@ func manifestObjects(t *testing.T) []*unstructured.Unstructured {
 // are checked by the real thing, nothing is stored.
 func dryRunManifests(t *testing.T, c client.Client) {
 	for _, obj := range manifestObjects(t) {
-		err := c.Create(context.Background(), obj, client.DryRunAll)
+		err := c.Create(context.Background(), obj, client.DryRunAll, client.FieldValidation("Strict"))
 		if obj.GetKind() == "Namespace" && apierrors.IsAlreadyExists(err) {
 			continue // the test environment made it
 		}
@@ -247,7 +256,11 @@ func TestChartMatchesTheManifests(t *testing.T) {
 		if !want[key(o)] {
 			t.Errorf("the chart renders %s, which deploy/manifests lacks", key(o))
 		}
-		if o.GetNamespace() != "elsewhere" {
+		if clusterScoped[o.GetKind()] {
+			if o.GetNamespace() != "" {
+				t.Errorf("%s is cluster-scoped but has namespace %q", key(o), o.GetNamespace())
+			}
+		} else if o.GetNamespace() != "elsewhere" {
 			t.Errorf("%s is not in the release's namespace: %q", key(o), o.GetNamespace())
 		}
 		if o.GetKind() == "Setting" {
