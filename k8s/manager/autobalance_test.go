@@ -14,7 +14,6 @@ import (
 
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/k8stest"
-	"github.com/drover-io/drover/k8s/manager"
 )
 
 // playAgents marks every Replica of vol running and the volume's Engine
@@ -70,18 +69,7 @@ func TestReplicaAutoBalance(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mgr, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, Resync: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	startManager(t, env, ctx, cancel, 100*time.Millisecond)
 	addNode(t, c, "a", 100*gib)
 	two := int32(2)
 	vol := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "v", Namespace: k8stest.Namespace},
@@ -132,18 +120,7 @@ func TestEngineMovesOffADeadNode(t *testing.T) {
 	if err := c.Create(ctx, grace); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, Resync: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	startManager(t, env, ctx, cancel, 100*time.Millisecond)
 	addNode(t, c, "a", 100*gib)
 	addNode(t, c, "b", 100*gib)
 	alive := map[string]bool{"a": true, "b": true}

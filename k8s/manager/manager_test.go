@@ -85,18 +85,7 @@ func TestSchedulingAgainstTheAPIServer(t *testing.T) {
 	if err := c.Create(ctx, grace); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, Resync: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	startManager(t, env, ctx, cancel, 200*time.Millisecond)
 	addNode(t, c, "a", 100*gib)
 	addNode(t, c, "b", 100*gib)
 
@@ -269,4 +258,22 @@ func controllerutilHas(n *v1alpha1.Node, f string, c client.Client) bool {
 		}
 	}
 	return false
+}
+
+// startManager runs the manager's controllers in process against env
+// until the test ends (cancel stops it, and its error fails the test).
+func startManager(t *testing.T, env *k8stest.Env, ctx context.Context, cancel context.CancelFunc, resync time.Duration) {
+	t.Helper()
+	mgr, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, Resync: resync})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
 }

@@ -494,9 +494,14 @@ func (r *volumeReconciler) bestEffortLocality(ctx context.Context, v *volumeView
 	if !ok {
 		return nil
 	}
+	return r.dropReplicaAt(ctx, v, far)
+}
+
+// dropReplicaAt deletes the volume's replica placed at p, if any.
+func (r *volumeReconciler) dropReplicaAt(ctx context.Context, v *volumeView, p schedule.Placement) error {
 	for i := range v.replicas {
 		rep := &v.replicas[i]
-		if rep.Spec.NodeID == far.Node && rep.Spec.DiskName == far.Disk {
+		if rep.Spec.NodeID == p.Node && rep.Spec.DiskName == p.Disk {
 			if err := r.deleteReplica(ctx, rep); client.IgnoreNotFound(err) != nil {
 				return fmt.Errorf("drop replica %s of %s: %w", rep.Name, v.vol.Name, err)
 			}
@@ -543,17 +548,7 @@ func (r *volumeReconciler) autoBalance(ctx context.Context, v *volumeView) error
 		}
 		return r.createReplica(ctx, v, m.To)
 	case len(v.replicas) == want+1:
-		drop := schedule.Surplus(nodes, placements, zones)
-		for i := range v.replicas {
-			rep := &v.replicas[i]
-			if rep.Spec.NodeID == drop.Node && rep.Spec.DiskName == drop.Disk {
-				if err := r.deleteReplica(ctx, rep); client.IgnoreNotFound(err) != nil {
-					return fmt.Errorf("drop replica %s of %s: %w", rep.Name, v.vol.Name, err)
-				}
-				v.replicas = append(v.replicas[:i], v.replicas[i+1:]...)
-				return nil
-			}
-		}
+		return r.dropReplicaAt(ctx, v, schedule.Surplus(nodes, placements, zones))
 	}
 	return nil
 }
