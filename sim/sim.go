@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"runtime/debug"
 	"sort"
 	"strings"
 
@@ -182,12 +183,36 @@ func Run(opt Options) *Result {
 func (s *Sim) loopChecked() (failed *Result) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.fail("panic at %d us: %v", s.now, p)
+			s.fail("panic at %d us: %v\n%s", s.now, p, panicFrames(debug.Stack()))
 			failed = s.result()
 		}
 	}()
 	s.loop()
 	return nil
+}
+
+// panicFrames keeps the function lines of a goroutine stack from the
+// panicking frame down to the simulator's loop: enough to find the bug
+// from a CI log without rerunning the seed.
+func panicFrames(stack []byte) string {
+	var out []string
+	lines := strings.Split(string(stack), "\n")
+	seenPanic := false
+	for i := 0; i+1 < len(lines); i++ {
+		fn := lines[i]
+		if strings.HasPrefix(fn, "panic(") || strings.HasPrefix(fn, "runtime.panic") {
+			seenPanic = true
+			continue
+		}
+		if !seenPanic || strings.HasPrefix(fn, "\t") || strings.HasPrefix(fn, "goroutine ") {
+			continue
+		}
+		out = append(out, "    "+fn+" "+strings.TrimSpace(lines[i+1]))
+		if strings.Contains(fn, "(*Sim).loop(") || len(out) == 12 {
+			break
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // newSim sets up the run of opt's seed, ready to loop. (Debugging tests

@@ -159,6 +159,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{3542, "all", 5000, "rot struck r2's copy of a write r1 and r3 held only in their page caches; a crash took theirs and r2, the only current replica left, could not be rebuilt from (simulator: rot needs a durable copy elsewhere)"},
 		{4129, "all", 5000, "as 3542"},
 		{51, "all", 5000, "r2 had missed block 20 when rot struck r1's copy; r3's copy, the only other, was overwritten by a write that was never acknowledged, and r1, opened alone as the lowest-named of two, held the only (rotted) copy of the current content: no rebuild got past it (simulator: rot needs every other member to hold the block durably)"},
+		{896153250, "swarm", 2000, "an open adopted a record that removed r1, retried, and adopted a newer one that had added r1 back: r1 stayed tombstoned while a member, the next record listed it as both, and a later open found a current replica that was no member (nil member; a record's members now lift the engine's tombstones)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {

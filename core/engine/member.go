@@ -122,6 +122,9 @@ func (e *Engine) desiredMembership() *proto.Membership {
 		}
 	}
 	for _, id := range e.removed {
+		if e.members[id] != nil {
+			invariant("replica %s is both a member and tombstoned", id)
+		}
 		next.Members = append(next.Members, proto.Member{ID: id, Mode: proto.ModeRemoved})
 	}
 	return next
@@ -179,11 +182,20 @@ func (e *Engine) adoptMembers(best *proto.Membership) bool {
 	for _, x := range best.Members {
 		switch x.Mode {
 		case proto.ModeRemoved:
+			if best.Mode(x.ID) != proto.ModeRemoved {
+				continue // listed as a member too (recorded by an engine before this was an invariant): the member wins
+			}
 			if !e.isTombstoned(x.ID) {
 				e.removed = append(e.removed, x.ID)
 			}
 			delete(e.members, x.ID)
 		case proto.ModeRW, proto.ModeWO, proto.ModeFailed:
+			// A tombstone this engine adopted from an older record (an
+			// earlier attempt at this open) does not outlive the newer
+			// record that added the replica back (sim swarm seed
+			// 896153250: r1 was then both, and the open found a current
+			// replica that was no member).
+			e.untombstone(x.ID)
 			if e.members[x.ID] == nil {
 				e.members[x.ID] = &member{id: x.ID, mode: ModeERR, errSince: e.now}
 				joined = true
