@@ -290,6 +290,11 @@ func (en *engineNode) pump() {
 			}
 			en.recycle(r)
 		}
+		if en.s.opt.Log != nil {
+			for _, ev := range rd.Events {
+				en.s.opt.Log(fmt.Sprintf("%8d engine %d event: %s %s block %d: %s", en.s.now, en.inc, ev.Kind, ev.Replica, ev.Block, ev.Why))
+			}
+		}
 		for _, r := range rd.AdminReplies {
 			if w := en.admins[r.ID]; w != nil {
 				delete(en.admins, r.ID)

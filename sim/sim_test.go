@@ -160,6 +160,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{4129, "all", 5000, "as 3542"},
 		{51, "all", 5000, "r2 had missed block 20 when rot struck r1's copy; r3's copy, the only other, was overwritten by a write that was never acknowledged, and r1, opened alone as the lowest-named of two, held the only (rotted) copy of the current content: no rebuild got past it (simulator: rot needs every other member to hold the block durably)"},
 		{896153250, "swarm", 2000, "an open adopted a record that removed r1, retried, and adopted a newer one that had added r1 back: r1 stayed tombstoned while a member, the next record listed it as both, and a later open found a current replica that was no member (nil member; a record's members now lift the engine's tombstones)"},
+		{1628, "all", 5000, "a rebuild started while a user snapshot was in flight (r2 slow): the engine's chain took the rebuild snapshot first, the replicas the other way round; a revert to the user snapshot dropped the rebuild snapshot from the replicas but not the engine, and its merge failed for good (rebuilds now wait for chain operations)"},
 		{3413, "swarm", 2000, "bit rot in a snapshot layer on two replicas failed both when a delete merged it; the third then held the only copy of a block that rotted there too, and every rebuild stopped at it (merges now repair a rotted snapshot block from another replica)"},
 	}
 	for _, c := range cases {

@@ -45,6 +45,16 @@ const (
 	AdminShrink
 )
 
+var adminOpNames = [...]string{"?", "info", "snapshot", "delete snapshot", "revert", "expand",
+	"changed extents", "add replica", "remove replica", "read snapshot", "list snapshots", "shrink"}
+
+func (op AdminOp) String() string {
+	if int(op) < len(adminOpNames) {
+		return adminOpNames[op]
+	}
+	return fmt.Sprintf("admin op %d", uint8(op))
+}
+
 // AdminRequest is a control-plane request.
 type AdminRequest struct {
 	ID        uint64
@@ -202,6 +212,7 @@ func (e *Engine) adminReply(t *adminTask, rep *AdminReply, err error) {
 	if t.internal {
 		if err != nil {
 			e.internalFailed(t)
+			e.event(Event{Kind: EventInternalFailed, Why: fmt.Sprintf("%s %s: %v", t.req.Op, t.req.Name, err)})
 		}
 		return
 	}

@@ -26,10 +26,13 @@ const (
 	EventRebuildStarted
 	EventRebuildDone
 	EventRebuildFailed
+	// EventInternalFailed: a task the engine queued itself (the merge of
+	// a rebuild snapshot) failed; it is tried again (Why says why).
+	EventInternalFailed
 )
 
 var eventNames = [...]string{"?", "corrupt block", "block repaired", "replica failed",
-	"stale replica at open", "rebuild started", "rebuild done", "rebuild failed"}
+	"stale replica at open", "rebuild started", "rebuild done", "rebuild failed", "internal task failed"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {

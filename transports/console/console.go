@@ -340,7 +340,7 @@ func rebuild(p *engine.RebuildProgress, tick time.Duration) *Rebuild {
 
 func event(ev enginerun.TimedEvent) Event {
 	out := Event{TimeMs: ev.Time.UnixMilli(), Kind: ev.Kind.String(), Replica: string(ev.Replica), Why: ev.Why,
-		Warn: ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed}
+		Warn: ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed || ev.Kind == engine.EventInternalFailed}
 	if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventRepaired {
 		b := ev.Block
 		out.Block = &b

@@ -563,7 +563,7 @@ func (d *Driver) logEvents(evs []engine.Event) {
 	}
 	for _, ev := range evs {
 		level := slog.LevelInfo
-		if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed {
+		if ev.Kind == engine.EventCorrupt || ev.Kind == engine.EventReplicaFailed || ev.Kind == engine.EventRebuildFailed || ev.Kind == engine.EventInternalFailed {
 			level = slog.LevelWarn
 		}
 		attrs := []any{"event", ev.Kind.String(), "replica", string(ev.Replica)}
