@@ -41,6 +41,8 @@ func checkSnapshotName(name string, internal bool) error {
 		return fmt.Errorf("%w: %q names the volume head (its live data), not a snapshot; pick another name", ErrInvalid, name)
 	case strings.HasPrefix(name, proto.BackingPrefix):
 		return fmt.Errorf("%w: snapshot names starting with %q are reserved for backing images", ErrInvalid, proto.BackingPrefix)
+	case strings.HasPrefix(name, proto.RetiredPrefix):
+		return fmt.Errorf("%w: snapshot names starting with %q are reserved for retired layers", ErrInvalid, proto.RetiredPrefix)
 	case !internal && strings.HasPrefix(name, rebuildSnapshotPrefix):
 		return fmt.Errorf("%w: snapshot names starting with %q are reserved for rebuilds", ErrInvalid, rebuildSnapshotPrefix)
 	}

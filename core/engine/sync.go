@@ -398,10 +398,12 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // spliceCandidates lists where a block whose copy on src is corrupt may
 // still be found: every snapshot layer of every member other than src,
-// the layer being synced first, then their heads. A member that missed
-// the snapshot holds the block in another layer: one that was ERR when
-// the snapshot was taken kept it in its head, which a rebuild then froze
-// under the rebuild snapshot's name.
+// the layer being synced first, then their heads, then the layers their
+// rebuilds retired. A member that missed the snapshot holds the block in
+// another layer: one that was ERR when the snapshot was taken kept it in
+// its head, which a rebuild then froze under the rebuild snapshot's name.
+// A member found stale at an open and rebuilt from src held it in a layer
+// src's chain no longer has, which its rebuild retired.
 func (s *layerSync) spliceCandidates(src proto.ReplicaID) []spliceSource {
 	layers := []string{s.layer}
 	for _, name := range s.e.chain {
@@ -423,6 +425,13 @@ func (s *layerSync) spliceCandidates(src proto.ReplicaID) []spliceSource {
 	for _, m := range s.e.sortedMembers() {
 		if m.id != src {
 			out = append(out, spliceSource{m.id, viaHead, ""})
+		}
+	}
+	for i := 0; i < proto.MaxRetiredLayers; i++ {
+		for _, m := range s.e.sortedMembers() {
+			if m.id != src {
+				out = append(out, spliceSource{m.id, viaSnapshot, proto.RetiredName(i)})
+			}
 		}
 	}
 	return out

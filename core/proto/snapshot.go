@@ -5,6 +5,29 @@ package proto
 // snapshots may not take such names.
 const BackingPrefix = "backing:"
 
+// RetiredPrefix starts the names OpSnapRead takes for a replica's retired
+// layers: RetiredName(i) reads the i-th (newest first) of the layers a
+// rebuild's OpSetChain took out of its chain, which it keeps until it is
+// RW in a recorded membership. A block whose only good copy sat in such
+// a layer (the source's copy rotted) can still be found there. Snapshots
+// may not take such names.
+const RetiredPrefix = "retired:"
+
+// MaxRetiredLayers bounds the retired layers a replica keeps.
+const MaxRetiredLayers = 8
+
+// RetiredName names the i-th newest retired layer for OpSnapRead.
+func RetiredName(i int) string { return RetiredPrefix + string(rune('0'+i)) }
+
+// RetiredIndex parses a RetiredName; ok is false for any other name.
+func RetiredIndex(name string) (i int, ok bool) {
+	if len(name) != len(RetiredPrefix)+1 || name[:len(RetiredPrefix)] != RetiredPrefix {
+		return 0, false
+	}
+	i = int(name[len(RetiredPrefix)] - '0')
+	return i, i >= 0 && i < MaxRetiredLayers
+}
+
 // SnapshotAttrs are what a user and the production driver attach to a
 // snapshot: its creation time (Unix nanoseconds, from the driver's clock)
 // and labels (sorted by key, keys unique). The core stores them with the

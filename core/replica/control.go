@@ -185,7 +185,22 @@ func (r *Replica) runSetMembership(o *op) {
 	}
 	r.meta.Membership = m.Clone()
 	r.meta.Membership.Epoch = o.req.Epoch
-	r.writeMeta(func(ok bool) { r.done(o, ok) })
+	// RW in a recorded membership: whole again, so the layers a rebuild
+	// retired are no longer anyone's last good copy.
+	var drop []store.LayerID
+	if m.Mode(r.cfg.ID) == proto.ModeRW {
+		for _, l := range r.retired {
+			drop = append(drop, l.meta.ID)
+		}
+		r.retired = nil
+	}
+	r.writeMeta(func(ok bool) {
+		if !ok || len(drop) == 0 {
+			r.done(o, ok)
+			return
+		}
+		r.removeLayers(o, drop)
+	})
 }
 
 func (r *Replica) checkNewName(name string) string {
@@ -441,10 +456,23 @@ func (r *Replica) runChangedExtents(o *op) {
 
 // runSetChain reshapes the snapshot layers to the given names (rebuild
 // target): layers with matching names are kept, missing ones created
-// empty, others dropped; the head stays.
+// empty, others retired; the head stays.
+//
+// A layer leaving the chain that holds data is retired, not removed: its
+// blocks may be the last good copy of ones rotted on the rebuild's source
+// (which no check found yet), and the rebuild reads them back through
+// OpSnapRead of a RetiredName when the source's copy fails its checksum.
+// Retired layers are dropped once this replica is RW in a recorded
+// membership (runSetMembership); beyond MaxRetiredLayers, the layers
+// retiring now are removed (the older ones were in the chain longer ago,
+// when this replica was last whole).
 func (r *Replica) runSetChain(o *op) {
 	seen := map[string]bool{}
 	for _, n := range o.req.Chain {
+		if _, retired := proto.RetiredIndex(n); retired {
+			r.fails(o, proto.StatusInvalid, "set chain: %q names a retired layer", n)
+			return
+		}
 		if n == "" || seen[n] || len(n) > maxNameBytes {
 			r.fails(o, proto.StatusInvalid, "set chain: bad or repeated name %q", n)
 			return
@@ -479,15 +507,29 @@ func (r *Replica) runSetChain(o *op) {
 			delete(byName, n)
 			chain = append(chain, l)
 		}
-		var dropped []store.LayerID
+		var leaving []*layer
 		for _, l := range byName {
-			dropped = append(dropped, l.meta.ID)
+			leaving = append(leaving, l)
+		}
+		sort.Slice(leaving, func(i, j int) bool { return leaving[i].meta.ID > leaving[j].meta.ID })
+		var dropped []store.LayerID
+		var retire []*layer
+		for _, l := range leaving {
+			if l.held.Len() == 0 || sharedLayer(l) || len(retire)+len(r.retired) >= proto.MaxRetiredLayers {
+				dropped = append(dropped, l.meta.ID)
+			} else {
+				retire = append(retire, l)
+			}
 		}
 		sort.Slice(dropped, func(i, j int) bool { return dropped[i] < dropped[j] })
 		r.afterAll(o, creates, "create layer", func() {
 			for _, id := range dropped {
 				r.forgetLayer(id)
 			}
+			for _, l := range retire {
+				r.forgetLayer(l.meta.ID)
+			}
+			r.retired = append(retire, r.retired...)
 			r.layers = append(chain, r.head())
 			r.writeMeta(func(ok bool) {
 				if !ok {

@@ -27,9 +27,12 @@ func (r *Replica) load() {
 		}
 		r.meta = *m
 		r.flushedSeq, r.fuaSeq = m.FlushedSeq, m.FUASeq
-		r.layers = nil
+		r.layers, r.retired = nil, nil
 		for _, lm := range m.Layers {
 			r.layers = append(r.layers, &layer{meta: lm})
+		}
+		for _, lm := range m.Retired {
+			r.retired = append(r.retired, &layer{meta: lm})
 		}
 		r.loadIndexes(0)
 	})
@@ -60,12 +63,19 @@ func (r *Replica) create() {
 	})
 }
 
+// loadIndexes reads the index of every layer of the chain, then of every
+// retired layer.
 func (r *Replica) loadIndexes(i int) {
-	if i == len(r.layers) {
+	if i == len(r.layers)+len(r.retired) {
 		r.loadIntents()
 		return
 	}
-	l := r.layers[i]
+	var l *layer
+	if i < len(r.layers) {
+		l = r.layers[i]
+	} else {
+		l = r.retired[i-len(r.layers)]
+	}
 	r.issue(store.IO{Kind: store.ReadIndex, Layer: l.meta.ID, BlockCount: r.sizeBlocks()}, func(c store.Completion) {
 		if c.Err != store.OK && r.cfg.Bugs.IgnoreIndexDamage {
 			c = store.Completion{}
@@ -235,6 +245,10 @@ func (r *Replica) writeMeta(then func(ok bool)) {
 	r.meta.Layers = r.meta.Layers[:0]
 	for _, l := range r.layers {
 		r.meta.Layers = append(r.meta.Layers, l.meta)
+	}
+	r.meta.Retired = r.meta.Retired[:0]
+	for _, l := range r.retired {
+		r.meta.Retired = append(r.meta.Retired, l.meta)
 	}
 	// Only durable sequences are in memory (they are set once the flush
 	// or FUA write completed), so recording them here promises nothing

@@ -14,9 +14,9 @@ import (
 const metaMagic = 0x4d565244
 
 // metaVersion is the encoding version this package writes. Versions 1
-// (no snapshot attributes), 2 (no durable sequences) and 3 (no creation
-// epochs) are still read.
-const metaVersion = 4
+// (no snapshot attributes), 2 (no durable sequences), 3 (no creation
+// epochs) and 4 (no retired layers) are still read.
+const metaVersion = 5
 
 // maxMetaBytes bounds a blob we are willing to decode.
 const maxMetaBytes = 16 << 20
@@ -52,6 +52,10 @@ type Meta struct {
 	// Created (version 4) is the epoch of the first open of this store
 	// (proto.Info.Created); the membership's members carry theirs too.
 	Created uint64
+	// Retired (version 5) are layers a rebuild's chain change took out of
+	// the chain, newest first: kept, unread, as donors for blocks rotted
+	// on every other copy, until this replica is RW in a membership.
+	Retired []LayerMeta
 }
 
 // LayerMeta names one layer.
@@ -135,6 +139,11 @@ func (m *Meta) Encode() []byte {
 		for _, x := range m.Membership.Prev {
 			e.u64(x.Created)
 		}
+	}
+	e.u64(uint64(len(m.Retired)))
+	for _, l := range m.Retired {
+		e.u64(uint64(l.ID))
+		e.str(l.Name)
 	}
 	out := make([]byte, 0, 16+len(e.b)+4)
 	out = binary.LittleEndian.AppendUint32(out, metaMagic)
@@ -268,6 +277,11 @@ func DecodeMeta(b []byte) (*Meta, error) {
 			}
 		}
 	}
+	if version >= 5 {
+		for i, n := 0, d.count(16); i < n; i++ {
+			m.Retired = append(m.Retired, LayerMeta{ID: store.LayerID(d.u64()), Name: d.str()})
+		}
+	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("trailing bytes")
 	}
@@ -299,6 +313,15 @@ func (m *Meta) validate() error {
 			return fmt.Errorf("%w: layer %d has bad name %q", ErrBadMeta, l.ID, l.Name)
 		}
 		names[l.Name] = true
+	}
+	if len(m.Retired) > proto.MaxRetiredLayers {
+		return fmt.Errorf("%w: %d retired layers, at most %d", ErrBadMeta, len(m.Retired), proto.MaxRetiredLayers)
+	}
+	for _, l := range m.Retired {
+		if seen[l.ID] || l.ID >= m.NextLayerID {
+			return fmt.Errorf("%w: retired layer id %d repeated or beyond next id %d", ErrBadMeta, l.ID, m.NextLayerID)
+		}
+		seen[l.ID] = true
 	}
 	return nil
 }

@@ -56,6 +56,10 @@ func genMeta(t *rapid.T) *replica.Meta {
 	for n := rapid.IntRange(0, 5).Draw(t, "active"); n > 0; n-- {
 		m.Active = append(m.Active, replica.RegionKey{Layer: store.LayerID(rapid.Uint64().Draw(t, "al")), Region: rapid.Uint64().Draw(t, "ar")})
 	}
+	for n := rapid.IntRange(0, proto.MaxRetiredLayers).Draw(t, "retired"); n > 0; n-- {
+		m.Retired = append(m.Retired, replica.LayerMeta{ID: m.NextLayerID, Name: rapid.StringN(0, 8, -1).Draw(t, "rname")})
+		m.NextLayerID++
+	}
 	for n := rapid.IntRange(0, 5).Draw(t, "recovered"); n > 0; n-- {
 		m.Recovered = append(m.Recovered, proto.Extent{BlockIndex: rapid.Uint64().Draw(t, "rb"), BlockCount: rapid.Uint64().Draw(t, "rc")})
 	}

@@ -121,6 +121,10 @@ type Replica struct {
 
 	meta   Meta     // last durable-or-pending metadata (Layers mirror)
 	layers []*layer // oldest first; last is head
+	// retired are layers a rebuild's OpSetChain took out of the chain,
+	// newest first (Meta.Retired): read only by OpSnapRead of a
+	// RetiredName, dropped once this replica is RW in a membership.
+	retired []*layer
 
 	flushedSeq uint64 // every write up to it is durable
 	fuaSeq     uint64 // the highest FUA write made durable

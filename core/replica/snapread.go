@@ -13,6 +13,10 @@ func (r *Replica) newSnapRead(o *op) (*op, proto.Status, string) {
 	if msg := r.checkRange(o.req); msg != "" {
 		return nil, proto.StatusInvalid, msg
 	}
+	if _, ok := proto.RetiredIndex(o.req.Name); ok {
+		o.run = r.runRetiredRead
+		return o, proto.StatusOK, ""
+	}
 	if l, _ := r.layerByName(o.req.Name); l == nil {
 		return nil, proto.StatusNotFound, sprintf("no snapshot %q", o.req.Name)
 	}
@@ -30,4 +34,34 @@ func (r *Replica) runSnapRead(o *op) {
 		return
 	}
 	r.readRuns(o, r.runsAt(top, o.lo, o.hi))
+}
+
+// runRetiredRead reads blocks from one retired layer alone (not through
+// a chain): they are what the layer held when a rebuild retired it. It
+// answers StatusNotFound when there is no such layer or the layer does
+// not hold every block asked for.
+func (r *Replica) runRetiredRead(o *op) {
+	i, _ := proto.RetiredIndex(o.req.Name)
+	if i >= len(r.retired) {
+		r.fails(o, proto.StatusNotFound, "snap-read: no retired layer %d", i)
+		return
+	}
+	l := r.retired[i]
+	runs := r.runBuf[:0]
+	for b := o.lo; b < o.hi; b++ {
+		if !l.held.Contains(b) {
+			r.fails(o, proto.StatusNotFound, "snap-read: retired layer %d does not hold block %d", i, b)
+			return
+		}
+		if l.zero.Contains(b) {
+			continue
+		}
+		if n := len(runs); n > 0 && runs[n-1].start+runs[n-1].n == b {
+			runs[n-1].n++
+			continue
+		}
+		runs = append(runs, layerRun{l: l, start: b, n: 1})
+	}
+	r.runBuf = runs
+	r.readRuns(o, runs)
 }
