@@ -271,7 +271,7 @@ func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.Replic
 	var top durableMark
 	for _, id := range sortedIDs(t.fenced) {
 		info := t.fenced[id]
-		if best.Mode(id) == proto.ModeRW && (info.Membership != nil || best.Gen == 0 || e.cfg.Bugs.TrustEmptyReplicas) && top.less(markOf(info)) {
+		if best.Mode(id) == proto.ModeRW && (info.Membership != nil || best.Gen == 0 || e.cfg.Bugs.TrustEmptyReplicas) && !selfNotRW(id, info) && top.less(markOf(info)) {
 			top = markOf(info)
 		}
 	}
@@ -283,6 +283,10 @@ func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.Replic
 		info := t.fenced[id]
 		if !e.cfg.Bugs.TrustEmptyReplicas && info.Membership == nil && best.Gen != 0 {
 			t.noteStale(id, "holds no membership record (its disk was wiped or replaced?)")
+			continue
+		}
+		if selfNotRW(id, info) && !e.cfg.Bugs.IgnoreDurableMark {
+			t.noteStale(id, fmt.Sprintf("records itself %v in its own membership (gen %d): a rebuild target whose copy may be incomplete (restored from an old copy, or it missed its promotion)", info.Membership.Mode(id), info.Membership.Gen))
 			continue
 		}
 		if m := markOf(info); m.less(top) && !e.cfg.Bugs.IgnoreDurableMark {
@@ -312,6 +316,17 @@ func (e *Engine) pickCurrent(t *openTask, best *proto.Membership) []proto.Replic
 		}
 	}
 	return pick
+}
+
+// selfNotRW reports whether a replica's own membership record has it
+// other than RW. A rebuild target's durable marks follow the frontend's
+// writes and flushes while its copy of the older data is still under
+// way, so the marks alone cannot tell a complete copy from one restored
+// from a disk image taken mid-rebuild; only the promotion, recorded on
+// the replica itself, says its copy completed. One that missed its
+// promotion is rebuilt once more, which costs time, not data.
+func selfNotRW(id proto.ReplicaID, info *proto.Info) bool {
+	return info.Membership != nil && info.Membership.Mode(id) != proto.ModeRW
 }
 
 // resync makes the current replicas agree on the head extents that a
