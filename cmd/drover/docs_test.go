@@ -271,3 +271,19 @@ func hasFlag(c *cobra.Command, name string) bool {
 	c.InheritedFlags().VisitAll(visit)
 	return found
 }
+
+// maxArchitectureLines keeps docs/ARCHITECTURE.md a statement of
+// contracts: measurements go to docs/performance.md, weighed decisions to
+// docs/decisions/, history to commit messages.
+const maxArchitectureLines = 400
+
+func TestArchitectureDocStaysShort(t *testing.T) {
+	text, err := os.ReadFile(filepath.Join(repoRoot, "docs", "ARCHITECTURE.md"))
+	if err != nil {
+		t.Fatalf("read ARCHITECTURE.md: %v", err)
+	}
+	if n := strings.Count(string(text), "\n"); n > maxArchitectureLines {
+		t.Errorf("docs/ARCHITECTURE.md has %d lines, more than %d: move measurements to docs/performance.md, "+
+			"weighed alternatives to docs/decisions/, history to commit messages", n, maxArchitectureLines)
+	}
+}
