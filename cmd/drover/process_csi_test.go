@@ -36,7 +36,7 @@ import (
 )
 
 // csiSanitySkips are the csi-sanity specs this test skips, each with
-// the reason (docs/ARCHITECTURE.md lists them too). Every other spec
+// the reason. Every other spec
 // whose capability the driver reports runs and must pass; specs for
 // capabilities it does not report skip themselves ("... not supported").
 var csiSanitySkips = map[string]string{

@@ -6,7 +6,8 @@
 // frontend and to admin callers. It never touches a clock, socket or
 // goroutine; time is counted in ticks the driver delivers.
 //
-// Replication rules (docs/ARCHITECTURE.md has the reasoning):
+// Replication rules (docs/ARCHITECTURE.md states the contracts, and
+// docs/decisions/ the reasoning):
 //   - Writes, trims and write-zeroes go to every RW and WO replica and are
 //     acknowledged when all of them have acknowledged. A replica that fails
 //     or times out goes to ERR and leaves the set; no write is acknowledged

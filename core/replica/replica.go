@@ -12,10 +12,13 @@
 // fail its checksum after a crash without bit rot is an unsynced in-place
 // overwrite of a block whose entry was already durable; to find those, a
 // region (1,024 blocks) is recorded in the metadata's active list, durably,
-// before any in-place write into it (an activity log, as in DRBD). On load,
-// blocks of active regions that fail their checksum are settled: their
-// checksum is recomputed from whatever whole block is on disk, which is the
-// old or the new content. Outside active regions a mismatch is corruption.
+// before any in-place write into it (an activity log, as in DRBD), and
+// every head write records its blocks' new checksums durably before its
+// data (write intents, intents.go). On load, a block of an active region
+// that fails its checksum is settled only when it matches an intent (the
+// new content landed); anything else stays corrupt and is reported
+// suspect, since it may be rot. Outside active regions a mismatch is
+// corruption.
 package replica
 
 import (

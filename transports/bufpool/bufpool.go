@@ -5,7 +5,7 @@
 // Ownership is the whole rule: Put a buffer only when nothing else holds
 // it or any slice of its backing array, and never use it after. The data
 // path hands buffers along with that ownership (docs/ARCHITECTURE.md,
-// "Allocations on the data path"): a volume's write copy until every
+// "The production shell"): a volume's write copy until every
 // replica acknowledged it, a store's read buffer until the frontend copied
 // it out, a TCP reply's data copy likewise.
 package bufpool

@@ -2,7 +2,8 @@
 // carries requests to one replica, in order, and delivers its replies.
 // Two kinds exist: TCP (transports/tcp) for remote replicas, and
 // in-process (a replica in the engine's process, reached with no socket
-// and no extra goroutine hop, as ../../docs/ARCHITECTURE.md explains).
+// and no extra goroutine hop, as docs/decisions/0006 in the repository
+// explains).
 package link
 
 import "github.com/drover-io/drover/core/proto"

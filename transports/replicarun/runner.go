@@ -4,8 +4,8 @@
 // hands every reply to the caller whose request it answers.
 //
 // The Runner does its work on the goroutine that brings a request
-// (decode → core → pwrite → reply), as ../../docs/ARCHITECTURE.md asks:
-// quick IOs (reads, writes, index updates, hole punches) run inline on the
+// (decode → core → pwrite → reply), as docs/decisions/0006 asks: quick
+// IOs (reads, writes, index updates, hole punches) run inline on the
 // calling goroutine, one after another; IOs that may block for long (syncs,
 // metadata writes, layer creation and removal, uncached reads) run on a
 // goroutine of their own so that a flush does not hold up the requests behind it. The replica
@@ -470,7 +470,7 @@ func (r *Runner) complete(c store.Completion, ios []store.IO) []store.IO {
 // megabyte to or from the device with no readahead or write-behind),
 // which then run in parallel rather than one after another on the
 // connection's goroutine (a 2 GiB rebuild from a cold cache: 13.1 -> 9.0
-// s with parallel reads, see docs/ARCHITECTURE.md). The replica never
+// s with parallel reads). The replica never
 // has two IOs that overlap a written block in flight at once.
 func blocking(io store.IO) bool {
 	switch io.Kind {

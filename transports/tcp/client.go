@@ -127,7 +127,7 @@ func clientHandshake(conn net.Conn, br *bufio.Reader, cfg DialConfig) error {
 // into the buffer but written from the request's own slice (writev): the
 // caller keeps it unchanged until the request is answered, or for good
 // once its call ended unanswered (DataHeld), which is what the engine's
-// owners do anyway (docs/ARCHITECTURE.md, "Who owns a data buffer").
+// owners do anyway (docs/ARCHITECTURE.md, "The production shell").
 func (l *clientLink) Send(reqs ...proto.Request) {
 	l.mu.Lock()
 	if l.down || l.closed {
