@@ -138,8 +138,8 @@ func (rb *rebuildTask) abort(why string) {
 
 func (e *Engine) maybeAutoRebuild() {
 	e.dropRebuildSnapshots()
-	if e.rebuild != nil || e.change != nil || e.chainOpInFlight() {
-		return
+	if e.rebuild != nil || e.change != nil || e.chainOpInFlight() || e.internalDeleteQueued() {
+		return // a merge of rebuild snapshots goes first (a rebuild would abort it)
 	}
 	if e.maybeReplace() || e.cfg.RebuildAfterTicks < 0 {
 		return
@@ -185,7 +185,12 @@ const rebuildSnapshotPrefix = "rebuild-"
 // dropRebuildSnapshots queues the merge of every rebuild snapshot into its
 // child once every member is RW and no rebuild runs, so chains do not grow
 // with each rebuild (a rebuild snapshot left behind holds a full copy of
-// the volume). While a member is not RW its rebuild will want them.
+// the volume). While a member is not RW but two are, all but the newest
+// are merged: a resumed rebuild finds the newest on its target, and the
+// older ones, each left by an attempt that failed, would otherwise pile
+// up for as long as the member keeps failing. With one RW replica left,
+// nothing is merged: a rotted block the merge meets there has no other
+// copy to repair it from, and the merge would fail the last RW replica.
 //
 // It is level-triggered: the end of a rebuild calls it, and so does every
 // tick while serving, so whatever else leaves a snapshot behind is found
@@ -197,17 +202,38 @@ func (e *Engine) dropRebuildSnapshots() {
 	if e.rebuild != nil || e.now < e.dropRetryAt {
 		return
 	}
+	keepNewest := false
 	for _, m := range e.members {
-		if m.mode != ModeRW {
-			return
+		keepNewest = keepNewest || m.mode != ModeRW
+	}
+	if keepNewest && e.rwCount() < 2 {
+		return
+	}
+	newest := -1
+	if keepNewest {
+		for i, n := range e.chain {
+			if strings.HasPrefix(n, rebuildSnapshotPrefix) {
+				newest = i
+			}
 		}
 	}
-	for _, n := range e.chain {
-		if strings.HasPrefix(n, rebuildSnapshotPrefix) && !e.deleteQueued(n) {
+	for i, n := range e.chain {
+		if i != newest && strings.HasPrefix(n, rebuildSnapshotPrefix) && !e.deleteQueued(n) {
 			e.admin = append(e.admin, &adminTask{internal: true,
 				req: AdminRequest{Op: AdminDeleteSnapshot, Name: n}})
 		}
 	}
+}
+
+// internalDeleteQueued reports whether a merge of a rebuild snapshot is
+// queued or running.
+func (e *Engine) internalDeleteQueued() bool {
+	for _, t := range e.admin {
+		if t.internal && t.req.Op == AdminDeleteSnapshot {
+			return true
+		}
+	}
+	return false
 }
 
 // deleteQueued reports whether an internal delete of name is queued or
