@@ -114,7 +114,7 @@ build:
 # TestDataPathAllocatesNothing and TestHostileClientsMemoryBounded skip
 # under -race (the detector drops sync.Pool items and keeps shadow memory),
 # so make test also runs them without.
-RACE_PKGS           := ./transports/... ./frontends/device ./frontends/nbd/...
+RACE_PKGS           := ./transports/... ./frontends/nbd/...
 RACE_SLOW_PKGS      := ./frontends/iscsi ./cmd/drover
 race_pkg_list        = $(shell $(GO) list $(RACE_PKGS))
 plain_pkg_list       = $(filter-out $(race_pkg_list),$(shell $(GO) list ./...))

@@ -18,8 +18,8 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/replicarun"
