@@ -81,7 +81,7 @@ fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 
 help:
 	@echo "make build     build bin/drover"
-	@echo "make test      unit, property, purity and process tests ($(RACE_PKGS) under -race), then a fuzz smoke run of $(FUZZTIME) per target"
+	@echo "make test      unit, property, layering, purity and process tests ($(RACE_PKGS) under -race), then a fuzz smoke run of $(FUZZTIME) per target"
 	@echo "make test-race the rest of the concurrent shell under -race ($(RACE_SLOW_PKGS)); .ci/run runs it after make test"
 	@echo "make lint      gofmt, go vet, staticcheck $(STATICCHECK_VERSION)"
 	@echo "make sim-long  $(SIM_LONG_SEEDS) swarm seeds of the simulator, then as many of the 'all' profile at 5000 ops"
