@@ -81,7 +81,7 @@ fuzz_targets = grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . \
 
 help:
 	@echo "make build     build bin/drover"
-	@echo "make test      unit, property, purity and process tests ($(RACE_PKGS) under -race), then a fuzz smoke run of $(FUZZTIME) per target"
+	@echo "make test      unit, property, layering, purity and process tests ($(RACE_PKGS) under -race), then a fuzz smoke run of $(FUZZTIME) per target"
 	@echo "make test-race the rest of the concurrent shell under -race ($(RACE_SLOW_PKGS)); .ci/run runs it after make test"
 	@echo "make lint      gofmt, go vet, staticcheck $(STATICCHECK_VERSION)"
 	@echo "make sim-long  $(SIM_LONG_SEEDS) swarm seeds of the simulator, then as many of the 'all' profile at 5000 ops"
@@ -114,7 +114,7 @@ build:
 # TestDataPathAllocatesNothing and TestHostileClientsMemoryBounded skip
 # under -race (the detector drops sync.Pool items and keeps shadow memory),
 # so make test also runs them without.
-RACE_PKGS           := ./transports/... ./frontends/device ./frontends/nbd/...
+RACE_PKGS           := ./transports/... ./frontends/nbd/...
 RACE_SLOW_PKGS      := ./frontends/iscsi ./cmd/drover
 race_pkg_list        = $(shell $(GO) list $(RACE_PKGS))
 plain_pkg_list       = $(filter-out $(race_pkg_list),$(shell $(GO) list ./...))

@@ -10,8 +10,9 @@
 // no goroutine. Clocks arrive as tick inputs,
 // randomness as a caller-provided seed, and IO as effects that a driver (the
 // simulator in sim/ or the production transports) executes and feeds back
-// as completions. TestPurity in this package enforces the rule on the syntax
-// tree of every file, so it is a test, not a convention.
+// as completions. TestCorePurity and TestLayering (layering_test.go at the
+// repository root) enforce the rule on every file's syntax tree and on the
+// import graph, so it is a test, not a convention.
 //
 // docs/ARCHITECTURE.md describes the subpackages and what each owns.
 package core

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/certs"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // FuzzNBDParseRequest: ParseRequest never panics, rejects only with

@@ -13,8 +13,7 @@ import (
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/backingimage"
-	"github.com/drover-io/drover/transports/filestore"
-	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/replicadir"
 )
 
 func init() { subcommands = append(subcommands, newBackingImageCmd) }
@@ -97,18 +96,12 @@ func openReplicaDirOn(ctx context.Context, dir string, id proto.ReplicaID, creat
 	if err != nil {
 		return nil, err
 	}
-	size := max(createBytes, img.SizeBytes)
-	st, err := filestore.Open(dir)
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: id, CreateSizeBytes: max(createBytes, img.SizeBytes),
+		Backing: &replica.Backing{Image: b.image, SHA256: img.SHA256}, CheckSize: true, OverProvisioningPercent: overProvisioningPercent})
 	if err != nil {
-		return nil, fmt.Errorf("replica %s: %w", dir, err)
-	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: size, Backing: &replica.Backing{Image: b.image, SHA256: img.SHA256}}, st)
-	if err != nil {
-		st.Close()
 		return nil, fmt.Errorf("replica %s on backing image %q: %w", dir, b.image, err)
 	}
-	r.SetSizeCheck(func(n uint64) error { return st.CheckSize(n, overProvisioningPercent) })
-	return &replicaDir{runner: r, store: st}, nil
+	return &replicaDir{runner: rd.Runner, store: rd.Store}, nil
 }
 
 func newBackingImageCmd() *cobra.Command {

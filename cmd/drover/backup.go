@@ -16,6 +16,7 @@ import (
 
 	"github.com/drover-io/drover/core/backup"
 	"github.com/drover-io/drover/transports/backuprun"
+	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/objstore"
 )
 
@@ -165,7 +166,7 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 			defer conn.Close()
 			opt.Progress = tf.progress(cmd, "backup")
 			start := time.Now()
-			m, st, err := r.Create(ctx, backuprun.Control{C: cc}, opt)
+			m, st, err := r.Create(ctx, control.BackupVolume{C: cc}, opt)
 			if err != nil {
 				return fmt.Errorf("backup of the volume at %s to %s: %w", ct.addr, r.Store, err)
 			}
@@ -182,7 +183,7 @@ func newBackupCreateCmd(tf *targetFlags) *cobra.Command {
 			}
 			// The new snapshot is the next backup's base; older backup
 			// snapshots go (a merge into the next layer: it may take a while).
-			dropped, err := backuprun.DropOldSnapshots(ctx, backuprun.Control{C: cc}, m)
+			dropped, err := backuprun.DropOldSnapshots(ctx, control.BackupVolume{C: cc}, m)
 			if len(dropped) > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "deleted older backup snapshots %s\n", strings.Join(dropped, ", "))
 			}
@@ -353,7 +354,7 @@ a damaged or missing chunk stops the restore with an error naming it.`,
 					return err
 				}
 				defer conn.Close()
-				target, where = backuprun.Control{C: cc}, "the volume at "+ct.addr
+				target, where = control.BackupVolume{C: cc}, "the volume at "+ct.addr
 			}
 			start := time.Now()
 			opt := backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "restore"), All: overwrite}

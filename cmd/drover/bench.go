@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/drover-io/drover/frontends/nbd/nbdbench"
+	"github.com/drover-io/drover/cmd/drover/internal/bench"
 )
 
 func init() { subcommands = append(subcommands, newBenchCmd) }
@@ -61,7 +61,7 @@ func newBenchCmd() *cobra.Command {
 	f.Var(&o.size, "size", "backing file and volume size (default 256MiB)")
 	f.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the in-process Drover targets) to this file")
-	f.StringSliceVar(&o.targets, "targets", nil, "targets to measure (default all: "+strings.Join(nbdbench.AllTargets, ",")+")")
+	f.StringSliceVar(&o.targets, "targets", nil, "targets to measure (default all: "+strings.Join(bench.AllTargets, ",")+")")
 	f.StringSliceVar(&o.workloads, "workloads", nil, "workloads to run (default all: "+workloadNames()+")")
 	cmd.AddCommand(newBenchReplicaCmd(), newBenchRebuildCmd())
 	return cmd
@@ -69,7 +69,7 @@ func newBenchCmd() *cobra.Command {
 
 func workloadNames() string {
 	var names []string
-	for _, w := range nbdbench.DefaultWorkloads {
+	for _, w := range bench.DefaultWorkloads {
 		names = append(names, w.Name)
 	}
 	return strings.Join(names, ",")
@@ -89,15 +89,15 @@ func runBench(cmd *cobra.Command, o benchOpts) error {
 	if err != nil {
 		return fmt.Errorf("find own binary for replica processes: %w", err)
 	}
-	cfg := nbdbench.Config{Dir: dir, SizeBytes: o.size.bytes, Runtime: o.runtime, Targets: o.targets,
+	cfg := bench.Config{Dir: dir, SizeBytes: o.size.bytes, Runtime: o.runtime, Targets: o.targets,
 		ReplicaCommand: []string{exe, "bench", "replica"}, Progress: cmd.ErrOrStderr(),
 		Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	for _, name := range o.workloads {
-		i := slices.IndexFunc(nbdbench.DefaultWorkloads, func(w nbdbench.Workload) bool { return w.Name == name })
+		i := slices.IndexFunc(bench.DefaultWorkloads, func(w bench.Workload) bool { return w.Name == name })
 		if i < 0 {
 			return fmt.Errorf("unknown workload %q (known: %s)", name, workloadNames())
 		}
-		cfg.Workloads = append(cfg.Workloads, nbdbench.DefaultWorkloads[i])
+		cfg.Workloads = append(cfg.Workloads, bench.DefaultWorkloads[i])
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
@@ -110,7 +110,7 @@ func runBench(cmd *cobra.Command, o benchOpts) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	rep, err := nbdbench.Run(cmd.Context(), cfg)
+	rep, err := bench.Run(cmd.Context(), cfg)
 	if err != nil {
 		return err
 	}
@@ -133,6 +133,6 @@ func newBenchReplicaCmd() *cobra.Command {
 	return &cobra.Command{Use: "replica", Hidden: true, DisableFlagParsing: true,
 		Short: "Serve one benchmark replica over TCP loopback (started by drover bench)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return nbdbench.ServeReplica(cmd.Context(), args, os.Stdin, cmd.OutOrStdout())
+			return bench.ServeReplica(cmd.Context(), args, os.Stdin, cmd.OutOrStdout())
 		}}
 }

@@ -7,9 +7,9 @@ import (
 	"log/slog"
 	"net"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/backuprun"
 	"github.com/drover-io/drover/transports/console"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/metrics"
 	"github.com/drover-io/drover/transports/objstore"

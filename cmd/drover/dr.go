@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-io/drover/transports/backuprun"
+	"github.com/drover-io/drover/transports/control"
 )
 
 func init() { subcommands = append(subcommands, newDRCmd) }
@@ -126,7 +127,7 @@ func newDRCmd() *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			id, err := r.DRActivate(ctx, d.Name, backuprun.Control{C: cc},
+			id, err := r.DRActivate(ctx, d.Name, control.BackupVolume{C: cc},
 				backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "activate")})
 			if err != nil {
 				return err
@@ -153,7 +154,7 @@ func drFollow(ctx context.Context, cmd *cobra.Command, tf *targetFlags, tls *tls
 	defer conn.Close()
 	held := d.Applied
 	for {
-		id, err := r.DRSync(ctx, name, backuprun.Control{C: cc}, backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "dr sync")})
+		id, err := r.DRSync(ctx, name, control.BackupVolume{C: cc}, backuprun.RestoreOptions{Parallel: tf.parallel, Progress: tf.progress(cmd, "dr sync")})
 		switch {
 		case errors.Is(err, backuprun.ErrActivated) && follow:
 			fmt.Fprintf(cmd.OutOrStdout(), "DR volume %s was activated; stopping\n", name)

@@ -15,11 +15,11 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/certs"
 	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/metrics"
 	"github.com/drover-io/drover/transports/peercred"
 )

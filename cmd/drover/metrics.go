@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/metrics"
 	"github.com/drover-io/drover/transports/replicarun"

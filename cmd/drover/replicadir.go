@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -11,9 +10,9 @@ import (
 	"strings"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/core/store"
 	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -35,53 +34,21 @@ func openReplicaDir(dir string, id proto.ReplicaID, createBytes uint64) (*replic
 // cannot hold is refused before the replica is created, and the Runner
 // refuses an expand beyond it the same way.
 func openReplicaDirLimited(dir string, id proto.ReplicaID, createBytes uint64, overProvisioningPercent int) (*replicaDir, error) {
-	made := false
-	if createBytes != 0 {
-		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-			made = true
-		}
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("replica %s: %w", dir, err)
-		}
-	}
-	st, err := filestore.Open(dir)
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: id, CreateSizeBytes: createBytes,
+		CheckSize: true, OverProvisioningPercent: overProvisioningPercent})
 	if err != nil {
-		return nil, fmt.Errorf("replica %s: %w", dir, err)
+		return nil, sizeRefusal(err, "create")
 	}
-	isNew := holdsNoReplica(st)
-	if createBytes != 0 && isNew {
-		if err := st.CheckSize(createBytes, overProvisioningPercent); err != nil {
-			st.Close()
-			if made {
-				os.Remove(dir) // empty: leave nothing behind
-			}
-			return nil, sizeRefusal(err, "create")
-		}
-	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: createBytes,
-		MaxActiveRegions: replicarun.ActiveRegions}, st)
-	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("replica %s: %w", dir, err)
-	}
-	r.SetSizeCheck(func(n uint64) error { return st.CheckSize(n, overProvisioningPercent) })
-	if !isNew {
+	if !rd.Created {
 		// A replica made before sizes were checked (or moved to another
 		// file system) may be larger than its files can grow: say so
 		// now rather than at the first write past the limit. Only the
 		// file system's limit counts here, not over-provisioning.
-		if err := st.CheckSize(r.Info().SizeBytes, math.MaxInt32); err != nil {
+		if err := rd.Store.CheckSize(rd.Runner.Info().SizeBytes, math.MaxInt32); err != nil {
 			slog.Warn("replica larger than its file system can hold: writes past the limit will fail", "replica", id, "err", err)
 		}
 	}
-	return &replicaDir{runner: r, store: st}, nil
-}
-
-// holdsNoReplica reports whether st has no metadata yet: opening it
-// creates a replica.
-func holdsNoReplica(st *filestore.Store) bool {
-	c := st.Execute(store.IO{Kind: store.ReadMeta})
-	return c.Err == store.OK && c.Meta == nil
+	return &replicaDir{runner: rd.Runner, store: rd.Store}, nil
 }
 
 // sizeRefusal words a *filestore.SizeError for the command line: what

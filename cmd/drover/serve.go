@@ -16,8 +16,8 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/control"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
 )
 

@@ -3,7 +3,7 @@ package iscsi
 import (
 	"bufio"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // Async commands. On a device.Async (a Drover volume) READ and WRITE

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // TestCompareWithTgtd runs iscsi-test-cu against Drover and against tgtd

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 const (

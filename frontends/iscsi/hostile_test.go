@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // hostileLiveBoundBytes is what 100 hostile initiators may pin in the

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/testenv"
 )
 

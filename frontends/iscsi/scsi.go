@@ -10,7 +10,7 @@ import (
 	"math/bits"
 	"sync"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // SCSI status codes (SAM-5).

@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // IQNPrefix is the naming authority of every Drover target.

@@ -17,11 +17,10 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/iscsi"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -37,19 +36,12 @@ func droverVolume(t *testing.T, n int, sizeBytes uint64) device.Device {
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("r%d", i)
 		dir := filepath.Join(base, id)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		st, err := filestore.Open(dir)
+		rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: proto.ReplicaID(id), CreateSizeBytes: sizeBytes})
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: sizeBytes}, st)
-		if err != nil {
-			st.Close()
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Close(); st.Close() })
+		r := rd.Runner
+		t.Cleanup(func() { rd.Close() })
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}

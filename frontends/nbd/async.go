@@ -5,7 +5,7 @@ import (
 	"errors"
 	"sync"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // Transmission on an Async device (a Drover volume): one goroutine per

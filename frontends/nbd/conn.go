@@ -13,7 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // ioBufferBytes sizes a connection's buffered reader and writer: large

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/testenv"
 )
 

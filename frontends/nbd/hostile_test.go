@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // hostile is a raw NBD client that sends large reads and never reads a

@@ -24,7 +24,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // Defaults for Config's zero values.

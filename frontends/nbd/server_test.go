@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // Protocol numbers the raw test client uses.

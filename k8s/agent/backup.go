@@ -15,6 +15,7 @@ import (
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/backuptarget"
 	"github.com/drover-io/drover/transports/backuprun"
+	"github.com/drover-io/drover/transports/control"
 )
 
 // restoreStep runs the restore of ref into the engine's volume in the
@@ -43,7 +44,7 @@ func (a *Agent) restoreStep(inst *engineInstance, name, namespace, ref, target, 
 			if err != nil {
 				return err
 			}
-			return repo.Restore(ctx, m, backuprun.Control{C: inst.ctl}, backuprun.RestoreOptions{})
+			return repo.Restore(ctx, m, control.BackupVolume{C: inst.ctl}, backuprun.RestoreOptions{})
 		}()
 		inst.mu.Lock()
 		inst.restoring = false
@@ -101,7 +102,7 @@ func (br *backupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		return ctrl.Result{}, err // the target may come back: retried with backoff
 	}
-	src := backuprun.Control{C: inst.ctl}
+	src := control.BackupVolume{C: inst.ctl}
 	m, _, err := repo.Create(ctx, src, backuprun.CreateOptions{Labels: b.Spec.Labels})
 	if err != nil {
 		if errors.Is(err, context.Canceled) {

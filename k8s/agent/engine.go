@@ -19,12 +19,12 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/k8s/volumekey"
 	"github.com/drover-io/drover/transports/control"
 	"github.com/drover-io/drover/transports/control/controlpb"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/link"
 	"github.com/drover-io/drover/transports/replicarun"

@@ -13,9 +13,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/k8s/api/v1alpha1"
 	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -152,19 +152,11 @@ func (a *Agent) startReplica(rep *v1alpha1.Replica) (*replicaInstance, error) {
 		return nil, fmt.Errorf("replica %s has no disk path", rep.Name)
 	}
 	dir := replicaDir(rep)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("replica %s: %w", rep.Name, err)
-	}
-	st, err := filestore.Open(dir)
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: proto.ReplicaID(rep.Name), CreateSizeBytes: uint64(rep.Spec.VolumeSize)})
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", rep.Name, err)
 	}
-	runner, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(rep.Name), CreateSizeBytes: uint64(rep.Spec.VolumeSize),
-		MaxActiveRegions: replicarun.ActiveRegions}, st)
-	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("replica %s: %w", rep.Name, err)
-	}
+	runner, st := rd.Runner, rd.Store
 	lis, err := a.listenReplica(rep)
 	if err != nil {
 		runner.Close()

@@ -45,7 +45,7 @@ type BackupState struct {
 
 // inProcessControl returns a control API client of ctl that reaches it
 // through an in-memory gRPC connection, so that backups run through
-// backuprun.Control exactly as drover backup does over TCP.
+// control.BackupVolume exactly as drover backup does over TCP.
 func inProcessControl(ctl *control.Server) (controlpb.ControlClient, func(), error) {
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer(control.ServerOptions()...)
@@ -120,7 +120,7 @@ func (s *Server) backupCreate(ctx context.Context, _ *http.Request, _ []byte) er
 	}
 	go func() {
 		ctx := context.Background()
-		src := backuprun.Control{C: s.client}
+		src := control.BackupVolume{C: s.client}
 		m, _, err := s.cfg.Backups.Create(ctx, src, backuprun.CreateOptions{Progress: s.progress})
 		name := ""
 		if err == nil {
@@ -151,7 +151,7 @@ func (s *Server) backupRestore(ctx context.Context, r *http.Request, _ []byte) e
 		return status.Error(codes.FailedPrecondition, "a backup or restore is running; wait for it to end")
 	}
 	go func() {
-		err := s.cfg.Backups.Restore(context.Background(), m, backuprun.Control{C: s.client},
+		err := s.cfg.Backups.Restore(context.Background(), m, control.BackupVolume{C: s.client},
 			backuprun.RestoreOptions{All: true, Progress: s.progress})
 		s.cfg.Jobs.End("", err, time.Now())
 	}()

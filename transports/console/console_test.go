@@ -13,9 +13,8 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -27,15 +26,12 @@ func newConsole(t *testing.T) *httptest.Server {
 	cfg := enginerun.Config{Volume: "vol", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for i := 1; i <= 2; i++ {
 		id := fmt.Sprintf("r%d", i)
-		st, err := filestore.Open(t.TempDir())
+		rd, err := replicadir.Open(replicadir.Config{Dir: t.TempDir(), ID: proto.ReplicaID(id), CreateSizeBytes: 1 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: 1 << 20}, st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = r.Close(); _ = st.Close() })
+		r := rd.Runner
+		t.Cleanup(func() { _ = rd.Close() })
 		runners[id] = r
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})
 	}

@@ -23,8 +23,8 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/control/controlpb"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
 )
 

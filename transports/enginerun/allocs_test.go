@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // TestDataPathAllocatesNothing fails if a steady-state 4 KiB read or

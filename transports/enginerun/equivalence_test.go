@@ -17,9 +17,9 @@ import (
 	"github.com/drover-io/drover/core/drive"
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/enginerun"
 	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -270,15 +270,11 @@ type realReplica struct {
 
 func startRealReplica(t *testing.T, id proto.ReplicaID, dir string, sizeBytes uint64) *realReplica {
 	t.Helper()
-	st, err := filestore.Open(dir)
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: id, CreateSizeBytes: sizeBytes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: sizeBytes}, st)
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
+	r, st := rd.Runner, rd.Store
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -300,16 +296,12 @@ func (r *realReplica) close() {
 // readReplicaDir opens a stopped replica's directory, fences it at an
 // epoch above its own as an engine would, and reads blocks [0, n).
 func readReplicaDir(id proto.ReplicaID, dir string, n uint64) ([]byte, proto.Info, error) {
-	st, err := filestore.Open(dir)
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: id})
 	if err != nil {
 		return nil, proto.Info{}, err
 	}
-	defer st.Close()
-	r, err := replicarun.Open(replica.Config{ID: id}, st)
-	if err != nil {
-		return nil, proto.Info{}, err
-	}
-	defer r.Close()
+	defer rd.Close()
+	r := rd.Runner
 	info := r.Info()
 	epoch := info.Epoch + 1
 	if rep := r.Do(proto.Request{ID: 1, Epoch: epoch, Op: proto.OpOpen}); rep.Status != proto.StatusOK {

@@ -13,9 +13,8 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/frontends/device"
-	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/device"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -36,15 +35,12 @@ func openFileReplicas(b testing.TB, n int, sizeBytes uint64) map[string]*replica
 	runners := map[string]*replicarun.Runner{}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("r%d", i)
-		st, err := filestore.Open(benchStoreDir(b))
+		rd, err := replicadir.Open(replicadir.Config{Dir: benchStoreDir(b), ID: proto.ReplicaID(id), CreateSizeBytes: sizeBytes})
 		if err != nil {
 			b.Fatal(err)
 		}
-		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: sizeBytes}, st)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = r.Close(); _ = st.Close() })
+		r := rd.Runner
+		b.Cleanup(func() { _ = rd.Close() })
 		runners[id] = r
 	}
 	return runners

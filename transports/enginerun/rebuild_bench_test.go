@@ -7,9 +7,7 @@ import (
 	"testing"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/transports/filestore"
-	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/tcp"
 )
 
@@ -38,14 +36,11 @@ func BenchmarkRebuildTCP(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		id := proto.ReplicaID(fmt.Sprintf("t%d", i))
-		st, err := filestore.Open(benchStoreDir(b))
+		rd, err := replicadir.Open(replicadir.Config{Dir: benchStoreDir(b), ID: id, CreateSizeBytes: sizeBytes})
 		if err != nil {
 			b.Fatal(err)
 		}
-		r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: sizeBytes}, st)
-		if err != nil {
-			b.Fatal(err)
-		}
+		r, st := rd.Runner, rd.Store
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)

@@ -8,8 +8,8 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/transports/bufpool"
+	"github.com/drover-io/drover/transports/device"
 )
 
 const (

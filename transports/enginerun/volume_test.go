@@ -14,7 +14,7 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 const testSize = 8 << 20

@@ -14,9 +14,8 @@ import (
 
 	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -30,15 +29,12 @@ func newVolume(t *testing.T) (*enginerun.Volume, map[string]*replicarun.Runner, 
 	for i := 1; i <= 2; i++ {
 		id := fmt.Sprintf("r%d", i)
 		dir := t.TempDir()
-		st, err := filestore.Open(dir)
+		rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: proto.ReplicaID(id), CreateSizeBytes: 1 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := replicarun.Open(replica.Config{ID: proto.ReplicaID(id), CreateSizeBytes: 1 << 20}, st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = r.Close(); _ = st.Close() })
+		r := rd.Runner
+		t.Cleanup(func() { _ = rd.Close() })
 		runners[id] = r
 		dirs = append(dirs, dir)
 		cfg.Replicas = append(cfg.Replicas, enginerun.Replica{ID: proto.ReplicaID(id), Addr: id})

@@ -1,6 +1,7 @@
 // Package tcp carries the engine ↔ replica data path over TCP in the
-// binary format of core/proto (wire.go): a Server in front of a replica's
-// replicarun.Runner, and a Dialer giving engines a link.Link to it.
+// binary format of core/proto (wire.go): a Server in front of a Replica
+// (transports/replicarun's Runner in production), and a Dialer giving
+// engines a link.Link to it.
 //
 // Both ends pipeline: many requests are in flight on one connection, and
 // frames queue in a buffer that goes out in one write when nothing more is
@@ -24,7 +25,6 @@ import (
 
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/bufpool"
-	"github.com/drover-io/drover/transports/replicarun"
 )
 
 const (
@@ -41,9 +41,23 @@ const (
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, pooledBodyBytes); return &b }}
 
-// Server serves one replica's Runner to engines.
+// Replica is what a Server serves: one replica's request handler. The
+// server only decodes frames, hands each request over and encodes the
+// reply, so it needs nothing more of the replica than this; the wire stays
+// a layer below the replica driver that implements it (replicarun.Runner
+// does, structurally), and a test can serve anything that answers.
+type Replica interface {
+	// ID names the replica in the handshake and in log lines.
+	ID() proto.ReplicaID
+	// Handle steps req into the replica and calls reply once with its
+	// answer, on this goroutine or another; req.Data stays untouched until
+	// then. A duplicate of a request already answered may get no reply.
+	Handle(req proto.Request, reply func(proto.Reply))
+}
+
+// Server serves one Replica to engines.
 type Server struct {
-	runner *replicarun.Runner
+	runner Replica
 	logf   func(format string, args ...any)
 	tls    *tls.Config
 	accept func(net.Conn) error
@@ -57,7 +71,7 @@ type Server struct {
 
 // NewServer returns a server for r. logf receives one line per closed
 // connection and why (nil: the standard logger).
-func NewServer(r *replicarun.Runner, logf func(format string, args ...any)) *Server {
+func NewServer(r Replica, logf func(format string, args ...any)) *Server {
 	if logf == nil {
 		logf = log.Printf
 	}

@@ -13,9 +13,8 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/link"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 )
 
@@ -63,14 +62,11 @@ func startServer(t testing.TB, dir string) *testServer {
 // startServerTLS is startServer requiring TLS with tlsCfg (nil: none).
 func startServerTLS(t testing.TB, dir string, tlsCfg *tls.Config) *testServer {
 	t.Helper()
-	st, err := filestore.Open(dir)
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: "r1", CreateSizeBytes: 256 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := replicarun.Open(replica.Config{ID: "r1", CreateSizeBytes: 256 << 20}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := rd.Runner
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +77,7 @@ func startServerTLS(t testing.TB, dir string, tlsCfg *tls.Config) *testServer {
 		srv.RequireTLS(tlsCfg)
 	}
 	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close(); r.Close(); st.Close() })
+	t.Cleanup(func() { srv.Close(); rd.Close() })
 	return &testServer{addr: ln.Addr().String(), srv: srv, runner: r, logs: logs}
 }
 

@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
 	"github.com/drover-io/drover/transports/certs"
-	"github.com/drover-io/drover/transports/filestore"
 	"github.com/drover-io/drover/transports/peercred"
-	"github.com/drover-io/drover/transports/replicarun"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/testenv"
 )
 
@@ -107,14 +105,11 @@ func TestTLS(t *testing.T) {
 func TestAcceptOnly(t *testing.T) {
 	testenv.NeedRoot(t, "connecting as the user nobody")
 	testenv.NeedTools(t, "bash")
-	st, err := filestore.Open(t.TempDir())
+	rd, err := replicadir.Open(replicadir.Config{Dir: t.TempDir(), ID: "r1", CreateSizeBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := replicarun.Open(replica.Config{ID: "r1", CreateSizeBytes: 1 << 20}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := rd.Runner
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +118,7 @@ func TestAcceptOnly(t *testing.T) {
 	srv := NewServer(r, logs.logf)
 	srv.AcceptOnly(peercred.Check)
 	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close(); r.Close(); st.Close() })
+	t.Cleanup(func() { srv.Close(); rd.Close() })
 	col := newCollector(1)
 	l, err := Dial(ln.Addr().String(), col.handler())
 	if err != nil {

@@ -1,4 +1,4 @@
-// Package nbdbench measures Drover's data path against reference NBD
+// Package bench measures Drover's data path against reference NBD
 // servers with fio, in one run on one directory: fio on the raw file,
 // nbdkit's file plugin (the reference every ratio is against), qemu-nbd,
 // Drover's NBD server over a plain file (the frontend's cost alone), and
@@ -6,7 +6,7 @@
 // the engine's process on in-process links, and optionally three replica
 // processes over TCP loopback. It is the harness behind `drover bench`
 // and `make bench`; tests run it only as a short smoke test.
-package nbdbench
+package bench
 
 import (
 	"context"
@@ -165,11 +165,11 @@ type Report struct {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.setDefaults()
 	if _, err := exec.LookPath("fio"); err != nil {
-		return nil, fmt.Errorf("nbdbench: fio is required: %w", err)
+		return nil, fmt.Errorf("bench: fio is required: %w", err)
 	}
 	for _, name := range cfg.Targets {
 		if !slices.Contains(AllTargets, name) {
-			return nil, fmt.Errorf("nbdbench: unknown target %q (known: %s)", name, strings.Join(AllTargets, ", "))
+			return nil, fmt.Errorf("bench: unknown target %q (known: %s)", name, strings.Join(AllTargets, ", "))
 		}
 	}
 	dir, err := os.MkdirTemp(cfg.Dir, "drover-bench-")
@@ -177,12 +177,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		dir, err = filepath.Abs(dir) // qemu-nbd wants an absolute socket path
 	}
 	if err != nil {
-		return nil, fmt.Errorf("nbdbench: %w", err)
+		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "backing.img")
 	if err := fillRandom(path, cfg.SizeBytes); err != nil {
-		return nil, fmt.Errorf("nbdbench: fill backing file: %w", err)
+		return nil, fmt.Errorf("bench: fill backing file: %w", err)
 	}
 	rep := &Report{Dir: filepath.Dir(dir), FSType: FSType(dir), RawEngine: rawEngine(path), CPUs: runtime.NumCPU(),
 		SizeBytes: cfg.SizeBytes, Runtime: cfg.Runtime.String(), Reference: Reference, Workloads: cfg.Workloads}
@@ -197,7 +197,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("nbdbench: %s: %w", tg.name, err)
+			return nil, fmt.Errorf("bench: %s: %w", tg.name, err)
 		}
 		rep.Results = append(rep.Results, results...)
 	}

@@ -1,4 +1,4 @@
-package nbdbench
+package bench
 
 import (
 	"bufio"
@@ -16,12 +16,11 @@ import (
 	"time"
 
 	"github.com/drover-io/drover/core/proto"
-	"github.com/drover-io/drover/core/replica"
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
 	"github.com/drover-io/drover/transports/certs"
+	"github.com/drover-io/drover/transports/device"
 	"github.com/drover-io/drover/transports/enginerun"
-	"github.com/drover-io/drover/transports/filestore"
+	"github.com/drover-io/drover/transports/replicadir"
 	"github.com/drover-io/drover/transports/replicarun"
 	"github.com/drover-io/drover/transports/tcp"
 )
@@ -143,20 +142,11 @@ func (e *benchEnv) startEngineCrypt(ctx context.Context, cfg enginerun.Config, c
 
 // openReplica creates a replica of sizeBytes on a filestore in dir.
 func openReplica(dir string, id proto.ReplicaID, sizeBytes uint64) (*replicarun.Runner, func(), error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: id, CreateSizeBytes: sizeBytes})
+	if err != nil {
 		return nil, nil, err
 	}
-	st, err := filestore.Open(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("replica %s: %w", id, err)
-	}
-	r, err := replicarun.Open(replica.Config{ID: id, CreateSizeBytes: sizeBytes,
-		MaxActiveRegions: replicarun.ActiveRegions}, st)
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("replica %s: %w", id, err)
-	}
-	return r, func() { r.Close(); st.Close() }, nil
+	return rd.Runner, func() { rd.Close() }, nil
 }
 
 // fill writes every block of the volume once (1 MiB writes, 8 at a

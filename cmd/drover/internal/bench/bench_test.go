@@ -1,4 +1,4 @@
-package nbdbench
+package bench
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 // replicaEnv, set in a child's environment, makes the test binary serve
 // one replica (ServeReplica) instead of running tests, so the TCP target
 // can be smoke-tested without the drover binary.
-const replicaEnv = "NBDBENCH_TEST_REPLICA"
+const replicaEnv = "DROVER_BENCH_TEST_REPLICA"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(replicaEnv) == "1" {

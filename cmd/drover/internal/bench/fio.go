@@ -1,4 +1,4 @@
-package nbdbench
+package bench
 
 import (
 	"context"

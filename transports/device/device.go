@@ -1,7 +1,10 @@
 // Package device defines Device, what every frontend (NBD, iSCSI, CSI)
 // serves: a block device addressed in bytes. The engine's production
 // driver implements it for Drover volumes; File implements it on a plain
-// file as a reference for frontend tests and benchmarks.
+// file as a reference for frontend tests and benchmarks. It lives under
+// transports/ because the engine driver (transports/enginerun) implements
+// it: transports must not import frontends, while frontends may import
+// this one transports package.
 package device
 
 import (
