@@ -192,9 +192,9 @@ func (e *Engine) adoptMembers(best *proto.Membership) bool {
 		case proto.ModeRW, proto.ModeWO, proto.ModeFailed:
 			// A tombstone this engine adopted from an older record (an
 			// earlier attempt at this open) does not outlive the newer
-			// record that added the replica back (sim swarm seed
-			// 896153250: r1 was then both, and the open found a current
-			// replica that was no member).
+			// record that added the replica back: the replica would be
+			// both a member and tombstoned, and the next record would
+			// list it twice.
 			e.untombstone(x.ID)
 			if e.members[x.ID] == nil {
 				e.members[x.ID] = &member{id: x.ID, mode: ModeERR, errSince: e.now}

@@ -157,12 +157,9 @@ func (e *Engine) maybeAutoRebuild() {
 // chainOpInFlight reports whether a started admin task is changing the
 // replicas' chains or size. A rebuild must not start meanwhile: its
 // snapshot would enter the engine's chain before the task's, while the
-// replicas that already took the task hold them the other way round (sim
-// all seed 1628: a user snapshot reached r1 and r3, r2 was slow, and a
-// rebuild snapshot taken before r2 timed out came after it on the
-// replicas and before it in the engine; a later revert to the user
-// snapshot then dropped the rebuild snapshot from the replicas but not
-// from the engine, and every merge of it failed).
+// replicas that already took the task hold them the other way round; a
+// later revert or delete then changes the replicas' chains and the
+// engine's differently, and merges of what the engine still lists fail.
 func (e *Engine) chainOpInFlight() bool {
 	if len(e.admin) == 0 || !e.admin[0].started {
 		return false
