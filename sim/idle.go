@@ -128,7 +128,7 @@ func (s *Sim) idleEnd(w *idleWindow) {
 
 func (s *Sim) checkIdle(w *idleWindow) {
 	info := w.en.e.Info()
-	if info.Phase != "serving" {
+	if info.Phase != engine.PhaseServing {
 		s.fail("idle: the engine went %s (%s) while idle after %s died", info.Phase, info.Why, w.victim.id)
 		return
 	}

@@ -238,13 +238,13 @@ func (s *Sim) watchdog() {
 		phase, _ := cur.e.Phase()
 		// A faulted engine reopens by itself (ReopenAfterTicks); only one
 		// that stays faulted is replaced.
-		if phase != "faulted" {
+		if phase != engine.PhaseFaulted {
 			cur.faultedSince = -1
 		} else if cur.faultedSince < 0 {
 			cur.faultedSince = s.now
 		}
-		stuck := phase == "faulted" && s.now-cur.faultedSince > 500_000
-		if !cur.alive || stuck || phase == "fenced" {
+		stuck := phase == engine.PhaseFaulted && s.now-cur.faultedSince > 500_000
+		if !cur.alive || stuck || phase == engine.PhaseFenced {
 			allUp := true
 			for _, n := range s.replicas {
 				allUp = allUp && (n.up || n.lost)

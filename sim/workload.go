@@ -257,9 +257,9 @@ func (op *opRecord) value(b uint64) uint64 {
 // first, the next engine to serve takes the boundary over.
 func (h *history) enginePumped(en *engineNode) {
 	switch phase, _ := en.e.Phase(); {
-	case phase == "opening": // first open, or a reopen after a fault
+	case phase == engine.PhaseOpening: // first open, or a reopen after a fault
 		en.openedAt, en.served = -1, false
-	case phase == "serving" && en.openedAt < 0:
+	case phase == engine.PhaseServing && en.openedAt < 0:
 		en.openedAt = h.s.now // fenced and resynced; quiet period next
 	}
 	if !en.e.Serving() {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/drover-io/drover/core/engine"
 	"github.com/drover-io/drover/core/proto"
 	"github.com/drover-io/drover/transports/backingimage"
 	"github.com/drover-io/drover/transports/certs"
@@ -256,7 +257,7 @@ func ensureSize(cmd *cobra.Command, ct controlTarget, sizeBytes uint64) {
 	err := cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
 		for {
 			info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
-			if err == nil && info.GetPhase() == "serving" {
+			if err == nil && info.GetPhase() == engine.PhaseServing.String() {
 				switch {
 				case info.GetSizeBytes() < sizeBytes:
 					_, err = c.Expand(ctx, &controlpb.ExpandRequest{SizeBytes: sizeBytes})
@@ -305,7 +306,7 @@ func reportOpenFailure(cmd *cobra.Command, ct controlTarget) {
 		last := ""
 		for {
 			info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
-			if err == nil && info.GetPhase() == "serving" {
+			if err == nil && info.GetPhase() == engine.PhaseServing.String() {
 				return nil
 			}
 			if err == nil && info.GetWhy() != "" && info.GetWhy() != last {

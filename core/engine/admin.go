@@ -87,7 +87,7 @@ type AdminReply struct {
 // VolumeInfo is what the engine reports about its volume.
 type VolumeInfo struct {
 	Volume        string
-	Phase         string
+	Phase         Phase
 	Why           string // why it is not serving, when it is not
 	Epoch         uint64
 	SizeBytes     uint64
@@ -152,7 +152,7 @@ func (e *Engine) Admin(req AdminRequest) {
 		e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Info: &info})
 		return
 	}
-	if e.phase != phaseServing {
+	if e.phase != PhaseServing {
 		e.ready.AdminReplies = append(e.ready.AdminReplies, AdminReply{ID: req.ID, Err: e.notServing()})
 		return
 	}
@@ -176,9 +176,9 @@ func (e *Engine) Admin(req AdminRequest) {
 
 func (e *Engine) notServing() error {
 	switch e.phase {
-	case phaseFaulted:
+	case PhaseFaulted:
 		return fmt.Errorf("%w: %s", ErrFaulted, e.why)
-	case phaseFenced:
+	case PhaseFenced:
 		return fmt.Errorf("%w: %s", ErrFenced, e.why)
 	}
 	return ErrNotOpen
@@ -186,7 +186,7 @@ func (e *Engine) notServing() error {
 
 // Info describes the volume.
 func (e *Engine) Info() VolumeInfo {
-	info := VolumeInfo{Volume: e.cfg.Volume, Phase: e.phase.String(), Why: e.why, Epoch: e.epoch,
+	info := VolumeInfo{Volume: e.cfg.Volume, Phase: e.phase, Why: e.why, Epoch: e.epoch,
 		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...), Counters: e.counters, Attached: e.attached}
 	if e.committed != nil {
 		info.MembershipGen = e.committed.Gen

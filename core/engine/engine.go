@@ -239,17 +239,27 @@ type Ready struct {
 	Events []Event
 }
 
-type phase uint8
+// Phase is where an engine is in its life.
+type Phase uint8
 
 const (
-	phaseOpening phase = iota
-	phaseServing
-	phaseFaulted
-	phaseFenced
+	// PhaseOpening: fencing, choosing the current replicas, resyncing.
+	PhaseOpening Phase = iota
+	// PhaseServing: frontend IO is accepted (after one read lease).
+	PhaseServing
+	// PhaseFaulted: too few healthy replicas; IO fails until an open.
+	PhaseFaulted
+	// PhaseFenced: a newer engine fenced a replica; this one stops.
+	PhaseFenced
 )
 
-func (p phase) String() string {
-	return [...]string{"opening", "serving", "faulted", "fenced"}[p]
+var phaseNames = [...]string{"opening", "serving", "faulted", "fenced"}
+
+func (p Phase) String() string {
+	if int(p) < len(phaseNames) {
+		return phaseNames[p]
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
 }
 
 // Mode is a replica's state as the engine sees it.
@@ -344,7 +354,7 @@ func (e *Engine) answer(c *call, rep proto.Reply) {
 // Engine is the state machine.
 type Engine struct {
 	cfg   Config
-	phase phase
+	phase Phase
 	why   string
 	now   int64
 
@@ -497,7 +507,7 @@ func (e *Engine) Step(from proto.ReplicaID, rep proto.Reply) {
 		e.fence(fmt.Sprintf("replica %s: %s", from, rep.Err))
 		return
 	}
-	if rep.Info != nil && rep.Info.Epoch > e.epoch && e.phase == phaseServing {
+	if rep.Info != nil && rep.Info.Epoch > e.epoch && e.phase == PhaseServing {
 		e.fence(fmt.Sprintf("replica %s is fenced at epoch %d", from, rep.Info.Epoch))
 		return
 	}
@@ -528,13 +538,13 @@ func (e *Engine) Tick() {
 			e.answer(&c, proto.Reply{ID: reqID, Status: proto.StatusUnreachable, Err: "timed out"})
 		}
 	}
-	if e.phase == phaseOpening && e.opening == nil && e.now >= e.retryAt {
+	if e.phase == PhaseOpening && e.opening == nil && e.now >= e.retryAt {
 		e.startOpen()
 	}
 	if e.rebuild != nil {
 		e.rebuild.tick()
 	}
-	if e.phase == phaseServing {
+	if e.phase == PhaseServing {
 		e.maybeAutoRebuild()
 		e.heartbeat()
 		e.maybeFlush()
@@ -592,19 +602,19 @@ func (e *Engine) replyFrontend(id uint64, err error, data []byte) {
 
 // fence stops the engine for good: a newer engine owns the replicas.
 func (e *Engine) fence(why string) {
-	if e.phase == phaseFenced {
+	if e.phase == PhaseFenced {
 		return
 	}
-	e.phase, e.why = phaseFenced, why
+	e.phase, e.why = PhaseFenced, why
 	e.failAll(fmt.Errorf("%w: %s", ErrFenced, why))
 }
 
 // fault stops serving: too few healthy replicas or no quorum.
 func (e *Engine) fault(why string) {
-	if e.phase == phaseFenced || e.phase == phaseFaulted {
+	if e.phase == PhaseFenced || e.phase == PhaseFaulted {
 		return
 	}
-	e.phase, e.why = phaseFaulted, why
+	e.phase, e.why = PhaseFaulted, why
 	e.failAll(fmt.Errorf("%w: %s", ErrFaulted, why))
 }
 
@@ -628,13 +638,13 @@ func (e *Engine) failAll(err error) {
 	e.change, e.rebuild, e.opening = nil, nil, nil
 }
 
-// Phase returns the engine's phase name and, when stopped, why.
-func (e *Engine) Phase() (string, string) { return e.phase.String(), e.why }
+// Phase returns the engine's phase and, when stopped, why.
+func (e *Engine) Phase() (Phase, string) { return e.phase, e.why }
 
 // Serving reports whether the engine accepts frontend IO.
 // It stays false during the quiet period after open (one read lease),
 // while requests are accepted but held.
-func (e *Engine) Serving() bool { return e.phase == phaseServing && e.now >= e.quietUntil }
+func (e *Engine) Serving() bool { return e.phase == PhaseServing && e.now >= e.quietUntil }
 
 // Epoch returns the epoch the engine opened its replicas at.
 func (e *Engine) Epoch() uint64 { return e.epoch }
@@ -735,7 +745,7 @@ func (e *Engine) rwCount() int {
 // Info (answered whatever the epoch) that shows another epoch.
 func (e *Engine) noteContact(from proto.ReplicaID, c *call, rep proto.Reply) {
 	m := e.members[from]
-	if m == nil || rep.Status == proto.StatusUnreachable || e.phase != phaseServing {
+	if m == nil || rep.Status == proto.StatusUnreachable || e.phase != PhaseServing {
 		return
 	}
 	if rep.Info != nil && rep.Info.Epoch != e.epoch {
@@ -784,7 +794,7 @@ func (e *Engine) heartbeat() {
 // has, so a connection that drops and comes straight back costs nothing.
 func (e *Engine) onHeartbeat(id proto.ReplicaID, sent int64, rep proto.Reply) {
 	m := e.members[id]
-	if m == nil || m.mode != ModeRW || e.phase != phaseServing || e.cfg.Bugs.IgnoreHeartbeats {
+	if m == nil || m.mode != ModeRW || e.phase != PhaseServing || e.cfg.Bugs.IgnoreHeartbeats {
 		return
 	}
 	var why string

@@ -63,7 +63,7 @@ func TestHeartbeatNeverFaults(t *testing.T) {
 		c.write(1, 11)
 		c.SetDown("r1", true)
 		c.Run(200, 200)
-		if ph, why := c.Engine().Phase(); ph != "serving" || modes(c.Engine().Info())["r1"] != engine.ModeRW {
+		if ph, why := c.Engine().Phase(); ph != engine.PhaseServing || modes(c.Engine().Info())["r1"] != engine.ModeRW {
 			t.Fatalf("%d replicas, r1 silent while idle: phase %s (%s), %+v", n, ph, why, c.Engine().Info().Replicas)
 		}
 		c.SetDown("r1", false)

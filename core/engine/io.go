@@ -133,11 +133,11 @@ func (e *Engine) Submit(req Request) {
 
 func (e *Engine) checkRequest(req Request) error {
 	switch e.phase {
-	case phaseOpening:
+	case PhaseOpening:
 		return ErrNotOpen
-	case phaseFaulted:
+	case PhaseFaulted:
 		return fmt.Errorf("%w: %s", ErrFaulted, e.why)
-	case phaseFenced:
+	case PhaseFenced:
 		return fmt.Errorf("%w: %s", ErrFenced, e.why)
 	}
 	if !e.attached {
@@ -169,7 +169,7 @@ func (e *Engine) checkRequest(req Request) error {
 // schedule starts waiting frontend requests that conflict with nothing
 // running or waiting before them, and runs admin tasks whose turn it is.
 func (e *Engine) schedule() {
-	if e.phase != phaseServing {
+	if e.phase != PhaseServing {
 		return
 	}
 	if e.rebuild != nil && e.rebuild.holding {
@@ -177,7 +177,7 @@ func (e *Engine) schedule() {
 	} else {
 		e.runAdmin()
 	}
-	if e.phase != phaseServing || e.holding() {
+	if e.phase != PhaseServing || e.holding() {
 		return
 	}
 	if e.now < e.quietUntil {
@@ -202,7 +202,7 @@ func (e *Engine) schedule() {
 		e.waiting = append(e.waiting[:i], e.waiting[i+1:]...)
 		e.running = append(e.running, f)
 		e.startFop(f)
-		if e.phase != phaseServing {
+		if e.phase != PhaseServing {
 			return
 		}
 	}

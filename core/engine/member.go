@@ -61,7 +61,7 @@ func (e *Engine) replicaFailed(id proto.ReplicaID, why string) {
 	if !ok {
 		return
 	}
-	if e.phase == phaseServing {
+	if e.phase == PhaseServing {
 		e.proposeMembership(nil)
 	}
 	for _, f := range touched {
@@ -334,7 +334,7 @@ func (e *Engine) maybeCommit(ch *memberChange) {
 // (TestProcessDevWipedReplica). The cost is one more metadata write per
 // membership change.
 func (e *Engine) settleMembership() {
-	if e.change != nil || e.phase != phaseServing || e.committed == nil || sameRW(e.committed.Members, e.committed.Prev) {
+	if e.change != nil || e.phase != PhaseServing || e.committed == nil || sameRW(e.committed.Members, e.committed.Prev) {
 		return
 	}
 	e.proposeMembership(nil)

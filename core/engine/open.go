@@ -37,7 +37,7 @@ func (t *openTask) noteStale(id proto.ReplicaID, why string) {
 func (e *Engine) startOpen() {
 	t := &openTask{infos: map[proto.ReplicaID]*proto.Info{}, fenced: map[proto.ReplicaID]*proto.Info{}}
 	e.opening = t
-	e.phase = phaseOpening
+	e.phase = PhaseOpening
 	// The members, not just the configured replicas: a reopen after a
 	// fault must include replicas added since.
 	ids := make([]proto.ReplicaID, 0, len(e.members))
@@ -356,7 +356,7 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 	if e.cfg.Bugs.SkipResyncOnReopen {
 		extents = nil
 	}
-	e.phase = phaseOpening
+	e.phase = PhaseOpening
 	sync := &layerSync{e: e, layer: "", source: current[0], targets: current[1:], extents: splitExtents(extents, e.sizeBytes/proto.BlockSize, e.cfg.CopyShape.WindowBlocks)}
 	run := sync.run
 	if !e.cfg.Bugs.SkipResyncOnReopen {
@@ -395,7 +395,7 @@ func (e *Engine) settle(t *openTask, dirty []proto.ReplicaID) {
 	left := len(dirty)
 	done := func() {
 		e.opening = nil
-		e.phase = phaseServing
+		e.phase = PhaseServing
 		e.why = ""
 		e.proposeMembership(func(ok bool) {})
 		e.schedule()

@@ -272,7 +272,7 @@ func (s *Server) State(ctx context.Context) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("volume info: %w", err)
 	}
-	st := &State{Volume: info.Volume, Phase: info.Phase, Why: info.Why, Attached: info.Attached, Epoch: info.Epoch,
+	st := &State{Volume: info.Volume, Phase: info.Phase.String(), Why: info.Why, Attached: info.Attached, Epoch: info.Epoch,
 		SizeBytes: info.SizeBytes, Frontends: s.cfg.Frontends.Endpoints(), Spares: ids(info.Spares), Removed: ids(info.Removed),
 		Robustness: robustnessNames[metrics.Robustness(info.VolumeInfo)], IO: map[string]IOSummary{}}
 	for _, r := range info.Replicas {
@@ -291,7 +291,7 @@ func (s *Server) State(ctx context.Context) (*State, error) {
 		o := s.cfg.Volume.Stats().Op(op)
 		st.IO[op.String()] = IOSummary{Ops: o.Ops, Bytes: o.Bytes, Errors: o.Errors}
 	}
-	if info.Phase == "serving" {
+	if info.Phase == engine.PhaseServing {
 		if err := s.snapshots(ctx, st); err != nil {
 			return nil, err
 		}

@@ -117,7 +117,7 @@ func (s *Server) VolumeInfo(ctx context.Context, _ *controlpb.VolumeInfoRequest)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	out := &controlpb.VolumeInfoResponse{Volume: info.Volume, Phase: info.Phase, Why: info.Why, Epoch: info.Epoch,
+	out := &controlpb.VolumeInfoResponse{Volume: info.Volume, Phase: info.Phase.String(), Why: info.Why, Epoch: info.Epoch,
 		SizeBytes: info.SizeBytes, Chain: info.Chain, MembershipGen: info.MembershipGen, Replicas: replicaStatuses(info)}
 	if rb := info.Rebuild; rb != nil {
 		out.Rebuild = rebuildProgress(*rb, info.Tick)

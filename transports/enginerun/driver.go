@@ -204,7 +204,8 @@ type Driver struct {
 	admins   map[uint64]chan engine.AdminReply
 	spare    []input
 	work     *[]link.Work // staged link work of this round, run after the role is released
-	phase    string
+	phase    engine.Phase
+	phased   bool // phase was logged once
 	isReady  bool
 	stopDial chan struct{}
 }
@@ -548,9 +549,9 @@ func (d *Driver) observe() {
 		close(d.ready)
 	}
 	ph, why := d.eng.Phase()
-	if ph != d.phase {
-		d.log.Info("engine phase", "phase", ph, "why", why, "epoch", d.eng.Epoch())
-		d.phase = ph
+	if ph != d.phase || !d.phased {
+		d.log.Info("engine phase", "phase", ph.String(), "why", why, "epoch", d.eng.Epoch())
+		d.phase, d.phased = ph, true
 	}
 }
 

@@ -142,7 +142,7 @@ func (x infoCollector) Collect(ch chan<- prometheus.Metric) { x.c.collectInfo(ch
 // length), which pass the linter. (The browser test watches the same
 // numbers, enginerun.Stats, move during a real rebuild.)
 func TestRebuildMetrics(t *testing.T) {
-	info := enginerun.Info{Tick: 10 * time.Millisecond, VolumeInfo: engine.VolumeInfo{Volume: "vol", Phase: "serving",
+	info := enginerun.Info{Tick: 10 * time.Millisecond, VolumeInfo: engine.VolumeInfo{Volume: "vol", Phase: engine.PhaseServing,
 		Replicas: []engine.ReplicaInfo{{ID: "r1", Mode: engine.ModeRW}, {ID: "r2", Mode: engine.ModeWO}},
 		Rebuild: &engine.RebuildProgress{Target: "r2", Source: "r1", Stage: "copy", BlocksTotal: 512, BlocksDone: 128,
 			BytesCopied: 100 * 4096, ElapsedTicks: 100}}}

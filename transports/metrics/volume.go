@@ -203,7 +203,7 @@ func (c *Volume) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- gauge(c.d.scrapeErrors, 0, c.name)
 	c.collectInfo(ch, info)
-	if info.Phase == "serving" {
+	if info.Phase == engine.PhaseServing {
 		if rep, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminListSnapshots}); err == nil {
 			var blocks uint64
 			for _, l := range rep.Snapshots {
@@ -236,7 +236,7 @@ func (c *Volume) collectIO(ch chan<- prometheus.Metric) {
 func (c *Volume) collectInfo(ch chan<- prometheus.Metric, info enginerun.Info) {
 	d, v := &c.d, c.name
 	for _, ph := range Phases {
-		ch <- gauge(d.state, b2f(info.Phase == ph), v, ph)
+		ch <- gauge(d.state, b2f(info.Phase.String() == ph), v, ph)
 	}
 	ch <- gauge(d.robustness, float64(Robustness(info.VolumeInfo)), v)
 	if info.SizeBytes > 0 {
@@ -271,9 +271,9 @@ func (c *Volume) collectInfo(ch chan<- prometheus.Metric, info enginerun.Info) {
 // Robustness is the Longhorn robustness value of a volume's state.
 func Robustness(info engine.VolumeInfo) int {
 	switch info.Phase {
-	case "faulted", "fenced":
+	case engine.PhaseFaulted, engine.PhaseFenced:
 		return RobustnessFaulted
-	case "serving":
+	case engine.PhaseServing:
 		for _, r := range info.Replicas {
 			if r.Mode != engine.ModeRW {
 				return RobustnessDegraded

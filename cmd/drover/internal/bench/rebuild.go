@@ -435,7 +435,7 @@ func waitNoRebuildSnapshots(ctx context.Context, d *enginerun.Driver) error {
 
 // mergeStuck says why no merge of a rebuild snapshot can come, or "".
 func mergeStuck(info engine.VolumeInfo) string {
-	if info.Phase != "serving" {
+	if info.Phase != engine.PhaseServing {
 		return "the engine is not serving"
 	}
 	for _, r := range info.Replicas {
