@@ -32,8 +32,14 @@ type stageState struct {
 	Image   string `json:"image"`
 	// FuseMounted: nbdfuse was started and its mount is up.
 	FuseMounted bool `json:"fuseMounted"`
-	// Loop is the loop device attached to Image ("" before).
-	Loop string `json:"loop,omitempty"`
+	// Loop is the loop device attached to Image ("" before), and
+	// LoopDevice/LoopInode the backing file's identity as the kernel
+	// reports it for that loop device (LOOP_GET_STATUS64): unstage
+	// detaches the device only while it still reports them, which it can
+	// check even when the FUSE file is unreachable.
+	Loop       string `json:"loop,omitempty"`
+	LoopDevice uint64 `json:"loopDevice,omitempty"`
+	LoopInode  uint64 `json:"loopInode,omitempty"`
 	// Growable: Image is the engine's growable export (a ceiling size),
 	// and the loop device is limited to the volume's size, SizeBytes;
 	// NodeExpandVolume raises the limit.
@@ -188,9 +194,14 @@ func isMounted(path string) (bool, error) {
 	return ok, nil
 }
 
-// startNbdfuse exposes the NBD endpoint as the file image (in dir) with
-// nbdfuse, in a session of its own so it outlives the driver, and waits
-// for its mount.
+// startNbdfuse exposes the engine's export as the file image (in dir)
+// with nbdfuse, which reaches the engine through `drover nbd-relay`
+// (nbdfuse --command: NBD on its stdin), so the file survives the
+// engine going away and coming back on the same address. nbdfuse runs
+// in a session of its own, so it outlives the driver; with HostAttach
+// it starts in the host's mount namespace and the cgroup AttachCgroup
+// (nsenter into hostPID's, then drover csi-exec), so it also outlives
+// the driver's container. It waits for the mount.
 func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 	if err := os.MkdirAll(st.FuseDir, 0o700); err != nil {
 		return fmt.Errorf("nbdfuse dir: %w", err)
@@ -206,6 +217,10 @@ func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 			return fmt.Errorf("clear a dead nbdfuse mount: %w", err)
 		}
 	}
+	relay, err := d.relayCommand(st)
+	if err != nil {
+		return err
+	}
 	pidfile := st.FuseDir + ".pid"
 	_ = os.Remove(pidfile)
 	logf, err := os.OpenFile(st.FuseDir+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -213,7 +228,16 @@ func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 		return fmt.Errorf("nbdfuse log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("nbdfuse", "-P", pidfile, st.Image, st.imageURI())
+	args := append([]string{"-P", pidfile, st.Image, "--command"}, relay...)
+	cmd := exec.Command("nbdfuse", args...)
+	if d.cfg.HostAttach {
+		host, err := hostPID()
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command("nsenter", append([]string{"--target", strconv.Itoa(host), "--mount", "--cgroup", "--",
+			relay[0], "csi-exec", "--cgroup", AttachCgroup, "--", "nbdfuse"}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -248,6 +272,38 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// loopBacking is the identity (device, inode) of the file behind a loop
+// device, from LOOP_GET_STATUS64: it does not touch the file, so it
+// answers also when the file's FUSE server is gone.
+func loopBacking(loop string) (dev, ino uint64, err error) {
+	f, err := os.Open(loop)
+	if err != nil {
+		return 0, 0, fmt.Errorf("loop device %s: %w", loop, err)
+	}
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return 0, 0, fmt.Errorf("loop device %s: LOOP_GET_STATUS64: %w", loop, err)
+	}
+	return info.Device, info.Inode, nil
+}
+
+// ownsLoop says whether st's loop device is still the one it attached:
+// its backing file is the one recorded at stage (after a reboot the
+// name may be another volume's, or free). A state from before the
+// identity was recorded falls back to comparing with the image.
+func ownsLoop(ctx context.Context, st *stageState) bool {
+	if st.Loop == "" {
+		return false
+	}
+	if st.LoopInode != 0 {
+		dev, ino, err := loopBacking(st.Loop)
+		return err == nil && dev == st.LoopDevice && ino == st.LoopInode
+	}
+	loop, err := loopFor(ctx, st.Image)
+	return err == nil && loop == st.Loop
 }
 
 // loopFor returns the loop device backed by image ("" when none).

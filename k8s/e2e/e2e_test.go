@@ -935,6 +935,17 @@ func (r *run) scenario() {
 			if left := r.c.newLoops(); len(left) > 0 {
 				return fmt.Errorf("loop devices left attached: %v", left)
 			}
+			if left := attachmentProcesses(); len(left) > 0 {
+				return fmt.Errorf("attachment processes (nbdfuse, nbd-relay) left: %v", left)
+			}
+			// The node service's per-volume state: VOL.json, VOL.fuse
+			// (with .pid and .log); its bin/ (the relay's binary) stays.
+			entries, _ := os.ReadDir(r.c.path("drover", "csi"))
+			for _, e := range entries {
+				if e.Name() != "bin" {
+					return fmt.Errorf("node service state left: %s", e.Name())
+				}
+			}
 			return nil
 		})
 	})
