@@ -125,6 +125,11 @@ func NewRedialer(ctx context.Context, cfg RedialConfig) (*Redialer, error) {
 
 func (r *Redialer) setCurrent(c *Client) {
 	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		_ = c.Close()
+		return
+	}
 	r.cur = c
 	close(r.changed)
 	r.changed = make(chan struct{})

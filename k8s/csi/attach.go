@@ -33,13 +33,15 @@ type stageState struct {
 	// FuseMounted: nbdfuse was started and its mount is up.
 	FuseMounted bool `json:"fuseMounted"`
 	// Loop is the loop device attached to Image ("" before), and
-	// LoopDevice/LoopInode the backing file's identity as the kernel
-	// reports it for that loop device (LOOP_GET_STATUS64): unstage
-	// detaches the device only while it still reports them, which it can
-	// check even when the FUSE file is unreachable.
+	// LoopDevice/LoopInode/LoopFile the backing file's identity as the
+	// kernel reports it for that loop device (LOOP_GET_STATUS64: device,
+	// inode, and the name losetup gave, which holds the volume ID):
+	// unstage detaches the device only while it still reports them,
+	// which it can check even when the FUSE file is unreachable.
 	Loop       string `json:"loop,omitempty"`
 	LoopDevice uint64 `json:"loopDevice,omitempty"`
 	LoopInode  uint64 `json:"loopInode,omitempty"`
+	LoopFile   string `json:"loopFile,omitempty"`
 	// Growable: Image is the engine's growable export (a ceiling size),
 	// and the loop device is limited to the volume's size, SizeBytes;
 	// NodeExpandVolume raises the limit.
@@ -274,33 +276,45 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, " | ")
 }
 
-// loopBacking is the identity (device, inode) of the file behind a loop
-// device, from LOOP_GET_STATUS64: it does not touch the file, so it
-// answers also when the file's FUSE server is gone.
-func loopBacking(loop string) (dev, ino uint64, err error) {
+// loopID is a loop device's backing file as LOOP_GET_STATUS64 reports
+// it: device, inode, and the (at most 63-byte) name it was attached by.
+type loopID struct {
+	dev, ino uint64
+	name     string
+}
+
+// loopBacking reads a loop device's loopID. It does not touch the
+// backing file, so it answers also when the file's FUSE server is gone.
+func loopBacking(loop string) (loopID, error) {
 	f, err := os.Open(loop)
 	if err != nil {
-		return 0, 0, fmt.Errorf("loop device %s: %w", loop, err)
+		return loopID{}, fmt.Errorf("loop device %s: %w", loop, err)
 	}
 	defer f.Close()
 	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
 	if err != nil {
-		return 0, 0, fmt.Errorf("loop device %s: LOOP_GET_STATUS64: %w", loop, err)
+		return loopID{}, fmt.Errorf("loop device %s: LOOP_GET_STATUS64: %w", loop, err)
 	}
-	return info.Device, info.Inode, nil
+	name := info.File_name[:]
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	return loopID{dev: info.Device, ino: info.Inode, name: string(name)}, nil
 }
 
 // ownsLoop says whether st's loop device is still the one it attached:
 // its backing file is the one recorded at stage (after a reboot the
-// name may be another volume's, or free). A state from before the
-// identity was recorded falls back to comparing with the image.
+// name may be another volume's, or free; the recorded name, which holds
+// the volume ID, keeps a reused device number from passing for ours). A
+// state from before the identity was recorded falls back to comparing
+// with the image.
 func ownsLoop(ctx context.Context, st *stageState) bool {
 	if st.Loop == "" {
 		return false
 	}
 	if st.LoopInode != 0 {
-		dev, ino, err := loopBacking(st.Loop)
-		return err == nil && dev == st.LoopDevice && ino == st.LoopInode
+		id, err := loopBacking(st.Loop)
+		return err == nil && id == loopID{dev: st.LoopDevice, ino: st.LoopInode, name: st.LoopFile}
 	}
 	loop, err := loopFor(ctx, st.Image)
 	return err == nil && loop == st.Loop

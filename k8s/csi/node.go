@@ -121,7 +121,7 @@ func (n node) recheck(ctx context.Context, st *stageState, endpoint string) erro
 	if _, serr := os.Stat(st.Image); fuseUp && serr == nil {
 		if st.Loop != "" {
 			if !ownsLoop(ctx, st) {
-				st.Loop, st.LoopDevice, st.LoopInode, st.Mounted = "", 0, 0, false
+				st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile, st.Mounted = "", 0, 0, "", false
 			}
 		}
 		if st.Mounted {
@@ -150,7 +150,7 @@ func (n node) recheck(ctx context.Context, st *stageState, endpoint string) erro
 			return err
 		}
 	}
-	st.FuseMounted, st.Loop, st.LoopDevice, st.LoopInode, st.Mounted = false, "", 0, 0, false
+	st.FuseMounted, st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile, st.Mounted = false, "", 0, 0, "", false
 	if endpoint != "" {
 		st.Endpoint = endpoint
 	}
@@ -194,11 +194,11 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 			}
 			loop = strings.TrimSpace(out)
 		}
-		dev, ino, err := loopBacking(loop)
+		id, err := loopBacking(loop)
 		if err != nil {
 			return err
 		}
-		st.Loop, st.LoopDevice, st.LoopInode = loop, dev, ino
+		st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile = loop, id.dev, id.ino, id.name
 		if err := save(); err != nil {
 			return err
 		}
@@ -370,7 +370,7 @@ func (n node) unstage(ctx context.Context, st *stageState) error {
 				return err
 			}
 		}
-		st.Loop, st.LoopDevice, st.LoopInode = "", 0, 0
+		st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile = "", 0, 0, ""
 		if err := n.d.saveState(st); err != nil {
 			return err
 		}
