@@ -116,6 +116,9 @@ func newCSICmd() *cobra.Command {
 	cmd.Flags().StringVar(&cfg.NodeID, "node-id", envOr("NODE_NAME", ""), "this node's name, as the agent registers it ($NODE_NAME; node and all modes)")
 	cmd.Flags().StringVar(&cfg.Zone, "zone", "", "this node's zone, reported as topology.kubernetes.io/zone")
 	cmd.Flags().StringVar(&cfg.StateDir, "state-dir", "/var/lib/drover/csi", "where the node service keeps per-volume state and nbdfuse mounts")
+	cmd.Flags().BoolVar(&cfg.HostAttach, "host-attach", false, "start each volume's nbdfuse and NBD relay in the host's mount namespace and the cgroup "+csi.AttachCgroup+
+		" (nsenter into PID 1's: the Pod needs hostPID, and --state-dir at the same path on the host), so staged volumes keep their attachment when this container restarts")
+	cmd.Flags().DurationVar(&cfg.ReconnectTimeout, "reconnect-timeout", 2*time.Minute, "how long a staged volume's IO waits for its engine to come back (an agent restart) before it fails")
 	cmd.Flags().DurationVar(&cfg.AttachTimeout, "attach-timeout", 2*time.Minute, "how long ControllerPublishVolume waits for the engine when its caller sets no deadline")
 	return cmd
 }

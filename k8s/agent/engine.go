@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"sort"
 	"strconv"
 	"sync"
@@ -42,11 +43,14 @@ type engineInstance struct {
 	nbd      *nbd.Server
 	endpoint string
 	served   chan struct{} // closed when the NBD server stops
-	grpc     *grpc.Server  // the control API (drover volume/snapshot/backup --control)
-	ctlAddr  string
-	qos      *device.Limiter // the NBD export's IO limits (spec.qos)
-	ctl      controlpb.ControlClient
-	ctlConn  *grpc.ClientConn
+	// stopServe ends the wait for the engine to serve before the NBD
+	// listener is served.
+	stopServe context.CancelFunc
+	grpc      *grpc.Server // the control API (drover volume/snapshot/backup --control)
+	ctlAddr   string
+	qos       *device.Limiter // the NBD export's IO limits (spec.qos)
+	ctl       controlpb.ControlClient
+	ctlConn   *grpc.ClientConn
 
 	mu         sync.Mutex
 	members    map[string]string // replica name -> address the engine was given
@@ -59,6 +63,7 @@ type engineInstance struct {
 func (e *engineInstance) stop(log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	e.stopServe()
 	_ = e.nbd.Shutdown(ctx)
 	<-e.served
 	e.grpc.Stop()
@@ -291,7 +296,7 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine, key []byte) (*engineInstance, 
 		d.Close()
 		return nil, fmt.Errorf("engine %s: NBD: %w", eng.Name, err)
 	}
-	lis, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Address, "0"))
+	lis, err := a.listenEngine(eng)
 	if err != nil {
 		d.Close()
 		return nil, fmt.Errorf("engine %s: NBD listen: %w", eng.Name, err)
@@ -314,23 +319,48 @@ func (a *Agent) startEngine(eng *v1alpha1.Engine, key []byte) (*engineInstance, 
 		d.Close()
 		return nil, fmt.Errorf("engine %s: control API: %w", eng.Name, err)
 	}
+	serveCtx, stopServe := context.WithCancel(context.Background())
 	inst := &engineInstance{driver: d, vol: vol, nbd: srv, endpoint: nbd.TCPURI(lis.Addr().String(), eng.Spec.VolumeName),
-		served: make(chan struct{}), members: map[string]string{}, adding: map[string]bool{}, qos: limiter,
+		served: make(chan struct{}), stopServe: stopServe, members: map[string]string{}, adding: map[string]bool{}, qos: limiter,
 		grpc: gs, ctlAddr: ctlLis.Addr().String(), ctl: ctl, ctlConn: conn}
 	for _, r := range reps {
 		inst.members[string(r.ID)] = r.Addr
 	}
 	go func() {
+		defer close(inst.served)
+		defer lis.Close()
+		// Clients are served once the engine serves IO: a host attachment
+		// reconnecting to a restarted agent (drover nbd-relay) waits in
+		// the listen backlog meanwhile, instead of having its requests
+		// refused by an engine that has not opened its replicas yet.
+		if err := d.WaitServing(serveCtx); err != nil {
+			return
+		}
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, nbd.ErrServerClosed) {
 			log.Warn("NBD server stopped", "err", err)
 		}
-		close(inst.served)
 	}()
 	a.mu.Lock()
 	a.engines[eng.Name] = inst
 	a.mu.Unlock()
 	log.Info("engine started", "replicas", len(reps), "endpoint", inst.endpoint)
 	return inst, nil
+}
+
+// listenEngine listens for the engine's NBD clients on the port of its
+// last endpoint when that was on this node's address, so that a
+// restarted agent serves the volume where the host's attachment
+// reconnects to; else (or when that port is taken) on a port the kernel
+// picks.
+func (a *Agent) listenEngine(eng *v1alpha1.Engine) (net.Listener, error) {
+	if u, err := url.Parse(eng.Status.Endpoint); err == nil && u.Scheme == "nbd" && u.Hostname() == a.cfg.Address && u.Port() != "" {
+		lis, err := net.Listen("tcp", u.Host)
+		if err == nil {
+			return lis, nil
+		}
+		a.log.Warn("engine's previous NBD port taken; attachments on it will not reconnect", "engine", eng.Name, "endpoint", eng.Status.Endpoint, "err", err)
+	}
+	return net.Listen("tcp", net.JoinHostPort(a.cfg.Address, "0"))
 }
 
 // syncMembers adds the replicas the spec lists that the engine lacks

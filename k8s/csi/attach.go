@@ -32,8 +32,16 @@ type stageState struct {
 	Image   string `json:"image"`
 	// FuseMounted: nbdfuse was started and its mount is up.
 	FuseMounted bool `json:"fuseMounted"`
-	// Loop is the loop device attached to Image ("" before).
-	Loop string `json:"loop,omitempty"`
+	// Loop is the loop device attached to Image ("" before), and
+	// LoopDevice/LoopInode/LoopFile the backing file's identity as the
+	// kernel reports it for that loop device (LOOP_GET_STATUS64: device,
+	// inode, and the name losetup gave, which holds the volume ID):
+	// unstage detaches the device only while it still reports them,
+	// which it can check even when the FUSE file is unreachable.
+	Loop       string `json:"loop,omitempty"`
+	LoopDevice uint64 `json:"loopDevice,omitempty"`
+	LoopInode  uint64 `json:"loopInode,omitempty"`
+	LoopFile   string `json:"loopFile,omitempty"`
 	// Growable: Image is the engine's growable export (a ceiling size),
 	// and the loop device is limited to the volume's size, SizeBytes;
 	// NodeExpandVolume raises the limit.
@@ -188,9 +196,14 @@ func isMounted(path string) (bool, error) {
 	return ok, nil
 }
 
-// startNbdfuse exposes the NBD endpoint as the file image (in dir) with
-// nbdfuse, in a session of its own so it outlives the driver, and waits
-// for its mount.
+// startNbdfuse exposes the engine's export as the file image (in dir)
+// with nbdfuse, which reaches the engine through `drover nbd-relay`
+// (nbdfuse --command: NBD on its stdin), so the file survives the
+// engine going away and coming back on the same address. nbdfuse runs
+// in a session of its own, so it outlives the driver; with HostAttach
+// it starts in the host's mount namespace and the cgroup AttachCgroup
+// (nsenter into hostPID's, then drover csi-exec), so it also outlives
+// the driver's container. It waits for the mount.
 func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 	if err := os.MkdirAll(st.FuseDir, 0o700); err != nil {
 		return fmt.Errorf("nbdfuse dir: %w", err)
@@ -206,6 +219,10 @@ func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 			return fmt.Errorf("clear a dead nbdfuse mount: %w", err)
 		}
 	}
+	relay, err := d.relayCommand(st)
+	if err != nil {
+		return err
+	}
 	pidfile := st.FuseDir + ".pid"
 	_ = os.Remove(pidfile)
 	logf, err := os.OpenFile(st.FuseDir+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -213,7 +230,16 @@ func (d *Driver) startNbdfuse(ctx context.Context, st *stageState) error {
 		return fmt.Errorf("nbdfuse log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("nbdfuse", "-P", pidfile, st.Image, st.imageURI())
+	args := append([]string{"-P", pidfile, st.Image, "--command"}, relay...)
+	cmd := exec.Command("nbdfuse", args...)
+	if d.cfg.HostAttach {
+		host, err := hostPID()
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command("nsenter", append([]string{"--target", strconv.Itoa(host), "--mount", "--cgroup", "--",
+			relay[0], "csi-exec", "--cgroup", AttachCgroup, "--", "nbdfuse"}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -248,6 +274,50 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// loopID is a loop device's backing file as LOOP_GET_STATUS64 reports
+// it: device, inode, and the (at most 63-byte) name it was attached by.
+type loopID struct {
+	dev, ino uint64
+	name     string
+}
+
+// loopBacking reads a loop device's loopID. It does not touch the
+// backing file, so it answers also when the file's FUSE server is gone.
+func loopBacking(loop string) (loopID, error) {
+	f, err := os.Open(loop)
+	if err != nil {
+		return loopID{}, fmt.Errorf("loop device %s: %w", loop, err)
+	}
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return loopID{}, fmt.Errorf("loop device %s: LOOP_GET_STATUS64: %w", loop, err)
+	}
+	name := info.File_name[:]
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	return loopID{dev: info.Device, ino: info.Inode, name: string(name)}, nil
+}
+
+// ownsLoop says whether st's loop device is still the one it attached:
+// its backing file is the one recorded at stage (after a reboot the
+// name may be another volume's, or free; the recorded name, which holds
+// the volume ID, keeps a reused device number from passing for ours). A
+// state from before the identity was recorded falls back to comparing
+// with the image.
+func ownsLoop(ctx context.Context, st *stageState) bool {
+	if st.Loop == "" {
+		return false
+	}
+	if st.LoopInode != 0 {
+		id, err := loopBacking(st.Loop)
+		return err == nil && id == loopID{dev: st.LoopDevice, ino: st.LoopInode, name: st.LoopFile}
+	}
+	loop, err := loopFor(ctx, st.Image)
+	return err == nil && loop == st.Loop
 }
 
 // loopFor returns the loop device backed by image ("" when none).

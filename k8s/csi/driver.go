@@ -94,6 +94,18 @@ type Config struct {
 	AttachTimeout time.Duration
 	// Logger receives the driver's log (default slog.Default()).
 	Logger *slog.Logger
+	// HostAttach runs each staged volume's nbdfuse (and the NBD relay
+	// under it) in the host's mount namespace and the cgroup
+	// AttachCgroup, through nsenter into PID 1's namespaces, so the
+	// attachment outlives this process's container: the node service's
+	// Pod (the agent's) may restart while the volumes stay staged and
+	// their IO pauses. Needs the Pod's hostPID, and StateDir at the same
+	// path on the host as in the container.
+	HostAttach bool
+	// ReconnectTimeout is how long a staged volume's IO waits for its
+	// engine to come back after the connection to it was lost (an agent
+	// restart) before it fails (default 2 minutes).
+	ReconnectTimeout time.Duration
 }
 
 // Driver serves the CSI services.
@@ -101,6 +113,10 @@ type Driver struct {
 	cfg Config
 	c   client.Client
 	log *slog.Logger
+
+	binOnce sync.Once
+	bin     string // the relay's drover executable (relayBinary)
+	binErr  error
 
 	mu   sync.Mutex
 	busy map[string]string // volume or snapshot ID -> the call working on it
@@ -134,6 +150,9 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.AttachTimeout == 0 {
 		cfg.AttachTimeout = 2 * time.Minute
+	}
+	if cfg.ReconnectTimeout <= 0 {
+		cfg.ReconnectTimeout = 2 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -120,8 +120,8 @@ func (n node) recheck(ctx context.Context, st *stageState, endpoint string) erro
 	}
 	if _, serr := os.Stat(st.Image); fuseUp && serr == nil {
 		if st.Loop != "" {
-			if loop, err := loopFor(ctx, st.Image); err != nil || loop != st.Loop {
-				st.Loop, st.Mounted = "", false
+			if !ownsLoop(ctx, st) {
+				st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile, st.Mounted = "", 0, 0, "", false
 			}
 		}
 		if st.Mounted {
@@ -138,12 +138,11 @@ func (n node) recheck(ctx context.Context, st *stageState, endpoint string) erro
 			return err
 		}
 	}
-	if st.Loop != "" {
-		// Only if it is still the device over our image: after a reboot
-		// the name may be another volume's.
-		if out, err := run(ctx, "losetup", "--noheadings", "--output", "BACK-FILE", st.Loop); err == nil &&
-			strings.HasPrefix(strings.TrimSpace(out), st.Image) {
-			_, _ = run(ctx, "losetup", "--detach", st.Loop)
+	if ownsLoop(ctx, st) {
+		// Only while it is still the device over our image: after a
+		// reboot the name may be another volume's.
+		if _, err := run(ctx, "losetup", "--detach", st.Loop); err != nil {
+			return err
 		}
 	}
 	if fuseUp {
@@ -151,7 +150,7 @@ func (n node) recheck(ctx context.Context, st *stageState, endpoint string) erro
 			return err
 		}
 	}
-	st.FuseMounted, st.Loop, st.Mounted = false, "", false
+	st.FuseMounted, st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile, st.Mounted = false, "", 0, 0, "", false
 	if endpoint != "" {
 		st.Endpoint = endpoint
 	}
@@ -195,7 +194,11 @@ func (n node) stage(ctx context.Context, st *stageState, vc *csipb.VolumeCapabil
 			}
 			loop = strings.TrimSpace(out)
 		}
-		st.Loop = loop
+		id, err := loopBacking(loop)
+		if err != nil {
+			return err
+		}
+		st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile = loop, id.dev, id.ino, id.name
 		if err := save(); err != nil {
 			return err
 		}
@@ -359,14 +362,15 @@ func (n node) unstage(ctx context.Context, st *stageState) error {
 		}
 	}
 	if st.Loop != "" {
-		// Detach only the loop device over our image: after a reboot the
-		// name may belong to someone else.
-		if loop, err := loopFor(ctx, st.Image); err == nil && loop == st.Loop {
+		// Detach only the loop device over our image (checked by the
+		// backing file's identity, which works also when nbdfuse is
+		// gone): after a reboot the name may belong to someone else.
+		if ownsLoop(ctx, st) {
 			if _, err := run(ctx, "losetup", "--detach", st.Loop); err != nil {
 				return err
 			}
 		}
-		st.Loop = ""
+		st.Loop, st.LoopDevice, st.LoopInode, st.LoopFile = "", 0, 0, ""
 		if err := n.d.saveState(st); err != nil {
 			return err
 		}
@@ -376,7 +380,12 @@ func (n node) unstage(ctx context.Context, st *stageState) error {
 			return err
 		} else if mounted {
 			if _, err := run(ctx, "fusermount3", "-u", st.FuseDir); err != nil {
-				return err
+				// A FUSE mount whose nbdfuse died may refuse a plain
+				// unmount; nothing uses it any more (the loop device is
+				// detached), so a lazy one is safe.
+				if _, lerr := run(ctx, "fusermount3", "-u", "-z", st.FuseDir); lerr != nil {
+					return err
+				}
 			}
 		}
 		st.FuseMounted = false

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -23,6 +24,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/drover-io/drover/k8s/csi"
 )
 
 // cluster is a single-node Kubernetes run from root: etcd,
@@ -413,6 +416,12 @@ func teardown(root string) []string {
 	for i := len(processes) - 1; i >= 0; i-- {
 		stop(processes[i], syscall.SIGTERM, 15*time.Second)
 	}
+	// Volume attachments (nbdfuse and its NBD relay) the CSI node
+	// service started outside its container, in a cgroup of their own,
+	// which a failed run may leave.
+	for _, pid := range attachmentProcesses() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 	// Mounts under root, deepest first (Pods' volumes, overlay rootfs,
 	// the kubelet's tmpfs and CSI mounts, FUSE files).
 	mounts := mountsUnder(root)
@@ -428,7 +437,37 @@ func teardown(root string) []string {
 	for _, d := range []string{"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb", "net_cls", "net_prio", "perf_event", "systemd"} {
 		removeCgroupTree(filepath.Join("/sys/fs/cgroup", d, "kubepods"))
 	}
+	for _, d := range attachmentCgroups() {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			problems = append(problems, fmt.Sprintf("remove cgroup %s: %v", d, err))
+		}
+	}
 	return problems
+}
+
+// attachmentCgroups are the directories of csi.AttachCgroup, the cgroup
+// the CSI node service (--host-attach) starts volumes' nbdfuse in.
+func attachmentCgroups() []string {
+	a, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", csi.AttachCgroup))
+	b, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", csi.AttachCgroup))
+	return append(a, b...)
+}
+
+// attachmentProcesses lists the processes in csi.AttachCgroup.
+func attachmentProcesses() []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, d := range attachmentCgroups() {
+		b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+				seen[pid] = true
+				out = append(out, pid)
+			}
+		}
+	}
+	sort.Ints(out)
+	return out
 }
 
 // attachedLoops lists the attached loop devices (loopN with a backing file).

@@ -76,6 +76,22 @@ func (c *cluster) adapt(t *testing.T, obj *unstructured.Unstructured) {
 			map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
 			map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": fmt.Sprint(c.apiPort)})
 		ctr["env"] = env
+		// One copy of each: a Lease adds nothing but a way to fail when
+		// the API server answers slowly (on a loaded 2-core machine the
+		// sidecars and the manager all lost theirs at once and exited).
+		if args, ok, _ := unstructured.NestedStringSlice(ctr, "args"); ok {
+			out := make([]any, 0, len(args))
+			for _, a := range args {
+				switch a {
+				case "--leader-elect=true":
+					a = "--leader-elect=false"
+				case "--leader-election", "--leader-election=true":
+					a = "--leader-election=false"
+				}
+				out = append(out, a)
+			}
+			ctr["args"] = out
+		}
 		if ctr["name"] == "agent" {
 			args, _, _ := unstructured.NestedStringSlice(ctr, "args")
 			var out []any

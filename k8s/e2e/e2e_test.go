@@ -839,6 +839,17 @@ func (r *run) scenario() {
 			}
 			return nil
 		})
+		// How long the staged volume's IO waited: the relay logs each
+		// reconnection with the time the connection was down.
+		logs, _ := filepath.Glob(r.c.path("drover", "csi", "*.fuse.log"))
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "reconnected") || strings.Contains(line, "replayed") {
+					t.Logf("%s: %s", filepath.Base(l), line)
+				}
+			}
+		}
 		r.deleteAndWait(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: appNS, Name: "churner"}}, 120*time.Second)
 		n := r.verifyPod("reader-2", "data", false)
 		t.Logf("%d files verified after the replica kill and the agent restart", n)
@@ -934,6 +945,17 @@ func (r *run) scenario() {
 			// cluster started is one it left.
 			if left := r.c.newLoops(); len(left) > 0 {
 				return fmt.Errorf("loop devices left attached: %v", left)
+			}
+			if left := attachmentProcesses(); len(left) > 0 {
+				return fmt.Errorf("attachment processes (nbdfuse, nbd-relay) left: %v", left)
+			}
+			// The node service's per-volume state: VOL.json, VOL.fuse
+			// (with .pid and .log); its bin/ (the relay's binary) stays.
+			entries, _ := os.ReadDir(r.c.path("drover", "csi"))
+			for _, e := range entries {
+				if e.Name() != "bin" {
+					return fmt.Errorf("node service state left: %s", e.Name())
+				}
 			}
 			return nil
 		})

@@ -148,8 +148,14 @@ func verify(dir string) (int, error) {
 }
 
 // churn writes 256 KiB files until SIGTERM and reports the filesystem's
-// size every second.
+// size every second. Its files are numbered on from the last a churn
+// before it left in dir, so that every file SHA256SUMS names keeps the
+// content it was written with.
 func churn(dir string) error {
+	first, err := nextChurnIndex(dir)
+	if err != nil {
+		return err
+	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	write := time.NewTicker(100 * time.Millisecond)
@@ -172,10 +178,25 @@ func churn(dir string) error {
 		case <-report.C:
 			printSize()
 		case <-write.C:
-			if err := writeFile(dir, fmt.Sprintf("churn-%06d", n), 256<<10); err != nil {
+			if err := writeFile(dir, fmt.Sprintf("churn-%06d", first+n), 256<<10); err != nil {
 				return err
 			}
 			n++
 		}
 	}
+}
+
+// nextChurnIndex is one past the highest churn-N file in dir (0: none).
+func nextChurnIndex(dir string) (int, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	next := 0
+	for _, e := range entries {
+		if i, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "churn-")); err == nil && strings.HasPrefix(e.Name(), "churn-") {
+			next = max(next, i+1)
+		}
+	}
+	return next, nil
 }
