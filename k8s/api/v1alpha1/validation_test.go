@@ -120,7 +120,8 @@ func TestValidationInTheAPIServer(t *testing.T) {
 }
 
 // clusterScoped are the kinds in deploy/manifests that have no namespace.
-var clusterScoped = map[string]bool{"Namespace": true, "CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true}
+var clusterScoped = map[string]bool{"Namespace": true, "CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true,
+	"ValidatingWebhookConfiguration": true}
 
 // manifestObjects reads every object of deploy/manifests.
 func manifestObjects(t *testing.T) []*unstructured.Unstructured {
