@@ -29,17 +29,19 @@ import (
 
 // TestProcessK8sBackingImage runs the manager and three agents against a
 // real kube-apiserver, with a BackingImage downloaded over HTTP from a
-// server in the test: a 2-replica volume on it gets a copy on each of its
+// server in the test: a 3-replica volume on it gets a copy on each of its
 // replicas' disks (status ready, 100%, the file's SHA-256) before the
 // replicas start, and reads the image through its engine's NBD export
-// (nbdcopy); an image named in spec.disks is copied to that disk with no
+// (nbdcopy); when one replica's agent is killed, the replacement on the
+// fourth node gets its own copy before it starts and is rebuilt, and the
+// volume still reads the image; an image named in spec.disks is copied to that disk with no
 // volume; an image whose file does not match spec.checksum fails on the
 // disk with the two checksums, and the replica on it waits with
 // BackingImageReady=False saying so; once the volumes are gone, the
 // copies are removed after the cleanup wait and their status entries go.
 func TestProcessK8sBackingImage(t *testing.T) {
 	testenv.NeedTools(t, "nbdcopy")
-	c := startK8sCluster(t, 3)
+	c := startK8sCluster(t, 4)
 	ctx := context.Background()
 	c.setSetting(v1alpha1.SettingBackingImageCleanupWait, "2s")
 
@@ -92,16 +94,17 @@ func TestProcessK8sBackingImage(t *testing.T) {
 		return got == "node-c/default:ready:100", got
 	})
 
-	two, one := int32(2), int32(1)
+	three, one := int32(3), int32(1)
 	const size = 8 << 20
 	vol := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "onbase", Namespace: k8stest.Namespace},
-		Spec: v1alpha1.VolumeSpec{Size: size, NumberOfReplicas: &two, BackingImage: "base"}}
+		Spec: v1alpha1.VolumeSpec{Size: size, NumberOfReplicas: &three, BackingImage: "base",
+			StaleReplicaTimeout: &metav1.Duration{Duration: 3 * time.Second}}}
 	created := time.Now()
 	if err := c.env.Client.Create(ctx, vol); err != nil {
 		t.Fatal(err)
 	}
 	var nodes []string
-	eventually(t, "two replicas running on their disks' ready copies", func() (bool, string) {
+	eventually(t, "three replicas running on their disks' ready copies", func() (bool, string) {
 		nodes = nil
 		var state []string
 		for _, r := range c.replicas("onbase") {
@@ -112,9 +115,9 @@ func TestProcessK8sBackingImage(t *testing.T) {
 			state = append(state, fmt.Sprintf("%s:%s:%+v", r.Spec.NodeID, r.Status.CurrentState, cond))
 		}
 		sort.Strings(nodes)
-		return len(nodes) == 2, strings.Join(state, " ") + " copies " + copies("base")
+		return len(nodes) == 3, strings.Join(state, " ") + " copies " + copies("base")
 	})
-	t.Logf("volume on a %d-byte backing image created -> 2 replicas running: %v", len(image), time.Since(created).Round(time.Millisecond))
+	t.Logf("volume on a %d-byte backing image created -> 3 replicas running: %v", len(image), time.Since(created).Round(time.Millisecond))
 	img := getImage("base")
 	for _, n := range nodes {
 		fs := img.Status.DiskFileStatus[n+"/default"]
@@ -134,18 +137,43 @@ func TestProcessK8sBackingImage(t *testing.T) {
 		return v.Status.State == v1alpha1.VolumeAttached && v.Status.Robustness == v1alpha1.RobustnessHealthy && endpoint != "",
 			fmt.Sprintf("%s %s %v", v.Status.State, v.Status.Robustness, c.replicaNodes("onbase"))
 	})
-	back := filepath.Join(t.TempDir(), "back.bin")
-	if out, err := exec.Command("nbdcopy", endpoint, back).CombinedOutput(); err != nil {
-		t.Fatalf("nbdcopy from the volume: %v\n%s", err, out)
+	readsImage := func(when string) {
+		back := filepath.Join(t.TempDir(), "back.bin")
+		if out, err := exec.Command("nbdcopy", endpoint, back).CombinedOutput(); err != nil {
+			t.Fatalf("%s: nbdcopy from the volume: %v\n%s", when, err, out)
+		}
+		got, err := os.ReadFile(back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := append(append([]byte{}, image...), make([]byte, size-len(image))...)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: the volume does not read the image: %d bytes, first difference at %d", when, len(got), firstDiff(got, want))
+		}
 	}
-	got, err := os.ReadFile(back)
-	if err != nil {
-		t.Fatal(err)
+	readsImage("attached")
+
+	// The agent of the replica away from the engine is killed: the
+	// replacement on the fourth node gets its own copy first, is rebuilt
+	// and the volume still reads the image.
+	victim, spare := nodes[2], ""
+	for n := range c.agents {
+		if n != nodes[0] && n != nodes[1] && n != nodes[2] {
+			spare = n
+		}
 	}
-	want := append(append([]byte{}, image...), make([]byte, size-len(image))...)
-	if !bytes.Equal(got, want) {
-		t.Fatalf("the volume does not read the image: %d bytes, first difference at %d", len(got), firstDiff(got, want))
-	}
+	killed := time.Now()
+	c.agents[victim].kill()
+	eventually(t, "a replacement RW on "+spare+" on its own copy", func() (bool, string) {
+		got := c.replicaNodes("onbase")
+		want := []string{nodes[0] + ":running:RW", nodes[1] + ":running:RW", spare + ":running:RW"}
+		sort.Strings(want)
+		fs := getImage("base").Status.DiskFileStatus[spare+"/default"]
+		return strings.Join(got, " ") == strings.Join(want, " ") && fs.State == v1alpha1.BackingImageReady, fmt.Sprint(got, " ", fs)
+	})
+	t.Logf("agent killed -> replacement on its own copy RW: %v", time.Since(killed).Round(time.Millisecond))
+	readsImage("after the replacement")
+	c.startAgent(victim, int(victim[len(victim)-1]-'a'))
 
 	// A file that does not match its checksum is never used.
 	bad := &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "onbad", Namespace: k8stest.Namespace},
