@@ -3,6 +3,9 @@ package manager_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -30,7 +34,8 @@ import (
 // the configuration, and the real API server calls the webhook. Deleting
 // a Node that holds a replica, removing its disk, and deleting a
 // BackingImage a volume uses are refused with a message naming the
-// volume; once the volume is gone all three go through.
+// volume; once the volume is gone all three go through. A second
+// manager serves the same certificate, read from the Secret.
 func TestWebhookRefusesAgainstTheAPIServer(t *testing.T) {
 	env := k8stest.Start(t)
 	c := env.Client
@@ -71,6 +76,46 @@ func TestWebhookRefusesAgainstTheAPIServer(t *testing.T) {
 		}
 		return true, ""
 	})
+
+	// A second manager copy, not the leader (another holds its Lease),
+	// serves the same certificate, from the Secret the first created.
+	now := metav1.NewMicroTime(time.Now())
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "drover-manager", Namespace: k8stest.Namespace},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr("another-manager"), LeaseDurationSeconds: ptr(int32(3600)),
+			AcquireTime: &now, RenewTime: &now}}
+	if err := c.Create(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	port2 := freePort(t)
+	ctx2, cancel2 := context.WithCancel(ctx)
+	mgr2, err := manager.New(env.Config, manager.Config{Namespace: k8stest.Namespace, LeaderElection: true,
+		Webhook: manager.WebhookConfig{Port: port2, Host: "127.0.0.1", Hosts: []string{"127.0.0.1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done2 := make(chan error, 1)
+	go func() { done2 <- mgr2.Start(ctx2) }()
+	var s corev1.Secret
+	if err := c.Get(ctx, types.NamespacedName{Namespace: k8stest.Namespace, Name: "drover-webhook-tls"}, &s); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.Data["ca.crt"])
+	for _, p := range []int{port, port2} {
+		eventually(t, fmt.Sprintf("the webhook on port %d serves the Secret's certificate", p), func() (bool, string) {
+			conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p), &tls.Config{RootCAs: pool})
+			if err != nil {
+				return false, err.Error()
+			}
+			defer conn.Close()
+			block, _ := pem.Decode(s.Data["tls.crt"])
+			return bytes.Equal(conn.ConnectionState().PeerCertificates[0].Raw, block.Bytes), "another certificate"
+		})
+	}
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Errorf("second manager: %v", err)
+	}
 
 	addNode(t, c, "a", 100*gib)
 	img := &v1alpha1.BackingImage{ObjectMeta: metav1.ObjectMeta{Name: "base", Namespace: k8stest.Namespace},
@@ -182,3 +227,5 @@ func freePort(t *testing.T) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+func ptr[T any](v T) *T { return &v }
