@@ -67,7 +67,13 @@ volume is attached to (spec.nodeID). It only reads and writes the
 storage.drover.io objects; the agents on the nodes run the instances.
 
 Several managers may run; with --leader-elect (the default) one acts at a
-time, holding a Lease in the namespace.`
+time, holding a Lease in the namespace.
+
+With --webhook-port every manager also serves a validating admission
+webhook that refuses deleting a Node still holding replicas or engines,
+removing a Node's disk that holds replicas, and deleting a BackingImage
+volumes use. Its certificate is in --webhook-secret (generated, with a CA,
+when missing) and the CA is written into --webhook-configuration's caBundle.`
 
 func newManagerCmd() *cobra.Command {
 	var kf kubeFlags
@@ -93,6 +99,12 @@ func newManagerCmd() *cobra.Command {
 	cmd.Flags().StringVar(&cfg.MetricsAddr, "metrics-addr", "0", "where to serve controller metrics (0: nowhere)")
 	cmd.Flags().StringVar(&cfg.HealthAddr, "health-addr", "0", "where to serve health probes (0: nowhere)")
 	cmd.Flags().DurationVar(&cfg.Resync, "resync", 5*time.Second, "how often each volume is looked at again without an event")
+	cmd.Flags().IntVar(&cfg.Webhook.Port, "webhook-port", 0, "serve the validating admission webhook on this port (0: no webhook)")
+	cmd.Flags().StringVar(&cfg.Webhook.Host, "webhook-host", "", "address the webhook listens on (default: every address)")
+	cmd.Flags().StringVar(&cfg.Webhook.ServiceName, "webhook-service", "drover-webhook", "the Service in front of the webhook (its DNS names go in the certificate)")
+	cmd.Flags().StringArrayVar(&cfg.Webhook.Hosts, "webhook-cert-name", nil, "another DNS name or IP the generated webhook certificate covers (repeatable)")
+	cmd.Flags().StringVar(&cfg.Webhook.SecretName, "webhook-secret", "drover-webhook-tls", "TLS Secret holding the webhook's certificate (made with a new CA when missing)")
+	cmd.Flags().StringVar(&cfg.Webhook.ConfigurationName, "webhook-configuration", "drover-webhook", "ValidatingWebhookConfiguration whose caBundle the manager sets (empty: leave it)")
 	return cmd
 }
 

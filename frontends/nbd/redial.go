@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // DefaultReconnectTimeout is how long a Redialer's requests wait for a

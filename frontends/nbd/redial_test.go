@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-io/drover/frontends/device"
 	"github.com/drover-io/drover/frontends/nbd"
+	"github.com/drover-io/drover/transports/device"
 )
 
 // restartable serves one device on a fixed TCP address; stop ends the

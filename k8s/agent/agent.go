@@ -116,6 +116,9 @@ func New(restCfg *rest.Config, c Config) (manager.Manager, *Agent, error) {
 	if err := (&backupReconciler{a}).setup(mgr); err != nil {
 		return nil, nil, fmt.Errorf("backup controller: %w", err)
 	}
+	if err := (&backingImageReconciler{a: a}).setup(mgr); err != nil {
+		return nil, nil, fmt.Errorf("backing image controller: %w", err)
+	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
 		a.stopAll()

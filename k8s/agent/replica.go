@@ -86,8 +86,16 @@ func (rr *replicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			restarted = true
 			a.log.Warn("replica instance stopped; restarting", "replica", rep.Name, "err", crashed)
 		}
+		if ok, cond := a.backingReady(ctx, &rep); !ok || rep.Spec.BackingImage != "" {
+			if err := a.setReplicaCondition(ctx, &rep, cond); err != nil {
+				return ctrl.Result{}, err
+			}
+			if !ok {
+				return ctrl.Result{RequeueAfter: backingWait}, nil
+			}
+		}
 		var err error
-		inst, err = a.startReplica(&rep)
+		inst, err = a.startReplica(ctx, &rep)
 		if err != nil {
 			// The error return makes controller-runtime retry with
 			// exponential backoff.
@@ -147,12 +155,16 @@ func (a *Agent) replicaInstance(name string) (*replicaInstance, error) {
 
 // startReplica opens (or creates) the replica's data and serves it on a
 // port of the node's address.
-func (a *Agent) startReplica(rep *v1alpha1.Replica) (*replicaInstance, error) {
+func (a *Agent) startReplica(ctx context.Context, rep *v1alpha1.Replica) (*replicaInstance, error) {
 	if rep.Spec.DiskPath == "" {
 		return nil, fmt.Errorf("replica %s has no disk path", rep.Name)
 	}
 	dir := replicaDir(rep)
-	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: proto.ReplicaID(rep.Name), CreateSizeBytes: uint64(rep.Spec.VolumeSize)})
+	backing, err := a.linkBacking(ctx, rep, dir)
+	if err != nil {
+		return nil, err
+	}
+	rd, err := replicadir.Open(replicadir.Config{Dir: dir, ID: proto.ReplicaID(rep.Name), CreateSizeBytes: uint64(rep.Spec.VolumeSize), Backing: backing})
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", rep.Name, err)
 	}

@@ -13,6 +13,9 @@
 //     every attached volume in the job's groups; the job's snapshots
 //     (backups) beyond retain are deleted.
 //   - backups: a deleted Backup is deleted from its target.
+//   - webhook (every copy, when configured): refuses deleting a Node
+//     that holds replicas or engines, removing a disk that holds
+//     replicas, deleting a BackingImage volumes use (webhook.go).
 //   - volumes: finalizer, replica scheduling (k8s/schedule) and
 //     replenishment, failed-replica marking and stale-replica removal
 //     (never the last healthy copy), the engine on the attaching node,
@@ -24,6 +27,7 @@ import (
 	"fmt"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -51,6 +55,9 @@ type Config struct {
 	// Resync is how often every volume is looked at again even without an
 	// event, so time-based decisions (stale replicas) happen (default 5s).
 	Resync time.Duration
+	// Webhook is the validating admission webhook (off unless its Port is
+	// set).
+	Webhook WebhookConfig
 }
 
 // Scheme holds the types the manager reads and writes.
@@ -61,6 +68,10 @@ func Scheme() (*runtime.Scheme, error) {
 	}
 	// Secrets: backup targets' credentials and volumes' keys.
 	if err := corev1.AddToScheme(s); err != nil {
+		return nil, fmt.Errorf("scheme: %w", err)
+	}
+	// The webhook's ValidatingWebhookConfiguration (its caBundle).
+	if err := admissionregistrationv1.AddToScheme(s); err != nil {
 		return nil, fmt.Errorf("scheme: %w", err)
 	}
 	return s, nil
@@ -112,6 +123,11 @@ func New(cfg *rest.Config, c Config) (manager.Manager, error) {
 	}
 	if err := (&backupReconciler{Client: mgr.GetClient(), secrets: mgr.GetAPIReader()}).setup(mgr); err != nil {
 		return nil, fmt.Errorf("backup controller: %w", err)
+	}
+	if c.Webhook.Port > 0 {
+		if err := setupWebhook(mgr, c.Namespace, c.Webhook); err != nil {
+			return nil, fmt.Errorf("webhook: %w", err)
+		}
 	}
 	vr := &volumeReconciler{Client: mgr.GetClient(), secrets: mgr.GetAPIReader(), ns: c.Namespace, resync: c.Resync}
 	if err := vr.setup(mgr); err != nil {

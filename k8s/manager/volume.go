@@ -855,6 +855,7 @@ func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, sched
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, v1alpha1.VolumeConditionAttachable)
 	}
+	v.backingImageCondition()
 	if from := vol.Spec.FromBackup; from != "" && !meta.IsStatusConditionTrue(st.Conditions, v1alpha1.VolumeConditionRestored) {
 		rc := metav1.Condition{Type: v1alpha1.VolumeConditionRestored, Status: metav1.ConditionFalse,
 			Reason: "WaitingForAttach", Message: "the backup is restored the first time the volume is attached",
@@ -877,6 +878,27 @@ func (r *volumeReconciler) writeStatus(ctx context.Context, v *volumeView, sched
 		return fmt.Errorf("status of %s: %w", vol.Name, err)
 	}
 	return nil
+}
+
+// backingImageCondition copies the first waiting replica's
+// BackingImageReady=False condition to the volume (True once none waits).
+func (v *volumeView) backingImageCondition() {
+	if v.vol.Spec.BackingImage == "" {
+		return
+	}
+	cond := metav1.Condition{Type: v1alpha1.VolumeConditionBackingImageReady, Status: metav1.ConditionTrue, Reason: "Ready",
+		Message:            "every replica's disk holds a ready copy of backing image " + v.vol.Spec.BackingImage,
+		ObservedGeneration: v.vol.Generation}
+	for i := range v.replicas {
+		rc := meta.FindStatusCondition(v.replicas[i].Status.Conditions, v1alpha1.ReplicaConditionBackingImageReady)
+		if rc == nil || rc.Status == metav1.ConditionTrue {
+			continue
+		}
+		cond.Status, cond.Reason = metav1.ConditionFalse, rc.Reason
+		cond.Message = fmt.Sprintf("replica %s on node %s: %s", v.replicas[i].Name, v.replicas[i].Spec.NodeID, rc.Message)
+		break
+	}
+	meta.SetStatusCondition(&v.vol.Status.Conditions, cond)
 }
 
 func (v *volumeView) anyReplicaStarting() bool {

@@ -61,7 +61,19 @@ type ReplicaStatus struct {
 	// Message says why the instance is in error, when it is.
 	// +optional
 	Message string `json:"message,omitempty"`
+	// Conditions say why the replica is as it is: BackingImageReady is
+	// False while the replica waits for its disk's copy of its backing
+	// image, with the copy's state.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
+
+// ReplicaConditionBackingImageReady is true when the replica's disk holds
+// a ready copy of its backing image (or it has none); a replica starts
+// only then.
+const ReplicaConditionBackingImageReady = "BackingImageReady"
 
 // Replica is one copy of a volume's data on one node's disk.
 //

@@ -35,6 +35,7 @@ const (
 	SettingNodeDownGracePeriod           = "node-down-grace-period"
 	SettingRecurringSnapshotMaxPerVolume = "recurring-snapshot-max-per-volume"
 	SettingReplicaAutoBalance            = "replica-auto-balance"
+	SettingBackingImageCleanupWait       = "backing-image-cleanup-wait-interval"
 )
 
 // SettingDefinition describes one Setting: its type, default and bounds.
@@ -74,6 +75,8 @@ var SettingDefinitions = map[string]SettingDefinition{
 		Description: "most snapshots a recurring job keeps per volume, whatever its retain says"},
 	SettingReplicaAutoBalance: {Type: SettingEnum, Default: "disabled", Options: []string{"disabled", "least-effort", "best-effort"},
 		Description: "whether healthy volumes' replicas move to spread over nodes (least-effort) and zones too (best-effort), for volumes that leave it to the cluster"},
+	SettingBackingImageCleanupWait: {Type: SettingDuration, Default: "30m",
+		Description: "how long a disk's copy of a backing image no replica there uses is kept before its agent removes it"},
 }
 
 // ParseSettingValue checks a value against its Setting's definition.
@@ -115,10 +118,10 @@ func ParseSettingValue(name, value string) error {
 // +kubebuilder:resource:shortName=dset,categories=drover
 // +kubebuilder:printcolumn:name="Value",type=string,JSONPath=`.value`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
-// +kubebuilder:validation:XValidation:rule="self.metadata.name in ['default-replica-count', 'stale-replica-timeout', 'storage-minimal-available-percentage', 'storage-over-provisioning-percentage', 'replica-node-soft-anti-affinity', 'replica-zone-soft-anti-affinity', 'replica-disk-soft-anti-affinity', 'concurrent-replica-rebuild-per-node-limit', 'replica-rebuild-rate-bytes-per-sec', 'node-down-grace-period', 'recurring-snapshot-max-per-volume', 'replica-auto-balance']",message="metadata.name is not a known setting"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name in ['default-replica-count', 'stale-replica-timeout', 'storage-minimal-available-percentage', 'storage-over-provisioning-percentage', 'replica-node-soft-anti-affinity', 'replica-zone-soft-anti-affinity', 'replica-disk-soft-anti-affinity', 'concurrent-replica-rebuild-per-node-limit', 'replica-rebuild-rate-bytes-per-sec', 'node-down-grace-period', 'recurring-snapshot-max-per-volume', 'replica-auto-balance', 'backing-image-cleanup-wait-interval']",message="metadata.name is not a known setting"
 // +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['default-replica-count', 'storage-minimal-available-percentage', 'storage-over-provisioning-percentage', 'concurrent-replica-rebuild-per-node-limit', 'replica-rebuild-rate-bytes-per-sec', 'recurring-snapshot-max-per-volume']) || self.value.matches('^[0-9]+$')",message="value must be a non-negative integer"
 // +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['replica-node-soft-anti-affinity', 'replica-zone-soft-anti-affinity', 'replica-disk-soft-anti-affinity']) || self.value in ['true', 'false']",message="value must be true or false"
-// +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['stale-replica-timeout', 'node-down-grace-period']) || self.value.matches('^([0-9]+(ms|s|m|h))+$')",message="value must be a duration such as 30s, 10m or 1h30m"
+// +kubebuilder:validation:XValidation:rule="!(self.metadata.name in ['stale-replica-timeout', 'node-down-grace-period', 'backing-image-cleanup-wait-interval']) || self.value.matches('^([0-9]+(ms|s|m|h))+$')",message="value must be a duration such as 30s, 10m or 1h30m"
 // +kubebuilder:validation:XValidation:rule="self.metadata.name != 'replica-auto-balance' || self.value in ['disabled', 'least-effort', 'best-effort']",message="value must be disabled, least-effort or best-effort"
 type Setting struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -26,6 +26,10 @@ func volume(name string, spec v1alpha1.VolumeSpec) *v1alpha1.Volume {
 	return &v1alpha1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: k8stest.Namespace}, Spec: spec}
 }
 
+func backingImage(name string, spec v1alpha1.BackingImageSpec) *v1alpha1.BackingImage {
+	return &v1alpha1.BackingImage{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: k8stest.Namespace}, Spec: spec}
+}
+
 // TestValidationInTheAPIServer installs the CRDs in a real kube-apiserver
 // and checks that bad specs are refused with a message naming the field,
 // and good ones are taken with their defaults.
@@ -73,6 +77,16 @@ func TestValidationInTheAPIServer(t *testing.T) {
 			[]string{"spec.retain"}},
 		{"backup target url", &v1alpha1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "t", Namespace: k8stest.Namespace},
 			Spec: v1alpha1.BackupTargetSpec{URL: "ftp://x"}}, []string{"spec.url", "s3://"}},
+		{"backing image without a source", backingImage("bi1", v1alpha1.BackingImageSpec{}),
+			[]string{"exactly one of url and sourcePath"}},
+		{"backing image with two sources", backingImage("bi2", v1alpha1.BackingImageSpec{URL: "https://x/y.raw", SourcePath: "/y.raw"}),
+			[]string{"exactly one of url and sourcePath"}},
+		{"backing image url not http", backingImage("bi3", v1alpha1.BackingImageSpec{URL: "ftp://x/y.raw"}),
+			[]string{"spec.url", "https?://"}},
+		{"backing image relative path", backingImage("bi4", v1alpha1.BackingImageSpec{SourcePath: "y.raw"}),
+			[]string{"spec.sourcePath", "absolute"}},
+		{"backing image checksum not hex", backingImage("bi5", v1alpha1.BackingImageSpec{URL: "https://x/y.raw", Checksum: "abc"}),
+			[]string{"spec.checksum"}},
 		{"relative disk path", &v1alpha1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Namespace: k8stest.Namespace},
 			Spec: v1alpha1.NodeSpec{Disks: map[string]v1alpha1.DiskSpec{"d": {Path: "data"}}}},
 			[]string{"spec.disks[d].path", "absolute"}},
@@ -100,6 +114,16 @@ func TestValidationInTheAPIServer(t *testing.T) {
 		t.Errorf("grow: %v", err)
 	}
 
+	// A backing image's source and checksum never change.
+	bi := backingImage("base", v1alpha1.BackingImageSpec{URL: "https://images.example/base.raw"})
+	if err := c.Create(ctx, bi); err != nil {
+		t.Fatalf("a good backing image was refused: %v", err)
+	}
+	bi.Spec.URL = "https://images.example/other.raw"
+	if err := c.Update(ctx, bi); err == nil || !strings.Contains(err.Error(), "url is immutable") {
+		t.Errorf("changing a backing image's url: got %v", err)
+	}
+
 	t.Run("manifests", func(t *testing.T) { dryRunManifests(t, c) })
 	t.Run("csi-examples", func(t *testing.T) { dryRunCSIExamples(t, c) })
 	t.Run("chart", func(t *testing.T) {
@@ -120,7 +144,8 @@ func TestValidationInTheAPIServer(t *testing.T) {
 }
 
 // clusterScoped are the kinds in deploy/manifests that have no namespace.
-var clusterScoped = map[string]bool{"Namespace": true, "CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true}
+var clusterScoped = map[string]bool{"Namespace": true, "CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true,
+	"ValidatingWebhookConfiguration": true}
 
 // manifestObjects reads every object of deploy/manifests.
 func manifestObjects(t *testing.T) []*unstructured.Unstructured {

@@ -79,6 +79,9 @@ const (
 	// volume cannot be attached where spec.nodeID asks (a strict-local
 	// volume's replica is on another node).
 	VolumeConditionAttachable = "Attachable"
+	// VolumeConditionBackingImageReady is false, with a replica's reason,
+	// while a replica waits for its disk's copy of the backing image.
+	VolumeConditionBackingImageReady = "BackingImageReady"
 	// VolumeConditionRestored is true once a volume made from a backup
 	// holds the backup's data.
 	VolumeConditionRestored = "Restored"
