@@ -206,6 +206,13 @@ const encryptionScheme = "aes-256-xts-plain64-4k"
 // a new volume records the key's check; an existing one needs the same
 // key if it was made with one, and refuses a key if it was made without.
 func devCheckEncryption(dataDir, keyFile, passFile string, isNew bool) ([]byte, error) {
+	if st, err := loadRekeyState(dataDir); err != nil || st != nil {
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("data dir %s: a rekey of the volume is under way (block %d of %d): finish it first with drover volume rekey --data-dir %s and the same keys",
+			dataDir, st.NextBlock, st.TotalBlocks, dataDir)
+	}
 	path := filepath.Join(dataDir, devEncryptionFile)
 	held, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
