@@ -247,7 +247,7 @@ func rekeyCheckVolume(ctx context.Context, warn io.Writer, d *enginerun.Driver, 
 			return err
 		}
 		why = rekeyObstacles(info.VolumeInfo, dataDir, spares)
-		if len(why) == 0 || time.Now().After(deadline) {
+		if len(why) == 0 || !settling(info.VolumeInfo) || time.Now().After(deadline) {
 			break
 		}
 	}
@@ -259,6 +259,16 @@ func rekeyCheckVolume(ctx context.Context, warn io.Writer, d *enginerun.Driver, 
 		return nil
 	}
 	return fmt.Errorf("rekey refused, old-key ciphertext would be left behind: %s", strings.Join(why, "; "))
+}
+
+// settling reports whether a replica may yet come back RW on its own.
+func settling(info engine.VolumeInfo) bool {
+	for _, r := range info.Replicas {
+		if r.Mode != engine.ModeRW {
+			return true
+		}
+	}
+	return info.Rebuild != nil
 }
 
 func rekeyObstacles(info engine.VolumeInfo, dataDir string, spares int) []string {
