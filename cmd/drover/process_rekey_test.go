@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/xts"
 )
@@ -177,4 +178,87 @@ func countMissing(t *testing.T, root string, blocks [][]byte) (missing int) {
 		}
 	}
 	return missing
+}
+
+// TestProcessDevRekeyOnline: drover dev --rekey-to re-encrypts the
+// volume while it serves. Killed by SIGKILL after a chunk is flushed and
+// before the watermark passes it, the volume does not serve without
+// --rekey-to; the next start with it resumes at the watermark and serves
+// meanwhile (a write through NBD during the rekey lands under the right
+// key); at the end the pattern and the write read back through NBD, no
+// file holds a pattern block's old-key ciphertext, the old key is
+// refused, and the same flags again serve with the new key.
+func TestProcessDevRekeyOnline(t *testing.T) {
+	needTools(t, "nbdcopy", "qemu-io")
+	dir := t.TempDir()
+	oldKey, newKey := filepath.Join(dir, "old.key"), filepath.Join(dir, "new.key")
+	runDrover(t, "key", "new", oldKey)
+	runDrover(t, "key", "new", newKey)
+	const patternBlocks = 1024
+	pattern := make([]byte, 0, patternBlocks*4096)
+	for b := range patternBlocks {
+		pattern = append(pattern, bytes.Repeat([]byte(fmt.Sprintf("ONLINE block %06d ", b)), 4096/20+1)[:4096]...)
+	}
+	src := filepath.Join(dir, "pattern.img")
+	if err := os.WriteFile(src, pattern, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dataDir, sock := filepath.Join(dir, "data"), filepath.Join(dir, "nbd.sock")
+	uri := "nbd+unix:///dev?socket=" + sock
+	args := func(extra ...string) []string {
+		return append([]string{"dev", "--data-dir", dataDir, "--size", "8MiB", "--nbd-listen", "unix:" + sock,
+			"--metrics-listen", "", "--console-listen", "", "--encryption-key-file", oldKey}, extra...)
+	}
+	startDev := func(prefix []string, extra ...string) *proc {
+		p := start(t, "dev", prefix, args(extra...)...)
+		eventually(t, "dev serving NBD", func() (bool, string) {
+			return strings.Contains(p.output(), "stop with Ctrl-C"), p.output()
+		})
+		return p
+	}
+	p := startDev(nil)
+	sh(t, "nbdcopy", src, uri)
+	p.stop()
+	oldCipher := blockCiphertexts(t, oldKey, pattern)
+
+	p = start(t, "dev", []string{"env", rekeyKillAfterEnv + "=300"}, args("--rekey-to", newKey)...)
+	select {
+	case <-p.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("dev with %s=300 still runs:\n%s", rekeyKillAfterEnv, p.output())
+	}
+	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("dev ended with %v, want SIGKILL from the hook:\n%s", p.cmd.ProcessState, p.output())
+	}
+	wantFail(t, []string{"rekey of the volume is under way", "block 256 of 2048", "--rekey-to"}, args()...)
+
+	p = startDev(nil, "--rekey-to", newKey)
+	if !strings.Contains(p.output(), "rekey: resuming at block 256 of 2048") {
+		t.Errorf("dev did not resume the rekey at the watermark:\n%s", p.output())
+	}
+	// 2 MiB at 4 MiB, written while the rekey runs (or after it ended).
+	sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x6b 4M 2M", "-c", "flush", uri)
+	eventually(t, "the rekey ends", func() (bool, string) {
+		return strings.Contains(p.output(), "rekey: done"), p.output()
+	})
+	p.stop()
+	want := append(append(append([]byte{}, pattern...), bytes.Repeat([]byte{0x6b}, 2<<20)...), make([]byte, 2<<20)...)
+
+	if held := patternBlocks - countMissing(t, dataDir, oldCipher); held != 0 {
+		t.Errorf("%d pattern blocks' old-key ciphertext is still in a file under the data dir", held)
+	}
+	if missing := countMissing(t, dataDir, blockCiphertexts(t, newKey, want[:6<<20])); missing != 0 {
+		t.Errorf("%d blocks' new-key ciphertext found in no file after the rekey", missing)
+	}
+	wantFail(t, []string{"wrong encryption key"}, args()...)
+	p = startDev(nil, "--rekey-to", newKey)
+	if !strings.Contains(p.output(), "encrypted with "+newKey+" already") {
+		t.Errorf("a start with --rekey-to after the rekey ended does not say so:\n%s", p.output())
+	}
+	back := filepath.Join(dir, "back.img")
+	sh(t, "nbdcopy", uri, back)
+	p.stop()
+	if got, err := os.ReadFile(back); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("after the online rekey the volume does not read back the pattern, the write and zeros (%v)", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,8 +28,9 @@ import (
 
 const rekeyLong = `Re-encrypt a drover dev volume's data under a new data key (drover key
 new makes one), offline: stop drover dev first (the data dir's lock is
-taken). Every block is decrypted with the old key and written back encrypted
-with the new one, through the engine, so every replica is rewritten in place.
+taken); drover dev --rekey-to NEW does the same while the volume serves.
+Every block is decrypted with the old key and written back encrypted with
+the new one, through the engine, so every replica is rewritten in place.
 
 The rekey keeps a watermark in <data-dir>/rekey: blocks below it are under the
 new key, blocks above under the old. Before each 1 MiB chunk is rewritten, the
@@ -36,7 +38,8 @@ watermark file records digests of each block's old and new ciphertext, made
 durable (fsync) before the chunk is written: if the rekey is killed (kill -9,
 a crash, a power loss), running the same command again finishes that chunk,
 telling from the digests which of its blocks were rewritten already, and goes
-on. Until it finishes, drover dev refuses to serve the volume. At the end
+on (drover dev --rekey-to resumes it as well). Until it finishes, drover dev
+refuses to serve the volume without --rekey-to. At the end
 the data dir records the new key's check and the old key no longer opens the
 volume.
 
@@ -45,7 +48,9 @@ ciphertext the new key cannot read: drover snapshot rm them first), with a
 replica that is not RW or a rebuild running (its files would keep old-key
 ciphertext), or with a replica directory that left the volume. Backups made
 before the rekey hold old-key ciphertext: keep the old key as long as you keep
-them (restore them with it); the next backup is in effect a full one.`
+them (restore them with it); the newest backup's snapshot (backup-*) counts
+as a snapshot: remove it, and the next backup is a full one. While a rekey
+runs under drover dev, snapshots and backups are refused.`
 
 const rekeyExample = `  drover key new new.key
   drover volume rekey --data-dir /var/tmp/drover --encryption-key-file old.key --new-key-file new.key
@@ -144,16 +149,7 @@ func runRekey(cmd *cobra.Command, o rekeyOptions) error {
 			return err
 		}
 	}
-	// Every block is under the new key: the data dir says so, then the
-	// watermark goes (a crash between the two redoes only this).
-	rec := encryptionScheme + "\n" + hex.EncodeToString(st.NewCheck) + "\n"
-	if err := writeFileDurably(o.dataDir, devEncryptionFile, []byte(rec)); err != nil {
-		return fmt.Errorf("data dir: record the new key: %w", err)
-	}
-	if err := os.Remove(filepath.Join(o.dataDir, rekeyStateFile)); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	if err := syncDir(o.dataDir); err != nil {
+	if err := finishRekey(o.dataDir, st); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "the volume in %s is encrypted with %s now; the old key no longer opens it (keep it only for backups made before)\n", o.dataDir, o.newKeyFile)
@@ -208,19 +204,8 @@ func rekeyVolume(cmd *cobra.Command, o rekeyOptions, st *device.RekeyState, oldK
 				BytesRead: done * device.CryptBlockBytes})
 		}
 	}
-	if v := os.Getenv(rekeyKillAfterEnv); v != "" {
-		killAt, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%s=%q: %w", rekeyKillAfterEnv, v, err)
-		}
-		opt.AfterChunk = func(next uint64) error {
-			if next >= killAt {
-				fmt.Fprintf(out, "%s: killing this process after block %d\n", rekeyKillAfterEnv, next)
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				select {}
-			}
-			return nil
-		}
+	if opt.AfterChunk, err = rekeyKillHook(out); err != nil {
+		return nil, err
 	}
 	if err := device.Rekey(ctx, vol, oldKey, newKey, st, opt); err != nil {
 		return nil, err
@@ -231,6 +216,185 @@ func rekeyVolume(cmd *cobra.Command, o rekeyOptions, st *device.RekeyState, oldK
 		return nil, fmt.Errorf("rekey: final flush: %w", err)
 	}
 	return st, nil
+}
+
+// finishRekey records, once every block is under the new key, the new
+// key's check in the data dir, then removes the watermark (a crash
+// between the two redoes only this).
+func finishRekey(dataDir string, st *device.RekeyState) error {
+	if st.NextBlock != st.TotalBlocks || len(st.Pending) != 0 {
+		return fmt.Errorf("rekey: finishing at block %d of %d", st.NextBlock, st.TotalBlocks)
+	}
+	rec := encryptionScheme + "\n" + hex.EncodeToString(st.NewCheck) + "\n"
+	if err := writeFileDurably(dataDir, devEncryptionFile, []byte(rec)); err != nil {
+		return fmt.Errorf("data dir: record the new key: %w", err)
+	}
+	if err := os.Remove(filepath.Join(dataDir, rekeyStateFile)); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	return syncDir(dataDir)
+}
+
+// rekeyKillHook is the test hook rekeyKillAfterEnv asks for, or nil.
+func rekeyKillHook(out io.Writer) (func(uint64) error, error) {
+	v := os.Getenv(rekeyKillAfterEnv)
+	if v == "" {
+		return nil, nil
+	}
+	killAt, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%q: %w", rekeyKillAfterEnv, v, err)
+	}
+	return func(next uint64) error {
+		if next >= killAt {
+			fmt.Fprintf(out, "%s: killing this process after block %d\n", rekeyKillAfterEnv, next)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+		return nil
+	}, nil
+}
+
+// volumeCrypt is how runEngine encrypts a volume: with key, or during a
+// rekey from key to rekey's.
+type volumeCrypt struct {
+	key   []byte
+	rekey *onlineRekey
+}
+
+// onlineRekey is drover dev --rekey-to: a rekey run while the volume
+// serves, its watermark in the data dir.
+type onlineRekey struct {
+	newKey  []byte
+	newFile string
+	st      *device.RekeyState // nil: a new one once the volume serves
+	dataDir string
+	spares  int
+}
+
+// open returns the device the frontends serve over vol, and a function
+// that waits for a rekey's step under way to end once ctx is done.
+func (c *volumeCrypt) open(ctx context.Context, d *enginerun.Driver, vol *enginerun.Volume, out io.Writer) (device.Device, func(), error) {
+	defer clear(c.key)
+	if c.rekey == nil {
+		enc, err := device.NewEncrypted(vol, c.key)
+		return enc, func() {}, err
+	}
+	r := c.rekey
+	defer clear(r.newKey)
+	if err := rekeyCheckVolume(ctx, out, d, r.dataDir, r.spares, r.st != nil); err != nil {
+		return nil, nil, err
+	}
+	st := r.st
+	if st == nil {
+		var err error
+		if st, err = device.NewRekeyState(c.key, r.newKey, vol.SizeBytes()); err != nil {
+			return nil, nil, err
+		}
+		if err := saveRekeyState(r.dataDir, st); err != nil {
+			return nil, nil, fmt.Errorf("data dir: save the rekey's watermark: %w", err)
+		}
+	}
+	kill, err := rekeyKillHook(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	last := time.Now()
+	opt := device.RekeyOptions{AfterChunk: kill,
+		Save: func(s *device.RekeyState) error { return saveRekeyState(r.dataDir, s) },
+		Progress: func(done, total uint64) {
+			if time.Since(last) >= 5*time.Second || done == total {
+				last = time.Now()
+				fmt.Fprintf(out, "rekey: %d of %d blocks (%.1f%%)\n", done, total, 100*float64(done)/float64(total))
+			}
+		}}
+	enc, err := device.NewRekeying(vol, c.key, r.newKey, st, opt)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := enc.SettleRekey(ctx); err != nil {
+		return nil, nil, err
+	}
+	// No snapshot (nor backup) while blocks are under two keys: it
+	// could never be read whole.
+	d.SetSnapshotGuard(func() error {
+		if enc.Rekeying() {
+			return errors.New("the volume is being re-encrypted (drover dev --rekey-to): wait for the rekey to end")
+		}
+		return nil
+	})
+	fmt.Fprintf(out, "rekey: re-encrypting the volume under %s from block %d of %d while it serves (watermark in %s)\n",
+		r.newFile, st.NextBlock, st.TotalBlocks, filepath.Join(r.dataDir, rekeyStateFile))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := enc.Rekey(ctx)
+		switch {
+		case err == nil:
+			err = finishRekey(r.dataDir, st)
+		case ctx.Err() != nil:
+			fmt.Fprintf(out, "rekey: stopped at block %d of %d; the next start with --rekey-to resumes it\n", st.NextBlock, st.TotalBlocks)
+			return
+		}
+		if err != nil {
+			slog.Error("rekey stopped: restart with the same flags to resume it", "err", err)
+			return
+		}
+		fmt.Fprintf(out, "rekey: done; the volume is encrypted with %s alone (run later with --encryption-key-file %s, without --rekey-to)\n", r.newFile, r.newFile)
+	}()
+	return enc, func() { <-done }, nil
+}
+
+// devEncryption settles how drover dev encrypts the volume: not at all,
+// with its key, or re-encrypting it (--rekey-to, or a rekey under way).
+func devEncryption(out io.Writer, o *devOptions, isNew bool) (*volumeCrypt, error) {
+	st, err := loadRekeyState(o.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.newKeyFile == "" || (st == nil && o.keyFile == "") {
+		if o.newKeyFile != "" {
+			return nil, errors.New("--rekey-to needs --encryption-key-file, the volume's current key")
+		}
+		key, err := devCheckEncryption(o.dataDir, o.keyFile, o.passFile, isNew)
+		if key == nil || err != nil {
+			return nil, err
+		}
+		return &volumeCrypt{key: key}, nil
+	}
+	if isNew {
+		return nil, errors.New("--rekey-to re-encrypts an existing volume: make a new one with --encryption-key-file alone")
+	}
+	oldKey, err := loadKey(o.keyFile, o.passFile)
+	if err != nil {
+		return nil, err
+	}
+	newKey, err := loadKey(o.newKeyFile, o.newPassFile)
+	if err != nil {
+		clear(oldKey)
+		return nil, err
+	}
+	r := &onlineRekey{newKey: newKey, newFile: o.newKeyFile, st: st, dataDir: o.dataDir, spares: o.spares}
+	if st != nil {
+		if device.CheckKey(oldKey, st.OldCheck) != nil || device.CheckKey(newKey, st.NewCheck) != nil {
+			clear(oldKey)
+			clear(newKey)
+			return nil, fmt.Errorf("data dir %s: a rekey between two other keys is under way (block %d of %d): give the keys it began with", o.dataDir, st.NextBlock, st.TotalBlocks)
+		}
+		fmt.Fprintf(out, "rekey: resuming at block %d of %d\n", st.NextBlock, st.TotalBlocks)
+		return &volumeCrypt{key: oldKey, rekey: r}, nil
+	}
+	if check, recorded, err := recordedKeyCheck(o.dataDir); err == nil && recorded && device.CheckKey(newKey, check) == nil {
+		clear(oldKey)
+		fmt.Fprintf(out, "rekey: the volume is encrypted with %s already (an earlier rekey ended): serving with it; drop --rekey-to\n", o.newKeyFile)
+		return &volumeCrypt{key: newKey}, nil
+	}
+	clear(oldKey)
+	if oldKey, err = devCheckEncryption(o.dataDir, o.keyFile, o.passFile, false); err != nil {
+		clear(newKey)
+		return nil, err
+	}
+	return &volumeCrypt{key: oldKey, rekey: r}, nil
 }
 
 // rekeyCheckVolume refuses a rekey that would leave old-key ciphertext

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"testing"
 )
 
@@ -170,5 +172,118 @@ func TestRekeyRefusesDamage(t *testing.T) {
 	opt.AfterChunk = nil
 	if err := Rekey(context.Background(), f, testKey(1), testKey(2), &saved, opt); !errors.Is(err, ErrRekeyDamaged) {
 		t.Fatalf("resume over a damaged block = %v, want ErrRekeyDamaged", err)
+	}
+}
+
+// TestRekeyOnline: writers (whole blocks, partial blocks, trims) and
+// their read-backs go on while the rekey runs over the same Encrypted;
+// every read returns what its writer wrote last, and afterwards the file
+// opened with the new key alone holds every block's last content.
+func TestRekeyOnline(t *testing.T) {
+	const blocks = 96
+	e0, path := encryptedFile(t, blocks*CryptBlockBytes, testKey(1))
+	ctx := context.Background()
+	last := make([][]byte, blocks)
+	for b := range blocks {
+		last[b] = make([]byte, CryptBlockBytes)
+		if b%3 != 0 {
+			last[b] = bytes.Repeat([]byte{byte(b)}, CryptBlockBytes)
+			if err := e0.WriteAt(ctx, last[b], uint64(b)*CryptBlockBytes, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f := openRaw(t, path)
+	st, err := NewRekeyState(testKey(1), testKey(2), f.SizeBytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	saves := 0
+	// Every step waits, outside the lock, for the writers to do more IO,
+	// so that IO and rekey steps interleave throughout.
+	var ops, writing atomic.Int64
+	const writers = 4
+	writing.Store(writers)
+	progress := func(uint64, uint64) {
+		for want := ops.Load() + 2; ops.Load() < want && writing.Load() > 0; {
+			runtime.Gosched()
+		}
+	}
+	e, err := NewRekeying(f, testKey(1), testKey(2), st, RekeyOptions{ChunkBlocks: 4, Progress: progress,
+		Save: func(*RekeyState) error { saves++; return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SettleRekey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Rekey(ctx) }()
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			defer writing.Add(-1)
+			errs <- func() error {
+				buf := make([]byte, CryptBlockBytes)
+				for round := range 30 {
+					for b := w; b < blocks; b += writers {
+						off := uint64(b) * CryptBlockBytes
+						switch (round + b) % 3 {
+						case 0:
+							last[b] = bytes.Repeat([]byte{byte(round), byte(b)}, CryptBlockBytes/2)
+							if err := e.WriteAt(ctx, last[b], off, false); err != nil {
+								return err
+							}
+						case 1:
+							patch := []byte(fmt.Sprintf("r%d", round))
+							copy(last[b][100:], patch)
+							if err := e.WriteAt(ctx, patch, off+100, false); err != nil {
+								return err
+							}
+						case 2:
+							if round%5 == 0 {
+								clear(last[b])
+								if err := e.Trim(ctx, off, CryptBlockBytes, false); err != nil {
+									return err
+								}
+							}
+						}
+						if err := e.ReadAt(ctx, buf, off); err != nil {
+							return err
+						}
+						ops.Add(1)
+						if !bytes.Equal(buf, last[b]) {
+							return fmt.Errorf("round %d block %d reads %x..., want %x...", round, b, buf[:8], last[b][:8])
+						}
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if saves < blocks/4 {
+		t.Errorf("%d saves for %d chunks", saves, blocks/4)
+	}
+	f2 := openRaw(t, path)
+	e2, err := NewEncrypted(f2, testKey(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, CryptBlockBytes)
+	for b := range blocks {
+		if err := e2.ReadAt(ctx, buf, uint64(b)*CryptBlockBytes); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, last[b]) {
+			t.Errorf("after the rekey, block %d reads %x... with the new key, want %x...", b, buf[:8], last[b][:8])
+		}
 	}
 }
