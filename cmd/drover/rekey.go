@@ -39,9 +39,8 @@ durable (fsync) before the chunk is written: if the rekey is killed (kill -9,
 a crash, a power loss), running the same command again finishes that chunk,
 telling from the digests which of its blocks were rewritten already, and goes
 on (drover dev --rekey-to resumes it as well). Until it finishes, drover dev
-refuses to serve the volume without --rekey-to. At the end
-the data dir records the new key's check and the old key no longer opens the
-volume.
+refuses to serve the volume without --rekey-to. At the end the data dir
+records the new key's check and the old key no longer opens the volume.
 
 It refuses to start on a volume with snapshots (their layers hold old-key
 ciphertext the new key cannot read: drover snapshot rm them first), with a
@@ -54,7 +53,8 @@ runs under drover dev, snapshots and backups are refused.`
 
 const rekeyExample = `  drover key new new.key
   drover volume rekey --data-dir /var/tmp/drover --encryption-key-file old.key --new-key-file new.key
-  drover dev --data-dir /var/tmp/drover --encryption-key-file new.key`
+  drover dev --data-dir /var/tmp/drover --encryption-key-file new.key
+  drover dev --data-dir /var/tmp/drover --encryption-key-file old.key --rekey-to new.key   # while serving`
 
 // rekeyStateFile holds, in drover dev's data dir, a rekey's watermark
 // while one is under way.
