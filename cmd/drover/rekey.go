@@ -352,10 +352,10 @@ func devEncryption(out io.Writer, o *devOptions, isNew bool) (*volumeCrypt, erro
 	if err != nil {
 		return nil, err
 	}
-	if o.newKeyFile == "" || (st == nil && o.keyFile == "") {
-		if o.newKeyFile != "" {
-			return nil, errors.New("--rekey-to needs --encryption-key-file, the volume's current key")
-		}
+	if o.newKeyFile != "" && o.keyFile == "" {
+		return nil, errors.New("--rekey-to needs --encryption-key-file, the volume's current key")
+	}
+	if o.newKeyFile == "" {
 		key, err := devCheckEncryption(o.dataDir, o.keyFile, o.passFile, isNew)
 		if key == nil || err != nil {
 			return nil, err
