@@ -413,6 +413,7 @@ type progressBar struct {
 	start time.Time
 	last  time.Time
 	tty   bool
+	unit  string // what ChunksDone counts (default "chunks")
 }
 
 func newProgressBar(w io.Writer, what string) *progressBar {
@@ -422,7 +423,7 @@ func newProgressBar(w io.Writer, what string) *progressBar {
 			tty = true
 		}
 	}
-	return &progressBar{w: w, what: what, start: time.Now(), tty: tty}
+	return &progressBar{w: w, what: what, start: time.Now(), tty: tty, unit: "chunks"}
 }
 
 func (p *progressBar) update(pr backuprun.Progress) {
@@ -445,7 +446,7 @@ func (p *progressBar) update(pr backuprun.Progress) {
 	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
 	moved := max(pr.BytesRead, pr.BytesStored)
 	rate := float64(moved) / 1e6 / max(now.Sub(p.start).Seconds(), 1e-3)
-	line := fmt.Sprintf("%s [%s] %5.1f%% %d/%d chunks %s %.1f MB/s", p.what, bar, pct, pr.ChunksDone, pr.ChunksTotal, humanBytes(moved), rate)
+	line := fmt.Sprintf("%s [%s] %5.1f%% %d/%d %s %s %.1f MB/s", p.what, bar, pct, pr.ChunksDone, pr.ChunksTotal, p.unit, humanBytes(moved), rate)
 	switch {
 	case p.tty && final:
 		fmt.Fprintf(p.w, "\r%s\n", line)

@@ -55,7 +55,10 @@ the recorded membership; keep passing --spares so it is opened.
 With --encryption-key-file (drover key new makes a key) a new volume is
 encrypted in this process before replication (AES-256-XTS per 4 KiB block):
 the replicas, snapshots and backups hold only ciphertext, and later runs
-refuse to serve without that key or with another.
+refuse to serve without that key or with another. --rekey-to NEW re-encrypts
+the volume under a new key while it serves (see drover volume rekey --help
+for the watermark that makes it resumable, and what it refuses); later runs
+take NEW as --encryption-key-file.
 
 The data dir is created mode 0700 and replica files 0600. --control adds a
 TCP listener for the control API: on loopback it serves this user and root
@@ -90,7 +93,7 @@ func newDevCmd() *cobra.Command {
 	var backupTarget string
 	var spares, overProvisioning int
 	var replaceAfter time.Duration
-	var keyFile, passFile string
+	var keyFile, passFile, newKeyFile, newPassFile string
 	size := sizeFlag{bytes: 1 << 30}
 	cmd := &cobra.Command{Use: "dev", Short: "Run a volume with three in-process replicas (the embedded default)",
 		Long: devLong, Example: devExample, Args: cobra.NoArgs,
@@ -112,7 +115,8 @@ func newDevCmd() *cobra.Command {
 			o := devOptions{dataDir: dataDir, volume: volume, volumeGiven: cmd.Flags().Changed("volume"),
 				sizeBytes: size.bytes, sizeGiven: cmd.Flags().Changed("size"), control: &cf,
 				ff: &ff, metrics: &mf, console: &conf, backupTarget: backupTarget, backing: backing, spares: spares,
-				replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning, keyFile: keyFile, passFile: passFile}
+				replaceAfter: replaceAfter, overProvisioningPercent: overProvisioning, keyFile: keyFile, passFile: passFile,
+				newKeyFile: newKeyFile, newPassFile: newPassFile}
 			return runDev(cmd, o)
 		}}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory holding the replicas (default $XDG_DATA_HOME/drover/dev)")
@@ -126,6 +130,8 @@ func newDevCmd() *cobra.Command {
 		"largest volume size (at create and expand), in percent of the data dir's disk size")
 	cmd.Flags().StringVar(&keyFile, "encryption-key-file", "", "encrypt the new volume with this key (drover key new makes one); later runs need the same key")
 	cmd.Flags().StringVar(&passFile, "encryption-passphrase-file", "", "passphrase that opens a wrapped --encryption-key-file")
+	cmd.Flags().StringVar(&newKeyFile, "rekey-to", "", "re-encrypt the volume under this new key while it serves (resumed by the next start with the same flags after a stop or crash)")
+	cmd.Flags().StringVar(&newPassFile, "rekey-passphrase-file", "", "passphrase that opens a wrapped --rekey-to key")
 	bf.register(cmd)
 	mf.register(cmd.Flags(), "metrics-listen", defaultDevMetricsAddr, "metrics",
 		"serve Prometheus metrics at http://ADDR/metrics ('' for none; the default is skipped with a warning when busy)")
@@ -164,6 +170,7 @@ type devOptions struct {
 	overProvisioningPercent int
 	keyFile                 string // --encryption-key-file
 	passFile                string // --encryption-passphrase-file
+	newKeyFile, newPassFile string // --rekey-to, --rekey-passphrase-file
 }
 
 // socket is the control socket in the data dir (or --control-socket).
@@ -246,7 +253,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 			return err
 		}
 	}
-	key, err := devCheckEncryption(o.dataDir, o.keyFile, o.passFile, isNew)
+	crypt, err := devEncryption(out, &o, isNew)
 	if err != nil {
 		return err
 	}
@@ -270,7 +277,7 @@ func runDev(cmd *cobra.Command, o devOptions) (err error) {
 		}
 	}
 	cfg.Dial = replicarun.LocalDialer(runners)
-	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends, key, sidecars...)
+	return runEngine(cmd.Context(), out, cfg, ctl, ctl.describe(o.defaultSocket()), frontends, crypt, sidecars...)
 }
 
 // devHoldsVolume reports whether the data dir holds a volume already:

@@ -196,6 +196,23 @@ func loadKey(path, passFile string) ([]byte, error) {
 	return key, nil
 }
 
+// recordedKeyCheck reads the key check the data dir records, if any.
+func recordedKeyCheck(dataDir string) (check []byte, recorded bool, err error) {
+	held, err := os.ReadFile(filepath.Join(dataDir, devEncryptionFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("data dir: %w", err)
+	}
+	scheme, line, _ := strings.Cut(strings.TrimSpace(string(held)), "\n")
+	check, err = hex.DecodeString(strings.TrimSpace(line))
+	if scheme != encryptionScheme || err != nil {
+		return nil, false, fmt.Errorf("data dir %s: %s is damaged or of an unknown scheme %q", dataDir, devEncryptionFile, scheme)
+	}
+	return check, true, nil
+}
+
 // devEncryptionFile records, in drover dev's data dir, that the volume is
 // encrypted and a check of its key (never the key).
 const devEncryptionFile = "encryption"
@@ -206,12 +223,17 @@ const encryptionScheme = "aes-256-xts-plain64-4k"
 // a new volume records the key's check; an existing one needs the same
 // key if it was made with one, and refuses a key if it was made without.
 func devCheckEncryption(dataDir, keyFile, passFile string, isNew bool) ([]byte, error) {
-	path := filepath.Join(dataDir, devEncryptionFile)
-	held, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("data dir: %w", err)
+	if st, err := loadRekeyState(dataDir); err != nil || st != nil {
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("data dir %s: a rekey of the volume is under way (block %d of %d): resume it with drover dev --rekey-to NEW-KEY-FILE (it serves meanwhile) or drover volume rekey --data-dir %s, with the same keys",
+			dataDir, st.NextBlock, st.TotalBlocks, dataDir)
 	}
-	recorded := err == nil
+	want, recorded, err := recordedKeyCheck(dataDir)
+	if err != nil {
+		return nil, err
+	}
 	if keyFile == "" {
 		if recorded {
 			return nil, fmt.Errorf("data dir %s holds an encrypted volume: give its key with --encryption-key-file", dataDir)
@@ -224,11 +246,6 @@ func devCheckEncryption(dataDir, keyFile, passFile string, isNew bool) ([]byte, 
 	}
 	switch {
 	case recorded:
-		scheme, check, _ := strings.Cut(strings.TrimSpace(string(held)), "\n")
-		want, err := hex.DecodeString(strings.TrimSpace(check))
-		if scheme != encryptionScheme || err != nil {
-			return nil, fmt.Errorf("data dir %s: %s is damaged or of an unknown scheme %q", dataDir, devEncryptionFile, scheme)
-		}
 		if err := device.CheckKey(key, want); err != nil {
 			return nil, fmt.Errorf("--encryption-key-file %s: %w: it is not the key volume in %s was made with", keyFile, err, dataDir)
 		}
@@ -236,7 +253,7 @@ func devCheckEncryption(dataDir, keyFile, passFile string, isNew bool) ([]byte, 
 		return nil, fmt.Errorf("data dir %s holds a volume made without encryption: --encryption-key-file applies to new volumes only", dataDir)
 	default:
 		rec := encryptionScheme + "\n" + hex.EncodeToString(device.KeyCheck(key)) + "\n"
-		if err := os.WriteFile(path, []byte(rec), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dataDir, devEncryptionFile), []byte(rec), 0o600); err != nil {
 			return nil, fmt.Errorf("data dir: record encryption: %w", err)
 		}
 	}

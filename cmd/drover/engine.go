@@ -146,7 +146,11 @@ func newEngineCmd() *cobra.Command {
 				ctl.Close()
 				return err
 			}
-			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, key, sidecars...)
+			var crypt *volumeCrypt
+			if key != nil {
+				crypt = &volumeCrypt{key: key}
+			}
+			return runEngine(cmd.Context(), cmd.OutOrStdout(), cfg, ctl, ctl.describe(""), frontends, crypt, sidecars...)
 		}}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().Var(&size, "size", "volume size (expands the volume if the replicas are smaller)")

@@ -140,12 +140,13 @@ func (c *controlListeners) describe(defaultSocket string) string {
 }
 
 // runEngine starts an engine driver, its control API on ctl's listeners
-// (which it closes; ctlHint says where they are), with key (when not
-// nil) encrypting what the frontends write and the given frontends, prints what it serves, and runs until
+// (which it closes; ctlHint says where they are), with crypt (when not
+// nil) encrypting what the frontends write, or re-encrypting the volume
+// meanwhile, and the given frontends, prints what it serves, and runs until
 // SIGINT or SIGTERM (or ctx ends). On the way out it flushes the volume.
 // Sidecars (metrics, the console) start as soon as the driver exists,
 // before the volume serves, and stop with it.
-func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend, key []byte, sidecars ...Frontend) error {
+func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *controlListeners, ctlHint string, frontends []Frontend, crypt *volumeCrypt, sidecars ...Frontend) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := enginerun.New(cfg)
@@ -173,12 +174,14 @@ func runEngine(ctx context.Context, out io.Writer, cfg enginerun.Config, ctl *co
 	}
 	fmt.Fprintf(out, "volume %s serving: %s\n", cfg.Volume, formatSize(d.SizeBytes()))
 	var dev device.Device = vol
-	if key != nil {
-		enc, err := device.NewEncrypted(vol, key)
-		clear(key)
+	if crypt != nil {
+		enc, wait, err := crypt.open(ctx, d, vol, out)
 		if err != nil {
 			return err
 		}
+		// After the final flush below, before the driver closes: a
+		// rekey step under way ends (the next start resumes after it).
+		defer wait()
 		dev = enc
 		fmt.Fprintf(out, "volume %s is encrypted (AES-256-XTS): frontends see plaintext, everything below ciphertext\n", cfg.Volume)
 	}

@@ -35,7 +35,7 @@ func newVolumeCmd() *cobra.Command {
 		Example: volumeExample, Args: cobra.NoArgs}
 	cf.register(cmd)
 	cmd.AddCommand(newVolumeInfoCmd(&cf), newVolumeExpandCmd(&cf), newVolumeWriteCmd(&cf),
-		newVolumeReadCmd(&cf), newVolumeFlushCmd(&cf), newVolumeQoSCmd(&cf))
+		newVolumeReadCmd(&cf), newVolumeFlushCmd(&cf), newVolumeQoSCmd(&cf), newVolumeRekeyCmd())
 	return cmd
 }
 

@@ -35,10 +35,15 @@ var ErrWrongKey = errors.New("wrong encryption key")
 type Encrypted struct {
 	inner Device
 	async Async // inner as Async; nil if it is not
-	c     *xtsCipher
+	// c is the key of every block, or during a rekey the old key, of the
+	// blocks from rk's watermark on.
+	c  *xtsCipher
+	rk *rekeyMark // nil unless a rekey is under way
 	// mu orders a read-modify-write of a partial block (W) against
 	// every other IO (R): a partial write or zeroing decrypts, patches and
-	// re-encrypts the whole block.
+	// re-encrypts the whole block. A rekey's step holds it (W) too, so
+	// that the watermark moves only between IOs; every cipher choice is
+	// made under it.
 	mu sync.RWMutex
 }
 
@@ -97,22 +102,42 @@ func aligned(off, length uint64) bool {
 	return off%CryptBlockBytes == 0 && length%CryptBlockBytes == 0
 }
 
+// refused is the error every IO gets after a rekey failed mid-step
+// (mu held).
+func (e *Encrypted) refused() error {
+	if e.rk != nil && e.rk.failed != nil {
+		return fmt.Errorf("%w: the rekey stopped (%v): restart to resume it", ErrIO, e.rk.failed)
+	}
+	return nil
+}
+
+// cipherFor is the key block is under (mu held).
+func (e *Encrypted) cipherFor(block uint64) *xtsCipher {
+	if e.rk != nil && block < e.rk.next {
+		return e.rk.newC
+	}
+	return e.c
+}
+
 // encrypt writes the ciphertext of plain (whole blocks from block index
-// first) to dst.
+// first) to dst (mu held).
 func (e *Encrypted) encrypt(dst, plain []byte, first uint64) {
 	for i := 0; i < len(plain); i += CryptBlockBytes {
-		e.c.crypt(dst[i:i+CryptBlockBytes], plain[i:i+CryptBlockBytes], first+uint64(i/CryptBlockBytes), false)
+		block := first + uint64(i/CryptBlockBytes)
+		e.cipherFor(block).crypt(dst[i:i+CryptBlockBytes], plain[i:i+CryptBlockBytes], block, false)
 	}
 }
 
-// decrypt decrypts whole blocks in place; an all-zero block stays zeros.
+// decrypt decrypts whole blocks in place; an all-zero block stays zeros
+// (mu held).
 func (e *Encrypted) decrypt(b []byte, first uint64) {
 	for i := 0; i < len(b); i += CryptBlockBytes {
 		blk := b[i : i+CryptBlockBytes]
 		if allZero(blk) {
 			continue
 		}
-		e.c.crypt(blk, blk, first+uint64(i/CryptBlockBytes), true)
+		block := first + uint64(i/CryptBlockBytes)
+		e.cipherFor(block).crypt(blk, blk, block, true)
 	}
 }
 
@@ -153,6 +178,9 @@ func (e *Encrypted) ReadAt(ctx context.Context, p []byte, off uint64) error {
 }
 
 func (e *Encrypted) readLocked(ctx context.Context, p []byte, off uint64) error {
+	if err := e.refused(); err != nil {
+		return err
+	}
 	if aligned(off, uint64(len(p))) {
 		if err := e.inner.ReadAt(ctx, p, off); err != nil {
 			return err
@@ -180,9 +208,12 @@ func (e *Encrypted) WriteAt(ctx context.Context, p []byte, off uint64, fua bool)
 	}
 	buf := getCryptBuf(len(p))
 	defer putCryptBuf(buf)
-	e.encrypt(buf, p, off/CryptBlockBytes)
 	e.mu.RLock()
 	defer e.mu.RUnlock()
+	if err := e.refused(); err != nil {
+		return err
+	}
+	e.encrypt(buf, p, off/CryptBlockBytes)
 	return e.inner.WriteAt(ctx, buf, off, fua)
 }
 
@@ -241,7 +272,10 @@ func (e *Encrypted) zero(ctx context.Context, off, length uint64, fua bool, whol
 		}
 	}
 	e.mu.RLock()
-	err := whole(ctx, inLo, inHi-inLo, fua)
+	err := e.refused()
+	if err == nil {
+		err = whole(ctx, inLo, inHi-inLo, fua)
+	}
 	e.mu.RUnlock()
 	if err != nil {
 		return err
@@ -347,6 +381,11 @@ func (e *Encrypted) Start(r *Request) {
 		length = uint64(len(r.Data))
 	}
 	if e.async == nil || (r.Op != OpFlush && (!aligned(r.Offset, length) || e.check(r.Offset, length) != nil)) || !e.mu.TryRLock() {
+		StartSync(context.Background(), e, r)
+		return
+	}
+	if e.rk != nil && e.rk.failed != nil {
+		e.mu.RUnlock()
 		StartSync(context.Background(), e, r)
 		return
 	}

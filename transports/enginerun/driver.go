@@ -174,6 +174,8 @@ func (c *Config) engineConfig() engine.Config {
 type Driver struct {
 	cfg Config
 	log *slog.Logger
+	// snapGuard, when set, may refuse snapshots (SetSnapshotGuard).
+	snapGuard atomic.Pointer[func() error]
 
 	mu     sync.Mutex
 	inbox  []input
@@ -727,6 +729,11 @@ func (d *Driver) Run() { d.drive(false, false) }
 
 // Admin runs an admin request through the engine and waits for its reply.
 func (d *Driver) Admin(ctx context.Context, req engine.AdminRequest) (engine.AdminReply, error) {
+	if g := d.snapGuard.Load(); g != nil && req.Op == engine.AdminSnapshot {
+		if err := (*g)(); err != nil {
+			return engine.AdminReply{}, fmt.Errorf("%w: snapshot %s: %w", engine.ErrBusy, req.Name, err)
+		}
+	}
 	ch := make(chan engine.AdminReply, 1)
 	req.ID = d.nextID.Add(1)
 	if !d.post(input{kind: inAdmin, admin: req, ach: ch}) {
@@ -738,6 +745,17 @@ func (d *Driver) Admin(ctx context.Context, req engine.AdminRequest) (engine.Adm
 	case <-ctx.Done():
 		return engine.AdminReply{}, ctx.Err()
 	}
+}
+
+// SetSnapshotGuard makes Admin refuse snapshots (engine.ErrBusy) while
+// guard returns an error, e.g. while a rekey rewrites the volume (a
+// snapshot would keep blocks under two keys); nil removes it.
+func (d *Driver) SetSnapshotGuard(guard func() error) {
+	if guard == nil {
+		d.snapGuard.Store(nil)
+		return
+	}
+	d.snapGuard.Store(&guard)
 }
 
 // Info returns the engine's view of the volume, with each replica's

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -310,5 +311,27 @@ func TestVolumeStatsCount(t *testing.T) {
 		if st.Ops != c.ops || st.Bytes != c.bytes || st.Errors != 0 || st.Latency <= 0 {
 			t.Errorf("%v: %d ops, %d bytes, %d errors, latency %v; want %d ops, %d bytes, no errors", c.op, st.Ops, st.Bytes, st.Errors, st.Latency, c.ops, c.bytes)
 		}
+	}
+}
+
+// TestSnapshotGuard: while the guard returns an error a snapshot is
+// refused with engine.ErrBusy and its reason; without it the same
+// snapshot is taken.
+func TestSnapshotGuard(t *testing.T) {
+	v := newTestVolume(t, newMemReplicas(testSize, testIDs...))
+	d := v.Driver()
+	ctx := context.Background()
+	d.SetSnapshotGuard(func() error { return errors.New("rekey under way") })
+	_, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s1"})
+	if !errors.Is(err, engine.ErrBusy) || !strings.Contains(err.Error(), "rekey under way") {
+		t.Fatalf("snapshot under the guard: %v, want ErrBusy with the guard's reason", err)
+	}
+	d.SetSnapshotGuard(func() error { return nil })
+	if _, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s1"}); err != nil {
+		t.Fatalf("snapshot with the guard passing: %v", err)
+	}
+	d.SetSnapshotGuard(nil)
+	if _, err := d.Admin(ctx, engine.AdminRequest{Op: engine.AdminSnapshot, Name: "s2"}); err != nil {
+		t.Fatalf("snapshot without a guard: %v", err)
 	}
 }
