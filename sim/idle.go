@@ -134,7 +134,7 @@ func (s *Sim) checkIdle(w *idleWindow) {
 	}
 	for _, r := range info.Replicas {
 		if r.ID == w.victim.id && r.Mode == engine.ModeRW {
-			s.fail("idle: %s died with no IO flowing and is still RW %dus later: %s", w.victim.id, s.idleLenUs(), describeInfo(info))
+			s.fail("idle: %s died with no IO flowing and is still RW %dus later: %s", w.victim.id, s.idleLenUs(), describeInfo(info)+describeTasks(info))
 			return
 		}
 	}
@@ -143,12 +143,12 @@ func (s *Sim) checkIdle(w *idleWindow) {
 		return
 	}
 	if isMember(info, w.victim.id) {
-		s.fail("idle: lost replica %s not replaced by a spare within %dus with no IO: %s", w.victim.id, s.idleLenUs(), describeInfo(info))
+		s.fail("idle: lost replica %s not replaced by a spare within %dus with no IO: %s", w.victim.id, s.idleLenUs(), describeInfo(info)+describeTasks(info))
 		return
 	}
 	for _, r := range info.Replicas {
 		if n := s.node(r.ID); n != nil && n.spare && r.Mode != engine.ModeRW {
-			s.fail("idle: spare %s replacing %s is %v, not RW, %dus after the loss with no IO: %s", r.ID, w.victim.id, r.Mode, s.idleLenUs(), describeInfo(info))
+			s.fail("idle: spare %s replacing %s is %v, not RW, %dus after the loss with no IO: %s", r.ID, w.victim.id, r.Mode, s.idleLenUs(), describeInfo(info)+describeTasks(info))
 			return
 		}
 	}

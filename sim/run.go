@@ -296,7 +296,7 @@ func (s *Sim) clientDone() {
 func (s *Sim) awaitConverged() {
 	if s.now-s.healAt > convergeBoundUs {
 		info := s.current().e.Info()
-		s.fail("liveness: replicas did not converge within %ds of healing: %s%s", convergeBoundUs/1_000_000, describeInfo(info), s.describeRebuildSnapshots(s.current()))
+		s.fail("liveness: replicas did not converge within %ds of healing: %s%s", convergeBoundUs/1_000_000, describeInfo(info)+describeTasks(info), s.describeRebuildSnapshots(s.current()))
 		s.stopped = true
 		return
 	}
@@ -310,7 +310,8 @@ func (s *Sim) awaitConverged() {
 
 func describeEngine(e *engine.Engine) string {
 	running, waiting, calls := e.Backlog()
-	return fmt.Sprintf("%s running=%d waiting=%d calls=%d", describeInfo(e.Info()), running, waiting, calls)
+	info := e.Info()
+	return fmt.Sprintf("%s running=%d waiting=%d calls=%d%s", describeInfo(info), running, waiting, calls, describeTasks(info))
 }
 
 func describeInfo(info engine.VolumeInfo) string {
@@ -320,6 +321,15 @@ func describeInfo(info engine.VolumeInfo) string {
 	}
 	if info.Rebuild != nil {
 		out += fmt.Sprintf(" rebuilding %s stage %s", info.Rebuild.Target, info.Rebuild.Stage)
+	}
+	return out
+}
+
+// describeTasks lists the engine's tasks for a failure report.
+func describeTasks(info engine.VolumeInfo) string {
+	out := ""
+	for _, t := range info.Tasks {
+		out += "; task " + t.String()
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -93,6 +94,11 @@ func TestProcessEngineBackingImage(t *testing.T) {
 	eventually(t, "an engine on replicas without the image says why", func() (bool, string) {
 		out := volumeInfoText(ctl)
 		return strings.Contains(out, `the replicas were not created on backing image "base"`), out
+	})
+	// --debug lists the open waiting for its next attempt, and why.
+	eventually(t, "volume info --debug lists the open's retry", func() (bool, string) {
+		out, _ := exec.Command(droverBin, "volume", "info", "--debug", "--control", ctl).CombinedOutput()
+		return regexp.MustCompile(`(?m)^tasks:\n  open +retry +at tick \d+: .*not created on backing image`).Match(out), string(out)
 	})
 	eng.stop()
 }

@@ -40,7 +40,8 @@ func newVolumeCmd() *cobra.Command {
 }
 
 func newVolumeInfoCmd(cf *clientFlags) *cobra.Command {
-	return &cobra.Command{Use: "info", Short: "Show phase, size, snapshots, replicas and rebuild progress", Args: cobra.NoArgs,
+	var debug bool
+	cmd := &cobra.Command{Use: "info", Short: "Show phase, size, snapshots, replicas and rebuild progress", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return cf.run(cmd, func(ctx context.Context, c controlpb.ControlClient) error {
 				info, err := c.VolumeInfo(ctx, &controlpb.VolumeInfoRequest{})
@@ -48,9 +49,30 @@ func newVolumeInfoCmd(cf *clientFlags) *cobra.Command {
 					return err
 				}
 				printVolumeInfo(cmd.OutOrStdout(), info)
+				if debug {
+					printTasks(cmd.OutOrStdout(), info.GetTasks())
+				}
 				return nil
 			})
 		}}
+	cmd.Flags().BoolVar(&debug, "debug", false, "also list the engine's tasks (open, rebuild, membership change, admin queue) and the stage each is in")
+	return cmd
+}
+
+// printTasks lists the engine's multi-step tasks, oldest first.
+func printTasks(w io.Writer, tasks []*controlpb.EngineTask) {
+	if len(tasks) == 0 {
+		fmt.Fprintln(w, "tasks:      none")
+		return
+	}
+	fmt.Fprintln(w, "tasks:")
+	for _, t := range tasks {
+		line := fmt.Sprintf("  %-10s %-13s", t.GetKind(), t.GetStage())
+		if t.GetDetail() != "" {
+			line += " " + t.GetDetail()
+		}
+		fmt.Fprintln(w, line)
+	}
 }
 
 func printVolumeInfo(w io.Writer, info *controlpb.VolumeInfoResponse) {

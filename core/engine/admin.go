@@ -103,6 +103,8 @@ type VolumeInfo struct {
 	LastRebuild *RebuildProgress
 	// Counters count what happened since the engine started.
 	Counters Counters
+	// Tasks are the multi-step tasks running and queued (Engine.Tasks).
+	Tasks []TaskInfo
 	// Spares are the configured spares not yet used; Removed the
 	// tombstoned replicas; Replaced counts replacements by spares since
 	// this engine started.
@@ -187,7 +189,8 @@ func (e *Engine) notServing() error {
 // Info describes the volume.
 func (e *Engine) Info() VolumeInfo {
 	info := VolumeInfo{Volume: e.cfg.Volume, Phase: e.phase, Why: e.why, Epoch: e.epoch,
-		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...), Counters: e.counters, Attached: e.attached}
+		SizeBytes: e.sizeBytes, Chain: append([]string(nil), e.chain...), Counters: e.counters, Attached: e.attached,
+		Tasks: e.Tasks()}
 	if e.committed != nil {
 		info.MembershipGen = e.committed.Gen
 	}

@@ -14,6 +14,10 @@ import (
 // membership, resync regions a crash left unsettled, record the new
 // membership, serve.
 type openTask struct {
+	// stage is where the open is, for Tasks: ask (OpInfo to every
+	// member), fence (OpOpen at the new epoch), corroborate, repair,
+	// resync, repair-others, settle, record.
+	stage  string
 	infos  map[proto.ReplicaID]*proto.Info
 	left   int
 	fenced map[proto.ReplicaID]*proto.Info
@@ -35,7 +39,7 @@ func (t *openTask) noteStale(id proto.ReplicaID, why string) {
 }
 
 func (e *Engine) startOpen() {
-	t := &openTask{infos: map[proto.ReplicaID]*proto.Info{}, fenced: map[proto.ReplicaID]*proto.Info{}}
+	t := &openTask{stage: "ask", infos: map[proto.ReplicaID]*proto.Info{}, fenced: map[proto.ReplicaID]*proto.Info{}}
 	e.opening = t
 	e.phase = PhaseOpening
 	// The members, not just the configured replicas: a reopen after a
@@ -81,6 +85,7 @@ func (e *Engine) fenceAll(t *openTask) {
 		invariant("epoch would go from %d back to %d", e.epoch, next)
 	}
 	e.epoch = next
+	t.stage = "fence"
 	t.left = len(t.infos)
 	for _, id := range sortedIDs(t.infos) {
 		e.send(id, proto.Request{Op: proto.OpOpen}, func(rep proto.Reply) {
@@ -362,17 +367,21 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 	if !e.cfg.Bugs.SkipResyncOnReopen {
 		run = func(done func(string)) {
 			donors, unsure := suspectDonors(t, current)
+			t.stage = "corroborate"
 			e.corroborate(t, current, unsure, donors, func(donors []donor) {
+				t.stage = "repair"
 				e.repairSuspects(t, current, donors, func(err string) {
 					if err != "" {
 						done(err)
 						return
 					}
+					t.stage = "resync"
 					sync.run(func(err string) {
 						if err != "" {
 							done(err)
 							return
 						}
+						t.stage = "repair-others"
 						e.repairOthers(t, current, othersSuspects(t, current), done)
 					})
 				})
@@ -392,6 +401,7 @@ func (e *Engine) resync(t *openTask, current []proto.ReplicaID) {
 }
 
 func (e *Engine) settle(t *openTask, dirty []proto.ReplicaID) {
+	t.stage = "settle"
 	left := len(dirty)
 	done := func() {
 		e.opening = nil

@@ -131,6 +131,9 @@ func (s *Server) VolumeInfo(ctx context.Context, _ *controlpb.VolumeInfoRequest)
 	for _, id := range info.Removed {
 		out.Removed = append(out.Removed, string(id))
 	}
+	for _, t := range info.Tasks {
+		out.Tasks = append(out.Tasks, &controlpb.EngineTask{Kind: t.Kind.String(), Stage: t.Stage, Detail: t.Detail})
+	}
 	return out, nil
 }
 

@@ -507,8 +507,11 @@ type VolumeInfoResponse struct {
 	LastRebuild *RebuildProgress `protobuf:"bytes,10,opt,name=last_rebuild,json=lastRebuild,proto3" json:"last_rebuild,omitempty"`
 	// spares are the configured spare replicas not yet used; removed the
 	// replicas removed or replaced (never rebuilt back in).
-	Spares        []string `protobuf:"bytes,11,rep,name=spares,proto3" json:"spares,omitempty"`
-	Removed       []string `protobuf:"bytes,12,rep,name=removed,proto3" json:"removed,omitempty"`
+	Spares  []string `protobuf:"bytes,11,rep,name=spares,proto3" json:"spares,omitempty"`
+	Removed []string `protobuf:"bytes,12,rep,name=removed,proto3" json:"removed,omitempty"`
+	// tasks are the engine's multi-step tasks running and queued (open,
+	// rebuild, membership, admin), oldest first.
+	Tasks         []*EngineTask `protobuf:"bytes,13,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -627,6 +630,75 @@ func (x *VolumeInfoResponse) GetRemoved() []string {
 	return nil
 }
 
+func (x *VolumeInfoResponse) GetTasks() []*EngineTask {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+// EngineTask is one task of the engine: its kind, where it is, and what
+// it works on.
+type EngineTask struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Stage         string                 `protobuf:"bytes,2,opt,name=stage,proto3" json:"stage,omitempty"`
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EngineTask) Reset() {
+	*x = EngineTask{}
+	mi := &file_control_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EngineTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EngineTask) ProtoMessage() {}
+
+func (x *EngineTask) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EngineTask.ProtoReflect.Descriptor instead.
+func (*EngineTask) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EngineTask) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *EngineTask) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *EngineTask) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 type SnapshotRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -638,7 +710,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +722,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +735,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SnapshotRequest) GetName() string {
@@ -698,7 +770,7 @@ type SnapshotInfo struct {
 
 func (x *SnapshotInfo) Reset() {
 	*x = SnapshotInfo{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +782,7 @@ func (x *SnapshotInfo) String() string {
 func (*SnapshotInfo) ProtoMessage() {}
 
 func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +795,7 @@ func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
 func (*SnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SnapshotInfo) GetName() string {
@@ -778,7 +850,7 @@ type SnapshotListResponse struct {
 
 func (x *SnapshotListResponse) Reset() {
 	*x = SnapshotListResponse{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +862,7 @@ func (x *SnapshotListResponse) String() string {
 func (*SnapshotListResponse) ProtoMessage() {}
 
 func (x *SnapshotListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +875,7 @@ func (x *SnapshotListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotListResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotListResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SnapshotListResponse) GetNames() []string {
@@ -830,7 +902,7 @@ type ChangedExtentsRequest struct {
 
 func (x *ChangedExtentsRequest) Reset() {
 	*x = ChangedExtentsRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +914,7 @@ func (x *ChangedExtentsRequest) String() string {
 func (*ChangedExtentsRequest) ProtoMessage() {}
 
 func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +927,7 @@ func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangedExtentsRequest.ProtoReflect.Descriptor instead.
 func (*ChangedExtentsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ChangedExtentsRequest) GetFrom() string {
@@ -882,7 +954,7 @@ type Extent struct {
 
 func (x *Extent) Reset() {
 	*x = Extent{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +966,7 @@ func (x *Extent) String() string {
 func (*Extent) ProtoMessage() {}
 
 func (x *Extent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +979,7 @@ func (x *Extent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extent.ProtoReflect.Descriptor instead.
 func (*Extent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Extent) GetBlockIndex() uint64 {
@@ -934,7 +1006,7 @@ type ChangedExtentsResponse struct {
 
 func (x *ChangedExtentsResponse) Reset() {
 	*x = ChangedExtentsResponse{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1018,7 @@ func (x *ChangedExtentsResponse) String() string {
 func (*ChangedExtentsResponse) ProtoMessage() {}
 
 func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1031,7 @@ func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangedExtentsResponse.ProtoReflect.Descriptor instead.
 func (*ChangedExtentsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChangedExtentsResponse) GetBlockSizeBytes() uint32 {
@@ -988,7 +1060,7 @@ type ExpandRequest struct {
 
 func (x *ExpandRequest) Reset() {
 	*x = ExpandRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1072,7 @@ func (x *ExpandRequest) String() string {
 func (*ExpandRequest) ProtoMessage() {}
 
 func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1085,7 @@ func (x *ExpandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpandRequest.ProtoReflect.Descriptor instead.
 func (*ExpandRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExpandRequest) GetSizeBytes() uint64 {
@@ -1039,7 +1111,7 @@ type ReplicaListResponse struct {
 
 func (x *ReplicaListResponse) Reset() {
 	*x = ReplicaListResponse{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1123,7 @@ func (x *ReplicaListResponse) String() string {
 func (*ReplicaListResponse) ProtoMessage() {}
 
 func (x *ReplicaListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1136,7 @@ func (x *ReplicaListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaListResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaListResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicaListResponse) GetReplicas() []*ReplicaStatus {
@@ -1091,7 +1163,7 @@ type ReplicaAddRequest struct {
 
 func (x *ReplicaAddRequest) Reset() {
 	*x = ReplicaAddRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1175,7 @@ func (x *ReplicaAddRequest) String() string {
 func (*ReplicaAddRequest) ProtoMessage() {}
 
 func (x *ReplicaAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1188,7 @@ func (x *ReplicaAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaAddRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaAddRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicaAddRequest) GetId() string {
@@ -1163,7 +1235,7 @@ type ReplicaRemoveRequest struct {
 
 func (x *ReplicaRemoveRequest) Reset() {
 	*x = ReplicaRemoveRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1247,7 @@ func (x *ReplicaRemoveRequest) String() string {
 func (*ReplicaRemoveRequest) ProtoMessage() {}
 
 func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1260,7 @@ func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRemoveRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaRemoveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReplicaRemoveRequest) GetId() string {
@@ -1208,7 +1280,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1292,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1305,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadRequest) GetOffset() uint64 {
@@ -1259,7 +1331,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1343,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1356,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadResponse) GetData() []byte {
@@ -1305,7 +1377,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1389,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1402,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WriteRequest) GetOffset() uint64 {
@@ -1365,7 +1437,7 @@ type ReadSnapshotRequest struct {
 
 func (x *ReadSnapshotRequest) Reset() {
 	*x = ReadSnapshotRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1449,7 @@ func (x *ReadSnapshotRequest) String() string {
 func (*ReadSnapshotRequest) ProtoMessage() {}
 
 func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1462,7 @@ func (x *ReadSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadSnapshotRequest) GetName() string {
@@ -1424,7 +1496,7 @@ type ReadSnapshotChunk struct {
 
 func (x *ReadSnapshotChunk) Reset() {
 	*x = ReadSnapshotChunk{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1508,7 @@ func (x *ReadSnapshotChunk) String() string {
 func (*ReadSnapshotChunk) ProtoMessage() {}
 
 func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1521,7 @@ func (x *ReadSnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotChunk.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReadSnapshotChunk) GetOffset() uint64 {
@@ -1476,7 +1548,7 @@ type WriteZeroesRequest struct {
 
 func (x *WriteZeroesRequest) Reset() {
 	*x = WriteZeroesRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1560,7 @@ func (x *WriteZeroesRequest) String() string {
 func (*WriteZeroesRequest) ProtoMessage() {}
 
 func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1573,7 @@ func (x *WriteZeroesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteZeroesRequest.ProtoReflect.Descriptor instead.
 func (*WriteZeroesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WriteZeroesRequest) GetOffset() uint64 {
@@ -1566,7 +1638,7 @@ const file_control_proto_rawDesc = "" +
 	"\x12rate_bytes_per_sec\x18\n" +
 	" \x01(\x01R\x0frateBytesPerSec\x12\x15\n" +
 	"\x06eta_ms\x18\v \x01(\x04R\x05etaMs\x12-\n" +
-	"\x13limit_bytes_per_sec\x18\f \x01(\x04R\x10limitBytesPerSec\"\xbb\x03\n" +
+	"\x13limit_bytes_per_sec\x18\f \x01(\x04R\x10limitBytesPerSec\"\xf0\x03\n" +
 	"\x12VolumeInfoResponse\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x10\n" +
@@ -1581,7 +1653,13 @@ const file_control_proto_rawDesc = "" +
 	"\flast_rebuild\x18\n" +
 	" \x01(\v2\".drover.control.v1.RebuildProgressR\vlastRebuild\x12\x16\n" +
 	"\x06spares\x18\v \x03(\tR\x06spares\x12\x18\n" +
-	"\aremoved\x18\f \x03(\tR\aremoved\"\xa8\x01\n" +
+	"\aremoved\x18\f \x03(\tR\aremoved\x123\n" +
+	"\x05tasks\x18\r \x03(\v2\x1d.drover.control.v1.EngineTaskR\x05tasks\"N\n" +
+	"\n" +
+	"EngineTask\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05stage\x18\x02 \x01(\tR\x05stage\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xa8\x01\n" +
 	"\x0fSnapshotRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12F\n" +
 	"\x06labels\x18\x02 \x03(\v2..drover.control.v1.SnapshotRequest.LabelsEntryR\x06labels\x1a9\n" +
@@ -1684,7 +1762,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_control_proto_goTypes = []any{
 	(*QoSRequest)(nil),             // 0: drover.control.v1.QoSRequest
 	(*QoSResponse)(nil),            // 1: drover.control.v1.QoSResponse
@@ -1693,77 +1771,79 @@ var file_control_proto_goTypes = []any{
 	(*ReplicaStatus)(nil),          // 4: drover.control.v1.ReplicaStatus
 	(*RebuildProgress)(nil),        // 5: drover.control.v1.RebuildProgress
 	(*VolumeInfoResponse)(nil),     // 6: drover.control.v1.VolumeInfoResponse
-	(*SnapshotRequest)(nil),        // 7: drover.control.v1.SnapshotRequest
-	(*SnapshotInfo)(nil),           // 8: drover.control.v1.SnapshotInfo
-	(*SnapshotListResponse)(nil),   // 9: drover.control.v1.SnapshotListResponse
-	(*ChangedExtentsRequest)(nil),  // 10: drover.control.v1.ChangedExtentsRequest
-	(*Extent)(nil),                 // 11: drover.control.v1.Extent
-	(*ChangedExtentsResponse)(nil), // 12: drover.control.v1.ChangedExtentsResponse
-	(*ExpandRequest)(nil),          // 13: drover.control.v1.ExpandRequest
-	(*ReplicaListResponse)(nil),    // 14: drover.control.v1.ReplicaListResponse
-	(*ReplicaAddRequest)(nil),      // 15: drover.control.v1.ReplicaAddRequest
-	(*ReplicaRemoveRequest)(nil),   // 16: drover.control.v1.ReplicaRemoveRequest
-	(*ReadRequest)(nil),            // 17: drover.control.v1.ReadRequest
-	(*ReadResponse)(nil),           // 18: drover.control.v1.ReadResponse
-	(*WriteRequest)(nil),           // 19: drover.control.v1.WriteRequest
-	(*ReadSnapshotRequest)(nil),    // 20: drover.control.v1.ReadSnapshotRequest
-	(*ReadSnapshotChunk)(nil),      // 21: drover.control.v1.ReadSnapshotChunk
-	(*WriteZeroesRequest)(nil),     // 22: drover.control.v1.WriteZeroesRequest
-	nil,                            // 23: drover.control.v1.SnapshotRequest.LabelsEntry
-	nil,                            // 24: drover.control.v1.SnapshotInfo.LabelsEntry
+	(*EngineTask)(nil),             // 7: drover.control.v1.EngineTask
+	(*SnapshotRequest)(nil),        // 8: drover.control.v1.SnapshotRequest
+	(*SnapshotInfo)(nil),           // 9: drover.control.v1.SnapshotInfo
+	(*SnapshotListResponse)(nil),   // 10: drover.control.v1.SnapshotListResponse
+	(*ChangedExtentsRequest)(nil),  // 11: drover.control.v1.ChangedExtentsRequest
+	(*Extent)(nil),                 // 12: drover.control.v1.Extent
+	(*ChangedExtentsResponse)(nil), // 13: drover.control.v1.ChangedExtentsResponse
+	(*ExpandRequest)(nil),          // 14: drover.control.v1.ExpandRequest
+	(*ReplicaListResponse)(nil),    // 15: drover.control.v1.ReplicaListResponse
+	(*ReplicaAddRequest)(nil),      // 16: drover.control.v1.ReplicaAddRequest
+	(*ReplicaRemoveRequest)(nil),   // 17: drover.control.v1.ReplicaRemoveRequest
+	(*ReadRequest)(nil),            // 18: drover.control.v1.ReadRequest
+	(*ReadResponse)(nil),           // 19: drover.control.v1.ReadResponse
+	(*WriteRequest)(nil),           // 20: drover.control.v1.WriteRequest
+	(*ReadSnapshotRequest)(nil),    // 21: drover.control.v1.ReadSnapshotRequest
+	(*ReadSnapshotChunk)(nil),      // 22: drover.control.v1.ReadSnapshotChunk
+	(*WriteZeroesRequest)(nil),     // 23: drover.control.v1.WriteZeroesRequest
+	nil,                            // 24: drover.control.v1.SnapshotRequest.LabelsEntry
+	nil,                            // 25: drover.control.v1.SnapshotInfo.LabelsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: drover.control.v1.VolumeInfoResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
 	5,  // 1: drover.control.v1.VolumeInfoResponse.rebuild:type_name -> drover.control.v1.RebuildProgress
 	5,  // 2: drover.control.v1.VolumeInfoResponse.last_rebuild:type_name -> drover.control.v1.RebuildProgress
-	23, // 3: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
-	24, // 4: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
-	8,  // 5: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
-	11, // 6: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
-	4,  // 7: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
-	3,  // 8: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
-	7,  // 9: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
-	2,  // 10: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
-	7,  // 11: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
-	7,  // 12: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
-	10, // 13: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
-	13, // 14: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
-	2,  // 15: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
-	15, // 16: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
-	16, // 17: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
-	2,  // 18: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
-	2,  // 19: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
-	17, // 20: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
-	19, // 21: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
-	2,  // 22: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
-	20, // 23: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
-	22, // 24: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
-	0,  // 25: drover.control.v1.Control.SetQoS:input_type -> drover.control.v1.QoSRequest
-	2,  // 26: drover.control.v1.Control.GetQoS:input_type -> drover.control.v1.Empty
-	6,  // 27: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
-	2,  // 28: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
-	9,  // 29: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
-	2,  // 30: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
-	2,  // 31: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
-	12, // 32: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
-	2,  // 33: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
-	14, // 34: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
-	2,  // 35: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
-	2,  // 36: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
-	2,  // 37: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
-	2,  // 38: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
-	18, // 39: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
-	2,  // 40: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
-	2,  // 41: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
-	21, // 42: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
-	2,  // 43: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
-	1,  // 44: drover.control.v1.Control.SetQoS:output_type -> drover.control.v1.QoSResponse
-	1,  // 45: drover.control.v1.Control.GetQoS:output_type -> drover.control.v1.QoSResponse
-	27, // [27:46] is the sub-list for method output_type
-	8,  // [8:27] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	7,  // 3: drover.control.v1.VolumeInfoResponse.tasks:type_name -> drover.control.v1.EngineTask
+	24, // 4: drover.control.v1.SnapshotRequest.labels:type_name -> drover.control.v1.SnapshotRequest.LabelsEntry
+	25, // 5: drover.control.v1.SnapshotInfo.labels:type_name -> drover.control.v1.SnapshotInfo.LabelsEntry
+	9,  // 6: drover.control.v1.SnapshotListResponse.snapshots:type_name -> drover.control.v1.SnapshotInfo
+	12, // 7: drover.control.v1.ChangedExtentsResponse.extents:type_name -> drover.control.v1.Extent
+	4,  // 8: drover.control.v1.ReplicaListResponse.replicas:type_name -> drover.control.v1.ReplicaStatus
+	3,  // 9: drover.control.v1.Control.VolumeInfo:input_type -> drover.control.v1.VolumeInfoRequest
+	8,  // 10: drover.control.v1.Control.SnapshotCreate:input_type -> drover.control.v1.SnapshotRequest
+	2,  // 11: drover.control.v1.Control.SnapshotList:input_type -> drover.control.v1.Empty
+	8,  // 12: drover.control.v1.Control.SnapshotDelete:input_type -> drover.control.v1.SnapshotRequest
+	8,  // 13: drover.control.v1.Control.SnapshotRevert:input_type -> drover.control.v1.SnapshotRequest
+	11, // 14: drover.control.v1.Control.ChangedExtents:input_type -> drover.control.v1.ChangedExtentsRequest
+	14, // 15: drover.control.v1.Control.Expand:input_type -> drover.control.v1.ExpandRequest
+	2,  // 16: drover.control.v1.Control.ReplicaList:input_type -> drover.control.v1.Empty
+	16, // 17: drover.control.v1.Control.ReplicaAdd:input_type -> drover.control.v1.ReplicaAddRequest
+	17, // 18: drover.control.v1.Control.ReplicaRemove:input_type -> drover.control.v1.ReplicaRemoveRequest
+	2,  // 19: drover.control.v1.Control.Attach:input_type -> drover.control.v1.Empty
+	2,  // 20: drover.control.v1.Control.Detach:input_type -> drover.control.v1.Empty
+	18, // 21: drover.control.v1.Control.Read:input_type -> drover.control.v1.ReadRequest
+	20, // 22: drover.control.v1.Control.Write:input_type -> drover.control.v1.WriteRequest
+	2,  // 23: drover.control.v1.Control.Flush:input_type -> drover.control.v1.Empty
+	21, // 24: drover.control.v1.Control.ReadSnapshot:input_type -> drover.control.v1.ReadSnapshotRequest
+	23, // 25: drover.control.v1.Control.WriteZeroes:input_type -> drover.control.v1.WriteZeroesRequest
+	0,  // 26: drover.control.v1.Control.SetQoS:input_type -> drover.control.v1.QoSRequest
+	2,  // 27: drover.control.v1.Control.GetQoS:input_type -> drover.control.v1.Empty
+	6,  // 28: drover.control.v1.Control.VolumeInfo:output_type -> drover.control.v1.VolumeInfoResponse
+	2,  // 29: drover.control.v1.Control.SnapshotCreate:output_type -> drover.control.v1.Empty
+	10, // 30: drover.control.v1.Control.SnapshotList:output_type -> drover.control.v1.SnapshotListResponse
+	2,  // 31: drover.control.v1.Control.SnapshotDelete:output_type -> drover.control.v1.Empty
+	2,  // 32: drover.control.v1.Control.SnapshotRevert:output_type -> drover.control.v1.Empty
+	13, // 33: drover.control.v1.Control.ChangedExtents:output_type -> drover.control.v1.ChangedExtentsResponse
+	2,  // 34: drover.control.v1.Control.Expand:output_type -> drover.control.v1.Empty
+	15, // 35: drover.control.v1.Control.ReplicaList:output_type -> drover.control.v1.ReplicaListResponse
+	2,  // 36: drover.control.v1.Control.ReplicaAdd:output_type -> drover.control.v1.Empty
+	2,  // 37: drover.control.v1.Control.ReplicaRemove:output_type -> drover.control.v1.Empty
+	2,  // 38: drover.control.v1.Control.Attach:output_type -> drover.control.v1.Empty
+	2,  // 39: drover.control.v1.Control.Detach:output_type -> drover.control.v1.Empty
+	19, // 40: drover.control.v1.Control.Read:output_type -> drover.control.v1.ReadResponse
+	2,  // 41: drover.control.v1.Control.Write:output_type -> drover.control.v1.Empty
+	2,  // 42: drover.control.v1.Control.Flush:output_type -> drover.control.v1.Empty
+	22, // 43: drover.control.v1.Control.ReadSnapshot:output_type -> drover.control.v1.ReadSnapshotChunk
+	2,  // 44: drover.control.v1.Control.WriteZeroes:output_type -> drover.control.v1.Empty
+	1,  // 45: drover.control.v1.Control.SetQoS:output_type -> drover.control.v1.QoSResponse
+	1,  // 46: drover.control.v1.Control.GetQoS:output_type -> drover.control.v1.QoSResponse
+	28, // [28:47] is the sub-list for method output_type
+	9,  // [9:28] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1777,7 +1857,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
