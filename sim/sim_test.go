@@ -47,11 +47,6 @@ func seedWindow(t *testing.T) (uint64, bool) {
 	return from, true
 }
 
-// knownFailing lists seeds that fail for a reason already understood and
-// written down (issue notes); TestSeeds reports them without failing, and
-// says so when one starts passing. Anything else that fails is new.
-var knownFailing = map[string]string{}
-
 // TestSeeds runs many swarm seeds (every fault knob drawn from the seed)
 // and a slice of every named profile; every checker must pass on each.
 func TestSeeds(t *testing.T) {
@@ -60,15 +55,6 @@ func TestSeeds(t *testing.T) {
 	check := func(profile string, from, to uint64) {
 		var failed []string
 		RunSeeds(from, to, 0, Options{Profile: profile, TraceDir: dir}, func(r *Result) {
-			key := fmt.Sprintf("%s/%d", profile, r.Seed)
-			if why, known := knownFailing[key]; known {
-				if r.OK() {
-					t.Logf("known-failing seed %s passes now; remove it from knownFailing", key)
-				} else {
-					t.Logf("known-failing seed %s still fails (%s): %s", key, why, r.Failures[0])
-				}
-				return
-			}
 			if !r.OK() && len(failed) < 10 {
 				failed = append(failed, fmt.Sprintf("%s\n    knobs: %s\n    %s\n    reproduce: go run ./cmd/drover sim --seed %d --faults %s",
 					r.Describe(), r.Knobs, strings.Join(r.Failures, "\n    "), r.Seed, r.Profile))
