@@ -57,21 +57,30 @@ func (s *restartable) stop() {
 	}
 }
 
+// redialed starts a restartable server of dev and a Redialer to it (cfg
+// without its URI); both end with the test, the Redialer first.
+func redialed(t *testing.T, dev device.Device, cfg nbd.RedialConfig) (*restartable, *nbd.Redialer) {
+	t.Helper()
+	s := &restartable{t: t, dev: dev}
+	s.start()
+	t.Cleanup(func() { s.stop() })
+	cfg.URI = nbd.TCPURI(s.addr, "vol")
+	r, err := nbd.NewRedialer(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return s, r
+}
+
 // TestRedialerSurvivesServerRestart writes through a Redialer while its
 // server is stopped and started again on the same address: the writes
 // wait instead of failing, and everything written reads back, from the
 // Redialer and from the device itself.
 func TestRedialerSurvivesServerRestart(t *testing.T) {
 	dev, _ := fileDevice(t, 8<<20)
-	s := &restartable{t: t, dev: dev}
-	s.start()
-	defer func() { s.stop() }()
+	s, r := redialed(t, dev, nbd.RedialConfig{})
 	ctx := context.Background()
-	r, err := nbd.NewRedialer(ctx, nbd.RedialConfig{URI: nbd.TCPURI(s.addr, "vol")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	if r.SizeBytes() != 8<<20 || r.MinBlockBytes() != dev.MinBlockBytes() {
 		t.Fatalf("size %d min block %d, want %d and %d", r.SizeBytes(), r.MinBlockBytes(), 8<<20, dev.MinBlockBytes())
 	}
@@ -235,15 +244,8 @@ func (v *volatile) crash() {
 func TestRedialerReplaysUnflushedWrites(t *testing.T) {
 	f, _ := fileDevice(t, 4<<20)
 	v := &volatile{File: f, dirty: map[uint64][]byte{}}
-	s := &restartable{t: t, dev: v}
-	s.start()
-	defer func() { s.stop() }()
+	s, r := redialed(t, v, nbd.RedialConfig{})
 	ctx := context.Background()
-	r, err := nbd.NewRedialer(ctx, nbd.RedialConfig{URI: nbd.TCPURI(s.addr, "vol")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	block := func(i, gen int) []byte { return bytes.Repeat([]byte{byte(i), byte(gen), 0x77, 0x11}, 1024) }
 	// Generation 1, flushed; generation 2 over half of it, not flushed.
 	for i := range 64 {
@@ -290,15 +292,8 @@ func TestRedialerReplaysUnflushedWrites(t *testing.T) {
 // what is kept for replay stays bounded.
 func TestRedialerBoundsRetained(t *testing.T) {
 	dev, _ := fileDevice(t, 4<<20)
-	s := &restartable{t: t, dev: dev}
-	s.start()
-	defer func() { s.stop() }()
+	_, r := redialed(t, dev, nbd.RedialConfig{MaxRetainedBytes: 64 << 10})
 	ctx := context.Background()
-	r, err := nbd.NewRedialer(ctx, nbd.RedialConfig{URI: nbd.TCPURI(s.addr, "vol"), MaxRetainedBytes: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	for i := range 256 {
 		if err := r.WriteAt(ctx, make([]byte, 4096), uint64(i)*4096, false); err != nil {
 			t.Fatal(err)
